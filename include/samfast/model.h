@@ -1,0 +1,77 @@
+// SAM: image encoder, prompt encoder and mask decoder over one backend.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "samfast/config.h"
+#include "samfast/tensor.h"
+
+namespace samfast {
+
+class Ops;
+
+struct ModelOptions {
+  std::string device = "cpu";  // only "cpu" so far
+};
+
+// Prompts for B masks of one image, in the coordinates of the resized (input_size) image, as
+// upstream's predict_torch takes them. Undefined tensors mean "no such prompt".
+struct PromptBatch {
+  Tensor points;  // (B, N, 2) x, y
+  Tensor labels;  // (B, N): 1 foreground, 0 background, -1 padding (not a point)
+  Tensor boxes;   // (B, 4) x0, y0, x1, y1
+  Tensor masks;   // (B, 1, 4G, 4G) low-res mask logits from an earlier prediction
+  int64_t batch() const;
+};
+
+struct PromptEmbeddings {
+  Tensor sparse;  // (B, Ns, D)
+  Tensor dense;   // (B, G, G, D) channel-last
+};
+
+struct DecoderOutput {
+  Tensor low_res_masks;  // (B, M, 4G, 4G) logits
+  Tensor iou;            // (B, M)
+};
+
+class Model {
+ public:
+  // Loads a .pth (PyTorch zip) or .safetensors checkpoint; the config is inferred from its shapes.
+  static Model load(const std::string& path, const ModelOptions& options = {});
+  // A model from named fp32 tensors (validated against the config inferred from them).
+  static Model from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, const ModelOptions& options = {});
+  // Random weights in upstream's parameter layout: masks from such a model are meaningless.
+  static std::vector<std::pair<std::string, Tensor>> synthetic_tensors(const SamConfig& cfg, uint64_t seed);
+
+  const SamConfig& config() const { return cfg_; }
+  int64_t parameter_count() const;
+  const std::vector<std::pair<std::string, Tensor>>& tensors() const { return tensors_; }
+
+  // ref: modeling/image_encoder.py ImageEncoderViT.forward.
+  // image: (B, 3, S, S) normalized and padded -> embedding (B, G, G, out_chans) channel-last.
+  // on_block, if set, sees each block's output (B, G, G, E) (used by parity tests).
+  Tensor encode_image(const Tensor& image, const std::function<void(int, const Tensor&)>& on_block = {}) const;
+  // ref: modeling/prompt_encoder.py PromptEncoder.forward
+  PromptEmbeddings encode_prompts(const PromptBatch& prompts) const;
+  // (1, G, G, D): the dense positional encoding of the embedding grid (get_dense_pe).
+  Tensor dense_positional_encoding() const;
+  // ref: modeling/mask_decoder.py MaskDecoder.forward. embedding (1 or B, G, G, D).
+  DecoderOutput decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const;
+
+ private:
+  Model() = default;
+  const Tensor& w(const std::string& name) const;
+  Tensor positional_encoding(const Tensor& coords01) const;  // (..., 2) in [0,1] -> (..., D)
+
+  SamConfig cfg_;
+  std::vector<std::pair<std::string, Tensor>> tensors_;
+  std::map<std::string, Tensor> by_name_;
+  std::shared_ptr<Ops> ops_;
+};
+
+}  // namespace samfast

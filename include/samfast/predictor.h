@@ -1,0 +1,55 @@
+// SamPredictor: set an image once, then predict masks for prompts in original-image pixels.
+// ref: segment_anything/predictor.py
+#pragma once
+#include <array>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "samfast/model.h"
+
+namespace samfast {
+
+struct Image;
+
+struct Prompt {
+  std::vector<std::array<float, 2>> points;  // (x, y) in original-image pixels
+  std::vector<int> labels;                   // 1 foreground, 0 background, -1 ignored
+  std::optional<std::array<float, 4>> box;   // x0, y0, x1, y1 in original-image pixels
+  Tensor mask_input;                         // (1, 4G, 4G) low-res logits from an earlier predict, optional
+};
+
+struct Prediction {
+  Tensor masks;          // (C, H, W): 0/1, or logits when return_logits (C = 3 with multimask, else 1)
+  Tensor iou;            // (C): predicted IoU per mask
+  Tensor low_res_masks;  // (C, 4G, 4G) logits, to feed back as mask_input
+};
+
+class Predictor {
+ public:
+  explicit Predictor(const Model& model) : model_(model) {}
+
+  // ref: SamPredictor.set_image (RGB). Resizes (PIL-exact), normalizes, pads, runs the encoder.
+  void set_image(const Image& rgb);
+  bool is_image_set() const { return embedding_.defined(); }
+  // (1, 256, G, G) like SamPredictor.get_image_embedding.
+  Tensor image_embedding() const;
+  std::pair<int, int> original_size() const { return original_size_; }
+  std::pair<int, int> input_size() const { return input_size_; }
+
+  // ref: SamPredictor.predict. Throws samfast::Error for prompts outside the image, bad labels,
+  // a mask_input of the wrong shape, or no image set.
+  Prediction predict(const Prompt& prompt, bool multimask_output = true, bool return_logits = false) const;
+  // Many prompt sets for the current image. Prompts of the same form (point count, box, mask) are
+  // decoded together in one batch; results come back in the order given.
+  std::vector<Prediction> predict_batch(const std::vector<Prompt>& prompts, bool multimask_output = true,
+                                        bool return_logits = false) const;
+
+ private:
+  void check(const Prompt& p) const;
+  const Model& model_;
+  Tensor embedding_;  // (1, G, G, 256) channel-last
+  std::pair<int, int> original_size_{0, 0}, input_size_{0, 0};
+};
+
+}  // namespace samfast

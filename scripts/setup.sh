@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what samfast needs to build and test (Debian packages; upstream segment_anything from
+# PyPI as the test oracle) and builds it in ./build. Safe to run again: installed parts are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(cmake g++ pkg-config libopenblas-dev libstb-dev libjpeg62-turbo-dev nlohmann-json3-dev libcli11-dev
+              libzip-dev libgtest-dev clang libclang-rt-14-dev python3-torch python3-torchvision python3-numpy
+              python3-pil python3-pytest python3-pip)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! /usr/bin/python3 -c "import segment_anything" 2>/dev/null; then
+  echo "setup: installing upstream segment_anything (test oracle) for /usr/bin/python3"
+  /usr/bin/python3 -m pip install -q --break-system-packages --no-deps segment_anything
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$(nproc)"
+echo "setup: built build/samfast"

@@ -1,0 +1,78 @@
+// Normalisation, elementwise and layout ops of the CPU backend.
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cpu/cpu_ops.h"
+#include "samfast/error.h"
+
+namespace samfast {
+
+namespace cpu {
+void softmax_rows(float* x, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * cols;
+    float mx = row[0];
+    for (int64_t c = 1; c < cols; ++c) mx = std::max(mx, row[c]);
+    float sum = 0.f;
+    for (int64_t c = 0; c < cols; ++c) sum += (row[c] = std::exp(row[c] - mx));
+    const float inv = 1.f / sum;
+    for (int64_t c = 0; c < cols; ++c) row[c] *= inv;
+  }
+}
+}  // namespace cpu
+
+Tensor CpuOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) {
+  const int64_t C = x.dim(-1), rows = x.numel() / C;
+  if (w.numel() != C || b.numel() != C)
+    throw Error("layer_norm: input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  Tensor y = Tensor::empty(x.shape);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = x.data + r * C;
+    float* out = y.data + r * C;
+    double mean = 0, var = 0;  // double accumulation: no drift over thousands of channels
+    for (int64_t c = 0; c < C; ++c) mean += in[c];
+    mean /= C;
+    for (int64_t c = 0; c < C; ++c) var += (in[c] - mean) * (in[c] - mean);
+    var /= C;
+    const float m = (float)mean, rstd = (float)(1.0 / std::sqrt(var + eps));
+    for (int64_t c = 0; c < C; ++c) out[c] = (in[c] - m) * rstd * w.data[c] + b.data[c];
+  }
+  cpu::apply_act(y.data, y.numel(), act);
+  return y;
+}
+
+Tensor CpuOps::add(const Tensor& a, const Tensor& b) {
+  const int64_t n = a.numel(), m = b.numel();
+  if (m == 0 || n % m != 0)
+    throw Error("add: cannot broadcast " + shape_str(b.shape) + " onto " + shape_str(a.shape));
+  Tensor y = Tensor::empty(a.shape);
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) y.data[i] = a.data[i] + b.data[i % m];
+  return y;
+}
+
+Tensor CpuOps::nchw_to_nhwc(const Tensor& x) {
+  const int64_t B = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  Tensor y = Tensor::empty({B, H, W, C});
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c) y.data[((b * H + h) * W + w) * C + c] = x.data[((b * C + c) * H + h) * W + w];
+  return y;
+}
+
+Tensor CpuOps::nhwc_to_nchw(const Tensor& x) {
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
+  Tensor y = Tensor::empty({B, C, H, W});
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) y.data[((b * C + c) * H + h) * W + w] = x.data[((b * H + h) * W + w) * C + c];
+  return y;
+}
+
+}  // namespace samfast

@@ -1,0 +1,115 @@
+// GEMM-shaped ops of the CPU backend: Linear, convolutions (im2col + GEMM), batched matmul.
+#include <cblas.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "backend/cpu/cpu_ops.h"
+#include "samfast/error.h"
+
+namespace samfast {
+namespace cpu {
+
+void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+              (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
+void apply_act(float* x, int64_t n, Act act) {
+  if (act == Act::None) return;
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i];
+    x[i] = act == Act::ReLU ? (v > 0.f ? v : 0.f) : 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+  }
+}
+
+}  // namespace cpu
+
+namespace {
+void check(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw Error(std::string(op) + ": " + what);
+}
+}  // namespace
+
+Tensor CpuOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) {
+  const int64_t in = w.dim(1), out = w.dim(0);
+  check(x.dim(-1) == in, "linear", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  const int64_t rows = x.numel() / in;
+  Shape ys = x.shape;
+  ys.back() = out;
+  Tensor y = Tensor::empty(ys);
+  float beta = 0.f;
+  if (b) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(y.data + r * out, b->data, sizeof(float) * out);
+    beta = 1.f;
+  }
+  cpu::gemm(true, rows, out, in, 1.f, x.data, in, w.data, in, beta, y.data, out);
+  cpu::apply_act(y.data, y.numel(), act);
+  if (residual) {
+    check(residual->numel() == y.numel(), "linear", "residual shape " + shape_str(residual->shape));
+    for (int64_t i = 0; i < y.numel(); ++i) y.data[i] += residual->data[i];
+  }
+  return y;
+}
+
+Tensor CpuOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) {
+  // im2col with columns ordered (ci, ky, kx): the weight (Cout, Cin, kh, kw) is then a plain
+  // (Cout, Cin*kh*kw) matrix, used as stored.
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3);
+  const int64_t Cout = w.dim(0), kh = w.dim(2), kw = w.dim(3);
+  check(w.dim(1) == Cin, "conv2d", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  const int64_t Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
+  const int64_t K = Cin * kh * kw, rows = B * Ho * Wo;
+  Tensor col = Tensor::empty({rows, K});
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t bi = r / (Ho * Wo), oy = (r / Wo) % Ho, ox = r % Wo;
+    float* dst = col.data + r * K;
+    for (int64_t ky = 0; ky < kh; ++ky)
+      for (int64_t kx = 0; kx < kw; ++kx) {
+        const int64_t iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+        const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
+        const float* src = x.data + ((bi * H + iy) * W + ix) * Cin;
+        for (int64_t ci = 0; ci < Cin; ++ci) dst[(ci * kh + ky) * kw + kx] = inside ? src[ci] : 0.f;
+      }
+  }
+  Tensor w2 = w.view({Cout, K});
+  return linear(col.view({B, Ho, Wo, K}), w2, b, Act::None, nullptr);
+}
+
+Tensor CpuOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) {
+  // Kernel 2 / stride 2 never overlaps: out[2y+dy, 2x+dx, co] = b[co] + sum_ci x[y, x, ci] w[ci, co, dy, dx],
+  // one GEMM (BHW, Cin) @ (Cin, Cout*4) and a scatter.
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3), Cout = w.dim(1);
+  check(w.dim(0) == Cin && w.dim(2) == 2 && w.dim(3) == 2, "conv_transpose2x2",
+        "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  Tensor tmp = Tensor::empty({B * H * W, Cout * 4});
+  cpu::gemm(false, B * H * W, Cout * 4, Cin, 1.f, x.data, Cin, w.data, Cout * 4, 0.f, tmp.data, Cout * 4);
+  Tensor y = Tensor::empty({B, 2 * H, 2 * W, Cout});
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < B * H * W; ++r) {
+    const int64_t bi = r / (H * W), iy = (r / W) % H, ix = r % W;
+    for (int64_t dy = 0; dy < 2; ++dy)
+      for (int64_t dx = 0; dx < 2; ++dx) {
+        float* dst = y.data + ((bi * 2 * H + 2 * iy + dy) * 2 * W + 2 * ix + dx) * Cout;
+        const float* src = tmp.data + r * Cout * 4 + dy * 2 + dx;
+        for (int64_t co = 0; co < Cout; ++co) dst[co] = src[co * 4] + b.data[co];
+      }
+  }
+  cpu::apply_act(y.data, y.numel(), act);
+  return y;
+}
+
+Tensor CpuOps::bmm_nt(const Tensor& a, const Tensor& b) {
+  const int64_t B = a.dim(0), M = a.dim(1), K = a.dim(2), N = b.dim(1);
+  check(b.dim(0) == B && b.dim(2) == K, "bmm_nt", shape_str(a.shape) + " vs " + shape_str(b.shape));
+  Tensor y = Tensor::empty({B, M, N});
+  for (int64_t i = 0; i < B; ++i)
+    cpu::gemm(true, M, N, K, 1.f, a.data + i * M * K, K, b.data + i * N * K, K, 0.f, y.data + i * M * N, N);
+  return y;
+}
+
+}  // namespace samfast

@@ -1,0 +1,46 @@
+// The backend op interface: the model definition (src/model) is written once as calls to these ops.
+// Layout convention: activations are channel-last, e.g. image tokens (B, H, W, C) and decoder
+// tokens (B, N, C); weights keep PyTorch's layouts ((out, in) for Linear, (out, in, kh, kw) for Conv2d,
+// (in, out, kh, kw) for ConvTranspose2d) so that a checkpoint's tensors are used as stored.
+#pragma once
+#include "samfast/tensor.h"
+
+namespace samfast {
+
+enum class Act { None, GELU, ReLU };  // GELU is the exact erf form, as nn.GELU()
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+
+  // act(x @ w^T + b) (+ residual): x (..., in), w (out, in), b (out) or null, residual (..., out) or null.
+  virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act = Act::None,
+                        const Tensor* residual = nullptr) = 0;
+  // act(LayerNorm over the last dim). LayerNorm2d over channels is this op on channel-last data.
+  virtual Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                            Act act = Act::None) = 0;
+  // Conv2d on channel-last x (B, H, W, Cin) with w (Cout, Cin, kh, kw) -> (B, Ho, Wo, Cout).
+  virtual Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) = 0;
+  // ConvTranspose2d with kernel 2, stride 2: x (B, H, W, Cin), w (Cin, Cout, 2, 2) -> (B, 2H, 2W, Cout).
+  virtual Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) = 0;
+  // a + b, where b has a's shape or a's trailing shape (broadcast over leading dims).
+  virtual Tensor add(const Tensor& a, const Tensor& b) = 0;
+  // (B, C, H, W) -> (B, H, W, C) and back.
+  virtual Tensor nchw_to_nhwc(const Tensor& x) = 0;
+  virtual Tensor nhwc_to_nchw(const Tensor& x) = 0;
+
+  // Image-encoder attention with decomposed relative position (ref: modeling/image_encoder.py
+  // Attention + window_partition). qkv (B, H, W, 3C) from the qkv Linear on unpadded tokens;
+  // window > 0: attention inside window x window tiles, the grid zero-padded to a multiple of the
+  // window after norm1 as upstream does, so padded tokens act as keys with k = v = bias
+  // (qkv_bias (3C)); window == 0: global attention. Returns (B, H, W, C).
+  virtual Tensor rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
+                                   const Tensor& rel_pos_w, int heads, int window) = 0;
+  // Multi-head attention on projected q (B, Nq, D), k, v (B, Nk, D) -> (B, Nq, D),
+  // softmax(q k^T / sqrt(D / heads)) v per head (ref: modeling/transformer.py Attention).
+  virtual Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) = 0;
+  // Batched a (B, M, K) @ b(B, N, K)^T -> (B, M, N).
+  virtual Tensor bmm_nt(const Tensor& a, const Tensor& b) = 0;
+};
+
+}  // namespace samfast

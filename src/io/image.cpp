@@ -1,0 +1,278 @@
+// Image decoding/encoding. JPEG files are decoded with libjpeg(-turbo) using the settings PIL uses,
+// so that pixels equal np.array(PIL.Image.open(f).convert("RGB")) bit for bit (upstream SAM users
+// decode with PIL; stb_image's JPEG decoder differs by a few levels on ~1-2% of pixels). Other
+// formats go through stb_image / stb_image_write, whose implementations are compiled into this file
+// (static linkage) rather than linked from Debian's libstb.so, so no other file can clash with them.
+#include "io/image.h"
+
+#include <array>
+#include <cerrno>
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <system_error>
+#include <utility>
+
+#include "samfast/error.h"
+
+// jpeglib.h needs size_t and FILE declared before it.
+#include <jpeglib.h>
+#include <jerror.h>  // message codes (JWRN_JPEG_EOF)
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wall"
+#pragma GCC diagnostic ignored "-Wextra"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wunused-function"
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_NO_JPEG  // JPEGs are decoded by libjpeg below
+#include <stb_image.h>
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image_write.h>
+#pragma GCC diagnostic pop
+
+namespace samfast {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+uint32_t be16(const unsigned char* p) { return uint32_t(p[0]) << 8 | p[1]; }
+uint32_t be32(const unsigned char* p) { return be16(p) << 16 | be16(p + 2); }
+
+// (width, height) from a PNG or JPEG header. stb_image refuses headers of images that would need
+// more than 2^30 bytes without saying how large they are; reading the size here lets the error
+// name it. Other formats, or a header that cannot be parsed, give nullopt.
+std::optional<std::pair<int64_t, int64_t>> sniff_size(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::array<unsigned char, 24> h{};
+  if (!f.read(reinterpret_cast<char*>(h.data()), 2)) return std::nullopt;
+  if (h[0] == 0x89 && h[1] == 'P') {  // PNG: signature, then the IHDR chunk with width, height
+    if (!f.read(reinterpret_cast<char*>(h.data()) + 2, 22)) return std::nullopt;
+    return std::make_pair(int64_t(be32(&h[16])), int64_t(be32(&h[20])));
+  }
+  if (h[0] != 0xFF || h[1] != 0xD8) return std::nullopt;
+  // JPEG: walk the marker segments up to a start-of-frame, which holds height and width.
+  while (f) {
+    int c = f.get();
+    if (c != 0xFF) return std::nullopt;
+    while (c == 0xFF) c = f.get();
+    if (c == EOF || c == 0xDA || c == 0xD9) return std::nullopt;
+    if (c == 0x01 || (c >= 0xD0 && c <= 0xD7)) continue;  // markers without a length
+    unsigned char len[2];
+    if (!f.read(reinterpret_cast<char*>(len), 2) || be16(len) < 2) return std::nullopt;
+    const bool sof = c >= 0xC0 && c <= 0xCF && c != 0xC4 && c != 0xC8 && c != 0xCC;
+    if (sof) {
+      if (!f.read(reinterpret_cast<char*>(h.data()), 5)) return std::nullopt;
+      return std::make_pair(int64_t(be16(&h[3])), int64_t(be16(&h[1])));
+    }
+    f.seekg(be16(len) - 2, std::ios::cur);
+  }
+  return std::nullopt;
+}
+
+std::string too_many_pixels(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
+  return "image " + path + " is " + std::to_string(w) + "x" + std::to_string(h) + " = " +
+         std::to_string(w * h) + " pixels, more than the limit of " + std::to_string(max_pixels);
+}
+
+// ---- JPEG through libjpeg ------------------------------------------------------------------------
+// libjpeg reports fatal errors through error_exit, which must not return; it is C code, so a C++
+// exception must not cross it: error_exit longjmps back into decode_jpeg, whose locals are all
+// trivially destructible (the setjmp/longjmp rules of [csetjmp.syn]).
+
+struct JpegErrorMgr {
+  jpeg_error_mgr pub;  // first member: libjpeg sees a jpeg_error_mgr*
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+[[noreturn]] void jpeg_fail(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegErrorMgr*>(cinfo->err);
+  err->pub.format_message(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+void jpeg_output_nothing(j_common_ptr) {}
+
+// Warnings (msg_level -1) are corrupt-data conditions libjpeg recovers from; PIL ignores them too,
+// except that PIL fails on a file that ends early, where libjpeg warns JWRN_JPEG_EOF and pads the
+// rest of the image with grey. Make that one fatal. Trace messages (level >= 0) are dropped.
+void jpeg_emit(j_common_ptr cinfo, int msg_level) {
+  if (msg_level < 0) {
+    if (cinfo->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(cinfo);
+    cinfo->err->num_warnings++;
+  }
+}
+
+// PIL's CMYK -> RGB (Convert.c cmyk2rgb): MULDIV255 is its rounded a*b/255.
+inline uint8_t pil_cmyk_channel(int c, int nk) {
+  const int t = c * nk + 128;
+  const int v = nk - (((t >> 8) + t) >> 8);
+  return static_cast<uint8_t>(v < 0 ? 0 : v);
+}
+
+enum class JpegResult { ok, too_many_pixels, failed };
+
+// Decodes `file` into img as PIL does for Image.open(f).convert("RGB"): PIL picks the mode from the
+// number of components (1: L, 3: RGB, 4: CMYK) and leaves libjpeg's defaults alone (JDCT_ISLOW,
+// fancy upsampling, block smoothing, libjpeg's guess of the JPEG colour space). Gray -> RGB
+// replicates the value, as libjpeg's JCS_GRAYSCALE -> JCS_RGB does. For 4 components PIL reads
+// libjpeg's JCS_CMYK output as "CMYK;I" (inverted, Adobe convention, whether or not an Adobe
+// marker is present) and converts with cmyk2rgb. On failure err.message holds libjpeg's message;
+// width/height are set once the header has been read.
+JpegResult decode_jpeg(std::FILE* file, int64_t max_pixels, Image& img, JpegErrorMgr& err, int64_t& width,
+                       int64_t& height) {
+  jpeg_decompress_struct cinfo;
+  std::memset(&cinfo, 0, sizeof cinfo);
+  cinfo.err = jpeg_std_error(&err.pub);
+  err.pub.error_exit = jpeg_fail;
+  err.pub.output_message = jpeg_output_nothing;
+  err.pub.emit_message = jpeg_emit;
+  err.message[0] = '\0';
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return JpegResult::failed;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_stdio_src(&cinfo, file);
+  jpeg_read_header(&cinfo, TRUE);
+  width = cinfo.image_width;
+  height = cinfo.image_height;
+  if (width * height > max_pixels) {
+    jpeg_destroy_decompress(&cinfo);
+    return JpegResult::too_many_pixels;
+  }
+  const bool cmyk = cinfo.num_components == 4;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+  // libjpeg's defaults, which PIL keeps; spelled out because the result depends on them.
+  cinfo.dct_method = JDCT_ISLOW;
+  cinfo.do_fancy_upsampling = TRUE;
+  cinfo.scale_num = cinfo.scale_denom = 1;
+  jpeg_start_decompress(&cinfo);
+  const size_t w = cinfo.output_width;
+  JSAMPARRAY cmyk_row = cmyk ? (*cinfo.mem->alloc_sarray)(reinterpret_cast<j_common_ptr>(&cinfo), JPOOL_IMAGE,
+                                                          JDIMENSION(w * 4), 1)
+                             : nullptr;
+  try {
+    img.height = int(cinfo.output_height);
+    img.width = int(w);
+    img.rgb.resize(size_t(cinfo.output_height) * w * 3);
+  } catch (...) {  // bad_alloc: free libjpeg's memory on the way out
+    jpeg_destroy_decompress(&cinfo);
+    throw;
+  }
+  while (cinfo.output_scanline < cinfo.output_height) {
+    uint8_t* out = img.rgb.data() + size_t(cinfo.output_scanline) * w * 3;
+    JSAMPROW row = cmyk ? cmyk_row[0] : out;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+    if (cmyk) {
+      for (size_t x = 0; x < w; ++x) {
+        const JSAMPLE* p = row + 4 * x;  // libjpeg's inverted CMYK: PIL's C is 255 - p[0], ...
+        const int nk = p[3];             // ... and 255 - K is p[3]
+        for (int c = 0; c < 3; ++c) out[3 * x + c] = pil_cmyk_channel(255 - p[c], nk);
+      }
+    }
+  }
+  jpeg_finish_decompress(&cinfo);  // reads up to EOI: a file cut after the last row still fails
+  jpeg_destroy_decompress(&cinfo);
+  return JpegResult::ok;
+}
+
+}  // namespace
+
+Image read_image(const std::string& path, int64_t max_pixels) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error("image file " + path + " does not exist");
+  if (fs::is_directory(path, ec)) throw Error("image file " + path + " is a directory");
+
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!file) throw Error("cannot open image file " + path + ": " + std::strerror(errno));
+  unsigned char magic[2] = {0, 0};
+  const bool is_jpeg = std::fread(magic, 1, 2, file.get()) == 2 && magic[0] == 0xFF && magic[1] == 0xD8;
+  if (is_jpeg) {
+    std::rewind(file.get());
+    Image img;
+    JpegErrorMgr err;
+    int64_t w = -1, h = -1;
+    switch (decode_jpeg(file.get(), max_pixels, img, err, w, h)) {
+      case JpegResult::ok:
+        return img;
+      case JpegResult::too_many_pixels:
+        throw Error(too_many_pixels(path, w, h, max_pixels));
+      case JpegResult::failed:
+        // A header without a scan (or cut before it) still names its size when that is too large.
+        if (w < 0)
+          if (const auto size = sniff_size(path); size && size->first * size->second > max_pixels)
+            throw Error(too_many_pixels(path, size->first, size->second, max_pixels));
+        throw Error(path + " is not a readable image: " + err.message);
+    }
+  }
+  file.reset();
+
+  // Other formats: check the header first so that a huge image is rejected before any allocation.
+  int w = 0, h = 0, channels = 0;
+  if (!stbi_info(path.c_str(), &w, &h, &channels)) {
+    const std::string reason = stbi_failure_reason();
+    if (const auto size = sniff_size(path); size && size->first * size->second > max_pixels)
+      throw Error(too_many_pixels(path, size->first, size->second, max_pixels));
+    throw Error(path + " is not a readable image: " + reason);
+  }
+  const int64_t pixels = int64_t(w) * h;
+  if (pixels > max_pixels) throw Error(too_many_pixels(path, w, h, max_pixels));
+
+  // Always ask for 3 channels: stb converts gray, gray+alpha and RGBA to RGB (alpha dropped).
+  stbi_uc* data = stbi_load(path.c_str(), &w, &h, &channels, 3);
+  if (!data) throw Error("image " + path + " is corrupt or truncated: " + stbi_failure_reason());
+  Image img;
+  img.height = h;
+  img.width = w;
+  img.rgb.assign(data, data + size_t(pixels) * 3);
+  stbi_image_free(data);
+  return img;
+}
+
+namespace {
+
+// Writes next to the target and renames, so a reader never sees a half-written PNG.
+void write_png(const std::string& path, int height, int width, int channels, const uint8_t* pixels,
+               size_t size) {
+  if (height <= 0 || width <= 0)
+    throw Error("cannot write " + path + ": empty image (" + std::to_string(height) + "x" +
+                std::to_string(width) + ")");
+  if (size != size_t(height) * width * channels)
+    throw Error("cannot write " + path + ": " + std::to_string(size) + " bytes for a " +
+                std::to_string(height) + "x" + std::to_string(width) + "x" + std::to_string(channels) +
+                " image");
+  const std::string tmp = path + ".tmp";
+  if (!stbi_write_png(tmp.c_str(), width, height, channels, pixels, width * channels)) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw Error("cannot write PNG " + path + " (is the directory writable and the disk not full?)");
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    const std::string why = ec.message();
+    fs::remove(tmp, ec);
+    throw Error("cannot write PNG " + path + ": rename from " + tmp + " failed: " + why);
+  }
+}
+
+}  // namespace
+
+void write_png_rgb(const std::string& path, const Image& img) {
+  write_png(path, img.height, img.width, 3, img.rgb.data(), img.rgb.size());
+}
+
+void write_png_gray(const std::string& path, int height, int width, const std::vector<uint8_t>& gray) {
+  write_png(path, height, width, 1, gray.data(), gray.size());
+}
+
+}  // namespace samfast

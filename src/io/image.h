@@ -1,0 +1,21 @@
+// Image files in and out. Images are interleaved uint8 RGB, row-major (H, W, 3).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace samfast {
+
+struct Image {
+  int height = 0, width = 0;
+  std::vector<uint8_t> rgb;  // height * width * 3
+};
+
+// Decodes JPEG/PNG/BMP/... into RGB. Throws samfast::Error naming the file if it is missing,
+// not an image, corrupt, or larger than max_pixels.
+Image read_image(const std::string& path, int64_t max_pixels = int64_t(1) << 28);
+// Writes a PNG (RGB or single-channel gray). Throws samfast::Error on failure.
+void write_png_rgb(const std::string& path, const Image& img);
+void write_png_gray(const std::string& path, int height, int width, const std::vector<uint8_t>& gray);
+
+}  // namespace samfast

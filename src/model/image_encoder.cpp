@@ -1,0 +1,38 @@
+// ref: segment_anything/modeling/image_encoder.py ImageEncoderViT, Block, Attention
+#include "backend/ops.h"
+#include "samfast/error.h"
+#include "samfast/model.h"
+
+namespace samfast {
+
+Tensor Model::encode_image(const Tensor& image, const std::function<void(int, const Tensor&)>& on_block) const {
+  const SamConfig& c = cfg_;
+  Ops& ops = *ops_;
+  if (image.ndim() != 4 || image.dim(1) != 3 || image.dim(2) != c.img_size || image.dim(3) != c.img_size)
+    throw Error("encode_image: expected a (B, 3, " + std::to_string(c.img_size) + ", " + std::to_string(c.img_size) +
+                ") image, got " + shape_str(image.shape));
+  const std::string e = "image_encoder.";
+  Tensor x = ops.nchw_to_nhwc(image);                                                  // (B, S, S, 3)
+  x = ops.conv2d(x, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"), c.patch_size, 0);
+  x = ops.add(x, w(e + "pos_embed"));                                                  // (B, G, G, E)
+  for (int i = 0; i < c.depth; ++i) {
+    const std::string b = e + "blocks." + std::to_string(i) + ".";
+    Tensor h = ops.layer_norm(x, w(b + "norm1.weight"), w(b + "norm1.bias"), 1e-6f);
+    Tensor qkv = ops.linear(h, w(b + "attn.qkv.weight"), &w(b + "attn.qkv.bias"));  // (B, G, G, 3E)
+    Tensor a = ops.rel_pos_attention(qkv, w(b + "attn.qkv.bias"), w(b + "attn.rel_pos_h"), w(b + "attn.rel_pos_w"),
+                                     c.num_heads, c.is_global(i) ? 0 : c.window_size);  // (B, G, G, E)
+    x = ops.linear(a, w(b + "attn.proj.weight"), &w(b + "attn.proj.bias"), Act::None, &x);
+    h = ops.layer_norm(x, w(b + "norm2.weight"), w(b + "norm2.bias"), 1e-6f);
+    h = ops.linear(h, w(b + "mlp.lin1.weight"), &w(b + "mlp.lin1.bias"), Act::GELU);  // (B, G, G, mlp)
+    x = ops.linear(h, w(b + "mlp.lin2.weight"), &w(b + "mlp.lin2.bias"), Act::None, &x);
+    if (on_block) on_block(i, x);
+  }
+  // neck: 1x1 conv (a Linear on channel-last tokens), LayerNorm2d, 3x3 conv, LayerNorm2d
+  const Tensor& n0 = w(e + "neck.0.weight");
+  x = ops.linear(x, n0.view({n0.dim(0), n0.dim(1)}), nullptr);                        // (B, G, G, 256)
+  x = ops.layer_norm(x, w(e + "neck.1.weight"), w(e + "neck.1.bias"), 1e-6f);
+  x = ops.conv2d(x, w(e + "neck.2.weight"), nullptr, 1, 1);
+  return ops.layer_norm(x, w(e + "neck.3.weight"), w(e + "neck.3.bias"), 1e-6f);
+}
+
+}  // namespace samfast

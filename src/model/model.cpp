@@ -1,0 +1,110 @@
+// Model loading, validation and synthetic weights.
+#include <cmath>
+
+#include "backend/cpu/cpu_ops.h"
+#include "io/checkpoint.h"
+#include "samfast/error.h"
+#include "samfast/model.h"
+
+namespace samfast {
+
+int64_t PromptBatch::batch() const {
+  if (points.defined()) return points.dim(0);
+  if (boxes.defined()) return boxes.dim(0);
+  if (masks.defined()) return masks.dim(0);
+  return 1;
+}
+
+Model Model::load(const std::string& path, const ModelOptions& options) {
+  StateDict sd = load_checkpoint(path);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  tensors.reserve(sd.size());
+  for (auto& [name, t] : sd) tensors.emplace_back(name, std::move(t.value));
+  try {
+    return from_tensors(std::move(tensors), options);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+}
+
+Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, const ModelOptions& options) {
+  if (options.device != "cpu")
+    throw Error("device '" + options.device + "' is not available in this build; use --device cpu");
+  std::vector<std::pair<std::string, Shape>> shapes;
+  for (const auto& [n, t] : tensors) shapes.emplace_back(n, t.shape);
+  Model m;
+  m.cfg_ = infer_config(shapes);
+  m.tensors_ = std::move(tensors);
+  for (const auto& [n, t] : m.tensors_) m.by_name_[n] = t;
+  m.ops_ = std::make_shared<CpuOps>();
+  return m;
+}
+
+const Tensor& Model::w(const std::string& name) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) throw Error("internal: model has no tensor '" + name + "'");
+  return it->second;
+}
+
+int64_t Model::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : tensors_) n += t.numel();
+  return n;
+}
+
+namespace {
+
+// splitmix64: a tiny portable generator, so that a seed gives the same checkpoint everywhere.
+struct Rng {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return (next() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
+  float uniform(float lo, float hi) { return lo + (hi - lo) * (float)uniform(); }
+  float normal(float stddev) {
+    const double u1 = 1.0 - uniform(), u2 = uniform();
+    return (float)(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  }
+};
+
+bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, Tensor>> Model::synthetic_tensors(const SamConfig& cfg, uint64_t seed) {
+  // Like PyTorch's default init (uniform +-1/sqrt(fan_in) for Linear/Conv, N(0,1) for embeddings),
+  // but with norms, positional and relative-position tables away from their trivial values so
+  // that every term of the model is exercised.
+  Rng rng{seed};
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const auto& [name, shape] : expected_parameters(cfg)) {
+    Tensor t = Tensor::empty(shape);
+    const int64_t n = t.numel();
+    float* d = t.data;
+    if (contains(name, "rel_pos") || contains(name, "pos_embed")) {
+      for (int64_t i = 0; i < n; ++i) d[i] = rng.normal(0.1f);
+    } else if (contains(name, "gaussian_matrix") || contains(name, "point_embeddings") ||
+               contains(name, "not_a_point") || contains(name, "no_mask_embed") || contains(name, "iou_token") ||
+               contains(name, "mask_tokens")) {
+      for (int64_t i = 0; i < n; ++i) d[i] = rng.normal(1.0f);
+    } else if (shape.size() == 1 && ends_with(name, ".weight")) {  // LayerNorm scale
+      for (int64_t i = 0; i < n; ++i) d[i] = rng.uniform(0.8f, 1.2f);
+    } else if (shape.size() == 1) {  // bias
+      for (int64_t i = 0; i < n; ++i) d[i] = rng.uniform(-0.05f, 0.05f);
+    } else {
+      const float bound = 1.0f / std::sqrt((float)(n / shape[0]));
+      for (int64_t i = 0; i < n; ++i) d[i] = rng.uniform(-bound, bound);
+    }
+    out.emplace_back(name, t);
+  }
+  return out;
+}
+
+}  // namespace samfast

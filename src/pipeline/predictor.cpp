@@ -1,0 +1,118 @@
+// ref: segment_anything/predictor.py SamPredictor
+#include "samfast/predictor.h"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include "io/image.h"
+#include "pipeline/transforms.h"
+#include "samfast/error.h"
+
+namespace samfast {
+
+void Predictor::set_image(const Image& rgb) {
+  const int S = model_.config().img_size;
+  if (rgb.height <= 0 || rgb.width <= 0 || (int64_t)rgb.rgb.size() != (int64_t)rgb.height * rgb.width * 3)
+    throw Error("set_image: expected an RGB image, got " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) +
+                " with " + std::to_string(rgb.rgb.size()) + " bytes");
+  auto [h, w] = preprocess_shape(rgb.height, rgb.width, S);
+  Image resized = resize_pil_bilinear(rgb, h, w);
+  embedding_ = model_.encode_image(normalize_and_pad(resized, S));
+  original_size_ = {rgb.height, rgb.width};
+  input_size_ = {h, w};
+}
+
+Tensor Predictor::image_embedding() const {
+  if (!is_image_set()) throw Error("an image must be set with set_image() before the embedding is read");
+  const int64_t G = embedding_.dim(1), D = embedding_.dim(3);
+  Tensor out = Tensor::empty({1, D, G, G});
+  for (int64_t i = 0; i < G * G; ++i)
+    for (int64_t d = 0; d < D; ++d) out.data[d * G * G + i] = embedding_.data[i * D + d];
+  return out;
+}
+
+void Predictor::check(const Prompt& p) const {
+  if (!is_image_set()) throw Error("an image must be set with set_image() before predict()");
+  const auto [H, W] = original_size_;
+  auto inside = [&](float x, float y) { return std::isfinite(x) && std::isfinite(y) && x >= 0 && y >= 0 && x <= W && y <= H; };
+  if (p.points.size() != p.labels.size())
+    throw Error("prompt has " + std::to_string(p.points.size()) + " points but " + std::to_string(p.labels.size()) + " labels");
+  for (size_t i = 0; i < p.points.size(); ++i) {
+    if (!inside(p.points[i][0], p.points[i][1]))
+      throw Error("point (" + std::to_string(p.points[i][0]) + ", " + std::to_string(p.points[i][1]) +
+                  ") lies outside the " + std::to_string(W) + "x" + std::to_string(H) + " image");
+    if (p.labels[i] < -1 || p.labels[i] > 1)
+      throw Error("point label " + std::to_string(p.labels[i]) + " is not 1 (foreground), 0 (background) or -1 (ignore)");
+  }
+  if (p.box) {
+    const auto& b = *p.box;
+    if (!inside(b[0], b[1]) || !inside(b[2], b[3]) || b[2] < b[0] || b[3] < b[1])
+      throw Error("box (" + std::to_string(b[0]) + ", " + std::to_string(b[1]) + ", " + std::to_string(b[2]) + ", " +
+                  std::to_string(b[3]) + ") must have x0 <= x1, y0 <= y1 and lie inside the " + std::to_string(W) + "x" +
+                  std::to_string(H) + " image");
+  }
+  const int64_t L = 4 * model_.config().grid();
+  if (p.mask_input.defined() && (p.mask_input.numel() != L * L))
+    throw Error("mask input must be (1, " + std::to_string(L) + ", " + std::to_string(L) + "), got " + shape_str(p.mask_input.shape));
+}
+
+Prediction Predictor::predict(const Prompt& prompt, bool multimask_output, bool return_logits) const {
+  return predict_batch({prompt}, multimask_output, return_logits).front();
+}
+
+std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prompts, bool multimask_output,
+                                                 bool return_logits) const {
+  for (const Prompt& p : prompts) check(p);
+  const int S = model_.config().img_size;
+  const int64_t L = 4 * model_.config().grid();
+  // Group prompts of the same form so that each group is one decoder batch.
+  std::map<std::tuple<size_t, bool, bool>, std::vector<size_t>> groups;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    groups[{prompts[i].points.size(), prompts[i].box.has_value(), prompts[i].mask_input.defined()}].push_back(i);
+
+  std::vector<Prediction> results(prompts.size());
+  for (const auto& [form, idx] : groups) {
+    const auto [n_points, has_box, has_mask] = form;
+    const int64_t B = (int64_t)idx.size(), N = (int64_t)n_points;
+    PromptBatch batch;
+    if (N > 0) {
+      batch.points = Tensor::empty({B, N, 2});
+      batch.labels = Tensor::empty({B, N});
+    }
+    if (has_box) batch.boxes = Tensor::empty({B, 4});
+    if (has_mask) batch.masks = Tensor::empty({B, 1, L, L});
+    for (int64_t b = 0; b < B; ++b) {
+      const Prompt& p = prompts[idx[b]];
+      for (int64_t i = 0; i < N; ++i) {
+        float* xy = batch.points.data + (b * N + i) * 2;
+        xy[0] = p.points[i][0], xy[1] = p.points[i][1];
+        batch.labels.data[b * N + i] = (float)p.labels[i];
+      }
+      if (N > 0) apply_coords(batch.points.data + b * N * 2, N, original_size_, S);
+      if (has_box) {
+        std::memcpy(batch.boxes.data + b * 4, p.box->data(), sizeof(float) * 4);
+        apply_coords(batch.boxes.data + b * 4, 2, original_size_, S);
+      }
+      if (has_mask) std::memcpy(batch.masks.data + b * L * L, p.mask_input.data, sizeof(float) * L * L);
+    }
+    DecoderOutput dec = model_.decode_masks(embedding_, model_.encode_prompts(batch), multimask_output);
+    Tensor masks = postprocess_masks(dec.low_res_masks, S, input_size_, original_size_);  // (B, C, H, W)
+    const int64_t C = masks.dim(1), H = masks.dim(2), W = masks.dim(3);
+    if (!return_logits)
+      for (int64_t i = 0; i < masks.numel(); ++i) masks.data[i] = masks.data[i] > 0.f ? 1.f : 0.f;
+    for (int64_t b = 0; b < B; ++b) {
+      Prediction& r = results[idx[b]];
+      r.masks = Tensor::empty({C, H, W});
+      std::memcpy(r.masks.data, masks.data + b * C * H * W, sizeof(float) * C * H * W);
+      r.iou = Tensor::empty({C});
+      std::memcpy(r.iou.data, dec.iou.data + b * C, sizeof(float) * C);
+      r.low_res_masks = Tensor::empty({C, L, L});
+      std::memcpy(r.low_res_masks.data, dec.low_res_masks.data + b * C * L * L, sizeof(float) * C * L * L);
+    }
+  }
+  return results;
+}
+
+}  // namespace samfast

@@ -1,0 +1,112 @@
+"""The samfast command line as a user meets it: outputs, formats, and one clear error line for bad input."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import IMAGES
+
+DOG = IMAGES / "dog.jpg"  # 800 x 534
+
+
+def one_error_line(p):
+    assert p.returncode != 0
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def test_info_prints_inferred_config(samfast, tiny):
+    p = samfast("info", tiny)
+    assert p.returncode == 0, p.stderr
+    assert "embed_dim 64, depth 4, heads 2 (head dim 32)" in p.stdout
+    assert "global blocks [1,3]" in p.stdout and "window 14" in p.stdout
+    assert "parameters:" in p.stdout
+
+
+def test_make_checkpoint_presets_and_no_clobber(samfast, tmp_path):
+    out = tmp_path / "b.safetensors"
+    assert samfast("make-checkpoint", "--model", "tiny", "--out", out).returncode == 0
+    assert "model: custom" in samfast("info", out).stdout
+    before = out.read_bytes()
+    line = one_error_line(samfast("make-checkpoint", "--model", "tiny", "--seed", "5", "--out", out))
+    assert "already exists" in line and out.read_bytes() == before
+
+
+def test_segment_point_writes_masks_overlay_json(samfast, tiny, tmp_path):
+    out = tmp_path / "out"
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--out", out)
+    assert p.returncode == 0, p.stderr
+    mask = np.array(Image.open(out / "mask_0.png"))
+    assert mask.shape == (534, 800) and set(np.unique(mask)) <= {0, 255}
+    overlay = np.array(Image.open(out / "overlay.png"))
+    assert overlay.shape == (534, 800, 3)
+    assert not np.array_equal(overlay, np.array(Image.open(DOG).convert("RGB")))
+    result = json.loads((out / "result.json").read_text())
+    assert result["width"] == 800 and result["height"] == 534 and len(result["masks"]) == 1
+    assert result["masks"][0]["area"] == int((mask > 0).sum())
+    assert set(result["timings_ms"]) == {"load", "set_image", "predict"}
+    assert np.load(out / "low_res_logits.npy").shape == (1, 256, 256)
+
+
+def test_segment_multimask_box_and_mask_input(samfast, tiny, tmp_path):
+    first = tmp_path / "first"
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--box", "100,50,600,500", "--multimask", "--out", first)
+    assert p.returncode == 0, p.stderr
+    assert len(json.loads((first / "result.json").read_text())["masks"]) == 3
+    assert all((first / f"mask_{i}.png").exists() for i in range(3))
+    second = tmp_path / "second"
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "300,200,1", "--point", "500,300,0",
+                "--mask-input", first / "low_res_logits.npy", "--out", second)
+    assert p.returncode == 0, p.stderr
+
+
+def test_segment_without_checkpoint_warns_loudly(samfast, tmp_path):
+    p = samfast("segment", "--model", "tiny", "--image", DOG, "--point", "10,10", "--out", tmp_path / "o")
+    assert p.returncode == 0, p.stderr
+    assert "SYNTHETIC" in p.stderr and "MEANINGLESS" in p.stderr
+
+
+def test_existing_outputs_are_not_clobbered(samfast, tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--out", out]
+    assert samfast(*args).returncode == 0
+    before = (out / "mask_0.png").read_bytes()
+    assert "already exists" in one_error_line(samfast(*args[:-2], "--point", "10,10", "--out", out))
+    assert (out / "mask_0.png").read_bytes() == before
+    assert samfast(*args, "--overwrite").returncode == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--point", "900,100"], "outside the 800x534 image"),
+    (["--point", "10,10,7"], "label must be 1"),
+    (["--point", "10,abc"], "is not a number"),
+    (["--point", "10"], "comma-separated"),
+    (["--box", "500,10,100,300"], "x0 <= x1"),
+    ([], "at least one --point"),
+    (["--point", "1,1", "--frobnicate"], "frobnicate"),
+])
+def test_bad_prompts_give_one_clear_line(samfast, tiny, tmp_path, args, message):
+    line = one_error_line(samfast("segment", "--checkpoint", tiny, "--image", DOG, "--out", tmp_path / "o", *args))
+    assert message in line
+    assert not (tmp_path / "o" / "mask_0.png").exists()
+
+
+def test_bad_files_give_one_clear_line(samfast, tiny, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    line = one_error_line(samfast("segment", "--checkpoint", tiny, "--image", text, "--point", "1,1", "--out", tmp_path / "o"))
+    assert "notes.jpg" in line and "image" in line
+    line = one_error_line(samfast("segment", "--checkpoint", tiny, "--image", tmp_path / "missing.png", "--point", "1,1",
+                                  "--out", tmp_path / "o"))
+    assert "missing.png" in line
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(tiny.read_bytes()[: 100000])
+    line = one_error_line(samfast("info", broken))
+    assert "broken.pth" in line
+    bad_mask = tmp_path / "m.npy"
+    np.save(bad_mask, np.zeros((1, 64, 64), np.float32))
+    line = one_error_line(samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "1,1", "--mask-input", bad_mask,
+                                  "--out", tmp_path / "o"))
+    assert "mask input must be (1, 256, 256)" in line

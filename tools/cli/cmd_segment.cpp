@@ -1,0 +1,147 @@
+// `samfast segment`: prompts -> mask PNGs, an overlay PNG, low-res logits and a JSON summary.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "commands.h"
+#include "io/image.h"
+#include "io/npy.h"
+#include "pipeline/overlay.h"
+#include "samfast/error.h"
+#include "samfast/predictor.h"
+
+namespace samfast::cli {
+namespace {
+
+std::vector<float> parse_numbers(const std::string& text, const std::string& flag, size_t min_n, size_t max_n) {
+  std::vector<float> v;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      v.push_back(std::stof(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw Error(flag + " '" + text + "': '" + item + "' is not a number");
+    }
+  }
+  if (v.size() < min_n || v.size() > max_n)
+    throw Error(flag + " '" + text + "': expected " + (min_n == max_n ? std::to_string(min_n) : std::to_string(min_n) + " or " + std::to_string(max_n)) +
+                " comma-separated numbers");
+  return v;
+}
+
+struct Args {
+  std::string checkpoint, model = "vit_b", image, box, mask_input, out;
+  std::vector<std::string> points;
+  uint64_t seed = 0;
+  bool multimask = false, overwrite = false;
+};
+
+int run_segment(const Args& a) {
+  Prompt prompt;
+  for (const std::string& p : a.points) {
+    auto v = parse_numbers(p, "--point", 2, 3);
+    const float label = v.size() == 3 ? v[2] : 1.f;
+    if (label != 0.f && label != 1.f) throw Error("--point '" + p + "': the label must be 1 (foreground) or 0 (background)");
+    prompt.points.push_back({v[0], v[1]});
+    prompt.labels.push_back((int)label);
+  }
+  if (!a.box.empty()) {
+    auto v = parse_numbers(a.box, "--box", 4, 4);
+    prompt.box = std::array<float, 4>{v[0], v[1], v[2], v[3]};
+  }
+  if (prompt.points.empty() && !prompt.box) throw Error("give at least one --point x,y[,label] or a --box x0,y0,x1,y1");
+  if (!a.mask_input.empty()) prompt.mask_input = read_npy(a.mask_input);
+
+  namespace fs = std::filesystem;
+  const int n_out = a.multimask ? 3 : 1;
+  std::vector<std::string> outputs = {"overlay.png", "result.json", "low_res_logits.npy"};
+  for (int i = 0; i < n_out; ++i) outputs.push_back("mask_" + std::to_string(i) + ".png");
+  if (fs::exists(a.out) && !fs::is_directory(a.out)) throw Error("--out " + a.out + " exists and is not a directory");
+  for (const auto& f : outputs)
+    if (fs::exists(fs::path(a.out) / f) && !a.overwrite)
+      throw Error((fs::path(a.out) / f).string() + " already exists (pass --overwrite to replace outputs)");
+
+  Image img = read_image(a.image);  // before the model: a bad image fails fast
+  double t0 = now_ms();
+  Model model = load_or_synthesize(a.checkpoint, a.model, a.seed);
+  double t1 = now_ms();
+  Predictor predictor(model);
+  predictor.set_image(img);
+  double t2 = now_ms();
+  Prediction pred = predictor.predict(prompt, a.multimask);
+  double t3 = now_ms();
+
+  fs::create_directories(a.out);
+  const int64_t C = pred.masks.dim(0), H = pred.masks.dim(1), W = pred.masks.dim(2), L = pred.low_res_masks.dim(1);
+  nlohmann::json masks = nlohmann::json::array();
+  std::vector<std::vector<uint8_t>> bits(C, std::vector<uint8_t>(H * W));
+  for (int64_t c = 0; c < C; ++c) {
+    std::vector<uint8_t> gray(H * W);
+    int64_t area = 0;
+    for (int64_t i = 0; i < H * W; ++i) {
+      bits[c][i] = pred.masks.data[c * H * W + i] > 0.5f;
+      gray[i] = bits[c][i] ? 255 : 0;
+      area += bits[c][i];
+    }
+    const std::string name = "mask_" + std::to_string(c) + ".png";
+    write_png_gray((fs::path(a.out) / name).string(), (int)H, (int)W, gray);
+    masks.push_back({{"file", name}, {"predicted_iou", pred.iou.data[c]}, {"area", area}});
+  }
+  const int64_t best = std::max_element(pred.iou.data, pred.iou.data + C) - pred.iou.data;
+  Tensor best_logits = Tensor::empty({1, L, L});
+  std::copy(pred.low_res_masks.data + best * L * L, pred.low_res_masks.data + (best + 1) * L * L, best_logits.data);
+  write_npy((fs::path(a.out) / "low_res_logits.npy").string(), best_logits);
+  std::vector<std::array<float, 4>> boxes;
+  if (prompt.box) boxes.push_back(*prompt.box);
+  write_png_rgb((fs::path(a.out) / "overlay.png").string(),
+                make_overlay(img, {bits[best].data()}, prompt.points, prompt.labels, boxes));
+
+  nlohmann::json result = {
+      {"image", a.image},
+      {"width", W},
+      {"height", H},
+      {"checkpoint", a.checkpoint.empty() ? "synthetic (random weights: masks are meaningless)" : a.checkpoint},
+      {"model", model.config().name()},
+      {"multimask_output", a.multimask},
+      {"best_mask", best},
+      {"masks", masks},
+      {"timings_ms", {{"load", t1 - t0}, {"set_image", t2 - t1}, {"predict", t3 - t2}}}};
+  const std::string json_path = (fs::path(a.out) / "result.json").string();
+  {
+    std::ofstream f(json_path + ".tmp");
+    f << result.dump(2) << "\n";
+    if (!f) throw Error("cannot write " + json_path);
+  }
+  fs::rename(json_path + ".tmp", json_path);
+  std::cerr << "wrote " << C << " mask(s), overlay.png and result.json to " << a.out << " (set_image "
+            << (int)(t2 - t1) << " ms, predict " << (int)(t3 - t2) << " ms)\n";
+  return 0;
+}
+
+}  // namespace
+
+Runner add_segment(CLI::App& app) {
+  auto* cmd = app.add_subcommand("segment", "Segment an image from point / box / mask prompts");
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--checkpoint", a->checkpoint, "SAM checkpoint (.pth or .safetensors); omitted: synthetic random weights")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--model", a->model, "model for synthetic weights when no checkpoint is given")
+      ->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
+  cmd->add_option("--seed", a->seed, "seed for synthetic weights");
+  cmd->add_option("--image", a->image, "input image (JPEG, PNG, ...)")->required();
+  cmd->add_option("--point", a->points, "x,y[,label] in image pixels; label 1 = foreground (default), 0 = background");
+  cmd->add_option("--box", a->box, "x0,y0,x1,y1 in image pixels");
+  cmd->add_option("--mask-input", a->mask_input, "low-res logits .npy (1, 256, 256) from an earlier run")->check(CLI::ExistingFile);
+  cmd->add_flag("--multimask", a->multimask, "return 3 masks instead of 1");
+  cmd->add_option("--out", a->out, "output directory")->required();
+  cmd->add_flag("--overwrite", a->overwrite, "replace existing outputs in --out");
+  return [a] { return run_segment(*a); };
+}
+
+}  // namespace samfast::cli

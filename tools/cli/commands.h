@@ -1,0 +1,22 @@
+// Subcommands of the samfast CLI; each registers its options on the app and runs when chosen.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+
+#include "samfast/model.h"
+
+namespace samfast::cli {
+
+using Runner = std::function<int()>;
+Runner add_segment(CLI::App& app);
+Runner add_info(CLI::App& app);
+Runner add_make_checkpoint(CLI::App& app);
+Runner add_bench(CLI::App& app);
+
+// The checkpoint to use: the file if given, otherwise synthetic weights for `model` (with a loud
+// warning on stderr that masks from random weights are meaningless).
+Model load_or_synthesize(const std::string& checkpoint, const std::string& model, uint64_t seed);
+double now_ms();
+
+}  // namespace samfast::cli

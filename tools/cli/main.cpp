@@ -1,0 +1,51 @@
+// samfast command line: a thin client of the library. Errors become one line on stderr and exit 1.
+#include <chrono>
+#include <iostream>
+
+#include "commands.h"
+#include "samfast/error.h"
+
+namespace samfast::cli {
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+Model load_or_synthesize(const std::string& checkpoint, const std::string& model, uint64_t seed) {
+  if (!checkpoint.empty()) return Model::load(checkpoint);
+  std::cerr << "WARNING: no --checkpoint given: using a SYNTHETIC " << model << " model with RANDOM weights (seed "
+            << seed << ").\nWARNING: its masks are MEANINGLESS; pass --checkpoint sam_vit_b_01ec64.pth (or l/h) for real ones.\n";
+  return Model::from_tensors(Model::synthetic_tensors(SamConfig::preset(model), seed));
+}
+
+}  // namespace samfast::cli
+
+int main(int argc, char** argv) {
+  using namespace samfast::cli;
+  CLI::App app{"samfast: Segment Anything (SAM v1) inference"};
+  app.require_subcommand(1);
+  Runner segment = add_segment(app), info = add_info(app), make = add_make_checkpoint(app), bench = add_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "samfast: " << e.what() << " (see samfast --help)\n";
+    return 2;
+  }
+  try {
+    for (auto* sub : app.get_subcommands()) {
+      const std::string n = sub->get_name();
+      if (n == "segment") return segment();
+      if (n == "info") return info();
+      if (n == "make-checkpoint") return make();
+      if (n == "bench") return bench();
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "samfast: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 1;
+}
