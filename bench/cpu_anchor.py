@@ -1,8 +1,10 @@
 """CPU anchor: upstream segment_anything (PyTorch, fp32) timings on the same machine and checkpoint
 as `samfast bench`, so that BENCHMARKS.md can give a ratio measured in one run.
-Usage: /usr/bin/python3 bench/cpu_anchor.py CHECKPOINT MODEL [RUNS] [PROMPTS]
+Usage: /usr/bin/python3 bench/cpu_anchor.py CHECKPOINT MODEL [RUNS] [PROMPTS] [THREADS]
+THREADS defaults to every core (Debian's torch would otherwise use one thread here).
 Prints one JSON line: set_image_ms, predict_1_prompt_ms, predict_batch_ms (median of RUNS after a warm-up)."""
 import json
+import os
 import sys
 import time
 
@@ -13,6 +15,7 @@ from segment_anything import SamPredictor, sam_model_registry
 ckpt, model = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 P = int(sys.argv[4]) if len(sys.argv) > 4 else 16
+torch.set_num_threads(int(sys.argv[5]) if len(sys.argv) > 5 else len(os.sched_getaffinity(0)))
 sam = sam_model_registry[model](checkpoint=ckpt).eval()
 pred = SamPredictor(sam)
 # The same synthetic 1024x1024 image as `samfast bench`.

@@ -58,8 +58,8 @@ class Model {
   Tensor encode_image(const Tensor& image, const std::function<void(int, const Tensor&)>& on_block = {}) const;
   // ref: modeling/prompt_encoder.py PromptEncoder.forward
   PromptEmbeddings encode_prompts(const PromptBatch& prompts) const;
-  // (1, G, G, D): the dense positional encoding of the embedding grid (get_dense_pe).
-  Tensor dense_positional_encoding() const;
+  // (1, G, G, D): the dense positional encoding of the embedding grid (get_dense_pe), computed at load.
+  const Tensor& dense_positional_encoding() const { return dense_pe_; }
   // ref: modeling/mask_decoder.py MaskDecoder.forward. embedding (1 or B, G, G, D).
   DecoderOutput decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const;
 
@@ -67,11 +67,13 @@ class Model {
   Model() = default;
   const Tensor& w(const std::string& name) const;
   Tensor positional_encoding(const Tensor& coords01) const;  // (..., 2) in [0,1] -> (..., D)
+  Tensor compute_dense_positional_encoding() const;
 
   SamConfig cfg_;
   std::vector<std::pair<std::string, Tensor>> tensors_;
   std::map<std::string, Tensor> by_name_;
   std::shared_ptr<Ops> ops_;
+  Tensor dense_pe_;
 };
 
 }  // namespace samfast

@@ -1,7 +1,11 @@
 #include "samfast/tensor.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <new>
+#include <unordered_map>
 
 #include "samfast/error.h"
 
@@ -13,13 +17,61 @@ std::string shape_str(const Shape& s) {
   return out + ")";
 }
 
+namespace {
+
+// Freed host buffers are kept by exact size and handed out again: a forward pass asks for the same
+// sizes for every image, so after the first one no allocation reaches the OS and no fresh page is
+// faulted in (with plain new/delete, glibc returns big blocks to the OS on every free).
+class BufferPool {
+ public:
+  float* get(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        float* p = it->second;
+        free_.erase(it);
+        cached_ -= bytes;
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(64, bytes);
+    if (!p) throw Error("out of host memory: could not allocate " + std::to_string(bytes) + " bytes");
+    return static_cast<float*>(p);
+  }
+  void put(float* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cached_ + bytes > kMaxCachedBytes) {
+      std::free(p);
+      return;
+    }
+    free_.emplace(bytes, p);
+    cached_ += bytes;
+  }
+
+ private:
+  static constexpr size_t kMaxCachedBytes = size_t(2) << 30;
+  std::mutex mu_;
+  std::unordered_multimap<size_t, float*> free_;
+  size_t cached_ = 0;
+};
+
+BufferPool& pool() {
+  static BufferPool* p = new BufferPool;  // never destroyed: tensors may outlive static destruction
+  return *p;
+}
+
+}  // namespace
+
 Tensor Tensor::empty(Shape shape) {
   for (int64_t d : shape)
     if (d < 0) throw Error("negative dimension in shape " + shape_str(shape));
   Tensor t;
   t.shape = std::move(shape);
-  t.storage = std::shared_ptr<float[]>(new float[std::max<int64_t>(1, numel_of(t.shape))]);
-  t.data = t.storage.get();
+  const size_t bytes = (sizeof(float) * std::max<int64_t>(1, numel_of(t.shape)) + 63) / 64 * 64;
+  float* p = pool().get(bytes);
+  t.storage = std::shared_ptr<float[]>(p, [bytes](float* q) { pool().put(q, bytes); });
+  t.data = p;
   return t;
 }
 

@@ -1,7 +1,10 @@
 #include "io/zip.h"
 
+#include <zlib.h>
+
 #include <zip.h>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <limits>
@@ -135,21 +138,12 @@ std::vector<uint8_t> ZipReader::read(int64_t index, uint64_t max_bytes) const {
 
 namespace {
 
-constexpr std::array<uint32_t, 256> make_crc_table() {
-  std::array<uint32_t, 256> table{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    table[i] = c;
-  }
-  return table;
-}
-
 uint32_t crc32_of(std::span<const uint8_t> data) {
-  static constexpr std::array<uint32_t, 256> table = make_crc_table();
-  uint32_t c = 0xFFFFFFFFu;
-  for (uint8_t b : data) c = table[(c ^ b) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
+  // zlib's crc32 (libzip's own dependency), fed in chunks that fit its uInt length.
+  uLong c = crc32(0L, Z_NULL, 0);
+  for (size_t off = 0; off < data.size(); off += (1u << 30))
+    c = crc32(c, data.data() + off, (uInt)std::min<size_t>(data.size() - off, 1u << 30));
+  return (uint32_t)c;
 }
 
 void put16(std::string& out, uint32_t v) {

@@ -37,6 +37,7 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
   m.tensors_ = std::move(tensors);
   for (const auto& [n, t] : m.tensors_) m.by_name_[n] = t;
   m.ops_ = std::make_shared<CpuOps>();
+  m.dense_pe_ = m.compute_dense_positional_encoding();
   return m;
 }
 

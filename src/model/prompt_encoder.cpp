@@ -28,7 +28,7 @@ Tensor Model::positional_encoding(const Tensor& coords01) const {
   return out;
 }
 
-Tensor Model::dense_positional_encoding() const {
+Tensor Model::compute_dense_positional_encoding() const {
   const int64_t G = cfg_.grid();
   Tensor grid = Tensor::empty({1, G, G, 2});
   for (int64_t y = 0; y < G; ++y)

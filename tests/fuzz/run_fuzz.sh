@@ -23,7 +23,7 @@ for src in "${lib_sources[@]}"; do
 done
 wait
 "$cxx" "${flags[@]}" -fsanitize=fuzzer,address,undefined "$root/tests/fuzz/fuzz_checkpoint.cpp" "${objects[@]}" \
-  -lzip -o "$build/fuzz_checkpoint"
+  -lzip -lz -o "$build/fuzz_checkpoint"
 
 "$python" "$root/tests/fuzz/make_seeds.py" "$build/corpus"
 

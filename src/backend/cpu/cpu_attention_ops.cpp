@@ -1,8 +1,10 @@
-// Attention ops of the CPU backend. Work items (batch x window x head) run on OpenMP threads, each
-// with a single-threaded GEMM, so that the many small windows of the image encoder keep both
-// cores busy; the S matrix of one item lives in that thread's scratch.
+// Attention ops of the CPU backend. Work items (batch x window x head x block of queries) run on
+// OpenMP threads, each with a single-threaded GEMM: the many small windows of the image encoder
+// keep both cores busy, and a block of at most kQueryBlock query rows keeps the scores of global
+// attention (kQueryBlock x 4096) in L2 instead of streaming a 64 MB matrix through memory.
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -12,6 +14,8 @@
 
 namespace samfast {
 namespace {
+
+constexpr int64_t kQueryBlock = 128;
 
 // Runs fn(item) for item in [0, n) on OpenMP threads with OpenBLAS pinned to one thread meanwhile.
 template <class Fn>
@@ -23,6 +27,19 @@ void parallel_items(int64_t n, Fn&& fn) {
   openblas_set_num_threads(blas_threads);
 }
 
+float dot(const float* a, const float* b, int64_t n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// seg[x] += rh + rw[x]: one key row of the decomposed relative-position bias.
+void add_row_bias(float* __restrict seg, const float* __restrict rw, float rh, int64_t n) {
+#pragma omp simd
+  for (int64_t x = 0; x < n; ++x) seg[x] += rh + rw[x];
+}
+
 }  // namespace
 
 Tensor CpuOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
@@ -31,6 +48,7 @@ Tensor CpuOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, cons
   const int64_t B = qkv.dim(0), H = qkv.dim(1), W = qkv.dim(2), C = qkv.dim(3) / 3, hd = C / heads;
   const int64_t th = window > 0 ? window : H, tw = window > 0 ? window : W;  // tile (window) size
   const int64_t nwh = (H + th - 1) / th, nww = (W + tw - 1) / tw, T = th * tw;
+  const int64_t n_qblocks = (T + kQueryBlock - 1) / kQueryBlock;
   if (qkv.dim(3) != 3 * C || C % heads != 0 || qkv_bias.numel() != 3 * C)
     throw Error("rel_pos_attention: qkv " + shape_str(qkv.shape) + " with " + std::to_string(heads) + " heads");
   if (rel_pos_h.dim(0) != 2 * th - 1 || rel_pos_w.dim(0) != 2 * tw - 1 || rel_pos_h.dim(1) != hd)
@@ -38,49 +56,47 @@ Tensor CpuOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, cons
                 shape_str(rel_pos_w.shape) + " do not fit a " + std::to_string(th) + "x" + std::to_string(tw) +
                 " attention tile with head dim " + std::to_string(hd));
   const float scale = 1.0f / std::sqrt((float)hd);
+  const bool tiled = th != H || tw != W;  // windows (with padding) need a gather; global does not
   Tensor out = Tensor::empty({B, H, W, C});
 
-  parallel_items(B * nwh * nww * heads, [&](int64_t item) {
-    const int64_t h = item % heads, win = item / heads;
+  parallel_items(B * nwh * nww * heads * n_qblocks, [&](int64_t item) {
+    const int64_t qb = item % n_qblocks, h = (item / n_qblocks) % heads, win = item / (n_qblocks * heads);
     const int64_t bi = win / (nwh * nww), wy = (win / nww) % nwh, wx = win % nww;
-    std::vector<float> q(T * hd), qs(T * hd), k(T * hd), v(T * hd), s(T * T), o(T * hd);
-    std::vector<float> rel_h(T * th), rel_w(T * tw);
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t gy = wy * th + t / tw, gx = wx * tw + t % tw;
-      // Tokens of the zero padding: norm1 output is 0 there, so q = k = v = the qkv bias.
-      const float* src = (gy < H && gx < W) ? qkv.data + ((bi * H + gy) * W + gx) * 3 * C : qkv_bias.data;
-      for (int64_t d = 0; d < hd; ++d) {
-        q[t * hd + d] = src[h * hd + d];
-        qs[t * hd + d] = src[h * hd + d] * scale;
-        k[t * hd + d] = src[C + h * hd + d];
-        v[t * hd + d] = src[2 * C + h * hd + d];
+    const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, T - q0);
+    // Row pointers of the tile's tokens: padded tokens (zero after norm1) have q = k = v = the bias.
+    const float* q;
+    const float* k;
+    const float* v;
+    int64_t ld;
+    std::vector<float> gathered;
+    if (tiled) {
+      gathered.resize(3 * T * hd);
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t gy = wy * th + t / tw, gx = wx * tw + t % tw;
+        const float* src = (gy < H && gx < W) ? qkv.data + ((bi * H + gy) * W + gx) * 3 * C : qkv_bias.data;
+        for (int j = 0; j < 3; ++j) std::memcpy(gathered.data() + (j * T + t) * hd, src + j * C + h * hd, sizeof(float) * hd);
       }
+      q = gathered.data(), k = q + T * hd, v = k + T * hd, ld = hd;
+    } else {
+      q = qkv.data + bi * T * 3 * C + h * hd, k = q + C, v = q + 2 * C, ld = 3 * C;
     }
-    cpu::gemm(true, T, T, hd, 1.f, qs.data(), hd, k.data(), hd, 0.f, s.data(), T);
-    // Decomposed relative position with the unscaled q: rel_h[t, ky] = q[t] . Rh[qy - ky + th - 1].
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t qy = t / tw, qx = t % tw;
-      const float* qt = q.data() + t * hd;
-      for (int64_t ky = 0; ky < th; ++ky) {
-        const float* r = rel_pos_h.data + (qy - ky + th - 1) * hd;
-        float acc = 0.f;
-        for (int64_t d = 0; d < hd; ++d) acc += qt[d] * r[d];
-        rel_h[t * th + ky] = acc;
-      }
-      for (int64_t kx = 0; kx < tw; ++kx) {
-        const float* r = rel_pos_w.data + (qx - kx + tw - 1) * hd;
-        float acc = 0.f;
-        for (int64_t d = 0; d < hd; ++d) acc += qt[d] * r[d];
-        rel_w[t * tw + kx] = acc;
-      }
-      float* row = s.data() + t * T;
-      for (int64_t key = 0; key < T; ++key) row[key] += rel_h[t * th + key / tw] + rel_w[t * tw + key % tw];
+    std::vector<float> s(nq * T), o(nq * hd), rel_h(th), rel_w(tw);
+    // s = (q * scale) k^T for this block of queries
+    cpu::gemm(true, nq, T, hd, scale, q + q0 * ld, ld, k, ld, 0.f, s.data(), T);
+    for (int64_t r = 0; r < nq; ++r) {
+      const int64_t t = q0 + r, qy = t / tw, qx = t % tw;
+      const float* qt = q + t * ld;
+      // Decomposed relative position with the unscaled q: rel_h[ky] = q . Rh[qy - ky + th - 1]
+      for (int64_t ky = 0; ky < th; ++ky) rel_h[ky] = dot(qt, rel_pos_h.data + (qy - ky + th - 1) * hd, hd);
+      for (int64_t kx = 0; kx < tw; ++kx) rel_w[kx] = dot(qt, rel_pos_w.data + (qx - kx + tw - 1) * hd, hd);
+      float* row = s.data() + r * T;
+      for (int64_t ky = 0; ky < th; ++ky) add_row_bias(row + ky * tw, rel_w.data(), rel_h[ky], tw);
+      cpu::softmax_row(row, T);
     }
-    cpu::softmax_rows(s.data(), T, T);
-    cpu::gemm(false, T, hd, T, 1.f, s.data(), T, v.data(), hd, 0.f, o.data(), hd);
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t gy = wy * th + t / tw, gx = wx * tw + t % tw;
-      if (gy < H && gx < W) std::memcpy(out.data + ((bi * H + gy) * W + gx) * C + h * hd, o.data() + t * hd, sizeof(float) * hd);
+    cpu::gemm(false, nq, hd, T, 1.f, s.data(), T, v, ld, 0.f, o.data(), hd);
+    for (int64_t r = 0; r < nq; ++r) {
+      const int64_t t = q0 + r, gy = wy * th + t / tw, gx = wx * tw + t % tw;
+      if (gy < H && gx < W) std::memcpy(out.data + ((bi * H + gy) * W + gx) * C + h * hd, o.data() + r * hd, sizeof(float) * hd);
     }
   });
   return out;
@@ -92,17 +108,19 @@ Tensor CpuOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int 
   if (k.dim(0) != B || v.dim(0) != B || k.dim(2) != D || v.dim(2) != D || v.dim(1) != Nk || D % heads)
     throw Error("attention: q " + shape_str(q.shape) + ", k " + shape_str(k.shape) + ", v " + shape_str(v.shape));
   const float inv_sqrt = std::sqrt((float)hd);
+  const int64_t n_qblocks = (Nq + kQueryBlock - 1) / kQueryBlock;
   Tensor out = Tensor::empty({B, Nq, D});
-  parallel_items(B * heads, [&](int64_t item) {
-    const int64_t bi = item / heads, h = item % heads;
-    const float* qb = q.data + bi * Nq * D + h * hd;
+  parallel_items(B * heads * n_qblocks, [&](int64_t item) {
+    const int64_t qb = item % n_qblocks, h = (item / n_qblocks) % heads, bi = item / (n_qblocks * heads);
+    const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, Nq - q0);
+    const float* qb_ptr = q.data + (bi * Nq + q0) * D + h * hd;
     const float* kb = k.data + bi * Nk * D + h * hd;
     const float* vb = v.data + bi * Nk * D + h * hd;
-    std::vector<float> s(Nq * Nk);
-    cpu::gemm(true, Nq, Nk, hd, 1.f, qb, D, kb, D, 0.f, s.data(), Nk);
-    for (float& x : s) x /= inv_sqrt;
-    cpu::softmax_rows(s.data(), Nq, Nk);
-    cpu::gemm(false, Nq, hd, Nk, 1.f, s.data(), Nk, vb, D, 0.f, out.data + bi * Nq * D + h * hd, D);
+    std::vector<float> s(nq * Nk);
+    cpu::gemm(true, nq, Nk, hd, 1.f, qb_ptr, D, kb, D, 0.f, s.data(), Nk);
+    for (float& x : s) x /= inv_sqrt;  // upstream divides the scores by sqrt(head dim)
+    cpu::softmax_rows(s.data(), nq, Nk);
+    cpu::gemm(false, nq, hd, Nk, 1.f, s.data(), Nk, vb, D, 0.f, out.data + (bi * Nq + q0) * D + h * hd, D);
   });
   return out;
 }

@@ -8,17 +8,23 @@
 namespace samfast {
 
 namespace cpu {
+void softmax_row(float* __restrict row, int64_t n) {
+  float mx = row[0];
+#pragma omp simd reduction(max : mx)
+  for (int64_t c = 0; c < n; ++c) mx = row[c] > mx ? row[c] : mx;
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) row[c] = vexp(row[c] - mx);
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < n; ++c) sum += row[c];
+  const float inv = 1.f / sum;
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) row[c] *= inv;
+}
+
 void softmax_rows(float* x, int64_t rows, int64_t cols) {
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = x + r * cols;
-    float mx = row[0];
-    for (int64_t c = 1; c < cols; ++c) mx = std::max(mx, row[c]);
-    float sum = 0.f;
-    for (int64_t c = 0; c < cols; ++c) sum += (row[c] = std::exp(row[c] - mx));
-    const float inv = 1.f / sum;
-    for (int64_t c = 0; c < cols; ++c) row[c] *= inv;
-  }
+  for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * cols, cols);
 }
 }  // namespace cpu
 
@@ -48,8 +54,16 @@ Tensor CpuOps::add(const Tensor& a, const Tensor& b) {
   if (m == 0 || n % m != 0)
     throw Error("add: cannot broadcast " + shape_str(b.shape) + " onto " + shape_str(a.shape));
   Tensor y = Tensor::empty(a.shape);
+  const int64_t chunk = m >= 4096 ? m : 4096 / m * m;  // whole copies of b, big enough to split
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) y.data[i] = a.data[i] + b.data[i % m];
+  for (int64_t start = 0; start < n; start += chunk) {
+    const float* __restrict pa = a.data + start;
+    float* __restrict py = y.data + start;
+    for (int64_t o = 0; o < chunk && start + o < n; o += m) {
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) py[o + i] = pa[o + i] + b.data[i];
+    }
+  }
   return y;
 }
 

@@ -19,10 +19,12 @@ void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const
 
 void apply_act(float* x, int64_t n, Act act) {
   if (act == Act::None) return;
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i];
-    x[i] = act == Act::ReLU ? (v > 0.f ? v : 0.f) : 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+  if (act == Act::ReLU) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
+  } else {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + verf(x[i] * 0.70710678118654752f));
   }
 }
 
@@ -50,7 +52,11 @@ Tensor CpuOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act
   cpu::apply_act(y.data, y.numel(), act);
   if (residual) {
     check(residual->numel() == y.numel(), "linear", "residual shape " + shape_str(residual->shape));
-    for (int64_t i = 0; i < y.numel(); ++i) y.data[i] += residual->data[i];
+    const int64_t n = y.numel();
+    float* __restrict py = y.data;
+    const float* __restrict pr = residual->data;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) py[i] += pr[i];
   }
   return y;
 }
@@ -82,22 +88,27 @@ Tensor CpuOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int str
 
 Tensor CpuOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) {
   // Kernel 2 / stride 2 never overlaps: out[2y+dy, 2x+dx, co] = b[co] + sum_ci x[y, x, ci] w[ci, co, dy, dx],
-  // one GEMM (BHW, Cin) @ (Cin, Cout*4) and a scatter.
+  // one GEMM (BHW, Cin) @ (Cin, 4*Cout) with the weight reordered to (ci, dy, dx, co) so that
+  // each output pixel's channels come out contiguous, then a scatter of rows.
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3), Cout = w.dim(1);
   check(w.dim(0) == Cin && w.dim(2) == 2 && w.dim(3) == 2, "conv_transpose2x2",
         "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
-  Tensor tmp = Tensor::empty({B * H * W, Cout * 4});
-  cpu::gemm(false, B * H * W, Cout * 4, Cin, 1.f, x.data, Cin, w.data, Cout * 4, 0.f, tmp.data, Cout * 4);
+  Tensor wr = Tensor::empty({Cin, 4, Cout});
+  for (int64_t ci = 0; ci < Cin; ++ci)
+    for (int64_t co = 0; co < Cout; ++co)
+      for (int64_t k = 0; k < 4; ++k) wr.data[(ci * 4 + k) * Cout + co] = w.data[(ci * Cout + co) * 4 + k];
+  Tensor tmp = Tensor::empty({B * H * W, 4 * Cout});
+  cpu::gemm(false, B * H * W, 4 * Cout, Cin, 1.f, x.data, Cin, wr.data, 4 * Cout, 0.f, tmp.data, 4 * Cout);
   Tensor y = Tensor::empty({B, 2 * H, 2 * W, Cout});
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < B * H * W; ++r) {
     const int64_t bi = r / (H * W), iy = (r / W) % H, ix = r % W;
-    for (int64_t dy = 0; dy < 2; ++dy)
-      for (int64_t dx = 0; dx < 2; ++dx) {
-        float* dst = y.data + ((bi * 2 * H + 2 * iy + dy) * 2 * W + 2 * ix + dx) * Cout;
-        const float* src = tmp.data + r * Cout * 4 + dy * 2 + dx;
-        for (int64_t co = 0; co < Cout; ++co) dst[co] = src[co * 4] + b.data[co];
-      }
+    for (int64_t k = 0; k < 4; ++k) {
+      float* __restrict dst = y.data + ((bi * 2 * H + 2 * iy + k / 2) * 2 * W + 2 * ix + k % 2) * Cout;
+      const float* __restrict src = tmp.data + (r * 4 + k) * Cout;
+#pragma omp simd
+      for (int64_t co = 0; co < Cout; ++co) dst[co] = src[co] + b.data[co];
+    }
   }
   cpu::apply_act(y.data, y.numel(), act);
   return y;
