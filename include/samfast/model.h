@@ -30,11 +30,12 @@ struct PromptBatch {
 };
 
 struct PromptEmbeddings {
-  Tensor sparse;  // (B, Ns, D)
-  Tensor dense;   // (B, G, G, D) channel-last
+  Tensor sparse;  // (B, Ns, D), on the host (it joins the decoder's tokens there)
+  Tensor dense;   // backend tensor: (B, G, G, D) channel-last, or (1, 1, 1, D) when it is one vector
+                  // everywhere (no mask prompt)
 };
 
-struct DecoderOutput {
+struct DecoderOutput {  // backend tensors; Model::download brings them to the host
   Tensor low_res_masks;  // (B, M, 4G, 4G) logits
   Tensor iou;            // (B, M)
 };
@@ -53,27 +54,30 @@ class Model {
   const std::vector<std::pair<std::string, Tensor>>& tensors() const { return tensors_; }
 
   // ref: modeling/image_encoder.py ImageEncoderViT.forward.
-  // image: (B, 3, S, S) normalized and padded -> embedding (B, G, G, out_chans) channel-last.
-  // on_block, if set, sees each block's output (B, G, G, E) (used by parity tests).
+  // image: host (B, 3, S, S) normalized and padded -> backend tensor (B, G, G, out_chans) channel-last.
+  // on_block, if set, sees each block's output (B, G, G, E) as a backend tensor (parity tests).
   Tensor encode_image(const Tensor& image, const std::function<void(int, const Tensor&)>& on_block = {}) const;
   // ref: modeling/prompt_encoder.py PromptEncoder.forward
   PromptEmbeddings encode_prompts(const PromptBatch& prompts) const;
-  // (1, G, G, D): the dense positional encoding of the embedding grid (get_dense_pe), computed at load.
-  const Tensor& dense_positional_encoding() const { return dense_pe_; }
+  // Host (1, G, G, D): the dense positional encoding of the embedding grid (get_dense_pe).
+  const Tensor& dense_positional_encoding() const { return dense_pe_host_; }
+  // A backend tensor as a host fp32 tensor.
+  Tensor download(const Tensor& x) const;
   // ref: modeling/mask_decoder.py MaskDecoder.forward. embedding (1 or B, G, G, D).
   DecoderOutput decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const;
 
  private:
   Model() = default;
-  const Tensor& w(const std::string& name) const;
+  const Tensor& w(const std::string& name) const;   // weight in backend memory
+  const Tensor& hw(const std::string& name) const;  // weight on the host
   Tensor positional_encoding(const Tensor& coords01) const;  // (..., 2) in [0,1] -> (..., D)
   Tensor compute_dense_positional_encoding() const;
 
   SamConfig cfg_;
   std::vector<std::pair<std::string, Tensor>> tensors_;
-  std::map<std::string, Tensor> by_name_;
+  std::map<std::string, Tensor> host_by_name_, by_name_;
   std::shared_ptr<Ops> ops_;
-  Tensor dense_pe_;
+  Tensor dense_pe_host_, dense_pe_;
 };
 
 }  // namespace samfast

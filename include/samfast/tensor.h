@@ -1,5 +1,6 @@
-// A dense, contiguous fp32 host tensor with shared storage (a view plus a reference count).
-// The CPU backend works on these; a device backend keeps its own buffers behind the same shapes.
+// A dense, contiguous tensor with shared storage (a view plus a reference count). Host tensors are
+// fp32; a device backend makes tensors whose data points into device memory, in fp32 or a 16-bit
+// type, which only that backend reads.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -17,12 +18,18 @@ inline int64_t numel_of(const Shape& s) {
 }
 std::string shape_str(const Shape& s);  // "(1, 256, 64, 64)"
 
+enum class Device { CPU, CUDA };
+enum class DType { F32, BF16, F16 };
+inline size_t element_size(DType t) { return t == DType::F32 ? 4 : 2; }
+
 struct Tensor {
   Shape shape;
   std::shared_ptr<float[]> storage;
-  float* data = nullptr;
+  float* data = nullptr;  // host fp32 data; for a device tensor, its device address
+  Device device = Device::CPU;
+  DType dtype = DType::F32;
 
-  static Tensor empty(Shape shape);
+  static Tensor empty(Shape shape);  // host fp32
   static Tensor zeros(Shape shape);
   static Tensor from(Shape shape, const std::vector<float>& values);
 
@@ -30,6 +37,10 @@ struct Tensor {
   int64_t dim(int i) const { return shape.at(i < 0 ? shape.size() + i : i); }
   int ndim() const { return static_cast<int>(shape.size()); }
   bool defined() const { return data != nullptr; }
+  bool on_host() const { return device == Device::CPU; }
+  size_t nbytes() const { return element_size(dtype) * static_cast<size_t>(numel()); }
+  template <class T>
+  T* ptr() const { return reinterpret_cast<T*>(data); }
   // Same storage, new shape with the same element count.
   Tensor view(Shape new_shape) const;
   Tensor clone() const;

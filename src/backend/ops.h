@@ -3,6 +3,8 @@
 // tokens (B, N, C); weights keep PyTorch's layouts ((out, in) for Linear, (out, in, kh, kw) for Conv2d,
 // (in, out, kh, kw) for ConvTranspose2d) so that a checkpoint's tensors are used as stored.
 #pragma once
+#include <vector>
+
 #include "samfast/tensor.h"
 
 namespace samfast {
@@ -41,6 +43,18 @@ class Ops {
   virtual Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) = 0;
   // Batched a (B, M, K) @ b(B, N, K)^T -> (B, M, N).
   virtual Tensor bmm_nt(const Tensor& a, const Tensor& b) = 0;
+
+  // Layout and movement.
+  // Elements [first, first + count) of dim 1 of x (B, N, ...) -> (B, count, ...).
+  virtual Tensor slice(const Tensor& x, int64_t first, int64_t count) = 0;
+  // Tensors (B, n_i, ...) with equal other dims, joined along dim 1.
+  virtual Tensor concat(const std::vector<Tensor>& xs) = 0;
+  // x (1, ...) repeated to (batch, ...).
+  virtual Tensor expand_batch(const Tensor& x, int64_t batch) = 0;
+  // Host fp32 tensor -> this backend's memory and compute precision (weights, prompts, images).
+  virtual Tensor upload(const Tensor& host) = 0;
+  // This backend's tensor -> host fp32 tensor.
+  virtual Tensor download(const Tensor& x) = 0;
 };
 
 }  // namespace samfast

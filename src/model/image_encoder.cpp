@@ -12,7 +12,7 @@ Tensor Model::encode_image(const Tensor& image, const std::function<void(int, co
     throw Error("encode_image: expected a (B, 3, " + std::to_string(c.img_size) + ", " + std::to_string(c.img_size) +
                 ") image, got " + shape_str(image.shape));
   const std::string e = "image_encoder.";
-  Tensor x = ops.nchw_to_nhwc(image);                                                  // (B, S, S, 3)
+  Tensor x = ops.nchw_to_nhwc(ops.upload(image));                                      // (B, S, S, 3)
   x = ops.conv2d(x, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"), c.patch_size, 0);
   x = ops.add(x, w(e + "pos_embed"));                                                  // (B, G, G, E)
   for (int i = 0; i < c.depth; ++i) {

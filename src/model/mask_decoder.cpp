@@ -6,17 +6,6 @@
 #include "samfast/model.h"
 
 namespace samfast {
-namespace {
-
-// Selects tokens [first, first + count) of (B, N, D) -> (B, count, D).
-Tensor token_slice(const Tensor& x, int64_t first, int64_t count) {
-  const int64_t B = x.dim(0), N = x.dim(1), D = x.dim(2);
-  Tensor y = Tensor::empty({B, count, D});
-  for (int64_t b = 0; b < B; ++b) std::memcpy(y.data + b * count * D, x.data + (b * N + first) * D, sizeof(float) * count * D);
-  return y;
-}
-
-}  // namespace
 
 DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const {
   Ops& ops = *ops_;
@@ -30,16 +19,20 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
 
   // Tokens (B, 1 + M + Ns, D): the IoU token, the mask tokens, then the prompt's sparse embedding.
   const int64_t N = 1 + M + Ns;
-  Tensor tokens = Tensor::empty({B, N, D});
+  Tensor host_tokens = Tensor::empty({B, N, D});
   for (int64_t b = 0; b < B; ++b) {
-    float* dst = tokens.data + b * N * D;
-    std::memcpy(dst, w(md + "iou_token.weight").data, sizeof(float) * D);
-    std::memcpy(dst + D, w(md + "mask_tokens.weight").data, sizeof(float) * M * D);
+    float* dst = host_tokens.data + b * N * D;
+    std::memcpy(dst, hw(md + "iou_token.weight").data, sizeof(float) * D);
+    std::memcpy(dst + D, hw(md + "mask_tokens.weight").data, sizeof(float) * M * D);
     std::memcpy(dst + (1 + M) * D, prompts.sparse.data + b * Ns * D, sizeof(float) * Ns * D);
   }
+  Tensor tokens = ops.upload(host_tokens);
   // Image tokens (B, G*G, D): the embedding (repeated per prompt) plus the dense prompt embedding.
-  Tensor keys = ops.add(prompts.dense, embedding).view({B, G * G, D});
-  Tensor key_pe = dense_positional_encoding().view({1, G * G, D});
+  const bool dense_full = prompts.dense.numel() == B * G * G * D;
+  Tensor keys = dense_full ? ops.add(prompts.dense, embedding)
+                           : ops.add(embedding.dim(0) == B ? embedding : ops.expand_batch(embedding, B), prompts.dense);
+  keys = keys.view({B, G * G, D});
+  Tensor key_pe = dense_pe_.view({1, G * G, D});
 
   // Attention with projections; out = residual + out_proj(attn) when residual is given.
   auto attend = [&](const std::string& n, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* residual) {
@@ -92,23 +85,17 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
     }
     return h;
   };
-  Tensor hyper = Tensor::empty({B, M, C8});
-  for (int64_t i = 0; i < M; ++i) {
-    Tensor h = mlp(md + "output_hypernetworks_mlps." + std::to_string(i), 3, token_slice(queries, 1 + i, 1));
-    for (int64_t b = 0; b < B; ++b) std::memcpy(hyper.data + (b * M + i) * C8, h.data + b * C8, sizeof(float) * C8);
-  }
-  Tensor masks = ops.bmm_nt(hyper, x.view({B, 16 * G * G, C8}));  // (B, M, 16 G^2)
-  Tensor iou = mlp(md + "iou_prediction_head", c.iou_head_depth, token_slice(queries, 0, 1));  // (B, 1, M)
+  std::vector<Tensor> hyper;  // M x (B, 1, D/8)
+  for (int64_t i = 0; i < M; ++i)
+    hyper.push_back(mlp(md + "output_hypernetworks_mlps." + std::to_string(i), 3, ops.slice(queries, 1 + i, 1)));
+  Tensor masks = ops.bmm_nt(ops.concat(hyper), x.view({B, 16 * G * G, C8}));  // (B, M, 16 G^2)
+  Tensor iou = mlp(md + "iou_prediction_head", c.iou_head_depth, ops.slice(queries, 0, 1)).view({B, M});
 
   // multimask: masks 1..M-1; otherwise mask 0 alone.
-  const int64_t first = multimask_output ? 1 : 0, count = multimask_output ? M - 1 : 1, HW = 16 * G * G;
+  const int64_t first = multimask_output ? 1 : 0, count = multimask_output ? M - 1 : 1;
   DecoderOutput out;
-  out.low_res_masks = Tensor::empty({B, count, 4 * G, 4 * G});
-  out.iou = Tensor::empty({B, count});
-  for (int64_t b = 0; b < B; ++b) {
-    std::memcpy(out.low_res_masks.data + b * count * HW, masks.data + (b * M + first) * HW, sizeof(float) * count * HW);
-    std::memcpy(out.iou.data + b * count, iou.data + b * M + first, sizeof(float) * count);
-  }
+  out.low_res_masks = ops.slice(masks, first, count).view({B, count, 4 * G, 4 * G});
+  out.iou = ops.slice(iou, first, count);
   return out;
 }
 

@@ -35,9 +35,13 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
   Model m;
   m.cfg_ = infer_config(shapes);
   m.tensors_ = std::move(tensors);
-  for (const auto& [n, t] : m.tensors_) m.by_name_[n] = t;
   m.ops_ = std::make_shared<CpuOps>();
-  m.dense_pe_ = m.compute_dense_positional_encoding();
+  for (const auto& [n, t] : m.tensors_) {
+    m.host_by_name_[n] = t;
+    m.by_name_[n] = m.ops_->upload(t);
+  }
+  m.dense_pe_host_ = m.compute_dense_positional_encoding();
+  m.dense_pe_ = m.ops_->upload(m.dense_pe_host_);
   return m;
 }
 
@@ -46,6 +50,14 @@ const Tensor& Model::w(const std::string& name) const {
   if (it == by_name_.end()) throw Error("internal: model has no tensor '" + name + "'");
   return it->second;
 }
+
+const Tensor& Model::hw(const std::string& name) const {
+  auto it = host_by_name_.find(name);
+  if (it == host_by_name_.end()) throw Error("internal: model has no tensor '" + name + "'");
+  return it->second;
+}
+
+Tensor Model::download(const Tensor& x) const { return ops_->download(x); }
 
 int64_t Model::parameter_count() const {
   int64_t n = 0;

@@ -10,7 +10,7 @@ namespace samfast {
 
 Tensor Model::positional_encoding(const Tensor& coords01) const {
   // PositionEmbeddingRandom._pe_encoding: [sin, cos](2 pi (2c - 1) @ G)
-  const Tensor& g = w("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix");  // (2, D/2)
+  const Tensor& g = hw("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix");  // (2, D/2)
   const int64_t half = g.dim(1), n = coords01.numel() / 2;
   Shape s = coords01.shape;
   s.back() = 2 * half;
@@ -43,7 +43,7 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
   const int64_t B = p.batch(), D = cfg_.prompt_embed_dim, G = cfg_.grid();
   const float S = (float)cfg_.img_size;
   const std::string pe = "prompt_encoder.";
-  auto embed_row = [&](const std::string& name) { return w(pe + name + ".weight").data; };
+  auto embed_row = [&](const std::string& name) { return hw(pe + name + ".weight").data; };
 
   // Sparse: points (padded with a not-a-point when there is no box), then the two box corners.
   const int64_t N = p.points.defined() ? p.points.dim(1) : 0;
@@ -97,7 +97,7 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
       throw Error("prompts: mask input must be (B, 1, " + std::to_string(4 * G) + ", " + std::to_string(4 * G) +
                   "); got " + shape_str(p.masks.shape));
     const std::string m = pe + "mask_downscaling.";
-    Tensor x = p.masks.view({B, 4 * G, 4 * G, 1});  // one channel: NCHW and NHWC coincide
+    Tensor x = ops.upload(p.masks).view({B, 4 * G, 4 * G, 1});  // one channel: NCHW and NHWC coincide
     x = ops.conv2d(x, w(m + "0.weight"), &w(m + "0.bias"), 2, 0);
     x = ops.layer_norm(x, w(m + "1.weight"), w(m + "1.bias"), 1e-6f, Act::GELU);
     x = ops.conv2d(x, w(m + "3.weight"), &w(m + "3.bias"), 2, 0);
@@ -105,9 +105,7 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
     const Tensor& w6 = w(m + "6.weight");
     out.dense = ops.linear(x, w6.view({w6.dim(0), w6.dim(1)}), &w(m + "6.bias"));  // (B, G, G, D)
   } else {
-    out.dense = Tensor::empty({B, G, G, D});
-    const float* e = embed_row("no_mask_embed");
-    for (int64_t i = 0; i < B * G * G; ++i) std::memcpy(out.dense.data + i * D, e, sizeof(float) * D);
+    out.dense = w(pe + "no_mask_embed.weight").view({1, 1, 1, D});  // broadcast over the grid
   }
   return out;
 }

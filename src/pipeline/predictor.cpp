@@ -26,10 +26,11 @@ void Predictor::set_image(const Image& rgb) {
 
 Tensor Predictor::image_embedding() const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before the embedding is read");
-  const int64_t G = embedding_.dim(1), D = embedding_.dim(3);
+  const Tensor e = model_.download(embedding_);
+  const int64_t G = e.dim(1), D = e.dim(3);
   Tensor out = Tensor::empty({1, D, G, G});
   for (int64_t i = 0; i < G * G; ++i)
-    for (int64_t d = 0; d < D; ++d) out.data[d * G * G + i] = embedding_.data[i * D + d];
+    for (int64_t d = 0; d < D; ++d) out.data[d * G * G + i] = e.data[i * D + d];
   return out;
 }
 
@@ -98,7 +99,8 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
       if (has_mask) std::memcpy(batch.masks.data + b * L * L, p.mask_input.data, sizeof(float) * L * L);
     }
     DecoderOutput dec = model_.decode_masks(embedding_, model_.encode_prompts(batch), multimask_output);
-    Tensor masks = postprocess_masks(dec.low_res_masks, S, input_size_, original_size_);  // (B, C, H, W)
+    const Tensor low_res = model_.download(dec.low_res_masks), iou = model_.download(dec.iou);
+    Tensor masks = postprocess_masks(low_res, S, input_size_, original_size_);  // (B, C, H, W)
     const int64_t C = masks.dim(1), H = masks.dim(2), W = masks.dim(3);
     if (!return_logits)
       for (int64_t i = 0; i < masks.numel(); ++i) masks.data[i] = masks.data[i] > 0.f ? 1.f : 0.f;
@@ -107,9 +109,9 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
       r.masks = Tensor::empty({C, H, W});
       std::memcpy(r.masks.data, masks.data + b * C * H * W, sizeof(float) * C * H * W);
       r.iou = Tensor::empty({C});
-      std::memcpy(r.iou.data, dec.iou.data + b * C, sizeof(float) * C);
+      std::memcpy(r.iou.data, iou.data + b * C, sizeof(float) * C);
       r.low_res_masks = Tensor::empty({C, L, L});
-      std::memcpy(r.low_res_masks.data, dec.low_res_masks.data + b * C * L * L, sizeof(float) * C * L * L);
+      std::memcpy(r.low_res_masks.data, low_res.data + b * C * L * L, sizeof(float) * C * L * L);
     }
   }
   return results;

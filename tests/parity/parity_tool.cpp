@@ -39,8 +39,10 @@ int main(int argc, char** argv) {
     auto [h, w] = preprocess_shape(img.height, img.width, S);
     Tensor input = normalize_and_pad(resize_pil_bilinear(img, h, w), S);
     write_npy(out + "/input.npy", input);
-    Tensor emb = model.encode_image(input, [&](int i, const Tensor& x) { write_npy(out + "/block_" + std::to_string(i) + ".npy", x); });
-    write_npy(out + "/embedding.npy", nhwc_to_nchw(emb));
+    Tensor emb = model.encode_image(input, [&](int i, const Tensor& x) {
+      write_npy(out + "/block_" + std::to_string(i) + ".npy", model.download(x));
+    });
+    write_npy(out + "/embedding.npy", nhwc_to_nchw(model.download(emb)));
     write_npy(out + "/dense_pe.npy", nhwc_to_nchw(model.dense_positional_encoding()));
 
     Predictor predictor(model);
@@ -75,7 +77,14 @@ int main(int argc, char** argv) {
       if (prompt.mask_input.defined()) batch.masks = prompt.mask_input.view({1, 1, prompt.mask_input.dim(-2), prompt.mask_input.dim(-1)});
       PromptEmbeddings pe = model.encode_prompts(batch);
       write_npy(pre + "sparse.npy", pe.sparse);
-      write_npy(pre + "dense.npy", nhwc_to_nchw(pe.dense));
+      Tensor dense = model.download(pe.dense);
+      const int64_t G = model.config().grid(), D = dense.dim(3);
+      if (dense.numel() == D) {  // one vector everywhere: expand for the comparison
+        Tensor full = Tensor::empty({1, G, G, D});
+        for (int64_t i = 0; i < G * G; ++i) std::memcpy(full.data + i * D, dense.data, sizeof(float) * D);
+        dense = full;
+      }
+      write_npy(pre + "dense.npy", nhwc_to_nchw(dense));
 
       Prediction r = predictor.predict(prompt, p["multimask"].get<bool>(), /*return_logits=*/true);
       write_npy(pre + "masks.npy", r.masks);

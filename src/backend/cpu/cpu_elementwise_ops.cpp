@@ -1,6 +1,7 @@
 // Normalisation, elementwise and layout ops of the CPU backend.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
 #include "samfast/error.h"
@@ -86,6 +87,46 @@ Tensor CpuOps::nhwc_to_nchw(const Tensor& x) {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t h = 0; h < H; ++h)
         for (int64_t w = 0; w < W; ++w) y.data[((b * C + c) * H + h) * W + w] = x.data[((b * H + h) * W + w) * C + c];
+  return y;
+}
+
+Tensor CpuOps::slice(const Tensor& x, int64_t first, int64_t count) {
+  const int64_t B = x.dim(0), N = x.dim(1), inner = x.numel() / std::max<int64_t>(1, B * N);
+  if (first < 0 || count < 0 || first + count > N)
+    throw Error("slice [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of " + shape_str(x.shape));
+  Shape s = x.shape;
+  s[1] = count;
+  Tensor y = Tensor::empty(s);
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(y.data + b * count * inner, x.data + (b * N + first) * inner, sizeof(float) * count * inner);
+  return y;
+}
+
+Tensor CpuOps::concat(const std::vector<Tensor>& xs) {
+  const int64_t B = xs.at(0).dim(0), inner = xs[0].numel() / std::max<int64_t>(1, B * xs[0].dim(1));
+  int64_t N = 0;
+  for (const Tensor& x : xs) {
+    if (x.dim(0) != B || x.numel() != B * x.dim(1) * inner) throw Error("concat: mismatched " + shape_str(x.shape));
+    N += x.dim(1);
+  }
+  Shape s = xs[0].shape;
+  s[1] = N;
+  Tensor y = Tensor::empty(s);
+  for (int64_t b = 0, at = 0; b < B; ++b)
+    for (const Tensor& x : xs) {
+      const int64_t n = x.dim(1) * inner;
+      std::memcpy(y.data + at, x.data + b * n, sizeof(float) * n);
+      at += n;
+    }
+  return y;
+}
+
+Tensor CpuOps::expand_batch(const Tensor& x, int64_t batch) {
+  if (x.dim(0) != 1) throw Error("expand_batch: expected a batch of 1, got " + shape_str(x.shape));
+  Shape s = x.shape;
+  s[0] = batch;
+  Tensor y = Tensor::empty(s);
+  for (int64_t b = 0; b < batch; ++b) std::memcpy(y.data + b * x.numel(), x.data, sizeof(float) * x.numel());
   return y;
 }
 

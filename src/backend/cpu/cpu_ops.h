@@ -22,6 +22,11 @@ class CpuOps final : public Ops {
                            const Tensor& rel_pos_w, int heads, int window) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) override;
   Tensor bmm_nt(const Tensor& a, const Tensor& b) override;
+  Tensor slice(const Tensor& x, int64_t first, int64_t count) override;
+  Tensor concat(const std::vector<Tensor>& xs) override;
+  Tensor expand_batch(const Tensor& x, int64_t batch) override;
+  Tensor upload(const Tensor& host) override { return host; }
+  Tensor download(const Tensor& x) override { return x; }
 };
 
 namespace cpu {
