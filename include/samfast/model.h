@@ -16,7 +16,8 @@ namespace samfast {
 class Ops;
 
 struct ModelOptions {
-  std::string device = "cpu";  // only "cpu" so far
+  std::string device = "auto";     // auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
+  std::string precision = "auto";  // auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16, fp16
 };
 
 // Prompts for B masks of one image, in the coordinates of the resized (input_size) image, as
@@ -50,6 +51,10 @@ class Model {
   static std::vector<std::pair<std::string, Tensor>> synthetic_tensors(const SamConfig& cfg, uint64_t seed);
 
   const SamConfig& config() const { return cfg_; }
+  const std::string& device() const { return device_; }        // "cpu" or "cuda:0 (NVIDIA H100 ...)"
+  const std::string& precision() const { return precision_; }  // "fp32", "bf16", "fp16"
+  // Non-empty when the backend differs from what was asked, e.g. "no CUDA GPU found: running on the CPU".
+  const std::string& backend_note() const { return backend_note_; }
   int64_t parameter_count() const;
   const std::vector<std::pair<std::string, Tensor>>& tensors() const { return tensors_; }
 
@@ -61,8 +66,14 @@ class Model {
   PromptEmbeddings encode_prompts(const PromptBatch& prompts) const;
   // Host (1, G, G, D): the dense positional encoding of the embedding grid (get_dense_pe).
   const Tensor& dense_positional_encoding() const { return dense_pe_host_; }
+  // Sam.postprocess_masks on the backend: low-res logits (B, C, 4G, 4G) -> (B, C, H, W) logits, or
+  // 0/1 masks when binarize; on the host, or left in backend memory when to_host is false.
+  Tensor postprocess_masks(const Tensor& low_res, std::pair<int, int> input_size, std::pair<int, int> original_size,
+                           bool binarize, bool to_host = true) const;
   // A backend tensor as a host fp32 tensor.
   Tensor download(const Tensor& x) const;
+  // Peak device memory held by the backend so far (0 on the CPU).
+  int64_t peak_memory_bytes() const;
   // ref: modeling/mask_decoder.py MaskDecoder.forward. embedding (1 or B, G, G, D).
   DecoderOutput decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const;
 
@@ -77,6 +88,7 @@ class Model {
   std::vector<std::pair<std::string, Tensor>> tensors_;
   std::map<std::string, Tensor> host_by_name_, by_name_;
   std::shared_ptr<Ops> ops_;
+  std::string device_, precision_, backend_note_;
   Tensor dense_pe_host_, dense_pe_;
 };
 

@@ -3,6 +3,7 @@
 // tokens (B, N, C); weights keep PyTorch's layouts ((out, in) for Linear, (out, in, kh, kw) for Conv2d,
 // (in, out, kh, kw) for ConvTranspose2d) so that a checkpoint's tensors are used as stored.
 #pragma once
+#include <utility>
 #include <vector>
 
 #include "samfast/tensor.h"
@@ -44,6 +45,12 @@ class Ops {
   // Batched a (B, M, K) @ b(B, N, K)^T -> (B, M, N).
   virtual Tensor bmm_nt(const Tensor& a, const Tensor& b) = 0;
 
+  // Sam.postprocess_masks on low-res logits (B, C, L, L): bilinear (align_corners=False) to
+  // (img_size, img_size), crop to input_size, bilinear to original_size -> (B, C, H, W) fp32 logits,
+  // or 0/1 when binarize (logit > 0). ref: modeling/sam.py postprocess_masks.
+  virtual Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                                   std::pair<int, int> original_size, bool binarize) = 0;
+
   // Layout and movement.
   // Elements [first, first + count) of dim 1 of x (B, N, ...) -> (B, count, ...).
   virtual Tensor slice(const Tensor& x, int64_t first, int64_t count) = 0;
@@ -53,8 +60,10 @@ class Ops {
   virtual Tensor expand_batch(const Tensor& x, int64_t batch) = 0;
   // Host fp32 tensor -> this backend's memory and compute precision (weights, prompts, images).
   virtual Tensor upload(const Tensor& host) = 0;
-  // This backend's tensor -> host fp32 tensor.
+  // This backend's tensor -> host fp32 tensor (waits for the work that produces x).
   virtual Tensor download(const Tensor& x) = 0;
+  // The most memory this backend has held at once (device memory for a GPU; 0 where not tracked).
+  virtual int64_t peak_memory_bytes() const { return 0; }
 };
 
 }  // namespace samfast

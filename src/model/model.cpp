@@ -1,7 +1,8 @@
 // Model loading, validation and synthetic weights.
 #include <cmath>
 
-#include "backend/cpu/cpu_ops.h"
+#include "backend/backend.h"
+#include "backend/ops.h"
 #include "io/checkpoint.h"
 #include "samfast/error.h"
 #include "samfast/model.h"
@@ -28,14 +29,16 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
 }
 
 Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, const ModelOptions& options) {
-  if (options.device != "cpu")
-    throw Error("device '" + options.device + "' is not available in this build; use --device cpu");
   std::vector<std::pair<std::string, Shape>> shapes;
   for (const auto& [n, t] : tensors) shapes.emplace_back(n, t.shape);
   Model m;
   m.cfg_ = infer_config(shapes);
   m.tensors_ = std::move(tensors);
-  m.ops_ = std::make_shared<CpuOps>();
+  Backend backend = make_backend(options);
+  m.ops_ = backend.ops;
+  m.device_ = backend.device;
+  m.precision_ = backend.precision;
+  m.backend_note_ = backend.note;
   for (const auto& [n, t] : m.tensors_) {
     m.host_by_name_[n] = t;
     m.by_name_[n] = m.ops_->upload(t);
@@ -58,6 +61,14 @@ const Tensor& Model::hw(const std::string& name) const {
 }
 
 Tensor Model::download(const Tensor& x) const { return ops_->download(x); }
+
+Tensor Model::postprocess_masks(const Tensor& low_res, std::pair<int, int> input_size,
+                                std::pair<int, int> original_size, bool binarize, bool to_host) const {
+  Tensor masks = ops_->postprocess_masks(low_res, cfg_.img_size, input_size, original_size, binarize);
+  return to_host ? ops_->download(masks) : masks;
+}
+
+int64_t Model::peak_memory_bytes() const { return ops_->peak_memory_bytes(); }
 
 int64_t Model::parameter_count() const {
   int64_t n = 0;

@@ -18,6 +18,9 @@ void Predictor::set_image(const Image& rgb) {
     throw Error("set_image: expected an RGB image, got " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) +
                 " with " + std::to_string(rgb.rgb.size()) + " bytes");
   auto [h, w] = preprocess_shape(rgb.height, rgb.width, S);
+  if (h == 0 || w == 0)
+    throw Error("image " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) + " is too thin: resized to " +
+                std::to_string(S) + " on its long side it would be " + std::to_string(w) + "x" + std::to_string(h));
   Image resized = resize_pil_bilinear(rgb, h, w);
   embedding_ = model_.encode_image(normalize_and_pad(resized, S));
   original_size_ = {rgb.height, rgb.width};
@@ -100,10 +103,8 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
     }
     DecoderOutput dec = model_.decode_masks(embedding_, model_.encode_prompts(batch), multimask_output);
     const Tensor low_res = model_.download(dec.low_res_masks), iou = model_.download(dec.iou);
-    Tensor masks = postprocess_masks(low_res, S, input_size_, original_size_);  // (B, C, H, W)
+    Tensor masks = model_.postprocess_masks(dec.low_res_masks, input_size_, original_size_, !return_logits);
     const int64_t C = masks.dim(1), H = masks.dim(2), W = masks.dim(3);
-    if (!return_logits)
-      for (int64_t i = 0; i < masks.numel(); ++i) masks.data[i] = masks.data[i] > 0.f ? 1.f : 0.f;
     for (int64_t b = 0; b < B; ++b) {
       Prediction& r = results[idx[b]];
       r.masks = Tensor::empty({C, H, W});

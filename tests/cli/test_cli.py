@@ -105,6 +105,10 @@ def test_bad_files_give_one_clear_line(samfast, tiny, tmp_path):
     broken.write_bytes(tiny.read_bytes()[: 100000])
     line = one_error_line(samfast("info", broken))
     assert "broken.pth" in line
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.full((1, 3000, 3), 128, np.uint8)).save(thin)
+    line = one_error_line(samfast("segment", "--checkpoint", tiny, "--image", thin, "--point", "1,0", "--out", tmp_path / "o"))
+    assert "too thin" in line
     bad_mask = tmp_path / "m.npy"
     np.save(bad_mask, np.zeros((1, 64, 64), np.float32))
     line = one_error_line(samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "1,1", "--mask-input", bad_mask,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 SOURCE = Path(os.environ.get("SAMFAST_SOURCE_DIR", Path(__file__).resolve().parents[2]))
-IMAGES = SOURCE.parent / "shared" / "testdata" / "images"
+IMAGES = Path(os.environ.get("SAMFAST_TESTDATA", SOURCE.parent / "shared" / "testdata")) / "images"
 
 
 def _bin():

@@ -1,6 +1,6 @@
 // Dumps samfast's intermediate and final tensors as .npy so that tests/parity/*.py can compare them
 // with upstream segment_anything on the same checkpoint and inputs. Test-only, not installed.
-//   parity_tool CHECKPOINT IMAGE.png PROMPTS.json OUTDIR
+//   parity_tool CHECKPOINT IMAGE.png PROMPTS.json OUTDIR [DEVICE [PRECISION]]
 // PROMPTS.json: {"prompts": [{"points": [[x, y], ...], "labels": [...], "box": [x0, y0, x1, y1] | null,
 //                 "mask_input": "file.npy" | null, "multimask": bool}, ...]}
 #include <cstring>
@@ -27,13 +27,16 @@ Tensor nhwc_to_nchw(const Tensor& x) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::cerr << "usage: parity_tool CHECKPOINT IMAGE.png PROMPTS.json OUTDIR\n";
+  if (argc < 5 || argc > 7) {
+    std::cerr << "usage: parity_tool CHECKPOINT IMAGE.png PROMPTS.json OUTDIR [DEVICE [PRECISION]]\n";
     return 2;
   }
   try {
     const std::string out = argv[4];
-    Model model = Model::load(argv[1]);
+    ModelOptions options;
+    options.device = argc > 5 ? argv[5] : "cpu";
+    options.precision = argc > 6 ? argv[6] : "fp32";
+    Model model = Model::load(argv[1], options);
     Image img = read_image(argv[2]);
     const int S = model.config().img_size;
     auto [h, w] = preprocess_shape(img.height, img.width, S);

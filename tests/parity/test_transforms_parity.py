@@ -19,7 +19,7 @@ try:
 except ImportError:  # upstream not installed: use the operation it performs
     ResizeLongestSide = None
 
-IMAGES = Path(os.environ.get("SAMFAST_TESTDATA", "/work/shared/testdata")) / "images"
+from conftest import IMAGES  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ Runner add_info(CLI::App& app) {
   auto path = std::make_shared<std::string>();
   cmd->add_option("checkpoint", *path, "checkpoint file (.pth or .safetensors)")->required();
   return [path] {
-    Model m = Model::load(*path);
+    ModelOptions cpu;
+    cpu.device = "cpu";  // reading shapes needs no GPU
+    Model m = Model::load(*path, cpu);
     std::cout << m.config().describe() << "parameters: " << m.parameter_count() << "\n";
     return 0;
   };

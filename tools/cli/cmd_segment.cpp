@@ -40,6 +40,7 @@ struct Args {
   std::vector<std::string> points;
   uint64_t seed = 0;
   bool multimask = false, overwrite = false;
+  ModelOptions options;
 };
 
 int run_segment(const Args& a) {
@@ -69,7 +70,7 @@ int run_segment(const Args& a) {
 
   Image img = read_image(a.image);  // before the model: a bad image fails fast
   double t0 = now_ms();
-  Model model = load_or_synthesize(a.checkpoint, a.model, a.seed);
+  Model model = load_or_synthesize(a.checkpoint, a.model, a.seed, a.options);
   double t1 = now_ms();
   Predictor predictor(model);
   predictor.set_image(img);
@@ -108,6 +109,8 @@ int run_segment(const Args& a) {
       {"height", H},
       {"checkpoint", a.checkpoint.empty() ? "synthetic (random weights: masks are meaningless)" : a.checkpoint},
       {"model", model.config().name()},
+      {"device", model.device()},
+      {"precision", model.precision()},
       {"multimask_output", a.multimask},
       {"best_mask", best},
       {"masks", masks},
@@ -141,6 +144,7 @@ Runner add_segment(CLI::App& app) {
   cmd->add_flag("--multimask", a->multimask, "return 3 masks instead of 1");
   cmd->add_option("--out", a->out, "output directory")->required();
   cmd->add_flag("--overwrite", a->overwrite, "replace existing outputs in --out");
+  add_backend_options(cmd, a->options);
   return [a] { return run_segment(*a); };
 }
 

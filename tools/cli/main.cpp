@@ -11,11 +11,22 @@ double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-Model load_or_synthesize(const std::string& checkpoint, const std::string& model, uint64_t seed) {
-  if (!checkpoint.empty()) return Model::load(checkpoint);
+void add_backend_options(CLI::App* cmd, ModelOptions& options) {
+  cmd->add_option("--device", options.device, "auto (a CUDA GPU if there is one), cpu, cuda or cuda:N");
+  cmd->add_option("--precision", options.precision, "auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16, fp16")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "fp16"}));
+}
+
+Model load_or_synthesize(const std::string& checkpoint, const std::string& model, uint64_t seed,
+                         const ModelOptions& options) {
+  auto announce = [](Model m) {
+    if (!m.backend_note().empty()) std::cerr << "note: " << m.backend_note() << "\n";
+    return m;
+  };
+  if (!checkpoint.empty()) return announce(Model::load(checkpoint, options));
   std::cerr << "WARNING: no --checkpoint given: using a SYNTHETIC " << model << " model with RANDOM weights (seed "
             << seed << ").\nWARNING: its masks are MEANINGLESS; pass --checkpoint sam_vit_b_01ec64.pth (or l/h) for real ones.\n";
-  return Model::from_tensors(Model::synthetic_tensors(SamConfig::preset(model), seed));
+  return announce(Model::from_tensors(Model::synthetic_tensors(SamConfig::preset(model), seed), options));
 }
 
 }  // namespace samfast::cli

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
+#include "pipeline/transforms.h"
 #include "samfast/error.h"
 
 namespace samfast {
@@ -88,6 +89,17 @@ Tensor CpuOps::nhwc_to_nchw(const Tensor& x) {
       for (int64_t h = 0; h < H; ++h)
         for (int64_t w = 0; w < W; ++w) y.data[((b * C + c) * H + h) * W + w] = x.data[((b * H + h) * W + w) * C + c];
   return y;
+}
+
+Tensor CpuOps::postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                                 std::pair<int, int> original_size, bool binarize) {
+  Tensor masks = samfast::postprocess_masks(low_res, img_size, input_size, original_size);
+  if (binarize) {
+    float* __restrict m = masks.data;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < masks.numel(); ++i) m[i] = m[i] > 0.f ? 1.f : 0.f;
+  }
+  return masks;
 }
 
 Tensor CpuOps::slice(const Tensor& x, int64_t first, int64_t count) {

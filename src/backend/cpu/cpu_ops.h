@@ -22,6 +22,8 @@ class CpuOps final : public Ops {
                            const Tensor& rel_pos_w, int heads, int window) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) override;
   Tensor bmm_nt(const Tensor& a, const Tensor& b) override;
+  Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                           std::pair<int, int> original_size, bool binarize) override;
   Tensor slice(const Tensor& x, int64_t first, int64_t count) override;
   Tensor concat(const std::vector<Tensor>& xs) override;
   Tensor expand_batch(const Tensor& x, int64_t batch) override;

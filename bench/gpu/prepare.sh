@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepares, on this (GPU-less) machine, what a run on the lent GPU machine needs: a CUDA build of
+# samfast in build-dev/, its binaries and the non-CUDA shared libraries they load in .devbin/ (the
+# GPU machine has the CUDA libraries but not OpenBLAS, libzip, libjpeg; found through RUNPATH), and the two upstream
+# Python packages in .whl/pysrc (fetched code: ignored by git, never committed).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DSAMFAST_CUDA=ON >/dev/null
+cmake --build build-dev -j"$(nproc)" --target samfast_cli parity_tool samfast_gpu_tests samfast_tests
+rm -rf .devbin && mkdir -p .devbin/tests .devbin/lib
+cp build-dev/samfast .devbin/
+cp build-dev/tests/parity_tool build-dev/tests/samfast_gpu_tests build-dev/tests/samfast_tests .devbin/tests/
+for bin in .devbin/samfast .devbin/tests/*; do
+  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libopenblas|libgfortran|libquadmath|libgomp|libjpeg|libzip' || true
+done | sort -u | while read -r lib; do cp -L "$lib" .devbin/lib/; done
+# The binaries find these through their RUNPATH, so nothing else on that machine (Python, torch) sees them.
+patchelf --set-rpath '$ORIGIN/lib' .devbin/samfast
+for bin in .devbin/tests/*; do patchelf --set-rpath '$ORIGIN/../lib' "$bin"; done
+for lib in .devbin/lib/*; do patchelf --set-rpath '$ORIGIN' "$lib"; done  # openblas -> gfortran, quadmath
+du -sh .devbin
+[ -d .whl/pysrc/segment_anything ] || echo "note: put segment_anything and segment_anything_fast under .whl/pysrc (see bench/gpu/README)"
+cp ../shared/bench/anchor_bench.py .whl/anchor_bench.py
+mkdir -p .whl/testdata && cp -r ../shared/testdata/images .whl/testdata/  # ../shared does not travel

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine, from the repository root, with .devbin and .whl carried
+# (bench/gpu/prepare.sh makes them): the CUDA op tests, GPU parity against upstream on the same GPU,
+# then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
+# .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
+#   bench/gpu/run.sh [tests] [parity] [bench] [anchors] [profile]   (default: the first four)
+set -uo pipefail
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+export PYTHONPATH="$PWD/.whl/pysrc:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 SEGMENT_ANYTHING_FAST_USE_FLASH_4=0
+export SAMFAST_TESTDATA="$PWD/.whl/testdata"
+steps="${*:-tests parity bench anchors}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+date -u +%Y-%m-%dT%H:%MZ >> "$OUT/device.txt"
+
+if [[ " $steps " == *" tests "* ]]; then
+  .devbin/tests/samfast_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |err|Error" | head -80
+fi
+if [[ " $steps " == *" parity "* ]]; then
+  SAMFAST_BIN="$PWD/.devbin" SAMFAST_SOURCE_DIR="$PWD" python3 -m pytest -q -s tests/parity/test_gpu_parity.py 2>&1 \
+    | tee "$OUT/gpu_parity.log" | grep -E "\]|passed|failed|Error" | tail -30
+fi
+if [[ " $steps " == *" bench "* ]]; then
+  for m in vit_b vit_h; do
+    for p in bf16 fp32; do
+      .devbin/samfast bench --model "$m" --device cuda --precision "$p" --batch 8 --prompts 16 --runs 5 2>/dev/null \
+        | tail -1 | tee -a "$OUT/samfast_bench.jsonl"
+    done
+    .devbin/samfast bench --model "$m" --device cuda --precision bf16 --batch 1 --prompts 1 --runs 10 2>/dev/null \
+      | tail -1 | tee -a "$OUT/samfast_bench.jsonl"
+  done
+fi
+if [[ " $steps " == *" anchors "* ]]; then
+  for m in vit_b vit_h; do
+    python3 .whl/anchor_bench.py orig "$m" fp32 8 none 16 2>&1 | tail -1 | tee -a "$OUT/anchors.jsonl"
+    python3 .whl/anchor_bench.py fast "$m" bf16 8 none 16 2>&1 | tail -1 | tee -a "$OUT/anchors.jsonl"
+  done
+fi
+if [[ " $steps " == *" profile "* ]]; then
+  # Per-kernel GPU time of one vit_b bf16 encoder forward (batch 1) and one 16-prompt decode.
+  ncu --metrics gpu__time_duration.sum --csv .devbin/samfast bench --model vit_b --device cuda --precision bf16 \
+    --batch 1 --prompts 16 --runs 1 2>/dev/null > "$OUT/ncu.csv"
+  python3 bench/gpu/kernel_summary.py 25 < "$OUT/ncu.csv" | tee "$OUT/kernels.txt"
+fi

@@ -1,0 +1,524 @@
+// Attention ops of the CUDA backend.
+//
+// rel_pos_attention (image encoder): a flash-attention-style kernel. One block computes a block of
+// queries of one attention tile (a window, or the whole grid for global attention) for one head of
+// one image, streaming the tile's keys through shared memory with an online softmax: the score
+// matrix never reaches global memory. Windows are found by index arithmetic on the (B, H, W, 3C)
+// qkv tensor (no partition copies); a token of the zero-padded grid outside the image reads the qkv
+// bias, which is what the qkv Linear gives a zero token. The decomposed relative-position terms
+// rel_h[q, ky] = q . Rh[qy - ky + th - 1] and rel_w[q, kx] (unscaled q, as upstream) are computed
+// once per query block into shared memory (BQ x (th + tw) floats) before the key loop.
+//   bf16: tensor cores (mma.sync m16n8k16, fp32 accumulation); 4 warps x 16 queries, 64-key blocks,
+//         P kept in registers as the A operand of P V (V fragments by ldmatrix.trans).
+//   fp32: CUDA cores, one thread per query (q and o in registers), keys broadcast from shared memory.
+// attention (mask decoder): one warp per (image, head, query), keys split over the lanes, each lane
+// an online softmax, merged by shuffles at the end. Nq or Nk are small there (7 tokens).
+#include <cfloat>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_ops.h"
+
+namespace samfast {
+namespace {
+
+using cuda::from_f32;
+using cuda::to_f32;
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Where the tokens of one attention tile live.
+template <class T>
+struct TileGeometry {
+  const T* qkv;   // (B, H, W, 3C)
+  const T* bias;  // (3C): q, k, v of a padded token
+  int H, W, C, th, tw, ntok;  // ntok = th * tw tokens per tile
+  int64_t bi;
+  int wy, wx;
+  // Row of tile token t (0 <= t < T), at the start of part (0 q, 1 k, 2 v) of head offset `off`.
+  __device__ __forceinline__ const T* token(int t, int part, int off) const {
+    const int gy = wy * th + t / tw, gx = wx * tw + t % tw;
+    const T* row = (gy < H && gx < W) ? qkv + ((bi * H + gy) * W + gx) * (int64_t)(3 * C) : bias;
+    return row + part * C + off;
+  }
+  // Output position of tile token t, or -1 for a padded token.
+  __device__ __forceinline__ int64_t out_row(int t) const {
+    const int gy = wy * th + t / tw, gx = wx * tw + t % tw;
+    return (gy < H && gx < W) ? (bi * H + gy) * W + gx : -1;
+  }
+};
+
+struct RelPosArgs {
+  const void* qkv;
+  const void* bias;
+  const void* rel_h;  // (2 th - 1, hd)
+  const void* rel_w;  // (2 tw - 1, hd)
+  void* out;          // (B, H, W, C)
+  int H, W, C, heads, th, tw, nww;
+  float scale;
+};
+
+template <class T>
+__device__ __forceinline__ TileGeometry<T> tile_of(const RelPosArgs& a, int nwin) {
+  TileGeometry<T> g;
+  g.qkv = static_cast<const T*>(a.qkv);
+  g.bias = static_cast<const T*>(a.bias);
+  g.H = a.H, g.W = a.W, g.C = a.C, g.th = a.th, g.tw = a.tw, g.ntok = a.th * a.tw;
+  const int win = blockIdx.z;
+  g.bi = win / nwin;
+  g.wy = (win % nwin) / a.nww;
+  g.wx = win % a.nww;
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// fp32 (or any storage type) on CUDA cores.
+
+constexpr int kSimtQ = 64;  // queries per block = threads per block
+constexpr int kSimtK = 32;  // keys per shared-memory block
+
+template <class T, int HD>
+__global__ void __launch_bounds__(kSimtQ) rel_pos_attention_simt(RelPosArgs a, int nwin) {
+  extern __shared__ float smem[];
+  float* sK = smem;                      // kSimtK x HD
+  float* sV = sK + kSimtK * HD;          // kSimtK x HD
+  int* sPos = (int*)(sV + kSimtK * HD);  // kSimtK: ky << 16 | kx, or -1 past the tile
+  float* sRel = (float*)(sPos + kSimtK); // (th + tw) x kSimtQ, transposed: no bank conflicts
+  const TileGeometry<T> g = tile_of<T>(a, nwin);
+  const int h = blockIdx.y, off = h * HD, tid = threadIdx.x, nrel = a.th + a.tw;
+  const int t = blockIdx.x * kSimtQ + tid;  // this thread's query
+  const bool active = t < g.ntok;
+  const int qy = active ? t / g.tw : 0, qx = active ? t % g.tw : 0;
+
+  float q[HD], o[HD];
+  {
+    const T* src = g.token(active ? t : 0, 0, off);
+#pragma unroll
+    for (int d = 0; d < HD; ++d) q[d] = to_f32(src[d]), o[d] = 0.f;
+  }
+  const T* Rh = static_cast<const T*>(a.rel_h);
+  const T* Rw = static_cast<const T*>(a.rel_w);
+  for (int r = 0; r < nrel; ++r) {
+    const T* tab = r < a.th ? Rh + (int64_t)(qy - r + a.th - 1) * HD : Rw + (int64_t)(qx - (r - a.th) + a.tw - 1) * HD;
+    float acc = 0.f;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) acc += q[d] * to_f32(tab[d]);
+    sRel[r * kSimtQ + tid] = acc;
+  }
+
+  float m = -INFINITY, l = 0.f;
+  for (int k0 = 0; k0 < g.ntok; k0 += kSimtK) {
+    __syncthreads();
+    for (int i = tid; i < kSimtK * HD; i += kSimtQ) {
+      const int j = i / HD, d = i % HD, kt = k0 + j;
+      const bool ok = kt < g.ntok;
+      sK[i] = ok ? to_f32(g.token(kt, 1, off)[d]) : 0.f;
+      sV[i] = ok ? to_f32(g.token(kt, 2, off)[d]) : 0.f;
+    }
+    for (int j = tid; j < kSimtK; j += kSimtQ) {
+      const int kt = k0 + j;
+      sPos[j] = kt < g.ntok ? ((kt / g.tw) << 16) | (kt % g.tw) : -1;
+    }
+    __syncthreads();
+    constexpr int kChunk = HD > 64 ? 4 : 8;  // scores in registers per softmax update (no spills at 80)
+    for (int j0 = 0; j0 < kSimtK; j0 += kChunk) {
+      float s[kChunk];
+      float mx = m;
+#pragma unroll
+      for (int jj = 0; jj < kChunk; ++jj) {
+        const int pos = sPos[j0 + jj];
+        float acc = 0.f;
+#pragma unroll
+        for (int d = 0; d < HD; ++d) acc += q[d] * sK[(j0 + jj) * HD + d];
+        s[jj] = pos < 0 ? -INFINITY
+                        : acc * a.scale + sRel[(pos >> 16) * kSimtQ + tid] + sRel[(a.th + (pos & 0xffff)) * kSimtQ + tid];
+        mx = fmaxf(mx, s[jj]);
+      }
+      const float corr = expf(m - mx);  // m = -inf at the start: corr = 0 and o, l are 0
+      l *= corr;
+#pragma unroll
+      for (int d = 0; d < HD; ++d) o[d] *= corr;
+#pragma unroll
+      for (int jj = 0; jj < kChunk; ++jj) {
+        const float p = expf(s[jj] - mx);
+        l += p;
+#pragma unroll
+        for (int d = 0; d < HD; ++d) o[d] += p * sV[(j0 + jj) * HD + d];
+      }
+      m = mx;
+    }
+  }
+  const int64_t row = active ? g.out_row(t) : -1;
+  if (row < 0) return;
+  T* dst = static_cast<T*>(a.out) + row * a.C + off;
+  const float inv = 1.f / l;
+#pragma unroll
+  for (int d = 0; d < HD; ++d) dst[d] = from_f32<T>(o[d] * inv);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 on tensor cores.
+
+constexpr int kMmaQ = 64;  // queries per block: 4 warps x 16
+constexpr int kMmaK = 64;  // keys per block
+constexpr int kMmaThreads = 128;
+constexpr int kRelStride = kMmaQ + 4;  // floats per relative-position column in shared memory
+
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* smem_row) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Rows [row0, row0 + 64) of the tile, part `part`, into smem rows of `lds` bf16; zeros past the tile.
+template <int HD>
+__device__ __forceinline__ void load_rows(__nv_bfloat16* dst, int lds, const TileGeometry<__nv_bfloat16>& g, int row0,
+                                          int part, int off) {
+  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  for (int i = threadIdx.x; i < 64 * kChunks; i += kMmaThreads) {
+    const int r = i / kChunks, c = i % kChunks, t = row0 + r;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (t < g.ntok) v = *reinterpret_cast<const uint4*>(g.token(t, part, off) + c * 8);
+    *reinterpret_cast<uint4*>(dst + r * lds + c * 8) = v;
+  }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads) rel_pos_attention_mma(RelPosArgs a, int nwin) {
+  constexpr int LDS = HD + 8;  // padded rows: fragment loads and ldmatrix without bank conflicts
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* sK = sQ + kMmaQ * LDS;
+  __nv_bfloat16* sV = sK + kMmaK * LDS;
+  int* sPos = reinterpret_cast<int*>(sV + kMmaK * LDS);  // kMmaK: ky << 16 | kx, or -1
+  // (th + tw) x kRelStride: transposed and padded so that the 8 query rows x 4 key columns a warp
+  // reads per score land in 32 different banks (the row-major table had 8-way conflicts).
+  float* sRel = reinterpret_cast<float*>(sPos + kMmaK);
+  const TileGeometry<__nv_bfloat16> g = tile_of<__nv_bfloat16>(a, nwin);
+  const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * kMmaQ, nrel = a.th + a.tw;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
+
+  load_rows<HD>(sQ, LDS, g, q0, 0, off);
+  __syncthreads();
+  {  // relative-position terms of this block's queries, unscaled q, fp32
+    const auto* Rh = static_cast<const __nv_bfloat16*>(a.rel_h);
+    const auto* Rw = static_cast<const __nv_bfloat16*>(a.rel_w);
+    for (int i = tid; i < kMmaQ * nrel; i += kMmaThreads) {
+      const int qi = i / nrel, r = i % nrel, t = min(q0 + qi, g.ntok - 1), qy = t / g.tw, qx = t % g.tw;
+      const __nv_bfloat16* tab = r < a.th ? Rh + (int64_t)(qy - r + a.th - 1) * HD
+                                          : Rw + (int64_t)(qx - (r - a.th) + a.tw - 1) * HD;
+      const __nv_bfloat162* q2 = reinterpret_cast<const __nv_bfloat162*>(sQ + qi * LDS);
+      const __nv_bfloat162* t2 = reinterpret_cast<const __nv_bfloat162*>(tab);
+      float acc = 0.f;
+#pragma unroll
+      for (int d = 0; d < HD / 2; ++d) {
+        const float2 x = __bfloat1622float2(q2[d]), y = __bfloat1622float2(t2[d]);
+        acc += x.x * y.x + x.y * y.y;
+      }
+      sRel[r * kRelStride + qi] = acc;
+    }
+  }
+  // This warp's 16 query rows as A fragments (row gr and gr + 8 of the warp's rows).
+  uint32_t qf[HD / 16][4];
+  {
+    const __nv_bfloat16* r0 = sQ + (warp * 16 + gr) * LDS + tq * 2;
+    const __nv_bfloat16* r1 = r0 + 8 * LDS;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      qf[kk][0] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16);
+      qf[kk][1] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16);
+      qf[kk][2] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16 + 8);
+      qf[kk][3] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16 + 8);
+    }
+  }
+  const bool warp_active = q0 + warp * 16 < g.ntok;  // the last block of a window may be mostly padding
+  const float* rel0 = sRel + warp * 16 + gr;
+  const float* rel1 = rel0 + 8;
+  const float sc = a.scale * kLog2e;  // softmax in base 2
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows gr and gr + 8 (l: this thread's part)
+
+  for (int k0 = 0; k0 < g.ntok; k0 += kMmaK) {
+    __syncthreads();
+    load_rows<HD>(sK, LDS, g, k0, 1, off);
+    load_rows<HD>(sV, LDS, g, k0, 2, off);
+    for (int j = tid; j < kMmaK; j += kMmaThreads) {
+      const int kt = k0 + j;
+      sPos[j] = kt < g.ntok ? ((kt / g.tw) << 16) | (kt % g.tw) : -1;
+    }
+    __syncthreads();
+    if (!warp_active) continue;
+
+    float s[kMmaK / 8][4];
+#pragma unroll
+    for (int n = 0; n < kMmaK / 8; ++n) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+      const __nv_bfloat16* krow = sK + (n * 8 + gr) * LDS + tq * 2;
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk)
+        mma_bf16(s[n], qf[kk], *reinterpret_cast<const uint32_t*>(krow + kk * 16),
+                 *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8));
+    }
+    // scores (log2 units) = (scale q.k + rel_h + rel_w) log2(e); keys past the tile -> -inf
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int n = 0; n < kMmaK / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int pos = sPos[n * 8 + tq * 2 + e];
+        if (pos < 0) {
+          s[n][e] = s[n][2 + e] = -INFINITY;
+        } else {
+          const int ky = pos >> 16, kx = a.th + (pos & 0xffff);
+          s[n][e] = s[n][e] * sc + (rel0[ky * kRelStride] + rel0[kx * kRelStride]) * kLog2e;
+          s[n][2 + e] = s[n][2 + e] * sc + (rel1[ky * kRelStride] + rel1[kx * kRelStride]) * kLog2e;
+        }
+        mx0 = fmaxf(mx0, s[n][e]);
+        mx1 = fmaxf(mx1, s[n][2 + e]);
+      }
+#pragma unroll
+    for (int sh = 1; sh <= 2; sh *= 2) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, sh));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, sh));
+    }
+    const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);  // 0 on the first block (m = -inf)
+    m0 = mx0, m1 = mx1;
+    l0 *= c0, l1 *= c1;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
+#pragma unroll
+    for (int n = 0; n < kMmaK / 8; ++n) {
+      s[n][0] = exp2f(s[n][0] - m0), s[n][1] = exp2f(s[n][1] - m0);
+      s[n][2] = exp2f(s[n][2] - m1), s[n][3] = exp2f(s[n][3] - m1);
+      l0 += s[n][0] + s[n][1];
+      l1 += s[n][2] + s[n][3];
+    }
+    // o += P V: P's accumulator layout is the A layout of the next MMA (two n-tiles per k-step).
+#pragma unroll
+    for (int ks = 0; ks < kMmaK / 16; ++ks) {
+      const uint32_t pa[4] = {pack_bf16(s[2 * ks][0], s[2 * ks][1]), pack_bf16(s[2 * ks][2], s[2 * ks][3]),
+                              pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]),
+                              pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+      const int mi = lane / 8, key = ks * 16 + (mi & 1) * 8 + lane % 8;
+#pragma unroll
+      for (int dp = 0; dp < HD / 16; ++dp) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, sV + key * LDS + dp * 16 + (mi >> 1) * 8);
+        mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
+        mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+      }
+    }
+  }
+  if (!warp_active) return;
+#pragma unroll
+  for (int sh = 1; sh <= 2; sh *= 2) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
+  }
+  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+  const int t0 = q0 + warp * 16 + gr, t1 = t0 + 8;
+  const int64_t row0 = t0 < g.ntok ? g.out_row(t0) : -1, row1 = t1 < g.ntok ? g.out_row(t1) : -1;
+  auto* out = static_cast<__nv_bfloat16*>(a.out);
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) {
+    const int d = off + n * 8 + tq * 2;
+    if (row0 >= 0) *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack_bf16(o[n][0] * inv0, o[n][1] * inv0);
+    if (row1 >= 0) *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack_bf16(o[n][2] * inv1, o[n][3] * inv1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder attention: q (B, Nq, D), k, v (B, Nk, D). One block per (b, head, query) with kWarps
+// warps that split the keys (the token-to-image attentions have 4096 keys for a handful of queries:
+// one warp per query left most of the GPU idle); each warp keeps an online softmax, then the warps'
+// partial results are merged through shared memory.
+
+template <class T, int HD, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) mha_kernel(const T* __restrict q, const T* __restrict k,
+                                                          const T* __restrict v, T* __restrict out, int64_t B, int Nq,
+                                                          int Nk, int D, int heads, float inv_sqrt_hd) {
+  __shared__ float s_m[kWarps], s_l[kWarps], s_o[kWarps][HD];
+  const int64_t item = blockIdx.x;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int qi = (int)(item % Nq), h = (int)((item / Nq) % heads);
+  const int64_t b = item / ((int64_t)Nq * heads);
+  float qr[HD], o[HD];
+  const T* qrow = q + (b * Nq + qi) * D + h * HD;
+#pragma unroll
+  for (int d = 0; d < HD; ++d) qr[d] = to_f32(qrow[d]), o[d] = 0.f;
+  float m = -INFINITY, l = 0.f;
+  for (int j = warp * 32 + lane; j < Nk; j += kWarps * 32) {
+    const T* krow = k + (b * Nk + j) * D + h * HD;
+    const T* vrow = v + (b * Nk + j) * D + h * HD;
+    float s = 0.f;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) s += qr[d] * to_f32(krow[d]);
+    s *= inv_sqrt_hd;
+    const float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
+    l = l * c + p;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) o[d] = o[d] * c + p * to_f32(vrow[d]);
+    m = mn;
+  }
+  // Merge the lanes of this warp, then the warps of this block.
+  float mw = m;
+  for (int sh = 16; sh; sh /= 2) mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, sh));
+  const float c = mw == -INFINITY ? 0.f : expf(m - mw);  // lanes without keys: m = -inf, c = 0
+  l *= c;
+  for (int sh = 16; sh; sh /= 2) l += __shfl_xor_sync(0xffffffffu, l, sh);
+#pragma unroll
+  for (int d = 0; d < HD; ++d) {
+    float x = o[d] * c;
+    for (int sh = 16; sh; sh /= 2) x += __shfl_xor_sync(0xffffffffu, x, sh);
+    if (lane == d % 32) s_o[warp][d] = x;
+  }
+  if (lane == 0) s_m[warp] = mw, s_l[warp] = l;
+  __syncthreads();
+  if (warp != 0) return;
+  float mall = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) mall = fmaxf(mall, s_m[w]);
+  float lall = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) lall += s_m[w] == -INFINITY ? 0.f : s_l[w] * expf(s_m[w] - mall);
+  T* orow = out + (b * Nq + qi) * D + h * HD;
+  for (int d = lane; d < HD; d += 32) {
+    float x = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) x += s_m[w] == -INFINITY ? 0.f : s_o[w][d] * expf(s_m[w] - mall);
+    orow[d] = from_f32<T>(x / lall);
+  }
+}
+
+void check(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw Error(std::string(op) + ": " + what);
+}
+
+template <class Kernel>
+void set_smem(Kernel kernel, size_t bytes, const CudaContext& ctx, const char* op) {
+  if (bytes > ctx.max_smem_per_block)
+    throw Error(std::string(op) + ": attention tile needs " + std::to_string(bytes) + " bytes of shared memory, the GPU has " +
+                std::to_string(ctx.max_smem_per_block));
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+template <int HD>
+void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64_t windows, int nwin) {
+  const int T = a.th * a.tw, nrel = a.th + a.tw;
+  if (dt == DType::BF16) {
+    const size_t smem = sizeof(__nv_bfloat16) * (kMmaQ + 2 * kMmaK) * (HD + 8) + sizeof(int) * kMmaK +
+                        sizeof(float) * kRelStride * nrel;
+    set_smem(rel_pos_attention_mma<HD>, smem, ctx, "rel_pos_attention");
+    const dim3 grid((T + kMmaQ - 1) / kMmaQ, a.heads, (unsigned)windows);
+    rel_pos_attention_mma<HD><<<grid, kMmaThreads, smem, ctx.stream>>>(a, nwin);
+  } else {
+    const size_t smem = sizeof(float) * 2 * kSimtK * HD + sizeof(int) * kSimtK + sizeof(float) * kSimtQ * nrel;
+    set_smem(rel_pos_attention_simt<float, HD>, smem, ctx, "rel_pos_attention");
+    const dim3 grid((T + kSimtQ - 1) / kSimtQ, a.heads, (unsigned)windows);
+    rel_pos_attention_simt<float, HD><<<grid, kSimtQ, smem, ctx.stream>>>(a, nwin);
+  }
+  CUDA_LAUNCH_CHECK();
+}
+
+template <class T, int HD>
+void launch_mha(const CudaContext& ctx, const void* q, const void* k, const void* v, void* out, int64_t B, int Nq,
+                int Nk, int D, int heads) {
+  const int64_t items = B * heads * Nq;
+  check(items < (int64_t(1) << 31), "attention", "too many queries: " + std::to_string(items));
+  const float scale = 1.f / sqrtf((float)HD);
+  if (Nk >= 256) {  // many keys: 8 warps share them
+    mha_kernel<T, HD, 8><<<(unsigned)items, 256, 0, ctx.stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), B, Nq, Nk,
+        D, heads, scale);
+  } else {
+    mha_kernel<T, HD, 1><<<(unsigned)items, 32, 0, ctx.stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), B, Nq, Nk,
+        D, heads, scale);
+  }
+  CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+Tensor CudaOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
+                                  const Tensor& rel_pos_w, int heads, int window) {
+  // ref: modeling/image_encoder.py Attention.forward, add_decomposed_rel_pos, window_partition
+  expect(qkv, "rel_pos_attention", "qkv");
+  expect(qkv_bias, "rel_pos_attention", "qkv bias");
+  expect(rel_pos_h, "rel_pos_attention", "rel_pos_h");
+  expect(rel_pos_w, "rel_pos_attention", "rel_pos_w");
+  check(qkv.ndim() == 4 && heads > 0 && window >= 0, "rel_pos_attention", "qkv " + shape_str(qkv.shape));
+  const int64_t B = qkv.dim(0), H = qkv.dim(1), W = qkv.dim(2), C = qkv.dim(3) / 3;
+  check(qkv.dim(3) == 3 * C && C % heads == 0 && qkv_bias.numel() == 3 * C, "rel_pos_attention",
+        "qkv " + shape_str(qkv.shape) + " with " + std::to_string(heads) + " heads");
+  const int64_t hd = C / heads;
+  const int64_t th = window > 0 ? window : H, tw = window > 0 ? window : W;
+  const int64_t nwh = (H + th - 1) / th, nww = (W + tw - 1) / tw;
+  check(rel_pos_h.ndim() == 2 && rel_pos_w.ndim() == 2 && rel_pos_h.dim(0) == 2 * th - 1 &&
+            rel_pos_w.dim(0) == 2 * tw - 1 && rel_pos_h.dim(1) == hd && rel_pos_w.dim(1) == hd,
+        "rel_pos_attention",
+        "relative-position tables " + shape_str(rel_pos_h.shape) + ", " + shape_str(rel_pos_w.shape) +
+            " do not fit a " + std::to_string(th) + "x" + std::to_string(tw) + " attention tile with head dim " +
+            std::to_string(hd));
+  check(th < 32768 && tw < 32768 && B * nwh * nww <= 65535 && heads <= 65535, "rel_pos_attention",
+        "grid " + shape_str(qkv.shape) + " too large");
+  Tensor out = empty({B, H, W, C});
+  if (out.numel() == 0) return out;
+  const RelPosArgs a{qkv.data, qkv_bias.data, rel_pos_h.data, rel_pos_w.data, out.data, (int)H, (int)W, (int)C,
+                     heads, (int)th, (int)tw, (int)nww, 1.0f / std::sqrt((float)hd)};
+  const int64_t windows = B * nwh * nww;
+  const int nwin = (int)(nwh * nww);
+  switch (hd) {
+    case 32: launch_rel_pos<32>(*ctx_, dt_, a, windows, nwin); break;
+    case 64: launch_rel_pos<64>(*ctx_, dt_, a, windows, nwin); break;
+    case 80: launch_rel_pos<80>(*ctx_, dt_, a, windows, nwin); break;
+    default:
+      throw Error("rel_pos_attention: head dim " + std::to_string(hd) + " is not built (32, 64 and 80 are)");
+  }
+  return out;
+}
+
+Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) {
+  // ref: modeling/transformer.py Attention.forward (after the projections)
+  expect(q, "attention", "q");
+  expect(k, "attention", "k");
+  expect(v, "attention", "v");
+  check(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3 && heads > 0, "attention", "q " + shape_str(q.shape));
+  const int64_t B = q.dim(0), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1), hd = D / heads;
+  check(k.dim(0) == B && v.dim(0) == B && k.dim(2) == D && v.dim(2) == D && v.dim(1) == Nk && D % heads == 0 && Nk > 0,
+        "attention", "q " + shape_str(q.shape) + ", k " + shape_str(k.shape) + ", v " + shape_str(v.shape));
+  Tensor out = empty({B, Nq, D});
+  if (out.numel() == 0) return out;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    switch (hd) {
+      case 16: launch_mha<T, 16>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads); break;
+      case 32: launch_mha<T, 32>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads); break;
+      case 64: launch_mha<T, 64>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads); break;
+      default: throw Error("attention: head dim " + std::to_string(hd) + " is not built (16, 32 and 64 are)");
+    }
+  };
+  if (dt_ == DType::F32)
+    run(float{});
+  else
+    run(__nv_bfloat16{});
+  return out;
+}
+
+}  // namespace samfast

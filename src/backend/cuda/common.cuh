@@ -1,0 +1,59 @@
+// Shared pieces of the CUDA backend's kernels: error checks that throw samfast::Error with the place
+// and the library's own message, element conversion between the storage types (fp32, bf16) and
+// the fp32 that all arithmetic uses, and launch-size helpers.
+#pragma once
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "samfast/error.h"
+
+namespace samfast::cuda {
+
+[[noreturn]] inline void fail(const char* file, int line, const std::string& what) {
+  throw Error(std::string("CUDA backend (") + file + ":" + std::to_string(line) + "): " + what);
+}
+
+}  // namespace samfast::cuda
+
+#define CUDA_CHECK(expr)                                                                    \
+  do {                                                                                      \
+    const cudaError_t err_ = (expr);                                                        \
+    if (err_ != cudaSuccess)                                                                \
+      ::samfast::cuda::fail(__FILE__, __LINE__, std::string(#expr) + ": " + cudaGetErrorString(err_)); \
+  } while (0)
+
+#define CUBLAS_CHECK(expr)                                                                  \
+  do {                                                                                      \
+    const cublasStatus_t st_ = (expr);                                                      \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                       \
+      ::samfast::cuda::fail(__FILE__, __LINE__, std::string(#expr) + ": " + cublasGetStatusString(st_)); \
+  } while (0)
+
+// After every kernel launch: reports a bad configuration (grid, shared memory) at its launcher.
+#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+namespace samfast::cuda {
+
+// Storage types: every kernel is instantiated for float (the exact path) and __nv_bfloat16.
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
+
+inline unsigned blocks_for(int64_t n, int threads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b < 65535 * 16 ? b : 65535 * 16);  // grid-stride loops cover the rest
+}
+
+}  // namespace samfast::cuda

@@ -1,0 +1,83 @@
+#include "backend/cuda/cuda_memory.h"
+
+#include <algorithm>
+#include <string>
+
+#include "backend/cuda/common.cuh"
+
+namespace samfast::cuda {
+
+DevicePool::~DevicePool() {
+  std::lock_guard<std::mutex> lock(mu_);
+  release_cached();
+}
+
+void DevicePool::release_cached() {
+  if (free_.empty()) return;
+  int prev = 0;
+  cudaGetDevice(&prev);
+  cudaSetDevice(device_);
+  for (auto& [bytes, p] : free_) cudaFree(p);  // no throw: also runs from the destructor
+  free_.clear();
+  cached_ = 0;
+  cudaSetDevice(prev);
+}
+
+void* DevicePool::get(size_t bytes) {
+  bytes = rounded(bytes == 0 ? 1 : bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = free_.find(bytes);
+  if (it != free_.end()) {
+    void* p = it->second;
+    free_.erase(it);
+    cached_ -= bytes;
+    in_use_ += bytes;
+    return p;
+  }
+  int prev = 0;
+  CUDA_CHECK(cudaGetDevice(&prev));
+  CUDA_CHECK(cudaSetDevice(device_));
+  void* p = nullptr;
+  cudaError_t err = cudaMalloc(&p, bytes);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free allocation error
+    release_cached();
+    err = cudaMalloc(&p, bytes);
+  }
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    cudaSetDevice(prev);
+    auto mib = [](size_t b) { return std::to_string(b >> 20) + " MiB"; };
+    throw Error("out of GPU memory: could not allocate " + std::to_string(bytes) + " bytes (device " +
+                std::to_string(device_) + ": " + mib(in_use_) + " in use by samfast, " + mib(free_b) +
+                " free of " + mib(total_b) + "; try a smaller batch)");
+  }
+  CUDA_CHECK(cudaSetDevice(prev));
+  in_use_ += bytes;
+  peak_ = std::max(peak_, in_use_ + cached_);
+  return p;
+}
+
+void DevicePool::put(void* p, size_t bytes) {
+  bytes = rounded(bytes == 0 ? 1 : bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  in_use_ -= bytes;
+  free_.emplace(bytes, p);
+  cached_ += bytes;
+}
+
+size_t DevicePool::cached_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cached_;
+}
+
+}  // namespace samfast::cuda
+
+namespace samfast::cuda {
+size_t DevicePool::peak_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return peak_;
+}
+}  // namespace samfast::cuda

@@ -1,0 +1,38 @@
+// Device memory pool of the CUDA backend: freed buffers are kept by exact size and handed out again
+// (a forward pass asks for the same sizes for every image, so after the first one no cudaMalloc
+// runs and nothing synchronises the device). All users of one pool run on one stream, so reusing a
+// buffer as soon as its last tensor is dropped is ordered after every kernel that read it.
+#pragma once
+#include <cstddef>
+#include <mutex>
+#include <unordered_map>
+
+namespace samfast::cuda {
+
+class DevicePool {
+ public:
+  explicit DevicePool(int device) : device_(device) {}
+  ~DevicePool();
+  DevicePool(const DevicePool&) = delete;
+  DevicePool& operator=(const DevicePool&) = delete;
+
+  // A buffer of at least `bytes` (rounded up to 256) on the pool's device. When cudaMalloc fails,
+  // the cached buffers are released and it is tried once more; then samfast::Error
+  // "out of GPU memory: could not allocate N bytes (...)".
+  void* get(size_t bytes);
+  void put(void* p, size_t bytes);
+  static size_t rounded(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  size_t cached_bytes() const;
+  // The most device memory the pool has held at once (in use plus cached).
+  size_t peak_bytes() const;
+
+ private:
+  void release_cached();  // caller holds mu_
+
+  int device_;
+  mutable std::mutex mu_;
+  std::unordered_multimap<size_t, void*> free_;
+  size_t cached_ = 0, in_use_ = 0, peak_ = 0;
+};
+
+}  // namespace samfast::cuda

@@ -1,0 +1,105 @@
+// CUDA backend: the ops of backend/ops.h on one GPU and one stream, in fp32 (exact: no TF32, matches
+// the CPU backend to ~1e-6) or bf16 (fast: bf16 storage, tensor-core GEMMs and attention with fp32
+// accumulation, fp32 statistics). GEMMs run through cuBLASLt with fused bias / ReLU / residual
+// epilogues; LayerNorm, exact-erf GELU, layout ops and attention are our own kernels.
+// No op synchronises with the host except download().
+#pragma once
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <map>
+#include <memory>
+
+#include "backend/cuda/cuda_memory.h"
+#include "backend/ops.h"
+
+namespace samfast {
+
+namespace cuda {
+// A cuBLASLt matmul prepared for one shape: descriptors and the heuristic's algorithm.
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool has_algo = false;  // false: cuBLASLt offers nothing for this shape; cublasGemmEx is used
+};
+}  // namespace cuda
+
+// Everything a CudaOps needs on its device: no globals.
+struct CudaContext {
+  explicit CudaContext(int device);
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = size_t(32) << 20;
+  int sm_count = 0;
+  size_t max_smem_per_block = 0;  // opt-in limit of dynamic shared memory
+  std::shared_ptr<cuda::DevicePool> pool;
+  std::map<std::array<int64_t, 16>, cuda::GemmPlan> gemm_plans;  // cuBLASLt heuristics, per shape
+};
+
+class CudaOps final : public Ops {
+ public:
+  // precision: DType::F32 or DType::BF16 (the storage type of activations and weights).
+  CudaOps(int device, DType precision);
+
+  Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) override;
+  Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) override;
+  Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
+  Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) override;
+  Tensor add(const Tensor& a, const Tensor& b) override;
+  Tensor nchw_to_nhwc(const Tensor& x) override;
+  Tensor nhwc_to_nchw(const Tensor& x) override;
+  Tensor rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
+                           const Tensor& rel_pos_w, int heads, int window) override;
+  Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) override;
+  Tensor bmm_nt(const Tensor& a, const Tensor& b) override;
+  // Output fp32 whatever the precision (logits, or 0/1 when binarize); download() takes it.
+  Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                           std::pair<int, int> original_size, bool binarize) override;
+  Tensor slice(const Tensor& x, int64_t first, int64_t count) override;
+  Tensor concat(const std::vector<Tensor>& xs) override;
+  Tensor expand_batch(const Tensor& x, int64_t batch) override;
+  Tensor upload(const Tensor& host) override;
+  Tensor download(const Tensor& x) override;  // x in the backend's precision or fp32
+  int64_t peak_memory_bytes() const override;
+
+  CudaContext& context() const { return *ctx_; }
+  DType precision() const { return dt_; }
+  // An uninitialised device tensor in the backend's precision (or `dtype`), from the pool.
+  Tensor empty(Shape shape) const { return empty(std::move(shape), dt_); }
+  Tensor empty(Shape shape, DType dtype) const;
+
+ private:
+  // Throws unless t is a tensor of this backend (device memory, the backend's precision).
+  void expect(const Tensor& t, const char* op, const char* name) const;
+
+  std::shared_ptr<CudaContext> ctx_;
+  DType dt_;
+};
+
+namespace cuda {
+
+// The one GEMM entry point (row-major): C (M, N) = act(A (M, K) @ op(B) + bias (N)) + residual,
+// B stored (N, K) when b_transposed, else (K, N); residual (M, N) with leading dim ldc or null;
+// `batch` problems at element strides sA, sB, sC (sC also for residual). All matrices of type dt;
+// fp32 accumulation always, TF32 never. Quantised variants slot in behind this signature.
+void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, int64_t K, const void* A,
+          int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, const void* bias = nullptr,
+          Act act = Act::None, const void* residual = nullptr, int64_t batch = 1, int64_t sA = 0,
+          int64_t sB = 0, int64_t sC = 0);
+
+// y (rows, cols) = act(y + bias) + residual in place; bias (cols) and residual (rows, cols) optional.
+void bias_act_residual(CudaContext& ctx, DType dt, void* y, int64_t rows, int64_t cols, const void* bias, Act act,
+                       const void* residual);
+
+}  // namespace cuda
+}  // namespace samfast

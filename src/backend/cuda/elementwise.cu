@@ -1,0 +1,329 @@
+// Normalisation, elementwise, layout and transfer ops of the CUDA backend, and the backend's
+// constructor and tensor allocation. Arithmetic is fp32 whatever the storage type.
+#include <algorithm>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/postprocess.h"
+
+namespace samfast {
+
+using cuda::from_f32;
+using cuda::gelu_erf;
+using cuda::to_f32;
+
+CudaOps::CudaOps(int device, DType precision) : ctx_(std::make_shared<CudaContext>(device)), dt_(precision) {
+  if (precision != DType::F32 && precision != DType::BF16)
+    throw Error("CUDA backend: precision must be fp32 or bf16");
+}
+
+Tensor CudaOps::empty(Shape shape, DType dtype) const {
+  for (int64_t d : shape)
+    if (d < 0) throw Error("negative dimension in shape " + shape_str(shape));
+  Tensor t;
+  t.shape = std::move(shape);
+  const size_t bytes = element_size(dtype) * static_cast<size_t>(std::max<int64_t>(1, numel_of(t.shape)));
+  std::shared_ptr<cuda::DevicePool> pool = ctx_->pool;
+  float* p = static_cast<float*>(pool->get(bytes));
+  t.storage = std::shared_ptr<float[]>(p, [pool, bytes](float* q) { pool->put(q, bytes); });
+  t.data = p;
+  t.device = Device::CUDA;
+  t.dtype = dtype;
+  return t;
+}
+
+void CudaOps::expect(const Tensor& t, const char* op, const char* name) const {
+  if (!t.defined() || t.device != Device::CUDA || t.dtype != dt_)
+    throw Error(std::string(op) + ": " + name + " " + shape_str(t.shape) + " is not a tensor of this CUDA backend (" +
+                (t.device == Device::CPU ? "host memory" : "another precision") + "); upload it first");
+}
+
+namespace {
+
+void check(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw Error(std::string(op) + ": " + what);
+}
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float apply(float v, Act act) {
+  if (act == Act::ReLU) return fmaxf(v, 0.f);
+  if (act == Act::GELU) return gelu_erf(v);
+  return v;
+}
+
+// One warp per row: mean, then variance around it (two passes in fp32), then the affine map.
+template <class T>
+__global__ void layer_norm_kernel(const T* __restrict x, const T* __restrict w, const T* __restrict b,
+                                  T* __restrict y, int64_t rows, int C, float eps, Act act) {
+  const int64_t row = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const T* in = x + row * C;
+  float s = 0.f;
+  for (int c = lane; c < C; c += 32) s += to_f32(in[c]);
+  for (int o = 16; o; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  const float mean = s / C;
+  float v = 0.f;
+  for (int c = lane; c < C; c += 32) {
+    const float d = to_f32(in[c]) - mean;
+    v += d * d;
+  }
+  for (int o = 16; o; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const float rstd = rsqrtf(v / C + eps);
+  T* out = y + row * C;
+  for (int c = lane; c < C; c += 32)
+    out[c] = from_f32<T>(apply((to_f32(in[c]) - mean) * rstd * to_f32(w[c]) + to_f32(b[c]), act));
+}
+
+template <class T>
+__global__ void add_kernel(const T* __restrict a, const T* __restrict b, T* __restrict y, int64_t n, int64_t m) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i % m]));
+}
+
+template <class T>
+__global__ void bias_act_residual_kernel(T* __restrict y, int64_t n, int64_t cols, const T* __restrict bias, Act act,
+                                         const T* __restrict residual) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    float v = to_f32(y[i]);
+    if (bias) v += to_f32(bias[i % cols]);
+    v = apply(v, act);
+    if (residual) v += to_f32(residual[i]);
+    y[i] = from_f32<T>(v);
+  }
+}
+
+// (batch, R, S) -> (batch, S, R) through a 32x32 shared-memory tile (coalesced reads and writes).
+template <class T>
+__global__ void transpose_kernel(const T* __restrict x, T* __restrict y, int64_t R, int64_t S) {
+  __shared__ T tile[32][33];
+  const int64_t bi = blockIdx.z;
+  const int64_t r0 = blockIdx.y * 32, s0 = blockIdx.x * 32;
+  const T* xb = x + bi * R * S;
+  T* yb = y + bi * R * S;
+  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+    const int64_t r = r0 + k, s = s0 + threadIdx.x;
+    if (r < R && s < S) tile[k][threadIdx.x] = xb[r * S + s];
+  }
+  __syncthreads();
+  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+    const int64_t s = s0 + k, r = r0 + threadIdx.x;
+    if (r < R && s < S) yb[s * R + r] = tile[threadIdx.x][k];
+  }
+}
+
+template <class From, class To>
+__global__ void convert_kernel(const From* __restrict x, To* __restrict y, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = from_f32<To>(to_f32(x[i]));
+}
+
+// Launches kernel<float> or kernel<__nv_bfloat16> by dtype.
+#define SAMFAST_DISPATCH(dt, T, ...)      \
+  do {                                    \
+    if ((dt) == DType::F32) {             \
+      using T = float;                    \
+      __VA_ARGS__;                        \
+    } else {                              \
+      using T = __nv_bfloat16;            \
+      __VA_ARGS__;                        \
+    }                                     \
+  } while (0)
+
+}  // namespace
+
+namespace cuda {
+void bias_act_residual(CudaContext& ctx, DType dt, void* y, int64_t rows, int64_t cols, const void* bias, Act act,
+                       const void* residual) {
+  const int64_t n = rows * cols;
+  if (n == 0 || (!bias && act == Act::None && !residual)) return;
+  SAMFAST_DISPATCH(dt, T,
+                   bias_act_residual_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, ctx.stream>>>(
+                       static_cast<T*>(y), n, cols, static_cast<const T*>(bias), act, static_cast<const T*>(residual)));
+  CUDA_LAUNCH_CHECK();
+}
+}  // namespace cuda
+
+Tensor CudaOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) {
+  expect(x, "layer_norm", "input");
+  expect(w, "layer_norm", "weight");
+  expect(b, "layer_norm", "bias");
+  const int64_t C = x.dim(-1), rows = x.numel() / C;
+  check(w.numel() == C && b.numel() == C, "layer_norm", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  Tensor y = empty(x.shape);
+  if (rows == 0) return y;
+  const int warps = kThreads / 32;
+  const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);
+  SAMFAST_DISPATCH(dt_, T,
+                   layer_norm_kernel<T><<<blocks, kThreads, 0, ctx_->stream>>>(
+                       x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), rows, (int)C, eps, act));
+  CUDA_LAUNCH_CHECK();
+  return y;
+}
+
+Tensor CudaOps::add(const Tensor& a, const Tensor& b) {
+  expect(a, "add", "a");
+  expect(b, "add", "b");
+  const int64_t n = a.numel(), m = b.numel();
+  check(m > 0 && n % m == 0, "add", "cannot broadcast " + shape_str(b.shape) + " onto " + shape_str(a.shape));
+  Tensor y = empty(a.shape);
+  if (n == 0) return y;
+  SAMFAST_DISPATCH(dt_, T,
+                   add_kernel<T><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(a.ptr<T>(), b.ptr<T>(),
+                                                                                                y.ptr<T>(), n, m));
+  CUDA_LAUNCH_CHECK();
+  return y;
+}
+
+namespace {
+// (batch, R, S) -> (batch, S, R)
+void transpose(CudaContext& ctx, DType dt, const void* x, void* y, int64_t batch, int64_t R, int64_t S) {
+  if (batch * R * S == 0) return;
+  if (batch > 65535 || (R + 31) / 32 > 65535) throw Error("layout transpose: shape too large");
+  const dim3 grid(static_cast<unsigned>((S + 31) / 32), static_cast<unsigned>((R + 31) / 32),
+                  static_cast<unsigned>(batch));
+  SAMFAST_DISPATCH(dt, T,
+                   transpose_kernel<T><<<grid, dim3(32, 8), 0, ctx.stream>>>(static_cast<const T*>(x),
+                                                                              static_cast<T*>(y), R, S));
+  CUDA_LAUNCH_CHECK();
+}
+}  // namespace
+
+Tensor CudaOps::nchw_to_nhwc(const Tensor& x) {
+  expect(x, "nchw_to_nhwc", "input");
+  check(x.ndim() == 4, "nchw_to_nhwc", "expected (B, C, H, W), got " + shape_str(x.shape));
+  const int64_t B = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  Tensor y = empty({B, H, W, C});
+  transpose(*ctx_, dt_, x.data, y.data, B, C, H * W);
+  return y;
+}
+
+Tensor CudaOps::nhwc_to_nchw(const Tensor& x) {
+  expect(x, "nhwc_to_nchw", "input");
+  check(x.ndim() == 4, "nhwc_to_nchw", "expected (B, H, W, C), got " + shape_str(x.shape));
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
+  Tensor y = empty({B, C, H, W});
+  transpose(*ctx_, dt_, x.data, y.data, B, H * W, C);
+  return y;
+}
+
+Tensor CudaOps::slice(const Tensor& x, int64_t first, int64_t count) {
+  expect(x, "slice", "input");
+  check(x.ndim() >= 2, "slice", "expected (B, N, ...), got " + shape_str(x.shape));
+  const int64_t B = x.dim(0), N = x.dim(1), inner = x.numel() / std::max<int64_t>(1, B * N);
+  check(first >= 0 && count >= 0 && first + count <= N, "slice",
+        "[" + std::to_string(first) + ", " + std::to_string(first + count) + ") of " + shape_str(x.shape));
+  Shape s = x.shape;
+  s[1] = count;
+  Tensor y = empty(s);
+  const size_t es = element_size(dt_);
+  if (y.numel() > 0)
+    CUDA_CHECK(cudaMemcpy2DAsync(y.data, es * count * inner, static_cast<const char*>(x.ptr<char>()) + es * first * inner,
+                                 es * N * inner, es * count * inner, B, cudaMemcpyDeviceToDevice, ctx_->stream));
+  return y;
+}
+
+Tensor CudaOps::concat(const std::vector<Tensor>& xs) {
+  check(!xs.empty(), "concat", "no tensors");
+  for (const Tensor& x : xs) expect(x, "concat", "input");
+  const int64_t B = xs[0].dim(0), inner = xs[0].numel() / std::max<int64_t>(1, B * xs[0].dim(1));
+  int64_t N = 0;
+  for (const Tensor& x : xs) {
+    check(x.ndim() == xs[0].ndim() && x.dim(0) == B && x.numel() == B * x.dim(1) * inner, "concat",
+          "mismatched " + shape_str(x.shape) + " and " + shape_str(xs[0].shape));
+    N += x.dim(1);
+  }
+  Shape s = xs[0].shape;
+  s[1] = N;
+  Tensor y = empty(s);
+  const size_t es = element_size(dt_);
+  int64_t at = 0;
+  for (const Tensor& x : xs) {
+    const int64_t n = x.dim(1) * inner;
+    if (n > 0 && B > 0)
+      CUDA_CHECK(cudaMemcpy2DAsync(y.ptr<char>() + es * at, es * N * inner, x.data, es * n, es * n, B,
+                                   cudaMemcpyDeviceToDevice, ctx_->stream));
+    at += n;
+  }
+  return y;
+}
+
+Tensor CudaOps::expand_batch(const Tensor& x, int64_t batch) {
+  expect(x, "expand_batch", "input");
+  check(x.ndim() >= 1 && x.dim(0) == 1 && batch >= 0, "expand_batch", "expected a batch of 1, got " + shape_str(x.shape));
+  Shape s = x.shape;
+  s[0] = batch;
+  Tensor y = empty(s);
+  for (int64_t b = 0; b < batch; ++b)
+    CUDA_CHECK(cudaMemcpyAsync(y.ptr<char>() + b * x.nbytes(), x.data, x.nbytes(), cudaMemcpyDeviceToDevice,
+                               ctx_->stream));
+  return y;
+}
+
+Tensor CudaOps::upload(const Tensor& host) {
+  if (host.device == Device::CUDA) {
+    expect(host, "upload", "tensor");
+    return host;
+  }
+  check(host.dtype == DType::F32, "upload", "host tensors are fp32");
+  Tensor y = empty(host.shape);
+  const int64_t n = host.numel();
+  if (n == 0) return y;
+  // From pageable memory the copy returns once the host buffer has been staged, so the caller
+  // may free it right away.
+  if (dt_ == DType::F32) {
+    CUDA_CHECK(cudaMemcpyAsync(y.data, host.data, sizeof(float) * n, cudaMemcpyHostToDevice, ctx_->stream));
+    return y;
+  }
+  Tensor staging = empty(host.shape, DType::F32);
+  CUDA_CHECK(cudaMemcpyAsync(staging.data, host.data, sizeof(float) * n, cudaMemcpyHostToDevice, ctx_->stream));
+  convert_kernel<float, __nv_bfloat16><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(
+      staging.ptr<float>(), y.ptr<__nv_bfloat16>(), n);
+  CUDA_LAUNCH_CHECK();
+  return y;  // staging returns to the pool; its next user runs after the conversion on this stream
+}
+
+Tensor CudaOps::download(const Tensor& x) {
+  if (x.dtype != DType::F32) expect(x, "download", "tensor");
+  check(x.defined() && x.device == Device::CUDA, "download", "tensor " + shape_str(x.shape) + " is not on the GPU");
+  Tensor host = Tensor::empty(x.shape);
+  const int64_t n = x.numel();
+  if (n == 0) return host;
+  Tensor f32 = x;
+  if (x.dtype != DType::F32) {
+    f32 = empty(x.shape, DType::F32);
+    convert_kernel<__nv_bfloat16, float><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(
+        x.ptr<__nv_bfloat16>(), f32.ptr<float>(), n);
+    CUDA_LAUNCH_CHECK();
+  }
+  CUDA_CHECK(cudaMemcpyAsync(host.data, f32.data, sizeof(float) * n, cudaMemcpyDeviceToHost, ctx_->stream));
+  CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+  return host;
+}
+
+int64_t CudaOps::peak_memory_bytes() const {
+  return static_cast<int64_t>(ctx_->pool->peak_bytes() + ctx_->workspace_bytes);
+}
+
+Tensor CudaOps::postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                                  std::pair<int, int> original_size, bool binarize) {
+  // ref: modeling/sam.py postprocess_masks: upsample to img_size (only the kept corner), crop, resize.
+  expect(low_res, "postprocess_masks", "masks");
+  const auto [in_h, in_w] = input_size;
+  const auto [orig_h, orig_w] = original_size;
+  check(low_res.ndim() == 4 && low_res.numel() > 0, "postprocess_masks",
+        "expected a non-empty (N, C, H, W) tensor, got " + shape_str(low_res.shape));
+  check(img_size > 0 && in_h > 0 && in_w > 0 && in_h <= img_size && in_w <= img_size && orig_h > 0 && orig_w > 0,
+        "postprocess_masks", "bad sizes: input " + std::to_string(in_h) + "x" + std::to_string(in_w) + ", original " +
+                                 std::to_string(orig_h) + "x" + std::to_string(orig_w) + ", image " + std::to_string(img_size));
+  const int64_t B = low_res.dim(0), C = low_res.dim(1), planes = B * C;
+  check(low_res.dim(2) == low_res.dim(3), "postprocess_masks", "low-res masks must be square, got " + shape_str(low_res.shape));
+  Tensor out = empty({B, C, orig_h, orig_w}, DType::F32);
+  SAMFAST_DISPATCH(dt_, T,
+                   cuda::postprocess_masks<T>(low_res.ptr<T>(), planes, (int)low_res.dim(2), img_size, in_h, in_w, orig_h,
+                                              orig_w, binarize, out.ptr<float>(), ctx_->stream));
+  return out;
+}
+
+}  // namespace samfast

@@ -1,0 +1,280 @@
+// GEMM-shaped ops of the CUDA backend: Linear, Conv2d (im2col + GEMM), ConvTranspose2d 2x2
+// (GEMM + scatter), batched matmul; and the context that owns the cuBLAS(Lt) handles.
+// Every GEMM goes through cuda::gemm, which runs cuBLASLt with the bias (and ReLU) fused into its
+// epilogue and the residual as its C operand (beta = 1); exact-erf GELU, which cuBLASLt does not
+// offer (its GELU epilogue is the tanh form), runs in one small fused kernel after it.
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_ops.h"
+
+namespace samfast {
+
+CudaContext::CudaContext(int dev) : device(dev) {
+  int count = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (dev < 0 || dev >= count)
+    throw Error("CUDA device " + std::to_string(dev) + " does not exist (" + std::to_string(count) + " devices)");
+  CUDA_CHECK(cudaSetDevice(dev));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CUBLAS_CHECK(cublasCreate(&cublas));
+  CUBLAS_CHECK(cublasSetStream(cublas, stream));
+  CUBLAS_CHECK(cublasSetMathMode(cublas, CUBLAS_DEFAULT_MATH));  // no TF32
+  CUBLAS_CHECK(cublasLtCreate(&lt));
+  CUDA_CHECK(cudaMalloc(&workspace, workspace_bytes));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, dev));
+  int smem = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  max_smem_per_block = static_cast<size_t>(smem);
+  pool = std::make_shared<cuda::DevicePool>(dev);
+}
+
+CudaContext::~CudaContext() {
+  // No throwing here: release what exists, in reverse order.
+  cudaSetDevice(device);
+  if (stream) cudaStreamSynchronize(stream);
+  for (auto& [key, p] : gemm_plans) {
+    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+    if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+    if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+  }
+  if (workspace) cudaFree(workspace);
+  if (lt) cublasLtDestroy(lt);
+  if (cublas) cublasDestroy(cublas);
+  if (stream) cudaStreamDestroy(stream);
+}
+
+namespace cuda {
+namespace {
+
+cudaDataType_t cuda_type(DType t) {
+  if (t == DType::F32) return CUDA_R_32F;
+  if (t == DType::BF16) return CUDA_R_16BF;
+  throw Error("CUDA backend: fp16 storage is not implemented");
+}
+
+int64_t alignment(const void* p) {
+  const auto v = reinterpret_cast<uintptr_t>(p);
+  int64_t a = 256;
+  while (a > 1 && v % a) a /= 2;
+  return a;
+}
+
+cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols, int64_t ld, int64_t batch,
+                                   int64_t stride) {
+  cublasLtMatrixLayout_t l = nullptr;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, t, rows, cols, ld));
+  if (batch > 1) {
+    const int32_t b32 = static_cast<int32_t>(batch);
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &b32, sizeof b32));
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+  }
+  return l;
+}
+
+}  // namespace
+
+void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
+          const void* B, int64_t ldb, void* C, int64_t ldc, const void* bias, Act act, const void* residual,
+          int64_t batch, int64_t sA, int64_t sB, int64_t sC) {
+  if (M == 0 || N == 0 || batch == 0) return;
+  if ((bias || act != Act::None || residual) && (ldc != N || (batch > 1 && sC != M * N)))
+    throw Error("gemm: bias, activation or residual need a dense output (ldc == N)");
+  // Row-major C (M, N) is column-major C^T (N, M) = op(B)^T (N, K) x A^T (K, M): cuBLAS's first
+  // operand is our B, its second our A.
+  const bool relu_in_epilogue = act == Act::ReLU && !residual;
+  const bool post = act != Act::None && !relu_in_epilogue;  // GELU, or an activation before the residual
+  const void* c_in = post ? nullptr : residual;              // residual as C with beta = 1
+  cublasLtEpilogue_t epi = bias ? (relu_in_epilogue ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                                : (relu_in_epilogue ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT);
+  int64_t align = std::min({alignment(A), alignment(B), alignment(C), c_in ? alignment(c_in) : 256,
+                            bias ? alignment(bias) : 256});
+  const std::array<int64_t, 16> key{(int64_t)dt, b_transposed, M, N, K, lda, ldb, ldc, batch, sA, sB, sC,
+                                    (int64_t)epi, c_in != nullptr, align, 0};
+  const cudaDataType_t t = cuda_type(dt);
+  auto it = ctx.gemm_plans.find(key);
+  if (it == ctx.gemm_plans.end()) {
+    GemmPlan p;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    p.a = b_transposed ? make_layout(t, K, N, ldb, batch, sB) : make_layout(t, N, K, ldb, batch, sB);
+    p.b = make_layout(t, K, M, lda, batch, sA);
+    p.c = make_layout(t, N, M, ldc, batch, sC);
+    cublasLtMatmulPreference_t pref = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                      &ctx.workspace_bytes, sizeof ctx.workspace_bytes));
+    const uint32_t a32 = static_cast<uint32_t>(align);
+    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &a32, sizeof a32));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
+      p.algo = result.algo;
+      p.has_algo = true;
+    }
+    it = ctx.gemm_plans.emplace(key, p).first;
+  }
+  const GemmPlan& p = it->second;
+  const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
+  if (p.has_algo) {
+    if (bias)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c,
+                                &p.algo, ctx.workspace, ctx.workspace_bytes, ctx.stream));
+  } else {  // no cuBLASLt kernel for this shape: plain cuBLAS, then bias / ReLU in our kernel
+    if (c_in)
+      CUDA_CHECK(cudaMemcpyAsync(C, c_in, element_size(dt) * (size_t)(M * N * batch), cudaMemcpyDeviceToDevice,
+                                 ctx.stream));
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.cublas, b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, (int)N,
+                                            (int)M, (int)K, &alpha, B, t, (int)ldb, sB, A, t, (int)lda, sA, &beta, C,
+                                            t, (int)ldc, sC, (int)batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (bias || relu_in_epilogue)
+      bias_act_residual(ctx, dt, C, M * batch, N, bias, relu_in_epilogue ? Act::ReLU : Act::None, nullptr);
+  }
+  if (post) bias_act_residual(ctx, dt, C, M * batch, N, nullptr, act, residual);
+}
+
+}  // namespace cuda
+
+namespace {
+
+using cuda::from_f32;
+using cuda::gelu_erf;
+using cuda::to_f32;
+
+void check(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw Error(std::string(op) + ": " + what);
+}
+
+// col (B*Ho*Wo, Cin*kh*kw) with columns ordered (ci, ky, kx), as the PyTorch weight (Cout, Cin, kh, kw).
+template <class T>
+__global__ void im2col_kernel(const T* __restrict x, T* __restrict col, int64_t rows, int H, int W, int Cin, int kh,
+                              int kw, int Ho, int Wo, int stride, int pad) {
+  const int64_t K = (int64_t)Cin * kh * kw, n = rows * K;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / K;
+    const int c = (int)(i - r * K);
+    const int ci = c / (kh * kw), ky = (c / kw) % kh, kx = c % kw;
+    const int ox = (int)(r % Wo), oy = (int)((r / Wo) % Ho);
+    const int64_t b = r / ((int64_t)Ho * Wo);
+    const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+    const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
+    col[i] = inside ? x[((b * H + iy) * W + ix) * Cin + ci] : from_f32<T>(0.f);
+  }
+}
+
+// y (B, 2H, 2W, Cout) from tmp (B*H*W, Cout*4) whose columns are (co, dy, dx), the weight's own order.
+template <class T>
+__global__ void scatter2x2_kernel(const T* __restrict tmp, const T* __restrict bias, T* __restrict y, int64_t B,
+                                  int H, int W, int Cout, Act act) {
+  const int64_t n = B * 4 * H * W * (int64_t)Cout;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int co = (int)(i % Cout);
+    const int64_t pix = i / Cout;
+    const int ox = (int)(pix % (2 * W)), oy = (int)((pix / (2 * W)) % (2 * H));
+    const int64_t b = pix / (4 * (int64_t)H * W);
+    const int64_t r = (b * H + oy / 2) * W + ox / 2;
+    float v = to_f32(tmp[(r * Cout + co) * 4 + (oy % 2) * 2 + ox % 2]) + to_f32(bias[co]);
+    if (act == Act::ReLU) v = fmaxf(v, 0.f);
+    if (act == Act::GELU) v = gelu_erf(v);
+    y[i] = from_f32<T>(v);
+  }
+}
+
+}  // namespace
+
+Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) {
+  expect(x, "linear", "input");
+  expect(w, "linear", "weight");
+  check(w.ndim() == 2 && x.dim(-1) == w.dim(1), "linear", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  const int64_t in = w.dim(1), out = w.dim(0), rows = x.numel() / in;
+  if (b) {
+    expect(*b, "linear", "bias");
+    check(b->numel() == out, "linear", "bias " + shape_str(b->shape) + " for weight " + shape_str(w.shape));
+  }
+  Shape ys = x.shape;
+  ys.back() = out;
+  Tensor y = empty(ys);
+  if (residual) {
+    expect(*residual, "linear", "residual");
+    check(residual->numel() == y.numel(), "linear", "residual shape " + shape_str(residual->shape));
+  }
+  cuda::gemm(*ctx_, dt_, true, rows, out, in, x.data, in, w.data, in, y.data, out, b ? b->data : nullptr, act,
+             residual ? residual->data : nullptr);
+  return y;
+}
+
+Tensor CudaOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) {
+  expect(x, "conv2d", "input");
+  expect(w, "conv2d", "weight");
+  check(x.ndim() == 4 && w.ndim() == 4 && w.dim(1) == x.dim(3) && stride > 0 && pad >= 0, "conv2d",
+        "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3);
+  const int64_t Cout = w.dim(0), kh = w.dim(2), kw = w.dim(3), K = Cin * kh * kw;
+  const int64_t Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
+  check(Ho > 0 && Wo > 0, "conv2d", "kernel larger than input " + shape_str(x.shape));
+  const Tensor w2 = w.view({Cout, K});
+  if (kh == 1 && kw == 1 && stride == 1 && pad == 0) return linear(x, w2, b, Act::None, nullptr);
+  const int64_t rows = B * Ho * Wo;
+  Tensor col = empty({B, Ho, Wo, K});
+  const int threads = 256;
+  const unsigned blocks = cuda::blocks_for(rows * K, threads);
+  if (dt_ == DType::F32)
+    im2col_kernel<float><<<blocks, threads, 0, ctx_->stream>>>(x.ptr<float>(), col.ptr<float>(), rows, (int)H, (int)W,
+                                                               (int)Cin, (int)kh, (int)kw, (int)Ho, (int)Wo, stride, pad);
+  else
+    im2col_kernel<__nv_bfloat16><<<blocks, threads, 0, ctx_->stream>>>(
+        x.ptr<__nv_bfloat16>(), col.ptr<__nv_bfloat16>(), rows, (int)H, (int)W, (int)Cin, (int)kh, (int)kw, (int)Ho,
+        (int)Wo, stride, pad);
+  CUDA_LAUNCH_CHECK();
+  return linear(col, w2, b, Act::None, nullptr);
+}
+
+Tensor CudaOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) {
+  // Kernel 2 / stride 2 never overlaps: one GEMM (BHW, Cin) @ w as stored, a (Cin, Cout*2*2) matrix,
+  // then a scatter of each row's 4 pixels with the bias and the activation.
+  expect(x, "conv_transpose2x2", "input");
+  expect(w, "conv_transpose2x2", "weight");
+  expect(b, "conv_transpose2x2", "bias");
+  check(x.ndim() == 4 && w.ndim() == 4 && w.dim(0) == x.dim(3) && w.dim(2) == 2 && w.dim(3) == 2 &&
+            b.numel() == w.dim(1),
+        "conv_transpose2x2", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3), Cout = w.dim(1);
+  Tensor tmp = empty({B * H * W, 4 * Cout});
+  cuda::gemm(*ctx_, dt_, false, B * H * W, 4 * Cout, Cin, x.data, Cin, w.data, 4 * Cout, tmp.data, 4 * Cout);
+  Tensor y = empty({B, 2 * H, 2 * W, Cout});
+  const int threads = 256;
+  const unsigned blocks = cuda::blocks_for(y.numel(), threads);
+  if (dt_ == DType::F32)
+    scatter2x2_kernel<float><<<blocks, threads, 0, ctx_->stream>>>(tmp.ptr<float>(), b.ptr<float>(), y.ptr<float>(),
+                                                                   B, (int)H, (int)W, (int)Cout, act);
+  else
+    scatter2x2_kernel<__nv_bfloat16><<<blocks, threads, 0, ctx_->stream>>>(
+        tmp.ptr<__nv_bfloat16>(), b.ptr<__nv_bfloat16>(), y.ptr<__nv_bfloat16>(), B, (int)H, (int)W, (int)Cout, act);
+  CUDA_LAUNCH_CHECK();
+  return y;
+}
+
+Tensor CudaOps::bmm_nt(const Tensor& a, const Tensor& b) {
+  expect(a, "bmm_nt", "a");
+  expect(b, "bmm_nt", "b");
+  check(a.ndim() == 3 && b.ndim() == 3 && b.dim(0) == a.dim(0) && b.dim(2) == a.dim(2), "bmm_nt",
+        shape_str(a.shape) + " vs " + shape_str(b.shape));
+  const int64_t B = a.dim(0), M = a.dim(1), K = a.dim(2), N = b.dim(1);
+  Tensor y = empty({B, M, N});
+  cuda::gemm(*ctx_, dt_, true, M, N, K, a.data, K, b.data, K, y.data, N, nullptr, Act::None, nullptr, B, M * K, N * K,
+             M * N);
+  return y;
+}
+
+}  // namespace samfast

@@ -1,0 +1,257 @@
+// Every op of the CUDA backend against its CPU twin, in fp32 (max abs error <= 1e-5 x max abs value)
+// and bf16 (relative L2 error <= 1e-2; the CPU reference then runs on the bf16-rounded inputs, so
+// that the error measured is the kernels' own). Each test prints its measured errors.
+// Without a CUDA GPU every test is skipped.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cuda/cuda_ops.h"
+#include "samfast/error.h"
+
+namespace samfast {
+namespace {
+
+bool have_gpu() {
+  int n = 0;
+  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  cudaGetLastError();
+  return ok;
+}
+
+struct Rng {  // splitmix64
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  float uniform(float lo, float hi) { return lo + (hi - lo) * (float)((next() >> 11) * (1.0 / 9007199254740992.0)); }
+};
+
+float bf16_round(float x) {  // round to nearest even, as __float2bfloat16_rn
+  uint32_t u = std::bit_cast<uint32_t>(x);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return std::bit_cast<float>(u & 0xffff0000u);
+}
+
+class CudaOpsTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
+    gpu = std::make_unique<CudaOps>(0, GetParam());
+  }
+  bool bf16() const { return GetParam() == DType::BF16; }
+
+  // Random host tensor in [lo, hi), already rounded to the backend's precision.
+  Tensor rand(Shape s, float lo = -1.f, float hi = 1.f) {
+    Tensor t = Tensor::empty(std::move(s));
+    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16() ? bf16_round(rng.uniform(lo, hi)) : rng.uniform(lo, hi);
+    return t;
+  }
+  Tensor up(const Tensor& host) { return gpu->upload(host); }
+
+  // Compares the downloaded GPU result with the CPU reference and prints the errors.
+  void expect_close(const Tensor& got_device, const Tensor& ref, const std::string& what, double f32_tol = 1e-5,
+                    double bf16_tol = 1e-2) {
+    ASSERT_EQ(got_device.device, Device::CUDA) << what;
+    ASSERT_EQ(got_device.dtype, GetParam()) << what;
+    const Tensor got = gpu->download(got_device);
+    ASSERT_EQ(got.shape, ref.shape) << what;
+    double max_err = 0, max_ref = 0, err2 = 0, ref2 = 0;
+    for (int64_t i = 0; i < ref.numel(); ++i) {
+      const double d = (double)got.data[i] - ref.data[i];
+      max_err = std::max(max_err, std::abs(d));
+      max_ref = std::max(max_ref, (double)std::abs(ref.data[i]));
+      err2 += d * d;
+      ref2 += (double)ref.data[i] * ref.data[i];
+    }
+    const double max_rel = max_err / std::max(max_ref, 1e-30), rel_l2 = std::sqrt(err2 / std::max(ref2, 1e-30));
+    std::printf("[ %-4s ] %-48s max_abs_err/max_abs = %.3e  rel_l2 = %.3e\n", bf16() ? "bf16" : "fp32", what.c_str(),
+                max_rel, rel_l2);
+    EXPECT_FALSE(std::isnan(err2)) << what;
+    if (bf16())
+      EXPECT_LE(rel_l2, bf16_tol) << what;
+    else
+      EXPECT_LE(max_rel, f32_tol) << what;
+  }
+
+  Rng rng{1234};
+  CpuOps cpu;
+  std::unique_ptr<CudaOps> gpu;
+};
+
+TEST_P(CudaOpsTest, RoundTrip) {
+  Tensor x = rand({3, 5, 7});
+  Tensor y = gpu->download(up(x));
+  ASSERT_EQ(y.shape, x.shape);
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(y.data[i], x.data[i]) << i;  // x is representable in bf16
+  if (!bf16()) {
+    Tensor z = Tensor::from({3}, {1e-30f, 3.14159265f, -1e30f});
+    Tensor w = gpu->download(up(z));
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(w.data[i], z.data[i]);
+  }
+  std::printf("[ %-4s ] round trip exact\n", bf16() ? "bf16" : "fp32");
+}
+
+TEST_P(CudaOpsTest, Linear) {
+  for (int64_t out : {80, 768}) {
+    Tensor x = rand({2, 37, 96}), w = rand({out, 96}, -0.1f, 0.1f), b = rand({out}), r = rand({2, 37, out});
+    Tensor xg = up(x), wg = up(w), bg = up(b), rg = up(r);
+    const std::string o = " out " + std::to_string(out);
+    expect_close(gpu->linear(xg, wg, nullptr, Act::None, nullptr), cpu.linear(x, w, nullptr, Act::None, nullptr), "linear no bias" + o);
+    expect_close(gpu->linear(xg, wg, &bg, Act::None, nullptr), cpu.linear(x, w, &b, Act::None, nullptr), "linear bias" + o);
+    expect_close(gpu->linear(xg, wg, &bg, Act::GELU, nullptr), cpu.linear(x, w, &b, Act::GELU, nullptr), "linear bias gelu" + o);
+    expect_close(gpu->linear(xg, wg, &bg, Act::ReLU, nullptr), cpu.linear(x, w, &b, Act::ReLU, nullptr), "linear bias relu" + o);
+    expect_close(gpu->linear(xg, wg, nullptr, Act::ReLU, nullptr), cpu.linear(x, w, nullptr, Act::ReLU, nullptr), "linear relu" + o);
+    expect_close(gpu->linear(xg, wg, &bg, Act::None, &rg), cpu.linear(x, w, &b, Act::None, &r), "linear bias residual" + o);
+    expect_close(gpu->linear(xg, wg, &bg, Act::GELU, &rg), cpu.linear(x, w, &b, Act::GELU, &r), "linear bias gelu residual" + o);
+  }
+  // encoder-sized: 64x64 tokens, 256 -> 768
+  Tensor x = rand({1, 64, 64, 256}), w = rand({768, 256}, -0.06f, 0.06f), b = rand({768});
+  Tensor bg = up(b);
+  expect_close(gpu->linear(up(x), up(w), &bg, Act::None, nullptr), cpu.linear(x, w, &b, Act::None, nullptr), "linear 4096x256->768");
+  // odd sizes (decoder heads: 4 outputs)
+  Tensor x2 = rand({3, 1, 256}), w2 = rand({4, 256}, -0.06f, 0.06f), b2 = rand({4});
+  Tensor b2g = up(b2);
+  expect_close(gpu->linear(up(x2), up(w2), &b2g, Act::None, nullptr), cpu.linear(x2, w2, &b2, Act::None, nullptr), "linear 3x256->4");
+}
+
+TEST_P(CudaOpsTest, LayerNorm) {
+  Tensor x = rand({3, 50, 768}, -2.f, 3.f), w = rand({768}, 0.8f, 1.2f), b = rand({768}, -0.1f, 0.1f);
+  expect_close(gpu->layer_norm(up(x), up(w), up(b), 1e-6f, Act::None), cpu.layer_norm(x, w, b, 1e-6f, Act::None), "layer_norm C=768");
+  Tensor x2 = rand({2, 16, 16, 32}), w2 = rand({32}, 0.8f, 1.2f), b2 = rand({32}, -0.1f, 0.1f);
+  expect_close(gpu->layer_norm(up(x2), up(w2), up(b2), 1e-6f, Act::GELU), cpu.layer_norm(x2, w2, b2, 1e-6f, Act::GELU), "layer_norm C=32 gelu");
+  Tensor x3 = rand({1, 7, 1280}), w3 = rand({1280}, 0.8f, 1.2f), b3 = rand({1280}, -0.1f, 0.1f);
+  expect_close(gpu->layer_norm(up(x3), up(w3), up(b3), 1e-5f, Act::None), cpu.layer_norm(x3, w3, b3, 1e-5f, Act::None), "layer_norm C=1280");
+}
+
+TEST_P(CudaOpsTest, Conv2d) {
+  struct Case { const char* name; Shape x, w; bool bias; int stride, pad; };
+  const Case cases[] = {
+      {"conv2d patch embed 16x16/16", {1, 64, 64, 3}, {32, 3, 16, 16}, true, 16, 0},
+      {"conv2d 3x3 pad 1", {1, 16, 16, 64}, {32, 64, 3, 3}, false, 1, 1},
+      {"conv2d 2x2 stride 2, Cin 1", {2, 32, 32, 1}, {4, 1, 2, 2}, true, 2, 0},
+      {"conv2d 2x2 stride 2, Cin 4", {2, 16, 16, 4}, {16, 4, 2, 2}, true, 2, 0},
+      {"conv2d 1x1", {1, 16, 16, 64}, {32, 64, 1, 1}, false, 1, 0},
+  };
+  for (const Case& c : cases) {
+    Tensor x = rand(c.x), w = rand(c.w, -0.1f, 0.1f), b = rand({c.w[0]}), bg = up(b);
+    expect_close(gpu->conv2d(up(x), up(w), c.bias ? &bg : nullptr, c.stride, c.pad),
+                 cpu.conv2d(x, w, c.bias ? &b : nullptr, c.stride, c.pad), c.name);
+  }
+}
+
+TEST_P(CudaOpsTest, ConvTranspose2x2) {
+  Tensor x = rand({2, 8, 8, 64}), w = rand({64, 16, 2, 2}, -0.1f, 0.1f), b = rand({16});
+  expect_close(gpu->conv_transpose2x2(up(x), up(w), up(b), Act::None), cpu.conv_transpose2x2(x, w, b, Act::None), "conv_transpose2x2");
+  expect_close(gpu->conv_transpose2x2(up(x), up(w), up(b), Act::GELU), cpu.conv_transpose2x2(x, w, b, Act::GELU), "conv_transpose2x2 gelu");
+}
+
+TEST_P(CudaOpsTest, AddBroadcast) {
+  Tensor a = rand({2, 8, 8, 32}), same = rand({2, 8, 8, 32}), img = rand({1, 8, 8, 32}), vec = rand({1, 1, 1, 32});
+  expect_close(gpu->add(up(a), up(same)), cpu.add(a, same), "add same shape");
+  expect_close(gpu->add(up(a), up(img)), cpu.add(a, img), "add (1,H,W,C) broadcast");
+  expect_close(gpu->add(up(a), up(vec)), cpu.add(a, vec), "add (C) broadcast");
+}
+
+TEST_P(CudaOpsTest, Layouts) {
+  Tensor x = rand({2, 3, 40, 33});
+  expect_close(gpu->nchw_to_nhwc(up(x)), cpu.nchw_to_nhwc(x), "nchw_to_nhwc", 0.0, 0.0);
+  Tensor y = rand({2, 40, 33, 70});
+  expect_close(gpu->nhwc_to_nchw(up(y)), cpu.nhwc_to_nchw(y), "nhwc_to_nchw", 0.0, 0.0);
+}
+
+TEST_P(CudaOpsTest, SliceConcatExpand) {
+  Tensor x = rand({2, 7, 5});
+  expect_close(gpu->slice(up(x), 1, 3), cpu.slice(x, 1, 3), "slice", 0.0, 0.0);
+  Tensor iou = rand({3, 4});
+  expect_close(gpu->slice(up(iou), 1, 3), cpu.slice(iou, 1, 3), "slice 2-d", 0.0, 0.0);
+  Tensor a = rand({2, 1, 32}), b = rand({2, 3, 32});
+  expect_close(gpu->concat({up(a), up(b), up(a)}), cpu.concat({a, b, a}), "concat", 0.0, 0.0);
+  Tensor e = rand({1, 4, 4, 8});
+  expect_close(gpu->expand_batch(up(e), 3), cpu.expand_batch(e, 3), "expand_batch", 0.0, 0.0);
+}
+
+TEST_P(CudaOpsTest, BmmNt) {
+  Tensor a = rand({2, 4, 32}), b = rand({2, 1000, 32});
+  expect_close(gpu->bmm_nt(up(a), up(b)), cpu.bmm_nt(a, b), "bmm_nt (2,4,32)x(2,1000,32)");
+}
+
+TEST_P(CudaOpsTest, RelPosAttention) {
+  struct Case { int B, H, W, heads, hd, window; };
+  const Case cases[] = {
+      {1, 64, 64, 2, 64, 14},  // padded to 70
+      {2, 20, 27, 2, 32, 14},  // odd grid, padded to 28x28
+      {1, 64, 64, 1, 80, 14},
+      {1, 14, 14, 3, 32, 14},  // exactly one window
+      {1, 16, 16, 2, 80, 0},   // global
+      {1, 20, 27, 1, 32, 0},   // global, non-square
+      {1, 64, 64, 1, 64, 0},   // global 4096 tokens
+  };
+  for (const Case& c : cases) {
+    const int64_t C = (int64_t)c.heads * c.hd;
+    const int64_t th = c.window ? c.window : c.H, tw = c.window ? c.window : c.W;
+    Tensor qkv = rand({c.B, c.H, c.W, 3 * C}, -1.5f, 1.5f), bias = rand({3 * C}, -0.5f, 0.5f);
+    Tensor rh = rand({2 * th - 1, c.hd}, -0.3f, 0.3f), rw = rand({2 * tw - 1, c.hd}, -0.3f, 0.3f);
+    const std::string name = "rel_pos_attention " + std::to_string(c.H) + "x" + std::to_string(c.W) + " hd " +
+                             std::to_string(c.hd) + (c.window ? " window " + std::to_string(c.window) : " global");
+    expect_close(gpu->rel_pos_attention(up(qkv), up(bias), up(rh), up(rw), c.heads, c.window),
+                 cpu.rel_pos_attention(qkv, bias, rh, rw, c.heads, c.window), name);
+  }
+}
+
+TEST_P(CudaOpsTest, Attention) {
+  struct Case { int B, Nq, Nk, D, heads; };
+  const Case cases[] = {{2, 7, 4096, 256, 8}, {1, 4096, 7, 128, 8}, {2, 7, 7, 256, 8}, {1, 33, 100, 256, 4}};
+  for (const Case& c : cases) {
+    Tensor q = rand({c.B, c.Nq, c.D}, -2.f, 2.f), k = rand({c.B, c.Nk, c.D}, -2.f, 2.f), v = rand({c.B, c.Nk, c.D});
+    const std::string name = "attention Nq " + std::to_string(c.Nq) + " Nk " + std::to_string(c.Nk) + " hd " +
+                             std::to_string(c.D / c.heads);
+    expect_close(gpu->attention(up(q), up(k), up(v), c.heads), cpu.attention(q, k, v, c.heads), name);
+  }
+}
+
+TEST_P(CudaOpsTest, PostprocessMasks) {
+  Tensor low = rand({2, 3, 64, 64}, -4.f, 4.f);
+  const std::pair<int, int> input{1024, 768}, original{600, 450};
+  Tensor got = gpu->postprocess_masks(up(low), 1024, input, original, false);
+  ASSERT_EQ(got.dtype, DType::F32);
+  Tensor ref = cpu.postprocess_masks(low, 1024, input, original, false);
+  const Tensor host = gpu->download(got);
+  double max_err = 0, max_ref = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    max_err = std::max(max_err, (double)std::abs(host.data[i] - ref.data[i]));
+    max_ref = std::max(max_ref, (double)std::abs(ref.data[i]));
+  }
+  std::printf("[ %-4s ] %-48s max_abs_err/max_abs = %.3e\n", bf16() ? "bf16" : "fp32", "postprocess_masks logits",
+              max_err / max_ref);
+  EXPECT_LE(max_err / max_ref, 1e-5);  // same (rounded) inputs, fp32 arithmetic on both sides
+  Tensor bin = gpu->download(gpu->postprocess_masks(up(low), 1024, input, original, true));
+  Tensor bref = cpu.postprocess_masks(low, 1024, input, original, true);
+  int64_t differ = 0;
+  for (int64_t i = 0; i < bref.numel(); ++i) differ += bin.data[i] != bref.data[i] && std::abs(ref.data[i]) > 1e-4f;
+  std::printf("[ %-4s ] %-48s pixels differing away from 0: %lld\n", bf16() ? "bf16" : "fp32", "postprocess_masks binary",
+              (long long)differ);
+  EXPECT_EQ(differ, 0);
+}
+
+TEST_P(CudaOpsTest, RejectsHostTensors) {
+  Tensor x = rand({2, 4}), w = rand({3, 4});
+  EXPECT_THROW(gpu->linear(x, up(w), nullptr, Act::None, nullptr), Error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, CudaOpsTest, ::testing::Values(DType::F32, DType::BF16),
+                         [](const ::testing::TestParamInfo<DType>& i) { return i.param == DType::F32 ? "F32" : "BF16"; });
+
+}  // namespace
+}  // namespace samfast
