@@ -114,3 +114,20 @@ def test_bad_files_give_one_clear_line(samfast, tiny, tmp_path):
     line = one_error_line(samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "1,1", "--mask-input", bad_mask,
                                   "--out", tmp_path / "o"))
     assert "mask input must be (1, 256, 256)" in line
+
+
+def test_device_choice_is_explicit_and_reported(samfast, tiny, tmp_path):
+    out = tmp_path / "auto"
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--out", out)
+    assert p.returncode == 0, p.stderr
+    device = json.loads((out / "result.json").read_text())["device"]
+    assert device == "cpu" or device.startswith("cuda:")
+    assert device.split(" ")[0] in p.stderr.splitlines()[-1]  # the closing line names the device
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--device", "cuda", "--out", tmp_path / "c")
+    if device == "cpu":  # no GPU here: asking for one is an error, not a silent fallback
+        assert "device cuda requested" in one_error_line(p)
+    else:
+        assert p.returncode == 0, p.stderr
+    assert "precision bf16 needs a CUDA GPU" in one_error_line(samfast(
+        "segment", "--checkpoint", tiny, "--image", DOG, "--point", "1,1", "--device", "cpu", "--precision", "bf16",
+        "--out", tmp_path / "b"))

@@ -96,8 +96,7 @@ int run_bench(const Args& a) {
                       {"predict_prompts_to_host_ms", median(predict_p)},
                       {"predict_1_prompt_ms", median(predict_one)},
                       {"peak_gib", model.peak_memory_bytes() / double(1 << 30)}};
-  std::cout << "samfast bench: " << j["model"].get<std::string>() << " on " << model.device() << ", "
-            << model.precision() << ", batch " << a.batch << ", " << a.prompts << " prompts/image, median of "
+  std::cout << "samfast bench: " << j["model"].get<std::string>() << " on " << device_summary(model) << ", batch " << a.batch << ", " << a.prompts << " prompts/image, median of "
             << a.runs << " runs\n"
             << "  img/s (encoder + " << a.prompts << " prompts)  " << img_s << "\n"
             << "  encoder img/s              " << enc_img_s << "\n"

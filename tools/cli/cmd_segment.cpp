@@ -123,7 +123,7 @@ int run_segment(const Args& a) {
   }
   fs::rename(json_path + ".tmp", json_path);
   std::cerr << "wrote " << C << " mask(s), overlay.png and result.json to " << a.out << " (set_image "
-            << (int)(t2 - t1) << " ms, predict " << (int)(t3 - t2) << " ms)\n";
+            << (int)(t2 - t1) << " ms, predict " << (int)(t3 - t2) << " ms on " << device_summary(model) << ")\n";
   return 0;
 }
 

@@ -17,10 +17,12 @@ Runner add_bench(CLI::App& app);
 // --device and --precision, shared by the commands that run the model.
 void add_backend_options(CLI::App* cmd, ModelOptions& options);
 // The checkpoint to use: the file if given, otherwise synthetic weights for `model` (with a loud
-// warning on stderr that masks from random weights are meaningless). Says on stderr when the
-// backend differs from the one asked for (no GPU: CPU).
+// warning on stderr that masks from random weights are meaningless).
 Model load_or_synthesize(const std::string& checkpoint, const std::string& model, uint64_t seed,
                          const ModelOptions& options);
 double now_ms();
+// "cuda:0 (NVIDIA H100 ...), bf16", with the reason when the backend is not the one asked for (no
+// GPU: the CPU). Commands print it in their closing line, so that an error stays a single line.
+std::string device_summary(const Model& m);
 
 }  // namespace samfast::cli

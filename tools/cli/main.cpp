@@ -7,6 +7,10 @@
 
 namespace samfast::cli {
 
+std::string device_summary(const Model& m) {
+  return m.device() + ", " + m.precision() + (m.backend_note().empty() ? "" : " (" + m.backend_note() + ")");
+}
+
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -19,14 +23,10 @@ void add_backend_options(CLI::App* cmd, ModelOptions& options) {
 
 Model load_or_synthesize(const std::string& checkpoint, const std::string& model, uint64_t seed,
                          const ModelOptions& options) {
-  auto announce = [](Model m) {
-    if (!m.backend_note().empty()) std::cerr << "note: " << m.backend_note() << "\n";
-    return m;
-  };
-  if (!checkpoint.empty()) return announce(Model::load(checkpoint, options));
+  if (!checkpoint.empty()) return Model::load(checkpoint, options);
   std::cerr << "WARNING: no --checkpoint given: using a SYNTHETIC " << model << " model with RANDOM weights (seed "
             << seed << ").\nWARNING: its masks are MEANINGLESS; pass --checkpoint sam_vit_b_01ec64.pth (or l/h) for real ones.\n";
-  return announce(Model::from_tensors(Model::synthetic_tensors(SamConfig::preset(model), seed), options));
+  return Model::from_tensors(Model::synthetic_tensors(SamConfig::preset(model), seed), options);
 }
 
 }  // namespace samfast::cli

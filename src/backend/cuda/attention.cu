@@ -36,7 +36,11 @@ struct TileGeometry {
   int wy, wx;
   // Row of tile token t (0 <= t < T), at the start of part (0 q, 1 k, 2 v) of head offset `off`.
   __device__ __forceinline__ const T* token(int t, int part, int off) const {
-    const int gy = wy * th + t / tw, gx = wx * tw + t % tw;
+    return token_yx(t / tw, t % tw, part, off);
+  }
+  // The same for the token at row ky, column kx of the tile.
+  __device__ __forceinline__ const T* token_yx(int ky, int kx, int part, int off) const {
+    const int gy = wy * th + ky, gx = wx * tw + kx;
     const T* row = (gy < H && gx < W) ? qkv + ((bi * H + gy) * W + gx) * (int64_t)(3 * C) : bias;
     return row + part * C + off;
   }
@@ -157,9 +161,19 @@ __global__ void __launch_bounds__(kSimtQ) rel_pos_attention_simt(RelPosArgs a, i
 
 // ---------------------------------------------------------------------------------------------
 // bf16 on tensor cores.
+//
+// Keys are streamed in "slots": key row ky of the tile occupies slots [ky KW, ky KW + tw) with KW
+// the smallest power of two >= max(tw, 8); the slots [tw, KW) of a row are empty (zero K and V,
+// score -inf). An 8-key n-tile of the MMA so never crosses a key row: rel_h is read once per n-tile
+// and row, and the slot -> (ky, kx) map is a shift and a mask (no per-key table, no divisions).
+// For window 14 (KW 16) that is 4 blocks of 64 slots, as many as 196 keys in 64-key blocks; for
+// global 64x64, KW = tw = 64: one key row per block.
+// The relative-position terms are GEMMs too: G[q, j] = q . R[j] for the table rows j this block
+// needs, on the tensor cores, each warp scattering rel[r][q] = G[q, qy + th - 1 - r] (or the qx
+// twin) from its accumulators into shared memory, pre-multiplied by log2(e).
 
 constexpr int kMmaQ = 64;  // queries per block: 4 warps x 16
-constexpr int kMmaK = 64;  // keys per block
+constexpr int kMmaK = 64;  // key slots per block
 constexpr int kMmaThreads = 128;
 constexpr int kRelStride = kMmaQ + 4;  // floats per relative-position column in shared memory
 
@@ -169,6 +183,13 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem_row) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* smem_row) {
@@ -196,45 +217,69 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16* dst, int lds, const Til
   }
 }
 
-template <int HD>
-__global__ void __launch_bounds__(kMmaThreads) rel_pos_attention_mma(RelPosArgs a, int nwin) {
-  constexpr int LDS = HD + 8;  // padded rows: fragment loads and ldmatrix without bank conflicts
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __nv_bfloat16* sQ = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* sK = sQ + kMmaQ * LDS;
-  __nv_bfloat16* sV = sK + kMmaK * LDS;
-  int* sPos = reinterpret_cast<int*>(sV + kMmaK * LDS);  // kMmaK: ky << 16 | kx, or -1
-  // (th + tw) x kRelStride: transposed and padded so that the 8 query rows x 4 key columns a warp
-  // reads per score land in 32 different banks (the row-major table had 8-way conflicts).
-  float* sRel = reinterpret_cast<float*>(sPos + kMmaK);
-  const TileGeometry<__nv_bfloat16> g = tile_of<__nv_bfloat16>(a, nwin);
-  const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * kMmaQ, nrel = a.th + a.tw;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {  // zero-fills when !ok
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
 
-  load_rows<HD>(sQ, LDS, g, q0, 0, off);
-  __syncthreads();
-  {  // relative-position terms of this block's queries, unscaled q, fp32
-    const auto* Rh = static_cast<const __nv_bfloat16*>(a.rel_h);
-    const auto* Rw = static_cast<const __nv_bfloat16*>(a.rel_w);
-    for (int i = tid; i < kMmaQ * nrel; i += kMmaThreads) {
-      const int qi = i / nrel, r = i % nrel, t = min(q0 + qi, g.ntok - 1), qy = t / g.tw, qx = t % g.tw;
-      const __nv_bfloat16* tab = r < a.th ? Rh + (int64_t)(qy - r + a.th - 1) * HD
-                                          : Rw + (int64_t)(qx - (r - a.th) + a.tw - 1) * HD;
-      const __nv_bfloat162* q2 = reinterpret_cast<const __nv_bfloat162*>(sQ + qi * LDS);
-      const __nv_bfloat162* t2 = reinterpret_cast<const __nv_bfloat162*>(tab);
-      float acc = 0.f;
-#pragma unroll
-      for (int d = 0; d < HD / 2; ++d) {
-        const float2 x = __bfloat1622float2(q2[d]), y = __bfloat1622float2(t2[d]);
-        acc += x.x * y.x + x.y * y.y;
-      }
-      sRel[r * kRelStride + qi] = acc;
-    }
+// Part `part` (1 k, 2 v) of the tokens in key slots [sb, sb + 64) into smem rows of HD + 8 bf16 (empty
+// slots: zeros), by cp.async; complete after cp_async_wait_all.
+template <int HD>
+__device__ __forceinline__ void load_slots_async(__nv_bfloat16* dst, const TileGeometry<__nv_bfloat16>& g, int sb,
+                                                 int kwl, int part, int off) {
+  constexpr int kChunks = HD / 8;
+  for (int i = threadIdx.x; i < kMmaK * kChunks; i += kMmaThreads) {
+    const int r = i / kChunks, c = i % kChunks, slot = sb + r, ky = slot >> kwl, kx = slot & ((1 << kwl) - 1);
+    const bool ok = ky < g.th && kx < g.tw;
+    cp_async16(dst + r * (HD + 8) + c * 8, ok ? g.token_yx(ky, kx, part, off) + c * 8 : g.bias, ok);
   }
+}
+
+// s[n] = this warp's 16 query rows (qf) x the 64 rows of sK (B operand by ldmatrix, two n-tiles per
+// ldmatrix.x4: lanes 0-7 / 8-15 address the two d halves of n-tile 2 np, lanes 16-31 those of 2 np + 1).
+template <int HD>
+__device__ __forceinline__ void qk_tile(float s[kMmaK / 8][4], const uint32_t qf[HD / 16][4],
+                                        const __nv_bfloat16* sK, int lane) {
+  constexpr int LDS = HD + 8;
+  const __nv_bfloat16* base = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
+#pragma unroll
+  for (int n = 0; n < kMmaK / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+  for (int np = 0; np < kMmaK / 16; ++np)
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      uint32_t kb[4];
+      ldmatrix_x4(kb, base + np * 16 * LDS + kk * 16);
+      mma_bf16(s[2 * np], qf[kk], kb[0], kb[1]);
+      mma_bf16(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+    }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 4 : 3) rel_pos_attention_mma(RelPosArgs a, int nwin) {
+  constexpr int LDS = HD + 8;      // padded rows: ldmatrix without bank conflicts
+  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // first the block's queries (kMmaQ == kMmaK)
+  __nv_bfloat16* sV = sK + kMmaK * LDS;
+  // (th + tw) x kRelStride: transposed and padded so that the 8 query rows x 4 key columns a warp
+  // reads per score land in 32 different banks. Times log2(e).
+  float* sRel = reinterpret_cast<float*>(sV + kMmaK * LDS);
+  const TileGeometry<__nv_bfloat16> g = tile_of<__nv_bfloat16>(a, nwin);
+  const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * kMmaQ, th = a.th, tw = a.tw;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
+  const int wr0 = warp * 16 + gr;  // this thread's query rows in the block: wr0 and wr0 + 8
+
+  static_assert(kMmaQ == kMmaK, "the queries are staged in sK");
+  load_rows<HD>(sK, LDS, g, q0, 0, off);
+  __syncthreads();
   // This warp's 16 query rows as A fragments (row gr and gr + 8 of the warp's rows).
   uint32_t qf[HD / 16][4];
   {
-    const __nv_bfloat16* r0 = sQ + (warp * 16 + gr) * LDS + tq * 2;
+    const __nv_bfloat16* r0 = sK + wr0 * LDS + tq * 2;
     const __nv_bfloat16* r1 = r0 + 8 * LDS;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
@@ -244,71 +289,118 @@ __global__ void __launch_bounds__(kMmaThreads) rel_pos_attention_mma(RelPosArgs 
       qf[kk][3] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16 + 8);
     }
   }
+
+  {  // relative-position terms of this block's queries (unscaled q, fp32 accumulation), x log2(e)
+    int qy[2], qx[2];  // of rows wr0, wr0 + 8 (past the tile: the last token; their q rows are 0)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int t = min(q0 + wr0 + 8 * i, g.ntok - 1);
+      qy[i] = t / tw, qx[i] = t % tw;
+    }
+    const int tlast = min(q0 + kMmaQ, g.ntok) - 1;
+    const int qy_lo = q0 / tw, qy_hi = tlast / tw;
+    const int qx_lo = qy_hi > qy_lo ? 0 : q0 % tw, qx_hi = qy_hi > qy_lo ? tw - 1 : tlast % tw;
+#pragma unroll 1
+    for (int part = 0; part < 2; ++part) {
+      // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [qy_lo, qy_hi + th - 1] (rel_w alike)
+      const int lim = part ? tw : th;
+      const int lo = part ? qx_lo : qy_lo, hi = (part ? qx_hi : qy_hi) + lim - 1;
+      const auto* tab = static_cast<const __nv_bfloat16*>(part ? a.rel_w : a.rel_h);
+      float* dst = sRel + (part ? th : 0) * kRelStride + wr0;
+      const int base0 = (part ? qx[0] : qy[0]) + lim - 1, base1 = (part ? qx[1] : qy[1]) + lim - 1;
+#pragma unroll 1
+      for (int j0 = lo; j0 <= hi; j0 += kMmaK) {
+        __syncthreads();  // sK free (the q fragments, the previous chunk read)
+        for (int i = tid; i < kMmaK * kChunks; i += kMmaThreads) {
+          const int r = i / kChunks, c = i % kChunks, j = j0 + r;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (j <= hi) v = *reinterpret_cast<const uint4*>(tab + (int64_t)j * HD + c * 8);
+          *reinterpret_cast<uint4*>(sK + r * LDS + c * 8) = v;
+        }
+        __syncthreads();
+        float gq[kMmaK / 8][4];
+        qk_tile<HD>(gq, qf, sK, lane);
+#pragma unroll
+        for (int n = 0; n < kMmaK / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int j = j0 + n * 8 + tq * 2 + e, r0 = base0 - j, r1 = base1 - j;
+            if (r0 >= 0 && r0 < lim) dst[r0 * kRelStride] = gq[n][e] * kLog2e;
+            if (r1 >= 0 && r1 < lim) dst[r1 * kRelStride + 8] = gq[n][2 + e] * kLog2e;
+          }
+      }
+    }
+  }
   const bool warp_active = q0 + warp * 16 < g.ntok;  // the last block of a window may be mostly padding
-  const float* rel0 = sRel + warp * 16 + gr;
-  const float* rel1 = rel0 + 8;
+  const float* rel0 = sRel + wr0;  // this thread's rows (written by this warp only)
+  const float* relw0 = rel0 + (th + tq * 2) * kRelStride;
   const float sc = a.scale * kLog2e;  // softmax in base 2
+  int kwl = 3;
+  while ((1 << kwl) < tw) ++kwl;
+  const int kwm = (1 << kwl) - 1, nslots = th << kwl;
 
   float o[HD / 8][4];
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows gr and gr + 8 (l: this thread's part)
 
-  for (int k0 = 0; k0 < g.ntok; k0 += kMmaK) {
-    __syncthreads();
-    load_rows<HD>(sK, LDS, g, k0, 1, off);
-    load_rows<HD>(sV, LDS, g, k0, 2, off);
-    for (int j = tid; j < kMmaK; j += kMmaThreads) {
-      const int kt = k0 + j;
-      sPos[j] = kt < g.ntok ? ((kt / g.tw) << 16) | (kt % g.tw) : -1;
-    }
-    __syncthreads();
-    if (!warp_active) continue;
-
+  // K and V of a block arrive by cp.async (FA2 order, single buffers): V(b) loads during S = Q K(b)^T
+  // and the softmax, K(b + 1) during O += P V(b).
+  __syncthreads();  // the relative-position GEMMs are done with sK
+  load_slots_async<HD>(sK, g, 0, kwl, 1, off);
+  for (int sb = 0; sb < nslots; sb += kMmaK) {
+    cp_async_wait_all();
+    __syncthreads();  // K(b) visible to all; every warp is done with V(b - 1)
+    load_slots_async<HD>(sV, g, sb, kwl, 2, off);
     float s[kMmaK / 8][4];
+    if (warp_active) {
+      qk_tile<HD>(s, qf, sK, lane);
+      // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots -> -inf
+      float mx0 = m0, mx1 = m1;
+      int ky = sb >> kwl, kx = sb & kwm;  // of n-tile n's first slot
 #pragma unroll
-    for (int n = 0; n < kMmaK / 8; ++n) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-      const __nv_bfloat16* krow = sK + (n * 8 + gr) * LDS + tq * 2;
+      for (int n = 0; n < kMmaK / 8; ++n) {
+        const bool row_ok = ky < th;
+        const float rh0 = row_ok ? rel0[ky * kRelStride] : 0.f, rh1 = row_ok ? rel0[ky * kRelStride + 8] : 0.f;
 #pragma unroll
-      for (int kk = 0; kk < HD / 16; ++kk)
-        mma_bf16(s[n], qf[kk], *reinterpret_cast<const uint32_t*>(krow + kk * 16),
-                 *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8));
-    }
-    // scores (log2 units) = (scale q.k + rel_h + rel_w) log2(e); keys past the tile -> -inf
-    float mx0 = m0, mx1 = m1;
-#pragma unroll
-    for (int n = 0; n < kMmaK / 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int pos = sPos[n * 8 + tq * 2 + e];
-        if (pos < 0) {
-          s[n][e] = s[n][2 + e] = -INFINITY;
-        } else {
-          const int ky = pos >> 16, kx = a.th + (pos & 0xffff);
-          s[n][e] = s[n][e] * sc + (rel0[ky * kRelStride] + rel0[kx * kRelStride]) * kLog2e;
-          s[n][2 + e] = s[n][2 + e] * sc + (rel1[ky * kRelStride] + rel1[kx * kRelStride]) * kLog2e;
+        for (int e = 0; e < 2; ++e) {
+          if (row_ok && kx + tq * 2 + e < tw) {
+            const float* rw = relw0 + (kx + e) * kRelStride;
+            s[n][e] = fmaf(s[n][e], sc, rh0 + rw[0]);
+            s[n][2 + e] = fmaf(s[n][2 + e], sc, rh1 + rw[8]);
+          } else {
+            s[n][e] = s[n][2 + e] = -INFINITY;
+          }
+          mx0 = fmaxf(mx0, s[n][e]);
+          mx1 = fmaxf(mx1, s[n][2 + e]);
         }
-        mx0 = fmaxf(mx0, s[n][e]);
-        mx1 = fmaxf(mx1, s[n][2 + e]);
+        kx += 8;
+        if (kx > kwm) kx = 0, ++ky;
       }
 #pragma unroll
-    for (int sh = 1; sh <= 2; sh *= 2) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, sh));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, sh));
-    }
-    const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);  // 0 on the first block (m = -inf)
-    m0 = mx0, m1 = mx1;
-    l0 *= c0, l1 *= c1;
+      for (int sh = 1; sh <= 2; sh *= 2) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, sh));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, sh));
+      }
+      // The first block's first slot is key 0, and every block's first slot is a key (its kx is a
+      // multiple of 8 below KW, so below tw): mx is finite, and c = 0 on the first block (m = -inf).
+      const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
+      m0 = mx0, m1 = mx1;
+      l0 *= c0, l1 *= c1;
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
+      for (int n = 0; n < HD / 8; ++n) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
 #pragma unroll
-    for (int n = 0; n < kMmaK / 8; ++n) {
-      s[n][0] = exp2f(s[n][0] - m0), s[n][1] = exp2f(s[n][1] - m0);
-      s[n][2] = exp2f(s[n][2] - m1), s[n][3] = exp2f(s[n][3] - m1);
-      l0 += s[n][0] + s[n][1];
-      l1 += s[n][2] + s[n][3];
+      for (int n = 0; n < kMmaK / 8; ++n) {
+        s[n][0] = exp2f(s[n][0] - m0), s[n][1] = exp2f(s[n][1] - m0);
+        s[n][2] = exp2f(s[n][2] - m1), s[n][3] = exp2f(s[n][3] - m1);
+        l0 += s[n][0] + s[n][1];
+        l1 += s[n][2] + s[n][3];
+      }
     }
+    cp_async_wait_all();
+    __syncthreads();  // V(b) visible to all; every warp is done with K(b)
+    if (sb + kMmaK < nslots) load_slots_async<HD>(sK, g, sb + kMmaK, kwl, 1, off);
+    if (!warp_active) continue;
     // o += P V: P's accumulator layout is the A layout of the next MMA (two n-tiles per k-step).
 #pragma unroll
     for (int ks = 0; ks < kMmaK / 16; ++ks) {
@@ -332,7 +424,7 @@ __global__ void __launch_bounds__(kMmaThreads) rel_pos_attention_mma(RelPosArgs 
     l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
   }
   const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-  const int t0 = q0 + warp * 16 + gr, t1 = t0 + 8;
+  const int t0 = q0 + wr0, t1 = t0 + 8;
   const int64_t row0 = t0 < g.ntok ? g.out_row(t0) : -1, row1 = t1 < g.ntok ? g.out_row(t1) : -1;
   auto* out = static_cast<__nv_bfloat16*>(a.out);
 #pragma unroll
@@ -422,8 +514,7 @@ template <int HD>
 void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64_t windows, int nwin) {
   const int T = a.th * a.tw, nrel = a.th + a.tw;
   if (dt == DType::BF16) {
-    const size_t smem = sizeof(__nv_bfloat16) * (kMmaQ + 2 * kMmaK) * (HD + 8) + sizeof(int) * kMmaK +
-                        sizeof(float) * kRelStride * nrel;
+    const size_t smem = sizeof(__nv_bfloat16) * 2 * kMmaK * (HD + 8) + sizeof(float) * kRelStride * nrel;
     set_smem(rel_pos_attention_mma<HD>, smem, ctx, "rel_pos_attention");
     const dim3 grid((T + kMmaQ - 1) / kMmaQ, a.heads, (unsigned)windows);
     rel_pos_attention_mma<HD><<<grid, kMmaThreads, smem, ctx.stream>>>(a, nwin);
@@ -476,7 +567,7 @@ Tensor CudaOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, con
         "relative-position tables " + shape_str(rel_pos_h.shape) + ", " + shape_str(rel_pos_w.shape) +
             " do not fit a " + std::to_string(th) + "x" + std::to_string(tw) + " attention tile with head dim " +
             std::to_string(hd));
-  check(th < 32768 && tw < 32768 && B * nwh * nww <= 65535 && heads <= 65535, "rel_pos_attention",
+  check(th < 32768 && tw < 32768 && th * 2 * tw < (int64_t(1) << 30) && B * nwh * nww <= 65535 && heads <= 65535, "rel_pos_attention",
         "grid " + shape_str(qkv.shape) + " too large");
   Tensor out = empty({B, H, W, C});
   if (out.numel() == 0) return out;
