@@ -72,6 +72,8 @@ class Model {
                            bool binarize, bool to_host = true) const;
   // A backend tensor as a host fp32 tensor.
   Tensor download(const Tensor& x) const;
+  // Waits for the backend's queued work (GPU work is asynchronous; downloads wait by themselves).
+  void synchronize() const;
   // Peak device memory held by the backend so far (0 on the CPU).
   int64_t peak_memory_bytes() const;
   // ref: modeling/mask_decoder.py MaskDecoder.forward. embedding (1 or B, G, G, D).

@@ -62,6 +62,8 @@ class Ops {
   virtual Tensor upload(const Tensor& host) = 0;
   // This backend's tensor -> host fp32 tensor (waits for the work that produces x).
   virtual Tensor download(const Tensor& x) = 0;
+  // Waits until all work queued so far has finished (device backends run asynchronously).
+  virtual void synchronize() {}
   // The most memory this backend has held at once (device memory for a GPU; 0 where not tracked).
   virtual int64_t peak_memory_bytes() const { return 0; }
 };

@@ -68,6 +68,8 @@ Tensor Model::postprocess_masks(const Tensor& low_res, std::pair<int, int> input
   return to_host ? ops_->download(masks) : masks;
 }
 
+void Model::synchronize() const { ops_->synchronize(); }
+
 int64_t Model::peak_memory_bytes() const { return ops_->peak_memory_bytes(); }
 
 int64_t Model::parameter_count() const {

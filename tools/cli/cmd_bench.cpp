@@ -61,6 +61,7 @@ int run_bench(const Args& a) {
   for (int r = 0; r <= a.runs; ++r) {  // run 0 warms up (allocations, library plans)
     double t0 = now_ms();
     predictor.set_image(img);
+    model.synchronize();  // set_image only queues the encoder on a GPU
     double t1 = now_ms();
     predictor.predict(prompts[0], true);
     double t2 = now_ms();

@@ -436,65 +436,106 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 4 : 3) rel_pos_attenti
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decoder attention: q (B, Nq, D), k, v (B, Nk, D). One block per (b, head, query) with kWarps
-// warps that split the keys (the token-to-image attentions have 4096 keys for a handful of queries:
-// one warp per query left most of the GPU idle); each warp keeps an online softmax, then the warps'
-// partial results are merged through shared memory.
+// Decoder attention: q (B, Nq, D), k, v (B, Nk, D). The two-way transformer has two shapes: a few
+// tokens against 4096 image positions (token-to-image), and 4096 positions against a few tokens
+// (image-to-token, and the tokens' self-attention). Each gets its own kernel.
 
-template <class T, int HD, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32) mha_kernel(const T* __restrict q, const T* __restrict k,
-                                                          const T* __restrict v, T* __restrict out, int64_t B, int Nq,
-                                                          int Nk, int D, int heads, float inv_sqrt_hd) {
-  __shared__ float s_m[kWarps], s_l[kWarps], s_o[kWarps][HD];
-  const int64_t item = blockIdx.x;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int qi = (int)(item % Nq), h = (int)((item / Nq) % heads);
-  const int64_t b = item / ((int64_t)Nq * heads);
-  float qr[HD], o[HD];
-  const T* qrow = q + (b * Nq + qi) * D + h * HD;
+// Loads HD consecutive values (16-byte aligned) as fp32, 16 bytes at a time.
+template <class T, int HD>
+__device__ __forceinline__ void load_row(const T* __restrict src, float* dst) {
+  constexpr int kPer = 16 / sizeof(T);
 #pragma unroll
-  for (int d = 0; d < HD; ++d) qr[d] = to_f32(qrow[d]), o[d] = 0.f;
-  float m = -INFINITY, l = 0.f;
-  for (int j = warp * 32 + lane; j < Nk; j += kWarps * 32) {
-    const T* krow = k + (b * Nk + j) * D + h * HD;
-    const T* vrow = v + (b * Nk + j) * D + h * HD;
-    float s = 0.f;
+  for (int c = 0; c < HD / kPer; ++c) {
+    const uint4 raw = reinterpret_cast<const uint4*>(src)[c];
+    const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-    for (int d = 0; d < HD; ++d) s += qr[d] * to_f32(krow[d]);
-    s *= inv_sqrt_hd;
-    const float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
-    l = l * c + p;
-#pragma unroll
-    for (int d = 0; d < HD; ++d) o[d] = o[d] * c + p * to_f32(vrow[d]);
-    m = mn;
+    for (int i = 0; i < kPer; ++i) dst[c * kPer + i] = to_f32(e[i]);
   }
-  // Merge the lanes of this warp, then the warps of this block.
-  float mw = m;
-  for (int sh = 16; sh; sh /= 2) mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, sh));
-  const float c = mw == -INFINITY ? 0.f : expf(m - mw);  // lanes without keys: m = -inf, c = 0
-  l *= c;
-  for (int sh = 16; sh; sh /= 2) l += __shfl_xor_sync(0xffffffffu, l, sh);
-#pragma unroll
-  for (int d = 0; d < HD; ++d) {
-    float x = o[d] * c;
-    for (int sh = 16; sh; sh /= 2) x += __shfl_xor_sync(0xffffffffu, x, sh);
-    if (lane == d % 32) s_o[warp][d] = x;
+}
+
+// Few keys (Nk <= kMaxFewKeys): the keys and values of one (b, head) sit in shared memory and each
+// thread computes one query's whole softmax.
+constexpr int kMaxFewKeys = 32;
+template <class T, int HD>
+__global__ void __launch_bounds__(128) mha_few_keys(const T* __restrict q, const T* __restrict k, const T* __restrict v,
+                                                    T* __restrict out, int Nq, int Nk, int D, int heads,
+                                                    float inv_sqrt_hd) {
+  __shared__ float sK[kMaxFewKeys][HD], sV[kMaxFewKeys][HD];
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  for (int i = threadIdx.x; i < Nk * HD; i += blockDim.x) {
+    const int j = i / HD, d = i % HD;
+    sK[j][d] = to_f32(k[(b * Nk + j) * D + h * HD + d]);
+    sV[j][d] = to_f32(v[(b * Nk + j) * D + h * HD + d]);
   }
-  if (lane == 0) s_m[warp] = mw, s_l[warp] = l;
   __syncthreads();
-  if (warp != 0) return;
-  float mall = -INFINITY;
+  const int qi = blockIdx.x * blockDim.x + threadIdx.x;
+  if (qi >= Nq) return;
+  float qr[HD], o[HD];
+  load_row<T, HD>(q + (b * Nq + qi) * D + h * HD, qr);
+  auto score = [&](int j) {  // recomputed in the second pass: cheaper than a local-memory array
+    float acc = 0.f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) mall = fmaxf(mall, s_m[w]);
-  float lall = 0.f;
+    for (int d = 0; d < HD; ++d) acc += qr[d] * sK[j][d];
+    return acc * inv_sqrt_hd;
+  };
+  float m = -INFINITY;
+  for (int j = 0; j < Nk; ++j) m = fmaxf(m, score(j));
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) lall += s_m[w] == -INFINITY ? 0.f : s_l[w] * expf(s_m[w] - mall);
+  for (int d = 0; d < HD; ++d) o[d] = 0.f;
+  float l = 0.f;
+  for (int j = 0; j < Nk; ++j) {
+    const float p = expf(score(j) - m);
+    l += p;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) o[d] += p * sV[j][d];
+  }
   T* orow = out + (b * Nq + qi) * D + h * HD;
-  for (int d = lane; d < HD; d += 32) {
-    float x = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) x += s_m[w] == -INFINITY ? 0.f : s_o[w][d] * expf(s_m[w] - mall);
-    orow[d] = from_f32<T>(x / lall);
+  for (int d = 0; d < HD; ++d) orow[d] = from_f32<T>(o[d] / l);
+}
+
+// Many keys: one block per (b, head); warp w takes queries w, w + 8, ...; its lanes split the keys,
+// each with an online softmax, merged by shuffles. The warps of a block read the same key rows, so
+// K and V come from DRAM once per (b, head) and from L1 after that.
+template <class T, int HD>
+__global__ void __launch_bounds__(256) mha_many_keys(const T* __restrict q, const T* __restrict k,
+                                                     const T* __restrict v, T* __restrict out, int Nq, int Nk, int D,
+                                                     int heads, float inv_sqrt_hd) {
+  const int h = blockIdx.x % heads;
+  const int64_t b = blockIdx.x / heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int qi = warp; qi < Nq; qi += 8) {
+    float qr[HD], o[HD], row[HD];
+    load_row<T, HD>(q + (b * Nq + qi) * D + h * HD, qr);
+#pragma unroll
+    for (int d = 0; d < HD; ++d) o[d] = 0.f;
+    float m = -INFINITY, l = 0.f;
+    for (int j = lane; j < Nk; j += 32) {
+      load_row<T, HD>(k + (b * Nk + j) * D + h * HD, row);
+      float s = 0.f;
+#pragma unroll
+      for (int d = 0; d < HD; ++d) s += qr[d] * row[d];
+      s *= inv_sqrt_hd;
+      const float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
+      l = l * c + p;
+      load_row<T, HD>(v + (b * Nk + j) * D + h * HD, row);
+#pragma unroll
+      for (int d = 0; d < HD; ++d) o[d] = o[d] * c + p * row[d];
+      m = mn;
+    }
+    float mw = m;
+    for (int sh = 16; sh; sh /= 2) mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, sh));
+    const float c = m == -INFINITY ? 0.f : expf(m - mw);  // lanes without keys contribute nothing
+    l *= c;
+    for (int sh = 16; sh; sh /= 2) l += __shfl_xor_sync(0xffffffffu, l, sh);
+    T* orow = out + (b * Nq + qi) * D + h * HD;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) {
+      float x = o[d] * c;
+      for (int sh = 16; sh; sh /= 2) x += __shfl_xor_sync(0xffffffffu, x, sh);
+      if (lane == d % 32) orow[d] = from_f32<T>(x / l);
+    }
   }
 }
 
@@ -530,17 +571,20 @@ void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64
 template <class T, int HD>
 void launch_mha(const CudaContext& ctx, const void* q, const void* k, const void* v, void* out, int64_t B, int Nq,
                 int Nk, int D, int heads) {
-  const int64_t items = B * heads * Nq;
-  check(items < (int64_t(1) << 31), "attention", "too many queries: " + std::to_string(items));
+  check(B * heads < (int64_t(1) << 31) && B <= 65535 && heads <= 65535, "attention", "batch too large: " + std::to_string(B));
+  check(D % (16 / sizeof(T)) == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
+            reinterpret_cast<uintptr_t>(v) % 16 == 0,
+        "attention", "rows must be 16-byte aligned");
   const float scale = 1.f / sqrtf((float)HD);
-  if (Nk >= 256) {  // many keys: 8 warps share them
-    mha_kernel<T, HD, 8><<<(unsigned)items, 256, 0, ctx.stream>>>(
-        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), B, Nq, Nk,
-        D, heads, scale);
+  const auto* qp = static_cast<const T*>(q);
+  const auto* kp = static_cast<const T*>(k);
+  const auto* vp = static_cast<const T*>(v);
+  if (Nk <= kMaxFewKeys) {
+    const dim3 grid((unsigned)((Nq + 127) / 128), (unsigned)heads, (unsigned)B);
+    mha_few_keys<T, HD><<<grid, 128, 0, ctx.stream>>>(qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale);
   } else {
-    mha_kernel<T, HD, 1><<<(unsigned)items, 32, 0, ctx.stream>>>(
-        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<T*>(out), B, Nq, Nk,
-        D, heads, scale);
+    mha_many_keys<T, HD><<<(unsigned)(B * heads), 256, 0, ctx.stream>>>(qp, kp, vp, static_cast<T*>(out), Nq, Nk, D,
+                                                                         heads, scale);
   }
   CUDA_LAUNCH_CHECK();
 }

@@ -70,6 +70,7 @@ class CudaOps final : public Ops {
   Tensor expand_batch(const Tensor& x, int64_t batch) override;
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& x) override;  // x in the backend's precision or fp32
+  void synchronize() override;
   int64_t peak_memory_bytes() const override;
 
   CudaContext& context() const { return *ctx_; }

@@ -76,16 +76,18 @@ __global__ void layer_norm_kernel(const T* __restrict x, const T* __restrict w, 
     out[c] = from_f32<T>(apply((to_f32(in[c]) - mean) * rstd * to_f32(w[c]) + to_f32(b[c]), act));
 }
 
-template <class T>
-__global__ void add_kernel(const T* __restrict a, const T* __restrict b, T* __restrict y, int64_t n, int64_t m) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+// I: the index type; 32-bit wherever the tensor allows, since a 64-bit modulo per element costs
+// more than the addition's memory traffic.
+template <class T, class I>
+__global__ void add_kernel(const T* __restrict a, const T* __restrict b, T* __restrict y, I n, I m) {
+  for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x)
     y[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i % m]));
 }
 
-template <class T>
-__global__ void bias_act_residual_kernel(T* __restrict y, int64_t n, int64_t cols, const T* __restrict bias, Act act,
+template <class T, class I>
+__global__ void bias_act_residual_kernel(T* __restrict y, I n, I cols, const T* __restrict bias, Act act,
                                          const T* __restrict residual) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+  for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
     float v = to_f32(y[i]);
     if (bias) v += to_f32(bias[i % cols]);
     v = apply(v, act);
@@ -138,8 +140,12 @@ void bias_act_residual(CudaContext& ctx, DType dt, void* y, int64_t rows, int64_
                        const void* residual) {
   const int64_t n = rows * cols;
   if (n == 0 || (!bias && act == Act::None && !residual)) return;
+  const bool small = n < (int64_t(1) << 31) - kThreads * int64_t(blocks_for(n, kThreads));
   SAMFAST_DISPATCH(dt, T,
-                   bias_act_residual_kernel<T><<<blocks_for(n, kThreads), kThreads, 0, ctx.stream>>>(
+                   if (small) bias_act_residual_kernel<T, int32_t><<<blocks_for(n, kThreads), kThreads, 0, ctx.stream>>>(
+                       static_cast<T*>(y), (int32_t)n, (int32_t)cols, static_cast<const T*>(bias), act,
+                       static_cast<const T*>(residual));
+                   else bias_act_residual_kernel<T, int64_t><<<blocks_for(n, kThreads), kThreads, 0, ctx.stream>>>(
                        static_cast<T*>(y), n, cols, static_cast<const T*>(bias), act, static_cast<const T*>(residual)));
   CUDA_LAUNCH_CHECK();
 }
@@ -169,9 +175,12 @@ Tensor CudaOps::add(const Tensor& a, const Tensor& b) {
   check(m > 0 && n % m == 0, "add", "cannot broadcast " + shape_str(b.shape) + " onto " + shape_str(a.shape));
   Tensor y = empty(a.shape);
   if (n == 0) return y;
+  const bool small = n < (int64_t(1) << 31) - kThreads * int64_t(cuda::blocks_for(n, kThreads));
   SAMFAST_DISPATCH(dt_, T,
-                   add_kernel<T><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(a.ptr<T>(), b.ptr<T>(),
-                                                                                                y.ptr<T>(), n, m));
+                   if (small) add_kernel<T, int32_t><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(
+                       a.ptr<T>(), b.ptr<T>(), y.ptr<T>(), (int32_t)n, (int32_t)m);
+                   else add_kernel<T, int64_t><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(
+                       a.ptr<T>(), b.ptr<T>(), y.ptr<T>(), n, m));
   CUDA_LAUNCH_CHECK();
   return y;
 }
@@ -301,6 +310,8 @@ Tensor CudaOps::download(const Tensor& x) {
   CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
   return host;
 }
+
+void CudaOps::synchronize() { CUDA_CHECK(cudaStreamSynchronize(ctx_->stream)); }
 
 int64_t CudaOps::peak_memory_bytes() const {
   return static_cast<int64_t>(ctx_->pool->peak_bytes() + ctx_->workspace_bytes);

@@ -174,21 +174,32 @@ __global__ void im2col_kernel(const T* __restrict x, T* __restrict col, int64_t 
 }
 
 // y (B, 2H, 2W, Cout) from tmp (B*H*W, Cout*4) whose columns are (co, dy, dx), the weight's own order.
-template <class T>
-__global__ void scatter2x2_kernel(const T* __restrict tmp, const T* __restrict bias, T* __restrict y, int64_t B,
-                                  int H, int W, int Cout, Act act) {
-  const int64_t n = B * 4 * H * W * (int64_t)Cout;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int co = (int)(i % Cout);
-    const int64_t pix = i / Cout;
-    const int ox = (int)(pix % (2 * W)), oy = (int)((pix / (2 * W)) % (2 * H));
-    const int64_t b = pix / (4 * (int64_t)H * W);
-    const int64_t r = (b * H + oy / 2) * W + ox / 2;
+// Index arithmetic in I: 32-bit when the tensor allows (64-bit division costs tens of instructions
+// per element, which made this copy the decoder's slowest kernel).
+template <class T, class I>
+__global__ void scatter2x2_kernel(const T* __restrict tmp, const T* __restrict bias, T* __restrict y, I n, I H, I W,
+                                  I Cout, Act act) {
+  for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
+    const I co = i % Cout, pix = i / Cout;
+    const I ox = pix % (2 * W), rest = pix / (2 * W), oy = rest % (2 * H), b = rest / (2 * H);
+    const I r = (b * H + oy / 2) * W + ox / 2;
     float v = to_f32(tmp[(r * Cout + co) * 4 + (oy % 2) * 2 + ox % 2]) + to_f32(bias[co]);
     if (act == Act::ReLU) v = fmaxf(v, 0.f);
     if (act == Act::GELU) v = gelu_erf(v);
     y[i] = from_f32<T>(v);
   }
+}
+
+template <class T>
+void launch_scatter2x2(const T* tmp, const T* bias, T* y, int64_t n, int64_t H, int64_t W, int64_t Cout, Act act,
+                       cudaStream_t stream) {
+  const int threads = 256;
+  const unsigned blocks = cuda::blocks_for(n, threads);
+  if (n * 4 < (int64_t(1) << 31))
+    scatter2x2_kernel<T, int32_t><<<blocks, threads, 0, stream>>>(tmp, bias, y, (int32_t)n, (int32_t)H, (int32_t)W,
+                                                                  (int32_t)Cout, act);
+  else
+    scatter2x2_kernel<T, int64_t><<<blocks, threads, 0, stream>>>(tmp, bias, y, n, H, W, Cout, act);
 }
 
 }  // namespace
@@ -253,14 +264,11 @@ Tensor CudaOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor
   Tensor tmp = empty({B * H * W, 4 * Cout});
   cuda::gemm(*ctx_, dt_, false, B * H * W, 4 * Cout, Cin, x.data, Cin, w.data, 4 * Cout, tmp.data, 4 * Cout);
   Tensor y = empty({B, 2 * H, 2 * W, Cout});
-  const int threads = 256;
-  const unsigned blocks = cuda::blocks_for(y.numel(), threads);
   if (dt_ == DType::F32)
-    scatter2x2_kernel<float><<<blocks, threads, 0, ctx_->stream>>>(tmp.ptr<float>(), b.ptr<float>(), y.ptr<float>(),
-                                                                   B, (int)H, (int)W, (int)Cout, act);
+    launch_scatter2x2<float>(tmp.ptr<float>(), b.ptr<float>(), y.ptr<float>(), y.numel(), H, W, Cout, act, ctx_->stream);
   else
-    scatter2x2_kernel<__nv_bfloat16><<<blocks, threads, 0, ctx_->stream>>>(
-        tmp.ptr<__nv_bfloat16>(), b.ptr<__nv_bfloat16>(), y.ptr<__nv_bfloat16>(), B, (int)H, (int)W, (int)Cout, act);
+    launch_scatter2x2<__nv_bfloat16>(tmp.ptr<__nv_bfloat16>(), b.ptr<__nv_bfloat16>(), y.ptr<__nv_bfloat16>(), y.numel(),
+                                     H, W, Cout, act, ctx_->stream);
   CUDA_LAUNCH_CHECK();
   return y;
 }
