@@ -3,7 +3,7 @@
 # (bench/gpu/prepare.sh makes them): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [parity] [bench] [anchors] [profile]   (default: the first four)
+#   bench/gpu/run.sh [tests] [sanitize] [parity] [bench] [anchors] [profile]   (default: tests parity bench anchors)
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.whl/pysrc:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 SEGMENT_ANYTHING_FAST_USE_FLASH_4=0
@@ -14,6 +14,19 @@ date -u +%Y-%m-%dT%H:%MZ >> "$OUT/device.txt"
 
 if [[ " $steps " == *" tests "* ]]; then
   .devbin/tests/samfast_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |err|Error" | head -80
+fi
+if [[ " $steps " == *" sanitize "* ]]; then
+  # One full forward (encoder, prompt encoder, decoder, post-processing) under memcheck, and the
+  # attention kernels under racecheck, on the tiny model; memcheck also on vit_b bf16.
+  for args in "--model tiny --precision bf16" "--model tiny --precision fp32" "--model vit_b --precision bf16"; do
+    # shellcheck disable=SC2086
+    compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/samfast segment $args --device cuda \
+      --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --multimask --out /tmp/sanitize --overwrite 2>&1 \
+      | tail -1 | sed "s/^/memcheck $args: /" | tee -a "$OUT/sanitize.log"
+  done
+  compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/samfast segment --model tiny --precision bf16 --device cuda \
+    --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --out /tmp/sanitize --overwrite 2>&1 | tail -1 \
+    | sed "s/^/racecheck tiny bf16: /" | tee -a "$OUT/sanitize.log"
 fi
 if [[ " $steps " == *" parity "* ]]; then
   SAMFAST_BIN="$PWD/.devbin" SAMFAST_SOURCE_DIR="$PWD" python3 -m pytest -q -s tests/parity/test_gpu_parity.py 2>&1 \

@@ -32,31 +32,45 @@ __device__ __forceinline__ float at(const T* p, int i) {
   return static_cast<float>(p[i]);
 }
 
+constexpr int kTileX = 32, kTileY = 8;
+
+// One block makes a kTileY x kTileX tile of one plane. The sample positions (an output column's
+// stage-2 axis and the stage-1 axes of its two source columns; likewise for rows) are computed once
+// per tile in shared memory instead of six times per pixel.
 template <class T>
-__global__ void postprocess_kernel(const T* __restrict__ low, int L, int S, int in_h, int in_w, int H, int W,
-                                   bool binarize, float* __restrict__ out) {
-  const int64_t plane = blockIdx.y;
-  const int64_t pix = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (pix >= static_cast<int64_t>(H) * W) return;
-  const int y = static_cast<int>(pix / W), x = static_cast<int>(pix % W);
+__global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* __restrict__ low, int L, int S, int in_h,
+                                                                     int in_w, int H, int W, bool binarize,
+                                                                     float* __restrict__ out) {
+  __shared__ Axis col2[kTileX], col1[kTileX][2], row2[kTileY], row1[kTileY][2];
+  const int tx = threadIdx.x % kTileX, ty = threadIdx.x / kTileX;
+  const int x = blockIdx.x * kTileX + tx, y = blockIdx.y * kTileY + ty;
+  if (ty == 0 && x < W) {
+    const Axis a = axis(in_w, W, x);
+    col2[tx] = a, col1[tx][0] = axis(L, S, a.i0), col1[tx][1] = axis(L, S, a.i1);
+  }
+  if (ty == 1 && tx < kTileY && blockIdx.y * kTileY + tx < H) {
+    const Axis a = axis(in_h, H, blockIdx.y * kTileY + tx);
+    row2[tx] = a, row1[tx][0] = axis(L, S, a.i0), row1[tx][1] = axis(L, S, a.i1);
+  }
+  __syncthreads();
+  if (x >= W || y >= H) return;
+  const int64_t plane = blockIdx.z;
   const T* src = low + plane * L * L;
-  const Axis ay = axis(in_h, H, y), ax = axis(in_w, W, x);
-  // The cropped 1024-grid values c(r, q) at rows ay.i0/i1 and columns ax.i0/i1.
-  const Axis rows[2] = {axis(L, S, ay.i0), axis(L, S, ay.i1)};
-  const Axis cols[2] = {axis(L, S, ax.i0), axis(L, S, ax.i1)};
+  const Axis& ay = row2[ty];
+  const Axis& ax = col2[tx];
   float c[2][2];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const Axis& r = rows[i];
-      const Axis& q = cols[j];
+      const Axis& r = row1[ty][i];
+      const Axis& q = col1[tx][j];
       const float top = q.l0 * at(src, r.i0 * L + q.i0) + q.l1 * at(src, r.i0 * L + q.i1);
       const float bottom = q.l0 * at(src, r.i1 * L + q.i0) + q.l1 * at(src, r.i1 * L + q.i1);
       c[i][j] = r.l0 * top + r.l1 * bottom;
     }
   const float v = ay.l0 * (ax.l0 * c[0][0] + ax.l1 * c[0][1]) + ay.l1 * (ax.l0 * c[1][0] + ax.l1 * c[1][1]);
-  out[plane * H * W + pix] = binarize ? (v > 0.f ? 1.f : 0.f) : v;
+  out[(plane * H + y) * W + x] = binarize ? (v > 0.f ? 1.f : 0.f) : v;
 }
 
 }  // namespace
@@ -67,9 +81,9 @@ void postprocess_masks(const T* low, int64_t planes, int L, int S, int in_h, int
   if (planes <= 0 || L <= 0 || in_h <= 0 || in_w <= 0 || in_h > S || in_w > S || H <= 0 || W <= 0 || planes > 65535)
     throw Error("postprocess_masks: bad sizes (planes " + std::to_string(planes) + ", input " + std::to_string(in_h) +
                 "x" + std::to_string(in_w) + ", original " + std::to_string(H) + "x" + std::to_string(W) + ")");
-  constexpr int kThreads = 256;
-  const dim3 grid(static_cast<unsigned>((static_cast<int64_t>(H) * W + kThreads - 1) / kThreads), static_cast<unsigned>(planes));
-  postprocess_kernel<T><<<grid, kThreads, 0, stream>>>(low, L, S, in_h, in_w, H, W, binarize, out);
+  const dim3 grid(static_cast<unsigned>((W + kTileX - 1) / kTileX), static_cast<unsigned>((H + kTileY - 1) / kTileY),
+                  static_cast<unsigned>(planes));
+  postprocess_kernel<T><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, H, W, binarize, out);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw Error(std::string("postprocess_masks launch failed: ") + cudaGetErrorString(err));
 }
