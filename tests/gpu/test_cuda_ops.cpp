@@ -162,6 +162,8 @@ TEST_P(CudaOpsTest, AddBroadcast) {
   expect_close(gpu->add(up(a), up(same)), cpu.add(a, same), "add same shape");
   expect_close(gpu->add(up(a), up(img)), cpu.add(a, img), "add (1,H,W,C) broadcast");
   expect_close(gpu->add(up(a), up(vec)), cpu.add(a, vec), "add (C) broadcast");
+  Tensor odd = rand({2, 5, 7, 3}), odd_vec = rand({3});  // not a multiple of 16 bytes: the scalar kernel
+  expect_close(gpu->add(up(odd), up(odd_vec)), cpu.add(odd, odd_vec), "add odd broadcast");
 }
 
 TEST_P(CudaOpsTest, Layouts) {
