@@ -41,7 +41,8 @@ class Predictor {
   // a mask_input of the wrong shape, or no image set.
   Prediction predict(const Prompt& prompt, bool multimask_output = true, bool return_logits = false) const;
   // Many prompt sets for the current image. Prompts of the same form (point count, box, mask) are
-  // decoded together in one batch; results come back in the order given.
+  // decoded together in one batch; results come back in the order given. The predictions of one
+  // batch are views into shared buffers (no copies): keeping one keeps its batch's buffers alive.
   std::vector<Prediction> predict_batch(const std::vector<Prompt>& prompts, bool multimask_output = true,
                                         bool return_logits = false) const;
 

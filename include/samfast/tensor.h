@@ -43,6 +43,8 @@ struct Tensor {
   T* ptr() const { return reinterpret_cast<T*>(data); }
   // Same storage, new shape with the same element count.
   Tensor view(Shape new_shape) const;
+  // Item i of dim 0, sharing storage (no copy): a (N, ...) tensor -> (...).
+  Tensor item(int64_t i) const;
   Tensor clone() const;
 };
 

@@ -97,6 +97,14 @@ Tensor Tensor::view(Shape new_shape) const {
   return t;
 }
 
+Tensor Tensor::item(int64_t i) const {
+  if (shape.empty() || i < 0 || i >= shape[0]) throw Error("item " + std::to_string(i) + " of " + shape_str(shape));
+  Tensor t = *this;
+  t.shape.erase(t.shape.begin());
+  t.data = data + i * numel_of(t.shape);
+  return t;
+}
+
 Tensor Tensor::clone() const {
   Tensor t = empty(shape);
   std::memcpy(t.data, data, sizeof(float) * numel());

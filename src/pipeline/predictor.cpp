@@ -104,15 +104,11 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
     DecoderOutput dec = model_.decode_masks(embedding_, model_.encode_prompts(batch), multimask_output);
     const Tensor low_res = model_.download(dec.low_res_masks), iou = model_.download(dec.iou);
     Tensor masks = model_.postprocess_masks(dec.low_res_masks, input_size_, original_size_, !return_logits);
-    const int64_t C = masks.dim(1), H = masks.dim(2), W = masks.dim(3);
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = 0; b < B; ++b) {  // views into the batch's tensors: no copies of full-size masks
       Prediction& r = results[idx[b]];
-      r.masks = Tensor::empty({C, H, W});
-      std::memcpy(r.masks.data, masks.data + b * C * H * W, sizeof(float) * C * H * W);
-      r.iou = Tensor::empty({C});
-      std::memcpy(r.iou.data, iou.data + b * C, sizeof(float) * C);
-      r.low_res_masks = Tensor::empty({C, L, L});
-      std::memcpy(r.low_res_masks.data, low_res.data + b * C * L * L, sizeof(float) * C * L * L);
+      r.masks = masks.item(b);
+      r.iou = iou.item(b);
+      r.low_res_masks = low_res.item(b);
     }
   }
   return results;

@@ -80,4 +80,39 @@ size_t DevicePool::peak_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return peak_;
 }
+PinnedPool::~PinnedPool() {
+  for (auto& [bytes, p] : free_) cudaFreeHost(p);
+}
+
+void* PinnedPool::get(size_t bytes) {
+  bytes = DevicePool::rounded(bytes == 0 ? 1 : bytes);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(bytes);
+    if (it != free_.end()) {
+      void* p = it->second;
+      free_.erase(it);
+      cached_ -= bytes;
+      return p;
+    }
+  }
+  void* p = nullptr;
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+    cudaGetLastError();
+    throw Error("out of page-locked host memory: could not allocate " + std::to_string(bytes) + " bytes");
+  }
+  return p;
+}
+
+void PinnedPool::put(void* p, size_t bytes) {
+  bytes = DevicePool::rounded(bytes == 0 ? 1 : bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cached_ + bytes > kMaxCachedBytes) {
+    cudaFreeHost(p);
+    return;
+  }
+  free_.emplace(bytes, p);
+  cached_ += bytes;
+}
+
 }  // namespace samfast::cuda

@@ -43,6 +43,7 @@ struct CudaContext {
   int sm_count = 0;
   size_t max_smem_per_block = 0;  // opt-in limit of dynamic shared memory
   std::shared_ptr<cuda::DevicePool> pool;
+  std::shared_ptr<cuda::PinnedPool> pinned = std::make_shared<cuda::PinnedPool>();  // download buffers
   std::map<std::array<int64_t, 16>, cuda::GemmPlan> gemm_plans;  // cuBLASLt heuristics, per shape
 };
 

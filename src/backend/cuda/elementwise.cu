@@ -354,7 +354,14 @@ Tensor CudaOps::upload(const Tensor& host) {
 Tensor CudaOps::download(const Tensor& x) {
   if (x.dtype != DType::F32) expect(x, "download", "tensor");
   check(x.defined() && x.device == Device::CUDA, "download", "tensor " + shape_str(x.shape) + " is not on the GPU");
-  Tensor host = Tensor::empty(x.shape);
+  // Into page-locked memory, which returns to its pool when the last view of it is dropped.
+  Tensor host;
+  host.shape = x.shape;
+  const size_t host_bytes = sizeof(float) * static_cast<size_t>(std::max<int64_t>(1, x.numel()));
+  std::shared_ptr<cuda::PinnedPool> pinned = ctx_->pinned;
+  float* hp = static_cast<float*>(pinned->get(host_bytes));
+  host.storage = std::shared_ptr<float[]>(hp, [pinned, host_bytes](float* q) { pinned->put(q, host_bytes); });
+  host.data = hp;
   const int64_t n = x.numel();
   if (n == 0) return host;
   Tensor f32 = x;
