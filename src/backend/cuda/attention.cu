@@ -495,47 +495,64 @@ __global__ void __launch_bounds__(128) mha_few_keys(const T* __restrict q, const
   for (int d = 0; d < HD; ++d) orow[d] = from_f32<T>(o[d] / l);
 }
 
-// Many keys: one block per (b, head); warp w takes queries w, w + 8, ...; its lanes split the keys,
-// each with an online softmax, merged by shuffles. The warps of a block read the same key rows, so
-// K and V come from DRAM once per (b, head) and from L1 after that.
+// Many keys: one block per (b, head, query); its 8 warps split the keys (a block per (b, head) left
+// most SMs idle at 16 prompts: 128 blocks), each lane keeps an online softmax over its keys, and the
+// lanes and then the warps are merged.
+constexpr int kManyKeysWarps = 8;
 template <class T, int HD>
-__global__ void __launch_bounds__(256) mha_many_keys(const T* __restrict q, const T* __restrict k,
-                                                     const T* __restrict v, T* __restrict out, int Nq, int Nk, int D,
-                                                     int heads, float inv_sqrt_hd) {
-  const int h = blockIdx.x % heads;
-  const int64_t b = blockIdx.x / heads;
+__global__ void __launch_bounds__(kManyKeysWarps * 32) mha_many_keys(const T* __restrict q, const T* __restrict k,
+                                                                     const T* __restrict v, T* __restrict out, int Nq,
+                                                                     int Nk, int D, int heads, float inv_sqrt_hd) {
+  __shared__ float s_m[kManyKeysWarps], s_l[kManyKeysWarps], s_o[kManyKeysWarps][HD];
+  const int64_t item = blockIdx.x;
+  const int qi = (int)(item % Nq), h = (int)((item / Nq) % heads);
+  const int64_t b = item / ((int64_t)Nq * heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int qi = warp; qi < Nq; qi += 8) {
-    float qr[HD], o[HD], row[HD];
-    load_row<T, HD>(q + (b * Nq + qi) * D + h * HD, qr);
+  float qr[HD], o[HD], row[HD];
+  load_row<T, HD>(q + (b * Nq + qi) * D + h * HD, qr);
 #pragma unroll
-    for (int d = 0; d < HD; ++d) o[d] = 0.f;
-    float m = -INFINITY, l = 0.f;
-    for (int j = lane; j < Nk; j += 32) {
-      load_row<T, HD>(k + (b * Nk + j) * D + h * HD, row);
-      float s = 0.f;
+  for (int d = 0; d < HD; ++d) o[d] = 0.f;
+  float m = -INFINITY, l = 0.f;
+  for (int j = warp * 32 + lane; j < Nk; j += kManyKeysWarps * 32) {
+    load_row<T, HD>(k + (b * Nk + j) * D + h * HD, row);
+    float s = 0.f;
 #pragma unroll
-      for (int d = 0; d < HD; ++d) s += qr[d] * row[d];
-      s *= inv_sqrt_hd;
-      const float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
-      l = l * c + p;
-      load_row<T, HD>(v + (b * Nk + j) * D + h * HD, row);
+    for (int d = 0; d < HD; ++d) s += qr[d] * row[d];
+    s *= inv_sqrt_hd;
+    const float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
+    l = l * c + p;
+    load_row<T, HD>(v + (b * Nk + j) * D + h * HD, row);
 #pragma unroll
-      for (int d = 0; d < HD; ++d) o[d] = o[d] * c + p * row[d];
-      m = mn;
-    }
-    float mw = m;
-    for (int sh = 16; sh; sh /= 2) mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, sh));
-    const float c = m == -INFINITY ? 0.f : expf(m - mw);  // lanes without keys contribute nothing
-    l *= c;
-    for (int sh = 16; sh; sh /= 2) l += __shfl_xor_sync(0xffffffffu, l, sh);
-    T* orow = out + (b * Nq + qi) * D + h * HD;
+    for (int d = 0; d < HD; ++d) o[d] = o[d] * c + p * row[d];
+    m = mn;
+  }
+  // Merge the lanes of this warp, then the warps of this block.
+  float mw = m;
+  for (int sh = 16; sh; sh /= 2) mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, sh));
+  const float c = m == -INFINITY ? 0.f : expf(m - mw);  // lanes without keys contribute nothing
+  l *= c;
+  for (int sh = 16; sh; sh /= 2) l += __shfl_xor_sync(0xffffffffu, l, sh);
 #pragma unroll
-    for (int d = 0; d < HD; ++d) {
-      float x = o[d] * c;
-      for (int sh = 16; sh; sh /= 2) x += __shfl_xor_sync(0xffffffffu, x, sh);
-      if (lane == d % 32) orow[d] = from_f32<T>(x / l);
-    }
+  for (int d = 0; d < HD; ++d) {
+    float x = o[d] * c;
+    for (int sh = 16; sh; sh /= 2) x += __shfl_xor_sync(0xffffffffu, x, sh);
+    if (lane == d % 32) s_o[warp][d] = x;
+  }
+  if (lane == 0) s_m[warp] = mw, s_l[warp] = l;
+  __syncthreads();
+  if (warp != 0) return;
+  float mall = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kManyKeysWarps; ++w) mall = fmaxf(mall, s_m[w]);
+  float lall = 0.f;
+#pragma unroll
+  for (int w = 0; w < kManyKeysWarps; ++w) lall += s_m[w] == -INFINITY ? 0.f : s_l[w] * expf(s_m[w] - mall);
+  T* orow = out + (b * Nq + qi) * D + h * HD;
+  for (int d = lane; d < HD; d += 32) {
+    float x = 0.f;
+#pragma unroll
+    for (int w = 0; w < kManyKeysWarps; ++w) x += s_m[w] == -INFINITY ? 0.f : s_o[w][d] * expf(s_m[w] - mall);
+    orow[d] = from_f32<T>(x / lall);
   }
 }
 
@@ -583,8 +600,9 @@ void launch_mha(const CudaContext& ctx, const void* q, const void* k, const void
     const dim3 grid((unsigned)((Nq + 127) / 128), (unsigned)heads, (unsigned)B);
     mha_few_keys<T, HD><<<grid, 128, 0, ctx.stream>>>(qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale);
   } else {
-    mha_many_keys<T, HD><<<(unsigned)(B * heads), 256, 0, ctx.stream>>>(qp, kp, vp, static_cast<T*>(out), Nq, Nk, D,
-                                                                         heads, scale);
+    check(B * heads * Nq < (int64_t(1) << 31), "attention", "too many queries");
+    mha_many_keys<T, HD><<<(unsigned)(B * heads * Nq), kManyKeysWarps * 32, 0, ctx.stream>>>(
+        qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale);
   }
   CUDA_LAUNCH_CHECK();
 }
