@@ -19,6 +19,10 @@ if ! /usr/bin/python3 -c "import segment_anything" 2>/dev/null; then
   echo "setup: installing upstream segment_anything (test oracle) for /usr/bin/python3"
   /usr/bin/python3 -m pip install -q --break-system-packages --no-deps segment_anything
 fi
+if ! /usr/bin/python3 -c "import pycocotools" 2>/dev/null; then
+  echo "setup: installing pycocotools (RLE test oracle) for /usr/bin/python3"
+  /usr/bin/python3 -m pip install -q --break-system-packages pycocotools
+fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
