@@ -17,6 +17,17 @@ def _bin():
     return Path(b)
 
 
+def built_tool(name):
+    """Path of a built test helper ($SAMFAST_BIN/tests/NAME); skips with a message when it is absent."""
+    bin_dir = os.environ.get("SAMFAST_BIN")
+    if not bin_dir:
+        pytest.skip(f"SAMFAST_BIN is not set (it must name the build directory holding tests/{name})")
+    path = Path(bin_dir) / "tests" / name
+    if not path.exists():
+        pytest.skip(f"{path} not built (cmake --build ... --target {name})")
+    return str(path)
+
+
 def require_upstream():
     """Imports upstream segment_anything; missing it is a failure when SAMFAST_REQUIRE_ORACLE=1 (CI)."""
     try:

@@ -6,24 +6,17 @@ NMS kept indices exactly.
 Needs the built helper: SAMFAST_BIN is the build directory, the helper is $SAMFAST_BIN/tests/amg_tool.
 """
 import json
-import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import require_upstream  # noqa: E402
+from conftest import require_upstream, built_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tool():
-    bin_dir = os.environ.get("SAMFAST_BIN")
-    if not bin_dir:
-        pytest.skip("SAMFAST_BIN is not set (it must name the build directory holding tests/amg_tool)")
-    path = Path(bin_dir) / "tests" / "amg_tool"
-    if not path.exists():
-        pytest.skip(f"{path} not built (cmake --build ... --target amg_tool)")
+    path = built_tool("amg_tool")
 
     def call(fn, **args):
         p = subprocess.run([str(path)], input=json.dumps({"fn": fn, **args}), capture_output=True, text=True)

@@ -8,23 +8,16 @@ Needs the built helper: SAMFAST_BIN is the build directory, the helper is $SAMFA
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import require_upstream  # noqa: E402
+from conftest import require_upstream, built_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tool():
-    bin_dir = os.environ.get("SAMFAST_BIN")
-    if not bin_dir:
-        pytest.skip("SAMFAST_BIN is not set (it must name the build directory holding tests/rle_tool)")
-    path = Path(bin_dir) / "tests" / "rle_tool"
-    if not path.exists():
-        pytest.skip(f"{path} not built (cmake --build ... --target rle_tool)")
-    return str(path)
+    return built_tool("rle_tool")
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ torchvision) for the image resize, torch.nn.functional.interpolate for the masks
 Needs the built helper: SAMFAST_BIN is the build directory, the helper is
 $SAMFAST_BIN/tests/transforms_tool.
 """
-import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,18 +17,12 @@ try:
 except ImportError:  # upstream not installed: use the operation it performs
     ResizeLongestSide = None
 
-from conftest import IMAGES  # noqa: E402
+from conftest import IMAGES, built_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tool():
-    bin_dir = os.environ.get("SAMFAST_BIN")
-    if not bin_dir:
-        pytest.skip("SAMFAST_BIN is not set (it must name the build directory holding tests/transforms_tool)")
-    path = Path(bin_dir) / "tests" / "transforms_tool"
-    if not path.exists():
-        pytest.skip(f"{path} not built (cmake --build ... --target transforms_tool)")
-    return str(path)
+    return built_tool("transforms_tool")
 
 
 def run(tool, *args):
