@@ -24,6 +24,12 @@ if ! /usr/bin/python3 -c "import pycocotools" 2>/dev/null; then
   /usr/bin/python3 -m pip install -q --break-system-packages pycocotools
 fi
 
+if ! /usr/bin/python3 -c "import cv2" 2>/dev/null; then
+  # Upstream's min_mask_region_area (a generator parity case) calls OpenCV; 4.10 still fits Debian's numpy 1.x.
+  echo "setup: installing opencv-python-headless (oracle for small-region removal) for /usr/bin/python3"
+  /usr/bin/python3 -m pip install -q --break-system-packages --no-deps "opencv-python-headless==4.10.0.84"
+fi
+
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
 echo "setup: built build/samfast"

@@ -3,7 +3,7 @@
 # (bench/gpu/prepare.sh makes them): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [sanitize] [parity] [bench] [anchors] [profile]   (default: tests parity bench anchors)
+#   bench/gpu/run.sh [tests] [sanitize] [parity] [bench] [anchors] [amg] [profile]   (default: tests parity bench anchors)
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.whl/pysrc:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 SEGMENT_ANYTHING_FAST_USE_FLASH_4=0
@@ -46,6 +46,28 @@ if [[ " $steps " == *" anchors "* ]]; then
   for m in vit_b vit_h; do
     python3 .whl/anchor_bench.py orig "$m" fp32 8 none 16 2>&1 | tail -1 | tee -a "$OUT/anchors.jsonl"
     python3 .whl/anchor_bench.py fast "$m" bf16 8 none 16 2>&1 | tail -1 | tee -a "$OUT/anchors.jsonl"
+  done
+fi
+if [[ " $steps " == *" amg "* ]]; then
+  # Segment everything: parity (vit_b fp32/bf16 vs upstream fp32), samfast beside the anchors on
+  # 1800x1200 versions of the test images, default options and every-mask-survives thresholds.
+  A=/tmp/amg; python3 bench/gpu/amg_bench.py prepare "$A"
+  compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/samfast everything --model tiny --device cuda \
+    --input "$SAMFAST_TESTDATA/images/truck.jpg" --output /tmp/sanitize_amg --overwrite --points-per-side 6 \
+    --pred-iou-thresh 0 --stability-score-thresh 0 --crop-n-layers 1 --min-mask-region-area 100 2>&1 | tail -1 \
+    | sed "s/^/memcheck everything tiny bf16: /" | tee -a "$OUT/sanitize.log"
+  timeout 240 python3 bench/gpu/amg_bench.py parity vit_b "$A" 2>&1 | grep '^{' | tee -a "$OUT/amg_parity.jsonl"
+  for m in vit_b vit_h; do
+    for v in default low; do
+      extra=(); [ "$v" = low ] && extra=(--pred-iou-thresh 0 --stability-score-thresh 0)
+      .devbin/samfast bench --amg --checkpoint "$A/$m.pth" --device cuda --precision bf16 --runs 3 \
+        --image "$A/photo/dog.png" --images "$A/photo/groceries.png" "$A/photo/truck.png" "${extra[@]}" 2>&1 \
+        | tail -1 | tee -a "$OUT/amg_bench.jsonl"
+    done
+  done
+  for spec in "orig vit_b default" "orig vit_h default" "fast vit_b default"; do
+    # shellcheck disable=SC2086
+    timeout 150 python3 bench/gpu/amg_bench.py anchor $spec "$A" 2>&1 | grep '^{' | tee -a "$OUT/amg_anchors.jsonl"
   done
 fi
 if [[ " $steps " == *" profile "* ]]; then

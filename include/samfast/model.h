@@ -27,6 +27,9 @@ struct PromptBatch {
   Tensor labels;  // (B, N): 1 foreground, 0 background, -1 padding (not a point)
   Tensor boxes;   // (B, 4) x0, y0, x1, y1
   Tensor masks;   // (B, 1, 4G, 4G) low-res mask logits from an earlier prediction
+  // When true, points are already shifted to pixel centres and normalised, (x + 0.5) / S, by the
+  // caller: the automatic mask generator computes them in float64 as upstream does for its grids.
+  bool points_normalized = false;
   int64_t batch() const;
 };
 
@@ -78,6 +81,8 @@ class Model {
   int64_t peak_memory_bytes() const;
   // ref: modeling/mask_decoder.py MaskDecoder.forward. embedding (1 or B, G, G, D).
   DecoderOutput decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const;
+  // The backend the model runs on (for pipeline code that needs ops beyond the model's own).
+  Ops& backend() const { return *ops_; }
 
  private:
   Model() = default;

@@ -45,6 +45,9 @@ class Predictor {
   // batch are views into shared buffers (no copies): keeping one keeps its batch's buffers alive.
   std::vector<Prediction> predict_batch(const std::vector<Prompt>& prompts, bool multimask_output = true,
                                         bool return_logits = false) const;
+  // Prompts already in input-size coordinates (upstream's predict_torch) -> backend tensors, no
+  // post-processing and no host round trip.
+  DecoderOutput decode(const PromptBatch& prompts, bool multimask_output) const;
 
  private:
   void check(const Prompt& p) const;

@@ -3,9 +3,12 @@
 // tokens (B, N, C); weights keep PyTorch's layouts ((out, in) for Linear, (out, in, kh, kw) for Conv2d,
 // (in, out, kh, kw) for ConvTranspose2d) so that a checkpoint's tensors are used as stored.
 #pragma once
+#include <array>
+#include <cstdint>
 #include <utility>
 #include <vector>
 
+#include "pipeline/rle.h"
 #include "samfast/tensor.h"
 
 namespace samfast {
@@ -41,6 +44,7 @@ class Ops {
                                    const Tensor& rel_pos_w, int heads, int window) = 0;
   // Multi-head attention on projected q (B, Nq, D), k, v (B, Nk, D) -> (B, Nq, D),
   // softmax(q k^T / sqrt(D / heads)) v per head (ref: modeling/transformer.py Attention).
+  // q, or k and v together, may have a batch of 1, shared by all B items of the other.
   virtual Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) = 0;
   // Batched a (B, M, K) @ b(B, N, K)^T -> (B, M, N).
   virtual Tensor bmm_nt(const Tensor& a, const Tensor& b) = 0;
@@ -50,6 +54,25 @@ class Ops {
   // or 0/1 when binarize (logit > 0). ref: modeling/sam.py postprocess_masks.
   virtual Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                    std::pair<int, int> original_size, bool binarize) = 0;
+
+  // Full-resolution measures of mask planes for the automatic mask generator, computed without
+  // storing the full-resolution logits. low_res: (N, L, L) logits; each plane is upsampled exactly as
+  // postprocess_masks does to `size`. Per plane: the count of logits > hi and > lo (the stability
+  // score's intersection and union; on the CPU the per-row counts wrap to int16 as upstream's do) and
+  // the inclusive box (x0, y0, x1, y1) of logits > thr, all zeros for an empty mask.
+  struct MaskStats {
+    std::vector<int32_t> above_hi, above_lo;
+    std::vector<std::array<int, 4>> box;
+  };
+  virtual MaskStats mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                               std::pair<int, int> size, float thr, float hi, float lo) = 0;
+  // COCO-layout RLEs of the binary masks (logit > thr) of low_res (N, L, L) upsampled to `size`
+  // (h, w) and placed at (x0, y0) of a frame_size (H, W) image of zeros (upstream's uncrop_masks).
+  virtual std::vector<Rle> mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                                     std::pair<int, int> size, float thr, std::pair<int, int> offset_xy,
+                                     std::pair<int, int> frame_size) = 0;
+  // Planes x[select[i]] of x (N, ...) -> (select.size(), ...), in backend memory.
+  virtual Tensor gather(const Tensor& x, const std::vector<int64_t>& select) = 0;
 
   // Layout and movement.
   // Elements [first, first + count) of dim 1 of x (B, N, ...) -> (B, count, ...).

@@ -29,10 +29,16 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
   Tensor tokens = ops.upload(host_tokens);
   // Image tokens (B, G*G, D): the embedding (repeated per prompt) plus the dense prompt embedding.
   const bool dense_full = prompts.dense.numel() == B * G * G * D;
-  Tensor keys = dense_full ? ops.add(prompts.dense, embedding)
-                           : ops.add(embedding.dim(0) == B ? embedding : ops.expand_batch(embedding, B), prompts.dense);
+  // Many prompts on one image without mask prompts: the image tokens start the same for every
+  // prompt, so the first layer's projections of them are computed once (batch 1) and shared.
+  const bool shared = embedding.dim(0) == 1 && !dense_full && B > 1;
+  Tensor keys1 = shared ? ops.add(embedding, prompts.dense).view({1, G * G, D}) : Tensor{};
+  Tensor keys = shared       ? ops.expand_batch(keys1, B)
+                : dense_full ? ops.add(prompts.dense, embedding)
+                             : ops.add(embedding.dim(0) == B ? embedding : ops.expand_batch(embedding, B), prompts.dense);
   keys = keys.view({B, G * G, D});
   Tensor key_pe = dense_pe_.view({1, G * G, D});
+  const Tensor keys1_pe = shared ? ops.add(keys1, key_pe) : Tensor{};
 
   // Attention with projections; out = residual + out_proj(attn) when residual is given.
   auto attend = [&](const std::string& n, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* residual) {
@@ -58,12 +64,13 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
       queries = attend(L + ".self_attn", q, q, queries, &queries);
     }
     queries = norm(queries, L + ".norm1");
-    Tensor q = ops.add(queries, query_pe), k = ops.add(keys, key_pe);
-    queries = norm(attend(L + ".cross_attn_token_to_image", q, k, keys, &queries), L + ".norm2");
+    const bool first_shared = shared && l == 0;  // keys are still the same for every prompt
+    Tensor q = ops.add(queries, query_pe), k = first_shared ? keys1_pe : ops.add(keys, key_pe);
+    queries = norm(attend(L + ".cross_attn_token_to_image", q, k, first_shared ? keys1 : keys, &queries), L + ".norm2");
     Tensor h = ops.linear(queries, w(L + ".mlp.lin1.weight"), &w(L + ".mlp.lin1.bias"), Act::ReLU);
     queries = norm(ops.linear(h, w(L + ".mlp.lin2.weight"), &w(L + ".mlp.lin2.bias"), Act::None, &queries), L + ".norm3");
     q = ops.add(queries, query_pe);
-    k = ops.add(keys, key_pe);
+    k = first_shared ? keys1_pe : ops.add(keys, key_pe);
     keys = norm(attend(L + ".cross_attn_image_to_token", k, q, queries, &keys), L + ".norm4");
   }
   {

@@ -61,8 +61,9 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
       float* c = coords.data + (b * (np + nb) + i) * 2;
       const bool is_pad = i == N;
       // + 0.5: shift to the pixel centre; then normalise by the input image size (x / W, y / H)
-      c[0] = is_pad ? 0.f : (p.points.data[(b * N + i) * 2] + 0.5f) / S;
-      c[1] = is_pad ? 0.f : (p.points.data[(b * N + i) * 2 + 1] + 0.5f) / S;
+      const float* xy = p.points.data + (b * N + i) * 2;
+      c[0] = is_pad ? 0.f : p.points_normalized ? xy[0] : (xy[0] + 0.5f) / S;
+      c[1] = is_pad ? 0.f : p.points_normalized ? xy[1] : (xy[1] + 0.5f) / S;
       const float label = is_pad ? -1.f : p.labels.data[b * N + i];
       // upstream adds point_embeddings[label] for labels 0 and 1 only; -1 replaces the encoding
       kind[b * (np + nb) + i] = label == -1.f ? kNotAPoint : (label == 0.f || label == 1.f) ? (int)label : kPlain;

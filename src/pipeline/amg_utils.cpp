@@ -68,19 +68,19 @@ std::vector<size_t> nms(const std::vector<BoxXyxyf>& boxes, const std::vector<fl
 
 }  // namespace
 
-std::vector<Point2f> build_point_grid(int n_per_side) {
+std::vector<Point2d> build_point_grid(int n_per_side) {
   const double offset = 1.0 / (2.0 * n_per_side);
   const std::vector<double> side = linspace(offset, 1.0 - offset, n_per_side);
-  std::vector<Point2f> points;
+  std::vector<Point2d> points;
   points.reserve(side.size() * side.size());
   for (double y : side)
-    for (double x : side) points.push_back({float(x), float(y)});
+    for (double x : side) points.push_back({x, y});
   return points;
 }
 
-std::vector<std::vector<Point2f>> build_all_layer_point_grids(int n_per_side, int n_layers,
+std::vector<std::vector<Point2d>> build_all_layer_point_grids(int n_per_side, int n_layers,
                                                               int scale_per_layer) {
-  std::vector<std::vector<Point2f>> grids;
+  std::vector<std::vector<Point2d>> grids;
   int64_t scale = 1;  // scale_per_layer ** i, an exact integer as in Python
   for (int i = 0; i <= n_layers; ++i, scale *= scale_per_layer)
     grids.push_back(build_point_grid(int(double(n_per_side) / double(scale))));

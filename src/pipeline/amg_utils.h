@@ -11,16 +11,17 @@
 
 namespace samfast {
 
-using Point2f = std::array<float, 2>;  // (x, y)
+using Point2f = std::array<float, 2>;   // (x, y)
+using Point2d = std::array<double, 2>;  // (x, y), float64 as numpy holds upstream's grids
 using BoxXyxyf = std::array<float, 4>;  // (x0, y0, x1, y1)
 using BoxXyxyi = std::array<int, 4>;
 
 // n_per_side^2 points evenly spaced in [0,1]x[0,1], x fastest: point (r, c) = (v[c], v[r]) with
-// v = np.linspace(1/(2n), 1 - 1/(2n), n) computed in float64, then rounded to float32.
-std::vector<Point2f> build_point_grid(int n_per_side);
+// v = np.linspace(1/(2n), 1 - 1/(2n), n) in float64, as upstream keeps them.
+std::vector<Point2d> build_point_grid(int n_per_side);
 
 // One grid per layer 0..n_layers; layer i has int(n_per_side / scale_per_layer^i) points a side.
-std::vector<std::vector<Point2f>> build_all_layer_point_grids(int n_per_side, int n_layers,
+std::vector<std::vector<Point2d>> build_all_layer_point_grids(int n_per_side, int n_layers,
                                                               int scale_per_layer);
 
 struct CropBoxes {

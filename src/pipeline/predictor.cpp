@@ -62,6 +62,11 @@ void Predictor::check(const Prompt& p) const {
     throw Error("mask input must be (1, " + std::to_string(L) + ", " + std::to_string(L) + "), got " + shape_str(p.mask_input.shape));
 }
 
+DecoderOutput Predictor::decode(const PromptBatch& prompts, bool multimask_output) const {
+  if (!is_image_set()) throw Error("an image must be set with set_image() before decode()");
+  return model_.decode_masks(embedding_, model_.encode_prompts(prompts), multimask_output);
+}
+
 Prediction Predictor::predict(const Prompt& prompt, bool multimask_output, bool return_logits) const {
   return predict_batch({prompt}, multimask_output, return_logits).front();
 }

@@ -223,6 +223,22 @@ TEST_P(CudaOpsTest, Attention) {
   }
 }
 
+// A batch of 1 in q (or in k and v) is shared by the other's batch: the result must equal attention
+// on the explicitly repeated tensor (CPU, no broadcast involved).
+TEST_P(CudaOpsTest, AttentionBroadcast) {
+  auto repeat = [](const Tensor& x, int64_t B) {
+    Tensor y = Tensor::empty({B, x.dim(1), x.dim(2)});
+    for (int64_t b = 0; b < B; ++b) std::copy(x.data, x.data + x.numel(), y.data + b * x.numel());
+    return y;
+  };
+  const int64_t B = 3;
+  Tensor q1 = rand({1, 300, 128}, -2.f, 2.f), k = rand({B, 7, 128}, -2.f, 2.f), v = rand({B, 7, 128});
+  expect_close(gpu->attention(up(q1), up(k), up(v), 8), cpu.attention(repeat(q1, B), k, v, 8), "attention shared q");
+  Tensor q = rand({B, 7, 256}, -2.f, 2.f), k1 = rand({1, 500, 256}, -2.f, 2.f), v1 = rand({1, 500, 256});
+  expect_close(gpu->attention(up(q), up(k1), up(v1), 8), cpu.attention(q, repeat(k1, B), repeat(v1, B), 8),
+               "attention shared k, v");
+}
+
 TEST_P(CudaOpsTest, PostprocessMasks) {
   Tensor low = rand({2, 3, 64, 64}, -4.f, 4.f);
   const std::pair<int, int> input{1024, 768}, original{600, 450};
@@ -245,6 +261,66 @@ TEST_P(CudaOpsTest, PostprocessMasks) {
   std::printf("[ %-4s ] %-48s pixels differing away from 0: %lld\n", bf16() ? "bf16" : "fp32", "postprocess_masks binary",
               (long long)differ);
   EXPECT_EQ(differ, 0);
+}
+
+// Low-res planes for the mask measures: random logits, then an all-inside and an all-outside plane.
+Tensor mask_planes(Tensor low) {
+  const int64_t n = low.dim(0), plane = low.dim(1) * low.dim(2);
+  for (int64_t i = 0; i < plane; ++i) low.data[(n - 2) * plane + i] = 5.f, low.data[(n - 1) * plane + i] = -5.f;
+  return low;
+}
+
+TEST_P(CudaOpsTest, MaskStats) {
+  const Tensor low = mask_planes(rand({6, 64, 64}, -3.f, 3.f));
+  const std::pair<int, int> input{1024, 683}, size{534, 800};
+  const Ops::MaskStats got = gpu->mask_stats(up(low), 1024, input, size, 0.f, 1.f, -1.f);
+  const Ops::MaskStats ref = cpu.mask_stats(low, 1024, input, size, 0.f, 1.f, -1.f);
+  int64_t worst = 0, box_off = 0;
+  for (int64_t i = 0; i < 6; ++i) {
+    worst = std::max<int64_t>({worst, std::abs(got.above_hi[i] - ref.above_hi[i]), std::abs(got.above_lo[i] - ref.above_lo[i])});
+    for (int k = 0; k < 4; ++k) box_off = std::max<int64_t>(box_off, std::abs(got.box[i][k] - ref.box[i][k]));
+  }
+  std::printf("[ %-4s ] %-48s count diff %lld px, box diff %lld px\n", bf16() ? "bf16" : "fp32", "mask_stats",
+              (long long)worst, (long long)box_off);
+  EXPECT_LE(worst, 3);  // pixels within float rounding of a threshold may go either way
+  EXPECT_LE(box_off, 1);
+  EXPECT_EQ(got.above_lo[4], 534 * 800);
+  EXPECT_EQ(got.box[4], (std::array<int, 4>{0, 0, 799, 533}));
+  EXPECT_EQ(got.above_hi[5], 0);
+  EXPECT_EQ(got.box[5], (std::array<int, 4>{0, 0, 0, 0}));
+}
+
+TEST_P(CudaOpsTest, MaskRles) {
+  const Tensor low = mask_planes(rand({5, 64, 64}, -3.f, 3.f));
+  struct Frame {
+    std::pair<int, int> size, offset, frame;
+  };
+  // A crop inside the frame, a crop spanning the whole height (columns join), the whole frame.
+  for (const Frame& f : {Frame{{300, 200}, {50, 70}, {500, 400}}, Frame{{400, 120}, {30, 0}, {400, 300}},
+                         Frame{{333, 257}, {0, 0}, {333, 257}}}) {
+    const std::pair<int, int> input{1024, int(1024.0 * f.size.second / f.size.first + 0.5)};
+    const std::vector<Rle> got = gpu->mask_rles(up(low), 1024, input, f.size, 0.f, f.offset, f.frame);
+    const std::vector<Rle> ref = cpu.mask_rles(low, 1024, input, f.size, 0.f, f.offset, f.frame);
+    ASSERT_EQ(got.size(), 5u);
+    int64_t differ = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const std::vector<uint8_t> a = rle_to_mask(got[i]), b = rle_to_mask(ref[i]);  // checks the counts' sum
+      for (size_t p = 0; p < a.size(); ++p) differ += a[p] != b[p];
+      if (i >= 3) EXPECT_EQ(got[i].counts, ref[i].counts);  // constant planes: exactly the same runs
+    }
+    std::printf("[ %-4s ] %-48s pixels differing: %lld\n", bf16() ? "bf16" : "fp32", "mask_rles", (long long)differ);
+    EXPECT_LE(differ, 5);
+  }
+}
+
+TEST_P(CudaOpsTest, Gather) {
+  const Tensor x = rand({7, 3, 5});
+  const std::vector<int64_t> sel = {6, 0, 1, 2, 4};
+  const Tensor got = gpu->download(gpu->gather(up(x), sel));
+  ASSERT_EQ(got.shape, (Shape{5, 3, 5}));
+  for (size_t i = 0; i < sel.size(); ++i)
+    for (int64_t j = 0; j < 15; ++j) EXPECT_EQ(got.data[i * 15 + j], x.data[sel[i] * 15 + j]);
+  EXPECT_THROW(gpu->gather(up(x), {7}), Error);
 }
 
 TEST_P(CudaOpsTest, RejectsHostTensors) {

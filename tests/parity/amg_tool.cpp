@@ -8,6 +8,7 @@
 //   near_crop_edge     boxes, crop_box, orig_box, atol       -> [0/1, ...]
 //   stability_score    masks (flat), n, h, w, mask_threshold, threshold_offset -> [score or null]
 //   batched_nms        boxes, scores, idxs, iou_threshold    -> [index, ...]
+//   small_regions      mask (flat 0/1), h, w, area_thresh, mode ("holes"|"islands") -> {"mask", "changed"}
 #include <cmath>
 #include <iostream>
 #include <string>
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pipeline/amg_utils.h"
+#include "pipeline/small_regions.h"
 #include "samfast/error.h"
 
 namespace {
@@ -51,6 +53,12 @@ json run(const json& req) {
   if (fn == "batched_nms")
     return batched_nms(req.at("boxes").get<std::vector<BoxXyxyf>>(), req.at("scores").get<std::vector<float>>(),
                        req.at("idxs").get<std::vector<int>>(), req.at("iou_threshold").get<double>());
+  if (fn == "small_regions") {
+    std::vector<uint8_t> mask = req.at("mask");
+    const bool changed = remove_small_regions(mask, req.at("h"), req.at("w"), req.at("area_thresh").get<double>(),
+                                              req.at("mode") == "holes");
+    return {{"mask", mask}, {"changed", changed}};
+  }
   throw Error("amg_tool: unknown fn \"" + fn + "\"");
 }
 

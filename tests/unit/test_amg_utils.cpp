@@ -12,13 +12,12 @@ namespace samfast {
 namespace {
 
 TEST(AmgUtils, PointGridIsEvenlySpacedXFastest) {
-  EXPECT_EQ(build_point_grid(1), (std::vector<Point2f>{{0.5f, 0.5f}}));
-  EXPECT_EQ(build_point_grid(2),
-            (std::vector<Point2f>{{0.25f, 0.25f}, {0.75f, 0.25f}, {0.25f, 0.75f}, {0.75f, 0.75f}}));
-  const std::vector<Point2f> g = build_point_grid(4);  // 1/8, 3/8, 5/8, 7/8
+  EXPECT_EQ(build_point_grid(1), (std::vector<Point2d>{{0.5, 0.5}}));
+  EXPECT_EQ(build_point_grid(2), (std::vector<Point2d>{{0.25, 0.25}, {0.75, 0.25}, {0.25, 0.75}, {0.75, 0.75}}));
+  const std::vector<Point2d> g = build_point_grid(4);  // 1/8, 3/8, 5/8, 7/8
   ASSERT_EQ(g.size(), 16u);
-  EXPECT_EQ(g[1], (Point2f{0.375f, 0.125f}));
-  EXPECT_EQ(g[14], (Point2f{0.625f, 0.875f}));
+  EXPECT_EQ(g[1], (Point2d{0.375, 0.125}));
+  EXPECT_EQ(g[14], (Point2d{0.625, 0.875}));
   EXPECT_TRUE(build_point_grid(0).empty());
 }
 

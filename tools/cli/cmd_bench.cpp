@@ -8,6 +8,8 @@
 #include "commands.h"
 #include "io/image.h"
 #include "pipeline/transforms.h"
+#include "samfast/error.h"
+#include "samfast/mask_generator.h"
 #include "samfast/predictor.h"
 
 namespace samfast::cli {
@@ -17,6 +19,9 @@ struct Args {
   std::string checkpoint, model = "vit_b", image;
   int runs = 3, prompts = 16, batch = 1;
   ModelOptions options;
+  bool amg = false;  // segment everything instead
+  std::vector<std::string> images;
+  MaskGeneratorOptions gen;
 };
 
 double median(std::vector<double> v) {
@@ -24,8 +29,58 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// Segment everything: generate() wall time per image (records on the host) after one warm-up.
+int run_amg_bench(const Args& a, const Model& model) {
+  std::vector<std::string> paths = a.images;
+  if (!a.image.empty()) paths.insert(paths.begin(), a.image);
+  if (paths.empty()) throw Error("bench --amg needs at least one --image");
+  std::vector<Image> imgs;
+  for (const auto& p : paths) imgs.push_back(read_image(p));
+  const MaskGenerator gen(model, a.gen);
+  gen.generate(imgs[0]);  // warm-up
+  std::vector<double> secs, enc, dec, post;
+  nlohmann::json per_image = nlohmann::json::array();
+  for (size_t i = 0; i < imgs.size(); ++i) {
+    std::vector<double> s_i;
+    size_t masks = 0;
+    for (int r = 0; r < a.runs; ++r) {
+      GenerateTimings t;
+      const double t0 = now_ms();
+      masks = gen.generate(imgs[i], &t).size();
+      s_i.push_back((now_ms() - t0) / 1000.0);
+      enc.push_back(t.encoder_ms), dec.push_back(t.decoder_ms), post.push_back(t.postprocess_ms);
+    }
+    secs.insert(secs.end(), s_i.begin(), s_i.end());
+    per_image.push_back({{"image", paths[i]}, {"size", {imgs[i].width, imgs[i].height}}, {"seconds", median(s_i)}, {"masks", masks}});
+  }
+  const double sec = median(secs);
+  nlohmann::json j = {{"amg", true},
+                      {"device", model.device()},
+                      {"precision", model.precision()},
+                      {"model", model.config().name()},
+                      {"points_per_side", a.gen.points_per_side},
+                      {"points_per_batch", a.gen.points_per_batch},
+                      {"pred_iou_thresh", a.gen.pred_iou_thresh},
+                      {"stability_score_thresh", a.gen.stability_score_thresh},
+                      {"runs", a.runs},
+                      {"seconds_per_image", sec},
+                      {"img_per_s", 1.0 / sec},
+                      {"encoder_ms", median(enc)},
+                      {"decoder_ms", median(dec)},
+                      {"postprocess_ms", median(post)},
+                      {"per_image", per_image},
+                      {"peak_gib", model.peak_memory_bytes() / double(1 << 30)}};
+  std::cout << "samfast bench --amg: " << j["model"].get<std::string>() << " on " << device_summary(model) << ", "
+            << imgs.size() << " images, median of " << a.runs << " runs each\n"
+            << "  seconds per image   " << sec << "  (encoder " << median(enc) << " ms, decoder " << median(dec)
+            << " ms, post-processing " << median(post) << " ms)\n"
+            << j.dump() << "\n";
+  return 0;
+}
+
 int run_bench(const Args& a) {
   Model model = load_or_synthesize(a.checkpoint, a.model, 0, a.options);
+  if (a.amg) return run_amg_bench(a, model);
   Image img;
   if (!a.image.empty()) {
     img = read_image(a.image);
@@ -121,6 +176,14 @@ Runner add_bench(CLI::App& app) {
   cmd->add_option("--runs", a->runs, "timed runs after one warm-up")->check(CLI::Range(1, 1000));
   cmd->add_option("--prompts", a->prompts, "single-point multimask prompts decoded per image")->check(CLI::Range(1, 4096));
   cmd->add_option("--batch", a->batch, "images per image-encoder forward")->check(CLI::Range(1, 256));
+  cmd->add_flag("--amg", a->amg, "segment everything: seconds per image of the automatic mask generator");
+  cmd->add_option("--images", a->images, "--amg: more images (each timed --runs times)");
+  cmd->add_option("--points-per-side", a->gen.points_per_side, "--amg: points along one side")->capture_default_str();
+  cmd->add_option("--points-per-batch", a->gen.points_per_batch, "--amg: points decoded together")->capture_default_str();
+  cmd->add_option("--pred-iou-thresh", a->gen.pred_iou_thresh, "--amg: predicted-IoU filter")->capture_default_str();
+  cmd->add_option("--stability-score-thresh", a->gen.stability_score_thresh, "--amg: stability filter")->capture_default_str();
+  cmd->add_option("--output-mode", a->gen.output_mode, "--amg: binary_mask, coco_rle or uncompressed_rle")
+      ->check(CLI::IsMember({"binary_mask", "coco_rle", "uncompressed_rle"}));
   add_backend_options(cmd, a->options);
   return [a] { return run_bench(*a); };
 }

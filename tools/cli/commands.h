@@ -13,6 +13,7 @@ Runner add_segment(CLI::App& app);
 Runner add_info(CLI::App& app);
 Runner add_make_checkpoint(CLI::App& app);
 Runner add_bench(CLI::App& app);
+Runner add_everything(CLI::App& app);
 
 // --device and --precision, shared by the commands that run the model.
 void add_backend_options(CLI::App* cmd, ModelOptions& options);

@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   using namespace samfast::cli;
   CLI::App app{"samfast: Segment Anything (SAM v1) inference"};
   app.require_subcommand(1);
-  Runner segment = add_segment(app), info = add_info(app), make = add_make_checkpoint(app), bench = add_bench(app);
+  Runner segment = add_segment(app), info = add_info(app), make = add_make_checkpoint(app), bench = add_bench(app),
+         everything = add_everything(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
       if (n == "info") return info();
       if (n == "make-checkpoint") return make();
       if (n == "bench") return bench();
+      if (n == "everything") return everything();
     }
   } catch (const std::exception& e) {
     std::cerr << "samfast: error: " << e.what() << "\n";

@@ -104,18 +104,21 @@ Tensor CpuOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, cons
 
 Tensor CpuOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) {
   // ref: modeling/transformer.py Attention.forward (after the projections)
-  const int64_t B = q.dim(0), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1), hd = D / heads;
-  if (k.dim(0) != B || v.dim(0) != B || k.dim(2) != D || v.dim(2) != D || v.dim(1) != Nk || D % heads)
+  // A batch of 1 in q, or in k and v, is shared by every item of the other's batch.
+  const int64_t B = std::max(q.dim(0), k.dim(0)), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1), hd = D / heads;
+  if ((q.dim(0) != B && q.dim(0) != 1) || (k.dim(0) != B && k.dim(0) != 1) || v.dim(0) != k.dim(0) || k.dim(2) != D ||
+      v.dim(2) != D || v.dim(1) != Nk || D % heads)
     throw Error("attention: q " + shape_str(q.shape) + ", k " + shape_str(k.shape) + ", v " + shape_str(v.shape));
+  const int64_t q_step = q.dim(0) == 1 ? 0 : 1, kv_step = k.dim(0) == 1 ? 0 : 1;
   const float inv_sqrt = std::sqrt((float)hd);
   const int64_t n_qblocks = (Nq + kQueryBlock - 1) / kQueryBlock;
   Tensor out = Tensor::empty({B, Nq, D});
   parallel_items(B * heads * n_qblocks, [&](int64_t item) {
     const int64_t qb = item % n_qblocks, h = (item / n_qblocks) % heads, bi = item / (n_qblocks * heads);
     const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, Nq - q0);
-    const float* qb_ptr = q.data + (bi * Nq + q0) * D + h * hd;
-    const float* kb = k.data + bi * Nk * D + h * hd;
-    const float* vb = v.data + bi * Nk * D + h * hd;
+    const float* qb_ptr = q.data + (bi * q_step * Nq + q0) * D + h * hd;
+    const float* kb = k.data + bi * kv_step * Nk * D + h * hd;
+    const float* vb = v.data + bi * kv_step * Nk * D + h * hd;
     std::vector<float> s(nq * Nk);
     cpu::gemm(true, nq, Nk, hd, 1.f, qb_ptr, D, kb, D, 0.f, s.data(), Nk);
     for (float& x : s) x /= inv_sqrt;  // upstream divides the scores by sqrt(head dim)

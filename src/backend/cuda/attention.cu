@@ -13,6 +13,7 @@
 //   fp32: CUDA cores, one thread per query (q and o in registers), keys broadcast from shared memory.
 // attention (mask decoder): one warp per (image, head, query), keys split over the lanes, each lane
 // an online softmax, merged by shuffles at the end. Nq or Nk are small there (7 tokens).
+#include <algorithm>
 #include <cfloat>
 
 #include "backend/cuda/common.cuh"
@@ -459,20 +460,20 @@ constexpr int kMaxFewKeys = 32;
 template <class T, int HD>
 __global__ void __launch_bounds__(128) mha_few_keys(const T* __restrict q, const T* __restrict k, const T* __restrict v,
                                                     T* __restrict out, int Nq, int Nk, int D, int heads,
-                                                    float inv_sqrt_hd) {
+                                                    float inv_sqrt_hd, int q_step, int kv_step) {
   __shared__ float sK[kMaxFewKeys][HD], sV[kMaxFewKeys][HD];
   const int h = blockIdx.y;
-  const int64_t b = blockIdx.z;
+  const int64_t b = blockIdx.z, bq = b * q_step, bkv = b * kv_step;
   for (int i = threadIdx.x; i < Nk * HD; i += blockDim.x) {
     const int j = i / HD, d = i % HD;
-    sK[j][d] = to_f32(k[(b * Nk + j) * D + h * HD + d]);
-    sV[j][d] = to_f32(v[(b * Nk + j) * D + h * HD + d]);
+    sK[j][d] = to_f32(k[(bkv * Nk + j) * D + h * HD + d]);
+    sV[j][d] = to_f32(v[(bkv * Nk + j) * D + h * HD + d]);
   }
   __syncthreads();
   const int qi = blockIdx.x * blockDim.x + threadIdx.x;
   if (qi >= Nq) return;
   float qr[HD], o[HD];
-  load_row<T, HD>(q + (b * Nq + qi) * D + h * HD, qr);
+  load_row<T, HD>(q + (bq * Nq + qi) * D + h * HD, qr);
   auto score = [&](int j) {  // recomputed in the second pass: cheaper than a local-memory array
     float acc = 0.f;
 #pragma unroll
@@ -502,26 +503,27 @@ constexpr int kManyKeysWarps = 8;
 template <class T, int HD>
 __global__ void __launch_bounds__(kManyKeysWarps * 32) mha_many_keys(const T* __restrict q, const T* __restrict k,
                                                                      const T* __restrict v, T* __restrict out, int Nq,
-                                                                     int Nk, int D, int heads, float inv_sqrt_hd) {
+                                                                     int Nk, int D, int heads, float inv_sqrt_hd,
+                                                                     int q_step, int kv_step) {
   __shared__ float s_m[kManyKeysWarps], s_l[kManyKeysWarps], s_o[kManyKeysWarps][HD];
   const int64_t item = blockIdx.x;
   const int qi = (int)(item % Nq), h = (int)((item / Nq) % heads);
-  const int64_t b = item / ((int64_t)Nq * heads);
+  const int64_t b = item / ((int64_t)Nq * heads), bq = b * q_step, bkv = b * kv_step;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float qr[HD], o[HD], row[HD];
-  load_row<T, HD>(q + (b * Nq + qi) * D + h * HD, qr);
+  load_row<T, HD>(q + (bq * Nq + qi) * D + h * HD, qr);
 #pragma unroll
   for (int d = 0; d < HD; ++d) o[d] = 0.f;
   float m = -INFINITY, l = 0.f;
   for (int j = warp * 32 + lane; j < Nk; j += kManyKeysWarps * 32) {
-    load_row<T, HD>(k + (b * Nk + j) * D + h * HD, row);
+    load_row<T, HD>(k + (bkv * Nk + j) * D + h * HD, row);
     float s = 0.f;
 #pragma unroll
     for (int d = 0; d < HD; ++d) s += qr[d] * row[d];
     s *= inv_sqrt_hd;
     const float mn = fmaxf(m, s), c = expf(m - mn), p = expf(s - mn);
     l = l * c + p;
-    load_row<T, HD>(v + (b * Nk + j) * D + h * HD, row);
+    load_row<T, HD>(v + (bkv * Nk + j) * D + h * HD, row);
 #pragma unroll
     for (int d = 0; d < HD; ++d) o[d] = o[d] * c + p * row[d];
     m = mn;
@@ -587,7 +589,7 @@ void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64
 
 template <class T, int HD>
 void launch_mha(const CudaContext& ctx, const void* q, const void* k, const void* v, void* out, int64_t B, int Nq,
-                int Nk, int D, int heads) {
+                int Nk, int D, int heads, int q_step, int kv_step) {
   check(B * heads < (int64_t(1) << 31) && B <= 65535 && heads <= 65535, "attention", "batch too large: " + std::to_string(B));
   check(D % (16 / sizeof(T)) == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
             reinterpret_cast<uintptr_t>(v) % 16 == 0,
@@ -598,11 +600,12 @@ void launch_mha(const CudaContext& ctx, const void* q, const void* k, const void
   const auto* vp = static_cast<const T*>(v);
   if (Nk <= kMaxFewKeys) {
     const dim3 grid((unsigned)((Nq + 127) / 128), (unsigned)heads, (unsigned)B);
-    mha_few_keys<T, HD><<<grid, 128, 0, ctx.stream>>>(qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale);
+    mha_few_keys<T, HD><<<grid, 128, 0, ctx.stream>>>(qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale, q_step,
+                                                              kv_step);
   } else {
     check(B * heads * Nq < (int64_t(1) << 31), "attention", "too many queries");
     mha_many_keys<T, HD><<<(unsigned)(B * heads * Nq), kManyKeysWarps * 32, 0, ctx.stream>>>(
-        qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale);
+        qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale, q_step, kv_step);
   }
   CUDA_LAUNCH_CHECK();
 }
@@ -653,17 +656,20 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int
   expect(k, "attention", "k");
   expect(v, "attention", "v");
   check(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3 && heads > 0, "attention", "q " + shape_str(q.shape));
-  const int64_t B = q.dim(0), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1), hd = D / heads;
-  check(k.dim(0) == B && v.dim(0) == B && k.dim(2) == D && v.dim(2) == D && v.dim(1) == Nk && D % heads == 0 && Nk > 0,
+  // A batch of 1 in q, or in k and v, is shared by every item of the other's batch.
+  const int64_t B = std::max(q.dim(0), k.dim(0)), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1), hd = D / heads;
+  check((q.dim(0) == B || q.dim(0) == 1) && (k.dim(0) == B || k.dim(0) == 1) && v.dim(0) == k.dim(0) && k.dim(2) == D &&
+            v.dim(2) == D && v.dim(1) == Nk && D % heads == 0 && Nk > 0,
         "attention", "q " + shape_str(q.shape) + ", k " + shape_str(k.shape) + ", v " + shape_str(v.shape));
+  const int q_step = q.dim(0) == 1 ? 0 : 1, kv_step = k.dim(0) == 1 ? 0 : 1;
   Tensor out = empty({B, Nq, D});
   if (out.numel() == 0) return out;
   auto run = [&](auto tag) {
     using T = decltype(tag);
     switch (hd) {
-      case 16: launch_mha<T, 16>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads); break;
-      case 32: launch_mha<T, 32>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads); break;
-      case 64: launch_mha<T, 64>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads); break;
+      case 16: launch_mha<T, 16>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads, q_step, kv_step); break;
+      case 32: launch_mha<T, 32>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads, q_step, kv_step); break;
+      case 64: launch_mha<T, 64>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads, q_step, kv_step); break;
       default: throw Error("attention: head dim " + std::to_string(hd) + " is not built (16, 32 and 64 are)");
     }
   };

@@ -5,12 +5,14 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <string>
 
 #include "samfast/error.h"
+#include "samfast/tensor.h"
 
 namespace samfast::cuda {
 
@@ -42,6 +44,7 @@ namespace samfast::cuda {
 // Storage types: every kernel is instantiated for float (the exact path) and __nv_bfloat16.
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 template <class T>
 __device__ __forceinline__ T from_f32(float x);
 template <>
@@ -57,3 +60,16 @@ inline unsigned blocks_for(int64_t n, int threads) {
 }
 
 }  // namespace samfast::cuda
+
+// Launches kernel<float> or kernel<__nv_bfloat16> by dtype.
+#define SAMFAST_DISPATCH(dt, T, ...)      \
+  do {                                    \
+    if ((dt) == DType::F32) {             \
+      using T = float;                    \
+      __VA_ARGS__;                        \
+    } else {                              \
+      using T = __nv_bfloat16;            \
+      __VA_ARGS__;                        \
+    }                                     \
+  } while (0)
+

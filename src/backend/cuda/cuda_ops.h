@@ -66,6 +66,12 @@ class CudaOps final : public Ops {
   // Output fp32 whatever the precision (logits, or 0/1 when binarize); download() takes it.
   Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                            std::pair<int, int> original_size, bool binarize) override;
+  MaskStats mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size, std::pair<int, int> size,
+                       float thr, float hi, float lo) override;
+  std::vector<Rle> mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                             std::pair<int, int> size, float thr, std::pair<int, int> offset_xy,
+                             std::pair<int, int> frame_size) override;
+  Tensor gather(const Tensor& x, const std::vector<int64_t>& select) override;
   Tensor slice(const Tensor& x, int64_t first, int64_t count) override;
   Tensor concat(const std::vector<Tensor>& xs) override;
   Tensor expand_batch(const Tensor& x, int64_t batch) override;

@@ -160,17 +160,6 @@ __global__ void convert_kernel(const From* __restrict x, To* __restrict y, int64
     y[i] = from_f32<To>(to_f32(x[i]));
 }
 
-// Launches kernel<float> or kernel<__nv_bfloat16> by dtype.
-#define SAMFAST_DISPATCH(dt, T, ...)      \
-  do {                                    \
-    if ((dt) == DType::F32) {             \
-      using T = float;                    \
-      __VA_ARGS__;                        \
-    } else {                              \
-      using T = __nv_bfloat16;            \
-      __VA_ARGS__;                        \
-    }                                     \
-  } while (0)
 
 }  // namespace
 

@@ -1,76 +1,154 @@
-// Fused Sam.postprocess_masks: each thread makes one output pixel from the four pixels of the
-// cropped 1024-grid around it, each of those from four low-res logits. The 1024x1024 intermediate
-// of upstream (and of the CPU twin) is never stored: 16 cached reads per pixel instead of two full
-// passes through device memory. Sample positions are computed as torch computes them (float scale,
-// double position, float weights), so results match the CPU twin to float rounding.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+// Fused Sam.postprocess_masks and the mask measures of the automatic mask generator. Every kernel
+// evaluates the two bilinear resizes pixel by pixel (upsample_tile.cuh): the 1024x1024 intermediate
+// of upstream (and of the CPU twin) is never stored, and the measures (stability counts, boxes, RLE
+// run starts) are taken without storing full-resolution logits at all.
+#include <cub/block/block_scan.cuh>
 
 #include <string>
 
 #include "backend/cuda/postprocess.h"
+#include "backend/cuda/upsample_tile.cuh"
 #include "samfast/error.h"
 
 namespace samfast::cuda {
 namespace {
 
-struct Axis {
-  int i0, i1;
-  float l0, l1;
-};
-
-__device__ __forceinline__ Axis axis(int in, int out, int d) {
-  const double scale = static_cast<double>(static_cast<float>(in) / static_cast<float>(out));
-  const double src = fmax(scale * (d + 0.5) - 0.5, 0.0);
-  const int i0 = static_cast<int>(src);
-  // l0 weighs i0, l1 weighs i1.
-  return {i0, i0 + (i0 < in - 1 ? 1 : 0), static_cast<float>(1.0 - (src - i0)), static_cast<float>(src - i0)};
-}
-
-template <class T>
-__device__ __forceinline__ float at(const T* p, int i) {
-  return static_cast<float>(p[i]);
-}
-
 constexpr int kTileX = 32, kTileY = 8;
 
-// One block makes a kTileY x kTileX tile of one plane. The sample positions (an output column's
-// stage-2 axis and the stage-1 axes of its two source columns; likewise for rows) are computed once
-// per tile in shared memory instead of six times per pixel.
-template <class T>
+template <class T, class Out>
 __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* __restrict__ low, int L, int S, int in_h,
-                                                                     int in_w, int H, int W, bool binarize,
-                                                                     float* __restrict__ out) {
-  __shared__ Axis col2[kTileX], col1[kTileX][2], row2[kTileY], row1[kTileY][2];
+                                                                     int in_w, int H, int W, bool binarize, float thr,
+                                                                     Out* __restrict__ out) {
+  __shared__ TileAxes<kTileX, kTileY> t;
+  t.fill(blockIdx.x * kTileX, blockIdx.y * kTileY, L, S, in_h, in_w, H, W);
   const int tx = threadIdx.x % kTileX, ty = threadIdx.x / kTileX;
   const int x = blockIdx.x * kTileX + tx, y = blockIdx.y * kTileY + ty;
-  if (ty == 0 && x < W) {
-    const Axis a = axis(in_w, W, x);
-    col2[tx] = a, col1[tx][0] = axis(L, S, a.i0), col1[tx][1] = axis(L, S, a.i1);
-  }
-  if (ty == 1 && tx < kTileY && blockIdx.y * kTileY + tx < H) {
-    const Axis a = axis(in_h, H, blockIdx.y * kTileY + tx);
-    row2[tx] = a, row1[tx][0] = axis(L, S, a.i0), row1[tx][1] = axis(L, S, a.i1);
-  }
-  __syncthreads();
   if (x >= W || y >= H) return;
   const int64_t plane = blockIdx.z;
+  const float v = t.sample(low + plane * L * L, tx, ty, L);
+  out[(plane * H + y) * W + x] = binarize ? Out(v > thr ? 1 : 0) : Out(v);
+}
+
+// Stability counts and the box of one plane: a block covers kTileX columns and kStatRows rows (8 rows
+// a step), reduces in the block and adds to the plane's totals with one atomic per quantity.
+constexpr int kStatRows = 64;
+
+template <class T>
+__global__ void __launch_bounds__(kTileX * kTileY) mask_stats_kernel(const T* __restrict__ low, int L, int S, int in_h,
+                                                                    int in_w, int H, int W, float thr, float hi, float lo,
+                                                                    int* __restrict__ counts, int* __restrict__ box) {
+  __shared__ TileAxes<kTileX, kStatRows> t;
+  __shared__ int red[kTileY][6];
+  const int bx = blockIdx.x * kTileX, by = blockIdx.y * kStatRows;
+  t.fill(bx, by, L, S, in_h, in_w, H, W);
+  const int tx = threadIdx.x % kTileX, warp = threadIdx.x / kTileX;
+  const int64_t plane = blockIdx.z;
   const T* src = low + plane * L * L;
-  const Axis& ay = row2[ty];
-  const Axis& ax = col2[tx];
-  float c[2][2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const Axis& r = row1[ty][i];
-      const Axis& q = col1[tx][j];
-      const float top = q.l0 * at(src, r.i0 * L + q.i0) + q.l1 * at(src, r.i0 * L + q.i1);
-      const float bottom = q.l0 * at(src, r.i1 * L + q.i0) + q.l1 * at(src, r.i1 * L + q.i1);
-      c[i][j] = r.l0 * top + r.l1 * bottom;
+  int n_hi = 0, n_lo = 0, x0 = INT_MAX, y0 = INT_MAX, x1 = -1, y1 = -1;
+  const int x = bx + tx;
+  for (int ty = warp; ty < kStatRows; ty += kTileY) {
+    const int y = by + ty;
+    if (x >= W || y >= H) continue;
+    const float v = t.sample(src, tx, ty, L);
+    n_hi += v > hi, n_lo += v > lo;
+    if (v > thr) x0 = min(x0, x), x1 = max(x1, x), y0 = min(y0, y), y1 = max(y1, y);
+  }
+  n_hi = __reduce_add_sync(0xffffffffu, n_hi), n_lo = __reduce_add_sync(0xffffffffu, n_lo);
+  x0 = __reduce_min_sync(0xffffffffu, x0), y0 = __reduce_min_sync(0xffffffffu, y0);
+  x1 = __reduce_max_sync(0xffffffffu, x1), y1 = __reduce_max_sync(0xffffffffu, y1);
+  if (tx == 0) red[warp][0] = n_hi, red[warp][1] = n_lo, red[warp][2] = x0, red[warp][3] = y0, red[warp][4] = x1,
+               red[warp][5] = y1;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kTileY; ++w) {
+      n_hi += red[w][0], n_lo += red[w][1];
+      x0 = min(x0, red[w][2]), y0 = min(y0, red[w][3]), x1 = max(x1, red[w][4]), y1 = max(y1, red[w][5]);
     }
-  const float v = ay.l0 * (ax.l0 * c[0][0] + ax.l1 * c[0][1]) + ay.l1 * (ax.l0 * c[1][0] + ax.l1 * c[1][1]);
-  out[(plane * H + y) * W + x] = binarize ? (v > 0.f ? 1.f : 0.f) : v;
+    if (n_hi) atomicAdd(counts + 2 * plane, n_hi);
+    if (n_lo) atomicAdd(counts + 2 * plane + 1, n_lo);
+    if (x1 >= 0) {
+      atomicMin(box + 4 * plane, x0), atomicMin(box + 4 * plane + 1, y0);
+      atomicMax(box + 4 * plane + 2, x1), atomicMax(box + 4 * plane + 3, y1);
+    }
+  }
+}
+
+__global__ void init_boxes(int* box, int64_t planes) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < planes; i += int64_t(gridDim.x) * blockDim.x)
+    box[4 * i] = INT_MAX, box[4 * i + 1] = INT_MAX, box[4 * i + 2] = -1, box[4 * i + 3] = -1;
+}
+
+// RLE run starts. A mask m (h, w) sits at (x0, y0) of an (H, W) frame of zeros; the frame is read in
+// column-major order. A run starts wherever a pixel differs from the one before it in that order.
+// One thread per mask column (adjacent threads read adjacent bytes of a row). Column c's first
+// pixel follows the last pixel of column c-1 directly only when the mask spans the whole frame height.
+struct RleFrame {
+  int h, w, x0, y0, H, W;
+};
+
+template <bool kWrite>
+__global__ void run_starts_kernel(const uint8_t* __restrict__ m, int64_t planes, RleFrame f,
+                                  int* __restrict__ per_column, const int64_t* __restrict__ base,
+                                  uint32_t* __restrict__ starts) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= planes * f.w) return;
+  const int64_t plane = i / f.w;
+  const int c = static_cast<int>(i % f.w);
+  const uint8_t* mp = m + plane * f.h * f.w;
+  const bool joined = f.y0 == 0 && f.h == f.H;
+  uint8_t prev = joined && c > 0 ? mp[int64_t(f.h - 1) * f.w + c - 1] : 0;
+  const uint32_t col0 = uint32_t(f.x0 + c) * uint32_t(f.H) + uint32_t(f.y0);
+  int n = 0;
+  uint32_t* out = kWrite ? starts + base[plane] + per_column[i] : nullptr;
+  for (int r = 0; r < f.h; ++r) {
+    const uint8_t v = mp[int64_t(r) * f.w + c];
+    if (v != prev) {
+      if (kWrite) out[n] = col0 + r;
+      ++n;
+    }
+    prev = v;
+  }
+  // Leaving the mask inside a run: the next pixel of the frame is background unless it is the first
+  // pixel of the next mask column (handled there) or there is no next pixel.
+  if (prev && (f.y0 + f.h < f.H || (f.x0 + c + 1 < f.W && !(joined && c + 1 < f.w)))) {
+    if (kWrite) out[n] = col0 + f.h;
+    ++n;
+  }
+  if (!kWrite) per_column[i] = n;
+}
+
+// Exclusive scan of each plane's per-column counts (in place); totals[plane] = the plane's sum.
+__global__ void __launch_bounds__(1024) scan_columns(int* __restrict__ per_column, int w, int64_t* __restrict__ totals) {
+  using Scan = cub::BlockScan<int, 1024>;
+  __shared__ typename Scan::TempStorage tmp;
+  __shared__ int carry;
+  int* p = per_column + blockIdx.x * int64_t(w);
+  if (threadIdx.x == 0) carry = 0;
+  __syncthreads();
+  for (int start = 0; start < w; start += 1024) {
+    const int c = start + threadIdx.x;
+    const int v = c < w ? p[c] : 0;
+    int excl, sum;
+    Scan(tmp).ExclusiveSum(v, excl, sum);
+    const int before = carry;
+    if (c < w) p[c] = before + excl;
+    __syncthreads();
+    if (threadIdx.x == 0) carry = before + sum;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) totals[blockIdx.x] = carry;
+}
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw Error(std::string(what) + " launch failed: " + cudaGetErrorString(err));
+}
+
+void check_sizes(const char* what, int64_t planes, int L, int S, int in_h, int in_w, int H, int W) {
+  if (planes <= 0 || L <= 0 || in_h <= 0 || in_w <= 0 || in_h > S || in_w > S || H <= 0 || W <= 0 || planes > 65535)
+    throw Error(std::string(what) + ": bad sizes (planes " + std::to_string(planes) + ", input " +
+                std::to_string(in_h) + "x" + std::to_string(in_w) + ", original " + std::to_string(H) + "x" +
+                std::to_string(W) + ")");
 }
 
 }  // namespace
@@ -78,19 +156,59 @@ __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* _
 template <class T>
 void postprocess_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W, bool binarize,
                        float* out, cudaStream_t stream) {
-  if (planes <= 0 || L <= 0 || in_h <= 0 || in_w <= 0 || in_h > S || in_w > S || H <= 0 || W <= 0 || planes > 65535)
-    throw Error("postprocess_masks: bad sizes (planes " + std::to_string(planes) + ", input " + std::to_string(in_h) +
-                "x" + std::to_string(in_w) + ", original " + std::to_string(H) + "x" + std::to_string(W) + ")");
+  check_sizes("postprocess_masks", planes, L, S, in_h, in_w, H, W);
   const dim3 grid(static_cast<unsigned>((W + kTileX - 1) / kTileX), static_cast<unsigned>((H + kTileY - 1) / kTileY),
                   static_cast<unsigned>(planes));
-  postprocess_kernel<T><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, H, W, binarize, out);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw Error(std::string("postprocess_masks launch failed: ") + cudaGetErrorString(err));
+  postprocess_kernel<T, float><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, H, W, binarize, 0.f, out);
+  check_launch("postprocess_masks");
 }
 
-template void postprocess_masks<float>(const float*, int64_t, int, int, int, int, int, int, bool, float*, cudaStream_t);
-template void postprocess_masks<__nv_bfloat16>(const __nv_bfloat16*, int64_t, int, int, int, int, int, int, bool, float*,
-                                               cudaStream_t);
-template void postprocess_masks<__half>(const __half*, int64_t, int, int, int, int, int, int, bool, float*, cudaStream_t);
+template <class T>
+void mask_stats(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W, float thr, float hi,
+                float lo, int* counts, int* box, cudaStream_t stream) {
+  check_sizes("mask_stats", planes, L, S, in_h, in_w, H, W);
+  CUDA_CHECK(cudaMemsetAsync(counts, 0, sizeof(int) * 2 * planes, stream));
+  init_boxes<<<blocks_for(planes, 256), 256, 0, stream>>>(box, planes);
+  const dim3 grid(static_cast<unsigned>((W + kTileX - 1) / kTileX),
+                  static_cast<unsigned>((H + kStatRows - 1) / kStatRows), static_cast<unsigned>(planes));
+  mask_stats_kernel<T><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, H, W, thr, hi, lo, counts, box);
+  check_launch("mask_stats");
+}
+
+template <class T>
+void binary_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int h, int w, float thr,
+                  uint8_t* out, cudaStream_t stream) {
+  check_sizes("binary_masks", planes, L, S, in_h, in_w, h, w);
+  const dim3 grid(static_cast<unsigned>((w + kTileX - 1) / kTileX), static_cast<unsigned>((h + kTileY - 1) / kTileY),
+                  static_cast<unsigned>(planes));
+  postprocess_kernel<T, uint8_t><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, h, w, true, thr, out);
+  check_launch("binary_masks");
+}
+
+void count_run_starts(const uint8_t* masks, int64_t planes, int h, int w, int x0, int y0, int H, int W,
+                      int* per_column, int64_t* totals, cudaStream_t stream) {
+  const RleFrame f{h, w, x0, y0, H, W};
+  run_starts_kernel<false><<<static_cast<unsigned>((planes * w + 255) / 256), 256, 0, stream>>>(masks, planes, f, per_column, nullptr,
+                                                                             nullptr);
+  check_launch("count_run_starts");
+  scan_columns<<<static_cast<unsigned>(planes), 1024, 0, stream>>>(per_column, w, totals);
+  check_launch("scan_columns");
+}
+
+void write_run_starts(const uint8_t* masks, int64_t planes, int h, int w, int x0, int y0, int H, int W,
+                      int* per_column, const int64_t* base, uint32_t* starts, cudaStream_t stream) {
+  const RleFrame f{h, w, x0, y0, H, W};
+  run_starts_kernel<true><<<static_cast<unsigned>((planes * w + 255) / 256), 256, 0, stream>>>(masks, planes, f, per_column, base, starts);
+  check_launch("write_run_starts");
+}
+
+#define SAMFAST_POSTPROCESS_INSTANCES(T)                                                                          \
+  template void postprocess_masks<T>(const T*, int64_t, int, int, int, int, int, int, bool, float*, cudaStream_t); \
+  template void mask_stats<T>(const T*, int64_t, int, int, int, int, int, int, float, float, float, int*, int*,     \
+                              cudaStream_t);                                                                       \
+  template void binary_masks<T>(const T*, int64_t, int, int, int, int, int, int, float, uint8_t*, cudaStream_t);
+SAMFAST_POSTPROCESS_INSTANCES(float)
+SAMFAST_POSTPROCESS_INSTANCES(__nv_bfloat16)
+SAMFAST_POSTPROCESS_INSTANCES(__half)
 
 }  // namespace samfast::cuda

@@ -1,0 +1,135 @@
+"""Segment everything on the GPU machine, in one call: upstream SamAutomaticMaskGenerator (fp32) and
+segment-anything-fast's generator (bf16) as anchors beside `samfast bench --amg`, and parity of
+`samfast everything` (fp32 and bf16) against upstream fp32 on the same GPU and checkpoint.
+Usage (from the repository root, .devbin and .whl carried):
+  python3 bench/gpu/amg_bench.py prepare OUTDIR          # checkpoints and 1800x1200 test images
+  python3 bench/gpu/amg_bench.py anchor IMPL MODEL VARIANT OUTDIR   # IMPL orig|fast, VARIANT default|low
+  python3 bench/gpu/amg_bench.py parity MODEL OUTDIR
+Prints one JSON line per measurement."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMFAST = ROOT / ".devbin" / "samfast"
+IMAGES = Path(os.environ.get("SAMFAST_TESTDATA", ROOT / ".whl" / "testdata")) / "images"
+NAMES = ["dog.jpg", "groceries.jpg", "truck.jpg"]
+VARIANTS = {"default": {}, "low": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)}
+PARITY = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+
+
+def prepare(out):
+    out = Path(out)
+    (out / "photo").mkdir(parents=True, exist_ok=True)
+    for m in ("vit_b", "vit_h"):
+        ck = out / f"{m}.pth"
+        if not ck.exists():
+            subprocess.run([SAMFAST, "make-checkpoint", "--model", m, "--seed", "1", "--out", ck], check=True,
+                           capture_output=True)
+    for n in NAMES:  # typical photo size, landscape, from each test image
+        Image.open(IMAGES / n).convert("RGB").resize((1800, 1200), Image.BICUBIC).save(out / "photo" / (n[:-4] + ".png"))
+
+
+def build(impl, model, ckpt):
+    import torch
+    if impl == "orig":
+        from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+    else:
+        from segment_anything_fast import SamAutomaticMaskGenerator, sam_model_registry
+    sam = sam_model_registry[model](checkpoint=str(ckpt)).cuda().eval()
+    if impl == "fast":
+        sam = sam.to(torch.bfloat16)
+    return sam, SamAutomaticMaskGenerator
+
+
+def anchor(impl, model, variant, out):
+    import torch
+    out = Path(out)
+    sam, Gen = build(impl, model, out / f"{model}.pth")
+    gen = Gen(sam, **VARIANTS[variant])
+    imgs = [np.array(Image.open(p)) for p in sorted((out / "photo").glob("*.png"))]
+    res = {"impl": impl, "model": model, "variant": variant, "device": torch.cuda.get_device_name()}
+    try:
+        with torch.inference_mode():
+            gen.generate(imgs[0])  # warm-up
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            secs, masks = [], []
+            for im in imgs:
+                t0 = time.time()
+                masks.append(len(gen.generate(im)))
+                torch.cuda.synchronize()
+                secs.append(time.time() - t0)
+        res.update(seconds_per_image=float(np.median(secs)), seconds=secs, masks=masks,
+                   peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    except Exception as e:  # e.g. out of memory: reported, not hidden
+        res["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    print(json.dumps(res), flush=True)
+
+
+def decode(seg):
+    """Uncompressed RLE (column-major counts, starting with background) -> (h, w) bool."""
+    h, w = seg["size"]
+    vals = np.zeros(len(seg["counts"]), bool)
+    vals[1::2] = True
+    return np.repeat(vals, seg["counts"]).reshape(w, h).T
+
+
+def match(ours, theirs):
+    """Greedy one-to-one matching by mask IoU: (IoUs of upstream's masks with their match, unmatched)."""
+    mo = [decode(r["segmentation"]).astype(bool) for r in ours]
+    mt = [decode(r["segmentation"]).astype(bool) for r in theirs]
+    used, ious = set(), []
+    for t in mt:
+        best, bi = 0.0, -1
+        for i, o in enumerate(mo):
+            if i in used:
+                continue
+            u = np.logical_or(o, t).sum()
+            iou = 1.0 if u == 0 else np.logical_and(o, t).sum() / u
+            if iou > best:
+                best, bi = iou, i
+        if bi >= 0:
+            used.add(bi)
+        ious.append(best)
+    return ious
+
+
+def parity(model, out):
+    import torch
+    out = Path(out)
+    sam, Gen = build("orig", model, out / f"{model}.pth")
+    gen = Gen(sam, output_mode="uncompressed_rle", **PARITY)  # no pycocotools on that machine
+    flags = [x for k, v in PARITY.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    for n in NAMES:
+        rgb = np.array(Image.open(IMAGES / n).convert("RGB"))
+        with torch.inference_mode():
+            theirs = gen.generate(rgb)
+        for prec in ("fp32", "bf16"):
+            d = out / f"ours_{model}_{prec}"
+            subprocess.run([SAMFAST, "everything", "--checkpoint", out / f"{model}.pth", "--device", "cuda", "--precision",
+                            prec, "--input", IMAGES / n, "--output", d, "--output-mode", "uncompressed_rle", "--overwrite", *flags],
+                           check=True, capture_output=True)
+            ours = json.loads((d / (n[:-4] + ".json")).read_text())
+            ious = match(ours, theirs)
+            same_order = sum(o["point_coords"] == t["point_coords"] for o, t in zip(ours, theirs))
+            print(json.dumps({"parity": model, "precision": prec, "image": n, "ours": len(ours), "upstream": len(theirs),
+                              "mean_iou": float(np.mean(ious)) if ious else None,
+                              "matched_ge_0.99": int(sum(i >= 0.99 for i in ious)),
+                              "same_point_in_order": same_order}), flush=True)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "prepare":
+        prepare(sys.argv[2])
+    elif cmd == "anchor":
+        anchor(*sys.argv[2:6])
+    elif cmd == "parity":
+        parity(sys.argv[2], sys.argv[3])

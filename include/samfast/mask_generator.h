@@ -1,0 +1,67 @@
+// "Segment everything": SamAutomaticMaskGenerator with upstream's options, defaults and records.
+// ref: segment_anything/automatic_mask_generator.py
+#pragma once
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "samfast/model.h"
+
+namespace samfast {
+
+struct Image;
+
+struct MaskGeneratorOptions {  // the names, defaults and meaning of upstream's __init__ arguments
+  int points_per_side = 32;    // 0: use point_grids instead (upstream's None)
+  int points_per_batch = 64;   // points decoded together: memory against speed, same results
+  double pred_iou_thresh = 0.88;
+  double stability_score_thresh = 0.95;
+  double stability_score_offset = 1.0;
+  double box_nms_thresh = 0.7;
+  int crop_n_layers = 0;
+  double crop_nms_thresh = 0.7;
+  double crop_overlap_ratio = 512.0 / 1500.0;
+  int crop_n_points_downscale_factor = 1;
+  std::vector<std::vector<std::array<double, 2>>> point_grids;  // one grid in [0,1]^2 per crop layer
+  int min_mask_region_area = 0;
+  std::string output_mode = "binary_mask";  // binary_mask, uncompressed_rle or coco_rle
+};
+
+struct MaskRecord {
+  // The mask as RLE (always; column-major counts as pycocotools), and in the output mode's form:
+  // `mask` (H, W) 0/1 bytes for binary_mask, `coco_counts` for coco_rle.
+  int height = 0, width = 0;
+  std::vector<uint32_t> rle_counts;
+  std::vector<uint8_t> mask;
+  std::string coco_counts;
+  int64_t area = 0;
+  std::array<int, 4> bbox{};  // x, y, w, h with w = x1 - x0 as upstream
+  float predicted_iou = 0.f;
+  std::array<double, 2> point_coords{};  // the grid point, in image pixels
+  float stability_score = 0.f;
+  std::array<int, 4> crop_box{};  // x, y, w, h
+};
+
+// Where the time of one generate() went (wall clock; the GPU is waited for at each boundary).
+struct GenerateTimings {
+  double encoder_ms = 0, decoder_ms = 0, postprocess_ms = 0;
+  int64_t candidates = 0;  // masks decoded, before any filter
+};
+
+class MaskGenerator {
+ public:
+  // Throws samfast::Error for options upstream would reject (and for out-of-range values).
+  MaskGenerator(const Model& model, MaskGeneratorOptions options = {});
+  const MaskGeneratorOptions& options() const { return options_; }
+  // Records in upstream's order. timings, if given, receives the split of the time.
+  std::vector<MaskRecord> generate(const Image& rgb, GenerateTimings* timings = nullptr) const;
+
+ private:
+  const Model& model_;
+  MaskGeneratorOptions options_;
+  std::vector<std::vector<std::array<double, 2>>> grids_;
+};
+
+}  // namespace samfast

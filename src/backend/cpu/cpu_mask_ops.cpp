@@ -1,0 +1,101 @@
+// Mask measures of the automatic mask generator on the CPU: each plane is upsampled to full
+// resolution one at a time (bounded memory whatever the number of masks), then measured or encoded.
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "backend/cpu/cpu_ops.h"
+#include "pipeline/amg_utils.h"
+#include "pipeline/transforms.h"
+#include "samfast/error.h"
+
+namespace samfast {
+namespace {
+
+void check_planes(const Tensor& low_res, const char* op) {
+  if (low_res.ndim() != 3 || low_res.dim(1) != low_res.dim(2))
+    throw Error(std::string(op) + ": expected (N, L, L) low-res logits, got " + shape_str(low_res.shape));
+}
+
+// Plane i of low_res (N, L, L) upsampled to size: (1, 1, h, w) fp32 logits.
+Tensor full_plane(const Tensor& low_res, int64_t i, int img_size, std::pair<int, int> input_size,
+                  std::pair<int, int> size) {
+  const int64_t L = low_res.dim(1);
+  return postprocess_masks(low_res.item(i).view({1, 1, L, L}), img_size, input_size, size);
+}
+
+}  // namespace
+
+Ops::MaskStats CpuOps::mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                                  std::pair<int, int> size, float thr, float hi, float lo) {
+  check_planes(low_res, "mask_stats");
+  const int64_t n = low_res.dim(0);
+  const auto [h, w] = size;
+  MaskStats s;
+  s.above_hi.resize(n), s.above_lo.resize(n), s.box.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const Tensor m = full_plane(low_res, i, img_size, input_size, size);
+    int32_t inter = 0, uni = 0;
+    int x0 = w, y0 = h, x1 = -1, y1 = -1;
+    for (int r = 0; r < h; ++r) {
+      const float* row = m.data + int64_t(r) * w;
+      int64_t row_hi = 0, row_lo = 0;
+      int first = -1, last = -1;
+      for (int c = 0; c < w; ++c) {
+        row_hi += row[c] > hi;
+        row_lo += row[c] > lo;
+        if (row[c] > thr) {
+          if (first < 0) first = c;
+          last = c;
+        }
+      }
+      // Upstream sums each row with dtype=torch.int16: a count wraps modulo 2^16 (past 32767 columns).
+      inter += int16_t(uint16_t(row_hi));
+      uni += int16_t(uint16_t(row_lo));
+      if (first >= 0) x0 = std::min(x0, first), x1 = std::max(x1, last), y0 = std::min(y0, r), y1 = r;
+    }
+    s.above_hi[i] = inter, s.above_lo[i] = uni;
+    s.box[i] = x1 < 0 ? std::array<int, 4>{0, 0, 0, 0} : std::array<int, 4>{x0, y0, x1, y1};
+  }
+  return s;
+}
+
+std::vector<Rle> CpuOps::mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                                   std::pair<int, int> size, float thr, std::pair<int, int> offset_xy,
+                                   std::pair<int, int> frame_size) {
+  check_planes(low_res, "mask_rles");
+  const auto [h, w] = size;
+  const auto [x0, y0] = offset_xy;
+  const auto [H, W] = frame_size;
+  if (x0 < 0 || y0 < 0 || x0 + w > W || y0 + h > H)
+    throw Error("mask_rles: a " + std::to_string(w) + "x" + std::to_string(h) + " mask at (" + std::to_string(x0) +
+                ", " + std::to_string(y0) + ") does not fit in the " + std::to_string(W) + "x" + std::to_string(H) +
+                " frame");
+  std::vector<Rle> out(low_res.dim(0));
+  std::vector<uint8_t> frame(size_t(H) * W, 0);
+  for (int64_t i = 0; i < low_res.dim(0); ++i) {
+    const Tensor m = full_plane(low_res, i, img_size, input_size, size);
+    for (int r = 0; r < h; ++r) {
+      const float* src = m.data + int64_t(r) * w;
+      uint8_t* dst = frame.data() + int64_t(y0 + r) * W + x0;
+      for (int c = 0; c < w; ++c) dst[c] = src[c] > thr;
+    }
+    out[i] = mask_to_rle(frame.data(), H, W);
+  }
+  return out;
+}
+
+Tensor CpuOps::gather(const Tensor& x, const std::vector<int64_t>& select) {
+  const int64_t n = x.dim(0), inner = n ? x.numel() / n : 0;
+  Shape s = x.shape;
+  s[0] = (int64_t)select.size();
+  Tensor y = Tensor::empty(s);
+  for (size_t i = 0; i < select.size(); ++i) {
+    if (select[i] < 0 || select[i] >= n)
+      throw Error("gather: index " + std::to_string(select[i]) + " outside 0.." + std::to_string(n - 1));
+    std::memcpy(y.data + i * inner, x.data + select[i] * inner, sizeof(float) * inner);
+  }
+  return y;
+}
+
+}  // namespace samfast

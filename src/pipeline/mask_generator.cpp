@@ -1,0 +1,269 @@
+// ref: segment_anything/automatic_mask_generator.py SamAutomaticMaskGenerator
+// Same steps, same order, same arithmetic as upstream. What differs is where the work happens: the
+// filters run on per-mask numbers (IoU, stability counts, boxes) measured by the backend straight
+// from the low-res logits, so full-resolution masks are never stored, and only masks that survive
+// every filter and the per-crop NMS are run-length encoded.
+#include "samfast/mask_generator.h"
+
+#include <chrono>
+#include <cmath>
+#include <string>
+
+#include "backend/ops.h"
+#include "io/image.h"
+#include "pipeline/amg_utils.h"
+#include "pipeline/rle.h"
+#include "pipeline/small_regions.h"
+#include "pipeline/transforms.h"
+#include "samfast/error.h"
+#include "samfast/predictor.h"
+
+namespace samfast {
+namespace {
+
+// A mask that passed the filters of its point batch, until it is written out.
+struct Candidate {
+  float iou = 0.f, stability = 0.f;
+  Point2d point{};   // image pixels
+  BoxXyxyi box{};    // inclusive x0, y0, x1, y1 in image pixels (upstream's batched_mask_to_box)
+  BoxXyxyi crop{};   // x0, y0, x1, y1
+  Rle rle;
+};
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+Image crop_image(const Image& im, const BoxXyxyi& b) {
+  if (b[0] == 0 && b[1] == 0 && b[2] == im.width && b[3] == im.height) return im;
+  Image out;
+  out.height = b[3] - b[1], out.width = b[2] - b[0];
+  out.rgb.resize(size_t(out.height) * out.width * 3);
+  for (int y = 0; y < out.height; ++y)
+    std::copy_n(im.rgb.data() + (size_t(b[1] + y) * im.width + b[0]) * 3, size_t(out.width) * 3,
+                out.rgb.data() + size_t(y) * out.width * 3);
+  return out;
+}
+
+BoxXyxyf to_float(const BoxXyxyi& b) { return {float(b[0]), float(b[1]), float(b[2]), float(b[3])}; }
+
+// Keeps the candidates at `keep`, in that order.
+void filter(std::vector<Candidate>& c, const std::vector<int64_t>& keep) {
+  std::vector<Candidate> out;
+  out.reserve(keep.size());
+  for (int64_t i : keep) out.push_back(std::move(c[size_t(i)]));
+  c = std::move(out);
+}
+
+std::vector<int64_t> nms(const std::vector<Candidate>& c, const std::vector<float>& scores, double thresh) {
+  std::vector<BoxXyxyf> boxes;
+  for (const Candidate& m : c) boxes.push_back(to_float(m.box));
+  return batched_nms(boxes, scores, std::vector<int>(c.size(), 0), thresh);
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw Error("mask generator: " + what);
+}
+
+}  // namespace
+
+MaskGenerator::MaskGenerator(const Model& model, MaskGeneratorOptions o) : model_(model), options_(std::move(o)) {
+  const MaskGeneratorOptions& p = options_;
+  require((p.points_per_side > 0) != !p.point_grids.empty(),
+          "exactly one of points_per_side (> 0) and point_grids must be given");
+  require(p.points_per_side >= 0 && p.points_per_side <= 1024, "points_per_side must be 1..1024");
+  require(p.points_per_batch >= 1 && p.points_per_batch <= 65536, "points_per_batch must be 1..65536");
+  require(p.crop_n_layers >= 0 && p.crop_n_layers <= 8, "crop_n_layers must be 0..8");
+  require(p.crop_n_points_downscale_factor >= 1, "crop_n_points_downscale_factor must be at least 1");
+  require(std::isfinite(p.crop_overlap_ratio) && p.crop_overlap_ratio >= 0 && p.crop_overlap_ratio < 1,
+          "crop_overlap_ratio must be in [0, 1)");
+  for (double v : {p.pred_iou_thresh, p.stability_score_thresh, p.stability_score_offset, p.box_nms_thresh,
+                   p.crop_nms_thresh})
+    require(std::isfinite(v), "thresholds and offsets must be finite numbers");
+  require(p.min_mask_region_area >= 0, "min_mask_region_area must not be negative");
+  require(p.output_mode == "binary_mask" || p.output_mode == "uncompressed_rle" || p.output_mode == "coco_rle",
+          "output_mode '" + p.output_mode + "' is not binary_mask, uncompressed_rle or coco_rle");
+  if (p.points_per_side > 0) {
+    grids_ = build_all_layer_point_grids(p.points_per_side, p.crop_n_layers, p.crop_n_points_downscale_factor);
+    for (size_t i = 0; i < grids_.size(); ++i)
+      require(!grids_[i].empty(), "crop layer " + std::to_string(i) + " would have no points (points_per_side " +
+                                      std::to_string(p.points_per_side) + " / crop_n_points_downscale_factor^" +
+                                      std::to_string(i) + " < 1)");
+  } else {
+    grids_ = p.point_grids;
+    require(grids_.size() == size_t(p.crop_n_layers) + 1,
+            "point_grids must hold one grid per crop layer (" + std::to_string(p.crop_n_layers + 1) + "), got " +
+                std::to_string(grids_.size()));
+    for (const auto& g : grids_) {
+      require(!g.empty(), "a point grid is empty");
+      for (const auto& pt : g)
+        require(pt[0] >= 0 && pt[0] <= 1 && pt[1] >= 0 && pt[1] <= 1, "point grids must lie in [0, 1] x [0, 1]");
+    }
+  }
+}
+
+std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTimings* timings) const {
+  const MaskGeneratorOptions& o = options_;
+  const int H = rgb.height, W = rgb.width, S = model_.config().img_size;
+  const int64_t L = 4 * model_.config().grid();
+  Ops& ops = model_.backend();
+  GenerateTimings t;
+  const CropBoxes crops = generate_crop_boxes(H, W, o.crop_n_layers, o.crop_overlap_ratio);
+  // ref: model.mask_threshold (0.0); torch compares float32 logits with Python floats in float32.
+  const float mask_thr = 0.f, hi = float(0.0 + o.stability_score_offset), lo = float(0.0 - o.stability_score_offset);
+
+  std::vector<Candidate> data;
+  for (size_t ci = 0; ci < crops.boxes.size(); ++ci) {  // ref: _process_crop
+    const BoxXyxyi& cb = crops.boxes[ci];
+    const int ch = cb[3] - cb[1], cw = cb[2] - cb[0];
+    auto t0 = std::chrono::steady_clock::now();
+    Predictor predictor(model_);
+    predictor.set_image(crop_image(rgb, cb));
+    model_.synchronize();
+    t.encoder_ms += ms_since(t0);
+    const std::pair<int, int> input_size = predictor.input_size();
+    // ref: transform.apply_coords, then the prompt encoder's (x + 0.5) / S, in float64.
+    const double sx = double(input_size.second) / cw, sy = double(input_size.first) / ch;
+
+    const auto& grid = grids_[size_t(crops.layer_idxs[ci])];
+    std::vector<Candidate> crop_data;
+    std::vector<Tensor> crop_planes;  // low-res logits of crop_data, batch by batch
+    for (size_t first = 0; first < grid.size(); first += size_t(o.points_per_batch)) {  // ref: _process_batch
+      t0 = std::chrono::steady_clock::now();
+      const int64_t P = (int64_t)std::min(grid.size() - first, size_t(o.points_per_batch));
+      PromptBatch batch;
+      batch.points = Tensor::empty({P, 1, 2});
+      batch.labels = Tensor::empty({P, 1});
+      batch.points_normalized = true;
+      std::vector<Point2d> points(P);
+      for (int64_t i = 0; i < P; ++i) {
+        const auto& g = grid[first + size_t(i)];
+        points[i] = {g[0] * cw, g[1] * ch};  // points_for_image (crop pixels)
+        batch.points.data[2 * i] = float((points[i][0] * sx + 0.5) / S);
+        batch.points.data[2 * i + 1] = float((points[i][1] * sy + 0.5) / S);
+        batch.labels.data[i] = 1.f;
+      }
+      const DecoderOutput dec = predictor.decode(batch, /*multimask_output=*/true);
+      const Tensor iou = model_.download(dec.iou);  // (P, 3)
+      const int64_t M = iou.dim(1);
+      t.decoder_ms += ms_since(t0);
+      t.candidates += P * M;
+      t0 = std::chrono::steady_clock::now();
+
+      std::vector<int64_t> keep;  // ref: iou_preds > pred_iou_thresh
+      for (int64_t k = 0; k < P * M; ++k)
+        if (!(o.pred_iou_thresh > 0) || iou.data[k] > float(o.pred_iou_thresh)) keep.push_back(k);
+      if (keep.empty()) {
+        t.postprocess_ms += ms_since(t0);
+        continue;
+      }
+      const Tensor low = dec.low_res_masks.view({P * M, L, L});
+      const Tensor kept = (int64_t)keep.size() == P * M ? low : ops.gather(low, keep);
+      const Ops::MaskStats st = ops.mask_stats(kept, S, input_size, {ch, cw}, mask_thr, hi, lo);
+      std::vector<BoxXyxyf> boxes;
+      for (const auto& b : st.box) boxes.push_back(to_float(BoxXyxyi{b[0], b[1], b[2], b[3]}));
+      const std::vector<uint8_t> near = is_box_near_crop_edge(boxes, cb, {0, 0, W, H});
+      std::vector<int64_t> survive;
+      for (size_t i = 0; i < keep.size(); ++i) {
+        const float stability = float(st.above_hi[i]) / float(st.above_lo[i]);  // ref: calculate_stability_score
+        if (o.stability_score_thresh > 0 && !(stability >= float(o.stability_score_thresh))) continue;
+        if (near[i]) continue;  // ref: ~is_box_near_crop_edge
+        Candidate c;
+        c.iou = iou.data[keep[i]], c.stability = stability;
+        c.point = points[size_t(keep[i] / M)];
+        c.box = {st.box[i][0], st.box[i][1], st.box[i][2], st.box[i][3]};
+        crop_data.push_back(std::move(c));
+        survive.push_back((int64_t)i);
+      }
+      if (!survive.empty()) crop_planes.push_back(survive.size() == keep.size() ? kept : ops.gather(kept, survive));
+      t.postprocess_ms += ms_since(t0);
+    }
+    if (crop_data.empty()) continue;
+
+    t0 = std::chrono::steady_clock::now();
+    // ref: remove duplicates within this crop (boxes in crop coordinates, scored by predicted IoU)
+    std::vector<float> scores;
+    for (const Candidate& c : crop_data) scores.push_back(c.iou);
+    const std::vector<int64_t> keep = nms(crop_data, scores, o.box_nms_thresh);
+    filter(crop_data, keep);
+    Tensor planes = crop_planes[0];
+    if (crop_planes.size() > 1) {
+      std::vector<Tensor> rows;
+      for (const Tensor& p : crop_planes) rows.push_back(p.view({1, p.dim(0), L * L}));
+      planes = ops.concat(rows);
+    }
+    planes = ops.gather(planes.view({planes.numel() / (L * L), L, L}), keep);
+    std::vector<Rle> rles = ops.mask_rles(planes, S, input_size, {ch, cw}, mask_thr, {cb[0], cb[1]}, {H, W});
+    for (size_t i = 0; i < crop_data.size(); ++i) {  // ref: uncrop boxes, points and masks
+      Candidate& c = crop_data[i];
+      c.box = {c.box[0] + cb[0], c.box[1] + cb[1], c.box[2] + cb[0], c.box[3] + cb[1]};
+      c.point = {c.point[0] + cb[0], c.point[1] + cb[1]};
+      c.crop = cb;
+      c.rle = std::move(rles[i]);
+      data.push_back(std::move(c));
+    }
+    t.postprocess_ms += ms_since(t0);
+  }
+
+  auto t0 = std::chrono::steady_clock::now();
+  if (crops.boxes.size() > 1 && !data.empty()) {  // ref: remove duplicates between crops, preferring smaller crops
+    std::vector<float> scores;
+    for (const Candidate& c : data) scores.push_back(1.f / float((c.crop[2] - c.crop[0]) * (c.crop[3] - c.crop[1])));
+    filter(data, nms(data, scores, o.crop_nms_thresh));
+  }
+
+  if (o.min_mask_region_area > 0 && !data.empty()) {  // ref: postprocess_small_regions
+    const size_t n = data.size();
+    std::vector<float> scores(n);
+    std::vector<Candidate> reboxed(n);  // only the boxes are used: masks are rebuilt for the kept ones
+    auto clean = [&](const Rle& rle, bool& unchanged) {
+      std::vector<uint8_t> m = rle_to_mask(rle);
+      const bool holes = remove_small_regions(m, H, W, o.min_mask_region_area, /*holes=*/true);
+      const bool islands = remove_small_regions(m, H, W, o.min_mask_region_area, /*holes=*/false);
+      unchanged = !holes && !islands;
+      return m;
+    };
+#pragma omp parallel for schedule(dynamic)
+    for (size_t i = 0; i < n; ++i) {
+      bool unchanged = true;
+      const std::vector<uint8_t> m = clean(data[i].rle, unchanged);
+      const std::array<int, 4> b = mask_bbox_xywh(m.data(), H, W);
+      reboxed[i].box = {b[0], b[1], b[0] + b[2], b[1] + b[3]};
+      scores[i] = unchanged ? 1.f : 0.f;  // NMS prefers masks that needed no change
+    }
+    const std::vector<int64_t> keep =
+        nms(reboxed, scores, std::max(o.box_nms_thresh, o.crop_nms_thresh));
+#pragma omp parallel for schedule(dynamic)
+    for (size_t k = 0; k < keep.size(); ++k) {
+      const size_t i = size_t(keep[k]);
+      if (scores[i] != 0.f) continue;
+      bool unchanged = true;
+      const std::vector<uint8_t> m = clean(data[i].rle, unchanged);
+      data[i].rle = mask_to_rle(m.data(), H, W);
+      data[i].box = reboxed[i].box;
+    }
+    filter(data, keep);
+  }
+
+  std::vector<MaskRecord> records(data.size());
+#pragma omp parallel for schedule(dynamic)
+  for (size_t i = 0; i < data.size(); ++i) {
+    Candidate& c = data[i];
+    MaskRecord& r = records[i];
+    r.height = H, r.width = W;
+    if (o.output_mode == "binary_mask") r.mask = rle_to_mask(c.rle);
+    if (o.output_mode == "coco_rle") r.coco_counts = rle_to_coco_string(c.rle);
+    r.area = rle_area(c.rle);
+    r.bbox = {c.box[0], c.box[1], c.box[2] - c.box[0], c.box[3] - c.box[1]};
+    r.predicted_iou = c.iou;
+    r.point_coords = c.point;
+    r.stability_score = c.stability;
+    r.crop_box = {c.crop[0], c.crop[1], c.crop[2] - c.crop[0], c.crop[3] - c.crop[1]};
+    r.rle_counts = std::move(c.rle.counts);
+  }
+  t.postprocess_ms += ms_since(t0);
+  if (timings) *timings = t;
+  return records;
+}
+
+}  // namespace samfast
