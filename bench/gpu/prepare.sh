@@ -6,10 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DSAMFAST_CUDA=ON >/dev/null
-cmake --build build-dev -j"$(nproc)" --target samfast_cli parity_tool samfast_gpu_tests samfast_tests
+cmake --build build-dev -j"$(nproc)" --target samfast_cli parity_tool samfast_gpu_tests
 rm -rf .devbin && mkdir -p .devbin/tests .devbin/lib
 cp build-dev/samfast .devbin/
-cp build-dev/tests/parity_tool build-dev/tests/samfast_gpu_tests build-dev/tests/samfast_tests .devbin/tests/
+# (the CPU unit tests run here, not there: the carried folders must stay under 64 MiB)
+cp build-dev/tests/parity_tool build-dev/tests/samfast_gpu_tests .devbin/tests/
 for bin in .devbin/samfast .devbin/tests/*; do
   ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libopenblas|libgfortran|libquadmath|libgomp|libjpeg|libzip' || true
 done | sort -u | while read -r lib; do cp -L "$lib" .devbin/lib/; done
@@ -17,6 +18,8 @@ done | sort -u | while read -r lib; do cp -L "$lib" .devbin/lib/; done
 patchelf --set-rpath '$ORIGIN/lib' .devbin/samfast
 for bin in .devbin/tests/*; do patchelf --set-rpath '$ORIGIN/../lib' "$bin"; done
 for lib in .devbin/lib/*; do patchelf --set-rpath '$ORIGIN' "$lib"; done  # openblas -> gfortran, quadmath
+# Symbols are not needed there, and the carried folders must stay under the 64 MiB a call may carry.
+strip --strip-unneeded .devbin/samfast .devbin/tests/* .devbin/lib/*
 du -sh .devbin
 [ -d .whl/pysrc/segment_anything ] || echo "note: put segment_anything and segment_anything_fast under .whl/pysrc (see bench/gpu/README)"
 cp ../shared/bench/anchor_bench.py .whl/anchor_bench.py

@@ -56,7 +56,7 @@ if [[ " $steps " == *" amg "* ]]; then
     --input "$SAMFAST_TESTDATA/images/truck.jpg" --output /tmp/sanitize_amg --overwrite --points-per-side 6 \
     --pred-iou-thresh 0 --stability-score-thresh 0 --crop-n-layers 1 --min-mask-region-area 100 2>&1 | tail -1 \
     | sed "s/^/memcheck everything tiny bf16: /" | tee -a "$OUT/sanitize.log"
-  timeout 240 python3 bench/gpu/amg_bench.py parity vit_b "$A" 2>&1 | grep '^{' | tee -a "$OUT/amg_parity.jsonl"
+  timeout 300 python3 bench/gpu/amg_bench.py parity vit_b "$A" 2>&1 | grep '^{' | tee -a "$OUT/amg_parity.jsonl"
   for m in vit_b vit_h; do
     for v in default low; do
       extra=(); [ "$v" = low ] && extra=(--pred-iou-thresh 0 --stability-score-thresh 0)

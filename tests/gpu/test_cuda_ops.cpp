@@ -133,6 +133,13 @@ TEST_P(CudaOpsTest, LayerNorm) {
   expect_close(gpu->layer_norm(up(x2), up(w2), up(b2), 1e-6f, Act::GELU), cpu.layer_norm(x2, w2, b2, 1e-6f, Act::GELU), "layer_norm C=32 gelu");
   Tensor x3 = rand({1, 7, 1280}), w3 = rand({1280}, 0.8f, 1.2f), b3 = rand({1280}, -0.1f, 0.1f);
   expect_close(gpu->layer_norm(up(x3), up(w3), up(b3), 1e-5f, Act::None), cpu.layer_norm(x3, w3, b3, 1e-5f, Act::None), "layer_norm C=1280");
+  // Narrow rows share a warp (64 channels: 8 lanes a row, 37 rows leave a group partly empty); a row
+  // that is no whole number of 16-byte chunks (C=20 in bf16) and a very wide one take the scalar kernel.
+  for (int C : {64, 256, 20, 4000}) {
+    Tensor xc = rand({37, C}, -2.f, 3.f), wc = rand({C}, 0.8f, 1.2f), bc = rand({C}, -0.1f, 0.1f);
+    expect_close(gpu->layer_norm(up(xc), up(wc), up(bc), 1e-6f, Act::GELU), cpu.layer_norm(xc, wc, bc, 1e-6f, Act::GELU),
+                 "layer_norm C=" + std::to_string(C) + " gelu");
+  }
 }
 
 TEST_P(CudaOpsTest, Conv2d) {
@@ -155,6 +162,10 @@ TEST_P(CudaOpsTest, ConvTranspose2x2) {
   Tensor x = rand({2, 8, 8, 64}), w = rand({64, 16, 2, 2}, -0.1f, 0.1f), b = rand({16});
   expect_close(gpu->conv_transpose2x2(up(x), up(w), up(b), Act::None), cpu.conv_transpose2x2(x, w, b, Act::None), "conv_transpose2x2");
   expect_close(gpu->conv_transpose2x2(up(x), up(w), up(b), Act::GELU), cpu.conv_transpose2x2(x, w, b, Act::GELU), "conv_transpose2x2 gelu");
+  // Channel counts off the 16-byte vector width take the strided path.
+  Tensor w6 = rand({64, 6, 2, 2}, -0.1f, 0.1f), b6 = rand({6});
+  expect_close(gpu->conv_transpose2x2(up(x), up(w6), up(b6), Act::GELU), cpu.conv_transpose2x2(x, w6, b6, Act::GELU),
+               "conv_transpose2x2 Cout 6 gelu");
 }
 
 TEST_P(CudaOpsTest, AddBroadcast) {
@@ -214,7 +225,9 @@ TEST_P(CudaOpsTest, RelPosAttention) {
 
 TEST_P(CudaOpsTest, Attention) {
   struct Case { int B, Nq, Nk, D, heads; };
-  const Case cases[] = {{2, 7, 4096, 256, 8}, {1, 4096, 7, 128, 8}, {2, 7, 7, 256, 8}, {1, 33, 100, 256, 4}};
+  // {3, 7, 4096, 128, 8} and {2, 8, 301, 128, 8}: the query-group kernel (head dim 16, <= 8 queries).
+  const Case cases[] = {{2, 7, 4096, 256, 8}, {1, 4096, 7, 128, 8}, {2, 7, 7, 256, 8}, {1, 33, 100, 256, 4},
+                        {3, 7, 4096, 128, 8},  {2, 8, 301, 128, 8},  {2, 3, 40, 128, 8}};
   for (const Case& c : cases) {
     Tensor q = rand({c.B, c.Nq, c.D}, -2.f, 2.f), k = rand({c.B, c.Nk, c.D}, -2.f, 2.f), v = rand({c.B, c.Nk, c.D});
     const std::string name = "attention Nq " + std::to_string(c.Nq) + " Nk " + std::to_string(c.Nk) + " hd " +
@@ -237,6 +250,9 @@ TEST_P(CudaOpsTest, AttentionBroadcast) {
   Tensor q = rand({B, 7, 256}, -2.f, 2.f), k1 = rand({1, 500, 256}, -2.f, 2.f), v1 = rand({1, 500, 256});
   expect_close(gpu->attention(up(q), up(k1), up(v1), 8), cpu.attention(q, repeat(k1, B), repeat(v1, B), 8),
                "attention shared k, v");
+  Tensor q16 = rand({B, 7, 128}, -2.f, 2.f), k16 = rand({1, 4096, 128}, -2.f, 2.f), v16 = rand({1, 4096, 128});
+  expect_close(gpu->attention(up(q16), up(k16), up(v16), 8), cpu.attention(q16, repeat(k16, B), repeat(v16, B), 8),
+               "attention shared k, v (query group)");
 }
 
 TEST_P(CudaOpsTest, PostprocessMasks) {

@@ -454,6 +454,21 @@ __device__ __forceinline__ void load_row(const T* __restrict src, float* dst) {
   }
 }
 
+// Stores HD values src[d] / div as T, 16 bytes at a time (a thread's output row is contiguous; scalar
+// 2-byte stores from rows 256 bytes apart made the decoder's image-to-token attention write-bound).
+template <class T, int HD>
+__device__ __forceinline__ void store_row(T* __restrict dst, const float* src, float div) {
+  constexpr int kPer = 16 / sizeof(T);
+#pragma unroll
+  for (int c = 0; c < HD / kPer; ++c) {
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) e[i] = from_f32<T>(src[c * kPer + i] / div);
+    reinterpret_cast<uint4*>(dst)[c] = raw;
+  }
+}
+
 // Few keys (Nk <= kMaxFewKeys): the keys and values of one (b, head) sit in shared memory and each
 // thread computes one query's whole softmax.
 constexpr int kMaxFewKeys = 32;
@@ -491,9 +506,7 @@ __global__ void __launch_bounds__(128) mha_few_keys(const T* __restrict q, const
 #pragma unroll
     for (int d = 0; d < HD; ++d) o[d] += p * sV[j][d];
   }
-  T* orow = out + (b * Nq + qi) * D + h * HD;
-#pragma unroll
-  for (int d = 0; d < HD; ++d) orow[d] = from_f32<T>(o[d] / l);
+  store_row<T, HD>(out + (b * Nq + qi) * D + h * HD, o, l);
 }
 
 // Many keys: one block per (b, head, query); its 8 warps split the keys (a block per (b, head) left
@@ -558,6 +571,85 @@ __global__ void __launch_bounds__(kManyKeysWarps * 32) mha_many_keys(const T* __
   }
 }
 
+// Many keys, few queries (the decoder's token-to-image attention: 7 tokens, 4096 image keys): one
+// block per (b, head, group of kGroupQueries queries), so each key and value row is read once per
+// group instead of once per query (mha_many_keys re-read them from L2 per query and was bound by
+// it). Groups of 4 keep o in registers without spilling (8 spilled) and leave enough warps per SM.
+// Each lane keeps an online softmax per query over its keys; lanes, then warps, are merged.
+constexpr int kGroupQueries = 4, kGroupWarps = 4;
+template <class T, int HD>
+__global__ void __launch_bounds__(kGroupWarps * 32) mha_query_group(const T* __restrict q, const T* __restrict k,
+                                                                    const T* __restrict v, T* __restrict out, int Nq,
+                                                                    int Nk, int D, int heads, float inv_sqrt_hd,
+                                                                    int q_step, int kv_step) {
+  __shared__ float s_q[kGroupQueries][HD], s_m[kGroupWarps][kGroupQueries], s_l[kGroupWarps][kGroupQueries];
+  __shared__ float s_o[kGroupWarps][kGroupQueries][HD];
+  const int groups = (Nq + kGroupQueries - 1) / kGroupQueries;
+  const int g = blockIdx.x % groups, h = (blockIdx.x / groups) % heads;
+  const int64_t b = blockIdx.x / (int64_t(groups) * heads), bq = b * q_step, bkv = b * kv_step;
+  const int q0 = g * kGroupQueries, nq = min(kGroupQueries, Nq - q0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int i = threadIdx.x; i < nq * HD; i += blockDim.x)
+    s_q[i / HD][i % HD] = to_f32(q[(bq * Nq + q0 + i / HD) * D + h * HD + i % HD]);
+  __syncthreads();
+  float m[kGroupQueries], l[kGroupQueries], o[kGroupQueries][HD], kr[HD], vr[HD];
+#pragma unroll
+  for (int i = 0; i < kGroupQueries; ++i) {
+    m[i] = -INFINITY, l[i] = 0.f;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) o[i][d] = 0.f;
+  }
+  for (int j = threadIdx.x; j < Nk; j += blockDim.x) {
+    load_row<T, HD>(k + (bkv * Nk + j) * D + h * HD, kr);
+    load_row<T, HD>(v + (bkv * Nk + j) * D + h * HD, vr);
+#pragma unroll
+    for (int i = 0; i < kGroupQueries; ++i) {
+      if (i >= nq) break;
+      float s = 0.f;
+#pragma unroll
+      for (int d = 0; d < HD; ++d) s += s_q[i][d] * kr[d];
+      s *= inv_sqrt_hd;
+      const float mn = fmaxf(m[i], s), c = expf(m[i] - mn), p = expf(s - mn);
+      l[i] = l[i] * c + p;
+#pragma unroll
+      for (int d = 0; d < HD; ++d) o[i][d] = o[i][d] * c + p * vr[d];
+      m[i] = mn;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kGroupQueries; ++i) {
+    if (i >= nq) break;
+    float mw = m[i];
+    for (int sh = 16; sh; sh /= 2) mw = fmaxf(mw, __shfl_xor_sync(0xffffffffu, mw, sh));
+    const float c = m[i] == -INFINITY ? 0.f : expf(m[i] - mw);
+    float li = l[i] * c;
+    for (int sh = 16; sh; sh /= 2) li += __shfl_xor_sync(0xffffffffu, li, sh);
+#pragma unroll
+    for (int d = 0; d < HD; ++d) {
+      float x = o[i][d] * c;
+      for (int sh = 16; sh; sh /= 2) x += __shfl_xor_sync(0xffffffffu, x, sh);
+      if (lane == d % 32) s_o[warp][i][d] = x;
+    }
+    if (lane == 0) s_m[warp][i] = mw, s_l[warp][i] = li;
+  }
+  __syncthreads();
+  for (int i = warp; i < nq; i += kGroupWarps) {
+    float mall = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kGroupWarps; ++w) mall = fmaxf(mall, s_m[w][i]);
+    float lall = 0.f;
+#pragma unroll
+    for (int w = 0; w < kGroupWarps; ++w) lall += s_m[w][i] == -INFINITY ? 0.f : s_l[w][i] * expf(s_m[w][i] - mall);
+    T* orow = out + (b * Nq + q0 + i) * D + h * HD;
+    for (int d = lane; d < HD; d += 32) {
+      float x = 0.f;
+#pragma unroll
+      for (int w = 0; w < kGroupWarps; ++w) x += s_m[w][i] == -INFINITY ? 0.f : s_o[w][i][d] * expf(s_m[w][i] - mall);
+      orow[d] = from_f32<T>(x / lall);
+    }
+  }
+}
+
 void check(bool ok, const char* op, const std::string& what) {
   if (!ok) throw Error(std::string(op) + ": " + what);
 }
@@ -602,6 +694,13 @@ void launch_mha(const CudaContext& ctx, const void* q, const void* k, const void
     const dim3 grid((unsigned)((Nq + 127) / 128), (unsigned)heads, (unsigned)B);
     mha_few_keys<T, HD><<<grid, 128, 0, ctx.stream>>>(qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale, q_step,
                                                               kv_step);
+  } else if (HD <= 16 && Nq <= 2 * kGroupQueries) {  // registers: o holds kGroupQueries x HD floats
+    if constexpr (HD <= 16) {
+      const int64_t blocks = B * heads * ((Nq + kGroupQueries - 1) / kGroupQueries);
+      check(blocks < (int64_t(1) << 31), "attention", "batch too large: " + std::to_string(B));
+      mha_query_group<T, HD><<<(unsigned)blocks, kGroupWarps * 32, 0, ctx.stream>>>(
+          qp, kp, vp, static_cast<T*>(out), Nq, Nk, D, heads, scale, q_step, kv_step);
+    }
   } else {
     check(B * heads * Nq < (int64_t(1) << 31), "attention", "too many queries");
     mha_many_keys<T, HD><<<(unsigned)(B * heads * Nq), kManyKeysWarps * 32, 0, ctx.stream>>>(

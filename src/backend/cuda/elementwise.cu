@@ -1,6 +1,7 @@
 // Normalisation, elementwise, layout and transfer ops of the CUDA backend, and the backend's
 // constructor and tensor allocation. Arithmetic is fp32 whatever the storage type.
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -74,6 +75,88 @@ __global__ void layer_norm_kernel(const T* __restrict x, const T* __restrict w, 
   T* out = y + row * C;
   for (int c = lane; c < C; c += 32)
     out[c] = from_f32<T>(apply((to_f32(in[c]) - mean) * rstd * to_f32(w[c]) + to_f32(b[c]), act));
+}
+
+// The vectorised LayerNorm: a group of G lanes per row (G = 32, or fewer for narrow rows so that no
+// lane idles: 8 lanes for the 64 channels of the decoder's upscaling), each holding NV 16-byte chunks
+// of the row in registers: one read and one write of memory, where the scalar kernel above read
+// each element three times with 2-byte accesses.
+template <class T, int G, int NV>
+__global__ void layer_norm_vec_kernel(const T* __restrict x, const T* __restrict w, const T* __restrict b,
+                                      T* __restrict y, int64_t rows, int C, float eps, Act act) {
+  constexpr int kPer = 16 / sizeof(T);
+  const int sub = threadIdx.x % G, nvec = C / kPer;
+  const int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / G;
+  const bool active = row < rows;  // inactive lanes still join the shuffles
+  float v[NV][kPer];
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int c = sub + j * G;
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (active && c < nvec) raw = reinterpret_cast<const uint4*>(x + row * C)[c];
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) v[j][k] = to_f32(e[k]), s += v[j][k];
+  }
+  for (int o = G / 2; o; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  const float mean = s / C;
+  float q = 0.f;
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+    if (sub + j * G < nvec)
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) q += (v[j][k] - mean) * (v[j][k] - mean);
+  for (int o = G / 2; o; o /= 2) q += __shfl_xor_sync(0xffffffffu, q, o);
+  const float rstd = rsqrtf(q / C + eps);
+  if (!active) return;
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int c = sub + j * G;
+    if (c >= nvec) continue;
+    const uint4 rw = reinterpret_cast<const uint4*>(w)[c], rb = reinterpret_cast<const uint4*>(b)[c];
+    const T* ew = reinterpret_cast<const T*>(&rw);
+    const T* eb = reinterpret_cast<const T*>(&rb);
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k)
+      e[k] = from_f32<T>(apply((v[j][k] - mean) * rstd * to_f32(ew[k]) + to_f32(eb[k]), act));
+    reinterpret_cast<uint4*>(y + row * C)[c] = raw;
+  }
+}
+
+// Launches the vectorised LayerNorm when the row fits its shapes; false otherwise.
+template <class T>
+bool launch_layer_norm_vec(const T* x, const T* w, const T* b, T* y, int64_t rows, int C, float eps, Act act,
+                           cudaStream_t stream) {
+  constexpr int kPer = 16 / sizeof(T);
+  const int nvec = C / kPer;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (C % kPer != 0 || nvec > 32 * 10 || !aligned(x) || !aligned(w) || !aligned(b) || !aligned(y)) return false;
+  auto go = [&](auto g, auto nv) {
+    constexpr int kG = decltype(g)::value, kNV = decltype(nv)::value;
+    const int threads = 256;
+    const unsigned blocks = static_cast<unsigned>((rows * kG + threads - 1) / threads);
+    layer_norm_vec_kernel<T, kG, kNV><<<blocks, threads, 0, stream>>>(x, w, b, y, rows, C, eps, act);
+    return true;
+  };
+  using std::integral_constant;
+  if (nvec <= 4) return go(integral_constant<int, 4>{}, integral_constant<int, 1>{});
+  if (nvec <= 8) return go(integral_constant<int, 8>{}, integral_constant<int, 1>{});
+  if (nvec <= 16) return go(integral_constant<int, 16>{}, integral_constant<int, 1>{});
+  switch ((nvec + 31) / 32) {
+    case 1: return go(integral_constant<int, 32>{}, integral_constant<int, 1>{});
+    case 2: return go(integral_constant<int, 32>{}, integral_constant<int, 2>{});
+    case 3: return go(integral_constant<int, 32>{}, integral_constant<int, 3>{});
+    case 4: return go(integral_constant<int, 32>{}, integral_constant<int, 4>{});
+    case 5: return go(integral_constant<int, 32>{}, integral_constant<int, 5>{});
+    case 6: return go(integral_constant<int, 32>{}, integral_constant<int, 6>{});
+    case 7: return go(integral_constant<int, 32>{}, integral_constant<int, 7>{});
+    case 8: return go(integral_constant<int, 32>{}, integral_constant<int, 8>{});
+    case 9: return go(integral_constant<int, 32>{}, integral_constant<int, 9>{});
+    default: return go(integral_constant<int, 32>{}, integral_constant<int, 10>{});
+  }
 }
 
 // I: the index type; 32-bit wherever the tensor allows, since a 64-bit modulo per element costs
@@ -197,6 +280,14 @@ Tensor CudaOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, fl
   check(w.numel() == C && b.numel() == C, "layer_norm", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
   Tensor y = empty(x.shape);
   if (rows == 0) return y;
+  bool done = false;
+  SAMFAST_DISPATCH(dt_, T,
+                   done = launch_layer_norm_vec<T>(x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), rows, (int)C, eps,
+                                                   act, ctx_->stream));
+  if (done) {
+    CUDA_LAUNCH_CHECK();
+    return y;
+  }
   const int warps = kThreads / 32;
   const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);
   SAMFAST_DISPATCH(dt_, T,
