@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -164,8 +165,30 @@ int run_everything(Args a) {
   const bool binary = a.output_mode == "binary_mask";
   const bool tty = isatty(fileno(stderr));
 
-  int done = 0, skipped = 0, failed = 0;
+  // What each input gets, decided before any work so that the next image to process is known and
+  // can be decoded on another thread while the current one is on the GPU.
+  enum class Plan { Run, Duplicate, Done };
+  std::vector<Plan> plan(inputs.size(), Plan::Run);
+  std::vector<std::string> owner(inputs.size());
   std::map<std::string, fs::path> claimed;  // output name -> the input that has it
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const std::string base = inputs[k].stem().string();
+    if (auto [it, fresh] = claimed.emplace(base, inputs[k]); !fresh)
+      plan[k] = Plan::Duplicate, owner[k] = it->second.filename().string();
+    else if (fs::exists(out_dir / (binary ? base : base + ".json")) && !a.overwrite)
+      plan[k] = Plan::Done;
+  }
+  auto next_to_run = [&](size_t from) {
+    while (from < inputs.size() && plan[from] != Plan::Run) ++from;
+    return from;
+  };
+  auto decode_async = [&](size_t k) {
+    return std::async(std::launch::async, [path = inputs[k].string()] { return read_image(path); });
+  };
+  std::future<Image> prefetched;
+  if (size_t first = next_to_run(0); first < inputs.size()) prefetched = decode_async(first);
+
+  int done = 0, skipped = 0, failed = 0;
   const double t_start = now_ms();
   int processed = 0;
   for (size_t k = 0; k < inputs.size(); ++k) {
@@ -177,19 +200,21 @@ int run_everything(Args a) {
       if (tty) std::cerr << "\r\033[K";
       std::cerr << tag << ": " << line << "\n";
     };
-    if (auto [it, fresh] = claimed.emplace(base, in); !fresh) {
-      report("FAILED: its output name '" + base + "' is taken by " + it->second.filename().string() + " (rename one)");
+    if (plan[k] == Plan::Duplicate) {
+      report("FAILED: its output name '" + base + "' is taken by " + owner[k] + " (rename one)");
       ++failed;
       continue;
     }
-    if (fs::exists(target) && !a.overwrite) {
+    if (plan[k] == Plan::Done) {
       if (!tty) report("skipped (" + target.string() + " exists; --overwrite redoes it)");
       ++skipped;
       continue;
     }
+    std::future<Image> current = std::move(prefetched);
+    if (size_t n = next_to_run(k + 1); n < inputs.size()) prefetched = decode_async(n);
     try {
       const double t0 = now_ms();
-      const Image img = read_image(in.string());
+      const Image img = current.get();  // rethrows a decoding error of this image
       GenerateTimings tm;
       const std::vector<MaskRecord> masks = generator.generate(img, &tm);
       const fs::path tmp = out_dir / (".samfast-tmp-" + std::to_string(getpid()) + "-" + base);

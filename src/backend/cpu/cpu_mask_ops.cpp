@@ -5,17 +5,13 @@
 #include <string>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/mask_checks.h"
 #include "pipeline/amg_utils.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
 
 namespace samfast {
 namespace {
-
-void check_planes(const Tensor& low_res, const char* op) {
-  if (low_res.ndim() != 3 || low_res.dim(1) != low_res.dim(2))
-    throw Error(std::string(op) + ": expected (N, L, L) low-res logits, got " + shape_str(low_res.shape));
-}
 
 // Plane i of low_res (N, L, L) upsampled to size: (1, 1, h, w) fp32 logits.
 Tensor full_plane(const Tensor& low_res, int64_t i, int img_size, std::pair<int, int> input_size,
@@ -28,7 +24,7 @@ Tensor full_plane(const Tensor& low_res, int64_t i, int img_size, std::pair<int,
 
 Ops::MaskStats CpuOps::mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                   std::pair<int, int> size, float thr, float hi, float lo) {
-  check_planes(low_res, "mask_stats");
+  check_mask_planes(low_res, "mask_stats");
   const int64_t n = low_res.dim(0);
   const auto [h, w] = size;
   MaskStats s;
@@ -63,14 +59,11 @@ Ops::MaskStats CpuOps::mask_stats(const Tensor& low_res, int img_size, std::pair
 std::vector<Rle> CpuOps::mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                    std::pair<int, int> size, float thr, std::pair<int, int> offset_xy,
                                    std::pair<int, int> frame_size) {
-  check_planes(low_res, "mask_rles");
+  check_mask_planes(low_res, "mask_rles");
   const auto [h, w] = size;
   const auto [x0, y0] = offset_xy;
   const auto [H, W] = frame_size;
-  if (x0 < 0 || y0 < 0 || x0 + w > W || y0 + h > H)
-    throw Error("mask_rles: a " + std::to_string(w) + "x" + std::to_string(h) + " mask at (" + std::to_string(x0) +
-                ", " + std::to_string(y0) + ") does not fit in the " + std::to_string(W) + "x" + std::to_string(H) +
-                " frame");
+  check_mask_frame(size, offset_xy, frame_size);
   std::vector<Rle> out(low_res.dim(0));
   std::vector<uint8_t> frame(size_t(H) * W, 0);
   for (int64_t i = 0; i < low_res.dim(0); ++i) {

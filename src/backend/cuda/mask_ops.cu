@@ -6,14 +6,10 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/postprocess.h"
+#include "backend/mask_checks.h"
 
 namespace samfast {
 namespace {
-
-void check_planes(const Tensor& low_res, const char* op) {
-  if (low_res.ndim() != 3 || low_res.dim(1) != low_res.dim(2))
-    throw Error(std::string(op) + ": expected (N, L, L) low-res logits, got " + shape_str(low_res.shape));
-}
 
 // Host copy of n elements of device memory (waits for the stream).
 template <class T>
@@ -28,7 +24,7 @@ std::vector<T> to_host(const void* p, size_t n, cudaStream_t stream) {
 
 Ops::MaskStats CudaOps::mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                    std::pair<int, int> size, float thr, float hi, float lo) {
-  check_planes(low_res, "mask_stats");
+  check_mask_planes(low_res, "mask_stats");
   expect(low_res, "mask_stats", "masks");
   const int64_t n = low_res.dim(0), L = low_res.dim(1);
   MaskStats s;
@@ -56,18 +52,12 @@ Ops::MaskStats CudaOps::mask_stats(const Tensor& low_res, int img_size, std::pai
 std::vector<Rle> CudaOps::mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                     std::pair<int, int> size, float thr, std::pair<int, int> offset_xy,
                                     std::pair<int, int> frame_size) {
-  check_planes(low_res, "mask_rles");
+  check_mask_planes(low_res, "mask_rles");
   expect(low_res, "mask_rles", "masks");
   const auto [h, w] = size;
   const auto [x0, y0] = offset_xy;
   const auto [H, W] = frame_size;
-  if (h <= 0 || w <= 0 || x0 < 0 || y0 < 0 || x0 + w > W || y0 + h > H)
-    throw Error("mask_rles: a " + std::to_string(w) + "x" + std::to_string(h) + " mask at (" + std::to_string(x0) +
-                ", " + std::to_string(y0) + ") does not fit in the " + std::to_string(W) + "x" + std::to_string(H) +
-                " frame");
-  if (uint64_t(H) * uint64_t(W) > 0xffffffffull)
-    throw Error("mask_rles: a " + std::to_string(W) + "x" + std::to_string(H) +
-                " frame has more than 2^32-1 pixels, which 32-bit RLE counts cannot hold");
+  check_mask_frame(size, offset_xy, frame_size);
   const int64_t n = low_res.dim(0), L = low_res.dim(1);
   std::vector<Rle> out(n);
   // Binary masks in chunks of at most ~256 MiB, so memory stays bounded whatever the mask count.

@@ -153,14 +153,21 @@ void check_sizes(const char* what, int64_t planes, int L, int S, int in_h, int i
 
 }  // namespace
 
+// Both outputs of the pixel-by-pixel post-processing: fp32 logits (or 0/1) and 0/1 bytes.
+template <class T, class Out>
+void launch_postprocess(const char* what, const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W,
+                        bool binarize, float thr, Out* out, cudaStream_t stream) {
+  check_sizes(what, planes, L, S, in_h, in_w, H, W);
+  const dim3 grid(static_cast<unsigned>((W + kTileX - 1) / kTileX), static_cast<unsigned>((H + kTileY - 1) / kTileY),
+                  static_cast<unsigned>(planes));
+  postprocess_kernel<T, Out><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, H, W, binarize, thr, out);
+  check_launch(what);
+}
+
 template <class T>
 void postprocess_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W, bool binarize,
                        float* out, cudaStream_t stream) {
-  check_sizes("postprocess_masks", planes, L, S, in_h, in_w, H, W);
-  const dim3 grid(static_cast<unsigned>((W + kTileX - 1) / kTileX), static_cast<unsigned>((H + kTileY - 1) / kTileY),
-                  static_cast<unsigned>(planes));
-  postprocess_kernel<T, float><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, H, W, binarize, 0.f, out);
-  check_launch("postprocess_masks");
+  launch_postprocess<T, float>("postprocess_masks", low, planes, L, S, in_h, in_w, H, W, binarize, 0.f, out, stream);
 }
 
 template <class T>
@@ -178,11 +185,7 @@ void mask_stats(const T* low, int64_t planes, int L, int S, int in_h, int in_w, 
 template <class T>
 void binary_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int h, int w, float thr,
                   uint8_t* out, cudaStream_t stream) {
-  check_sizes("binary_masks", planes, L, S, in_h, in_w, h, w);
-  const dim3 grid(static_cast<unsigned>((w + kTileX - 1) / kTileX), static_cast<unsigned>((h + kTileY - 1) / kTileY),
-                  static_cast<unsigned>(planes));
-  postprocess_kernel<T, uint8_t><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, h, w, true, thr, out);
-  check_launch("binary_masks");
+  launch_postprocess<T, uint8_t>("binary_masks", low, planes, L, S, in_h, in_w, h, w, true, thr, out, stream);
 }
 
 void count_run_starts(const uint8_t* masks, int64_t planes, int h, int w, int x0, int y0, int H, int W,
