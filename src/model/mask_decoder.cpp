@@ -65,12 +65,13 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
     }
     queries = norm(queries, L + ".norm1");
     const bool first_shared = shared && l == 0;  // keys are still the same for every prompt
-    Tensor q = ops.add(queries, query_pe), k = first_shared ? keys1_pe : ops.add(keys, key_pe);
+    // keys + key_pe serves both cross attentions: keys change only at the end of the layer.
+    const Tensor k = first_shared ? keys1_pe : ops.add(keys, key_pe);
+    Tensor q = ops.add(queries, query_pe);
     queries = norm(attend(L + ".cross_attn_token_to_image", q, k, first_shared ? keys1 : keys, &queries), L + ".norm2");
     Tensor h = ops.linear(queries, w(L + ".mlp.lin1.weight"), &w(L + ".mlp.lin1.bias"), Act::ReLU);
     queries = norm(ops.linear(h, w(L + ".mlp.lin2.weight"), &w(L + ".mlp.lin2.bias"), Act::None, &queries), L + ".norm3");
     q = ops.add(queries, query_pe);
-    k = first_shared ? keys1_pe : ops.add(keys, key_pe);
     keys = norm(attend(L + ".cross_attn_image_to_token", k, q, queries, &keys), L + ".norm4");
   }
   {
