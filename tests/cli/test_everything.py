@@ -51,7 +51,7 @@ def test_folder_run_layout_failure_and_resume(samfast, tiny, folder, tmp_path):
     assert (out / "a_dog" / "metadata.csv").stat().st_mtime_ns == stamp
 
     (folder / "b_broken.jpg").unlink()
-    (out / ".samfast-tmp-999-c_truck").mkdir()  # as left by a run killed mid-image
+    (out / ".samfast-tmp-99999999-c_truck").mkdir()  # as left by a killed run (no such pid)
     import shutil
     shutil.rmtree(out / "c_truck")
     p = run(samfast, tiny, folder, out)

@@ -5,11 +5,13 @@
 // image cut off by a crash or Ctrl-C. An unreadable image is reported and skipped; the exit status
 // is 1 if any image failed.
 #include <glob.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -156,9 +158,15 @@ int run_everything(Args a) {
   if (fs::exists(a.output) && !fs::is_directory(a.output)) throw Error("--output " + a.output + " exists and is not a folder");
   fs::create_directories(a.output);
   const fs::path out_dir(a.output);
-  // Leftovers of an interrupted run (our own temporary names only).
-  for (const auto& e : fs::directory_iterator(out_dir))
-    if (e.path().filename().string().rfind(".samfast-tmp-", 0) == 0) fs::remove_all(e.path());
+  // Leftovers of an interrupted run: our own temporary names, whose process (the pid in the name) is
+  // gone; a run still going in the same folder keeps its own.
+  for (const auto& e : fs::directory_iterator(out_dir)) {
+    const std::string name = e.path().filename().string(), prefix = ".samfast-tmp-";
+    if (name.rfind(prefix, 0) != 0) continue;
+    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+    if (pid > 0 && pid != getpid() && ::kill(pid_t(pid), 0) == 0) continue;
+    fs::remove_all(e.path());
+  }
 
   Model model = load_or_synthesize(a.checkpoint, a.model, a.seed, a.options);
   const MaskGenerator generator(model, a.gen);  // validates the options before any image
