@@ -3,10 +3,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <new>
-#include <unordered_map>
 
+#include "core/size_cache.h"
 #include "samfast/error.h"
 
 namespace samfast {
@@ -25,35 +24,17 @@ namespace {
 class BufferPool {
  public:
   float* get(size_t bytes) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto it = free_.find(bytes);
-      if (it != free_.end()) {
-        float* p = it->second;
-        free_.erase(it);
-        cached_ -= bytes;
-        return p;
-      }
-    }
+    if (void* p = cache_.take(bytes)) return static_cast<float*>(p);
     void* p = std::aligned_alloc(64, bytes);
     if (!p) throw Error("out of host memory: could not allocate " + std::to_string(bytes) + " bytes");
     return static_cast<float*>(p);
   }
   void put(float* p, size_t bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (cached_ + bytes > kMaxCachedBytes) {
-      std::free(p);
-      return;
-    }
-    free_.emplace(bytes, p);
-    cached_ += bytes;
+    if (!cache_.keep(p, bytes)) std::free(p);
   }
 
  private:
-  static constexpr size_t kMaxCachedBytes = size_t(2) << 30;
-  std::mutex mu_;
-  std::unordered_multimap<size_t, float*> free_;
-  size_t cached_ = 0;
+  SizeCache cache_{size_t(2) << 30};
 };
 
 BufferPool& pool() {

@@ -7,30 +7,20 @@
 
 namespace samfast::cuda {
 
-DevicePool::~DevicePool() {
-  std::lock_guard<std::mutex> lock(mu_);
-  release_cached();
-}
+DevicePool::~DevicePool() { release_cached(); }
 
 void DevicePool::release_cached() {
-  if (free_.empty()) return;
   int prev = 0;
   cudaGetDevice(&prev);
   cudaSetDevice(device_);
-  for (auto& [bytes, p] : free_) cudaFree(p);  // no throw: also runs from the destructor
-  free_.clear();
-  cached_ = 0;
+  cache_.clear([](void* p, size_t) { cudaFree(p); });  // no throw: also runs from the destructor
   cudaSetDevice(prev);
 }
 
 void* DevicePool::get(size_t bytes) {
   bytes = rounded(bytes == 0 ? 1 : bytes);
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = free_.find(bytes);
-  if (it != free_.end()) {
-    void* p = it->second;
-    free_.erase(it);
-    cached_ -= bytes;
+  if (void* p = cache_.take(bytes)) {
     in_use_ += bytes;
     return p;
   }
@@ -56,7 +46,7 @@ void* DevicePool::get(size_t bytes) {
   }
   CUDA_CHECK(cudaSetDevice(prev));
   in_use_ += bytes;
-  peak_ = std::max(peak_, in_use_ + cached_);
+  peak_ = std::max(peak_, in_use_ + cache_.cached_bytes());
   return p;
 }
 
@@ -64,38 +54,23 @@ void DevicePool::put(void* p, size_t bytes) {
   bytes = rounded(bytes == 0 ? 1 : bytes);
   std::lock_guard<std::mutex> lock(mu_);
   in_use_ -= bytes;
-  free_.emplace(bytes, p);
-  cached_ += bytes;
+  cache_.keep(p, bytes);  // no limit: always kept
 }
 
-size_t DevicePool::cached_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return cached_;
-}
+size_t DevicePool::cached_bytes() const { return cache_.cached_bytes(); }
 
-}  // namespace samfast::cuda
-
-namespace samfast::cuda {
 size_t DevicePool::peak_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return peak_;
 }
+
 PinnedPool::~PinnedPool() {
-  for (auto& [bytes, p] : free_) cudaFreeHost(p);
+  cache_.clear([](void* p, size_t) { cudaFreeHost(p); });
 }
 
 void* PinnedPool::get(size_t bytes) {
   bytes = DevicePool::rounded(bytes == 0 ? 1 : bytes);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = free_.find(bytes);
-    if (it != free_.end()) {
-      void* p = it->second;
-      free_.erase(it);
-      cached_ -= bytes;
-      return p;
-    }
-  }
+  if (void* p = cache_.take(bytes)) return p;
   void* p = nullptr;
   if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
     cudaGetLastError();
@@ -106,13 +81,7 @@ void* PinnedPool::get(size_t bytes) {
 
 void PinnedPool::put(void* p, size_t bytes) {
   bytes = DevicePool::rounded(bytes == 0 ? 1 : bytes);
-  std::lock_guard<std::mutex> lock(mu_);
-  if (cached_ + bytes > kMaxCachedBytes) {
-    cudaFreeHost(p);
-    return;
-  }
-  free_.emplace(bytes, p);
-  cached_ += bytes;
+  if (!cache_.keep(p, bytes)) cudaFreeHost(p);
 }
 
 }  // namespace samfast::cuda

@@ -5,7 +5,8 @@
 #pragma once
 #include <cstddef>
 #include <mutex>
-#include <unordered_map>
+
+#include "core/size_cache.h"
 
 namespace samfast::cuda {
 
@@ -27,12 +28,12 @@ class DevicePool {
   size_t peak_bytes() const;
 
  private:
-  void release_cached();  // caller holds mu_
+  void release_cached();
 
   int device_;
-  mutable std::mutex mu_;
-  std::unordered_multimap<size_t, void*> free_;
-  size_t cached_ = 0, in_use_ = 0, peak_ = 0;
+  mutable std::mutex mu_;  // in_use_ and peak_
+  SizeCache cache_;
+  size_t in_use_ = 0, peak_ = 0;
 };
 
 // Page-locked host buffers for downloads: a copy into pinned memory runs at the bus's full rate and
@@ -48,10 +49,7 @@ class PinnedPool {
   void put(void* p, size_t bytes);
 
  private:
-  static constexpr size_t kMaxCachedBytes = size_t(1) << 30;
-  std::mutex mu_;
-  std::unordered_multimap<size_t, void*> free_;
-  size_t cached_ = 0;
+  SizeCache cache_{size_t(1) << 30};
 };
 
 }  // namespace samfast::cuda
