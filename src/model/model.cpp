@@ -3,6 +3,7 @@
 
 #include "backend/backend.h"
 #include "backend/ops.h"
+#include "core/rng.h"
 #include "io/checkpoint.h"
 #include "samfast/error.h"
 #include "samfast/model.h"
@@ -79,23 +80,6 @@ int64_t Model::parameter_count() const {
 }
 
 namespace {
-
-// splitmix64: a tiny portable generator, so that a seed gives the same checkpoint everywhere.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (next() >> 11) * (1.0 / 9007199254740992.0); }  // [0, 1)
-  float uniform(float lo, float hi) { return lo + (hi - lo) * (float)uniform(); }
-  float normal(float stddev) {
-    const double u1 = 1.0 - uniform(), u2 = uniform();
-    return (float)(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-  }
-};
 
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 bool ends_with(const std::string& s, const std::string& suffix) {

@@ -42,6 +42,10 @@ std::vector<Point2f> uncrop_points(const std::vector<Point2f>& points, const Box
 std::vector<uint8_t> is_box_near_crop_edge(const std::vector<BoxXyxyf>& boxes, const BoxXyxyi& crop_box,
                                            const BoxXyxyi& orig_box, double atol = 20.0);
 
+// One (h, w) mask of logits: {count(> high), count(> low)}, each row's count wrapped to int16 as
+// upstream sums rows (.sum(-1, dtype=torch.int16)), the rows then summed in int32.
+std::array<int32_t, 2> stability_counts(const float* mask, int h, int w, float high, float low);
+
 // masks: (n, h, w) logits. Per mask: count(> thr + off) / count(> thr - off) in float32, the
 // thresholds rounded to float32 and the per-row counts wrapped to int16 as upstream sums them.
 // A mask with an empty union gives NaN, as upstream's 0/0.

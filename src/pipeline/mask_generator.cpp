@@ -35,7 +35,6 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 
 Image crop_image(const Image& im, const BoxXyxyi& b) {
-  if (b[0] == 0 && b[1] == 0 && b[2] == im.width && b[3] == im.height) return im;
   Image out;
   out.height = b[3] - b[1], out.width = b[2] - b[0];
   out.rgb.resize(size_t(out.height) * out.width * 3);
@@ -55,10 +54,17 @@ void filter(std::vector<Candidate>& c, const std::vector<int64_t>& keep) {
   c = std::move(out);
 }
 
-std::vector<int64_t> nms(const std::vector<Candidate>& c, const std::vector<float>& scores, double thresh) {
-  std::vector<BoxXyxyf> boxes;
-  for (const Candidate& m : c) boxes.push_back(to_float(m.box));
-  return batched_nms(boxes, scores, std::vector<int>(c.size(), 0), thresh);
+// ref: batched_nms(boxes.float(), scores, zeros (one category), thresh)
+std::vector<int64_t> nms(const std::vector<BoxXyxyi>& boxes, const std::vector<float>& scores, double thresh) {
+  std::vector<BoxXyxyf> f;
+  for (const BoxXyxyi& b : boxes) f.push_back(to_float(b));
+  return batched_nms(f, scores, std::vector<int>(boxes.size(), 0), thresh);
+}
+
+std::vector<BoxXyxyi> boxes_of(const std::vector<Candidate>& c) {
+  std::vector<BoxXyxyi> b;
+  for (const Candidate& m : c) b.push_back(m.box);
+  return b;
 }
 
 void require(bool ok, const std::string& what) {
@@ -118,7 +124,11 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
     const int ch = cb[3] - cb[1], cw = cb[2] - cb[0];
     auto t0 = std::chrono::steady_clock::now();
     Predictor predictor(model_);
-    predictor.set_image(crop_image(rgb, cb));
+    const bool whole = cb[0] == 0 && cb[1] == 0 && cb[2] == W && cb[3] == H;
+    if (whole)
+      predictor.set_image(rgb);  // not copied
+    else
+      predictor.set_image(crop_image(rgb, cb));
     model_.synchronize();
     t.encoder_ms += ms_since(t0);
     const std::pair<int, int> input_size = predictor.input_size();
@@ -184,7 +194,7 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
     // ref: remove duplicates within this crop (boxes in crop coordinates, scored by predicted IoU)
     std::vector<float> scores;
     for (const Candidate& c : crop_data) scores.push_back(c.iou);
-    const std::vector<int64_t> keep = nms(crop_data, scores, o.box_nms_thresh);
+    const std::vector<int64_t> keep = nms(boxes_of(crop_data), scores, o.box_nms_thresh);
     filter(crop_data, keep);
     Tensor planes = crop_planes[0];
     if (crop_planes.size() > 1) {
@@ -209,13 +219,13 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
   if (crops.boxes.size() > 1 && !data.empty()) {  // ref: remove duplicates between crops, preferring smaller crops
     std::vector<float> scores;
     for (const Candidate& c : data) scores.push_back(1.f / float((c.crop[2] - c.crop[0]) * (c.crop[3] - c.crop[1])));
-    filter(data, nms(data, scores, o.crop_nms_thresh));
+    filter(data, nms(boxes_of(data), scores, o.crop_nms_thresh));
   }
 
   if (o.min_mask_region_area > 0 && !data.empty()) {  // ref: postprocess_small_regions
     const size_t n = data.size();
     std::vector<float> scores(n);
-    std::vector<Candidate> reboxed(n);  // only the boxes are used: masks are rebuilt for the kept ones
+    std::vector<BoxXyxyi> reboxed(n);  // boxes of the cleaned masks; masks are rebuilt for the kept ones
     auto clean = [&](const Rle& rle, bool& unchanged) {
       std::vector<uint8_t> m = rle_to_mask(rle);
       const bool holes = remove_small_regions(m, H, W, o.min_mask_region_area, /*holes=*/true);
@@ -228,7 +238,7 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
       bool unchanged = true;
       const std::vector<uint8_t> m = clean(data[i].rle, unchanged);
       const std::array<int, 4> b = mask_bbox_xywh(m.data(), H, W);
-      reboxed[i].box = {b[0], b[1], b[0] + b[2], b[1] + b[3]};
+      reboxed[i] = {b[0], b[1], b[0] + b[2], b[1] + b[3]};
       scores[i] = unchanged ? 1.f : 0.f;  // NMS prefers masks that needed no change
     }
     const std::vector<int64_t> keep =
@@ -240,7 +250,7 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
       bool unchanged = true;
       const std::vector<uint8_t> m = clean(data[i].rle, unchanged);
       data[i].rle = mask_to_rle(m.data(), H, W);
-      data[i].box = reboxed[i].box;
+      data[i].box = reboxed[i];
     }
     filter(data, keep);
   }

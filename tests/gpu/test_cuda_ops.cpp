@@ -15,6 +15,7 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "core/rng.h"
 #include "samfast/error.h"
 
 namespace samfast {
@@ -26,17 +27,6 @@ bool have_gpu() {
   cudaGetLastError();
   return ok;
 }
-
-struct Rng {  // splitmix64
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float uniform(float lo, float hi) { return lo + (hi - lo) * (float)((next() >> 11) * (1.0 / 9007199254740992.0)); }
-};
 
 float bf16_round(float x) {  // round to nearest even, as __float2bfloat16_rn
   uint32_t u = std::bit_cast<uint32_t>(x);

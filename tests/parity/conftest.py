@@ -54,11 +54,16 @@ def samfast(bin_dir):
     return run
 
 
+def make_checkpoint(tmp_path_factory, samfast, model, seed):
+    """A synthetic checkpoint written by `samfast make-checkpoint` in a fresh temporary folder."""
+    path = tmp_path_factory.mktemp("ckpt") / f"{model}.pth"
+    samfast("make-checkpoint", "--model", model, "--seed", str(seed), "--out", path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, samfast):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    samfast("make-checkpoint", "--model", "tiny", "--seed", "7", "--out", path)
-    return path
+    return make_checkpoint(tmp_path_factory, samfast, "tiny", 7)
 
 
 def upstream_sam(checkpoint):

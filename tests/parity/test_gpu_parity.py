@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, max_rel_err, upstream_sam
+from conftest import IMAGES, make_checkpoint, max_rel_err, upstream_sam
 
 
 def gpu_available():
@@ -44,9 +44,7 @@ def prompts_for(w, h, n=24, seed=0):
 
 @pytest.fixture(scope="module")
 def vit_b_checkpoint(tmp_path_factory, samfast):
-    path = tmp_path_factory.mktemp("ckpt") / "vit_b.pth"
-    samfast("make-checkpoint", "--model", "vit_b", "--seed", "11", "--out", path)
-    return path
+    return make_checkpoint(tmp_path_factory, samfast, "vit_b", 11)
 
 
 def pytorch_bf16_embedding(ckpt, sam, rgb, pred):

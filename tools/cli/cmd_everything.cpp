@@ -198,7 +198,6 @@ int run_everything(Args a) {
 
   int done = 0, skipped = 0, failed = 0;
   const double t_start = now_ms();
-  int processed = 0;
   for (size_t k = 0; k < inputs.size(); ++k) {
     const fs::path& in = inputs[k];
     const std::string base = in.stem().string();
@@ -255,9 +254,9 @@ int run_everything(Args a) {
       }
       if (fs::exists(target)) fs::remove_all(target);  // --overwrite
       fs::rename(tmp, target);
-      ++done, ++processed;
+      ++done;
       const double secs = (now_ms() - t0) / 1000.0;
-      const double rate = processed / ((now_ms() - t_start) / 1000.0);
+      const double rate = done / ((now_ms() - t_start) / 1000.0);
       const size_t left = inputs.size() - k - 1;
       char line[256];
       std::snprintf(line, sizeof line, "%zu masks in %.2f s (encoder %.0f ms, decoder %.0f ms, post %.0f ms)", masks.size(),

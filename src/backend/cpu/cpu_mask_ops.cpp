@@ -31,24 +31,12 @@ Ops::MaskStats CpuOps::mask_stats(const Tensor& low_res, int img_size, std::pair
   s.above_hi.resize(n), s.above_lo.resize(n), s.box.resize(n);
   for (int64_t i = 0; i < n; ++i) {
     const Tensor m = full_plane(low_res, i, img_size, input_size, size);
-    int32_t inter = 0, uni = 0;
-    int x0 = w, y0 = h, x1 = -1, y1 = -1;
+    const auto [inter, uni] = stability_counts(m.data, h, w, hi, lo);
+    int x0 = w, y0 = h, x1 = -1, y1 = -1;  // ref: batched_mask_to_box of logits > thr
     for (int r = 0; r < h; ++r) {
       const float* row = m.data + int64_t(r) * w;
-      int64_t row_hi = 0, row_lo = 0;
-      int first = -1, last = -1;
-      for (int c = 0; c < w; ++c) {
-        row_hi += row[c] > hi;
-        row_lo += row[c] > lo;
-        if (row[c] > thr) {
-          if (first < 0) first = c;
-          last = c;
-        }
-      }
-      // Upstream sums each row with dtype=torch.int16: a count wraps modulo 2^16 (past 32767 columns).
-      inter += int16_t(uint16_t(row_hi));
-      uni += int16_t(uint16_t(row_lo));
-      if (first >= 0) x0 = std::min(x0, first), x1 = std::max(x1, last), y0 = std::min(y0, r), y1 = r;
+      for (int c = 0; c < w; ++c)
+        if (row[c] > thr) x0 = std::min(x0, c), x1 = std::max(x1, c), y0 = std::min(y0, r), y1 = r;
     }
     s.above_hi[i] = inter, s.above_lo[i] = uni;
     s.box[i] = x1 < 0 ? std::array<int, 4>{0, 0, 0, 0} : std::array<int, 4>{x0, y0, x1, y1};
