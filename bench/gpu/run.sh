@@ -4,6 +4,7 @@
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
 #   bench/gpu/run.sh [tests] [sanitize] [parity] [bench] [anchors] [amg] [profile]   (default: tests parity bench anchors)
+#   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.whl/pysrc:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 SEGMENT_ANYTHING_FAST_USE_FLASH_4=0
@@ -65,7 +66,7 @@ if [[ " $steps " == *" amg "* ]]; then
         | tail -1 | tee -a "$OUT/amg_bench.jsonl"
     done
   done
-  for spec in "orig vit_b default" "orig vit_h default" "fast vit_b default"; do
+  [ "${AMG_ANCHORS:-1}" = 1 ] && for spec in "orig vit_b default" "orig vit_h default" "fast vit_b default"; do
     # shellcheck disable=SC2086
     timeout 150 python3 bench/gpu/amg_bench.py anchor $spec "$A" 2>&1 | grep '^{' | tee -a "$OUT/amg_anchors.jsonl"
   done

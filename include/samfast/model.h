@@ -90,6 +90,9 @@ class Model {
   const Tensor& hw(const std::string& name) const;  // weight on the host
   Tensor positional_encoding(const Tensor& coords01) const;  // (..., 2) in [0,1] -> (..., D)
   Tensor compute_dense_positional_encoding() const;
+  // The mask decoder's cross attentions with their projections multiplied together (host fp32,
+  // named "<attention>.folded.*"; see mask_decoder.cpp).
+  std::vector<std::pair<std::string, Tensor>> folded_decoder_weights() const;
 
   SamConfig cfg_;
   std::vector<std::pair<std::string, Tensor>> tensors_;

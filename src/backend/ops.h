@@ -5,6 +5,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,9 @@ enum class Act { None, GELU, ReLU };  // GELU is the exact erf form, as nn.GELU(
 class Ops {
  public:
   virtual ~Ops() = default;
+  // A result the backend may still be computing; calling it waits for it and returns it.
+  template <class T>
+  using Later = std::function<T()>;
 
   // act(x @ w^T + b) (+ residual): x (..., in), w (out, in), b (out) or null, residual (..., out) or null.
   virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act = Act::None,
@@ -46,6 +50,23 @@ class Ops {
   // softmax(q k^T / sqrt(D / heads)) v per head (ref: modeling/transformer.py Attention).
   // q, or k and v together, may have a batch of 1, shared by all B items of the other.
   virtual Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) = 0;
+  // Image tokens attending to a few prompt tokens, the attention's four projections folded into
+  // per-prompt keys, key biases and values (mask_decoder.cpp derives them), then the residual and
+  // a LayerNorm, as one op so that a GPU reads and writes each image token once:
+  //   out[b, t] = LayerNorm(residual[b, t] + bias + sum_h sum_n p[b, t, h, n] v[b, n, h, :]),
+  //   p[b, t, h, :] = softmax_n(x[b, t] . k[b, n, h, :] + kb[b, n, h]).
+  // x, residual (B or 1, T, D); k, v (B, N, heads * D); kb (B, N, heads); bias, ln_w, ln_b (D).
+  // Returns (B, T, D).
+  virtual Tensor image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
+                                          const Tensor& bias, const Tensor& residual, const Tensor& ln_w,
+                                          const Tensor& ln_b, float eps, int heads) = 0;
+  // MaskDecoder.predict_masks' output upscaling and hypernetwork product:
+  //   x = GELU(LayerNorm2d(ConvTranspose2d_2x2(keys; w1, b1); ln_w, ln_b, eps))
+  //   x = GELU(ConvTranspose2d_2x2(x; w2, b2)),  masks[b, m] = hyper[b, m] . x[b] per pixel.
+  // keys (B, G, G, D), w1 (D, C1, 2, 2), w2 (C1, C2, 2, 2), hyper (B, M, C2) -> (B, M, 4G, 4G).
+  // This default composes the ops above; a backend may fuse it.
+  virtual Tensor upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w,
+                               const Tensor& ln_b, float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper);
   // Batched a (B, M, K) @ b(B, N, K)^T -> (B, M, N).
   virtual Tensor bmm_nt(const Tensor& a, const Tensor& b) = 0;
 
@@ -60,11 +81,12 @@ class Ops {
   // postprocess_masks does to `size`. Per plane: the count of logits > hi and > lo (the stability
   // score's intersection and union; on the CPU the per-row counts wrap to int16 as upstream's do) and
   // the inclusive box (x0, y0, x1, y1) of logits > thr, all zeros for an empty mask.
+  // (Returned as a Later: see download_later.)
   struct MaskStats {
     std::vector<int32_t> above_hi, above_lo;
     std::vector<std::array<int, 4>> box;
   };
-  virtual MaskStats mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+  virtual Later<MaskStats> mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                std::pair<int, int> size, float thr, float hi, float lo) = 0;
   // COCO-layout RLEs of the binary masks (logit > thr) of low_res (N, L, L) upsampled to `size`
   // (h, w) and placed at (x0, y0) of a frame_size (H, W) image of zeros (upstream's uncrop_masks).
@@ -85,10 +107,21 @@ class Ops {
   virtual Tensor upload(const Tensor& host) = 0;
   // This backend's tensor -> host fp32 tensor (waits for the work that produces x).
   virtual Tensor download(const Tensor& x) = 0;
+  // The same, returned as a Later: calling it waits for x alone, not for work queued after this
+  // call, so the host can queue the next work first (a CPU backend's result is ready at once).
+  virtual Later<Tensor> download_later(const Tensor& x) {
+    Tensor host = download(x);
+    return [host] { return host; };
+  }
   // Waits until all work queued so far has finished (device backends run asynchronously).
   virtual void synchronize() {}
   // The most memory this backend has held at once (device memory for a GPU; 0 where not tracked).
   virtual int64_t peak_memory_bytes() const { return 0; }
+
+ protected:
+  // Throws unless the arguments of upscale_masks fit together.
+  static void check_upscale(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w,
+                            const Tensor& ln_b, const Tensor& w2, const Tensor& b2, const Tensor& hyper);
 };
 
 }  // namespace samfast

@@ -1,11 +1,93 @@
 // ref: segment_anything/modeling/mask_decoder.py MaskDecoder, modeling/transformer.py TwoWayTransformer
+#include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "backend/ops.h"
 #include "samfast/error.h"
 #include "samfast/model.h"
 
 namespace samfast {
+
+// The cross attentions' projections multiplied together, so that the decoder never projects the
+// G*G image tokens of every prompt (ref: modeling/transformer.py Attention). Per head h, with the
+// head's rows q_h, k_h, v_h of the q/k/v projections, its columns o_h of out_proj, and s = 1/sqrt(dh):
+//  - token to image (queries q_n attend to image tokens x_t + pe_t, averaging the x_t):
+//      score = s (Wq_h q + bq_h) . (Wk_h x + bk_h) = x . Q_hn + const, Q_hn = s Wk_h^T (Wq_h q + bq_h)
+//      (the const does not depend on t and cancels in the softmax); the output
+//      Wo (concat_h Wv_h (sum_t p_t x_t) + bv) + bo = sum_h (Wo_h Wv_h) Y_hn + (Wo bv + bo).
+//    folded.q = [s Wk_h^T Wq_h]_h (heads*D, D) with bias [s Wk_h^T bq_h]_h, scaled by sqrt(D) because
+//    ops.attention with one head divides by sqrt(D); folded.out = [Wo_h Wv_h]_h (D, heads*D).
+//  - image to token (image tokens attend to the prompt tokens k_n, averaging the v_n):
+//      score = x . K_hn + c_hn with K_hn = s Wq_h^T (Wk_h k_n + bk_h), c_hn = s bq_h . (Wk_h k_n + bk_h),
+//      output bo + sum_h sum_n p_hn V_hn with V_hn = Wo_h (Wv_h v_n + bv_h).
+//    folded.k (heads*D, D), folded.kb (heads, D), folded.v (heads*D, D), each with its bias.
+// Products in double, rounded once to fp32.
+std::vector<std::pair<std::string, Tensor>> Model::folded_decoder_weights() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  const std::string t = "mask_decoder.transformer.";
+  const int64_t D = cfg_.prompt_embed_dim, H = cfg_.decoder_heads;
+  // r[h] = sum over head h's internal channels c of a[c] (x) b[c] (a, b: (Di, A), (Di, Bn) -> (A, Bn)),
+  // or with a_col: a given as columns of a (A, Di) matrix.
+  auto fold = [&](const std::string& name, int64_t rows, int64_t cols, const std::function<double(int64_t, int64_t, int64_t)>& term,
+                  int64_t per_head) {
+    Tensor r = Tensor::empty({H * rows, cols});
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) {
+          double acc = 0;
+          for (int64_t c = h * per_head; c < (h + 1) * per_head; ++c) acc += term(c, i, j);
+          r.data[(h * rows + i) * cols + j] = (float)acc;
+        }
+    out.emplace_back(name, rows == 1 ? r.view({H, cols}) : r);
+  };
+  auto attn = [&](const std::string& n, bool token_to_image) {
+    const Tensor &wq = hw(n + ".q_proj.weight"), &bq = hw(n + ".q_proj.bias"), &wk = hw(n + ".k_proj.weight"),
+                 &bk = hw(n + ".k_proj.bias"), &wv = hw(n + ".v_proj.weight"), &bv = hw(n + ".v_proj.bias"),
+                 &wo = hw(n + ".out_proj.weight"), &bo = hw(n + ".out_proj.bias");
+    const int64_t Di = wq.dim(0), dh = Di / H;
+    const double s = 1.0 / std::sqrt((double)dh);
+    auto W = [](const Tensor& m, int64_t r, int64_t c) { return (double)m.data[r * m.dim(1) + c]; };
+    auto vec = [](const Tensor& v, int64_t i) { return (double)v.data[i]; };
+    if (token_to_image) {
+      const double sq = s * std::sqrt((double)D);
+      fold(n + ".folded.q.weight", D, D, [&](int64_t c, int64_t j, int64_t i) { return sq * W(wk, c, j) * W(wq, c, i); }, dh);
+      fold(n + ".folded.q.bias", D, 1, [&](int64_t c, int64_t j, int64_t) { return sq * W(wk, c, j) * vec(bq, c); }, dh);
+      out.back().second = out.back().second.view({H * D});
+      // out (D, H*D): row o, column block h = Wo_h Wv_h; built transposed-free below.
+      Tensor fo = Tensor::empty({D, H * D}), fb = Tensor::empty({D});
+      for (int64_t o = 0; o < D; ++o) {
+        double b = vec(bo, o);
+        for (int64_t c = 0; c < Di; ++c) b += W(wo, o, c) * vec(bv, c);
+        fb.data[o] = (float)b;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t j = 0; j < D; ++j) {
+            double acc = 0;
+            for (int64_t c = h * dh; c < (h + 1) * dh; ++c) acc += W(wo, o, c) * W(wv, c, j);
+            fo.data[o * H * D + h * D + j] = (float)acc;
+          }
+      }
+      out.emplace_back(n + ".folded.out.weight", fo);
+      out.emplace_back(n + ".folded.out.bias", fb);
+    } else {
+      fold(n + ".folded.k.weight", D, D, [&](int64_t c, int64_t i, int64_t j) { return s * W(wq, c, i) * W(wk, c, j); }, dh);
+      fold(n + ".folded.k.bias", D, 1, [&](int64_t c, int64_t i, int64_t) { return s * W(wq, c, i) * vec(bk, c); }, dh);
+      out.back().second = out.back().second.view({H * D});
+      fold(n + ".folded.kb.weight", 1, D, [&](int64_t c, int64_t, int64_t j) { return s * vec(bq, c) * W(wk, c, j); }, dh);
+      fold(n + ".folded.kb.bias", 1, 1, [&](int64_t c, int64_t, int64_t) { return s * vec(bq, c) * vec(bk, c); }, dh);
+      out.back().second = out.back().second.view({H});
+      fold(n + ".folded.v.weight", D, D, [&](int64_t c, int64_t o, int64_t j) { return W(wo, o, c) * W(wv, c, j); }, dh);
+      fold(n + ".folded.v.bias", D, 1, [&](int64_t c, int64_t o, int64_t) { return W(wo, o, c) * vec(bv, c); }, dh);
+      out.back().second = out.back().second.view({H * D});
+    }
+  };
+  for (int l = 0; l < cfg_.decoder_depth; ++l) {
+    attn(t + "layers." + std::to_string(l) + ".cross_attn_token_to_image", true);
+    attn(t + "layers." + std::to_string(l) + ".cross_attn_image_to_token", false);
+  }
+  attn(t + "final_attn_token_to_image", true);
+  return out;
+}
 
 DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const {
   Ops& ops = *ops_;
@@ -27,26 +109,29 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
     std::memcpy(dst + (1 + M) * D, prompts.sparse.data + b * Ns * D, sizeof(float) * Ns * D);
   }
   Tensor tokens = ops.upload(host_tokens);
-  // Image tokens (B, G*G, D): the embedding (repeated per prompt) plus the dense prompt embedding.
+  // Image tokens (B, G*G, D): the embedding plus the dense prompt embedding. Without mask prompts
+  // they start the same for every prompt, and stay a batch of 1 until the first layer updates them.
   const bool dense_full = prompts.dense.numel() == B * G * G * D;
-  // Many prompts on one image without mask prompts: the image tokens start the same for every
-  // prompt, so the first layer's projections of them are computed once (batch 1) and shared.
-  const bool shared = embedding.dim(0) == 1 && !dense_full && B > 1;
-  Tensor keys1 = shared ? ops.add(embedding, prompts.dense).view({1, G * G, D}) : Tensor{};
-  Tensor keys = shared       ? ops.expand_batch(keys1, B)
-                : dense_full ? ops.add(prompts.dense, embedding)
-                             : ops.add(embedding.dim(0) == B ? embedding : ops.expand_batch(embedding, B), prompts.dense);
-  keys = keys.view({B, G * G, D});
-  Tensor key_pe = dense_pe_.view({1, G * G, D});
-  const Tensor keys1_pe = shared ? ops.add(keys1, key_pe) : Tensor{};
+  Tensor keys = dense_full ? ops.add(prompts.dense, embedding) : ops.add(embedding, prompts.dense);
+  keys = keys.view({keys.dim(0), G * G, D});
+  const Tensor key_pe = dense_pe_.view({1, G * G, D});
 
-  // Attention with projections; out = residual + out_proj(attn) when residual is given.
-  auto attend = [&](const std::string& n, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* residual) {
+  // Self-attention of the prompt tokens, with its projections; out = residual + out_proj(attn).
+  auto self_attend = [&](const std::string& n, const Tensor& q, const Tensor& v, const Tensor* residual) {
     Tensor qp = ops.linear(q, w(n + ".q_proj.weight"), &w(n + ".q_proj.bias"));
-    Tensor kp = ops.linear(k, w(n + ".k_proj.weight"), &w(n + ".k_proj.bias"));
+    Tensor kp = ops.linear(q, w(n + ".k_proj.weight"), &w(n + ".k_proj.bias"));
     Tensor vp = ops.linear(v, w(n + ".v_proj.weight"), &w(n + ".v_proj.bias"));
     Tensor o = ops.attention(qp, kp, vp, (int)heads);
     return ops.linear(o, w(n + ".out_proj.weight"), &w(n + ".out_proj.bias"), Act::None, residual);
+  };
+  // Prompt tokens attending to the image tokens (folded, see folded_decoder_weights): one query of
+  // width D per (token, head), scored against image tokens + PE and averaging the image tokens
+  // themselves, so that no projection of the G*G image tokens is ever computed.
+  auto token_to_image = [&](const std::string& n, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor& residual) {
+    Tensor qf = ops.linear(q, w(n + ".folded.q.weight"), &w(n + ".folded.q.bias")).view({B, N * heads, D});
+    Tensor y = ops.attention(qf, k, v, 1).view({B, N, heads * D});
+    return ops.linear(y, w(n + ".folded.out.weight"), &w(n + ".folded.out.bias"), Act::None, &residual);
   };
   auto norm = [&](const Tensor& x, const std::string& n) {
     return ops.layer_norm(x, w(n + ".weight"), w(n + ".bias"), 1e-5f);  // nn.LayerNorm default eps
@@ -58,34 +143,34 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
   for (int l = 0; l < c.decoder_depth; ++l) {
     const std::string L = t + "layers." + std::to_string(l);
     if (l == 0) {  // skip_first_layer_pe: no positional term and no residual
-      queries = attend(L + ".self_attn", queries, queries, queries, nullptr);
+      queries = self_attend(L + ".self_attn", queries, queries, nullptr);
     } else {
       Tensor q = ops.add(queries, query_pe);
-      queries = attend(L + ".self_attn", q, q, queries, &queries);
+      queries = self_attend(L + ".self_attn", q, queries, &queries);
     }
     queries = norm(queries, L + ".norm1");
-    const bool first_shared = shared && l == 0;  // keys are still the same for every prompt
     // keys + key_pe serves both cross attentions: keys change only at the end of the layer.
-    const Tensor k = first_shared ? keys1_pe : ops.add(keys, key_pe);
+    const Tensor k = ops.add(keys, key_pe);
     Tensor q = ops.add(queries, query_pe);
-    queries = norm(attend(L + ".cross_attn_token_to_image", q, k, first_shared ? keys1 : keys, &queries), L + ".norm2");
+    queries = norm(token_to_image(L + ".cross_attn_token_to_image", q, k, keys, queries), L + ".norm2");
     Tensor h = ops.linear(queries, w(L + ".mlp.lin1.weight"), &w(L + ".mlp.lin1.bias"), Act::ReLU);
     queries = norm(ops.linear(h, w(L + ".mlp.lin2.weight"), &w(L + ".mlp.lin2.bias"), Act::None, &queries), L + ".norm3");
+    // Image tokens attending to the prompt tokens (folded into per-prompt keys and values), + norm4.
+    const std::string A = L + ".cross_attn_image_to_token";
     q = ops.add(queries, query_pe);
-    keys = norm(attend(L + ".cross_attn_image_to_token", k, q, queries, &keys), L + ".norm4");
+    Tensor kf = ops.linear(q, w(A + ".folded.k.weight"), &w(A + ".folded.k.bias"));
+    Tensor kb = ops.linear(q, w(A + ".folded.kb.weight"), &w(A + ".folded.kb.bias"));
+    Tensor vf = ops.linear(queries, w(A + ".folded.v.weight"), &w(A + ".folded.v.bias"));
+    keys = ops.image_to_token_attention(k, kf, kb, vf, w(A + ".out_proj.bias"), keys, w(L + ".norm4.weight"),
+                                        w(L + ".norm4.bias"), 1e-5f, (int)heads);
   }
   {
     Tensor q = ops.add(queries, query_pe), k = ops.add(keys, key_pe);
-    queries = norm(attend(t + "final_attn_token_to_image", q, k, keys, &queries), t + "norm_final_attn");
+    queries = norm(token_to_image(t + "final_attn_token_to_image", q, k, keys, queries), t + "norm_final_attn");
   }
+  if (keys.dim(0) != B) keys = ops.expand_batch(keys, B);  // decoder_depth 0
 
-  // ref: MaskDecoder.predict_masks: upscale the image tokens, hypernetwork MLPs per mask token.
-  const std::string up = md + "output_upscaling.";
-  Tensor x = ops.conv_transpose2x2(keys.view({B, G, G, D}), w(up + "0.weight"), w(up + "0.bias"), Act::None);
-  x = ops.layer_norm(x, w(up + "1.weight"), w(up + "1.bias"), 1e-6f, Act::GELU);
-  x = ops.conv_transpose2x2(x, w(up + "3.weight"), w(up + "3.bias"), Act::GELU);  // (B, 4G, 4G, D/8)
-  const int64_t C8 = x.dim(3);
-
+  // ref: MaskDecoder.predict_masks: hypernetwork MLPs per mask token, upscaled image tokens.
   auto mlp = [&](const std::string& n, int depth, Tensor h) {
     for (int j = 0; j < depth; ++j) {
       const std::string lj = n + ".layers." + std::to_string(j);
@@ -96,13 +181,15 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
   std::vector<Tensor> hyper;  // M x (B, 1, D/8)
   for (int64_t i = 0; i < M; ++i)
     hyper.push_back(mlp(md + "output_hypernetworks_mlps." + std::to_string(i), 3, ops.slice(queries, 1 + i, 1)));
-  Tensor masks = ops.bmm_nt(ops.concat(hyper), x.view({B, 16 * G * G, C8}));  // (B, M, 16 G^2)
+  const std::string up = md + "output_upscaling.";
+  Tensor masks = ops.upscale_masks(keys.view({B, G, G, D}), w(up + "0.weight"), w(up + "0.bias"), w(up + "1.weight"),
+                                   w(up + "1.bias"), 1e-6f, w(up + "3.weight"), w(up + "3.bias"), ops.concat(hyper));
   Tensor iou = mlp(md + "iou_prediction_head", c.iou_head_depth, ops.slice(queries, 0, 1)).view({B, M});
 
   // multimask: masks 1..M-1; otherwise mask 0 alone.
   const int64_t first = multimask_output ? 1 : 0, count = multimask_output ? M - 1 : 1;
   DecoderOutput out;
-  out.low_res_masks = ops.slice(masks, first, count).view({B, count, 4 * G, 4 * G});
+  out.low_res_masks = ops.slice(masks, first, count);
   out.iou = ops.slice(iou, first, count);
   return out;
 }

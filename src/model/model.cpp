@@ -44,6 +44,10 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
     m.host_by_name_[n] = t;
     m.by_name_[n] = m.ops_->upload(t);
   }
+  for (auto& [n, t] : m.folded_decoder_weights()) {
+    m.by_name_[n] = m.ops_->upload(t);
+    m.host_by_name_[n] = std::move(t);
+  }
   m.dense_pe_host_ = m.compute_dense_positional_encoding();
   m.dense_pe_ = m.ops_->upload(m.dense_pe_host_);
   return m;

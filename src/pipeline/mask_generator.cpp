@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <deque>
 #include <string>
 
 #include "backend/ops.h"
@@ -138,38 +139,64 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
     const auto& grid = grids_[size_t(crops.layer_idxs[ci])];
     std::vector<Candidate> crop_data;
     std::vector<Tensor> crop_planes;  // low-res logits of crop_data, batch by batch
-    for (size_t first = 0; first < grid.size(); first += size_t(o.points_per_batch)) {  // ref: _process_batch
-      t0 = std::chrono::steady_clock::now();
-      const int64_t P = (int64_t)std::min(grid.size() - first, size_t(o.points_per_batch));
-      PromptBatch batch;
-      batch.points = Tensor::empty({P, 1, 2});
-      batch.labels = Tensor::empty({P, 1});
-      batch.points_normalized = true;
-      std::vector<Point2d> points(P);
-      for (int64_t i = 0; i < P; ++i) {
-        const auto& g = grid[first + size_t(i)];
-        points[i] = {g[0] * cw, g[1] * ch};  // points_for_image (crop pixels)
-        batch.points.data[2 * i] = float((points[i][0] * sx + 0.5) / S);
-        batch.points.data[2 * i + 1] = float((points[i][1] * sy + 0.5) / S);
-        batch.labels.data[i] = 1.f;
+    // Point batches run two deep: the next batch's decode is queued before the host waits for this
+    // batch's numbers, so the GPU never idles while the host filters (results come in order).
+    struct InFlight {
+      std::vector<Point2d> points;
+      DecoderOutput dec;
+      Ops::Later<Tensor> iou;
+    };
+    std::deque<InFlight> in_flight;
+    size_t next_first = 0;
+    auto queue_batches = [&] {  // ref: _process_batch, up to the decoder
+      for (; in_flight.size() < 2 && next_first < grid.size(); next_first += size_t(o.points_per_batch)) {
+        const int64_t P = (int64_t)std::min(grid.size() - next_first, size_t(o.points_per_batch));
+        PromptBatch batch;
+        batch.points = Tensor::empty({P, 1, 2});
+        batch.labels = Tensor::empty({P, 1});
+        batch.points_normalized = true;
+        InFlight f;
+        f.points.resize(P);
+        for (int64_t i = 0; i < P; ++i) {
+          const auto& g = grid[next_first + size_t(i)];
+          f.points[i] = {g[0] * cw, g[1] * ch};  // points_for_image (crop pixels)
+          batch.points.data[2 * i] = float((f.points[i][0] * sx + 0.5) / S);
+          batch.points.data[2 * i + 1] = float((f.points[i][1] * sy + 0.5) / S);
+          batch.labels.data[i] = 1.f;
+        }
+        f.dec = predictor.decode(batch, /*multimask_output=*/true);
+        f.iou = ops.download_later(f.dec.iou);  // (P, 3)
+        in_flight.push_back(std::move(f));
       }
-      const DecoderOutput dec = predictor.decode(batch, /*multimask_output=*/true);
-      const Tensor iou = model_.download(dec.iou);  // (P, 3)
-      const int64_t M = iou.dim(1);
-      t.decoder_ms += ms_since(t0);
+    };
+    t0 = std::chrono::steady_clock::now();
+    queue_batches();
+    while (!in_flight.empty()) {
+      const InFlight cur = std::move(in_flight.front());
+      in_flight.pop_front();
+      const Tensor iou = cur.iou();
+      const int64_t P = (int64_t)cur.points.size(), M = iou.dim(1);
+      t.decoder_ms += ms_since(t0);  // with batches overlapped: the time the host waited for decodes
       t.candidates += P * M;
       t0 = std::chrono::steady_clock::now();
 
       std::vector<int64_t> keep;  // ref: iou_preds > pred_iou_thresh
       for (int64_t k = 0; k < P * M; ++k)
         if (!(o.pred_iou_thresh > 0) || iou.data[k] > float(o.pred_iou_thresh)) keep.push_back(k);
+      Tensor kept;
+      Ops::Later<Ops::MaskStats> stats;
+      if (!keep.empty()) {
+        const Tensor low = cur.dec.low_res_masks.view({P * M, L, L});
+        kept = (int64_t)keep.size() == P * M ? low : ops.gather(low, keep);
+        stats = ops.mask_stats(kept, S, input_size, {ch, cw}, mask_thr, hi, lo);
+      }
+      queue_batches();
       if (keep.empty()) {
         t.postprocess_ms += ms_since(t0);
+        t0 = std::chrono::steady_clock::now();
         continue;
       }
-      const Tensor low = dec.low_res_masks.view({P * M, L, L});
-      const Tensor kept = (int64_t)keep.size() == P * M ? low : ops.gather(low, keep);
-      const Ops::MaskStats st = ops.mask_stats(kept, S, input_size, {ch, cw}, mask_thr, hi, lo);
+      const Ops::MaskStats st = stats();
       std::vector<BoxXyxyf> boxes;
       for (const auto& b : st.box) boxes.push_back(to_float(BoxXyxyi{b[0], b[1], b[2], b[3]}));
       const std::vector<uint8_t> near = is_box_near_crop_edge(boxes, cb, {0, 0, W, H});
@@ -180,13 +207,14 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
         if (near[i]) continue;  // ref: ~is_box_near_crop_edge
         Candidate c;
         c.iou = iou.data[keep[i]], c.stability = stability;
-        c.point = points[size_t(keep[i] / M)];
+        c.point = cur.points[size_t(keep[i] / M)];
         c.box = {st.box[i][0], st.box[i][1], st.box[i][2], st.box[i][3]};
         crop_data.push_back(std::move(c));
         survive.push_back((int64_t)i);
       }
       if (!survive.empty()) crop_planes.push_back(survive.size() == keep.size() ? kept : ops.gather(kept, survive));
       t.postprocess_ms += ms_since(t0);
+      t0 = std::chrono::steady_clock::now();
     }
     if (crop_data.empty()) continue;
 

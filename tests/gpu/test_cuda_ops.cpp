@@ -245,6 +245,61 @@ TEST_P(CudaOpsTest, AttentionBroadcast) {
                "attention shared k, v (query group)");
 }
 
+// One head of width 256 (the decoder's folded token-to-image attention): cuBLASLt GEMMs around a
+// softmax, keys and values shared by the batch or not.
+TEST_P(CudaOpsTest, AttentionWideHead) {
+  Tensor q = rand({2, 56, 256}, -0.5f, 0.5f), k = rand({2, 4096, 256}, -0.5f, 0.5f), v = rand({2, 4096, 256});
+  expect_close(gpu->attention(up(q), up(k), up(v), 1), cpu.attention(q, k, v, 1), "attention 1 head hd 256");
+  Tensor k1 = rand({1, 1000, 256}, -0.5f, 0.5f), v1 = rand({1, 1000, 256});
+  Tensor kr = Tensor::empty({2, 1000, 256}), vr = Tensor::empty({2, 1000, 256});
+  for (int b = 0; b < 2; ++b) {
+    std::copy(k1.data, k1.data + k1.numel(), kr.data + b * k1.numel());
+    std::copy(v1.data, v1.data + v1.numel(), vr.data + b * v1.numel());
+  }
+  expect_close(gpu->attention(up(q), up(k1), up(v1), 1), cpu.attention(q, kr, vr, 1), "attention 1 head shared k, v");
+}
+
+// The folded image-to-token attention + residual + LayerNorm: the tensor-core kernel (8 heads,
+// D 256, N <= 8 and N <= 16 key slots per head, partial tiles, shared x / residual) and the warp
+// kernel (more prompt tokens, other widths), against the CPU op on explicitly repeated inputs.
+TEST_P(CudaOpsTest, ImageToTokenAttention) {
+  struct Case { int B, T, N, D, heads; bool x_shared, res_shared; };
+  const Case cases[] = {{4, 4096, 7, 256, 8, true, true},   {3, 1000, 7, 256, 8, false, false},
+                        {2, 300, 12, 256, 8, false, true},  {2, 100, 20, 256, 8, true, false},
+                        {2, 200, 5, 64, 4, false, false}};
+  auto repeat = [](const Tensor& x, int64_t B) {
+    if (x.dim(0) == B) return x;
+    Tensor y = Tensor::empty({B, x.dim(1), x.dim(2)});
+    for (int64_t b = 0; b < B; ++b) std::copy(x.data, x.data + x.numel(), y.data + b * x.numel());
+    return y;
+  };
+  for (const Case& c : cases) {
+    Tensor x = rand({c.x_shared ? 1 : c.B, c.T, c.D}), res = rand({c.res_shared ? 1 : c.B, c.T, c.D}, -2.f, 2.f);
+    Tensor k = rand({c.B, c.N, c.heads * c.D}, -0.2f, 0.2f), v = rand({c.B, c.N, c.heads * c.D});
+    Tensor kb = rand({c.B, c.N, c.heads}, -2.f, 2.f), bias = rand({c.D}), lw = rand({c.D}, 0.5f, 1.5f), lb = rand({c.D});
+    const std::string name = "image_to_token B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " N " +
+                             std::to_string(c.N) + " D " + std::to_string(c.D) + (c.x_shared ? " x shared" : "") +
+                             (c.res_shared ? " res shared" : "");
+    expect_close(gpu->image_to_token_attention(up(x), up(k), up(kb), up(v), up(bias), up(res), up(lw), up(lb), 1e-5f,
+                                               c.heads),
+                 cpu.image_to_token_attention(repeat(x, c.B), k, kb, v, bias, repeat(res, c.B), lw, lb, 1e-5f, c.heads),
+                 name);
+  }
+}
+
+// The fused upscaling + hypernetwork product (bf16; fp32 composes the unfused ops) against the
+// CPU's composition, on a full 64x64 grid and on a 20x20 grid that ends in a partial tile.
+TEST_P(CudaOpsTest, UpscaleMasks) {
+  for (const int G : {64, 20}) {
+    const int B = 3;
+    Tensor keys = rand({B, G, G, 256}, -2.f, 2.f), w1 = rand({256, 64, 2, 2}, -0.1f, 0.1f), b1 = rand({64}, -0.1f, 0.1f);
+    Tensor lw = rand({64}, 0.5f, 1.5f), lb = rand({64}, -0.5f, 0.5f), w2 = rand({64, 32, 2, 2}, -0.2f, 0.2f);
+    Tensor b2 = rand({32}, -0.1f, 0.1f), hyper = rand({B, 4, 32});
+    expect_close(gpu->upscale_masks(up(keys), up(w1), up(b1), up(lw), up(lb), 1e-6f, up(w2), up(b2), up(hyper)),
+                 cpu.upscale_masks(keys, w1, b1, lw, lb, 1e-6f, w2, b2, hyper), "upscale_masks G " + std::to_string(G));
+  }
+}
+
 TEST_P(CudaOpsTest, PostprocessMasks) {
   Tensor low = rand({2, 3, 64, 64}, -4.f, 4.f);
   const std::pair<int, int> input{1024, 768}, original{600, 450};
@@ -279,8 +334,8 @@ Tensor mask_planes(Tensor low) {
 TEST_P(CudaOpsTest, MaskStats) {
   const Tensor low = mask_planes(rand({6, 64, 64}, -3.f, 3.f));
   const std::pair<int, int> input{1024, 683}, size{534, 800};
-  const Ops::MaskStats got = gpu->mask_stats(up(low), 1024, input, size, 0.f, 1.f, -1.f);
-  const Ops::MaskStats ref = cpu.mask_stats(low, 1024, input, size, 0.f, 1.f, -1.f);
+  const Ops::MaskStats got = gpu->mask_stats(up(low), 1024, input, size, 0.f, 1.f, -1.f)();
+  const Ops::MaskStats ref = cpu.mask_stats(low, 1024, input, size, 0.f, 1.f, -1.f)();
   int64_t worst = 0, box_off = 0;
   for (int64_t i = 0; i < 6; ++i) {
     worst = std::max<int64_t>({worst, std::abs(got.above_hi[i] - ref.above_hi[i]), std::abs(got.above_lo[i] - ref.above_lo[i])});

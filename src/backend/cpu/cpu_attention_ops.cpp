@@ -128,4 +128,41 @@ Tensor CpuOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int 
   return out;
 }
 
+Tensor CpuOps::image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
+                                        const Tensor& bias, const Tensor& residual, const Tensor& ln_w,
+                                        const Tensor& ln_b, float eps, int heads) {
+  const int64_t B = k.dim(0), N = k.dim(1), T = x.dim(1), D = x.dim(2), HN = heads * N;
+  if (x.ndim() != 3 || k.ndim() != 3 || heads <= 0 || k.dim(2) != heads * D || v.shape != k.shape ||
+      kb.numel() != B * HN || (x.dim(0) != B && x.dim(0) != 1) || residual.ndim() != 3 ||
+      (residual.dim(0) != B && residual.dim(0) != 1) || residual.dim(1) != T || residual.dim(2) != D ||
+      bias.numel() != D || ln_w.numel() != D || ln_b.numel() != D)
+    throw Error("image_to_token_attention: x " + shape_str(x.shape) + ", k " + shape_str(k.shape) + ", kb " +
+                shape_str(kb.shape) + ", v " + shape_str(v.shape) + ", residual " + shape_str(residual.shape));
+  const int64_t x_step = x.dim(0) == 1 ? 0 : 1, r_step = residual.dim(0) == 1 ? 0 : 1;
+  const int64_t n_blocks = (T + kQueryBlock - 1) / kQueryBlock;
+  Tensor out = Tensor::empty({B, T, D});
+  parallel_items(B * n_blocks, [&](int64_t item) {
+    const int64_t bi = item / n_blocks, t0 = item % n_blocks * kQueryBlock, nt = std::min(kQueryBlock, T - t0);
+    // Scores (nt, N * heads) with columns in k's (n, h) order, softmax over n for each head.
+    std::vector<float> s(nt * HN), o(nt * D), row(N);
+    cpu::gemm(true, nt, HN, D, 1.f, x.data + (bi * x_step * T + t0) * D, D, k.data + bi * HN * D, D, 0.f, s.data(), HN);
+    const float* kbb = kb.data + bi * HN;
+    for (int64_t r = 0; r < nt; ++r)
+      for (int64_t h = 0; h < heads; ++h) {
+        float* sr = s.data() + r * HN + h;
+        for (int64_t n = 0; n < N; ++n) row[n] = sr[n * heads] + kbb[n * heads + h];
+        cpu::softmax_row(row.data(), N);
+        for (int64_t n = 0; n < N; ++n) sr[n * heads] = row[n];
+      }
+    cpu::gemm(false, nt, D, HN, 1.f, s.data(), HN, v.data + bi * HN * D, D, 0.f, o.data(), D);
+    const float* res = residual.data + (bi * r_step * T + t0) * D;
+    for (int64_t r = 0; r < nt; ++r) {
+      float* orow = o.data() + r * D;
+      for (int64_t c = 0; c < D; ++c) orow[c] = (orow[c] + bias.data[c]) + res[r * D + c];  // keys + out_proj(o)
+      cpu::layer_norm_row(orow, out.data + (bi * T + t0 + r) * D, D, ln_w.data, ln_b.data, eps);
+    }
+  });
+  return out;
+}
+
 }  // namespace samfast

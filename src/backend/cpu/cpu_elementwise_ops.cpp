@@ -24,6 +24,16 @@ void softmax_row(float* __restrict row, int64_t n) {
   for (int64_t c = 0; c < n; ++c) row[c] *= inv;
 }
 
+void layer_norm_row(const float* in, float* out, int64_t C, const float* w, const float* b, float eps) {
+  double mean = 0, var = 0;  // double accumulation: no drift over thousands of channels
+  for (int64_t c = 0; c < C; ++c) mean += in[c];
+  mean /= C;
+  for (int64_t c = 0; c < C; ++c) var += (in[c] - mean) * (in[c] - mean);
+  var /= C;
+  const float m = (float)mean, rstd = (float)(1.0 / std::sqrt(var + eps));
+  for (int64_t c = 0; c < C; ++c) out[c] = (in[c] - m) * rstd * w[c] + b[c];
+}
+
 void softmax_rows(float* x, int64_t rows, int64_t cols) {
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
   for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * cols, cols);
@@ -36,17 +46,7 @@ Tensor CpuOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, flo
     throw Error("layer_norm: input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
   Tensor y = Tensor::empty(x.shape);
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* in = x.data + r * C;
-    float* out = y.data + r * C;
-    double mean = 0, var = 0;  // double accumulation: no drift over thousands of channels
-    for (int64_t c = 0; c < C; ++c) mean += in[c];
-    mean /= C;
-    for (int64_t c = 0; c < C; ++c) var += (in[c] - mean) * (in[c] - mean);
-    var /= C;
-    const float m = (float)mean, rstd = (float)(1.0 / std::sqrt(var + eps));
-    for (int64_t c = 0; c < C; ++c) out[c] = (in[c] - m) * rstd * w.data[c] + b.data[c];
-  }
+  for (int64_t r = 0; r < rows; ++r) cpu::layer_norm_row(x.data + r * C, y.data + r * C, C, w.data, b.data, eps);
   cpu::apply_act(y.data, y.numel(), act);
   return y;
 }

@@ -22,7 +22,7 @@ Tensor full_plane(const Tensor& low_res, int64_t i, int img_size, std::pair<int,
 
 }  // namespace
 
-Ops::MaskStats CpuOps::mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+Ops::Later<Ops::MaskStats> CpuOps::mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                   std::pair<int, int> size, float thr, float hi, float lo) {
   check_mask_planes(low_res, "mask_stats");
   const int64_t n = low_res.dim(0);
@@ -41,7 +41,7 @@ Ops::MaskStats CpuOps::mask_stats(const Tensor& low_res, int img_size, std::pair
     s.above_hi[i] = inter, s.above_lo[i] = uni;
     s.box[i] = x1 < 0 ? std::array<int, 4>{0, 0, 0, 0} : std::array<int, 4>{x0, y0, x1, y1};
   }
-  return s;
+  return [s = std::move(s)] { return s; };
 }
 
 std::vector<Rle> CpuOps::mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,

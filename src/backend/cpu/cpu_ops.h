@@ -21,10 +21,13 @@ class CpuOps final : public Ops {
   Tensor rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                            const Tensor& rel_pos_w, int heads, int window) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) override;
+  Tensor image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
+                                  const Tensor& bias, const Tensor& residual, const Tensor& ln_w, const Tensor& ln_b,
+                                  float eps, int heads) override;
   Tensor bmm_nt(const Tensor& a, const Tensor& b) override;
   Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                            std::pair<int, int> original_size, bool binarize) override;
-  MaskStats mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size, std::pair<int, int> size,
+  Later<MaskStats> mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size, std::pair<int, int> size,
                        float thr, float hi, float lo) override;
   std::vector<Rle> mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                              std::pair<int, int> size, float thr, std::pair<int, int> offset_xy,
@@ -69,6 +72,8 @@ inline float verf(float x) {
 void softmax_rows(float* x, int64_t rows, int64_t cols);
 // Softmax of one row in place (single-threaded; vectorized).
 void softmax_row(float* __restrict row, int64_t n);
+// out = LayerNorm(in) over C channels with weight w and bias b (statistics in double).
+void layer_norm_row(const float* in, float* out, int64_t C, const float* w, const float* b, float eps);
 }  // namespace cpu
 
 }  // namespace samfast

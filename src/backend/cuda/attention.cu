@@ -18,11 +18,18 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/mma.cuh"
 
 namespace samfast {
 namespace {
 
+using cuda::cp_async16;
+using cuda::cp_async_wait_all;
 using cuda::from_f32;
+using cuda::ldmatrix_x4;
+using cuda::ldmatrix_x4_trans;
+using cuda::mma_bf16;
+using cuda::pack_bf16;
 using cuda::to_f32;
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -178,33 +185,6 @@ constexpr int kMmaK = 64;  // key slots per block
 constexpr int kMmaThreads = 128;
 constexpr int kRelStride = kMmaQ + 4;  // floats per relative-position column in shared memory
 
-__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem_row) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* smem_row) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
 // Rows [row0, row0 + 64) of the tile, part `part`, into smem rows of `lds` bf16; zeros past the tile.
 template <int HD>
 __device__ __forceinline__ void load_rows(__nv_bfloat16* dst, int lds, const TileGeometry<__nv_bfloat16>& g, int row0,
@@ -218,13 +198,6 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16* dst, int lds, const Til
   }
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {  // zero-fills when !ok
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
-}
 
 // Part `part` (1 k, 2 v) of the tokens in key slots [sb, sb + 64) into smem rows of HD + 8 bf16 (empty
 // slots: zeros), by cp.async; complete after cp_async_wait_all.
@@ -763,6 +736,10 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int
   const int q_step = q.dim(0) == 1 ? 0 : 1, kv_step = k.dim(0) == 1 ? 0 : 1;
   Tensor out = empty({B, Nq, D});
   if (out.numel() == 0) return out;
+  if (heads == 1 && hd > 64) {  // the decoder's folded token-to-image attention
+    cuda::wide_head_attention(*this, q, k, v, out);
+    return out;
+  }
   auto run = [&](auto tag) {
     using T = decltype(tag);
     switch (hd) {

@@ -62,11 +62,16 @@ class CudaOps final : public Ops {
   Tensor rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                            const Tensor& rel_pos_w, int heads, int window) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) override;
+  Tensor image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
+                                  const Tensor& bias, const Tensor& residual, const Tensor& ln_w, const Tensor& ln_b,
+                                  float eps, int heads) override;
+  Tensor upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w, const Tensor& ln_b,
+                       float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper) override;  // upscale.cu
   Tensor bmm_nt(const Tensor& a, const Tensor& b) override;
   // Output fp32 whatever the precision (logits, or 0/1 when binarize); download() takes it.
   Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                            std::pair<int, int> original_size, bool binarize) override;
-  MaskStats mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size, std::pair<int, int> size,
+  Later<MaskStats> mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size, std::pair<int, int> size,
                        float thr, float hi, float lo) override;
   std::vector<Rle> mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                              std::pair<int, int> size, float thr, std::pair<int, int> offset_xy,
@@ -77,6 +82,7 @@ class CudaOps final : public Ops {
   Tensor expand_batch(const Tensor& x, int64_t batch) override;
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& x) override;  // x in the backend's precision or fp32
+  Later<Tensor> download_later(const Tensor& x) override;
   void synchronize() override;
   int64_t peak_memory_bytes() const override;
 
@@ -98,16 +104,20 @@ namespace cuda {
 
 // The one GEMM entry point (row-major): C (M, N) = act(A (M, K) @ op(B) + bias (N)) + residual,
 // B stored (N, K) when b_transposed, else (K, N); residual (M, N) with leading dim ldc or null;
-// `batch` problems at element strides sA, sB, sC (sC also for residual). All matrices of type dt;
-// fp32 accumulation always, TF32 never. Quantised variants slot in behind this signature.
+// `batch` problems at element strides sA, sB, sC (sC also for residual; a stride of 0 shares one
+// matrix). All matrices of type dt, or C fp32 when f32_out (no epilogue then); fp32 accumulation
+// always, TF32 never. Quantised variants slot in behind this signature.
 void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, int64_t K, const void* A,
           int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, const void* bias = nullptr,
           Act act = Act::None, const void* residual = nullptr, int64_t batch = 1, int64_t sA = 0,
-          int64_t sB = 0, int64_t sC = 0);
+          int64_t sB = 0, int64_t sC = 0, bool f32_out = false);
 
 // y (rows, cols) = act(y + bias) + residual in place; bias (cols) and residual (rows, cols) optional.
 void bias_act_residual(CudaContext& ctx, DType dt, void* y, int64_t rows, int64_t cols, const void* bias, Act act,
                        const void* residual);
+
+// ops.attention with one head wider than 64 (decoder_attention.cu): out (B, Nq, D) preallocated.
+void wide_head_attention(const CudaOps& ops, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out);
 
 }  // namespace cuda
 }  // namespace samfast

@@ -431,7 +431,7 @@ Tensor CudaOps::upload(const Tensor& host) {
   return y;  // staging returns to the pool; its next user runs after the conversion on this stream
 }
 
-Tensor CudaOps::download(const Tensor& x) {
+Ops::Later<Tensor> CudaOps::download_later(const Tensor& x) {
   if (x.dtype != DType::F32) expect(x, "download", "tensor");
   check(x.defined() && x.device == Device::CUDA, "download", "tensor " + shape_str(x.shape) + " is not on the GPU");
   // Into page-locked memory, which returns to its pool when the last view of it is dropped.
@@ -443,7 +443,7 @@ Tensor CudaOps::download(const Tensor& x) {
   host.storage = std::shared_ptr<float[]>(hp, [pinned, host_bytes](float* q) { pinned->put(q, host_bytes); });
   host.data = hp;
   const int64_t n = x.numel();
-  if (n == 0) return host;
+  if (n == 0) return [host] { return host; };
   Tensor f32 = x;
   if (x.dtype != DType::F32) {
     f32 = empty(x.shape, DType::F32);
@@ -452,9 +452,19 @@ Tensor CudaOps::download(const Tensor& x) {
     CUDA_LAUNCH_CHECK();
   }
   CUDA_CHECK(cudaMemcpyAsync(host.data, f32.data, sizeof(float) * n, cudaMemcpyDeviceToHost, ctx_->stream));
-  CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
-  return host;
+  // An event after the copy: waiting on it does not wait for work queued later on the stream.
+  cudaEvent_t ev = nullptr;
+  CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  std::shared_ptr<CUevent_st> done(ev, [](cudaEvent_t e) { cudaEventDestroy(e); });
+  CUDA_CHECK(cudaEventRecord(ev, ctx_->stream));
+  return [host, done] {
+    CUDA_CHECK(cudaEventSynchronize(done.get()));
+    return host;
+  };
 }
+
+Tensor CudaOps::download(const Tensor& x) { return download_later(x)(); }
+
 
 void CudaOps::synchronize() { CUDA_CHECK(cudaStreamSynchronize(ctx_->stream)); }
 

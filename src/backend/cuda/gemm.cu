@@ -78,8 +78,9 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols,
 
 void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
           const void* B, int64_t ldb, void* C, int64_t ldc, const void* bias, Act act, const void* residual,
-          int64_t batch, int64_t sA, int64_t sB, int64_t sC) {
+          int64_t batch, int64_t sA, int64_t sB, int64_t sC, bool f32_out) {
   if (M == 0 || N == 0 || batch == 0) return;
+  if (f32_out && (bias || act != Act::None || residual)) throw Error("gemm: an fp32 output takes no epilogue");
   if ((bias || act != Act::None || residual) && (ldc != N || (batch > 1 && sC != M * N)))
     throw Error("gemm: bias, activation or residual need a dense output (ldc == N)");
   // Row-major C (M, N) is column-major C^T (N, M) = op(B)^T (N, K) x A^T (K, M): cuBLAS's first
@@ -92,8 +93,8 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
   int64_t align = std::min({alignment(A), alignment(B), alignment(C), c_in ? alignment(c_in) : 256,
                             bias ? alignment(bias) : 256});
   const std::array<int64_t, 16> key{(int64_t)dt, b_transposed, M, N, K, lda, ldb, ldc, batch, sA, sB, sC,
-                                    (int64_t)epi, c_in != nullptr, align, 0};
-  const cudaDataType_t t = cuda_type(dt);
+                                    (int64_t)epi, c_in != nullptr, align, f32_out};
+  const cudaDataType_t t = cuda_type(dt), tc = f32_out ? CUDA_R_32F : t;
   auto it = ctx.gemm_plans.find(key);
   if (it == ctx.gemm_plans.end()) {
     GemmPlan p;
@@ -104,7 +105,7 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     p.a = b_transposed ? make_layout(t, K, N, ldb, batch, sB) : make_layout(t, N, K, ldb, batch, sB);
     p.b = make_layout(t, K, M, lda, batch, sA);
-    p.c = make_layout(t, N, M, ldc, batch, sC);
+    p.c = make_layout(tc, N, M, ldc, batch, sC);
     cublasLtMatmulPreference_t pref = nullptr;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -137,7 +138,7 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
                                  ctx.stream));
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.cublas, b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, (int)N,
                                             (int)M, (int)K, &alpha, B, t, (int)ldb, sB, A, t, (int)lda, sA, &beta, C,
-                                            t, (int)ldc, sC, (int)batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                            tc, (int)ldc, sC, (int)batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (bias || relu_in_epilogue)
       bias_act_residual(ctx, dt, C, M * batch, N, bias, relu_in_epilogue ? Act::ReLU : Act::None, nullptr);
   }

@@ -22,31 +22,34 @@ std::vector<T> to_host(const void* p, size_t n, cudaStream_t stream) {
 
 }  // namespace
 
-Ops::MaskStats CudaOps::mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
-                                   std::pair<int, int> size, float thr, float hi, float lo) {
+Ops::Later<Ops::MaskStats> CudaOps::mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
+                                               std::pair<int, int> size, float thr, float hi, float lo) {
   check_mask_planes(low_res, "mask_stats");
   expect(low_res, "mask_stats", "masks");
   const int64_t n = low_res.dim(0), L = low_res.dim(1);
-  MaskStats s;
-  if (n == 0) return s;
-  Tensor counts = empty({n, 2}, DType::F32), boxes = empty({n, 4}, DType::F32);  // int32 payloads
+  if (n == 0) return [] { return MaskStats{}; };
+  Tensor stats = empty({6 * n}, DType::F32);  // int32 payload: 2 counts per plane, then 4 box corners per plane
   const size_t es = element_size(dt_);
   for (int64_t first = 0; first < n; first += 65535) {  // planes are the grid's z dimension
     const int64_t k = std::min<int64_t>(65535, n - first);
     SAMFAST_DISPATCH(dt_, T,
                      cuda::mask_stats<T>(reinterpret_cast<const T*>(low_res.ptr<char>() + es * first * L * L), k, (int)L,
                                          img_size, input_size.first, input_size.second, size.first, size.second, thr, hi,
-                                         lo, counts.ptr<int>() + 2 * first, boxes.ptr<int>() + 4 * first, ctx_->stream));
+                                         lo, stats.ptr<int>() + 2 * first, stats.ptr<int>() + 2 * n + 4 * first, ctx_->stream));
   }
-  const std::vector<int> c = to_host<int>(counts.data, 2 * n, ctx_->stream);
-  const std::vector<int> b = to_host<int>(boxes.data, 4 * n, ctx_->stream);
-  s.above_hi.resize(n), s.above_lo.resize(n), s.box.resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    s.above_hi[i] = c[2 * i], s.above_lo[i] = c[2 * i + 1];
-    s.box[i] = b[4 * i + 2] < 0 ? std::array<int, 4>{0, 0, 0, 0}
-                                : std::array<int, 4>{b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]};
-  }
-  return s;
+  Later<Tensor> host = download_later(stats);  // fp32 tensors are copied bit for bit
+  return [host, n] {
+    const Tensor h = host();
+    const int* v = reinterpret_cast<const int*>(h.data);
+    MaskStats s;
+    s.above_hi.resize(n), s.above_lo.resize(n), s.box.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int* b = v + 2 * n + 4 * i;
+      s.above_hi[i] = v[2 * i], s.above_lo[i] = v[2 * i + 1];
+      s.box[i] = b[2] < 0 ? std::array<int, 4>{0, 0, 0, 0} : std::array<int, 4>{b[0], b[1], b[2], b[3]};
+    }
+    return s;
+  };
 }
 
 std::vector<Rle> CudaOps::mask_rles(const Tensor& low_res, int img_size, std::pair<int, int> input_size,

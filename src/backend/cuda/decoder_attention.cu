@@ -1,0 +1,399 @@
+// The mask decoder's attention on the image tokens, in the folded form of mask_decoder.cpp (the
+// projections multiplied into per-prompt queries, keys and values, so that the G*G image tokens of
+// every prompt are only read, scored and averaged, never projected).
+//
+// wide_head_attention (ops.attention with one head wider than 64: the folded token-to-image
+// attention, heads x tokens queries of width 256 per prompt against the 4096 image tokens): two
+// cuBLASLt GEMMs around a row softmax, the scores held in fp32. With 56 query rows per prompt the
+// score matrix is smaller than the keys it comes from, so this runs at the speed of reading K and V.
+//
+// image_to_token_attention (the image tokens attending to the prompt's few tokens): one kernel that
+// reads each image token once and writes it once: scores against the heads x N folded keys, a
+// softmax per head, the weighted sum of the folded values, bias, residual and LayerNorm.
+//   bf16, D 256, 8 heads, N <= 16: tensor cores (mma.sync m16n8k16). A block holds one prompt's
+//   keys and values in shared memory, each head's keys in its own 8- or 16-column slab of the score
+//   tile (padding slots score -inf), so the per-head softmax is a quad shuffle; each warp takes 16
+//   tokens at a time, its x rows staged by cp.async and then reused for the pre-norm output rows.
+//   Otherwise (fp32, the exact path; other shapes): one warp per token on the CUDA cores.
+#include <cmath>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/mma.cuh"
+
+namespace samfast {
+namespace {
+
+using cuda::cp_async16;
+using cuda::cp_async_wait_all;
+using cuda::from_f32;
+using cuda::ldmatrix_x4;
+using cuda::ldmatrix_x4_trans;
+using cuda::mma_bf16;
+using cuda::pack_bf16;
+using cuda::to_f32;
+
+void check(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw Error(std::string(op) + ": " + what);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// p (rows, cols) = softmax(s * scale) per row; s fp32. One block per row.
+template <class T>
+__global__ void __launch_bounds__(256) softmax_rows_kernel(const float* __restrict s, T* __restrict p, int cols,
+                                                           float scale) {
+  __shared__ float red[8];
+  const float* row = s + int64_t(blockIdx.x) * cols;
+  T* out = p + int64_t(blockIdx.x) * cols;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float mx = -INFINITY;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, row[c]);
+#pragma unroll
+  for (int o = 16; o; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  mx = red[0];
+  for (int w = 1; w < 8; ++w) mx = fmaxf(mx, red[w]);
+  __syncthreads();
+  float sum = 0.f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) sum += expf((row[c] - mx) * scale);
+  sum = warp_sum(sum);
+  if (lane == 0) red[warp] = sum;
+  __syncthreads();
+  sum = 0.f;
+  for (int w = 0; w < 8; ++w) sum += red[w];
+  const float inv = 1.f / sum;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[c] = from_f32<T>(expf((row[c] - mx) * scale) * inv);
+}
+
+struct I2tArgs {
+  const void *x, *k, *kb, *v, *bias, *residual, *ln_w, *ln_b;
+  void* out;
+  int T, N, D, heads, x_step, r_step;  // x_step / r_step: 0 when x / residual are shared (batch 1)
+  float eps;
+};
+
+// The CUDA-core version: one warp per (prompt, token). Shared memory per warp: heads*N scores, D outputs.
+constexpr int kWarpKernelWarps = 8;
+
+template <class T>
+__global__ void __launch_bounds__(kWarpKernelWarps * 32) i2t_warp_kernel(I2tArgs a) {
+  extern __shared__ float smem_f[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, b = blockIdx.y, HN = a.heads * a.N, D = a.D;
+  const int64_t t = int64_t(blockIdx.x) * kWarpKernelWarps + warp;
+  if (t >= a.T) return;  // whole warps only; no block-wide synchronisation below
+  float* sc = smem_f + warp * (HN + D);
+  float* o = sc + HN;
+  const T* x = static_cast<const T*>(a.x) + (int64_t(b) * a.x_step * a.T + t) * D;
+  const T* k = static_cast<const T*>(a.k) + int64_t(b) * HN * D;
+  const T* v = static_cast<const T*>(a.v) + int64_t(b) * HN * D;
+  const T* kb = static_cast<const T*>(a.kb) + int64_t(b) * HN;
+  for (int j = 0; j < HN; ++j) {  // j = n * heads + h
+    float acc = 0.f;
+    for (int c = lane; c < D; c += 32) acc += to_f32(x[c]) * to_f32(k[int64_t(j) * D + c]);
+    acc = warp_sum(acc);
+    if (lane == 0) sc[j] = acc + to_f32(kb[j]);
+  }
+  __syncwarp();
+  for (int h = lane; h < a.heads; h += 32) {
+    float mx = -INFINITY, sum = 0.f;
+    for (int n = 0; n < a.N; ++n) mx = fmaxf(mx, sc[n * a.heads + h]);
+    for (int n = 0; n < a.N; ++n) sum += (sc[n * a.heads + h] = expf(sc[n * a.heads + h] - mx));
+    for (int n = 0; n < a.N; ++n) sc[n * a.heads + h] /= sum;
+  }
+  __syncwarp();
+  const T* res = static_cast<const T*>(a.residual) + (int64_t(b) * a.r_step * a.T + t) * D;
+  const T* bias = static_cast<const T*>(a.bias);
+  float sum = 0.f;
+  for (int c = lane; c < D; c += 32) {
+    float acc = 0.f;
+    for (int j = 0; j < HN; ++j) acc += sc[j] * to_f32(v[int64_t(j) * D + c]);
+    o[c] = to_f32(from_f32<T>((acc + to_f32(bias[c])) + to_f32(res[c])));  // as a separate op would store it
+    sum += o[c];
+  }
+  const float mean = warp_sum(sum) / D;
+  float q = 0.f;
+  for (int c = lane; c < D; c += 32) q += (o[c] - mean) * (o[c] - mean);
+  const float rstd = rsqrtf(warp_sum(q) / D + a.eps);
+  T* y = static_cast<T*>(a.out) + (int64_t(b) * a.T + t) * D;
+  const T *lw = static_cast<const T*>(a.ln_w), *lb = static_cast<const T*>(a.ln_b);
+  for (int c = lane; c < D; c += 32) y[c] = from_f32<T>((o[c] - mean) * rstd * to_f32(lw[c]) + to_f32(lb[c]));
+}
+
+// The tensor-core version (bf16, D 256, 8 heads, N <= KP key slots per head).
+constexpr int kMmaD = 256, kMmaHeads = 8, kMmaLds = kMmaD + 8, kMmaRows = 64, kMmaThreads = 128;
+
+template <int KP>
+size_t i2t_mma_smem() {
+  return sizeof(__nv_bfloat16) * (2 * kMmaHeads * KP + kMmaRows) * kMmaLds + sizeof(float) * (kMmaHeads * KP + 2 * kMmaD);
+}
+
+template <int KP>
+__global__ void __launch_bounds__(kMmaThreads) i2t_mma_kernel(I2tArgs a, int tiles_per_block) {
+  constexpr int NC = kMmaHeads * KP, D = kMmaD, LDS = kMmaLds, NT = NC / 8;  // score columns, n-tiles
+  using bf16 = __nv_bfloat16;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // slot (h, n) at row h KP + n
+  bf16* sV = sK + NC * LDS;
+  bf16* sX = sV + NC * LDS;  // 16 rows per warp: x, then the pre-norm outputs
+  float* sKb = reinterpret_cast<float*>(sX + kMmaRows * LDS);
+  float* sLn = sKb + NC;  // 2 x D
+  const int b = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
+  const int N = a.N, T = a.T;
+  {
+    const bf16* kg = static_cast<const bf16*>(a.k) + int64_t(b) * N * kMmaHeads * D;
+    const bf16* vg = static_cast<const bf16*>(a.v) + int64_t(b) * N * kMmaHeads * D;
+    for (int i = tid; i < NC * (D / 8); i += kMmaThreads) {
+      const int slot = i / (D / 8), c = i % (D / 8), h = slot / KP, n = slot % KP;
+      const bool ok = n < N;
+      const int64_t off = ok ? (int64_t(n) * kMmaHeads + h) * D + c * 8 : 0;
+      cp_async16(sK + slot * LDS + c * 8, kg + off, ok);
+      cp_async16(sV + slot * LDS + c * 8, vg + off, ok);
+    }
+    const bf16* kbg = static_cast<const bf16*>(a.kb) + int64_t(b) * N * kMmaHeads;
+    for (int i = tid; i < NC; i += kMmaThreads) {
+      const int h = i / KP, n = i % KP;
+      sKb[i] = n < N ? to_f32(kbg[n * kMmaHeads + h]) : -INFINITY;
+    }
+  }
+  for (int i = tid; i < D; i += kMmaThreads) {  // LayerNorm weight, then bias
+    sLn[i] = to_f32(static_cast<const bf16*>(a.ln_w)[i]);
+    sLn[D + i] = to_f32(static_cast<const bf16*>(a.ln_b)[i]);
+  }
+  cp_async_wait_all();
+  __syncthreads();  // keys, values, key biases visible; from here on each warp works alone
+
+  const bf16* xg = static_cast<const bf16*>(a.x) + int64_t(b) * a.x_step * T * D;
+  const bf16* rg = static_cast<const bf16*>(a.residual) + int64_t(b) * a.r_step * T * D;
+  const bf16* bias = static_cast<const bf16*>(a.bias);
+  bf16* yg = static_cast<bf16*>(a.out) + int64_t(b) * T * D;
+  bf16* sXw = sX + warp * 16 * LDS;
+  const int ntiles = (T + kMmaRows - 1) / kMmaRows;
+  const int tile_end = min(ntiles, (blockIdx.x + 1) * tiles_per_block);
+  for (int tile = blockIdx.x * tiles_per_block; tile < tile_end; ++tile) {
+    const int r0 = tile * kMmaRows + warp * 16;  // this warp's first token
+    if (r0 >= T) break;
+    for (int i = lane; i < 16 * (D / 8); i += 32) {
+      const int r = i / (D / 8), c = i % (D / 8);
+      const bool ok = r0 + r < T;
+      cp_async16(sXw + r * LDS + c * 8, xg + (ok ? int64_t(r0 + r) * D + c * 8 : 0), ok);
+    }
+    cp_async_wait_all();
+    __syncwarp();
+
+    // Scores S (16 x NC) = X K^T.
+    float s[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    const bf16* kbase = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
+#pragma unroll 4
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t af[4];
+      ldmatrix_x4(af, sXw + (lane % 16) * LDS + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t kf[4];
+        ldmatrix_x4(kf, kbase + np * 16 * LDS + kk * 16);
+        mma_bf16(s[2 * np], af, kf[0], kf[1]);
+        mma_bf16(s[2 * np + 1], af, kf[2], kf[3]);
+      }
+    }
+    // Softmax per head over its KP / 8 n-tiles (rows gr and gr + 8 of the warp's 16).
+#pragma unroll
+    for (int h = 0; h < kMmaHeads; ++h) {
+      float m0 = -INFINITY, m1 = -INFINITY;
+#pragma unroll
+      for (int n = h * KP / 8; n < (h + 1) * KP / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float kb = sKb[n * 8 + tq * 2 + e];
+          s[n][e] += kb, s[n][2 + e] += kb;
+          m0 = fmaxf(m0, s[n][e]), m1 = fmaxf(m1, s[n][2 + e]);
+        }
+#pragma unroll
+      for (int sh = 1; sh <= 2; sh *= 2) {
+        m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, sh));
+        m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, sh));
+      }
+      float l0 = 0.f, l1 = 0.f;
+#pragma unroll
+      for (int n = h * KP / 8; n < (h + 1) * KP / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[n][e] = __expf(s[n][e] - m0), s[n][2 + e] = __expf(s[n][2 + e] - m1);
+          l0 += s[n][e], l1 += s[n][2 + e];
+        }
+#pragma unroll
+      for (int sh = 1; sh <= 2; sh *= 2) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
+      }
+      const float i0 = 1.f / l0, i1 = 1.f / l1;
+#pragma unroll
+      for (int n = h * KP / 8; n < (h + 1) * KP / 8; ++n) s[n][0] *= i0, s[n][1] *= i0, s[n][2] *= i1, s[n][3] *= i1;
+    }
+    // P as the A operand of O = P V (two n-tiles per k-step).
+    uint32_t pf[NT / 2][4];
+#pragma unroll
+    for (int ks = 0; ks < NT / 2; ++ks) {
+      pf[ks][0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
+      pf[ks][1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
+      pf[ks][2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+      pf[ks][3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+    }
+    // O = P V + bias + residual in two halves of 128 channels, rounded to bf16 into the warp's rows
+    // of sX (x is no longer needed), as the unfused GEMM would store it for the LayerNorm. The row
+    // sums and sums of squares for the LayerNorm come from the same registers: a thread holds 64 of
+    // each of its two rows' values, a quad holds whole rows.
+    const int mi = lane / 8;
+    float sum[2] = {0.f, 0.f}, sq[2] = {0.f, 0.f};
+#pragma unroll 1
+    for (int half = 0; half < 2; ++half) {
+      float o[16][4];
+#pragma unroll
+      for (int n = 0; n < 16; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < NT / 2; ++ks) {
+        const int key = ks * 16 + (mi & 1) * 8 + lane % 8;
+#pragma unroll
+        for (int dp = 0; dp < 8; ++dp) {
+          uint32_t vf[4];
+          ldmatrix_x4_trans(vf, sV + key * LDS + half * 128 + dp * 16 + (mi >> 1) * 8);
+          mma_bf16(o[2 * dp], pf[ks], vf[0], vf[1]);
+          mma_bf16(o[2 * dp + 1], pf[ks], vf[2], vf[3]);
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+        const int col = half * 128 + n * 8 + tq * 2;
+        const float2 bc = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(bias + col));
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int r = gr + 8 * i;
+          if (r0 + r >= T) continue;
+          const float2 rc =
+              __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(rg + int64_t(r0 + r) * D + col));
+          const uint32_t packed = pack_bf16((o[n][2 * i] + bc.x) + rc.x, (o[n][2 * i + 1] + bc.y) + rc.y);
+          *reinterpret_cast<uint32_t*>(sXw + r * LDS + col) = packed;
+          const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed));
+          sum[i] += v.x + v.y;
+          sq[i] += v.x * v.x + v.y * v.y;
+        }
+      }
+    }
+    float mean[2], rstd[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int sh = 1; sh <= 2; sh *= 2) {
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], sh);
+        sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], sh);
+      }
+      mean[i] = sum[i] / D;
+      rstd[i] = rsqrtf(fmaxf(sq[i] / D - mean[i] * mean[i], 0.f) + a.eps);
+    }
+    // Normalise in place (each thread its own values), then whole rows out, 16 bytes per lane.
+#pragma unroll
+    for (int n = 0; n < 32; ++n) {
+      const int col = n * 8 + tq * 2;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        uint32_t* p = reinterpret_cast<uint32_t*>(sXw + (gr + 8 * i) * LDS + col);
+        const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+        *p = pack_bf16((v.x - mean[i]) * rstd[i] * sLn[col] + sLn[D + col],
+                       (v.y - mean[i]) * rstd[i] * sLn[col + 1] + sLn[D + col + 1]);
+      }
+    }
+    __syncwarp();
+    for (int r = 0; r < 16 && r0 + r < T; ++r)
+      *reinterpret_cast<uint4*>(yg + int64_t(r0 + r) * D + lane * 8) =
+          *reinterpret_cast<const uint4*>(sXw + r * LDS + lane * 8);
+    __syncwarp();  // the rows are read before the next tile's x overwrites them
+  }
+}
+
+template <int KP>
+void launch_i2t_mma(const CudaContext& ctx, const I2tArgs& a, int64_t B) {
+  const size_t smem = i2t_mma_smem<KP>();
+  CUDA_CHECK(cudaFuncSetAttribute(i2t_mma_kernel<KP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const int64_t ntiles = (a.T + kMmaRows - 1) / kMmaRows;
+  // Enough blocks for a few waves; each block loads its prompt's keys and values once.
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * B / (int64_t(ctx.sm_count) * 8)));
+  const dim3 grid((unsigned)((ntiles + per - 1) / per), (unsigned)B);
+  i2t_mma_kernel<KP><<<grid, kMmaThreads, smem, ctx.stream>>>(a, (int)per);
+  CUDA_LAUNCH_CHECK();
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+namespace cuda {
+
+void wide_head_attention(const CudaOps& ops, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
+  CudaContext& ctx = ops.context();
+  const DType dt = ops.precision();
+  const int64_t B = out.dim(0), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1);
+  const int64_t q_step = q.dim(0) == 1 ? 0 : 1, kv_step = k.dim(0) == 1 ? 0 : 1;
+  check(B * Nq < (int64_t(1) << 31) && Nk < (int64_t(1) << 31), "attention", "too many queries or keys");
+  Tensor s = ops.empty({B, Nq, Nk}, DType::F32);
+  cuda::gemm(ctx, dt, true, Nq, Nk, D, q.data, D, k.data, D, s.data, Nk, nullptr, Act::None, nullptr, B, q_step * Nq * D,
+             kv_step * Nk * D, Nq * Nk, /*f32_out=*/true);
+  Tensor p = ops.empty({B, Nq, Nk});
+  const float scale = 1.f / std::sqrt((float)D);
+  SAMFAST_DISPATCH(dt, T, softmax_rows_kernel<T><<<(unsigned)(B * Nq), 256, 0, ctx.stream>>>(s.ptr<float>(), p.ptr<T>(), (int)Nk, scale));
+  CUDA_LAUNCH_CHECK();
+  cuda::gemm(ctx, dt, false, Nq, D, Nk, p.data, Nk, v.data, D, out.data, D, nullptr, Act::None, nullptr, B, Nq * Nk,
+             kv_step * Nk * D, Nq * D);
+}
+
+}  // namespace cuda
+
+Tensor CudaOps::image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
+                                         const Tensor& bias, const Tensor& residual, const Tensor& ln_w,
+                                         const Tensor& ln_b, float eps, int heads) {
+  const char* op = "image_to_token_attention";
+  for (const Tensor* t : {&x, &k, &kb, &v, &bias, &residual, &ln_w, &ln_b}) expect(*t, op, "input");
+  const int64_t B = k.dim(0), N = k.dim(1), T = x.dim(1), D = x.dim(2);
+  check(x.ndim() == 3 && k.ndim() == 3 && heads > 0 && k.dim(2) == heads * D && v.shape == k.shape &&
+            kb.numel() == B * N * heads && (x.dim(0) == B || x.dim(0) == 1) && residual.ndim() == 3 &&
+            (residual.dim(0) == B || residual.dim(0) == 1) && residual.dim(1) == T && residual.dim(2) == D &&
+            bias.numel() == D && ln_w.numel() == D && ln_b.numel() == D,
+        op, "x " + shape_str(x.shape) + ", k " + shape_str(k.shape) + ", kb " + shape_str(kb.shape) + ", v " +
+                shape_str(v.shape) + ", residual " + shape_str(residual.shape));
+  check(B <= 65535 && T < (int64_t(1) << 31) && N * heads < (1 << 20), op, "too many prompts or tokens");
+  Tensor out = empty({B, T, D});
+  if (out.numel() == 0) return out;
+  const I2tArgs a{x.data,   k.data,   kb.data, v.data,  bias.data,  residual.data, ln_w.data,
+                  ln_b.data, out.data, (int)T,  (int)N,  (int)D,     heads,         x.dim(0) == B && B > 1 ? 1 : 0,
+                  residual.dim(0) == B && B > 1 ? 1 : 0, eps};
+  const bool tensor_cores = dt_ == DType::BF16 && D == kMmaD && heads == kMmaHeads && N <= 16 &&
+                            aligned16(x.data) && aligned16(k.data) && aligned16(v.data) && aligned16(residual.data) &&
+                            aligned16(ln_w.data) && aligned16(ln_b.data) && aligned16(out.data);
+  if (tensor_cores && N <= 8) {
+    launch_i2t_mma<8>(*ctx_, a, B);
+  } else if (tensor_cores) {
+    launch_i2t_mma<16>(*ctx_, a, B);
+  } else {
+    const size_t smem = sizeof(float) * kWarpKernelWarps * (N * heads + D);
+    check(smem <= ctx_->max_smem_per_block, op, std::to_string(N) + " prompt tokens do not fit in shared memory");
+    auto go = [&](auto kernel) {
+      CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+      const dim3 grid((unsigned)((T + kWarpKernelWarps - 1) / kWarpKernelWarps), (unsigned)B);
+      kernel<<<grid, kWarpKernelWarps * 32, smem, ctx_->stream>>>(a);
+    };
+    if (dt_ == DType::F32)
+      go(i2t_warp_kernel<float>);
+    else
+      go(i2t_warp_kernel<__nv_bfloat16>);
+    CUDA_LAUNCH_CHECK();
+  }
+  return out;
+}
+
+}  // namespace samfast

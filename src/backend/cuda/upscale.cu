@@ -1,0 +1,232 @@
+// ops.upscale_masks on the GPU: MaskDecoder.predict_masks' output upscaling (ConvTranspose2d 2x2
+// D -> C1, LayerNorm2d, GELU, ConvTranspose2d 2x2 C1 -> C2, GELU) and the hypernetwork product, as
+// one kernel. Unfused, these pass ~1.5 GB through memory per 64 prompts (two 2x2 scatters, a
+// LayerNorm and a GELU over 4 and 16 times the image tokens' size); fused, each image token is
+// read once and only the masks are written.
+//
+// Every image token expands independently: 4 sub-pixels s1 = (dy1, dx1) of C1 channels, each 4
+// sub-pixels s2 = (dy2, dx2) of C2 channels, each one value per mask. A block takes one s1 of a
+// run of 64-token tiles of one prompt; its warps take 16 tokens each through three tensor-core
+// GEMMs chained in registers (accumulator layout = next A operand, as P in flash attention):
+//   (16 x D) x W1[s1] (D x C1) + b1 -> LayerNorm over C1 -> GELU  -> A (16 x C1)
+//   (16 x C1) x W2 (C1 x 4 C2) + b2 -> GELU                      -> A (16 x 4 C2)
+//   (16 x 4 C2) x Hyper (4 C2 x 4 M, block diagonal per s2)      -> 16 x (s2, m) mask values.
+// bf16 with D 256, C1 64, C2 32, M 4 (every SAM); other shapes and fp32 compose the unfused ops.
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/mma.cuh"
+
+namespace samfast {
+namespace {
+
+using bf16 = __nv_bfloat16;
+using cuda::cp_async16;
+using cuda::cp_async_wait_all;
+using cuda::gelu_erf;
+using cuda::ldmatrix_x4;
+using cuda::mma_bf16;
+using cuda::pack_bf16;
+using cuda::to_f32;
+
+constexpr int kD = 256, kC1 = 64, kC2 = 32, kM = 4, kRows = 64, kThreads = 128;
+constexpr int kLd1 = kD + 8, kLd2 = kC1 + 8, kLd3 = 4 * kC2 + 8;  // padded smem rows (ldmatrix, no conflicts)
+
+// wt[(s * Cout + co) * Cin + ci] = w[ci, co, dy, dx] with s = 2 dy + dx: per sub-pixel, rows of Cin.
+__global__ void transpose_convt_weight(const bf16* __restrict w, bf16* __restrict wt, int Cin, int Cout) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < Cin * Cout * 4; i += gridDim.x * blockDim.x) {
+    const int ci = i / (Cout * 4), co = i / 4 % Cout, s = i % 4;
+    wt[(s * Cout + co) * Cin + ci] = w[i];
+  }
+}
+
+struct UpscaleArgs {
+  const bf16 *keys, *w1t, *b1, *ln_w, *ln_b, *w2t, *b2, *hyper;
+  bf16* out;
+  int G;  // image tokens G x G; masks 4G x 4G
+  float eps;
+};
+
+constexpr size_t kSmemBytes =
+    sizeof(bf16) * (kC1 * kLd1 + 4 * kC2 * kLd2 + 4 * kM * kLd3 + kRows * kLd1) + sizeof(float) * (3 * kC1 + kC2);
+
+__global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, int tiles_per_block) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* sW1 = reinterpret_cast<bf16*>(smem_raw);  // (C1 rows, D) of sub-pixel s1
+  bf16* sW2 = sW1 + kC1 * kLd1;                    // (4 C2 rows = (s2, c2), C1)
+  bf16* sH = sW2 + 4 * kC2 * kLd2;                 // (4 M rows = (s2, m), 4 C2): hyper block diagonal
+  bf16* sX = sH + 4 * kM * kLd3;                   // 16 token rows per warp
+  float* sB1 = reinterpret_cast<float*>(sX + kRows * kLd1);
+  float *sLw = sB1 + kC1, *sLb = sLw + kC1, *sB2 = sLb + kC1;
+  const int s1 = blockIdx.x, b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int gr = lane / 4, tq = lane % 4, G = a.G, T = G * G;
+
+  for (int i = tid; i < kC1 * (kD / 8); i += kThreads) {
+    const int r = i / (kD / 8), c = i % (kD / 8);
+    cp_async16(sW1 + r * kLd1 + c * 8, a.w1t + (int64_t(s1) * kC1 + r) * kD + c * 8, true);
+  }
+  for (int i = tid; i < 4 * kC2 * (kC1 / 8); i += kThreads) {
+    const int r = i / (kC1 / 8), c = i % (kC1 / 8);
+    cp_async16(sW2 + r * kLd2 + c * 8, a.w2t + r * kC1 + c * 8, true);
+  }
+  for (int i = tid; i < 4 * kM * 4 * kC2; i += kThreads) {
+    const int n = i / (4 * kC2), k = i % (4 * kC2);  // n = (s2, m), k = (s2', c)
+    const bool diag = n / kM == k / kC2;
+    sH[n * kLd3 + k] = diag ? a.hyper[(int64_t(b) * kM + n % kM) * kC2 + k % kC2] : __float2bfloat16_rn(0.f);
+  }
+  for (int i = tid; i < kC1; i += kThreads) sB1[i] = to_f32(a.b1[i]), sLw[i] = to_f32(a.ln_w[i]), sLb[i] = to_f32(a.ln_b[i]);
+  for (int i = tid; i < kC2; i += kThreads) sB2[i] = to_f32(a.b2[i]);
+  cp_async_wait_all();
+  __syncthreads();  // weights visible; from here on each warp works alone
+
+  const bf16* xg = a.keys + int64_t(b) * T * kD;
+  bf16* sXw = sX + warp * 16 * kLd1;
+  const int L = 4 * G, dy1 = s1 / 2, dx1 = s1 % 2;
+  bf16* outb = a.out + int64_t(b) * kM * L * L;
+  const bf16* w1base = sW1 + ((lane / 16) * 8 + lane % 8) * kLd1 + ((lane / 8) & 1) * 8;
+  const bf16* w2base = sW2 + ((lane / 16) * 8 + lane % 8) * kLd2 + ((lane / 8) & 1) * 8;
+  const bf16* hbase = sH + ((lane / 16) * 8 + lane % 8) * kLd3 + ((lane / 8) & 1) * 8;
+  const int ntiles = (T + kRows - 1) / kRows, tile_end = min(ntiles, (blockIdx.y + 1) * tiles_per_block);
+  for (int tile = blockIdx.y * tiles_per_block; tile < tile_end; ++tile) {
+    const int r0 = tile * kRows + warp * 16;
+    if (r0 >= T) break;
+    for (int i = lane; i < 16 * (kD / 8); i += 32) {
+      const int r = i / (kD / 8), c = i % (kD / 8);
+      const bool ok = r0 + r < T;
+      cp_async16(sXw + r * kLd1 + c * 8, xg + (ok ? int64_t(r0 + r) * kD + c * 8 : 0), ok);
+    }
+    cp_async_wait_all();
+    __syncwarp();
+
+    // (1) ConvTranspose #1 for sub-pixel s1: 16 x C1.
+    float c1[kC1 / 8][4];
+#pragma unroll
+    for (int n = 0; n < kC1 / 8; ++n) c1[n][0] = c1[n][1] = c1[n][2] = c1[n][3] = 0.f;
+#pragma unroll 4
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t af[4];
+      ldmatrix_x4(af, sXw + (lane % 16) * kLd1 + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+      for (int np = 0; np < kC1 / 16; ++np) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, w1base + np * 16 * kLd1 + kk * 16);
+        mma_bf16(c1[2 * np], af, bf[0], bf[1]);
+        mma_bf16(c1[2 * np + 1], af, bf[2], bf[3]);
+      }
+    }
+    __syncwarp();  // sXw is read; the next tile may overwrite it after this point only
+    // + bias, LayerNorm2d over C1 (a quad holds a row), GELU, as the A operand of (2).
+    float sum[2] = {0.f, 0.f}, sq[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < kC1 / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float v = c1[n][e] + sB1[n * 8 + tq * 2 + (e & 1)];
+        c1[n][e] = v, sum[e / 2] += v, sq[e / 2] += v * v;
+      }
+    float mean[2], rstd[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int sh = 1; sh <= 2; sh *= 2) {
+        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], sh);
+        sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], sh);
+      }
+      mean[i] = sum[i] / kC1;
+      rstd[i] = rsqrtf(fmaxf(sq[i] / kC1 - mean[i] * mean[i], 0.f) + a.eps);
+    }
+#pragma unroll
+    for (int n = 0; n < kC1 / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n * 8 + tq * 2 + (e & 1);
+        c1[n][e] = gelu_erf((c1[n][e] - mean[e / 2]) * rstd[e / 2] * sLw[col] + sLb[col]);
+      }
+    uint32_t a2[kC1 / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < kC1 / 16; ++ks) {
+      a2[ks][0] = pack_bf16(c1[2 * ks][0], c1[2 * ks][1]);
+      a2[ks][1] = pack_bf16(c1[2 * ks][2], c1[2 * ks][3]);
+      a2[ks][2] = pack_bf16(c1[2 * ks + 1][0], c1[2 * ks + 1][1]);
+      a2[ks][3] = pack_bf16(c1[2 * ks + 1][2], c1[2 * ks + 1][3]);
+    }
+    // (2) ConvTranspose #2: 16 x (s2, c2), + bias, GELU, as the A operand of (3).
+    float c2[4 * kC2 / 8][4];
+#pragma unroll
+    for (int n = 0; n < 4 * kC2 / 8; ++n) c2[n][0] = c2[n][1] = c2[n][2] = c2[n][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < kC1 / 16; ++ks)
+#pragma unroll
+      for (int np = 0; np < 4 * kC2 / 16; ++np) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, w2base + np * 16 * kLd2 + ks * 16);
+        mma_bf16(c2[2 * np], a2[ks], bf[0], bf[1]);
+        mma_bf16(c2[2 * np + 1], a2[ks], bf[2], bf[3]);
+      }
+    uint32_t a3[4 * kC2 / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < 4 * kC2 / 16; ++ks) {
+      float g[2][4];
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) g[j][e] = gelu_erf(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
+      a3[ks][0] = pack_bf16(g[0][0], g[0][1]);
+      a3[ks][1] = pack_bf16(g[0][2], g[0][3]);
+      a3[ks][2] = pack_bf16(g[1][0], g[1][1]);
+      a3[ks][3] = pack_bf16(g[1][2], g[1][3]);
+    }
+    // (3) Hypernetwork product: 16 x (s2, m).
+    float c3[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int ks = 0; ks < 4 * kC2 / 16; ++ks) {
+      uint32_t bf[4];
+      ldmatrix_x4(bf, hbase + ks * 16);
+      mma_bf16(c3[0], a3[ks], bf[0], bf[1]);
+      mma_bf16(c3[1], a3[ks], bf[2], bf[3]);
+    }
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int t = r0 + gr + 8 * (e / 2);
+        if (t >= T) continue;
+        const int col = n * 8 + tq * 2 + (e & 1), s2 = col / kM, m = col % kM;
+        const int py = 4 * (t / G) + 2 * dy1 + s2 / 2, px = 4 * (t % G) + 2 * dx1 + s2 % 2;
+        outb[(int64_t(m) * L + py) * L + px] = __float2bfloat16_rn(c3[n][e]);
+      }
+  }
+}
+
+bool fits(const Tensor& keys, const Tensor& w1, const Tensor& w2, const Tensor& hyper) {
+  return keys.dim(3) == kD && w1.dim(1) == kC1 && w2.dim(1) == kC2 && hyper.dim(1) == kM;
+}
+
+}  // namespace
+
+Tensor CudaOps::upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w,
+                              const Tensor& ln_b, float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper) {
+  for (const Tensor* t : {&keys, &w1, &b1, &ln_w, &ln_b, &w2, &b2, &hyper}) expect(*t, "upscale_masks", "input");
+  check_upscale(keys, w1, b1, ln_w, ln_b, w2, b2, hyper);
+  if (dt_ != DType::BF16 || !fits(keys, w1, w2, hyper))
+    return Ops::upscale_masks(keys, w1, b1, ln_w, ln_b, eps, w2, b2, hyper);
+  const int64_t B = keys.dim(0), G = keys.dim(1);
+  if (B > 65535 || G > 4096) return Ops::upscale_masks(keys, w1, b1, ln_w, ln_b, eps, w2, b2, hyper);
+  Tensor out = empty({B, kM, 4 * G, 4 * G});
+  if (out.numel() == 0) return out;
+  Tensor w1t = empty({4 * kC1, kD}), w2t = empty({4 * kC2, kC1});
+  transpose_convt_weight<<<cuda::blocks_for(w1.numel(), 256), 256, 0, ctx_->stream>>>(w1.ptr<bf16>(), w1t.ptr<bf16>(), kD, kC1);
+  transpose_convt_weight<<<cuda::blocks_for(w2.numel(), 256), 256, 0, ctx_->stream>>>(w2.ptr<bf16>(), w2t.ptr<bf16>(), kC1, kC2);
+  CUDA_LAUNCH_CHECK();
+  const UpscaleArgs a{keys.ptr<bf16>(), w1t.ptr<bf16>(), b1.ptr<bf16>(), ln_w.ptr<bf16>(), ln_b.ptr<bf16>(),
+                      w2t.ptr<bf16>(),  b2.ptr<bf16>(),  hyper.ptr<bf16>(), out.ptr<bf16>(), (int)G, eps};
+  CUDA_CHECK(cudaFuncSetAttribute(upscale_masks_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
+  const int64_t ntiles = (G * G + kRows - 1) / kRows;
+  // A few waves of blocks; each loads its sub-pixel's weights once for tiles_per_block tiles.
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * 4 * B / (int64_t(ctx_->sm_count) * 8)));
+  const dim3 grid(4, (unsigned)((ntiles + per - 1) / per), (unsigned)B);
+  upscale_masks_kernel<<<grid, kThreads, kSmemBytes, ctx_->stream>>>(a, (int)per);
+  CUDA_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace samfast
