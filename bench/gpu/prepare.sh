@@ -5,12 +5,13 @@
 # Python packages in .whl/pysrc (fetched code: ignored by git, never committed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cmake -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DSAMFAST_CUDA=ON >/dev/null
-cmake --build build-dev -j"$(nproc)" --target samfast_cli parity_tool samfast_gpu_tests
+B="${SAMFAST_BUILD_DIR:-build-dev}"  # e.g. SAMFAST_BUILD_DIR=build to reuse scripts/setup.sh's CUDA build
+cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DSAMFAST_CUDA=ON >/dev/null
+cmake --build "$B" -j"$(nproc)" --target samfast_cli parity_tool samfast_gpu_tests
 rm -rf .devbin && mkdir -p .devbin/tests .devbin/lib
-cp build-dev/samfast .devbin/
+cp "$B/samfast" .devbin/
 # (the CPU unit tests run here, not there: the carried folders must stay under 64 MiB)
-cp build-dev/tests/parity_tool build-dev/tests/samfast_gpu_tests .devbin/tests/
+cp "$B/tests/parity_tool" "$B/tests/samfast_gpu_tests" .devbin/tests/
 for bin in .devbin/samfast .devbin/tests/*; do
   ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libopenblas|libgfortran|libquadmath|libgomp|libjpeg|libzip' || true
 done | sort -u | while read -r lib; do cp -L "$lib" .devbin/lib/; done

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "samfast/model.h"
+#include "samfast/predictor.h"
 
 namespace samfast {
 
@@ -46,6 +47,7 @@ struct MaskRecord {
 
 // Where the time of one generate() went (wall clock; the GPU is waited for at each boundary).
 struct GenerateTimings {
+  double preprocess_ms = 0;  // host: resize + normalize of the image (0 when given prepared)
   double encoder_ms = 0, decoder_ms = 0, postprocess_ms = 0;
   int64_t candidates = 0;  // masks decoded, before any filter
 };
@@ -55,8 +57,11 @@ class MaskGenerator {
   // Throws samfast::Error for options upstream would reject (and for out-of-range values).
   MaskGenerator(const Model& model, MaskGeneratorOptions options = {});
   const MaskGeneratorOptions& options() const { return options_; }
-  // Records in upstream's order. timings, if given, receives the split of the time.
-  std::vector<MaskRecord> generate(const Image& rgb, GenerateTimings* timings = nullptr) const;
+  // Records in upstream's order. timings, if given, receives the split of the time. prepared, if
+  // given, is Predictor::prepare(rgb, img_size), made ahead (e.g. on another thread while the GPU
+  // works on the previous image); crops are always prepared here.
+  std::vector<MaskRecord> generate(const Image& rgb, GenerateTimings* timings = nullptr,
+                                   const EncoderInput* prepared = nullptr) const;
 
  private:
   const Model& model_;

@@ -19,6 +19,13 @@ struct Prompt {
   Tensor mask_input;                         // (1, 4G, 4G) low-res logits from an earlier predict, optional
 };
 
+// An image resized (PIL-exact), normalized and padded for the encoder: the host half of set_image,
+// which can run on another thread while the GPU works on the previous image.
+struct EncoderInput {
+  Tensor image;                                                 // host (1, 3, S, S)
+  std::pair<int, int> original_size{0, 0}, input_size{0, 0};  // (h, w)
+};
+
 struct Prediction {
   Tensor masks;          // (C, H, W): 0/1, or logits when return_logits (C = 3 with multimask, else 1)
   Tensor iou;            // (C): predicted IoU per mask
@@ -31,6 +38,9 @@ class Predictor {
 
   // ref: SamPredictor.set_image (RGB). Resizes (PIL-exact), normalizes, pads, runs the encoder.
   void set_image(const Image& rgb);
+  // The same in two halves: prepare (host only, thread-safe) and set_image on its result.
+  static EncoderInput prepare(const Image& rgb, int img_size);
+  void set_image(const EncoderInput& input);
   bool is_image_set() const { return embedding_.defined(); }
   // (1, 256, G, G) like SamPredictor.get_image_embedding.
   Tensor image_embedding() const;

@@ -109,9 +109,13 @@ MaskGenerator::MaskGenerator(const Model& model, MaskGeneratorOptions o) : model
   }
 }
 
-std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTimings* timings) const {
+std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTimings* timings,
+                                                const EncoderInput* prepared) const {
   const MaskGeneratorOptions& o = options_;
   const int H = rgb.height, W = rgb.width, S = model_.config().img_size;
+  if (prepared && prepared->original_size != std::pair<int, int>{H, W})
+    throw Error("generate: the prepared image is " + std::to_string(prepared->original_size.second) + "x" +
+                std::to_string(prepared->original_size.first) + ", the image " + std::to_string(W) + "x" + std::to_string(H));
   const int64_t L = 4 * model_.config().grid();
   Ops& ops = model_.backend();
   GenerateTimings t;
@@ -126,10 +130,12 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
     auto t0 = std::chrono::steady_clock::now();
     Predictor predictor(model_);
     const bool whole = cb[0] == 0 && cb[1] == 0 && cb[2] == W && cb[3] == H;
-    if (whole)
-      predictor.set_image(rgb);  // not copied
-    else
-      predictor.set_image(crop_image(rgb, cb));
+    EncoderInput own;
+    if (!(whole && prepared)) own = whole ? Predictor::prepare(rgb, S) : Predictor::prepare(crop_image(rgb, cb), S);
+    const EncoderInput& input = whole && prepared ? *prepared : own;
+    t.preprocess_ms += ms_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    predictor.set_image(input);
     model_.synchronize();
     t.encoder_ms += ms_since(t0);
     const std::pair<int, int> input_size = predictor.input_size();

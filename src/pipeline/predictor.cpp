@@ -12,8 +12,7 @@
 
 namespace samfast {
 
-void Predictor::set_image(const Image& rgb) {
-  const int S = model_.config().img_size;
+EncoderInput Predictor::prepare(const Image& rgb, int S) {
   if (rgb.height <= 0 || rgb.width <= 0 || (int64_t)rgb.rgb.size() != (int64_t)rgb.height * rgb.width * 3)
     throw Error("set_image: expected an RGB image, got " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) +
                 " with " + std::to_string(rgb.rgb.size()) + " bytes");
@@ -21,10 +20,19 @@ void Predictor::set_image(const Image& rgb) {
   if (h == 0 || w == 0)
     throw Error("image " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) + " is too thin: resized to " +
                 std::to_string(S) + " on its long side it would be " + std::to_string(w) + "x" + std::to_string(h));
-  Image resized = resize_pil_bilinear(rgb, h, w);
-  embedding_ = model_.encode_image(normalize_and_pad(resized, S));
-  original_size_ = {rgb.height, rgb.width};
-  input_size_ = {h, w};
+  return {normalize_and_pad(resize_pil_bilinear(rgb, h, w), S), {rgb.height, rgb.width}, {h, w}};
+}
+
+void Predictor::set_image(const Image& rgb) { set_image(prepare(rgb, model_.config().img_size)); }
+
+void Predictor::set_image(const EncoderInput& input) {
+  const int S = model_.config().img_size;
+  if (input.image.ndim() != 4 || input.image.dim(2) != S || input.image.dim(3) != S)
+    throw Error("set_image: the prepared image " + shape_str(input.image.shape) + " is not for a " + std::to_string(S) +
+                "-pixel encoder");
+  embedding_ = model_.encode_image(input.image);
+  original_size_ = input.original_size;
+  input_size_ = input.input_size;
 }
 
 Tensor Predictor::image_embedding() const {

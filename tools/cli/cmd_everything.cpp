@@ -190,10 +190,19 @@ int run_everything(Args a) {
     while (from < inputs.size() && plan[from] != Plan::Run) ++from;
     return from;
   };
-  auto decode_async = [&](size_t k) {
-    return std::async(std::launch::async, [path = inputs[k].string()] { return read_image(path); });
+  // The next image is decoded, resized and normalized on another thread while this one runs.
+  struct Loaded {
+    Image img;
+    EncoderInput input;
   };
-  std::future<Image> prefetched;
+  auto decode_async = [&, S = model.config().img_size](size_t k) {
+    return std::async(std::launch::async, [path = inputs[k].string(), S] {
+      Loaded l{read_image(path), {}};
+      l.input = Predictor::prepare(l.img, S);
+      return l;
+    });
+  };
+  std::future<Loaded> prefetched;
   if (size_t first = next_to_run(0); first < inputs.size()) prefetched = decode_async(first);
 
   int done = 0, skipped = 0, failed = 0;
@@ -217,13 +226,14 @@ int run_everything(Args a) {
       ++skipped;
       continue;
     }
-    std::future<Image> current = std::move(prefetched);
+    std::future<Loaded> current = std::move(prefetched);
     if (size_t n = next_to_run(k + 1); n < inputs.size()) prefetched = decode_async(n);
     try {
       const double t0 = now_ms();
-      const Image img = current.get();  // rethrows a decoding error of this image
+      const Loaded loaded = current.get();  // rethrows a decoding error of this image
+      const Image& img = loaded.img;
       GenerateTimings tm;
-      const std::vector<MaskRecord> masks = generator.generate(img, &tm);
+      const std::vector<MaskRecord> masks = generator.generate(img, &tm, &loaded.input);
       const fs::path tmp = out_dir / (".samfast-tmp-" + std::to_string(getpid()) + "-" + base);
       if (binary) {
         fs::create_directories(tmp);

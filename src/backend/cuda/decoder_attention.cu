@@ -25,6 +25,8 @@ namespace samfast {
 namespace {
 
 using cuda::cp_async16;
+using cuda::cp_async_commit;
+using cuda::cp_async_wait;
 using cuda::cp_async_wait_all;
 using cuda::from_f32;
 using cuda::ldmatrix_x4;
@@ -43,11 +45,13 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// p (rows, cols) = softmax(s * scale) per row; s fp32. One block per row.
+// p (rows, cols) = softmax(s * scale) per row; s fp32. One block per row. (bf16 outputs take the fast
+// exp: its error is far below their rounding.)
 template <class T>
 __global__ void __launch_bounds__(256) softmax_rows_kernel(const float* __restrict s, T* __restrict p, int cols,
                                                            float scale) {
   __shared__ float red[8];
+  auto ex = [](float v) { return sizeof(T) == 2 ? __expf(v) : expf(v); };
   const float* row = s + int64_t(blockIdx.x) * cols;
   T* out = p + int64_t(blockIdx.x) * cols;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -61,14 +65,14 @@ __global__ void __launch_bounds__(256) softmax_rows_kernel(const float* __restri
   for (int w = 1; w < 8; ++w) mx = fmaxf(mx, red[w]);
   __syncthreads();
   float sum = 0.f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) sum += expf((row[c] - mx) * scale);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) sum += ex((row[c] - mx) * scale);
   sum = warp_sum(sum);
   if (lane == 0) red[warp] = sum;
   __syncthreads();
   sum = 0.f;
   for (int w = 0; w < 8; ++w) sum += red[w];
   const float inv = 1.f / sum;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[c] = from_f32<T>(expf((row[c] - mx) * scale) * inv);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[c] = from_f32<T>(ex((row[c] - mx) * scale) * inv);
 }
 
 struct I2tArgs {
@@ -126,29 +130,37 @@ __global__ void __launch_bounds__(kWarpKernelWarps * 32) i2t_warp_kernel(I2tArgs
 }
 
 // The tensor-core version (bf16, D 256, 8 heads, N <= KP key slots per head).
-constexpr int kMmaD = 256, kMmaHeads = 8, kMmaLds = kMmaD + 8, kMmaRows = 64, kMmaThreads = 128;
+// The block's warps share the prompt's keys and values (8 warps for 8 key slots per head, 4 for 16:
+// shared memory); each warp double-buffers its 16 token rows (the next rows load while the current
+// ones are computed).
+constexpr int kMmaD = 256, kMmaHeads = 8, kMmaLds = kMmaD + 8;
+template <int KP>
+constexpr int kMmaWarps = KP == 8 ? 8 : 4;
+template <int KP>
+constexpr int kMmaRows = 16 * kMmaWarps<KP>;
 
 template <int KP>
 size_t i2t_mma_smem() {
-  return sizeof(__nv_bfloat16) * (2 * kMmaHeads * KP + kMmaRows) * kMmaLds + sizeof(float) * (kMmaHeads * KP + 2 * kMmaD);
+  return sizeof(__nv_bfloat16) * (2 * kMmaHeads * KP + 2 * kMmaRows<KP>) * kMmaLds + sizeof(float) * (kMmaHeads * KP + 2 * kMmaD);
 }
 
 template <int KP>
-__global__ void __launch_bounds__(kMmaThreads) i2t_mma_kernel(I2tArgs a, int tiles_per_block) {
+__global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, int tiles_per_block) {
   constexpr int NC = kMmaHeads * KP, D = kMmaD, LDS = kMmaLds, NT = NC / 8;  // score columns, n-tiles
+  constexpr int kRows = kMmaRows<KP>, kThreads = 32 * kMmaWarps<KP>;
   using bf16 = __nv_bfloat16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // slot (h, n) at row h KP + n
   bf16* sV = sK + NC * LDS;
-  bf16* sX = sV + NC * LDS;  // 16 rows per warp: x, then the pre-norm outputs
-  float* sKb = reinterpret_cast<float*>(sX + kMmaRows * LDS);
+  bf16* sX = sV + NC * LDS;  // 2 x 16 rows per warp: x, then the pre-norm outputs
+  float* sKb = reinterpret_cast<float*>(sX + 2 * kRows * LDS);
   float* sLn = sKb + NC;  // 2 x D
   const int b = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
   const int N = a.N, T = a.T;
   {
     const bf16* kg = static_cast<const bf16*>(a.k) + int64_t(b) * N * kMmaHeads * D;
     const bf16* vg = static_cast<const bf16*>(a.v) + int64_t(b) * N * kMmaHeads * D;
-    for (int i = tid; i < NC * (D / 8); i += kMmaThreads) {
+    for (int i = tid; i < NC * (D / 8); i += kThreads) {
       const int slot = i / (D / 8), c = i % (D / 8), h = slot / KP, n = slot % KP;
       const bool ok = n < N;
       const int64_t off = ok ? (int64_t(n) * kMmaHeads + h) * D + c * 8 : 0;
@@ -156,12 +168,12 @@ __global__ void __launch_bounds__(kMmaThreads) i2t_mma_kernel(I2tArgs a, int til
       cp_async16(sV + slot * LDS + c * 8, vg + off, ok);
     }
     const bf16* kbg = static_cast<const bf16*>(a.kb) + int64_t(b) * N * kMmaHeads;
-    for (int i = tid; i < NC; i += kMmaThreads) {
+    for (int i = tid; i < NC; i += kThreads) {
       const int h = i / KP, n = i % KP;
       sKb[i] = n < N ? to_f32(kbg[n * kMmaHeads + h]) : -INFINITY;
     }
   }
-  for (int i = tid; i < D; i += kMmaThreads) {  // LayerNorm weight, then bias
+  for (int i = tid; i < D; i += kThreads) {  // LayerNorm weight, then bias
     sLn[i] = to_f32(static_cast<const bf16*>(a.ln_w)[i]);
     sLn[D + i] = to_f32(static_cast<const bf16*>(a.ln_b)[i]);
   }
@@ -172,19 +184,26 @@ __global__ void __launch_bounds__(kMmaThreads) i2t_mma_kernel(I2tArgs a, int til
   const bf16* rg = static_cast<const bf16*>(a.residual) + int64_t(b) * a.r_step * T * D;
   const bf16* bias = static_cast<const bf16*>(a.bias);
   bf16* yg = static_cast<bf16*>(a.out) + int64_t(b) * T * D;
-  bf16* sXw = sX + warp * 16 * LDS;
-  const int ntiles = (T + kMmaRows - 1) / kMmaRows;
-  const int tile_end = min(ntiles, (blockIdx.x + 1) * tiles_per_block);
-  for (int tile = blockIdx.x * tiles_per_block; tile < tile_end; ++tile) {
-    const int r0 = tile * kMmaRows + warp * 16;  // this warp's first token
-    if (r0 >= T) break;
+  const int ntiles = (T + kRows - 1) / kRows;
+  const int tile_begin = blockIdx.x * tiles_per_block, tile_end = min(ntiles, (blockIdx.x + 1) * tiles_per_block);
+  auto load_rows = [&](int tile, bf16* dst) {  // this warp's 16 rows of x (zeros past the last token)
+    const int r0 = tile * kRows + warp * 16;
     for (int i = lane; i < 16 * (D / 8); i += 32) {
       const int r = i / (D / 8), c = i % (D / 8);
       const bool ok = r0 + r < T;
-      cp_async16(sXw + r * LDS + c * 8, xg + (ok ? int64_t(r0 + r) * D + c * 8 : 0), ok);
+      cp_async16(dst + r * LDS + c * 8, xg + (ok ? int64_t(r0 + r) * D + c * 8 : 0), ok);
     }
-    cp_async_wait_all();
+  };
+  if (tile_begin < tile_end) load_rows(tile_begin, sX + warp * 32 * LDS);
+  cp_async_commit();
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    bf16* sXw = sX + (warp * 32 + (tile - tile_begin) % 2 * 16) * LDS;
+    if (tile + 1 < tile_end) load_rows(tile + 1, sX + (warp * 32 + (tile + 1 - tile_begin) % 2 * 16) * LDS);
+    cp_async_commit();
+    cp_async_wait<1>();  // this tile's rows have arrived; the next tile's may still be in flight
     __syncwarp();
+    const int r0 = tile * kRows + warp * 16;  // this warp's first token
+    if (r0 >= T) continue;
 
     // Scores S (16 x NC) = X K^T.
     float s[NT][4];
@@ -313,7 +332,7 @@ __global__ void __launch_bounds__(kMmaThreads) i2t_mma_kernel(I2tArgs a, int til
     for (int r = 0; r < 16 && r0 + r < T; ++r)
       *reinterpret_cast<uint4*>(yg + int64_t(r0 + r) * D + lane * 8) =
           *reinterpret_cast<const uint4*>(sXw + r * LDS + lane * 8);
-    __syncwarp();  // the rows are read before the next tile's x overwrites them
+    __syncwarp();  // the rows are read before a later tile's x overwrites them
   }
 }
 
@@ -321,11 +340,11 @@ template <int KP>
 void launch_i2t_mma(const CudaContext& ctx, const I2tArgs& a, int64_t B) {
   const size_t smem = i2t_mma_smem<KP>();
   CUDA_CHECK(cudaFuncSetAttribute(i2t_mma_kernel<KP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  const int64_t ntiles = (a.T + kMmaRows - 1) / kMmaRows;
+  const int64_t ntiles = (a.T + kMmaRows<KP> - 1) / kMmaRows<KP>;
   // Enough blocks for a few waves; each block loads its prompt's keys and values once.
-  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * B / (int64_t(ctx.sm_count) * 8)));
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * B / (int64_t(ctx.sm_count) * 4)));
   const dim3 grid((unsigned)((ntiles + per - 1) / per), (unsigned)B);
-  i2t_mma_kernel<KP><<<grid, kMmaThreads, smem, ctx.stream>>>(a, (int)per);
+  i2t_mma_kernel<KP><<<grid, 32 * kMmaWarps<KP>, smem, ctx.stream>>>(a, (int)per);
   CUDA_LAUNCH_CHECK();
 }
 

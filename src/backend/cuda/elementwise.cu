@@ -10,7 +10,7 @@
 namespace samfast {
 
 using cuda::from_f32;
-using cuda::gelu_erf;
+using cuda::gelu;
 using cuda::to_f32;
 
 CudaOps::CudaOps(int device, DType precision) : ctx_(std::make_shared<CudaContext>(device)), dt_(precision) {
@@ -47,9 +47,10 @@ void check(bool ok, const char* op, const std::string& what) {
 
 constexpr int kThreads = 256;
 
+template <class T>
 __device__ __forceinline__ float apply(float v, Act act) {
   if (act == Act::ReLU) return fmaxf(v, 0.f);
-  if (act == Act::GELU) return gelu_erf(v);
+  if (act == Act::GELU) return gelu<T>(v);
   return v;
 }
 
@@ -74,7 +75,7 @@ __global__ void layer_norm_kernel(const T* __restrict x, const T* __restrict w, 
   const float rstd = rsqrtf(v / C + eps);
   T* out = y + row * C;
   for (int c = lane; c < C; c += 32)
-    out[c] = from_f32<T>(apply((to_f32(in[c]) - mean) * rstd * to_f32(w[c]) + to_f32(b[c]), act));
+    out[c] = from_f32<T>(apply<T>((to_f32(in[c]) - mean) * rstd * to_f32(w[c]) + to_f32(b[c]), act));
 }
 
 // The vectorised LayerNorm: a group of G lanes per row (G = 32, or fewer for narrow rows so that no
@@ -121,7 +122,7 @@ __global__ void layer_norm_vec_kernel(const T* __restrict x, const T* __restrict
     T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
     for (int k = 0; k < kPer; ++k)
-      e[k] = from_f32<T>(apply((v[j][k] - mean) * rstd * to_f32(ew[k]) + to_f32(eb[k]), act));
+      e[k] = from_f32<T>(apply<T>((v[j][k] - mean) * rstd * to_f32(ew[k]) + to_f32(eb[k]), act));
     reinterpret_cast<uint4*>(y + row * C)[c] = raw;
   }
 }
@@ -187,7 +188,7 @@ __global__ void bias_act_residual_kernel(T* __restrict y, I n, I cols, const T* 
   for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
     float v = to_f32(y[i]);
     if (bias) v += to_f32(bias[i % cols]);
-    v = apply(v, act);
+    v = apply<T>(v, act);
     if (residual) v += to_f32(residual[i]);
     y[i] = from_f32<T>(v);
   }
@@ -210,7 +211,7 @@ __global__ void bias_act_residual_vec_kernel(T* __restrict y, I nvec, I cols, co
     for (int k = 0; k < V; ++k) {
       float v = to_f32(e[k]);
       if (bias) v += to_f32(be[k]);
-      v = apply(v, act);
+      v = apply<T>(v, act);
       if (residual) v += to_f32(re[k]);
       e[k] = from_f32<T>(v);
     }

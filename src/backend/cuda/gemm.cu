@@ -150,7 +150,7 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
 namespace {
 
 using cuda::from_f32;
-using cuda::gelu_erf;
+using cuda::gelu;
 using cuda::to_f32;
 
 void check(bool ok, const char* op, const std::string& what) {
@@ -186,7 +186,7 @@ __global__ void scatter2x2_kernel(const T* __restrict tmp, const T* __restrict b
     const I r = (b * H + oy / 2) * W + ox / 2;
     float v = to_f32(tmp[(r * Cout + co) * 4 + (oy % 2) * 2 + ox % 2]) + to_f32(bias[co]);
     if (act == Act::ReLU) v = fmaxf(v, 0.f);
-    if (act == Act::GELU) v = gelu_erf(v);
+    if (act == Act::GELU) v = gelu<T>(v);
     y[i] = from_f32<T>(v);
   }
 }
@@ -218,7 +218,7 @@ __global__ void scatter2x2_vec_kernel(const T* __restrict tmp, const T* __restri
     for (int k = 0; k < kPer; ++k) {
       float v = to_f32(e[k]) + to_f32(bias[g * kPer + k]);
       if (act == Act::ReLU) v = fmaxf(v, 0.f);
-      if (act == Act::GELU) v = gelu_erf(v);
+      if (act == Act::GELU) v = gelu<T>(v);
       e[k] = from_f32<T>(v);
     }
     reinterpret_cast<uint4*>(y)[i] = raw;

@@ -21,8 +21,10 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 using cuda::cp_async16;
+using cuda::cp_async_commit;
+using cuda::cp_async_wait;
 using cuda::cp_async_wait_all;
-using cuda::gelu_erf;
+using cuda::gelu_erf_fast;
 using cuda::ldmatrix_x4;
 using cuda::mma_bf16;
 using cuda::pack_bf16;
@@ -86,17 +88,21 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
   const bf16* w2base = sW2 + ((lane / 16) * 8 + lane % 8) * kLd2 + ((lane / 8) & 1) * 8;
   const bf16* hbase = sH + ((lane / 16) * 8 + lane % 8) * kLd3 + ((lane / 8) & 1) * 8;
   const int ntiles = (T + kRows - 1) / kRows, tile_end = min(ntiles, (blockIdx.y + 1) * tiles_per_block);
-  for (int tile = blockIdx.y * tiles_per_block; tile < tile_end; ++tile) {
+  // This warp's 16 token rows of a tile, by cp.async (zeros past the last token).
+  auto load_rows = [&](int tile) {
     const int r0 = tile * kRows + warp * 16;
-    if (r0 >= T) break;
     for (int i = lane; i < 16 * (kD / 8); i += 32) {
       const int r = i / (kD / 8), c = i % (kD / 8);
       const bool ok = r0 + r < T;
       cp_async16(sXw + r * kLd1 + c * 8, xg + (ok ? int64_t(r0 + r) * kD + c * 8 : 0), ok);
     }
-    cp_async_wait_all();
+    cp_async_commit();
+  };
+  if (blockIdx.y * tiles_per_block < tile_end) load_rows(blockIdx.y * tiles_per_block);
+  for (int tile = blockIdx.y * tiles_per_block; tile < tile_end; ++tile) {
+    const int r0 = tile * kRows + warp * 16;
+    cp_async_wait<0>();
     __syncwarp();
-
     // (1) ConvTranspose #1 for sub-pixel s1: 16 x C1.
     float c1[kC1 / 8][4];
 #pragma unroll
@@ -113,7 +119,9 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
         mma_bf16(c1[2 * np + 1], af, bf[2], bf[3]);
       }
     }
-    __syncwarp();  // sXw is read; the next tile may overwrite it after this point only
+    __syncwarp();  // sXw is read: the next tile's rows load while this one finishes
+    if (tile + 1 < tile_end) load_rows(tile + 1);
+    if (r0 >= T) continue;
     // + bias, LayerNorm2d over C1 (a quad holds a row), GELU, as the A operand of (2).
     float sum[2] = {0.f, 0.f}, sq[2] = {0.f, 0.f};
 #pragma unroll
@@ -139,7 +147,7 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = n * 8 + tq * 2 + (e & 1);
-        c1[n][e] = gelu_erf((c1[n][e] - mean[e / 2]) * rstd[e / 2] * sLw[col] + sLb[col]);
+        c1[n][e] = gelu_erf_fast((c1[n][e] - mean[e / 2]) * rstd[e / 2] * sLw[col] + sLb[col]);
       }
     uint32_t a2[kC1 / 16][4];
 #pragma unroll
@@ -169,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
 #pragma unroll
       for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) g[j][e] = gelu_erf(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
+        for (int e = 0; e < 4; ++e) g[j][e] = gelu_erf_fast(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
       a3[ks][0] = pack_bf16(g[0][0], g[0][1]);
       a3[ks][1] = pack_bf16(g[0][2], g[0][3]);
       a3[ks][2] = pack_bf16(g[1][0], g[1][1]);
