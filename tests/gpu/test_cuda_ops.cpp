@@ -169,7 +169,9 @@ TEST_P(CudaOpsTest, AddBroadcast) {
 
 TEST_P(CudaOpsTest, Layouts) {
   Tensor x = rand({2, 3, 40, 33});
-  expect_close(gpu->nchw_to_nhwc(up(x)), cpu.nchw_to_nhwc(x), "nchw_to_nhwc", 0.0, 0.0);
+  expect_close(gpu->nchw_to_nhwc(up(x)), cpu.nchw_to_nhwc(x), "nchw_to_nhwc", 0.0, 0.0);  // few channels
+  Tensor x5 = rand({2, 5, 9, 11});
+  expect_close(gpu->nchw_to_nhwc(up(x5)), cpu.nchw_to_nhwc(x5), "nchw_to_nhwc 5 channels", 0.0, 0.0);  // 32x32 tiles
   Tensor y = rand({2, 40, 33, 70});
   expect_close(gpu->nhwc_to_nchw(up(y)), cpu.nhwc_to_nchw(y), "nhwc_to_nchw", 0.0, 0.0);
 }
@@ -200,6 +202,8 @@ TEST_P(CudaOpsTest, RelPosAttention) {
       {1, 16, 16, 2, 80, 0},   // global
       {1, 20, 27, 1, 32, 0},   // global, non-square
       {1, 64, 64, 1, 64, 0},   // global 4096 tokens
+      {1, 64, 64, 1, 80, 0},   // global 4096 tokens, vit_h's head dim
+      {2, 13, 11, 2, 64, 6},   // window 6: 8-slot key rows, padded grid
   };
   for (const Case& c : cases) {
     const int64_t C = (int64_t)c.heads * c.hd;
@@ -301,27 +305,31 @@ TEST_P(CudaOpsTest, UpscaleMasks) {
 }
 
 TEST_P(CudaOpsTest, PostprocessMasks) {
-  Tensor low = rand({2, 3, 64, 64}, -4.f, 4.f);
-  const std::pair<int, int> input{1024, 768}, original{600, 450};
-  Tensor got = gpu->postprocess_masks(up(low), 1024, input, original, false);
-  ASSERT_EQ(got.dtype, DType::F32);
-  Tensor ref = cpu.postprocess_masks(low, 1024, input, original, false);
-  const Tensor host = gpu->download(got);
-  double max_err = 0, max_ref = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    max_err = std::max(max_err, (double)std::abs(host.data[i] - ref.data[i]));
-    max_ref = std::max(max_ref, (double)std::abs(ref.data[i]));
+  // 6 planes, and 20 (a kernel block takes 8 planes: two full blocks and a partial one)
+  for (const auto [B, C] : {std::pair<int64_t, int64_t>{2, 3}, {4, 5}}) {
+    Tensor low = rand({B, C, 64, 64}, -4.f, 4.f);
+    const std::pair<int, int> input{1024, 768}, original{600, 450};
+    const std::string planes = " (" + std::to_string(B * C) + " planes)";
+    Tensor got = gpu->postprocess_masks(up(low), 1024, input, original, false);
+    ASSERT_EQ(got.dtype, DType::F32);
+    Tensor ref = cpu.postprocess_masks(low, 1024, input, original, false);
+    const Tensor host = gpu->download(got);
+    double max_err = 0, max_ref = 0;
+    for (int64_t i = 0; i < ref.numel(); ++i) {
+      max_err = std::max(max_err, (double)std::abs(host.data[i] - ref.data[i]));
+      max_ref = std::max(max_ref, (double)std::abs(ref.data[i]));
+    }
+    std::printf("[ %-4s ] %-48s max_abs_err/max_abs = %.3e\n", bf16() ? "bf16" : "fp32",
+                ("postprocess_masks logits" + planes).c_str(), max_err / max_ref);
+    EXPECT_LE(max_err / max_ref, 1e-5) << planes;  // same (rounded) inputs, fp32 arithmetic on both sides
+    Tensor bin = gpu->download(gpu->postprocess_masks(up(low), 1024, input, original, true));
+    Tensor bref = cpu.postprocess_masks(low, 1024, input, original, true);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < bref.numel(); ++i) differ += bin.data[i] != bref.data[i] && std::abs(ref.data[i]) > 1e-4f;
+    std::printf("[ %-4s ] %-48s pixels differing away from 0: %lld\n", bf16() ? "bf16" : "fp32",
+                ("postprocess_masks binary" + planes).c_str(), (long long)differ);
+    EXPECT_EQ(differ, 0) << planes;
   }
-  std::printf("[ %-4s ] %-48s max_abs_err/max_abs = %.3e\n", bf16() ? "bf16" : "fp32", "postprocess_masks logits",
-              max_err / max_ref);
-  EXPECT_LE(max_err / max_ref, 1e-5);  // same (rounded) inputs, fp32 arithmetic on both sides
-  Tensor bin = gpu->download(gpu->postprocess_masks(up(low), 1024, input, original, true));
-  Tensor bref = cpu.postprocess_masks(low, 1024, input, original, true);
-  int64_t differ = 0;
-  for (int64_t i = 0; i < bref.numel(); ++i) differ += bin.data[i] != bref.data[i] && std::abs(ref.data[i]) > 1e-4f;
-  std::printf("[ %-4s ] %-48s pixels differing away from 0: %lld\n", bf16() ? "bf16" : "fp32", "postprocess_masks binary",
-              (long long)differ);
-  EXPECT_EQ(differ, 0);
 }
 
 // Low-res planes for the mask measures: random logits, then an all-inside and an all-outside plane.

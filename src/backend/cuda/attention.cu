@@ -8,8 +8,9 @@
 // bias, which is what the qkv Linear gives a zero token. The decomposed relative-position terms
 // rel_h[q, ky] = q . Rh[qy - ky + th - 1] and rel_w[q, kx] (unscaled q, as upstream) are computed
 // once per query block into shared memory (BQ x (th + tw) floats) before the key loop.
-//   bf16: tensor cores (mma.sync m16n8k16, fp32 accumulation); 4 warps x 16 queries, 64-key blocks,
-//         P kept in registers as the A operand of P V (V fragments by ldmatrix.trans).
+//   bf16: tensor cores (mma.sync m16n8k16, fp32 accumulation); 4 warps x 32 queries, 64-key blocks,
+//         P kept in registers as the A operand of P V (V fragments by ldmatrix.trans). On Hopper the
+//         same algorithm runs on warpgroup MMAs instead (rel_pos_attention_sm90.cu).
 //   fp32: CUDA cores, one thread per query (q and o in registers), keys broadcast from shared memory.
 // attention (mask decoder): one warp per (image, head, query), keys split over the lanes, each lane
 // an online softmax, merged by shuffles at the end. Nq or Nk are small there (7 tokens).
@@ -19,68 +20,24 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/mma.cuh"
+#include "backend/cuda/rel_pos_tile.cuh"
 
 namespace samfast {
 namespace {
 
 using cuda::cp_async16;
 using cuda::cp_async_wait_all;
+using cuda::ex2;
 using cuda::from_f32;
+using cuda::kLog2e;
 using cuda::ldmatrix_x4;
 using cuda::ldmatrix_x4_trans;
 using cuda::mma_bf16;
 using cuda::pack_bf16;
+using cuda::RelPosArgs;
+using cuda::tile_of;
+using cuda::TileGeometry;
 using cuda::to_f32;
-
-constexpr float kLog2e = 1.4426950408889634f;
-
-// Where the tokens of one attention tile live.
-template <class T>
-struct TileGeometry {
-  const T* qkv;   // (B, H, W, 3C)
-  const T* bias;  // (3C): q, k, v of a padded token
-  int H, W, C, th, tw, ntok;  // ntok = th * tw tokens per tile
-  int64_t bi;
-  int wy, wx;
-  // Row of tile token t (0 <= t < T), at the start of part (0 q, 1 k, 2 v) of head offset `off`.
-  __device__ __forceinline__ const T* token(int t, int part, int off) const {
-    return token_yx(t / tw, t % tw, part, off);
-  }
-  // The same for the token at row ky, column kx of the tile.
-  __device__ __forceinline__ const T* token_yx(int ky, int kx, int part, int off) const {
-    const int gy = wy * th + ky, gx = wx * tw + kx;
-    const T* row = (gy < H && gx < W) ? qkv + ((bi * H + gy) * W + gx) * (int64_t)(3 * C) : bias;
-    return row + part * C + off;
-  }
-  // Output position of tile token t, or -1 for a padded token.
-  __device__ __forceinline__ int64_t out_row(int t) const {
-    const int gy = wy * th + t / tw, gx = wx * tw + t % tw;
-    return (gy < H && gx < W) ? (bi * H + gy) * W + gx : -1;
-  }
-};
-
-struct RelPosArgs {
-  const void* qkv;
-  const void* bias;
-  const void* rel_h;  // (2 th - 1, hd)
-  const void* rel_w;  // (2 tw - 1, hd)
-  void* out;          // (B, H, W, C)
-  int H, W, C, heads, th, tw, nww;
-  float scale;
-};
-
-template <class T>
-__device__ __forceinline__ TileGeometry<T> tile_of(const RelPosArgs& a, int nwin) {
-  TileGeometry<T> g;
-  g.qkv = static_cast<const T*>(a.qkv);
-  g.bias = static_cast<const T*>(a.bias);
-  g.H = a.H, g.W = a.W, g.C = a.C, g.th = a.th, g.tw = a.tw, g.ntok = a.th * a.tw;
-  const int win = blockIdx.z;
-  g.bi = win / nwin;
-  g.wy = (win % nwin) / a.nww;
-  g.wx = win % a.nww;
-  return g;
-}
 
 // ---------------------------------------------------------------------------------------------
 // fp32 (or any storage type) on CUDA cores.
@@ -174,23 +131,29 @@ __global__ void __launch_bounds__(kSimtQ) rel_pos_attention_simt(RelPosArgs a, i
 // the smallest power of two >= max(tw, 8); the slots [tw, KW) of a row are empty (zero K and V,
 // score -inf). An 8-key n-tile of the MMA so never crosses a key row: rel_h is read once per n-tile
 // and row, and the slot -> (ky, kx) map is a shift and a mask (no per-key table, no divisions).
-// For window 14 (KW 16) that is 4 blocks of 64 slots, as many as 196 keys in 64-key blocks; for
-// global 64x64, KW = tw = 64: one key row per block.
+// For window 14 (KW 16) that is 224 slots in 4 blocks of 64, the last block's empty rows 14 and 15
+// skipped by every warp (no MMA on them); for global 64x64, KW = tw = 64: one key row per block.
+// Each warp owns 32 query rows (two m16 tiles, as FlashAttention-2 does): every K and V fragment it
+// reads from shared memory feeds two MMAs, half the shared-memory reads per FLOP of 16 rows a warp.
 // The relative-position terms are GEMMs too: G[q, j] = q . R[j] for the table rows j this block
 // needs, on the tensor cores, each warp scattering rel[r][q] = G[q, qy + th - 1 - r] (or the qx
 // twin) from its accumulators into shared memory, pre-multiplied by log2(e).
 
-constexpr int kMmaQ = 64;  // queries per block: 4 warps x 16
-constexpr int kMmaK = 64;  // key slots per block
-constexpr int kMmaThreads = 128;
+constexpr int kMmaMT = 2;  // m16 tiles (of queries) per warp
+constexpr int kMmaWarps = 4;
+constexpr int kMmaQ = kMmaWarps * 16 * kMmaMT;  // 128 queries per block
+constexpr int kMmaK = 64;                        // key slots per block
+constexpr int kMmaThreads = 32 * kMmaWarps;
 constexpr int kRelStride = kMmaQ + 4;  // floats per relative-position column in shared memory
 
-// Rows [row0, row0 + 64) of the tile, part `part`, into smem rows of `lds` bf16; zeros past the tile.
+using bf16 = __nv_bfloat16;
+
+// Rows [row0, row0 + rows) of the tile, part `part`, into smem rows of `lds` bf16; zeros past the tile.
 template <int HD>
-__device__ __forceinline__ void load_rows(__nv_bfloat16* dst, int lds, const TileGeometry<__nv_bfloat16>& g, int row0,
+__device__ __forceinline__ void load_rows(bf16* dst, int lds, const TileGeometry<bf16>& g, int row0, int rows,
                                           int part, int off) {
   constexpr int kChunks = HD / 8;  // 16-byte chunks per row
-  for (int i = threadIdx.x; i < 64 * kChunks; i += kMmaThreads) {
+  for (int i = threadIdx.x; i < rows * kChunks; i += kMmaThreads) {
     const int r = i / kChunks, c = i % kChunks, t = row0 + r;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (t < g.ntok) v = *reinterpret_cast<const uint4*>(g.token(t, part, off) + c * 8);
@@ -198,12 +161,11 @@ __device__ __forceinline__ void load_rows(__nv_bfloat16* dst, int lds, const Til
   }
 }
 
-
 // Part `part` (1 k, 2 v) of the tokens in key slots [sb, sb + 64) into smem rows of HD + 8 bf16 (empty
 // slots: zeros), by cp.async; complete after cp_async_wait_all.
 template <int HD>
-__device__ __forceinline__ void load_slots_async(__nv_bfloat16* dst, const TileGeometry<__nv_bfloat16>& g, int sb,
-                                                 int kwl, int part, int off) {
+__device__ __forceinline__ void load_slots_async(bf16* dst, const TileGeometry<bf16>& g, int sb, int kwl, int part,
+                                                 int off) {
   constexpr int kChunks = HD / 8;
   for (int i = threadIdx.x; i < kMmaK * kChunks; i += kMmaThreads) {
     const int r = i / kChunks, c = i % kChunks, slot = sb + r, ky = slot >> kwl, kx = slot & ((1 << kwl) - 1);
@@ -212,66 +174,78 @@ __device__ __forceinline__ void load_slots_async(__nv_bfloat16* dst, const TileG
   }
 }
 
-// s[n] = this warp's 16 query rows (qf) x the 64 rows of sK (B operand by ldmatrix, two n-tiles per
-// ldmatrix.x4: lanes 0-7 / 8-15 address the two d halves of n-tile 2 np, lanes 16-31 those of 2 np + 1).
-template <int HD>
-__device__ __forceinline__ void qk_tile(float s[kMmaK / 8][4], const uint32_t qf[HD / 16][4],
-                                        const __nv_bfloat16* sK, int lane) {
+// s[mt][n] = this warp's MT x 16 query rows (qf) x the 64 rows of sK (B operand by ldmatrix, two
+// n-tiles per ldmatrix.x4: lanes 0-7 / 8-15 address the two d halves of n-tile 2 np, lanes 16-31
+// those of 2 np + 1). Only the first np_end groups of 16 rows are multiplied (the rest: 0).
+template <int HD, int MT>
+__device__ __forceinline__ void qk_tile(float s[MT][kMmaK / 8][4], const uint32_t qf[MT][HD / 16][4], const bf16* sK,
+                                        int lane, int np_end) {
   constexpr int LDS = HD + 8;
-  const __nv_bfloat16* base = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
+  const bf16* base = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
 #pragma unroll
-  for (int n = 0; n < kMmaK / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-  for (int np = 0; np < kMmaK / 16; ++np)
+    for (int n = 0; n < kMmaK / 8; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
+#pragma unroll
+  for (int np = 0; np < kMmaK / 16; ++np) {
+    if (np >= np_end) break;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
       uint32_t kb[4];
       ldmatrix_x4(kb, base + np * 16 * LDS + kk * 16);
-      mma_bf16(s[2 * np], qf[kk], kb[0], kb[1]);
-      mma_bf16(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_bf16(s[mt][2 * np], qf[mt][kk], kb[0], kb[1]);
+        mma_bf16(s[mt][2 * np + 1], qf[mt][kk], kb[2], kb[3]);
+      }
     }
+  }
 }
 
 template <int HD>
-__global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 4 : 3) rel_pos_attention_mma(RelPosArgs a, int nwin) {
+__global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosArgs a, int nwin) {
   constexpr int LDS = HD + 8;      // padded rows: ldmatrix without bank conflicts
   constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  constexpr int MT = kMmaMT, Q = kMmaQ, RS = kRelStride;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __nv_bfloat16* sK = reinterpret_cast<__nv_bfloat16*>(smem_raw);  // first the block's queries (kMmaQ == kMmaK)
-  __nv_bfloat16* sV = sK + kMmaK * LDS;
-  // (th + tw) x kRelStride: transposed and padded so that the 8 query rows x 4 key columns a warp
+  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // sK, then sV: first the block's Q queries
+  bf16* sV = sK + kMmaK * LDS;
+  // (th + tw) x RS: transposed and padded so that the 8 query rows x 4 key columns a warp
   // reads per score land in 32 different banks. Times log2(e).
   float* sRel = reinterpret_cast<float*>(sV + kMmaK * LDS);
-  const TileGeometry<__nv_bfloat16> g = tile_of<__nv_bfloat16>(a, nwin);
-  const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * kMmaQ, th = a.th, tw = a.tw;
+  const TileGeometry<bf16> g = tile_of<bf16>(a, nwin);
+  const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * Q, th = a.th, tw = a.tw;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
-  const int wr0 = warp * 16 + gr;  // this thread's query rows in the block: wr0 and wr0 + 8
+  const int wr0 = warp * 16 * MT + gr;  // this thread's query rows in the block: wr0 + 16 mt + {0, 8}
 
-  static_assert(kMmaQ == kMmaK, "the queries are staged in sK");
-  load_rows<HD>(sK, LDS, g, q0, 0, off);
+  static_assert(Q == 2 * kMmaK, "the queries are staged in sK and sV");
+  load_rows<HD>(sK, LDS, g, q0, Q, 0, off);
   __syncthreads();
-  // This warp's 16 query rows as A fragments (row gr and gr + 8 of the warp's rows).
-  uint32_t qf[HD / 16][4];
-  {
-    const __nv_bfloat16* r0 = sK + wr0 * LDS + tq * 2;
-    const __nv_bfloat16* r1 = r0 + 8 * LDS;
+  // This warp's query rows as A fragments (rows gr and gr + 8 of each of its m16 tiles).
+  uint32_t qf[MT][HD / 16][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const bf16* r0 = sK + (wr0 + 16 * mt) * LDS + tq * 2;
+    const bf16* r1 = r0 + 8 * LDS;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
-      qf[kk][0] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16);
-      qf[kk][1] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16);
-      qf[kk][2] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16 + 8);
-      qf[kk][3] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16 + 8);
+      qf[mt][kk][0] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16);
+      qf[mt][kk][1] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16);
+      qf[mt][kk][2] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16 + 8);
+      qf[mt][kk][3] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16 + 8);
     }
   }
 
   {  // relative-position terms of this block's queries (unscaled q, fp32 accumulation), x log2(e)
-    int qy[2], qx[2];  // of rows wr0, wr0 + 8 (past the tile: the last token; their q rows are 0)
+    int qy[MT][2], qx[MT][2];  // of rows wr0 + 16 mt + 8 i (past the tile: the last token; their q rows are 0)
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int t = min(q0 + wr0 + 8 * i, g.ntok - 1);
-      qy[i] = t / tw, qx[i] = t % tw;
-    }
-    const int tlast = min(q0 + kMmaQ, g.ntok) - 1;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int t = min(q0 + wr0 + 16 * mt + 8 * i, g.ntok - 1);
+        qy[mt][i] = t / tw, qx[mt][i] = t % tw;
+      }
+    const int tlast = min(q0 + Q, g.ntok) - 1;
     const int qy_lo = q0 / tw, qy_hi = tlast / tw;
     const int qx_lo = qy_hi > qy_lo ? 0 : q0 % tw, qx_hi = qy_hi > qy_lo ? tw - 1 : tlast % tw;
 #pragma unroll 1
@@ -279,9 +253,8 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 4 : 3) rel_pos_attenti
       // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [qy_lo, qy_hi + th - 1] (rel_w alike)
       const int lim = part ? tw : th;
       const int lo = part ? qx_lo : qy_lo, hi = (part ? qx_hi : qy_hi) + lim - 1;
-      const auto* tab = static_cast<const __nv_bfloat16*>(part ? a.rel_w : a.rel_h);
-      float* dst = sRel + (part ? th : 0) * kRelStride + wr0;
-      const int base0 = (part ? qx[0] : qy[0]) + lim - 1, base1 = (part ? qx[1] : qy[1]) + lim - 1;
+      const auto* tab = static_cast<const bf16*>(part ? a.rel_w : a.rel_h);
+      float* dst = sRel + (part ? th : 0) * RS + wr0;
 #pragma unroll 1
       for (int j0 = lo; j0 <= hi; j0 += kMmaK) {
         __syncthreads();  // sK free (the q fragments, the previous chunk read)
@@ -292,83 +265,96 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 4 : 3) rel_pos_attenti
           *reinterpret_cast<uint4*>(sK + r * LDS + c * 8) = v;
         }
         __syncthreads();
-        float gq[kMmaK / 8][4];
-        qk_tile<HD>(gq, qf, sK, lane);
+        float gq[MT][kMmaK / 8][4];
+        qk_tile<HD, MT>(gq, qf, sK, lane, kMmaK / 16);
 #pragma unroll
-        for (int n = 0; n < kMmaK / 8; ++n)
+        for (int mt = 0; mt < MT; ++mt) {
+          const int base0 = (part ? qx[mt][0] : qy[mt][0]) + lim - 1, base1 = (part ? qx[mt][1] : qy[mt][1]) + lim - 1;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int j = j0 + n * 8 + tq * 2 + e, r0 = base0 - j, r1 = base1 - j;
-            if (r0 >= 0 && r0 < lim) dst[r0 * kRelStride] = gq[n][e] * kLog2e;
-            if (r1 >= 0 && r1 < lim) dst[r1 * kRelStride + 8] = gq[n][2 + e] * kLog2e;
-          }
+          for (int n = 0; n < kMmaK / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int j = j0 + n * 8 + tq * 2 + e, r0 = base0 - j, r1 = base1 - j;
+              if (r0 >= 0 && r0 < lim) dst[r0 * RS + 16 * mt] = gq[mt][n][e] * kLog2e;
+              if (r1 >= 0 && r1 < lim) dst[r1 * RS + 16 * mt + 8] = gq[mt][n][2 + e] * kLog2e;
+            }
+        }
       }
     }
   }
-  const bool warp_active = q0 + warp * 16 < g.ntok;  // the last block of a window may be mostly padding
-  const float* rel0 = sRel + wr0;  // this thread's rows (written by this warp only)
-  const float* relw0 = rel0 + (th + tq * 2) * kRelStride;
-  const float sc = a.scale * kLog2e;  // softmax in base 2
+  const bool warp_active = q0 + warp * 16 * MT < g.ntok;  // the last block of a window may be mostly padding
+  const float sc = a.scale * kLog2e;                      // softmax in base 2
   int kwl = 3;
   while ((1 << kwl) < tw) ++kwl;
   const int kwm = (1 << kwl) - 1, nslots = th << kwl;
 
-  float o[HD / 8][4];
+  float o[MT][HD / 8][4];
 #pragma unroll
-  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows gr and gr + 8 (l: this thread's part)
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
+  float m[MT][2], l[MT][2];  // rows gr and gr + 8 of each m-tile (l: this thread's part)
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
 
   // K and V of a block arrive by cp.async (FA2 order, single buffers): V(b) loads during S = Q K(b)^T
   // and the softmax, K(b + 1) during O += P V(b).
   __syncthreads();  // the relative-position GEMMs are done with sK
   load_slots_async<HD>(sK, g, 0, kwl, 1, off);
   for (int sb = 0; sb < nslots; sb += kMmaK) {
+    // Groups of 16 slots holding any key (the rest are empty rows past the tile: skipped).
+    const int np_end = min(kMmaK / 16, (nslots - sb + 15) / 16);
     cp_async_wait_all();
     __syncthreads();  // K(b) visible to all; every warp is done with V(b - 1)
     load_slots_async<HD>(sV, g, sb, kwl, 2, off);
-    float s[kMmaK / 8][4];
+    float s[MT][kMmaK / 8][4];
     if (warp_active) {
-      qk_tile<HD>(s, qf, sK, lane);
-      // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots -> -inf
-      float mx0 = m0, mx1 = m1;
-      int ky = sb >> kwl, kx = sb & kwm;  // of n-tile n's first slot
+      qk_tile<HD, MT>(s, qf, sK, lane, np_end);
 #pragma unroll
-      for (int n = 0; n < kMmaK / 8; ++n) {
-        const bool row_ok = ky < th;
-        const float rh0 = row_ok ? rel0[ky * kRelStride] : 0.f, rh1 = row_ok ? rel0[ky * kRelStride + 8] : 0.f;
+      for (int mt = 0; mt < MT; ++mt) {
+        // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots -> -inf
+        const float* rel0 = sRel + wr0 + 16 * mt;  // this thread's rows (written by this warp only)
+        const float* relw0 = rel0 + (th + tq * 2) * RS;
+        float mx0 = m[mt][0], mx1 = m[mt][1];
+        int ky = sb >> kwl, kx = sb & kwm;  // of n-tile n's first slot
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          if (row_ok && kx + tq * 2 + e < tw) {
-            const float* rw = relw0 + (kx + e) * kRelStride;
-            s[n][e] = fmaf(s[n][e], sc, rh0 + rw[0]);
-            s[n][2 + e] = fmaf(s[n][2 + e], sc, rh1 + rw[8]);
-          } else {
-            s[n][e] = s[n][2 + e] = -INFINITY;
+        for (int n = 0; n < kMmaK / 8; ++n) {
+          const bool row_ok = ky < th;
+          const float rh0 = row_ok ? rel0[ky * RS] : 0.f, rh1 = row_ok ? rel0[ky * RS + 8] : 0.f;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (row_ok && kx + tq * 2 + e < tw) {
+              const float* rw = relw0 + (kx + e) * RS;
+              s[mt][n][e] = fmaf(s[mt][n][e], sc, rh0 + rw[0]);
+              s[mt][n][2 + e] = fmaf(s[mt][n][2 + e], sc, rh1 + rw[8]);
+            } else {
+              s[mt][n][e] = s[mt][n][2 + e] = -INFINITY;
+            }
+            mx0 = fmaxf(mx0, s[mt][n][e]);
+            mx1 = fmaxf(mx1, s[mt][n][2 + e]);
           }
-          mx0 = fmaxf(mx0, s[n][e]);
-          mx1 = fmaxf(mx1, s[n][2 + e]);
+          kx += 8;
+          if (kx > kwm) kx = 0, ++ky;
         }
-        kx += 8;
-        if (kx > kwm) kx = 0, ++ky;
-      }
 #pragma unroll
-      for (int sh = 1; sh <= 2; sh *= 2) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, sh));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, sh));
-      }
-      // The first block's first slot is key 0, and every block's first slot is a key (its kx is a
-      // multiple of 8 below KW, so below tw): mx is finite, and c = 0 on the first block (m = -inf).
-      const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
-      m0 = mx0, m1 = mx1;
-      l0 *= c0, l1 *= c1;
+        for (int sh = 1; sh <= 2; sh *= 2) {
+          mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, sh));
+          mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, sh));
+        }
+        // The first block's first slot is key 0, and every block's first slot is a key (its kx is a
+        // multiple of 8 below KW, so below tw): mx is finite, and c = 0 on the first block (m = -inf).
+        const float c0 = ex2(m[mt][0] - mx0), c1 = ex2(m[mt][1] - mx1);
+        m[mt][0] = mx0, m[mt][1] = mx1;
+        l[mt][0] *= c0, l[mt][1] *= c1;
 #pragma unroll
-      for (int n = 0; n < HD / 8; ++n) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
+        for (int n = 0; n < HD / 8; ++n) o[mt][n][0] *= c0, o[mt][n][1] *= c0, o[mt][n][2] *= c1, o[mt][n][3] *= c1;
 #pragma unroll
-      for (int n = 0; n < kMmaK / 8; ++n) {
-        s[n][0] = exp2f(s[n][0] - m0), s[n][1] = exp2f(s[n][1] - m0);
-        s[n][2] = exp2f(s[n][2] - m1), s[n][3] = exp2f(s[n][3] - m1);
-        l0 += s[n][0] + s[n][1];
-        l1 += s[n][2] + s[n][3];
+        for (int n = 0; n < kMmaK / 8; ++n) {
+          s[mt][n][0] = ex2(s[mt][n][0] - mx0), s[mt][n][1] = ex2(s[mt][n][1] - mx0);
+          s[mt][n][2] = ex2(s[mt][n][2] - mx1), s[mt][n][3] = ex2(s[mt][n][3] - mx1);
+          l[mt][0] += s[mt][n][0] + s[mt][n][1];
+          l[mt][1] += s[mt][n][2] + s[mt][n][3];
+        }
       }
     }
     cp_async_wait_all();
@@ -378,34 +364,49 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 4 : 3) rel_pos_attenti
     // o += P V: P's accumulator layout is the A layout of the next MMA (two n-tiles per k-step).
 #pragma unroll
     for (int ks = 0; ks < kMmaK / 16; ++ks) {
-      const uint32_t pa[4] = {pack_bf16(s[2 * ks][0], s[2 * ks][1]), pack_bf16(s[2 * ks][2], s[2 * ks][3]),
-                              pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                              pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+      if (ks >= np_end) break;  // empty slots: P is 0 there
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        pa[mt][0] = pack_bf16(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+        pa[mt][1] = pack_bf16(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+        pa[mt][2] = pack_bf16(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+        pa[mt][3] = pack_bf16(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+      }
       const int mi = lane / 8, key = ks * 16 + (mi & 1) * 8 + lane % 8;
 #pragma unroll
       for (int dp = 0; dp < HD / 16; ++dp) {
         uint32_t vb[4];
         ldmatrix_x4_trans(vb, sV + key * LDS + dp * 16 + (mi >> 1) * 8);
-        mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
-        mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+          mma_bf16(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+        }
       }
     }
   }
   if (!warp_active) return;
+  auto* out = static_cast<bf16*>(a.out);
 #pragma unroll
-  for (int sh = 1; sh <= 2; sh *= 2) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
-  }
-  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-  const int t0 = q0 + wr0, t1 = t0 + 8;
-  const int64_t row0 = t0 < g.ntok ? g.out_row(t0) : -1, row1 = t1 < g.ntok ? g.out_row(t1) : -1;
-  auto* out = static_cast<__nv_bfloat16*>(a.out);
+  for (int mt = 0; mt < MT; ++mt) {
+    float l0 = l[mt][0], l1 = l[mt][1];
 #pragma unroll
-  for (int n = 0; n < HD / 8; ++n) {
-    const int d = off + n * 8 + tq * 2;
-    if (row0 >= 0) *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack_bf16(o[n][0] * inv0, o[n][1] * inv0);
-    if (row1 >= 0) *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack_bf16(o[n][2] * inv1, o[n][3] * inv1);
+    for (int sh = 1; sh <= 2; sh *= 2) {
+      l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
+      l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
+    }
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    const int t0 = q0 + wr0 + 16 * mt, t1 = t0 + 8;
+    const int64_t row0 = t0 < g.ntok ? g.out_row(t0) : -1, row1 = t1 < g.ntok ? g.out_row(t1) : -1;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      const int d = off + n * 8 + tq * 2;
+      if (row0 >= 0)
+        *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack_bf16(o[mt][n][0] * inv0, o[mt][n][1] * inv0);
+      if (row1 >= 0)
+        *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack_bf16(o[mt][n][2] * inv1, o[mt][n][3] * inv1);
+    }
   }
 }
 
@@ -638,6 +639,10 @@ void set_smem(Kernel kernel, size_t bytes, const CudaContext& ctx, const char* o
 template <int HD>
 void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64_t windows, int nwin) {
   const int T = a.th * a.tw, nrel = a.th + a.tw;
+  if (dt == DType::BF16 && ctx.cc_major == 9) {  // Hopper: the wgmma kernel (rel_pos_attention_sm90.cu)
+    cuda::rel_pos_attention_wgmma(ctx, a, HD, windows, nwin);
+    return;
+  }
   if (dt == DType::BF16) {
     const size_t smem = sizeof(__nv_bfloat16) * 2 * kMmaK * (HD + 8) + sizeof(float) * kRelStride * nrel;
     set_smem(rel_pos_attention_mma<HD>, smem, ctx, "rel_pos_attention");

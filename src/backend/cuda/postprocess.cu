@@ -14,19 +14,26 @@ namespace samfast::cuda {
 namespace {
 
 constexpr int kTileX = 32, kTileY = 8;
+// Planes per block of the post-processing: every plane of a batch has the same sample positions, so a
+// block computes its tile's once for several planes (one block per tile and plane spent more time on
+// the positions and on block starts than on the pixels: 48 planes of 1024x1024, 0.45 -> 0.31 ms on an
+// H200).
+constexpr int kPlanesPerBlock = 8;
 
 template <class T, class Out>
-__global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* __restrict__ low, int L, int S, int in_h,
-                                                                     int in_w, int H, int W, bool binarize, float thr,
-                                                                     Out* __restrict__ out) {
+__global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* __restrict__ low, int64_t planes, int L,
+                                                                     int S, int in_h, int in_w, int H, int W,
+                                                                     bool binarize, float thr, Out* __restrict__ out) {
   __shared__ TileAxes<kTileX, kTileY> t;
   t.fill(blockIdx.x * kTileX, blockIdx.y * kTileY, L, S, in_h, in_w, H, W);
   const int tx = threadIdx.x % kTileX, ty = threadIdx.x / kTileX;
   const int x = blockIdx.x * kTileX + tx, y = blockIdx.y * kTileY + ty;
   if (x >= W || y >= H) return;
-  const int64_t plane = blockIdx.z;
-  const float v = t.sample(low + plane * L * L, tx, ty, L);
-  out[(plane * H + y) * W + x] = binarize ? Out(v > thr ? 1 : 0) : Out(v);
+  const int64_t p0 = int64_t(blockIdx.z) * kPlanesPerBlock, p1 = min(planes, p0 + kPlanesPerBlock);
+  for (int64_t plane = p0; plane < p1; ++plane) {
+    const float v = t.sample(low + plane * L * L, tx, ty, L);
+    out[(plane * H + y) * W + x] = binarize ? Out(v > thr ? 1 : 0) : Out(v);
+  }
 }
 
 // Stability counts and the box of one plane: a block covers kTileX columns and kStatRows rows (8 rows
@@ -159,8 +166,9 @@ void launch_postprocess(const char* what, const T* low, int64_t planes, int L, i
                         bool binarize, float thr, Out* out, cudaStream_t stream) {
   check_sizes(what, planes, L, S, in_h, in_w, H, W);
   const dim3 grid(static_cast<unsigned>((W + kTileX - 1) / kTileX), static_cast<unsigned>((H + kTileY - 1) / kTileY),
-                  static_cast<unsigned>(planes));
-  postprocess_kernel<T, Out><<<grid, kTileX * kTileY, 0, stream>>>(low, L, S, in_h, in_w, H, W, binarize, thr, out);
+                  static_cast<unsigned>((planes + kPlanesPerBlock - 1) / kPlanesPerBlock));
+  postprocess_kernel<T, Out><<<grid, kTileX * kTileY, 0, stream>>>(low, planes, L, S, in_h, in_w, H, W, binarize, thr,
+                                                                   out);
   check_launch(what);
 }
 

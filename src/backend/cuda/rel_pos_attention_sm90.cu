@@ -1,0 +1,295 @@
+// rel_pos_attention (bf16) on Hopper: the flash-attention kernel of attention.cu with both products
+// on warpgroup MMAs (wgmma, sm_90a). Same algorithm, tile geometry and relative-position terms; what
+// changes is where the operands come from. With mma.sync each warp reads every K and V fragment of a
+// 64-key block from shared memory for its 16 (or 32) query rows (ldmatrix), and that shared-memory
+// traffic, not the tensor cores, bounded the kernel; a wgmma reads its B operand (K, V, or a table
+// chunk) from shared memory once for a warpgroup's 64 query rows, and runs on Hopper's full-rate
+// tensor-core path. Q and P stay in registers as the A operand (the m16n8k16 A layout per warp, as
+// in attention.cu), and the accumulators have the m16n8 layout per warp: the softmax code is the
+// same.
+//   Block: 2 warpgroups x 64 queries; 64 key slots per step (slots as in attention.cu: key row ky at
+//   [ky KW, ky KW + tw)). K, V and the table chunks sit in shared memory as 8 x 16-byte core
+//   matrices (no swizzle): 16-byte chunk c of row r at ((r / 8) (HD / 8) + c) 128 + (r % 8) 16
+//   bytes, filled by cp.async (K, V) or stores (tables), consecutive threads writing consecutive
+//   16 bytes. Measured (ncu, vit_b global block, H200): 52% of the kernel's shared-memory wavefronts
+//   are excess (bank conflicts), most likely the tensor cores' reads of the 8 row groups of a k-step,
+//   which this layout puts HD x 16 bytes apart; a layout with each k-step's core matrices contiguous
+//   (or the 128-byte swizzle) is the next thing to try here.
+#include <algorithm>
+#include <string>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/mma.cuh"
+#include "backend/cuda/rel_pos_tile.cuh"
+
+namespace samfast::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kQ = 128;  // queries per block: 2 warpgroups x 64
+constexpr int kK = 64;   // key slots per step
+constexpr int kThreads = 256;
+constexpr int kRelStride = kQ + 4;  // floats per relative-position column in shared memory
+
+// Bytes before the relative-position terms: K and V tiles, or (before them) the block's queries as
+// padded rows for the A fragments.
+template <int HD>
+constexpr size_t region0_bytes() {
+  return sizeof(bf16) * std::max(2 * kK * HD, kQ * (HD + 8));
+}
+
+// Element offset of 16-byte chunk c of row r in the core-matrix layout of a 64-row tile.
+template <int HD>
+__device__ __forceinline__ int core_offset(int r, int c) {
+  return (((r >> 3) * (HD / 8) + c) << 6) + ((r & 7) << 3);
+}
+
+// The i-th 16-byte chunk of a 64 x HD tile, ordered so that consecutive threads write consecutive
+// 16 bytes of shared memory (rows r % 8 first) while a warp still reads 64 contiguous bytes of 8 rows.
+template <int HD>
+__device__ __forceinline__ void chunk_of(int i, int& r, int& c) {
+  const int rest = i >> 3;
+  c = rest % (HD / 8);
+  r = (rest / (HD / 8)) * 8 + (i & 7);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Part `part` (1 k, 2 v) of key slots [sb, sb + 64) into a core-matrix tile (empty slots: zeros).
+template <int HD>
+__device__ __forceinline__ void load_slots(bf16* dst, const TileGeometry<bf16>& g, int sb, int kwl, int part, int off) {
+  for (int i = threadIdx.x; i < kK * (HD / 8); i += kThreads) {
+    int r, c;
+    chunk_of<HD>(i, r, c);
+    const int slot = sb + r, ky = slot >> kwl, kx = slot & ((1 << kwl) - 1);
+    const bool ok = ky < g.th && kx < g.tw;
+    cp_async16(dst + core_offset<HD>(r, c), ok ? g.token_yx(ky, kx, part, off) + c * 8 : g.bias, ok);
+  }
+}
+#endif
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(RelPosArgs a, int nwin) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int KC = HD / 8, LDQ = HD + 8;
+  constexpr uint32_t kRowGroupBytes = HD * 16;  // between 8-row groups of a core-matrix tile
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // 64 x HD (also the relative-position table chunks)
+  bf16* sV = sK + kK * HD;                        // 64 x HD
+  bf16* sQ = sK;                                  // first: the block's queries, rows of LDQ
+  float* sRel = reinterpret_cast<float*>(smem_raw + region0_bytes<HD>());  // (th + tw) x kRelStride, x log2(e)
+  const TileGeometry<bf16> g = tile_of<bf16>(a, nwin);
+  const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * kQ, th = a.th, tw = a.tw;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
+  const int wr0 = warp * 16 + gr;  // this thread's query rows in the block: wr0 and wr0 + 8
+
+  for (int i = tid; i < kQ * KC; i += kThreads) {
+    const int r = i / KC, c = i % KC, t = q0 + r;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (t < g.ntok) v = *reinterpret_cast<const uint4*>(g.token(t, 0, off) + c * 8);
+    *reinterpret_cast<uint4*>(sQ + r * LDQ + c * 8) = v;
+  }
+  __syncthreads();
+  uint32_t qf[HD / 16][4];  // A fragments: rows gr and gr + 8 of this warp's 16
+  {
+    const bf16* r0 = sQ + wr0 * LDQ + tq * 2;
+    const bf16* r1 = r0 + 8 * LDQ;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      qf[kk][0] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16);
+      qf[kk][1] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16);
+      qf[kk][2] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16 + 8);
+      qf[kk][3] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16 + 8);
+    }
+  }
+  // S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in sK: K-major B, k-step kk at
+  // core-matrix column 2 kk.
+  auto qk = [&](float (&s)[kK / 2]) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+      wgmma_bf16<kK, 0>(s, qf[kk], wgmma_desc(sK + kk * 128, 128, kRowGroupBytes), kk > 0);
+    wgmma_commit();
+    wgmma_wait_all();
+  };
+
+  {  // relative-position terms of this block's queries (unscaled q, fp32 accumulation), x log2(e)
+    int qy[2], qx[2];  // of rows wr0, wr0 + 8 (past the tile: the last token; their q rows are 0)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int t = min(q0 + wr0 + 8 * i, g.ntok - 1);
+      qy[i] = t / tw, qx[i] = t % tw;
+    }
+    const int tlast = min(q0 + kQ, g.ntok) - 1;
+    const int qy_lo = q0 / tw, qy_hi = tlast / tw;
+    const int qx_lo = qy_hi > qy_lo ? 0 : q0 % tw, qx_hi = qy_hi > qy_lo ? tw - 1 : tlast % tw;
+#pragma unroll 1
+    for (int part = 0; part < 2; ++part) {
+      // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [qy_lo, qy_hi + th - 1] (rel_w alike)
+      const int lim = part ? tw : th;
+      const int lo = part ? qx_lo : qy_lo, hi = (part ? qx_hi : qy_hi) + lim - 1;
+      const auto* tab = static_cast<const bf16*>(part ? a.rel_w : a.rel_h);
+      float* dst = sRel + (part ? th : 0) * kRelStride + wr0;
+      const int base0 = (part ? qx[0] : qy[0]) + lim - 1, base1 = (part ? qx[1] : qy[1]) + lim - 1;
+#pragma unroll 1
+      for (int j0 = lo; j0 <= hi; j0 += kK) {
+        __syncthreads();  // sK free (the q fragments, the previous chunk read)
+        for (int i = tid; i < kK * KC; i += kThreads) {
+          int r, c;
+          chunk_of<HD>(i, r, c);
+          const int j = j0 + r;
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (j <= hi) v = *reinterpret_cast<const uint4*>(tab + (int64_t)j * HD + c * 8);
+          *reinterpret_cast<uint4*>(sK + core_offset<HD>(r, c)) = v;
+        }
+        fence_proxy_async();
+        __syncthreads();
+        float gq[kK / 2];
+        qk(gq);
+#pragma unroll
+        for (int n = 0; n < kK / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int j = j0 + n * 8 + tq * 2 + e, r0 = base0 - j, r1 = base1 - j;
+            if (r0 >= 0 && r0 < lim) dst[r0 * kRelStride] = gq[4 * n + e] * kLog2e;
+            if (r1 >= 0 && r1 < lim) dst[r1 * kRelStride + 8] = gq[4 * n + 2 + e] * kLog2e;
+          }
+      }
+    }
+  }
+  const bool wg_active = q0 + wg * 64 < g.ntok;  // uniform in the warpgroup, as wgmma needs
+  const float* rel0 = sRel + wr0;               // this thread's rows (written by this warp only)
+  const float* relw0 = rel0 + (th + tq * 2) * kRelStride;
+  const float sc = a.scale * kLog2e;  // softmax in base 2
+  int kwl = 3;
+  while ((1 << kwl) < tw) ++kwl;
+  const int kwm = (1 << kwl) - 1, nslots = th << kwl;
+
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows gr and gr + 8 (l: this thread's part)
+
+  // K and V of a step arrive by cp.async (FA2 order, single buffers): V(b) loads during S = Q K(b)^T
+  // and the softmax, K(b + 1) during O += P V(b).
+  __syncthreads();  // the relative-position products are done with sK
+  load_slots<HD>(sK, g, 0, kwl, 1, off);
+  for (int sb = 0; sb < nslots; sb += kK) {
+    const int ks_end = min(kK / 16, (nslots - sb + 15) / 16);  // 16-slot groups holding any key
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // K(b) visible to all; every warpgroup is done with V(b - 1)
+    load_slots<HD>(sV, g, sb, kwl, 2, off);
+    float s[kK / 2];
+    if (wg_active) {
+      qk(s);
+      // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots -> -inf
+      float mx0 = m0, mx1 = m1;
+      int ky = sb >> kwl, kx = sb & kwm;  // of n-tile n's first slot
+#pragma unroll
+      for (int n = 0; n < kK / 8; ++n) {
+        const bool row_ok = ky < th;
+        const float rh0 = row_ok ? rel0[ky * kRelStride] : 0.f, rh1 = row_ok ? rel0[ky * kRelStride + 8] : 0.f;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          if (row_ok && kx + tq * 2 + e < tw) {
+            const float* rw = relw0 + (kx + e) * kRelStride;
+            s[4 * n + e] = fmaf(s[4 * n + e], sc, rh0 + rw[0]);
+            s[4 * n + 2 + e] = fmaf(s[4 * n + 2 + e], sc, rh1 + rw[8]);
+          } else {
+            s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
+          }
+          mx0 = fmaxf(mx0, s[4 * n + e]);
+          mx1 = fmaxf(mx1, s[4 * n + 2 + e]);
+        }
+        kx += 8;
+        if (kx > kwm) kx = 0, ++ky;
+      }
+#pragma unroll
+      for (int sh = 1; sh <= 2; sh *= 2) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, sh));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, sh));
+      }
+      // Every step's first slot is a key (see attention.cu): mx is finite; c = 0 on the first step.
+      const float c0 = ex2(m0 - mx0), c1 = ex2(m1 - mx1);
+      m0 = mx0, m1 = mx1;
+      l0 *= c0, l1 *= c1;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n) o[4 * n] *= c0, o[4 * n + 1] *= c0, o[4 * n + 2] *= c1, o[4 * n + 3] *= c1;
+#pragma unroll
+      for (int n = 0; n < kK / 8; ++n) {
+        s[4 * n] = ex2(s[4 * n] - m0), s[4 * n + 1] = ex2(s[4 * n + 1] - m0);
+        s[4 * n + 2] = ex2(s[4 * n + 2] - m1), s[4 * n + 3] = ex2(s[4 * n + 3] - m1);
+        l0 += s[4 * n] + s[4 * n + 1];
+        l1 += s[4 * n + 2] + s[4 * n + 3];
+      }
+    }
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // V(b) visible to all; every warpgroup is done with K(b)
+    if (sb + kK < nslots) load_slots<HD>(sK, g, sb + kK, kwl, 1, off);
+    if (!wg_active) continue;
+    // O += P V: P's accumulator layout is the A layout (two n-tiles per 16-key step); V is an
+    // N-major B operand (K rows of HD values), k-step ks at core-matrix row group 2 ks.
+    uint32_t pa[kK / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < kK / 16; ++ks) {
+      pa[ks][0] = pack_bf16(s[8 * ks], s[8 * ks + 1]);
+      pa[ks][1] = pack_bf16(s[8 * ks + 2], s[8 * ks + 3]);
+      pa[ks][2] = pack_bf16(s[8 * ks + 4], s[8 * ks + 5]);
+      pa[ks][3] = pack_bf16(s[8 * ks + 6], s[8 * ks + 7]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kK / 16; ++ks)
+      if (ks < ks_end) wgmma_bf16<HD, 1>(o, pa[ks], wgmma_desc(sV + ks * 2 * KC * 64, kRowGroupBytes, 128), 1);
+    wgmma_commit();
+    wgmma_wait_all();
+  }
+  if (!wg_active) return;
+#pragma unroll
+  for (int sh = 1; sh <= 2; sh *= 2) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
+  }
+  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+  const int t0 = q0 + wr0, t1 = t0 + 8;
+  const int64_t row0 = t0 < g.ntok ? g.out_row(t0) : -1, row1 = t1 < g.ntok ? g.out_row(t1) : -1;
+  auto* out = static_cast<bf16*>(a.out);
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) {
+    const int d = off + n * 8 + tq * 2;
+    if (row0 >= 0) *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack_bf16(o[4 * n] * inv0, o[4 * n + 1] * inv0);
+    if (row1 >= 0)
+      *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack_bf16(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
+  }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
+template <int HD>
+void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
+  const size_t smem = region0_bytes<HD>() + sizeof(float) * kRelStride * (a.th + a.tw);
+  if (smem > ctx.max_smem_per_block)
+    throw Error("rel_pos_attention: attention tile needs " + std::to_string(smem) +
+                " bytes of shared memory, the GPU has " + std::to_string(ctx.max_smem_per_block));
+  CUDA_CHECK(cudaFuncSetAttribute(rel_pos_attention_wgmma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)smem));
+  const dim3 grid((a.th * a.tw + kQ - 1) / kQ, a.heads, (unsigned)windows);
+  rel_pos_attention_wgmma_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(a, nwin);
+  CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void rel_pos_attention_wgmma(const CudaContext& ctx, const RelPosArgs& a, int head_dim, int64_t windows, int nwin) {
+  switch (head_dim) {
+    case 32: launch<32>(ctx, a, windows, nwin); break;
+    case 64: launch<64>(ctx, a, windows, nwin); break;
+    case 80: launch<80>(ctx, a, windows, nwin); break;
+    default:
+      throw Error("rel_pos_attention: head dim " + std::to_string(head_dim) + " is not built (32, 64 and 80 are)");
+  }
+}
+
+}  // namespace samfast::cuda

@@ -1,0 +1,77 @@
+// The attention tile of the image encoder's rel_pos_attention, shared by its kernels (attention.cu,
+// and the Hopper kernel in rel_pos_attention_sm90.cu): where a window's (or the global grid's) tokens
+// live in the (B, H, W, 3C) qkv tensor, found by index arithmetic (no partition copies).
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace samfast {
+struct CudaContext;
+
+namespace cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Where the tokens of one attention tile live.
+template <class T>
+struct TileGeometry {
+  const T* qkv;   // (B, H, W, 3C)
+  const T* bias;  // (3C): q, k, v of a padded token
+  int H, W, C, th, tw, ntok;  // ntok = th * tw tokens per tile
+  int64_t bi;
+  int wy, wx;
+  // Row of tile token t (0 <= t < T), at the start of part (0 q, 1 k, 2 v) of head offset `off`.
+  __device__ __forceinline__ const T* token(int t, int part, int off) const {
+    return token_yx(t / tw, t % tw, part, off);
+  }
+  // The same for the token at row ky, column kx of the tile.
+  __device__ __forceinline__ const T* token_yx(int ky, int kx, int part, int off) const {
+    const int gy = wy * th + ky, gx = wx * tw + kx;
+    const T* row = (gy < H && gx < W) ? qkv + ((bi * H + gy) * W + gx) * (int64_t)(3 * C) : bias;
+    return row + part * C + off;
+  }
+  // Output position of tile token t, or -1 for a padded token.
+  __device__ __forceinline__ int64_t out_row(int t) const {
+    const int gy = wy * th + t / tw, gx = wx * tw + t % tw;
+    return (gy < H && gx < W) ? (bi * H + gy) * W + gx : -1;
+  }
+};
+
+struct RelPosArgs {
+  const void* qkv;
+  const void* bias;
+  const void* rel_h;  // (2 th - 1, hd)
+  const void* rel_w;  // (2 tw - 1, hd)
+  void* out;          // (B, H, W, C)
+  int H, W, C, heads, th, tw, nww;
+  float scale;
+};
+
+template <class T>
+__device__ __forceinline__ TileGeometry<T> tile_of(const RelPosArgs& a, int nwin) {
+  TileGeometry<T> g;
+  g.qkv = static_cast<const T*>(a.qkv);
+  g.bias = static_cast<const T*>(a.bias);
+  g.H = a.H, g.W = a.W, g.C = a.C, g.th = a.th, g.tw = a.tw, g.ntok = a.th * a.tw;
+  const int win = blockIdx.z;
+  g.bi = win / nwin;
+  g.wy = (win % nwin) / a.nww;
+  g.wx = win % a.nww;
+  return g;
+}
+
+// 2^x on the special-function unit, flushing denormals (-inf -> 0): the scores are rounded to bf16
+// for the P V product, far coarser than its 2^-22 relative error.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The Hopper (sm_90a) bf16 kernel; launch only on a device of compute capability 9.0. Throws for a
+// head dim it is not built for (32, 64 and 80 are).
+void rel_pos_attention_wgmma(const CudaContext& ctx, const RelPosArgs& a, int head_dim, int64_t windows, int nwin);
+
+}  // namespace cuda
+}  // namespace samfast
