@@ -89,6 +89,21 @@ std::vector<std::pair<std::string, Tensor>> Model::folded_decoder_weights() cons
   return out;
 }
 
+DecoderOutput Model::decode_masks(const Tensor& embeddings, const std::vector<int64_t>& image_of_prompt,
+                                  const PromptEmbeddings& prompts, bool multimask_output) const {
+  const int64_t B = prompts.sparse.ndim() == 3 ? prompts.sparse.dim(0) : -1;
+  if (embeddings.ndim() != 4 || (int64_t)image_of_prompt.size() != B)
+    throw Error("decode_masks: " + std::to_string(image_of_prompt.size()) + " image indices for " + std::to_string(B) +
+                " prompts, embeddings " + shape_str(embeddings.shape));
+  for (size_t b = 0; b < image_of_prompt.size(); ++b)
+    if (image_of_prompt[b] < 0 || image_of_prompt[b] >= embeddings.dim(0))
+      throw Error("decode_masks: prompt " + std::to_string(b) + " names image " + std::to_string(image_of_prompt[b]) +
+                  ", but there are " + std::to_string(embeddings.dim(0)) + " images");
+  // Each prompt's image embedding, then one batched decode: the decoder has no per-image state
+  // beyond the embedding (the first layer's image tokens are per prompt from here on).
+  return decode_masks(ops_->gather(embeddings, image_of_prompt), prompts, multimask_output);
+}
+
 DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const {
   Ops& ops = *ops_;
   const SamConfig& c = cfg_;

@@ -1,0 +1,90 @@
+// The ragged decode (prompts of several images in one pass) against one decode per image, on the CPU
+// backend with the tiny config: the same masks and scores, whatever the order of the prompts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "backend/ops.h"
+#include "core/rng.h"
+#include "samfast/error.h"
+#include "samfast/model.h"
+
+namespace samfast {
+namespace {
+
+Tensor random_host(Shape shape, uint64_t seed, float lo, float hi) {
+  Tensor t = Tensor::empty(std::move(shape));
+  Rng rng{seed};
+  for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = rng.uniform(lo, hi);
+  return t;
+}
+
+// Rows `rows` of a host tensor (N, ...).
+Tensor rows_of(const Tensor& x, const std::vector<int64_t>& rows) {
+  Shape s = x.shape;
+  s[0] = (int64_t)rows.size();
+  Tensor y = Tensor::empty(s);
+  const int64_t inner = x.numel() / x.dim(0);
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::copy(x.data + rows[i] * inner, x.data + (rows[i] + 1) * inner, y.data + i * inner);
+  return y;
+}
+
+TEST(RaggedDecode, MatchesOneDecodePerImage) {
+  const SamConfig cfg = SamConfig::preset("tiny");
+  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = "fp32"});
+  const int S = cfg.img_size;
+  const Tensor embeddings = model.encode_image(random_host({3, 3, S, S}, 5, -2.f, 2.f));  // 3 images
+  // 7 prompts (1 foreground + 1 background point each): 3 of image 2, 1 of image 0, 3 of image 1, interleaved.
+  const std::vector<int64_t> image_of = {2, 0, 1, 2, 1, 1, 2};
+  const int64_t B = (int64_t)image_of.size();
+  PromptBatch all;
+  all.points = random_host({B, 2, 2}, 9, 0.f, (float)S - 1);
+  all.labels = Tensor::empty({B, 2});
+  for (int64_t b = 0; b < B; ++b) all.labels.data[2 * b] = 1.f, all.labels.data[2 * b + 1] = 0.f;
+  for (bool multimask : {true, false}) {
+    const DecoderOutput ragged = model.decode_masks(embeddings, image_of, model.encode_prompts(all), multimask);
+    const Tensor masks = model.download(ragged.low_res_masks), iou = model.download(ragged.iou);
+    ASSERT_EQ(masks.dim(0), B);
+    const int64_t per_mask = masks.numel() / B, per_iou = iou.numel() / B;
+    for (int64_t img = 0; img < 3; ++img) {
+      std::vector<int64_t> mine;
+      for (int64_t b = 0; b < B; ++b)
+        if (image_of[b] == img) mine.push_back(b);
+      PromptBatch p;
+      p.points = rows_of(all.points, mine);
+      p.labels = rows_of(all.labels, mine);
+      const Tensor one_image = model.backend().gather(embeddings, {img});
+      const DecoderOutput alone = model.decode_masks(one_image, model.encode_prompts(p), multimask);
+      const Tensor m1 = model.download(alone.low_res_masks), i1 = model.download(alone.iou);
+      for (size_t k = 0; k < mine.size(); ++k) {
+        double max_err = 0, max_ref = 0;
+        for (int64_t j = 0; j < per_mask; ++j) {
+          max_err = std::max(max_err, (double)std::abs(masks.data[mine[k] * per_mask + j] - m1.data[k * per_mask + j]));
+          max_ref = std::max(max_ref, (double)std::abs(m1.data[k * per_mask + j]));
+        }
+        EXPECT_LE(max_err, 1e-5 * max_ref) << "image " << img << " prompt " << mine[k] << " multimask " << multimask;
+        for (int64_t j = 0; j < per_iou; ++j)
+          EXPECT_NEAR(iou.data[mine[k] * per_iou + j], i1.data[k * per_iou + j], 1e-5) << "prompt " << mine[k];
+      }
+    }
+  }
+}
+
+TEST(RaggedDecode, RejectsBadImageIndices) {
+  const SamConfig cfg = SamConfig::preset("tiny");
+  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = "fp32"});
+  const Tensor embeddings = model.encode_image(random_host({2, 3, cfg.img_size, cfg.img_size}, 5, -2.f, 2.f));
+  PromptBatch p;
+  p.points = random_host({2, 1, 2}, 9, 0.f, 10.f);
+  p.labels = Tensor::empty({2, 1});
+  p.labels.data[0] = p.labels.data[1] = 1.f;
+  const PromptEmbeddings e = model.encode_prompts(p);
+  EXPECT_THROW(model.decode_masks(embeddings, {0, 2}, e, true), Error);    // only images 0 and 1
+  EXPECT_THROW(model.decode_masks(embeddings, {0}, e, true), Error);       // one index for two prompts
+  EXPECT_THROW(model.decode_masks(embeddings, {-1, 0}, e, true), Error);
+}
+
+}  // namespace
+}  // namespace samfast
