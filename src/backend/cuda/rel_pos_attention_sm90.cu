@@ -1,12 +1,12 @@
 // rel_pos_attention (bf16) on Hopper: the flash-attention kernel of attention.cu with both products
 // on warpgroup MMAs (wgmma, sm_90a). Same algorithm, tile geometry and relative-position terms; what
 // changes is where the operands come from. With mma.sync each warp reads every K and V fragment of a
-// 64-key block from shared memory for its 16 (or 32) query rows (ldmatrix), and that shared-memory
-// traffic, not the tensor cores, bounded the kernel; a wgmma reads its B operand (K, V, or a table
-// chunk) from shared memory once for a warpgroup's 64 query rows, and runs on Hopper's full-rate
-// tensor-core path. Q and P stay in registers as the A operand (the m16n8k16 A layout per warp, as
-// in attention.cu), and the accumulators have the m16n8 layout per warp: the softmax code is the
-// same.
+// 64-key block from shared memory for its own 32 query rows (ldmatrix); a wgmma reads its B operand
+// (K, V, or a table chunk) once for a warpgroup's 64 query rows, on Hopper's full-rate tensor-core
+// path (vit_b global block at batch 8 on an H200: 2.47 ms, 167 TFLOP/s, against 3.0 ms for the
+// 16-rows-a-warp mma.sync kernel). Q and P stay in registers as the A operand (the m16n8k16 A
+// layout per warp, as in attention.cu), and the accumulators have the m16n8 layout per warp: the
+// softmax code is the same.
 //   Block: 2 warpgroups x 64 queries; 64 key slots per step (slots as in attention.cu: key row ky at
 //   [ky KW, ky KW + tw)). K, V and the table chunks sit in shared memory as 8 x 16-byte core
 //   matrices (no swizzle): 16-byte chunk c of row r at ((r / 8) (HD / 8) + c) 128 + (r % 8) 16
