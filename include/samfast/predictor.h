@@ -17,6 +17,7 @@ struct Prompt {
   std::vector<int> labels;                   // 1 foreground, 0 background, -1 ignored
   std::optional<std::array<float, 4>> box;   // x0, y0, x1, y1 in original-image pixels
   Tensor mask_input;                         // (1, 4G, 4G) low-res logits from an earlier predict, optional
+  int image = 0;                             // which image of set_images() (0 after set_image)
 };
 
 // An image resized (PIL-exact), normalized and padded for the encoder: the host half of set_image,
@@ -41,11 +42,16 @@ class Predictor {
   // The same in two halves: prepare (host only, thread-safe) and set_image on its result.
   static EncoderInput prepare(const Image& rgb, int img_size);
   void set_image(const EncoderInput& input);
+  // Several images through the encoder in one batch. Prompts then name their image (Prompt::image),
+  // and predict_batch decodes the prompts of all the images together (any number per image).
+  void set_images(const std::vector<Image>& rgbs);
+  void set_images(const std::vector<EncoderInput>& inputs);
   bool is_image_set() const { return embedding_.defined(); }
+  int image_count() const { return (int)original_sizes_.size(); }
   // (1, 256, G, G) like SamPredictor.get_image_embedding.
-  Tensor image_embedding() const;
-  std::pair<int, int> original_size() const { return original_size_; }
-  std::pair<int, int> input_size() const { return input_size_; }
+  Tensor image_embedding(int image = 0) const;
+  std::pair<int, int> original_size(int image = 0) const { return original_sizes_.at(checked(image)); }
+  std::pair<int, int> input_size(int image = 0) const { return input_sizes_.at(checked(image)); }
 
   // ref: SamPredictor.predict. Throws samfast::Error for prompts outside the image, bad labels,
   // a mask_input of the wrong shape, or no image set.
@@ -56,14 +62,15 @@ class Predictor {
   std::vector<Prediction> predict_batch(const std::vector<Prompt>& prompts, bool multimask_output = true,
                                         bool return_logits = false) const;
   // Prompts already in input-size coordinates (upstream's predict_torch) -> backend tensors, no
-  // post-processing and no host round trip.
+  // post-processing and no host round trip. One image set.
   DecoderOutput decode(const PromptBatch& prompts, bool multimask_output) const;
 
  private:
   void check(const Prompt& p) const;
+  size_t checked(int image) const;  // image as an index, or an Error
   const Model& model_;
-  Tensor embedding_;  // (1, G, G, 256) channel-last
-  std::pair<int, int> original_size_{0, 0}, input_size_{0, 0};
+  Tensor embedding_;  // (I, G, G, 256) channel-last
+  std::vector<std::pair<int, int>> original_sizes_, input_sizes_;  // (h, w) per image
 };
 
 }  // namespace samfast

@@ -1,11 +1,13 @@
 // ref: segment_anything/predictor.py SamPredictor
 #include "samfast/predictor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <tuple>
 
+#include "backend/ops.h"
 #include "io/image.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
@@ -25,19 +27,42 @@ EncoderInput Predictor::prepare(const Image& rgb, int S) {
 
 void Predictor::set_image(const Image& rgb) { set_image(prepare(rgb, model_.config().img_size)); }
 
-void Predictor::set_image(const EncoderInput& input) {
-  const int S = model_.config().img_size;
-  if (input.image.ndim() != 4 || input.image.dim(2) != S || input.image.dim(3) != S)
-    throw Error("set_image: the prepared image " + shape_str(input.image.shape) + " is not for a " + std::to_string(S) +
-                "-pixel encoder");
-  embedding_ = model_.encode_image(input.image);
-  original_size_ = input.original_size;
-  input_size_ = input.input_size;
+void Predictor::set_image(const EncoderInput& input) { set_images(std::vector<EncoderInput>{input}); }
+
+void Predictor::set_images(const std::vector<Image>& rgbs) {
+  std::vector<EncoderInput> inputs;
+  for (const Image& rgb : rgbs) inputs.push_back(prepare(rgb, model_.config().img_size));
+  set_images(inputs);
 }
 
-Tensor Predictor::image_embedding() const {
+void Predictor::set_images(const std::vector<EncoderInput>& inputs) {
+  const int64_t S = model_.config().img_size, plane = 3 * S * S;
+  if (inputs.empty()) throw Error("set_images: no images");
+  for (const EncoderInput& in : inputs)
+    if (in.image.ndim() != 4 || in.image.dim(0) != 1 || in.image.dim(1) != 3 || in.image.dim(2) != S || in.image.dim(3) != S)
+      throw Error("set_image: the prepared image " + shape_str(in.image.shape) + " is not for a " + std::to_string(S) +
+                  "-pixel encoder");
+  Tensor batch = inputs.size() == 1 ? inputs[0].image : Tensor::empty({(int64_t)inputs.size(), 3, S, S});
+  if (inputs.size() > 1)
+    for (size_t i = 0; i < inputs.size(); ++i) std::memcpy(batch.data + i * plane, inputs[i].image.data, sizeof(float) * plane);
+  embedding_ = Tensor();  // a failed encode leaves no image set
+  original_sizes_.clear(), input_sizes_.clear();
+  Tensor embedding = model_.encode_image(batch);
+  for (const EncoderInput& in : inputs) original_sizes_.push_back(in.original_size), input_sizes_.push_back(in.input_size);
+  embedding_ = embedding;
+}
+
+size_t Predictor::checked(int image) const {
+  if (image < 0 || image >= image_count())
+    throw Error("image " + std::to_string(image) + " was not set (" + std::to_string(image_count()) + " image" +
+                (image_count() == 1 ? "" : "s") + " set)");
+  return (size_t)image;
+}
+
+Tensor Predictor::image_embedding(int image) const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before the embedding is read");
-  const Tensor e = model_.download(embedding_);
+  const int64_t i = (int64_t)checked(image);
+  const Tensor e = model_.download(image_count() == 1 ? embedding_ : model_.backend().gather(embedding_, {i}));
   const int64_t G = e.dim(1), D = e.dim(3);
   Tensor out = Tensor::empty({1, D, G, G});
   for (int64_t i = 0; i < G * G; ++i)
@@ -47,7 +72,7 @@ Tensor Predictor::image_embedding() const {
 
 void Predictor::check(const Prompt& p) const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before predict()");
-  const auto [H, W] = original_size_;
+  const auto [H, W] = original_sizes_[checked(p.image)];
   auto inside = [&](float x, float y) { return std::isfinite(x) && std::isfinite(y) && x >= 0 && y >= 0 && x <= W && y <= H; };
   if (p.points.size() != p.labels.size())
     throw Error("prompt has " + std::to_string(p.points.size()) + " points but " + std::to_string(p.labels.size()) + " labels");
@@ -72,6 +97,7 @@ void Predictor::check(const Prompt& p) const {
 
 DecoderOutput Predictor::decode(const PromptBatch& prompts, bool multimask_output) const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before decode()");
+  if (image_count() != 1) throw Error("decode() takes one image; with several, use Model::decode_masks with image indices");
   return model_.decode_masks(embedding_, model_.encode_prompts(prompts), multimask_output);
 }
 
@@ -90,6 +116,7 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
     groups[{prompts[i].points.size(), prompts[i].box.has_value(), prompts[i].mask_input.defined()}].push_back(i);
 
   std::vector<Prediction> results(prompts.size());
+  Ops& ops = model_.backend();
   for (const auto& [form, idx] : groups) {
     const auto [n_points, has_box, has_mask] = form;
     const int64_t B = (int64_t)idx.size(), N = (int64_t)n_points;
@@ -100,28 +127,44 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
     }
     if (has_box) batch.boxes = Tensor::empty({B, 4});
     if (has_mask) batch.masks = Tensor::empty({B, 1, L, L});
+    std::vector<int64_t> image_of(B);
     for (int64_t b = 0; b < B; ++b) {
       const Prompt& p = prompts[idx[b]];
+      const std::pair<int, int> original = original_sizes_[p.image];
+      image_of[b] = p.image;
       for (int64_t i = 0; i < N; ++i) {
         float* xy = batch.points.data + (b * N + i) * 2;
         xy[0] = p.points[i][0], xy[1] = p.points[i][1];
         batch.labels.data[b * N + i] = (float)p.labels[i];
       }
-      if (N > 0) apply_coords(batch.points.data + b * N * 2, N, original_size_, S);
+      if (N > 0) apply_coords(batch.points.data + b * N * 2, N, original, S);
       if (has_box) {
         std::memcpy(batch.boxes.data + b * 4, p.box->data(), sizeof(float) * 4);
-        apply_coords(batch.boxes.data + b * 4, 2, original_size_, S);
+        apply_coords(batch.boxes.data + b * 4, 2, original, S);
       }
       if (has_mask) std::memcpy(batch.masks.data + b * L * L, p.mask_input.data, sizeof(float) * L * L);
     }
-    DecoderOutput dec = model_.decode_masks(embedding_, model_.encode_prompts(batch), multimask_output);
+    // One decode for the group. Prompts of one image keep its embedding a batch of 1 (the decoder
+    // then shares work across them); prompts of several images take the ragged decode.
+    const bool one_image = std::all_of(image_of.begin(), image_of.end(), [&](int64_t i) { return i == image_of[0]; });
+    const PromptEmbeddings emb = model_.encode_prompts(batch);
+    DecoderOutput dec = !one_image           ? model_.decode_masks(embedding_, image_of, emb, multimask_output)
+                        : image_count() == 1 ? model_.decode_masks(embedding_, emb, multimask_output)
+                                             : model_.decode_masks(ops.gather(embedding_, {image_of[0]}), emb, multimask_output);
     const Tensor low_res = model_.download(dec.low_res_masks), iou = model_.download(dec.iou);
-    Tensor masks = model_.postprocess_masks(dec.low_res_masks, input_size_, original_size_, !return_logits);
-    for (int64_t b = 0; b < B; ++b) {  // views into the batch's tensors: no copies of full-size masks
-      Prediction& r = results[idx[b]];
-      r.masks = masks.item(b);
-      r.iou = iou.item(b);
-      r.low_res_masks = low_res.item(b);
+    for (int64_t b = 0; b < B; ++b) {  // views into the batch's tensors: no copies
+      results[idx[b]].iou = iou.item(b);
+      results[idx[b]].low_res_masks = low_res.item(b);
+    }
+    // Masks at each image's own size: one post-processing per image of the group.
+    for (int image = 0; image < image_count(); ++image) {
+      std::vector<int64_t> rows;
+      for (int64_t b = 0; b < B; ++b)
+        if (image_of[b] == image) rows.push_back(b);
+      if (rows.empty()) continue;
+      const Tensor mine = (int64_t)rows.size() == B ? dec.low_res_masks : ops.gather(dec.low_res_masks, rows);
+      Tensor masks = model_.postprocess_masks(mine, input_sizes_[image], original_sizes_[image], !return_logits);
+      for (size_t k = 0; k < rows.size(); ++k) results[idx[rows[k]]].masks = masks.item((int64_t)k);
     }
   }
   return results;

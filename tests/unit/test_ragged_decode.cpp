@@ -1,5 +1,6 @@
 // The ragged decode (prompts of several images in one pass) against one decode per image, on the CPU
-// backend with the tiny config: the same masks and scores, whatever the order of the prompts.
+// backend with the tiny config: the same masks and scores, whatever the order of the prompts; and the
+// Predictor over several images against one Predictor per image.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +9,9 @@
 #include "backend/ops.h"
 #include "core/rng.h"
 #include "samfast/error.h"
+#include "io/image.h"
 #include "samfast/model.h"
+#include "samfast/predictor.h"
 
 namespace samfast {
 namespace {
@@ -84,6 +87,63 @@ TEST(RaggedDecode, RejectsBadImageIndices) {
   EXPECT_THROW(model.decode_masks(embeddings, {0, 2}, e, true), Error);    // only images 0 and 1
   EXPECT_THROW(model.decode_masks(embeddings, {0}, e, true), Error);       // one index for two prompts
   EXPECT_THROW(model.decode_masks(embeddings, {-1, 0}, e, true), Error);
+}
+
+Image random_image(int h, int w, uint64_t seed) {
+  Image img;
+  img.height = h, img.width = w;
+  img.rgb.resize(size_t(h) * w * 3);
+  Rng rng{seed};
+  for (uint8_t& v : img.rgb) v = (uint8_t)(rng.next() & 0xff);
+  return img;
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape, b.shape);
+  double m = 0;
+  for (int64_t i = 0; i < std::min(a.numel(), b.numel()); ++i) m = std::max(m, (double)std::abs(a.data[i] - b.data[i]));
+  return m;
+}
+
+TEST(MultiImagePredictor, MatchesOnePredictorPerImage) {
+  const SamConfig cfg = SamConfig::preset("tiny");
+  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = "fp32"});
+  const std::vector<Image> images = {random_image(30, 44, 1), random_image(50, 21, 2)};  // different sizes
+  Predictor many(model);
+  many.set_images(images);
+  ASSERT_EQ(many.image_count(), 2);
+  // Points and boxes on both images, mixed in one call (same forms are decoded together).
+  std::vector<Prompt> prompts(5);
+  prompts[0] = {{{10.f, 12.f}}, {1}, std::nullopt, {}, 1};
+  prompts[1] = {{{3.f, 4.f}}, {1}, std::nullopt, {}, 0};
+  prompts[2] = {{}, {}, std::array<float, 4>{2.f, 3.f, 18.f, 40.f}, {}, 1};
+  prompts[3] = {{{20.f, 20.f}, {5.f, 6.f}}, {1, 0}, std::nullopt, {}, 0};
+  prompts[4] = {{{15.f, 45.f}}, {0}, std::nullopt, {}, 1};
+  for (bool logits : {true, false}) {
+    const std::vector<Prediction> got = many.predict_batch(prompts, true, logits);
+    for (int image = 0; image < 2; ++image) {
+      Predictor one(model);
+      one.set_image(images[image]);
+      EXPECT_EQ(one.original_size(), many.original_size(image));
+      EXPECT_LE(max_abs_diff(one.image_embedding(), many.image_embedding(image)), 1e-4);
+      for (size_t k = 0; k < prompts.size(); ++k) {
+        if (prompts[k].image != image) continue;
+        Prompt p = prompts[k];
+        p.image = 0;
+        const Prediction want = one.predict(p, true, logits);
+        ASSERT_EQ(got[k].masks.shape, want.masks.shape) << "prompt " << k;
+        EXPECT_LE(max_abs_diff(got[k].low_res_masks, want.low_res_masks), 1e-3) << "prompt " << k;
+        EXPECT_LE(max_abs_diff(got[k].iou, want.iou), 1e-4) << "prompt " << k;
+        if (logits) EXPECT_LE(max_abs_diff(got[k].masks, want.masks), 1e-3) << "prompt " << k;
+      }
+    }
+  }
+  Prompt bad = prompts[0];
+  bad.image = 2;
+  EXPECT_THROW(many.predict(bad), Error);  // only images 0 and 1 were set
+  bad.image = 0;
+  bad.points = {{40.f, 40.f}};  // below image 0 (44 wide, 30 high)
+  EXPECT_THROW(many.predict(bad), Error);
 }
 
 }  // namespace
