@@ -83,7 +83,8 @@ class Model {
   DecoderOutput decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const;
   // The ragged form: B prompts over several images, decoded in one pass (no loop over the images).
   // embeddings (I, G, G, D) from one encode_image of I images; prompt b belongs to image
-  // image_of_prompt[b] (any counts per image, any order). Outputs are in prompt order.
+  // image_of_prompt[b] (any counts per image, any order). Outputs are in prompt order. Prompts that
+  // all name one image decode as with that image's embedding alone.
   DecoderOutput decode_masks(const Tensor& embeddings, const std::vector<int64_t>& image_of_prompt,
                              const PromptEmbeddings& prompts, bool multimask_output) const;
   // The backend the model runs on (for pipeline code that needs ops beyond the model's own).

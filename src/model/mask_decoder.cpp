@@ -1,4 +1,5 @@
 // ref: segment_anything/modeling/mask_decoder.py MaskDecoder, modeling/transformer.py TwoWayTransformer
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -99,8 +100,13 @@ DecoderOutput Model::decode_masks(const Tensor& embeddings, const std::vector<in
     if (image_of_prompt[b] < 0 || image_of_prompt[b] >= embeddings.dim(0))
       throw Error("decode_masks: prompt " + std::to_string(b) + " names image " + std::to_string(image_of_prompt[b]) +
                   ", but there are " + std::to_string(embeddings.dim(0)) + " images");
-  // Each prompt's image embedding, then one batched decode: the decoder has no per-image state
-  // beyond the embedding (the first layer's image tokens are per prompt from here on).
+  // Prompts of one image keep its embedding a batch of 1 (the decoder then shares work across them).
+  // Otherwise each prompt's image embedding, then one batched decode: the decoder has no per-image
+  // state beyond the embedding.
+  const int64_t first = image_of_prompt.empty() ? 0 : image_of_prompt[0];
+  if (std::all_of(image_of_prompt.begin(), image_of_prompt.end(), [&](int64_t i) { return i == first; }))
+    return decode_masks(embeddings.dim(0) == 1 ? embeddings : ops_->gather(embeddings, {first}), prompts,
+                        multimask_output);
   return decode_masks(ops_->gather(embeddings, image_of_prompt), prompts, multimask_output);
 }
 

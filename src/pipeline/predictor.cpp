@@ -1,7 +1,6 @@
 // ref: segment_anything/predictor.py SamPredictor
 #include "samfast/predictor.h"
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -144,13 +143,8 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
       }
       if (has_mask) std::memcpy(batch.masks.data + b * L * L, p.mask_input.data, sizeof(float) * L * L);
     }
-    // One decode for the group. Prompts of one image keep its embedding a batch of 1 (the decoder
-    // then shares work across them); prompts of several images take the ragged decode.
-    const bool one_image = std::all_of(image_of.begin(), image_of.end(), [&](int64_t i) { return i == image_of[0]; });
-    const PromptEmbeddings emb = model_.encode_prompts(batch);
-    DecoderOutput dec = !one_image           ? model_.decode_masks(embedding_, image_of, emb, multimask_output)
-                        : image_count() == 1 ? model_.decode_masks(embedding_, emb, multimask_output)
-                                             : model_.decode_masks(ops.gather(embedding_, {image_of[0]}), emb, multimask_output);
+    // One decode for the group, whatever images its prompts belong to.
+    DecoderOutput dec = model_.decode_masks(embedding_, image_of, model_.encode_prompts(batch), multimask_output);
     const Tensor low_res = model_.download(dec.low_res_masks), iou = model_.download(dec.iou);
     for (int64_t b = 0; b < B; ++b) {  // views into the batch's tensors: no copies
       results[idx[b]].iou = iou.item(b);
