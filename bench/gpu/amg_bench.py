@@ -36,12 +36,38 @@ def prepare(out):
         Image.open(IMAGES / n).convert("RGB").resize((1800, 1200), Image.BICUBIC).save(out / "photo" / (n[:-4] + ".png"))
 
 
+def patch_fast():
+    """segment-anything-fast's generator on PyTorch 2.11 (its code predates it), two shims that keep its
+    arithmetic: (1) its point embedding calls expand_as between two jagged NestedTensors, which
+    NestedTensor no longer accepts ("NestedTensor expand_as_default(self: t, other: jt): expected self
+    to be a tensor"), so nested points are embedded through its own non-nested code on the values and
+    re-wrapped with the same offsets; (2) torchvision's NMS now wants scores of the boxes' dtype
+    (fp32), and it passes bf16 IoU predictions. (Its nested decoder returns all 4 masks of a point,
+    not the 3 of multimask output: 4096 candidates per image, not 3072. That is its behaviour, kept.)"""
+    import torch
+    from segment_anything_fast import automatic_mask_generator as amg
+    from segment_anything_fast.modeling import prompt_encoder as pe
+    embed = pe.PromptEncoder._embed_points
+
+    def _embed_points(self, points, labels, pad):
+        if not points.is_nested:
+            return embed(self, points, labels, pad)
+        # jagged (B, j, 1, 2) points and (B, j, 1) labels: values (N, 1, 2) and (N, 1)
+        emb = embed(self, points.values(), labels.values(), pad)
+        return torch.nested.nested_tensor_from_jagged(emb, offsets=points.offsets())
+
+    pe.PromptEncoder._embed_points = _embed_points
+    nms = amg.batched_nms
+    amg.batched_nms = lambda boxes, scores, idxs, iou_threshold: nms(boxes, scores.float(), idxs, iou_threshold)
+
+
 def build(impl, model, ckpt):
     import torch
     if impl == "orig":
         from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
     else:
         from segment_anything_fast import SamAutomaticMaskGenerator, sam_model_registry
+        patch_fast()
     sam = sam_model_registry[model](checkpoint=str(ckpt)).cuda().eval()
     if impl == "fast":
         sam = sam.to(torch.bfloat16)

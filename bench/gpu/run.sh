@@ -66,7 +66,7 @@ if [[ " $steps " == *" amg "* ]]; then
         | tail -1 | tee -a "$OUT/amg_bench.jsonl"
     done
   done
-  [ "${AMG_ANCHORS:-1}" = 1 ] && for spec in "orig vit_b default" "orig vit_h default" "fast vit_b default"; do
+  [ "${AMG_ANCHORS:-1}" = 1 ] && for spec in "orig vit_b default" "orig vit_h default" "fast vit_b default" "fast vit_h default" "fast vit_b low"; do
     # shellcheck disable=SC2086
     timeout 150 python3 bench/gpu/amg_bench.py anchor $spec "$A" 2>&1 | grep '^{' | tee -a "$OUT/amg_anchors.jsonl"
   done
