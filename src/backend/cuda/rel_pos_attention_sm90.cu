@@ -9,12 +9,13 @@
 // softmax code is the same.
 //   Block: 2 warpgroups x 64 queries; 64 key slots per step (slots as in attention.cu: key row ky at
 //   [ky KW, ky KW + tw)). K, V and the table chunks sit in shared memory as 8 x 16-byte core
-//   matrices (no swizzle): 16-byte chunk c of row r at ((r / 8) (HD / 8) + c) 128 + (r % 8) 16
-//   bytes, filled by cp.async (K, V) or stores (tables), consecutive threads writing consecutive
-//   16 bytes. Measured (ncu, vit_b global block, H200): 52% of the kernel's shared-memory wavefronts
-//   are excess (bank conflicts), most likely the tensor cores' reads of the 8 row groups of a k-step,
-//   which this layout puts HD x 16 bytes apart; a layout with each k-step's core matrices contiguous
-//   (or the 128-byte swizzle) is the next thing to try here.
+//   matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts below), filled by
+//   cp.async (K, V) or stores (tables), consecutive threads writing consecutive 16 bytes.
+//   Measured (H200, vit_b batch 1, CUPTI trace): global block 370 us, windowed 57 us a launch. The
+//   earlier layout (8-row groups HD x 16 bytes apart, where ncu counted 52% excess shared-memory
+//   wavefronts) took 374 / 56 us (ncu, the session before): the bank conflicts were not what limits this kernel. What would:
+//   overlapping the softmax of one key block with the Q K^T of the next (FA3's ping-pong of two
+//   warpgroups) and double-buffered K/V.
 #include <algorithm>
 #include <string>
 
@@ -40,31 +41,51 @@ constexpr size_t region0_bytes() {
   return sizeof(bf16) * std::max(2 * kK * HD, kQ * (HD + 8));
 }
 
-// Element offset of 16-byte chunk c of row r in the core-matrix layout of a 64-row tile.
-template <int HD>
-__device__ __forceinline__ int core_offset(int r, int c) {
-  return (((r >> 3) * (HD / 8) + c) << 6) + ((r & 7) << 3);
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // (the helpers below serve only the sm_90a kernel body)
+// Shared-memory layouts of a 64-row tile of HD values, in 8 x 16-byte core matrices (no swizzle),
+// with the core matrices of each wgmma k-step contiguous (2 KiB): a k-step's operand is read from
+// one block of shared memory, not from 8 row groups HD x 16 bytes apart.
+//   K (and the relative-position table chunks), the K-major B operand of Q K^T, k-step kk = chunks
+//   2 kk and 2 kk + 1: chunk c of row r at byte (((c / 2) 8 + r / 8) 2 + c % 2) 128 + (r % 8) 16;
+//   descriptor start kk 2048 bytes, 128 bytes between the k-step's two chunk columns (leading),
+//   256 between 8-row groups (stride).
+//   V, the N-major B operand of P V, k-step ks = rows [16 ks, 16 ks + 16): chunk c of row r at byte
+//   (((r / 16) (HD / 8) + c) 2 + (r / 8) % 2) 128 + (r % 8) 16; descriptor start ks HD 32 bytes,
+//   128 bytes between the k-step's two 8-row groups (leading), 256 between chunks (stride).
+// Element offsets (bf16) of chunk c of row r:
+__device__ __forceinline__ int k_layout_offset(int r, int c) {
+  return (((((c >> 1) << 3) + (r >> 3)) * 2 + (c & 1)) << 6) + ((r & 7) << 3);
 }
-
-// The i-th 16-byte chunk of a 64 x HD tile, ordered so that consecutive threads write consecutive
-// 16 bytes of shared memory (rows r % 8 first) while a warp still reads 64 contiguous bytes of 8 rows.
 template <int HD>
-__device__ __forceinline__ void chunk_of(int i, int& r, int& c) {
-  const int rest = i >> 3;
+__device__ __forceinline__ int v_layout_offset(int r, int c) {
+  return ((((r >> 4) * (HD / 8) + c) * 2 + ((r >> 3) & 1)) << 6) + ((r & 7) << 3);
+}
+// The i-th 16-byte chunk of a tile in fill order: the chunk that layout puts at byte 16 i, so that
+// consecutive threads write consecutive 16 bytes of shared memory.
+__device__ __forceinline__ void k_chunk_of(int i, int& r, int& c) {
+  r = ((i >> 4) & 7) * 8 + (i & 7);
+  c = (i >> 7) * 2 + ((i >> 3) & 1);
+}
+template <int HD>
+__device__ __forceinline__ void v_chunk_of(int i, int& r, int& c) {
+  const int rest = i >> 4;
+  r = (rest / (HD / 8)) * 16 + ((i >> 3) & 1) * 8 + (i & 7);
   c = rest % (HD / 8);
-  r = (rest / (HD / 8)) * 8 + (i & 7);
 }
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// Part `part` (1 k, 2 v) of key slots [sb, sb + 64) into a core-matrix tile (empty slots: zeros).
+// Part `part` (1 k, 2 v) of key slots [sb, sb + 64) into a tile of its layout (empty slots: zeros).
 template <int HD>
 __device__ __forceinline__ void load_slots(bf16* dst, const TileGeometry<bf16>& g, int sb, int kwl, int part, int off) {
   for (int i = threadIdx.x; i < kK * (HD / 8); i += kThreads) {
     int r, c;
-    chunk_of<HD>(i, r, c);
+    if (part == 1)
+      k_chunk_of(i, r, c);
+    else
+      v_chunk_of<HD>(i, r, c);
     const int slot = sb + r, ky = slot >> kwl, kx = slot & ((1 << kwl) - 1);
     const bool ok = ky < g.th && kx < g.tw;
-    cp_async16(dst + core_offset<HD>(r, c), ok ? g.token_yx(ky, kx, part, off) + c * 8 : g.bias, ok);
+    bf16* to = dst + (part == 1 ? k_layout_offset(r, c) : v_layout_offset<HD>(r, c));
+    cp_async16(to, ok ? g.token_yx(ky, kx, part, off) + c * 8 : g.bias, ok);
   }
 }
 #endif
@@ -73,7 +94,6 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(RelPosArgs a, int nwin) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int KC = HD / 8, LDQ = HD + 8;
-  constexpr uint32_t kRowGroupBytes = HD * 16;  // between 8-row groups of a core-matrix tile
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // 64 x HD (also the relative-position table chunks)
   bf16* sV = sK + kK * HD;                        // 64 x HD
@@ -103,13 +123,12 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       qf[kk][3] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16 + 8);
     }
   }
-  // S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in sK: K-major B, k-step kk at
-  // core-matrix column 2 kk.
+  // S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in sK (K layout).
   auto qk = [&](float (&s)[kK / 2]) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_bf16<kK, 0>(s, qf[kk], wgmma_desc(sK + kk * 128, 128, kRowGroupBytes), kk > 0);
+      wgmma_bf16<kK, 0>(s, qf[kk], wgmma_desc(sK + kk * 1024, 128, 256), kk > 0);
     wgmma_commit();
     wgmma_wait_all();
   };
@@ -137,11 +156,11 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
         __syncthreads();  // sK free (the q fragments, the previous chunk read)
         for (int i = tid; i < kK * KC; i += kThreads) {
           int r, c;
-          chunk_of<HD>(i, r, c);
+          k_chunk_of(i, r, c);
           const int j = j0 + r;
           uint4 v = make_uint4(0, 0, 0, 0);
           if (j <= hi) v = *reinterpret_cast<const uint4*>(tab + (int64_t)j * HD + c * 8);
-          *reinterpret_cast<uint4*>(sK + core_offset<HD>(r, c)) = v;
+          *reinterpret_cast<uint4*>(sK + k_layout_offset(r, c)) = v;
         }
         fence_proxy_async();
         __syncthreads();
@@ -231,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     if (sb + kK < nslots) load_slots<HD>(sK, g, sb + kK, kwl, 1, off);
     if (!wg_active) continue;
     // O += P V: P's accumulator layout is the A layout (two n-tiles per 16-key step); V is an
-    // N-major B operand (K rows of HD values), k-step ks at core-matrix row group 2 ks.
+    // N-major B operand (K rows of HD values) in the V layout.
     uint32_t pa[kK / 16][4];
 #pragma unroll
     for (int ks = 0; ks < kK / 16; ++ks) {
@@ -243,7 +262,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kK / 16; ++ks)
-      if (ks < ks_end) wgmma_bf16<HD, 1>(o, pa[ks], wgmma_desc(sV + ks * 2 * KC * 64, kRowGroupBytes, 128), 1);
+      if (ks < ks_end) wgmma_bf16<HD, 1>(o, pa[ks], wgmma_desc(sV + ks * 16 * HD, 128, 256), 1);
     wgmma_commit();
     wgmma_wait_all();
   }
