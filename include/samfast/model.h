@@ -18,6 +18,9 @@ class Ops;
 struct ModelOptions {
   std::string device = "auto";     // auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
   std::string precision = "auto";  // auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16
+  // On a GPU, record the image encoder and the mask decoder as CUDA graphs (per batch and prompt
+  // shape, at their second run) and replay them; false runs every kernel launch from the host.
+  bool cuda_graphs = true;
 };
 
 // Prompts for B masks of one image, in the coordinates of the resized (input_size) image, as
@@ -95,6 +98,11 @@ class Model {
   const Tensor& w(const std::string& name) const;   // weight in backend memory
   const Tensor& hw(const std::string& name) const;  // weight on the host
   Tensor positional_encoding(const Tensor& coords01) const;  // (..., 2) in [0,1] -> (..., D)
+  // The encoder on an uploaded image (run_recorded's computation).
+  Tensor encode_pixels(const Tensor& pixels, const std::function<void(int, const Tensor&)>& on_block) const;
+  // The mask decoder on uploaded tokens (B, 1 + M + Ns, D) (run_recorded's computation).
+  DecoderOutput decode_tokens(const Tensor& tokens, const Tensor& embedding, const Tensor& dense,
+                              bool multimask_output) const;
   Tensor compute_dense_positional_encoding() const;
   // The mask decoder's cross attentions with their projections multiplied together (host fp32,
   // named "<attention>.folded.*"; see mask_decoder.cpp).

@@ -59,7 +59,7 @@ Backend make_backend(const ModelOptions& options) {
         throw Error("device " + dev + " does not exist: " + std::to_string(gpus) + " CUDA GPU(s) found");
     }
     b.precision = options.precision == "auto" ? "bf16" : options.precision;
-    auto ops = std::make_shared<CudaOps>(index, parse_precision(b.precision));
+    auto ops = std::make_shared<CudaOps>(index, parse_precision(b.precision), options.cuda_graphs);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, index);
     b.device = "cuda:" + std::to_string(index) + " (" + prop.name + ")";

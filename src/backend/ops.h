@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -115,6 +116,17 @@ class Ops {
   }
   // Waits until all work queued so far has finished (device backends run asynchronously).
   virtual void synchronize() {}
+  // A pure device computation that a backend may record once and replay (CUDA graphs: one launch
+  // instead of hundreds). fn must read nothing but `inputs` and the model's weights, allocate only
+  // through this backend, queue only device work (no uploads, downloads or host synchronisation),
+  // and return backend tensors. `key` names the computation; the backend adds the inputs' shapes.
+  // Returns tensors the caller owns. The default runs fn.
+  using Computation = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
+  virtual std::vector<Tensor> run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
+                                           const Computation& fn) {
+    (void)key;
+    return fn(inputs);
+  }
   // The most memory this backend has held at once (device memory for a GPU; 0 where not tracked).
   virtual int64_t peak_memory_bytes() const { return 0; }
 

@@ -11,8 +11,19 @@ Tensor Model::encode_image(const Tensor& image, const std::function<void(int, co
   if (image.ndim() != 4 || image.dim(1) != 3 || image.dim(2) != c.img_size || image.dim(3) != c.img_size)
     throw Error("encode_image: expected a (B, 3, " + std::to_string(c.img_size) + ", " + std::to_string(c.img_size) +
                 ") image, got " + shape_str(image.shape));
+  const Tensor pixels = ops.upload(image);
+  if (!on_block)  // (the parity tests' per-block view needs the eager run)
+    return ops.run_recorded("image_encoder", {pixels}, [&](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{encode_pixels(in[0], {})};
+    })[0];
+  return encode_pixels(pixels, on_block);
+}
+
+Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, const Tensor&)>& on_block) const {
+  const SamConfig& c = cfg_;
+  Ops& ops = *ops_;
   const std::string e = "image_encoder.";
-  Tensor x = ops.nchw_to_nhwc(ops.upload(image));                                      // (B, S, S, 3)
+  Tensor x = ops.nchw_to_nhwc(pixels);                                                 // (B, S, S, 3)
   x = ops.conv2d(x, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"), c.patch_size, 0);
   x = ops.add(x, w(e + "pos_embed"));                                                  // (B, G, G, E)
   for (int i = 0; i < c.depth; ++i) {

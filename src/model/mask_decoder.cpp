@@ -114,11 +114,11 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
   Ops& ops = *ops_;
   const SamConfig& c = cfg_;
   const int64_t B = prompts.sparse.dim(0), Ns = prompts.sparse.dim(1), D = c.prompt_embed_dim, G = c.grid();
-  const int64_t M = c.num_multimask_outputs + 1, heads = c.decoder_heads;
+  const int64_t M = c.num_multimask_outputs + 1;
   if (embedding.ndim() != 4 || embedding.dim(1) != G || embedding.dim(2) != G || embedding.dim(3) != D ||
       (embedding.dim(0) != 1 && embedding.dim(0) != B))
     throw Error("decode_masks: image embedding " + shape_str(embedding.shape) + " does not fit " + std::to_string(B) + " prompts");
-  const std::string md = "mask_decoder.", t = md + "transformer.";
+  const std::string md = "mask_decoder.";
 
   // Tokens (B, 1 + M + Ns, D): the IoU token, the mask tokens, then the prompt's sparse embedding.
   const int64_t N = 1 + M + Ns;
@@ -129,11 +129,26 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
     std::memcpy(dst + D, hw(md + "mask_tokens.weight").data, sizeof(float) * M * D);
     std::memcpy(dst + (1 + M) * D, prompts.sparse.data + b * Ns * D, sizeof(float) * Ns * D);
   }
-  Tensor tokens = ops.upload(host_tokens);
+  const std::vector<Tensor> out = ops.run_recorded(
+      multimask_output ? "mask_decoder multimask" : "mask_decoder", {ops.upload(host_tokens), embedding, prompts.dense},
+      [&](const std::vector<Tensor>& in) {
+        DecoderOutput d = decode_tokens(in[0], in[1], in[2], multimask_output);
+        return std::vector<Tensor>{d.low_res_masks, d.iou};
+      });
+  return DecoderOutput{out[0], out[1]};
+}
+
+DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding, const Tensor& dense,
+                                   bool multimask_output) const {
+  Ops& ops = *ops_;
+  const SamConfig& c = cfg_;
+  const int64_t B = tokens.dim(0), N = tokens.dim(1), D = c.prompt_embed_dim, G = c.grid();
+  const int64_t M = c.num_multimask_outputs + 1, heads = c.decoder_heads;
+  const std::string md = "mask_decoder.", t = md + "transformer.";
   // Image tokens (B, G*G, D): the embedding plus the dense prompt embedding. Without mask prompts
   // they start the same for every prompt, and stay a batch of 1 until the first layer updates them.
-  const bool dense_full = prompts.dense.numel() == B * G * G * D;
-  Tensor keys = dense_full ? ops.add(prompts.dense, embedding) : ops.add(embedding, prompts.dense);
+  const bool dense_full = dense.numel() == B * G * G * D;
+  Tensor keys = dense_full ? ops.add(dense, embedding) : ops.add(embedding, dense);
   keys = keys.view({keys.dim(0), G * G, D});
   const Tensor key_pe = dense_pe_.view({1, G * G, D});
 

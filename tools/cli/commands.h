@@ -15,7 +15,7 @@ Runner add_make_checkpoint(CLI::App& app);
 Runner add_bench(CLI::App& app);
 Runner add_everything(CLI::App& app);
 
-// --device and --precision, shared by the commands that run the model.
+// --device, --precision and --no-graphs, shared by the commands that run the model.
 void add_backend_options(CLI::App* cmd, ModelOptions& options);
 // The checkpoint to use: the file if given, otherwise synthetic weights for `model` (with a loud
 // warning on stderr that masks from random weights are meaningless).

@@ -20,14 +20,27 @@ void DevicePool::release_cached() {
 void* DevicePool::get(size_t bytes) {
   bytes = rounded(bytes == 0 ? 1 : bytes);
   std::lock_guard<std::mutex> lock(mu_);
-  if (void* p = cache_.take(bytes)) {
+  if (recording_) {
+    if (auto it = recording_free_.find(bytes); it != recording_free_.end()) {
+      void* p = it->second;
+      recording_free_.erase(it);
+      return p;
+    }
+  }
+  void* p = cache_.take(bytes);
+  if (p && recording_) {
+    graph_owned_.insert(p);
+    recorded_.emplace_back(p, bytes);
+    graph_bytes_ += bytes;
+    return p;
+  }
+  if (p) {
     in_use_ += bytes;
     return p;
   }
   int prev = 0;
   CUDA_CHECK(cudaGetDevice(&prev));
   CUDA_CHECK(cudaSetDevice(device_));
-  void* p = nullptr;
   cudaError_t err = cudaMalloc(&p, bytes);
   if (err != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free allocation error
@@ -45,16 +58,49 @@ void* DevicePool::get(size_t bytes) {
                 " free of " + mib(total_b) + "; try a smaller batch)");
   }
   CUDA_CHECK(cudaSetDevice(prev));
-  in_use_ += bytes;
-  peak_ = std::max(peak_, in_use_ + cache_.cached_bytes());
+  if (recording_) {
+    graph_owned_.insert(p);
+    recorded_.emplace_back(p, bytes);
+    graph_bytes_ += bytes;
+  } else {
+    in_use_ += bytes;
+  }
+  peak_ = std::max(peak_, in_use_ + cache_.cached_bytes() + graph_bytes_);
   return p;
 }
 
 void DevicePool::put(void* p, size_t bytes) {
   bytes = rounded(bytes == 0 ? 1 : bytes);
   std::lock_guard<std::mutex> lock(mu_);
+  if (graph_owned_.count(p)) {  // a recording's buffer: reusable within that recording only
+    if (recording_) recording_free_.emplace(bytes, p);
+    return;
+  }
   in_use_ -= bytes;
   cache_.keep(p, bytes);  // no limit: always kept
+}
+
+void DevicePool::begin_recording() {
+  std::lock_guard<std::mutex> lock(mu_);
+  recording_ = true;
+  recorded_.clear();
+  recording_free_.clear();
+}
+
+DevicePool::Buffers DevicePool::end_recording() {
+  std::lock_guard<std::mutex> lock(mu_);
+  recording_ = false;
+  recording_free_.clear();
+  return std::move(recorded_);
+}
+
+void DevicePool::release_recorded(const Buffers& buffers) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [p, bytes] : buffers) {
+    graph_owned_.erase(p);
+    graph_bytes_ -= bytes;
+    cache_.keep(p, bytes);
+  }
 }
 
 size_t DevicePool::cached_bytes() const { return cache_.cached_bytes(); }

@@ -5,6 +5,9 @@
 #pragma once
 #include <cstddef>
 #include <mutex>
+#include <unordered_set>
+#include <utility>
+#include <vector>
 
 #include "core/size_cache.h"
 
@@ -24,16 +27,30 @@ class DevicePool {
   void put(void* p, size_t bytes);
   static size_t rounded(size_t bytes) { return (bytes + 255) / 256 * 256; }
   size_t cached_bytes() const;
-  // The most device memory the pool has held at once (in use plus cached).
+  // The most device memory the pool has held at once (in use, cached, and owned by CUDA graphs).
   size_t peak_bytes() const;
+
+  // CUDA-graph recording (graph.cu). Between begin_recording() and end_recording(), every buffer
+  // handed out belongs to the recording: freed ones go back to the recording's own free list only
+  // (a recorded graph keeps reading and writing them on every replay), and end_recording() returns
+  // all of them. They stay out of the pool's reach, their put() ignored, until release_recorded().
+  using Buffers = std::vector<std::pair<void*, size_t>>;
+  void begin_recording();
+  Buffers end_recording();
+  void release_recorded(const Buffers& buffers);
 
  private:
   void release_cached();
 
   int device_;
-  mutable std::mutex mu_;  // in_use_ and peak_
+  mutable std::mutex mu_;  // everything below but cache_ (which has its own lock)
   SizeCache cache_;
   size_t in_use_ = 0, peak_ = 0;
+  bool recording_ = false;
+  std::unordered_multimap<size_t, void*> recording_free_;
+  Buffers recorded_;                          // of the recording under way
+  std::unordered_set<void*> graph_owned_;     // of every recording not yet released
+  size_t graph_bytes_ = 0;
 };
 
 // Page-locked host buffers for downloads: a copy into pinned memory runs at the bus's full rate and

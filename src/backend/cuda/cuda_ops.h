@@ -13,6 +13,7 @@
 #include <memory>
 
 #include "backend/cuda/cuda_memory.h"
+#include "backend/cuda/graph.h"
 #include "backend/ops.h"
 
 namespace samfast {
@@ -51,7 +52,8 @@ struct CudaContext {
 class CudaOps final : public Ops {
  public:
   // precision: DType::F32 or DType::BF16 (the storage type of activations and weights).
-  CudaOps(int device, DType precision);
+  // graphs: record and replay run_recorded computations as CUDA graphs (graph.h).
+  CudaOps(int device, DType precision, bool graphs = true);
 
   Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) override;
   Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) override;
@@ -86,6 +88,8 @@ class CudaOps final : public Ops {
   Later<Tensor> download_later(const Tensor& x) override;
   void synchronize() override;
   int64_t peak_memory_bytes() const override;
+  std::vector<Tensor> run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
+                                   const Computation& fn) override;
 
   CudaContext& context() const { return *ctx_; }
   DType precision() const { return dt_; }
@@ -99,6 +103,7 @@ class CudaOps final : public Ops {
 
   std::shared_ptr<CudaContext> ctx_;
   DType dt_;
+  std::unique_ptr<cuda::GraphCache> graphs_;  // null: --no-graphs (destroyed before ctx_)
 };
 
 namespace cuda {

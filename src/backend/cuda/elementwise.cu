@@ -13,9 +13,17 @@ using cuda::from_f32;
 using cuda::gelu;
 using cuda::to_f32;
 
-CudaOps::CudaOps(int device, DType precision) : ctx_(std::make_shared<CudaContext>(device)), dt_(precision) {
+CudaOps::CudaOps(int device, DType precision, bool graphs)
+    : ctx_(std::make_shared<CudaContext>(device)),
+      dt_(precision),
+      graphs_(graphs ? std::make_unique<cuda::GraphCache>() : nullptr) {
   if (precision != DType::F32 && precision != DType::BF16)
     throw Error("CUDA backend: precision must be fp32 or bf16");
+}
+
+std::vector<Tensor> CudaOps::run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
+                                          const Computation& fn) {
+  return graphs_ ? graphs_->run(*this, key, inputs, fn) : fn(inputs);
 }
 
 Tensor CudaOps::empty(Shape shape, DType dtype) const {
