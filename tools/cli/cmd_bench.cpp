@@ -2,6 +2,9 @@
 // batch B plus P single-point multimask prompts decoded per image), and single-image latencies,
 // as a table and a JSON line.
 #include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
 #include <future>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -10,6 +13,7 @@
 #include "io/image.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
+#include "samfast/gpu_trace.h"
 #include "samfast/mask_generator.h"
 #include "samfast/predictor.h"
 
@@ -21,6 +25,7 @@ struct Args {
   int runs = 3, prompts = 16, batch = 1;
   ModelOptions options;
   bool amg = false;  // segment everything instead
+  std::string trace;  // Chrome trace of the timed runs' GPU work
   std::vector<std::string> images;
   MaskGeneratorOptions gen;
 };
@@ -30,8 +35,30 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// Ends a --trace of `runs` timed runs: writes the file, prints the kernels with the most GPU time.
+void finish_trace(std::unique_ptr<GpuTrace>& trace, const std::string& path, int runs, const char* what,
+                  nlohmann::json& j) {
+  if (!trace) return;
+  const auto totals = trace->finish(path);
+  trace.reset();
+  double all = 0;
+  for (const auto& t : totals) all += t.ms;
+  std::cout << "GPU trace of the " << runs << " " << what << " written to " << path << " (open in ui.perfetto.dev); "
+            << "kernel time per run " << all / runs << " ms, by kernel:\n";
+  nlohmann::json top = nlohmann::json::array();
+  for (size_t i = 0; i < totals.size() && i < 20; ++i) {
+    const auto& t = totals[i];
+    std::printf("  %8.3f ms %5.1f%%  %6lld x  %s\n", t.ms / runs, 100.0 * t.ms / all, (long long)(t.launches / runs),
+                t.name.substr(0, 110).c_str());
+    top.push_back({{"kernel", t.name}, {"ms_per_run", t.ms / runs}, {"launches_per_run", t.launches / runs}});
+  }
+  j["trace"] = path;
+  j["kernel_ms_per_run"] = all / runs;
+  j["top_kernels"] = top;
+}
+
 // Segment everything as over a folder: generate() wall time per image (records on the host) after
-// one warm-up, the next image resized and normalized on another thread meanwhile (as `everything`
+// two warm-ups, the next image resized and normalized on another thread meanwhile (as `everything`
 // does); that host work's own time is reported as preprocess_ms.
 int run_amg_bench(const Args& a, const Model& model) {
   std::vector<std::string> paths = a.images;
@@ -41,7 +68,10 @@ int run_amg_bench(const Args& a, const Model& model) {
   for (const auto& p : paths) imgs.push_back(read_image(p));
   const int S = model.config().img_size;
   const MaskGenerator gen(model, a.gen);
-  gen.generate(imgs[0]);  // warm-up
+  gen.generate(imgs[0]);  // warm-up: allocations, library plans
+  gen.generate(imgs[0]);  // and CUDA graphs, recorded at a computation's second run
+  std::unique_ptr<GpuTrace> trace;
+  if (!a.trace.empty()) trace = std::make_unique<GpuTrace>();
   std::vector<double> secs, pre, enc, dec, post;
   std::vector<std::vector<double>> s_i(imgs.size());
   std::vector<size_t> masks(imgs.size());
@@ -73,6 +103,7 @@ int run_amg_bench(const Args& a, const Model& model) {
   nlohmann::json j = {{"amg", true},
                       {"device", model.device()},
                       {"precision", model.precision()},
+                      {"cuda_graphs", a.options.cuda_graphs && model.device() != "cpu"},
                       {"model", model.config().name()},
                       {"points_per_side", a.gen.points_per_side},
                       {"points_per_batch", a.gen.points_per_batch},
@@ -87,6 +118,7 @@ int run_amg_bench(const Args& a, const Model& model) {
                       {"postprocess_ms", median(post)},
                       {"per_image", per_image},
                       {"peak_gib", model.peak_memory_bytes() / double(1 << 30)}};
+  finish_trace(trace, a.trace, (int)n, "generate() calls", j);
   std::cout << "samfast bench --amg: " << j["model"].get<std::string>() << " on " << device_summary(model) << ", "
             << imgs.size() << " images, median of " << a.runs << " runs each\n"
             << "  seconds per image   " << sec << "  (next image's preprocessing " << median(pre)
@@ -97,7 +129,12 @@ int run_amg_bench(const Args& a, const Model& model) {
 }
 
 int run_bench(const Args& a) {
+  if (!a.trace.empty() && std::filesystem::exists(a.trace))
+    throw Error("--trace " + a.trace + " exists: remove it or name a new file");
   Model model = load_or_synthesize(a.checkpoint, a.model, 0, a.options);
+  if (!a.trace.empty() && model.device() == "cpu")
+    throw Error("--trace records GPU work, and this model runs on the CPU (" +
+                (model.backend_note().empty() ? std::string("--device cpu") : model.backend_note()) + ")");
   if (a.amg) return run_amg_bench(a, model);
   Image img;
   if (!a.image.empty()) {
@@ -131,7 +168,11 @@ int run_bench(const Args& a) {
   Predictor predictor(model);
   const Tensor emb1 = model.encode_image(one);
   std::vector<double> set_image, predict_one, predict_p, decode_p, encode_b;
-  for (int r = 0; r <= a.runs; ++r) {  // run 0 warms up (allocations, library plans)
+  // Runs -1 and 0 warm up: allocations and library plans, then the CUDA graphs, recorded at a
+  // computation's second run.
+  std::unique_ptr<GpuTrace> trace;
+  for (int r = -1; r <= a.runs; ++r) {
+    if (r == 1 && !a.trace.empty()) trace = std::make_unique<GpuTrace>();
     double t0 = now_ms();
     predictor.set_image(img);
     model.synchronize();  // set_image only queues the encoder on a GPU
@@ -150,7 +191,7 @@ int run_bench(const Args& a) {
     }
     model.download(last);  // one stream: this waits for every decode and post-processing before it
     double t5 = now_ms();
-    if (r == 0) continue;
+    if (r <= 0) continue;
     set_image.push_back(t1 - t0), predict_one.push_back(t2 - t1), predict_p.push_back(t3 - t2);
     encode_b.push_back(t4 - t3), decode_p.push_back((t5 - t4) / a.batch);
   }
@@ -158,6 +199,7 @@ int run_bench(const Args& a) {
   const double img_s = a.batch / ((enc + a.batch * dec) / 1000.0), enc_img_s = a.batch / (enc / 1000.0);
   nlohmann::json j = {{"device", model.device()},
                       {"precision", model.precision()},
+                      {"cuda_graphs", a.options.cuda_graphs && model.device() != "cpu"},
                       {"model", model.config().name()},
                       {"batch", a.batch},
                       {"prompts", a.prompts},
@@ -170,6 +212,7 @@ int run_bench(const Args& a) {
                       {"predict_prompts_to_host_ms", median(predict_p)},
                       {"predict_1_prompt_ms", median(predict_one)},
                       {"peak_gib", model.peak_memory_bytes() / double(1 << 30)}};
+  finish_trace(trace, a.trace, a.runs, "timed runs", j);
   std::cout << "samfast bench: " << j["model"].get<std::string>() << " on " << device_summary(model) << ", batch " << a.batch << ", " << a.prompts << " prompts/image, median of "
             << a.runs << " runs\n"
             << "  img/s (encoder + " << a.prompts << " prompts)  " << img_s << "\n"
@@ -191,9 +234,11 @@ Runner add_bench(CLI::App& app) {
   cmd->add_option("--checkpoint", a->checkpoint, "checkpoint; omitted: synthetic weights")->check(CLI::ExistingFile);
   cmd->add_option("--model", a->model, "model for synthetic weights")->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
   cmd->add_option("--image", a->image, "image to use (default: a 1024x1024 synthetic picture)");
-  cmd->add_option("--runs", a->runs, "timed runs after one warm-up")->check(CLI::Range(1, 1000));
+  cmd->add_option("--runs", a->runs, "timed runs after two warm-ups")->check(CLI::Range(1, 1000));
   cmd->add_option("--prompts", a->prompts, "single-point multimask prompts decoded per image")->check(CLI::Range(1, 4096));
   cmd->add_option("--batch", a->batch, "images per image-encoder forward")->check(CLI::Range(1, 256));
+  cmd->add_option("--trace", a->trace,
+                  "write a Chrome/Perfetto trace of the timed runs' GPU kernels and copies to this new file (needs CUPTI)");
   cmd->add_flag("--amg", a->amg, "segment everything: seconds per image of the automatic mask generator");
   cmd->add_option("--images", a->images, "--amg: more images (each timed --runs times)");
   cmd->add_option("--points-per-side", a->gen.points_per_side, "--amg: points along one side")->capture_default_str();
