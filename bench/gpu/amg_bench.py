@@ -4,7 +4,7 @@ segment-anything-fast's generator (bf16) as anchors beside `samfast bench --amg`
 Usage (from the repository root, .devbin and .whl carried):
   python3 bench/gpu/amg_bench.py prepare OUTDIR          # checkpoints and 1800x1200 test images
   python3 bench/gpu/amg_bench.py anchor IMPL MODEL VARIANT OUTDIR   # IMPL orig|fast, VARIANT default|low
-  python3 bench/gpu/amg_bench.py parity MODEL OUTDIR
+  python3 bench/gpu/amg_bench.py parity MODEL OUTDIR [base|crops]
 Prints one JSON line per measurement."""
 import json
 import os
@@ -22,6 +22,7 @@ IMAGES = Path(os.environ.get("SAMFAST_TESTDATA", ROOT / ".whl" / "testdata")) / 
 NAMES = ["dog.jpg", "groceries.jpg", "truck.jpg"]
 VARIANTS = {"default": {}, "low": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)}
 PARITY = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+PARITY_VARIANTS = {"base": {}, "crops": dict(crop_n_layers=1, crop_nms_thresh=1.0)}  # (min_mask_region_area needs cv2 upstream)
 
 
 def prepare(out):
@@ -108,31 +109,37 @@ def decode(seg):
 
 
 def match(ours, theirs):
-    """Greedy one-to-one matching by mask IoU: (IoUs of upstream's masks with their match, unmatched)."""
-    mo = [decode(r["segmentation"]).astype(bool) for r in ours]
-    mt = [decode(r["segmentation"]).astype(bool) for r in theirs]
+    """Greedy one-to-one matching by mask IoU: the IoU of each of upstream's masks with its match (0
+    when none overlaps). The IoU matrix comes from one fp32 product of the flattened masks on the GPU
+    (exact: the counts stay below 2^24)."""
+    import torch
+    if not ours or not theirs:
+        return [0.0] * len(theirs)
+    def stack(recs):
+        return torch.stack([torch.from_numpy(decode(r["segmentation"])) for r in recs]).flatten(1).cuda().float()
+    mo, mt = stack(ours), stack(theirs)
+    inter = mt @ mo.T
+    union = mt.sum(1)[:, None] + mo.sum(1)[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).cpu().numpy()
     used, ious = set(), []
-    for t in mt:
+    for row in iou:
         best, bi = 0.0, -1
-        for i, o in enumerate(mo):
-            if i in used:
-                continue
-            u = np.logical_or(o, t).sum()
-            iou = 1.0 if u == 0 else np.logical_and(o, t).sum() / u
-            if iou > best:
-                best, bi = iou, i
+        for i, v in enumerate(row):
+            if i not in used and v > best:
+                best, bi = float(v), i
         if bi >= 0:
             used.add(bi)
         ious.append(best)
     return ious
 
 
-def parity(model, out):
+def parity(model, out, variant="base"):
     import torch
     out = Path(out)
     sam, Gen = build("orig", model, out / f"{model}.pth")
-    gen = Gen(sam, output_mode="uncompressed_rle", **PARITY)  # no pycocotools on that machine
-    flags = [x for k, v in PARITY.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    opts = {**PARITY, **PARITY_VARIANTS[variant]}
+    gen = Gen(sam, output_mode="uncompressed_rle", **opts)  # no pycocotools on that machine
+    flags = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     for n in NAMES:
         rgb = np.array(Image.open(IMAGES / n).convert("RGB"))
         with torch.inference_mode():
@@ -145,7 +152,7 @@ def parity(model, out):
             ours = json.loads((d / (n[:-4] + ".json")).read_text())
             ious = match(ours, theirs)
             same_order = sum(o["point_coords"] == t["point_coords"] for o, t in zip(ours, theirs))
-            print(json.dumps({"parity": model, "precision": prec, "image": n, "ours": len(ours), "upstream": len(theirs),
+            print(json.dumps({"parity": model, "variant": variant, "precision": prec, "image": n, "ours": len(ours), "upstream": len(theirs),
                               "mean_iou": float(np.mean(ious)) if ious else None,
                               "matched_ge_0.99": int(sum(i >= 0.99 for i in ious)),
                               "same_point_in_order": same_order}), flush=True)
@@ -158,4 +165,4 @@ if __name__ == "__main__":
     elif cmd == "anchor":
         anchor(*sys.argv[2:6])
     elif cmd == "parity":
-        parity(sys.argv[2], sys.argv[3])
+        parity(*sys.argv[2:5])

@@ -57,7 +57,10 @@ if [[ " $steps " == *" amg "* ]]; then
     --input "$SAMFAST_TESTDATA/images/truck.jpg" --output /tmp/sanitize_amg --overwrite --points-per-side 6 \
     --pred-iou-thresh 0 --stability-score-thresh 0 --crop-n-layers 1 --min-mask-region-area 100 2>&1 | tail -1 \
     | sed "s/^/memcheck everything tiny bf16: /" | tee -a "$OUT/sanitize.log"
-  timeout 300 python3 bench/gpu/amg_bench.py parity vit_b "$A" 2>&1 | grep '^{' | tee -a "$OUT/amg_parity.jsonl"
+  for spec in "vit_b $A base" "vit_h $A base" "vit_b $A crops"; do
+    # shellcheck disable=SC2086
+    timeout 300 python3 bench/gpu/amg_bench.py parity $spec 2>&1 | grep '^{' | tee -a "$OUT/amg_parity.jsonl"
+  done
   for m in vit_b vit_h; do
     for v in default low; do
       extra=(); [ "$v" = low ] && extra=(--pred-iou-thresh 0 --stability-score-thresh 0)

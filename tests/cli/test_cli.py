@@ -131,3 +131,19 @@ def test_device_choice_is_explicit_and_reported(samfast, tiny, tmp_path):
     assert "precision bf16 needs a CUDA GPU" in one_error_line(samfast(
         "segment", "--checkpoint", tiny, "--image", DOG, "--point", "1,1", "--device", "cpu", "--precision", "bf16",
         "--out", tmp_path / "b"))
+
+
+def test_bench_graphs_and_trace_options(samfast, tiny, tmp_path):
+    # --no-graphs is accepted everywhere the model runs and reported by bench; --trace on the CPU is a
+    # clear error (it records GPU work), and an existing trace file is never overwritten.
+    p = samfast("bench", "--checkpoint", tiny, "--device", "cpu", "--runs", "1", "--prompts", "2", "--no-graphs")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1])["cuda_graphs"] is False
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--no-graphs", "--out", tmp_path / "s")
+    assert p.returncode == 0, p.stderr
+    assert "records GPU work" in one_error_line(samfast(
+        "bench", "--checkpoint", tiny, "--device", "cpu", "--runs", "1", "--trace", tmp_path / "t.json"))
+    existing = tmp_path / "old.json"
+    existing.write_text("keep me")
+    assert "exists" in one_error_line(samfast("bench", "--checkpoint", tiny, "--device", "cpu", "--trace", existing))
+    assert existing.read_text() == "keep me"
