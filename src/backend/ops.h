@@ -117,15 +117,19 @@ class Ops {
   // Waits until all work queued so far has finished (device backends run asynchronously).
   virtual void synchronize() {}
   // A pure device computation that a backend may record once and replay (CUDA graphs: one launch
-  // instead of hundreds). fn must read nothing but `inputs` and the model's weights, allocate only
+  // instead of hundreds). fn must read nothing but its inputs and the model's weights, allocate only
   // through this backend, queue only device work (no uploads, downloads or host synchronisation),
-  // and return backend tensors. `key` names the computation; the backend adds the inputs' shapes.
-  // Returns tensors the caller owns. The default runs fn.
+  // and return backend tensors. `inputs` are backend tensors or host fp32 tensors, which are uploaded
+  // first (on a replay straight into the recording's own input buffer: no extra copy). `key` names
+  // the computation; the backend adds the inputs' shapes. Returns tensors the caller owns. The
+  // default uploads and runs fn.
   using Computation = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
   virtual std::vector<Tensor> run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
                                            const Computation& fn) {
     (void)key;
-    return fn(inputs);
+    std::vector<Tensor> dev;
+    for (const Tensor& t : inputs) dev.push_back(t.on_host() ? upload(t) : t);
+    return fn(dev);
   }
   // The most memory this backend has held at once (device memory for a GPU; 0 where not tracked).
   virtual int64_t peak_memory_bytes() const { return 0; }

@@ -11,12 +11,16 @@ Tensor Model::encode_image(const Tensor& image, const std::function<void(int, co
   if (image.ndim() != 4 || image.dim(1) != 3 || image.dim(2) != c.img_size || image.dim(3) != c.img_size)
     throw Error("encode_image: expected a (B, 3, " + std::to_string(c.img_size) + ", " + std::to_string(c.img_size) +
                 ") image, got " + shape_str(image.shape));
-  const Tensor pixels = ops.upload(image);
-  if (!on_block)  // (the parity tests' per-block view needs the eager run)
-    return ops.run_recorded("image_encoder", {pixels}, [&](const std::vector<Tensor>& in) {
-      return std::vector<Tensor>{encode_pixels(in[0], {})};
-    })[0];
-  return encode_pixels(pixels, on_block);
+  try {
+    if (!on_block)  // (the parity tests' per-block view needs the eager run)
+      return ops.run_recorded("image_encoder", {image}, [&](const std::vector<Tensor>& in) {
+        return std::vector<Tensor>{encode_pixels(in[0], {})};
+      })[0];
+    return encode_pixels(ops.upload(image), on_block);
+  } catch (const Error& e) {  // out of memory: say which batch asked for it
+    if (std::string(e.what()).rfind("out of GPU memory", 0) != 0) throw;
+    throw Error("image encoder at batch size " + std::to_string(image.dim(0)) + ": " + e.what());
+  }
 }
 
 Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, const Tensor&)>& on_block) const {

@@ -129,13 +129,18 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
     std::memcpy(dst + D, hw(md + "mask_tokens.weight").data, sizeof(float) * M * D);
     std::memcpy(dst + (1 + M) * D, prompts.sparse.data + b * Ns * D, sizeof(float) * Ns * D);
   }
-  const std::vector<Tensor> out = ops.run_recorded(
-      multimask_output ? "mask_decoder multimask" : "mask_decoder", {ops.upload(host_tokens), embedding, prompts.dense},
-      [&](const std::vector<Tensor>& in) {
-        DecoderOutput d = decode_tokens(in[0], in[1], in[2], multimask_output);
-        return std::vector<Tensor>{d.low_res_masks, d.iou};
-      });
-  return DecoderOutput{out[0], out[1]};
+  try {
+    const std::vector<Tensor> out = ops.run_recorded(
+        multimask_output ? "mask_decoder multimask" : "mask_decoder", {host_tokens, embedding, prompts.dense},
+        [&](const std::vector<Tensor>& in) {
+          DecoderOutput d = decode_tokens(in[0], in[1], in[2], multimask_output);
+          return std::vector<Tensor>{d.low_res_masks, d.iou};
+        });
+    return DecoderOutput{out[0], out[1]};
+  } catch (const Error& e) {  // out of memory: say which batch asked for it
+    if (std::string(e.what()).rfind("out of GPU memory", 0) != 0) throw;
+    throw Error("mask decoder at " + std::to_string(B) + " prompts per batch: " + e.what());
+  }
 }
 
 DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding, const Tensor& dense,

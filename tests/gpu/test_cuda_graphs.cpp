@@ -1,7 +1,7 @@
-// CUDA graphs (backend/cuda/graph.h): a recorded computation replays with new inputs and gives what
-// the eager run gives, bit for bit (the same kernels in the same order); callers own their outputs;
-// a computation that cannot be recorded runs eagerly. Then the image encoder and the mask decoder of
-// the tiny model, with graphs against without, over several images and prompt sets.
+// CUDA graphs (backend/cuda/graph.h): a recorded computation replays with new inputs (host or device)
+// and gives what the eager run gives, bit for bit (the same kernels in the same order); callers own
+// their outputs; a computation that cannot be recorded runs eagerly. Then the image encoder and the
+// mask decoder of the tiny model, with graphs against without, over several images and prompt sets.
 // Without a CUDA GPU every test is skipped.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -60,7 +60,8 @@ TEST_P(CudaGraphsTest, ReplaysWithNewInputs) {
   for (int run = 0; run < 5; ++run) {
     const Tensor x = random_host({2, 5, 32}, 10 + run), y = random_host({2, 5, 48}, 20 + run);
     const std::vector<Tensor> in = {gpu.upload(x), gpu.upload(y)};
-    const std::vector<Tensor> out = gpu.run_recorded("test", in, fn);
+    // x from the host (uploaded into the graph's own input buffer on a replay), y on the device
+    const std::vector<Tensor> out = gpu.run_recorded("test", {x, in[1]}, fn);
     const int before = calls;
     const std::vector<Tensor> eager = fn(in);
     calls = before;

@@ -392,6 +392,19 @@ TEST_P(CudaOpsTest, Gather) {
   EXPECT_THROW(gpu->gather(up(x), {7}), Error);
 }
 
+TEST_P(CudaOpsTest, OutOfMemoryIsAClearError) {
+  try {
+    gpu->empty({int64_t(1) << 44});  // 64 TiB (fp32) or 32 TiB: more than any GPU has
+    FAIL() << "no error for a 2^44-element tensor";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind("out of GPU memory: could not allocate ", 0), 0u) << m;
+    EXPECT_NE(m.find(std::to_string((int64_t(1) << 44) * (bf16() ? 2 : 4)) + " bytes"), std::string::npos) << m;
+  }
+  const Tensor x = rand({3, 5});  // the backend still works
+  expect_close(gpu->add(up(x), up(x)), cpu.add(x, x), "add after an allocation failure");
+}
+
 TEST_P(CudaOpsTest, RejectsHostTensors) {
   Tensor x = rand({2, 4}), w = rand({3, 4});
   EXPECT_THROW(gpu->linear(x, up(w), nullptr, Act::None, nullptr), Error);

@@ -84,6 +84,8 @@ class CudaOps final : public Ops {
   Tensor concat(const std::vector<Tensor>& xs) override;
   Tensor expand_batch(const Tensor& x, int64_t batch) override;
   Tensor upload(const Tensor& host) override;
+  // Host fp32 tensor into an existing tensor of this backend with as many elements.
+  void upload_into(const Tensor& host, const Tensor& dst);
   Tensor download(const Tensor& x) override;  // x in the backend's precision or fp32
   Later<Tensor> download_later(const Tensor& x) override;
   void synchronize() override;

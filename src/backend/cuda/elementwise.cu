@@ -23,7 +23,10 @@ CudaOps::CudaOps(int device, DType precision, bool graphs)
 
 std::vector<Tensor> CudaOps::run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
                                           const Computation& fn) {
-  return graphs_ ? graphs_->run(*this, key, inputs, fn) : fn(inputs);
+  if (graphs_) return graphs_->run(*this, key, inputs, fn);
+  std::vector<Tensor> dev;
+  for (const Tensor& t : inputs) dev.push_back(t.on_host() ? upload(t) : t);
+  return fn(dev);
 }
 
 Tensor CudaOps::empty(Shape shape, DType dtype) const {
@@ -447,22 +450,35 @@ Tensor CudaOps::upload(const Tensor& host) {
     expect(host, "upload", "tensor");
     return host;
   }
-  check(host.dtype == DType::F32, "upload", "host tensors are fp32");
   Tensor y = empty(host.shape);
+  upload_into(host, y);
+  return y;
+}
+
+void CudaOps::upload_into(const Tensor& host, const Tensor& y) {
+  check(host.device == Device::CPU && host.dtype == DType::F32, "upload", "host tensors are fp32");
+  expect(y, "upload", "destination");
+  check(y.numel() == host.numel(), "upload", "destination " + shape_str(y.shape) + " does not fit " + shape_str(host.shape));
   const int64_t n = host.numel();
-  if (n == 0) return y;
+  if (n == 0) return;
   // From pageable memory the copy returns once the host buffer has been staged, so the caller
   // may free it right away.
   if (dt_ == DType::F32) {
     CUDA_CHECK(cudaMemcpyAsync(y.data, host.data, sizeof(float) * n, cudaMemcpyHostToDevice, ctx_->stream));
-    return y;
+    return;
   }
-  Tensor staging = empty(host.shape, DType::F32);
-  CUDA_CHECK(cudaMemcpyAsync(staging.data, host.data, sizeof(float) * n, cudaMemcpyHostToDevice, ctx_->stream));
-  convert_kernel<float, __nv_bfloat16><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(
-      staging.ptr<float>(), y.ptr<__nv_bfloat16>(), n);
-  CUDA_LAUNCH_CHECK();
-  return y;  // staging returns to the pool; its next user runs after the conversion on this stream
+  // Through an fp32 staging buffer of at most 8 MB, converted chunk by chunk: a batch of 8 images
+  // would otherwise keep a 100 MB staging buffer in the pool (and in the peak) for good.
+  constexpr int64_t kChunk = int64_t(2) << 20;
+  Tensor staging = empty({std::min(n, kChunk)}, DType::F32);
+  for (int64_t at = 0; at < n; at += kChunk) {
+    const int64_t m = std::min(kChunk, n - at);
+    CUDA_CHECK(cudaMemcpyAsync(staging.data, host.data + at, sizeof(float) * m, cudaMemcpyHostToDevice, ctx_->stream));
+    convert_kernel<float, __nv_bfloat16><<<cuda::blocks_for(m, kThreads), kThreads, 0, ctx_->stream>>>(
+        staging.ptr<float>(), y.ptr<__nv_bfloat16>() + at, m);
+    CUDA_LAUNCH_CHECK();
+  }
+  // staging returns to the pool; its next user runs after the last conversion on this stream
 }
 
 Ops::Later<Tensor> CudaOps::download_later(const Tensor& x) {

@@ -10,7 +10,8 @@ namespace {
 
 std::string full_key(const std::string& key, const std::vector<Tensor>& inputs) {
   std::string k = key;
-  for (const Tensor& t : inputs) k += " " + shape_str(t.shape) + (t.dtype == DType::F32 ? "f32" : "h");
+  for (const Tensor& t : inputs)
+    k += " " + shape_str(t.shape) + (t.on_host() ? "host" : t.dtype == DType::F32 ? "f32" : "h");
   return k;
 }
 
@@ -31,10 +32,7 @@ GraphCache::Entry::~Entry() {
 bool GraphCache::record(const CudaOps& ops, Entry& e, const std::string& key, const std::vector<Tensor>& inputs,
                         const Ops::Computation& fn) {
   CudaContext& ctx = ops.context();
-  for (const Tensor& t : inputs) {
-    if (t.device != Device::CUDA) throw Error("run_recorded(" + key + "): inputs must be device tensors");
-    e.inputs.push_back(ops.empty(t.shape, t.dtype));
-  }
+  for (const Tensor& t : inputs) e.inputs.push_back(t.on_host() ? ops.empty(t.shape) : ops.empty(t.shape, t.dtype));
   e.pool = ctx.pool;
   std::string why;
   cudaGraph_t graph = nullptr;
@@ -77,7 +75,7 @@ void GraphCache::evict_oldest() {
   entries_.erase(oldest);
 }
 
-std::vector<Tensor> GraphCache::run(const CudaOps& ops, const std::string& key, const std::vector<Tensor>& inputs,
+std::vector<Tensor> GraphCache::run(CudaOps& ops, const std::string& key, const std::vector<Tensor>& inputs,
                                     const Ops::Computation& fn) {
   const std::string k = full_key(key, inputs);
   auto it = entries_.find(k);
@@ -89,10 +87,20 @@ std::vector<Tensor> GraphCache::run(const CudaOps& ops, const std::string& key, 
   e.last_use = ++clock_;
   // The first call runs eagerly: it makes the cuBLASLt plans, sets kernel attributes and fills the
   // pool, none of which belongs in a graph.
-  if (e.failed || ++e.calls < 2) return fn(inputs);
-  if (!e.exec && !record(ops, e, k, inputs, fn)) return fn(inputs);
+  auto eager = [&] {
+    std::vector<Tensor> dev;
+    for (const Tensor& t : inputs) dev.push_back(t.on_host() ? ops.upload(t) : t);
+    return fn(dev);
+  };
+  if (e.failed || ++e.calls < 2) return eager();
+  if (!e.exec && !record(ops, e, k, inputs, fn)) return eager();
   CudaContext& ctx = ops.context();
-  for (size_t i = 0; i < inputs.size(); ++i) copy_into(ops, e.inputs[i], inputs[i]);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].on_host())
+      ops.upload_into(inputs[i], e.inputs[i]);
+    else
+      copy_into(ops, e.inputs[i], inputs[i]);
+  }
   CUDA_CHECK(cudaGraphLaunch(e.exec, ctx.stream));
   std::vector<Tensor> out;
   for (const Tensor& t : e.outputs) {

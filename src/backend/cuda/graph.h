@@ -2,8 +2,9 @@
 // eagerly the first time for a key (cuBLASLt plans, kernel attributes and buffers get made), recorded
 // by stream capture the second time, and replayed from then on: one graph launch instead of a few
 // hundred kernel launches, so that small batches are not bound by the host's launch rate.
-// Inputs are copied into the graph's own input buffers before each replay and outputs copied out
-// after it (a few MB, microseconds), so callers own what they get, as with an eager run.
+// Inputs are copied (device inputs) or uploaded (host inputs) into the graph's own input buffers
+// before each replay, and outputs copied out after it (a few MB, microseconds), so callers own what
+// they get, as with an eager run.
 // Anything the recording cannot take (an API that is illegal during capture) makes that key run
 // eagerly from then on, with one line on stderr; nothing fails because of a graph.
 #pragma once
@@ -28,7 +29,7 @@ class GraphCache {
   GraphCache() = default;
   GraphCache(const GraphCache&) = delete;
   GraphCache& operator=(const GraphCache&) = delete;
-  std::vector<Tensor> run(const CudaOps& ops, const std::string& key, const std::vector<Tensor>& inputs,
+  std::vector<Tensor> run(CudaOps& ops, const std::string& key, const std::vector<Tensor>& inputs,
                           const Ops::Computation& fn);
   size_t size() const { return entries_.size(); }
 
@@ -44,7 +45,7 @@ class GraphCache {
     ~Entry();
   };
   bool record(const CudaOps& ops, Entry& e, const std::string& key, const std::vector<Tensor>& inputs,
-              const Ops::Computation& fn);
+              const Ops::Computation& fn);  // inputs: only their shapes and dtypes are used
   void evict_oldest();
 
   static constexpr size_t kMaxGraphs = 24;  // (encoder and decoder shapes of a run; LRU beyond)

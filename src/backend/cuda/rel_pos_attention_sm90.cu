@@ -13,9 +13,9 @@
 //   cp.async (K, V) or stores (tables), consecutive threads writing consecutive 16 bytes.
 //   Measured (H200, vit_b batch 1, CUPTI trace): global block 370 us, windowed 57 us a launch. The
 //   earlier layout (8-row groups HD x 16 bytes apart, where ncu counted 52% excess shared-memory
-//   wavefronts) took 374 / 56 us (ncu, the session before): the bank conflicts were not what limits this kernel. What would:
-//   overlapping the softmax of one key block with the Q K^T of the next (FA3's ping-pong of two
-//   warpgroups) and double-buffered K/V.
+//   wavefronts) took 374 / 56 us (ncu, the session before): the bank conflicts were not what limits
+//   this kernel. What would: overlapping the softmax of one key block with the Q K^T of the next
+//   (FA3's ping-pong of two warpgroups) and double-buffered K/V.
 #include <algorithm>
 #include <string>
 
