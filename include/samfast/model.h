@@ -17,7 +17,7 @@ class Ops;
 
 struct ModelOptions {
   std::string device = "auto";     // auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
-  std::string precision = "auto";  // auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16
+  std::string precision = "auto";  // auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16, fp16 (GPU only)
   // On a GPU, record the image encoder and the mask decoder as CUDA graphs (per batch and prompt
   // shape, at their second run) and replay them; false runs every kernel launch from the host.
   bool cuda_graphs = true;
@@ -58,7 +58,7 @@ class Model {
 
   const SamConfig& config() const { return cfg_; }
   const std::string& device() const { return device_; }        // "cpu" or "cuda:0 (NVIDIA H100 ...)"
-  const std::string& precision() const { return precision_; }  // "fp32" or "bf16"
+  const std::string& precision() const { return precision_; }  // "fp32", "bf16" or "fp16"
   // Non-empty when the backend differs from what was asked, e.g. "no CUDA GPU found: running on the CPU".
   const std::string& backend_note() const { return backend_note_; }
   int64_t parameter_count() const;

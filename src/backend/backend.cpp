@@ -14,8 +14,8 @@ namespace {
 DType parse_precision(const std::string& p) {
   if (p == "fp32") return DType::F32;
   if (p == "bf16") return DType::BF16;
-  if (p == "fp16") throw Error("precision fp16 is not implemented yet: use bf16 (the GPU default) or fp32");
-  throw Error("unknown precision '" + p + "': expected fp32, bf16 or auto");
+  if (p == "fp16") return DType::F16;
+  throw Error("unknown precision '" + p + "': expected fp32, bf16, fp16 or auto");
 }
 
 // Number of usable CUDA GPUs, and why there are none.

@@ -11,7 +11,7 @@ namespace samfast {
 struct Backend {
   std::shared_ptr<Ops> ops;
   std::string device;     // "cpu" or "cuda:N (GPU name)"
-  std::string precision;  // "fp32" or "bf16"
+  std::string precision;  // "fp32", "bf16" or "fp16"
   std::string note;       // set when the choice differs from what was asked (e.g. no GPU: CPU)
 };
 

@@ -98,7 +98,7 @@ TEST_P(CudaGraphsTest, UnrecordableRunsEagerly) {
 TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
   const SamConfig cfg = SamConfig::preset("tiny");
   const auto tensors = Model::synthetic_tensors(cfg, 7);
-  const std::string prec = GetParam() == DType::F32 ? "fp32" : "bf16";
+  const std::string prec = GetParam() == DType::F32 ? "fp32" : GetParam() == DType::BF16 ? "bf16" : "fp16";
   const Model graphs = Model::from_tensors(tensors, {.device = "cuda", .precision = prec, .cuda_graphs = true});
   const Model eager = Model::from_tensors(tensors, {.device = "cuda", .precision = prec, .cuda_graphs = false});
   const int S = cfg.img_size;
@@ -122,8 +122,10 @@ TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Precisions, CudaGraphsTest, ::testing::Values(DType::F32, DType::BF16),
-                         [](const ::testing::TestParamInfo<DType>& i) { return i.param == DType::F32 ? "F32" : "BF16"; });
+INSTANTIATE_TEST_SUITE_P(Precisions, CudaGraphsTest, ::testing::Values(DType::F32, DType::BF16, DType::F16),
+                         [](const ::testing::TestParamInfo<DType>& i) {
+                           return i.param == DType::F32 ? "F32" : i.param == DType::BF16 ? "BF16" : "F16";
+                         });
 
 }  // namespace
 }  // namespace samfast

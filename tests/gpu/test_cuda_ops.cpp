@@ -40,12 +40,20 @@ class CudaOpsTest : public ::testing::TestWithParam<DType> {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
     gpu = std::make_unique<CudaOps>(0, GetParam());
   }
-  bool bf16() const { return GetParam() == DType::BF16; }
+  // A 16-bit precision (bf16 or fp16): inputs rounded to it, bf16's tolerances (fp16 has more
+  // mantissa, less range; the random inputs here stay far inside it).
+  bool bf16() const { return GetParam() != DType::F32; }
+  const char* name() const { return GetParam() == DType::F32 ? "fp32" : GetParam() == DType::BF16 ? "bf16" : "fp16"; }
+  float round(float x) const {
+    if (GetParam() == DType::BF16) return bf16_round(x);
+    if (GetParam() == DType::F16) return (float)(_Float16)x;  // round to nearest even, as __float2half_rn
+    return x;
+  }
 
   // Random host tensor in [lo, hi), already rounded to the backend's precision.
   Tensor rand(Shape s, float lo = -1.f, float hi = 1.f) {
     Tensor t = Tensor::empty(std::move(s));
-    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16() ? bf16_round(rng.uniform(lo, hi)) : rng.uniform(lo, hi);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = round(rng.uniform(lo, hi));
     return t;
   }
   Tensor up(const Tensor& host) { return gpu->upload(host); }
@@ -66,7 +74,7 @@ class CudaOpsTest : public ::testing::TestWithParam<DType> {
       ref2 += (double)ref.data[i] * ref.data[i];
     }
     const double max_rel = max_err / std::max(max_ref, 1e-30), rel_l2 = std::sqrt(err2 / std::max(ref2, 1e-30));
-    std::printf("[ %-4s ] %-48s max_abs_err/max_abs = %.3e  rel_l2 = %.3e\n", bf16() ? "bf16" : "fp32", what.c_str(),
+    std::printf("[ %-4s ] %-48s max_abs_err/max_abs = %.3e  rel_l2 = %.3e\n", name(), what.c_str(),
                 max_rel, rel_l2);
     EXPECT_FALSE(std::isnan(err2)) << what;
     if (bf16())
@@ -90,7 +98,7 @@ TEST_P(CudaOpsTest, RoundTrip) {
     Tensor w = gpu->download(up(z));
     for (int i = 0; i < 3; ++i) ASSERT_EQ(w.data[i], z.data[i]);
   }
-  std::printf("[ %-4s ] round trip exact\n", bf16() ? "bf16" : "fp32");
+  std::printf("[ %-4s ] round trip exact\n", name());
 }
 
 TEST_P(CudaOpsTest, Linear) {
@@ -319,14 +327,14 @@ TEST_P(CudaOpsTest, PostprocessMasks) {
       max_err = std::max(max_err, (double)std::abs(host.data[i] - ref.data[i]));
       max_ref = std::max(max_ref, (double)std::abs(ref.data[i]));
     }
-    std::printf("[ %-4s ] %-48s max_abs_err/max_abs = %.3e\n", bf16() ? "bf16" : "fp32",
+    std::printf("[ %-4s ] %-48s max_abs_err/max_abs = %.3e\n", name(),
                 ("postprocess_masks logits" + planes).c_str(), max_err / max_ref);
     EXPECT_LE(max_err / max_ref, 1e-5) << planes;  // same (rounded) inputs, fp32 arithmetic on both sides
     Tensor bin = gpu->download(gpu->postprocess_masks(up(low), 1024, input, original, true));
     Tensor bref = cpu.postprocess_masks(low, 1024, input, original, true);
     int64_t differ = 0;
     for (int64_t i = 0; i < bref.numel(); ++i) differ += bin.data[i] != bref.data[i] && std::abs(ref.data[i]) > 1e-4f;
-    std::printf("[ %-4s ] %-48s pixels differing away from 0: %lld\n", bf16() ? "bf16" : "fp32",
+    std::printf("[ %-4s ] %-48s pixels differing away from 0: %lld\n", name(),
                 ("postprocess_masks binary" + planes).c_str(), (long long)differ);
     EXPECT_EQ(differ, 0) << planes;
   }
@@ -349,7 +357,7 @@ TEST_P(CudaOpsTest, MaskStats) {
     worst = std::max<int64_t>({worst, std::abs(got.above_hi[i] - ref.above_hi[i]), std::abs(got.above_lo[i] - ref.above_lo[i])});
     for (int k = 0; k < 4; ++k) box_off = std::max<int64_t>(box_off, std::abs(got.box[i][k] - ref.box[i][k]));
   }
-  std::printf("[ %-4s ] %-48s count diff %lld px, box diff %lld px\n", bf16() ? "bf16" : "fp32", "mask_stats",
+  std::printf("[ %-4s ] %-48s count diff %lld px, box diff %lld px\n", name(), "mask_stats",
               (long long)worst, (long long)box_off);
   EXPECT_LE(worst, 3);  // pixels within float rounding of a threshold may go either way
   EXPECT_LE(box_off, 1);
@@ -377,7 +385,7 @@ TEST_P(CudaOpsTest, MaskRles) {
       for (size_t p = 0; p < a.size(); ++p) differ += a[p] != b[p];
       if (i >= 3) EXPECT_EQ(got[i].counts, ref[i].counts);  // constant planes: exactly the same runs
     }
-    std::printf("[ %-4s ] %-48s pixels differing: %lld\n", bf16() ? "bf16" : "fp32", "mask_rles", (long long)differ);
+    std::printf("[ %-4s ] %-48s pixels differing: %lld\n", name(), "mask_rles", (long long)differ);
     EXPECT_LE(differ, 5);
   }
 }
@@ -410,8 +418,10 @@ TEST_P(CudaOpsTest, RejectsHostTensors) {
   EXPECT_THROW(gpu->linear(x, up(w), nullptr, Act::None, nullptr), Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Precisions, CudaOpsTest, ::testing::Values(DType::F32, DType::BF16),
-                         [](const ::testing::TestParamInfo<DType>& i) { return i.param == DType::F32 ? "F32" : "BF16"; });
+INSTANTIATE_TEST_SUITE_P(Precisions, CudaOpsTest, ::testing::Values(DType::F32, DType::BF16, DType::F16),
+                         [](const ::testing::TestParamInfo<DType>& i) {
+                           return i.param == DType::F32 ? "F32" : i.param == DType::BF16 ? "BF16" : "F16";
+                         });
 
 }  // namespace
 }  // namespace samfast

@@ -32,8 +32,8 @@ using cuda::from_f32;
 using cuda::kLog2e;
 using cuda::ldmatrix_x4;
 using cuda::ldmatrix_x4_trans;
-using cuda::mma_bf16;
-using cuda::pack_bf16;
+using cuda::mma16;
+using cuda::pack16;
 using cuda::RelPosArgs;
 using cuda::tile_of;
 using cuda::TileGeometry;
@@ -146,11 +146,11 @@ constexpr int kMmaK = 64;                        // key slots per block
 constexpr int kMmaThreads = 32 * kMmaWarps;
 constexpr int kRelStride = kMmaQ + 4;  // floats per relative-position column in shared memory
 
-using bf16 = __nv_bfloat16;
+// H: the 16-bit storage type (__nv_bfloat16 or __half); the kernels are the same for both.
 
-// Rows [row0, row0 + rows) of the tile, part `part`, into smem rows of `lds` bf16; zeros past the tile.
-template <int HD>
-__device__ __forceinline__ void load_rows(bf16* dst, int lds, const TileGeometry<bf16>& g, int row0, int rows,
+// Rows [row0, row0 + rows) of the tile, part `part`, into smem rows of `lds` H; zeros past the tile.
+template <class H, int HD>
+__device__ __forceinline__ void load_rows(H* dst, int lds, const TileGeometry<H>& g, int row0, int rows,
                                           int part, int off) {
   constexpr int kChunks = HD / 8;  // 16-byte chunks per row
   for (int i = threadIdx.x; i < rows * kChunks; i += kMmaThreads) {
@@ -161,10 +161,10 @@ __device__ __forceinline__ void load_rows(bf16* dst, int lds, const TileGeometry
   }
 }
 
-// Part `part` (1 k, 2 v) of the tokens in key slots [sb, sb + 64) into smem rows of HD + 8 bf16 (empty
+// Part `part` (1 k, 2 v) of the tokens in key slots [sb, sb + 64) into smem rows of HD + 8 H (empty
 // slots: zeros), by cp.async; complete after cp_async_wait_all.
-template <int HD>
-__device__ __forceinline__ void load_slots_async(bf16* dst, const TileGeometry<bf16>& g, int sb, int kwl, int part,
+template <class H, int HD>
+__device__ __forceinline__ void load_slots_async(H* dst, const TileGeometry<H>& g, int sb, int kwl, int part,
                                                  int off) {
   constexpr int kChunks = HD / 8;
   for (int i = threadIdx.x; i < kMmaK * kChunks; i += kMmaThreads) {
@@ -177,11 +177,11 @@ __device__ __forceinline__ void load_slots_async(bf16* dst, const TileGeometry<b
 // s[mt][n] = this warp's MT x 16 query rows (qf) x the 64 rows of sK (B operand by ldmatrix, two
 // n-tiles per ldmatrix.x4: lanes 0-7 / 8-15 address the two d halves of n-tile 2 np, lanes 16-31
 // those of 2 np + 1). Only the first np_end groups of 16 rows are multiplied (the rest: 0).
-template <int HD, int MT>
-__device__ __forceinline__ void qk_tile(float s[MT][kMmaK / 8][4], const uint32_t qf[MT][HD / 16][4], const bf16* sK,
+template <class H, int HD, int MT>
+__device__ __forceinline__ void qk_tile(float s[MT][kMmaK / 8][4], const uint32_t qf[MT][HD / 16][4], const H* sK,
                                         int lane, int np_end) {
   constexpr int LDS = HD + 8;
-  const bf16* base = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
+  const H* base = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -195,38 +195,38 @@ __device__ __forceinline__ void qk_tile(float s[MT][kMmaK / 8][4], const uint32_
       ldmatrix_x4(kb, base + np * 16 * LDS + kk * 16);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        mma_bf16(s[mt][2 * np], qf[mt][kk], kb[0], kb[1]);
-        mma_bf16(s[mt][2 * np + 1], qf[mt][kk], kb[2], kb[3]);
+        mma16<H>(s[mt][2 * np], qf[mt][kk], kb[0], kb[1]);
+        mma16<H>(s[mt][2 * np + 1], qf[mt][kk], kb[2], kb[3]);
       }
     }
   }
 }
 
-template <int HD>
+template <class H, int HD>
 __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosArgs a, int nwin) {
   constexpr int LDS = HD + 8;      // padded rows: ldmatrix without bank conflicts
   constexpr int kChunks = HD / 8;  // 16-byte chunks per row
   constexpr int MT = kMmaMT, Q = kMmaQ, RS = kRelStride;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // sK, then sV: first the block's Q queries
-  bf16* sV = sK + kMmaK * LDS;
+  H* sK = reinterpret_cast<H*>(smem_raw);  // sK, then sV: first the block's Q queries
+  H* sV = sK + kMmaK * LDS;
   // (th + tw) x RS: transposed and padded so that the 8 query rows x 4 key columns a warp
   // reads per score land in 32 different banks. Times log2(e).
   float* sRel = reinterpret_cast<float*>(sV + kMmaK * LDS);
-  const TileGeometry<bf16> g = tile_of<bf16>(a, nwin);
+  const TileGeometry<H> g = tile_of<H>(a, nwin);
   const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * Q, th = a.th, tw = a.tw;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
   const int wr0 = warp * 16 * MT + gr;  // this thread's query rows in the block: wr0 + 16 mt + {0, 8}
 
   static_assert(Q == 2 * kMmaK, "the queries are staged in sK and sV");
-  load_rows<HD>(sK, LDS, g, q0, Q, 0, off);
+  load_rows<H, HD>(sK, LDS, g, q0, Q, 0, off);
   __syncthreads();
   // This warp's query rows as A fragments (rows gr and gr + 8 of each of its m16 tiles).
   uint32_t qf[MT][HD / 16][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-    const bf16* r0 = sK + (wr0 + 16 * mt) * LDS + tq * 2;
-    const bf16* r1 = r0 + 8 * LDS;
+    const H* r0 = sK + (wr0 + 16 * mt) * LDS + tq * 2;
+    const H* r1 = r0 + 8 * LDS;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
       qf[mt][kk][0] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16);
@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
       // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [qy_lo, qy_hi + th - 1] (rel_w alike)
       const int lim = part ? tw : th;
       const int lo = part ? qx_lo : qy_lo, hi = (part ? qx_hi : qy_hi) + lim - 1;
-      const auto* tab = static_cast<const bf16*>(part ? a.rel_w : a.rel_h);
+      const auto* tab = static_cast<const H*>(part ? a.rel_w : a.rel_h);
       float* dst = sRel + (part ? th : 0) * RS + wr0;
 #pragma unroll 1
       for (int j0 = lo; j0 <= hi; j0 += kMmaK) {
@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
         }
         __syncthreads();
         float gq[MT][kMmaK / 8][4];
-        qk_tile<HD, MT>(gq, qf, sK, lane, kMmaK / 16);
+        qk_tile<H, HD, MT>(gq, qf, sK, lane, kMmaK / 16);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           const int base0 = (part ? qx[mt][0] : qy[mt][0]) + lim - 1, base1 = (part ? qx[mt][1] : qy[mt][1]) + lim - 1;
@@ -300,16 +300,16 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
   // K and V of a block arrive by cp.async (FA2 order, single buffers): V(b) loads during S = Q K(b)^T
   // and the softmax, K(b + 1) during O += P V(b).
   __syncthreads();  // the relative-position GEMMs are done with sK
-  load_slots_async<HD>(sK, g, 0, kwl, 1, off);
+  load_slots_async<H, HD>(sK, g, 0, kwl, 1, off);
   for (int sb = 0; sb < nslots; sb += kMmaK) {
     // Groups of 16 slots holding any key (the rest are empty rows past the tile: skipped).
     const int np_end = min(kMmaK / 16, (nslots - sb + 15) / 16);
     cp_async_wait_all();
     __syncthreads();  // K(b) visible to all; every warp is done with V(b - 1)
-    load_slots_async<HD>(sV, g, sb, kwl, 2, off);
+    load_slots_async<H, HD>(sV, g, sb, kwl, 2, off);
     float s[MT][kMmaK / 8][4];
     if (warp_active) {
-      qk_tile<HD, MT>(s, qf, sK, lane, np_end);
+      qk_tile<H, HD, MT>(s, qf, sK, lane, np_end);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots -> -inf
@@ -359,7 +359,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
     }
     cp_async_wait_all();
     __syncthreads();  // V(b) visible to all; every warp is done with K(b)
-    if (sb + kMmaK < nslots) load_slots_async<HD>(sK, g, sb + kMmaK, kwl, 1, off);
+    if (sb + kMmaK < nslots) load_slots_async<H, HD>(sK, g, sb + kMmaK, kwl, 1, off);
     if (!warp_active) continue;
     // o += P V: P's accumulator layout is the A layout of the next MMA (two n-tiles per k-step).
 #pragma unroll
@@ -368,10 +368,10 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
       uint32_t pa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        pa[mt][0] = pack_bf16(s[mt][2 * ks][0], s[mt][2 * ks][1]);
-        pa[mt][1] = pack_bf16(s[mt][2 * ks][2], s[mt][2 * ks][3]);
-        pa[mt][2] = pack_bf16(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
-        pa[mt][3] = pack_bf16(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+        pa[mt][0] = pack16<H>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+        pa[mt][1] = pack16<H>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+        pa[mt][2] = pack16<H>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+        pa[mt][3] = pack16<H>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
       }
       const int mi = lane / 8, key = ks * 16 + (mi & 1) * 8 + lane % 8;
 #pragma unroll
@@ -380,14 +380,14 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
         ldmatrix_x4_trans(vb, sV + key * LDS + dp * 16 + (mi >> 1) * 8);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          mma_bf16(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
-          mma_bf16(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+          mma16<H>(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+          mma16<H>(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
         }
       }
     }
   }
   if (!warp_active) return;
-  auto* out = static_cast<bf16*>(a.out);
+  auto* out = static_cast<H*>(a.out);
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     float l0 = l[mt][0], l1 = l[mt][1];
@@ -403,9 +403,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
     for (int n = 0; n < HD / 8; ++n) {
       const int d = off + n * 8 + tq * 2;
       if (row0 >= 0)
-        *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack_bf16(o[mt][n][0] * inv0, o[mt][n][1] * inv0);
+        *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack16<H>(o[mt][n][0] * inv0, o[mt][n][1] * inv0);
       if (row1 >= 0)
-        *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack_bf16(o[mt][n][2] * inv1, o[mt][n][3] * inv1);
+        *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack16<H>(o[mt][n][2] * inv1, o[mt][n][3] * inv1);
     }
   }
 }
@@ -639,15 +639,22 @@ void set_smem(Kernel kernel, size_t bytes, const CudaContext& ctx, const char* o
 template <int HD>
 void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64_t windows, int nwin) {
   const int T = a.th * a.tw, nrel = a.th + a.tw;
-  if (dt == DType::BF16 && ctx.cc_major == 9) {  // Hopper: the wgmma kernel (rel_pos_attention_sm90.cu)
-    cuda::rel_pos_attention_wgmma(ctx, a, HD, windows, nwin);
+  if (dt != DType::F32 && ctx.cc_major == 9) {  // Hopper: the wgmma kernel (rel_pos_attention_sm90.cu)
+    cuda::rel_pos_attention_wgmma(ctx, dt, a, HD, windows, nwin);
     return;
   }
-  if (dt == DType::BF16) {
-    const size_t smem = sizeof(__nv_bfloat16) * 2 * kMmaK * (HD + 8) + sizeof(float) * kRelStride * nrel;
-    set_smem(rel_pos_attention_mma<HD>, smem, ctx, "rel_pos_attention");
-    const dim3 grid((T + kMmaQ - 1) / kMmaQ, a.heads, (unsigned)windows);
-    rel_pos_attention_mma<HD><<<grid, kMmaThreads, smem, ctx.stream>>>(a, nwin);
+  if (dt != DType::F32) {
+    auto run = [&](auto tag) {
+      using H = decltype(tag);
+      const size_t smem = sizeof(H) * 2 * kMmaK * (HD + 8) + sizeof(float) * kRelStride * nrel;
+      set_smem(rel_pos_attention_mma<H, HD>, smem, ctx, "rel_pos_attention");
+      const dim3 grid((T + kMmaQ - 1) / kMmaQ, a.heads, (unsigned)windows);
+      rel_pos_attention_mma<H, HD><<<grid, kMmaThreads, smem, ctx.stream>>>(a, nwin);
+    };
+    if (dt == DType::BF16)
+      run(__nv_bfloat16{});
+    else
+      run(__half{});
   } else {
     const size_t smem = sizeof(float) * 2 * kSimtK * HD + sizeof(int) * kSimtK + sizeof(float) * kSimtQ * nrel;
     set_smem(rel_pos_attention_simt<float, HD>, smem, ctx, "rel_pos_attention");
@@ -754,10 +761,7 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int
       default: throw Error("attention: head dim " + std::to_string(hd) + " is not built (16, 32 and 64 are)");
     }
   };
-  if (dt_ == DType::F32)
-    run(float{});
-  else
-    run(__nv_bfloat16{});
+  cuda::with_storage_type(dt_, run);
   return out;
 }
 

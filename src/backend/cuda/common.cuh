@@ -41,7 +41,7 @@ namespace samfast::cuda {
 
 namespace samfast::cuda {
 
-// Storage types: every kernel is instantiated for float (the exact path) and __nv_bfloat16.
+// Storage types: every kernel is instantiated for float (the exact path), __nv_bfloat16 and __half.
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
@@ -51,6 +51,8 @@ template <>
 __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 // The same GELU with erf by Abramowitz & Stegun 7.1.26 (abs error < 1.5e-7, the formula of PyTorch's
@@ -70,6 +72,17 @@ __device__ __forceinline__ float gelu(float x) {
   return gelu_erf(x);
 }
 
+// Calls f(T{}) with T the storage type of dt (float, __nv_bfloat16 or __half).
+template <class F>
+void with_storage_type(DType dt, F&& f) {
+  if (dt == DType::F32)
+    f(float{});
+  else if (dt == DType::BF16)
+    f(__nv_bfloat16{});
+  else
+    f(__half{});
+}
+
 inline unsigned blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < 65535 * 16 ? b : 65535 * 16);  // grid-stride loops cover the rest
@@ -77,14 +90,17 @@ inline unsigned blocks_for(int64_t n, int threads) {
 
 }  // namespace samfast::cuda
 
-// Launches kernel<float> or kernel<__nv_bfloat16> by dtype.
+// Launches kernel<float>, kernel<__nv_bfloat16> or kernel<__half> by dtype.
 #define SAMFAST_DISPATCH(dt, T, ...)      \
   do {                                    \
     if ((dt) == DType::F32) {             \
       using T = float;                    \
       __VA_ARGS__;                        \
-    } else {                              \
+    } else if ((dt) == DType::BF16) {     \
       using T = __nv_bfloat16;            \
+      __VA_ARGS__;                        \
+    } else {                              \
+      using T = __half;                   \
       __VA_ARGS__;                        \
     }                                     \
   } while (0)

@@ -1,6 +1,8 @@
 // CUDA backend: the ops of backend/ops.h on one GPU and one stream, in fp32 (exact: no TF32, matches
-// the CPU backend to ~1e-6) or bf16 (fast: bf16 storage, tensor-core GEMMs and attention with fp32
-// accumulation, fp32 statistics). GEMMs run through cuBLASLt with fused bias / ReLU / residual
+// the CPU backend to ~1e-6), bf16 (fast: bf16 storage, tensor-core GEMMs and attention with fp32
+// accumulation, fp32 statistics) or fp16 (the same kernels on fp16 storage; the decoder's fused
+// upscaling and tensor-core image-to-token attention are bf16 only, so fp16 composes those from
+// unfused ops). GEMMs run through cuBLASLt with fused bias / ReLU / residual
 // epilogues; LayerNorm, exact-erf GELU, layout ops and attention are our own kernels.
 // No op synchronises with the host except download().
 #pragma once
@@ -51,7 +53,7 @@ struct CudaContext {
 
 class CudaOps final : public Ops {
  public:
-  // precision: DType::F32 or DType::BF16 (the storage type of activations and weights).
+  // precision: DType::F32, DType::BF16 or DType::F16 (the storage type of activations and weights).
   // graphs: record and replay run_recorded computations as CUDA graphs (graph.h).
   CudaOps(int device, DType precision, bool graphs = true);
 

@@ -406,10 +406,7 @@ Tensor CudaOps::image_to_token_attention(const Tensor& x, const Tensor& k, const
       const dim3 grid((unsigned)((T + kWarpKernelWarps - 1) / kWarpKernelWarps), (unsigned)B);
       kernel<<<grid, kWarpKernelWarps * 32, smem, ctx_->stream>>>(a);
     };
-    if (dt_ == DType::F32)
-      go(i2t_warp_kernel<float>);
-    else
-      go(i2t_warp_kernel<__nv_bfloat16>);
+    cuda::with_storage_type(dt_, [&](auto tag) { go(i2t_warp_kernel<decltype(tag)>); });
     CUDA_LAUNCH_CHECK();
   }
   return out;

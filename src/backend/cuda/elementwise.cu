@@ -17,8 +17,8 @@ CudaOps::CudaOps(int device, DType precision, bool graphs)
     : ctx_(std::make_shared<CudaContext>(device)),
       dt_(precision),
       graphs_(graphs ? std::make_unique<cuda::GraphCache>() : nullptr) {
-  if (precision != DType::F32 && precision != DType::BF16)
-    throw Error("CUDA backend: precision must be fp32 or bf16");
+  if (precision != DType::F32 && precision != DType::BF16 && precision != DType::F16)
+    throw Error("CUDA backend: precision must be fp32, bf16 or fp16");
 }
 
 std::vector<Tensor> CudaOps::run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
@@ -474,8 +474,9 @@ void CudaOps::upload_into(const Tensor& host, const Tensor& y) {
   for (int64_t at = 0; at < n; at += kChunk) {
     const int64_t m = std::min(kChunk, n - at);
     CUDA_CHECK(cudaMemcpyAsync(staging.data, host.data + at, sizeof(float) * m, cudaMemcpyHostToDevice, ctx_->stream));
-    convert_kernel<float, __nv_bfloat16><<<cuda::blocks_for(m, kThreads), kThreads, 0, ctx_->stream>>>(
-        staging.ptr<float>(), y.ptr<__nv_bfloat16>() + at, m);
+    SAMFAST_DISPATCH(dt_, T,
+                     convert_kernel<float, T><<<cuda::blocks_for(m, kThreads), kThreads, 0, ctx_->stream>>>(
+                         staging.ptr<float>(), y.ptr<T>() + at, m));
     CUDA_LAUNCH_CHECK();
   }
   // staging returns to the pool; its next user runs after the last conversion on this stream
@@ -497,8 +498,9 @@ Ops::Later<Tensor> CudaOps::download_later(const Tensor& x) {
   Tensor f32 = x;
   if (x.dtype != DType::F32) {
     f32 = empty(x.shape, DType::F32);
-    convert_kernel<__nv_bfloat16, float><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(
-        x.ptr<__nv_bfloat16>(), f32.ptr<float>(), n);
+    SAMFAST_DISPATCH(x.dtype, T,
+                     convert_kernel<T, float><<<cuda::blocks_for(n, kThreads), kThreads, 0, ctx_->stream>>>(
+                         x.ptr<T>(), f32.ptr<float>(), n));
     CUDA_LAUNCH_CHECK();
   }
   CUDA_CHECK(cudaMemcpyAsync(host.data, f32.data, sizeof(float) * n, cudaMemcpyDeviceToHost, ctx_->stream));

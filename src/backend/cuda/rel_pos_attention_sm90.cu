@@ -1,4 +1,4 @@
-// rel_pos_attention (bf16) on Hopper: the flash-attention kernel of attention.cu with both products
+// rel_pos_attention (bf16 or fp16: H) on Hopper: the flash-attention kernel of attention.cu with both products
 // on warpgroup MMAs (wgmma, sm_90a). Same algorithm, tile geometry and relative-position terms; what
 // changes is where the operands come from. With mma.sync each warp reads every K and V fragment of a
 // 64-key block from shared memory for its own 32 query rows (ldmatrix); a wgmma reads its B operand
@@ -27,7 +27,6 @@
 namespace samfast::cuda {
 namespace {
 
-using bf16 = __nv_bfloat16;
 
 constexpr int kQ = 128;  // queries per block: 2 warpgroups x 64
 constexpr int kK = 64;   // key slots per step
@@ -37,8 +36,8 @@ constexpr int kRelStride = kQ + 4;  // floats per relative-position column in sh
 // Bytes before the relative-position terms: K and V tiles, or (before them) the block's queries as
 // padded rows for the A fragments.
 template <int HD>
-constexpr size_t region0_bytes() {
-  return sizeof(bf16) * std::max(2 * kK * HD, kQ * (HD + 8));
+constexpr size_t region0_bytes() {  // (16-bit elements)
+  return sizeof(uint16_t) * std::max(2 * kK * HD, kQ * (HD + 8));
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // (the helpers below serve only the sm_90a kernel body)
@@ -52,7 +51,7 @@ constexpr size_t region0_bytes() {
 //   V, the N-major B operand of P V, k-step ks = rows [16 ks, 16 ks + 16): chunk c of row r at byte
 //   (((r / 16) (HD / 8) + c) 2 + (r / 8) % 2) 128 + (r % 8) 16; descriptor start ks HD 32 bytes,
 //   128 bytes between the k-step's two 8-row groups (leading), 256 between chunks (stride).
-// Element offsets (bf16) of chunk c of row r:
+// Element offsets (H) of chunk c of row r:
 __device__ __forceinline__ int k_layout_offset(int r, int c) {
   return (((((c >> 1) << 3) + (r >> 3)) * 2 + (c & 1)) << 6) + ((r & 7) << 3);
 }
@@ -74,8 +73,8 @@ __device__ __forceinline__ void v_chunk_of(int i, int& r, int& c) {
 }
 
 // Part `part` (1 k, 2 v) of key slots [sb, sb + 64) into a tile of its layout (empty slots: zeros).
-template <int HD>
-__device__ __forceinline__ void load_slots(bf16* dst, const TileGeometry<bf16>& g, int sb, int kwl, int part, int off) {
+template <class H, int HD>
+__device__ __forceinline__ void load_slots(H* dst, const TileGeometry<H>& g, int sb, int kwl, int part, int off) {
   for (int i = threadIdx.x; i < kK * (HD / 8); i += kThreads) {
     int r, c;
     if (part == 1)
@@ -84,22 +83,22 @@ __device__ __forceinline__ void load_slots(bf16* dst, const TileGeometry<bf16>& 
       v_chunk_of<HD>(i, r, c);
     const int slot = sb + r, ky = slot >> kwl, kx = slot & ((1 << kwl) - 1);
     const bool ok = ky < g.th && kx < g.tw;
-    bf16* to = dst + (part == 1 ? k_layout_offset(r, c) : v_layout_offset<HD>(r, c));
+    H* to = dst + (part == 1 ? k_layout_offset(r, c) : v_layout_offset<HD>(r, c));
     cp_async16(to, ok ? g.token_yx(ky, kx, part, off) + c * 8 : g.bias, ok);
   }
 }
 #endif
 
-template <int HD>
+template <class H, int HD>
 __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(RelPosArgs a, int nwin) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int KC = HD / 8, LDQ = HD + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // 64 x HD (also the relative-position table chunks)
-  bf16* sV = sK + kK * HD;                        // 64 x HD
-  bf16* sQ = sK;                                  // first: the block's queries, rows of LDQ
+  H* sK = reinterpret_cast<H*>(smem_raw);  // 64 x HD (also the relative-position table chunks)
+  H* sV = sK + kK * HD;                        // 64 x HD
+  H* sQ = sK;                                  // first: the block's queries, rows of LDQ
   float* sRel = reinterpret_cast<float*>(smem_raw + region0_bytes<HD>());  // (th + tw) x kRelStride, x log2(e)
-  const TileGeometry<bf16> g = tile_of<bf16>(a, nwin);
+  const TileGeometry<H> g = tile_of<H>(a, nwin);
   const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * kQ, th = a.th, tw = a.tw;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
   const int wr0 = warp * 16 + gr;  // this thread's query rows in the block: wr0 and wr0 + 8
@@ -113,8 +112,8 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   __syncthreads();
   uint32_t qf[HD / 16][4];  // A fragments: rows gr and gr + 8 of this warp's 16
   {
-    const bf16* r0 = sQ + wr0 * LDQ + tq * 2;
-    const bf16* r1 = r0 + 8 * LDQ;
+    const H* r0 = sQ + wr0 * LDQ + tq * 2;
+    const H* r1 = r0 + 8 * LDQ;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
       qf[kk][0] = *reinterpret_cast<const uint32_t*>(r0 + kk * 16);
@@ -128,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma_bf16<kK, 0>(s, qf[kk], wgmma_desc(sK + kk * 1024, 128, 256), kk > 0);
+      wgmma16<H, kK, 0>(s, qf[kk], wgmma_desc(sK + kk * 1024, 128, 256), kk > 0);
     wgmma_commit();
     wgmma_wait_all();
   };
@@ -148,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [qy_lo, qy_hi + th - 1] (rel_w alike)
       const int lim = part ? tw : th;
       const int lo = part ? qx_lo : qy_lo, hi = (part ? qx_hi : qy_hi) + lim - 1;
-      const auto* tab = static_cast<const bf16*>(part ? a.rel_w : a.rel_h);
+      const auto* tab = static_cast<const H*>(part ? a.rel_w : a.rel_h);
       float* dst = sRel + (part ? th : 0) * kRelStride + wr0;
       const int base0 = (part ? qx[0] : qy[0]) + lim - 1, base1 = (part ? qx[1] : qy[1]) + lim - 1;
 #pragma unroll 1
@@ -193,13 +192,13 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   // K and V of a step arrive by cp.async (FA2 order, single buffers): V(b) loads during S = Q K(b)^T
   // and the softmax, K(b + 1) during O += P V(b).
   __syncthreads();  // the relative-position products are done with sK
-  load_slots<HD>(sK, g, 0, kwl, 1, off);
+  load_slots<H, HD>(sK, g, 0, kwl, 1, off);
   for (int sb = 0; sb < nslots; sb += kK) {
     const int ks_end = min(kK / 16, (nslots - sb + 15) / 16);  // 16-slot groups holding any key
     cp_async_wait_all();
     fence_proxy_async();
     __syncthreads();  // K(b) visible to all; every warpgroup is done with V(b - 1)
-    load_slots<HD>(sV, g, sb, kwl, 2, off);
+    load_slots<H, HD>(sV, g, sb, kwl, 2, off);
     float s[kK / 2];
     if (wg_active) {
       qk(s);
@@ -247,22 +246,22 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     cp_async_wait_all();
     fence_proxy_async();
     __syncthreads();  // V(b) visible to all; every warpgroup is done with K(b)
-    if (sb + kK < nslots) load_slots<HD>(sK, g, sb + kK, kwl, 1, off);
+    if (sb + kK < nslots) load_slots<H, HD>(sK, g, sb + kK, kwl, 1, off);
     if (!wg_active) continue;
     // O += P V: P's accumulator layout is the A layout (two n-tiles per 16-key step); V is an
     // N-major B operand (K rows of HD values) in the V layout.
     uint32_t pa[kK / 16][4];
 #pragma unroll
     for (int ks = 0; ks < kK / 16; ++ks) {
-      pa[ks][0] = pack_bf16(s[8 * ks], s[8 * ks + 1]);
-      pa[ks][1] = pack_bf16(s[8 * ks + 2], s[8 * ks + 3]);
-      pa[ks][2] = pack_bf16(s[8 * ks + 4], s[8 * ks + 5]);
-      pa[ks][3] = pack_bf16(s[8 * ks + 6], s[8 * ks + 7]);
+      pa[ks][0] = pack16<H>(s[8 * ks], s[8 * ks + 1]);
+      pa[ks][1] = pack16<H>(s[8 * ks + 2], s[8 * ks + 3]);
+      pa[ks][2] = pack16<H>(s[8 * ks + 4], s[8 * ks + 5]);
+      pa[ks][3] = pack16<H>(s[8 * ks + 6], s[8 * ks + 7]);
     }
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kK / 16; ++ks)
-      if (ks < ks_end) wgmma_bf16<HD, 1>(o, pa[ks], wgmma_desc(sV + ks * 16 * HD, 128, 256), 1);
+      if (ks < ks_end) wgmma16<H, HD, 1>(o, pa[ks], wgmma_desc(sV + ks * 16 * HD, 128, 256), 1);
     wgmma_commit();
     wgmma_wait_all();
   }
@@ -275,40 +274,48 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   const float inv0 = 1.f / l0, inv1 = 1.f / l1;
   const int t0 = q0 + wr0, t1 = t0 + 8;
   const int64_t row0 = t0 < g.ntok ? g.out_row(t0) : -1, row1 = t1 < g.ntok ? g.out_row(t1) : -1;
-  auto* out = static_cast<bf16*>(a.out);
+  auto* out = static_cast<H*>(a.out);
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) {
     const int d = off + n * 8 + tq * 2;
-    if (row0 >= 0) *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack_bf16(o[4 * n] * inv0, o[4 * n + 1] * inv0);
+    if (row0 >= 0) *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack16<H>(o[4 * n] * inv0, o[4 * n + 1] * inv0);
     if (row1 >= 0)
-      *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack_bf16(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
+      *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack16<H>(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
-template <int HD>
+template <class H, int HD>
 void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
   const size_t smem = region0_bytes<HD>() + sizeof(float) * kRelStride * (a.th + a.tw);
   if (smem > ctx.max_smem_per_block)
     throw Error("rel_pos_attention: attention tile needs " + std::to_string(smem) +
                 " bytes of shared memory, the GPU has " + std::to_string(ctx.max_smem_per_block));
-  CUDA_CHECK(cudaFuncSetAttribute(rel_pos_attention_wgmma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  CUDA_CHECK(cudaFuncSetAttribute(rel_pos_attention_wgmma_kernel<H, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)smem));
   const dim3 grid((a.th * a.tw + kQ - 1) / kQ, a.heads, (unsigned)windows);
-  rel_pos_attention_wgmma_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(a, nwin);
+  rel_pos_attention_wgmma_kernel<H, HD><<<grid, kThreads, smem, ctx.stream>>>(a, nwin);
   CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-void rel_pos_attention_wgmma(const CudaContext& ctx, const RelPosArgs& a, int head_dim, int64_t windows, int nwin) {
-  switch (head_dim) {
-    case 32: launch<32>(ctx, a, windows, nwin); break;
-    case 64: launch<64>(ctx, a, windows, nwin); break;
-    case 80: launch<80>(ctx, a, windows, nwin); break;
-    default:
-      throw Error("rel_pos_attention: head dim " + std::to_string(head_dim) + " is not built (32, 64 and 80 are)");
-  }
+void rel_pos_attention_wgmma(const CudaContext& ctx, DType dt, const RelPosArgs& a, int head_dim, int64_t windows,
+                             int nwin) {
+  auto run = [&](auto tag) {
+    using H = decltype(tag);
+    switch (head_dim) {
+      case 32: launch<H, 32>(ctx, a, windows, nwin); break;
+      case 64: launch<H, 64>(ctx, a, windows, nwin); break;
+      case 80: launch<H, 80>(ctx, a, windows, nwin); break;
+      default:
+        throw Error("rel_pos_attention: head dim " + std::to_string(head_dim) + " is not built (32, 64 and 80 are)");
+    }
+  };
+  if (dt == DType::BF16)
+    run(__nv_bfloat16{});
+  else
+    run(__half{});
 }
 
 }  // namespace samfast::cuda

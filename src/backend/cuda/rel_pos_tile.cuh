@@ -4,6 +4,8 @@
 #pragma once
 #include <cuda_bf16.h>
 
+#include "samfast/tensor.h"
+
 #include <cstdint>
 
 namespace samfast {
@@ -69,9 +71,11 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-// The Hopper (sm_90a) bf16 kernel; launch only on a device of compute capability 9.0. Throws for a
+// The Hopper (sm_90a) bf16 / fp16 kernel; launch only on a device of compute capability 9.0. Throws for a
 // head dim it is not built for (32, 64 and 80 are).
-void rel_pos_attention_wgmma(const CudaContext& ctx, const RelPosArgs& a, int head_dim, int64_t windows, int nwin);
+// dt: DType::BF16 or DType::F16.
+void rel_pos_attention_wgmma(const CudaContext& ctx, DType dt, const RelPosArgs& a, int head_dim, int64_t windows,
+                             int nwin);
 
 }  // namespace cuda
 }  // namespace samfast
