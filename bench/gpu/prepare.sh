@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepares, on this (GPU-less) machine, what a run on the lent GPU machine needs: a CUDA build of
 # samfast in build-dev/, its binaries and the non-CUDA shared libraries they load in .devbin/ (the
-# GPU machine has the CUDA libraries but not OpenBLAS, libzip, libjpeg; found through RUNPATH), and the two upstream
-# Python packages in .whl/pysrc (fetched code: ignored by git, never committed).
+# GPU machine has the CUDA libraries but not OpenBLAS, libzip, libjpeg; found through RUNPATH),
+# packed into .whl/devbin.tar.xz, and the two upstream Python packages in .whl/pysrc (fetched code:
+# ignored by git, never committed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B="${SAMFAST_BUILD_DIR:-build-dev}"  # e.g. SAMFAST_BUILD_DIR=build to reuse scripts/setup.sh's CUDA build
@@ -25,3 +26,8 @@ du -sh .devbin
 [ -d .whl/pysrc/segment_anything ] || echo "note: put segment_anything and segment_anything_fast under .whl/pysrc (see bench/gpu/README)"
 cp ../shared/bench/anchor_bench.py .whl/anchor_bench.py
 mkdir -p .whl/testdata && cp -r ../shared/testdata/images .whl/testdata/  # ../shared does not travel
+# .devbin (OpenBLAS alone is 37 MB) no longer fits the 64 MiB a call may carry: it travels
+# compressed inside .whl (~9 MB); run.sh unpacks it there.
+tar -cf - .devbin | xz -6 -T"$(nproc)" > .whl/devbin.tar.xz
+du -sh .whl/devbin.tar.xz
+echo "carry [\".whl\"] and run bench/gpu/run.sh (it unpacks .whl/devbin.tar.xz)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs on the lent GPU machine, from the repository root, with .devbin and .whl carried
-# (bench/gpu/prepare.sh makes them): the CUDA op tests, GPU parity against upstream on the same GPU,
+# Runs on the lent GPU machine, from the repository root, with .whl carried (bench/gpu/prepare.sh
+# makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
 #   bench/gpu/run.sh [tests] [sanitize] [parity] [bench] [anchors] [amg] [profile]   (default: tests parity bench anchors)
@@ -10,6 +10,7 @@ OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.whl/pysrc:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 SEGMENT_ANYTHING_FAST_USE_FLASH_4=0
 export SAMFAST_TESTDATA="$PWD/.whl/testdata"
 steps="${*:-tests parity bench anchors}"
+[ -x .devbin/samfast ] || tar -xJf .whl/devbin.tar.xz
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 date -u +%Y-%m-%dT%H:%MZ >> "$OUT/device.txt"
 
