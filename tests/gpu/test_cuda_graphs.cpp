@@ -11,17 +11,11 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "core/rng.h"
+#include "gpu_available.h"
 #include "samfast/model.h"
 
 namespace samfast {
 namespace {
-
-bool have_gpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
 
 Tensor random_host(Shape shape, uint64_t seed, float lo = -1.f, float hi = 1.f) {
   Tensor t = Tensor::empty(std::move(shape));

@@ -16,17 +16,11 @@
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cuda/cuda_ops.h"
 #include "core/rng.h"
+#include "gpu_available.h"
 #include "samfast/error.h"
 
 namespace samfast {
 namespace {
-
-bool have_gpu() {
-  int n = 0;
-  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-  cudaGetLastError();
-  return ok;
-}
 
 float bf16_round(float x) {  // round to nearest even, as __float2bfloat16_rn
   uint32_t u = std::bit_cast<uint32_t>(x);
