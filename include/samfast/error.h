@@ -9,4 +9,10 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The device could not give the memory asked for (the message names the bytes; the model adds which
+// stage and batch size asked).
+struct OutOfMemory : Error {
+  using Error::Error;
+};
+
 }  // namespace samfast

@@ -17,9 +17,8 @@ Tensor Model::encode_image(const Tensor& image, const std::function<void(int, co
         return std::vector<Tensor>{encode_pixels(in[0], {})};
       })[0];
     return encode_pixels(ops.upload(image), on_block);
-  } catch (const Error& e) {  // out of memory: say which batch asked for it
-    if (std::string(e.what()).rfind("out of GPU memory", 0) != 0) throw;
-    throw Error("image encoder at batch size " + std::to_string(image.dim(0)) + ": " + e.what());
+  } catch (const OutOfMemory& e) {  // say which batch asked for it
+    throw OutOfMemory("image encoder at batch size " + std::to_string(image.dim(0)) + ": " + e.what());
   }
 }
 

@@ -137,9 +137,8 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
           return std::vector<Tensor>{d.low_res_masks, d.iou};
         });
     return DecoderOutput{out[0], out[1]};
-  } catch (const Error& e) {  // out of memory: say which batch asked for it
-    if (std::string(e.what()).rfind("out of GPU memory", 0) != 0) throw;
-    throw Error("mask decoder at " + std::to_string(B) + " prompts per batch: " + e.what());
+  } catch (const OutOfMemory& e) {  // say which batch asked for it
+    throw OutOfMemory("mask decoder at " + std::to_string(B) + " prompts per batch: " + e.what());
   }
 }
 

@@ -761,7 +761,7 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int
       default: throw Error("attention: head dim " + std::to_string(hd) + " is not built (16, 32 and 64 are)");
     }
   };
-  cuda::with_storage_type(dt_, run);
+  SAMFAST_DISPATCH(dt_, T, run(T{}));
   return out;
 }
 

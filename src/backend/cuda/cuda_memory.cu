@@ -53,7 +53,7 @@ void* DevicePool::get(size_t bytes) {
     cudaMemGetInfo(&free_b, &total_b);
     cudaSetDevice(prev);
     auto mib = [](size_t b) { return std::to_string(b >> 20) + " MiB"; };
-    throw Error("out of GPU memory: could not allocate " + std::to_string(bytes) + " bytes (device " +
+    throw OutOfMemory("out of GPU memory: could not allocate " + std::to_string(bytes) + " bytes (device " +
                 std::to_string(device_) + ": " + mib(in_use_) + " in use by samfast, " + mib(free_b) +
                 " free of " + mib(total_b) + "; try a smaller batch)");
   }

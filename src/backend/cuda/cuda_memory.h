@@ -22,7 +22,7 @@ class DevicePool {
 
   // A buffer of at least `bytes` (rounded up to 256) on the pool's device. When cudaMalloc fails,
   // the cached buffers are released and it is tried once more; then samfast::Error
-  // "out of GPU memory: could not allocate N bytes (...)".
+  // "out of GPU memory: could not allocate N bytes (...)", a samfast::OutOfMemory.
   void* get(size_t bytes);
   void put(void* p, size_t bytes);
   static size_t rounded(size_t bytes) { return (bytes + 255) / 256 * 256; }

@@ -406,7 +406,7 @@ Tensor CudaOps::image_to_token_attention(const Tensor& x, const Tensor& k, const
       const dim3 grid((unsigned)((T + kWarpKernelWarps - 1) / kWarpKernelWarps), (unsigned)B);
       kernel<<<grid, kWarpKernelWarps * 32, smem, ctx_->stream>>>(a);
     };
-    cuda::with_storage_type(dt_, [&](auto tag) { go(i2t_warp_kernel<decltype(tag)>); });
+    SAMFAST_DISPATCH(dt_, T, go(i2t_warp_kernel<T>));
     CUDA_LAUNCH_CHECK();
   }
   return out;

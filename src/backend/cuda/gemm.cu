@@ -4,8 +4,8 @@
 // epilogue and the residual as its C operand (beta = 1). GELU: cuBLASLt's epilogue is the tanh form,
 // whose largest difference from upstream's exact erf GELU is 4.7e-4 (at x = 2.7, where a bf16 value's
 // rounding step is 1.6e-2 and an fp16 value's 2.0e-3): 16-bit outputs take it in the epilogue (no
-// extra pass over the 4x-wide MLP activation); fp32 outputs, which must match upstream to 1e-4, get exact erf GELU in one small
-// fused kernel after the GEMM.
+// extra pass over the 4x-wide MLP activation); fp32 outputs, which must match upstream to 1e-4, get
+// exact erf GELU in one small fused kernel after the GEMM.
 #include <algorithm>
 #include <cstdint>
 
@@ -58,7 +58,7 @@ cudaDataType_t cuda_type(DType t) {
   if (t == DType::F32) return CUDA_R_32F;
   if (t == DType::BF16) return CUDA_R_16BF;
   if (t == DType::F16) return CUDA_R_16F;
-  throw Error("CUDA backend: fp16 storage is not implemented");
+  throw Error("CUDA backend: unknown storage type");
 }
 
 int64_t alignment(const void* p) {
@@ -333,7 +333,7 @@ Tensor CudaOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor
       launch_scatter2x2_vec<T>(tmp.ptr<T>(), b.ptr<T>(), y.ptr<T>(), y.numel(), H, W, Cout, act, ctx_->stream);
       CUDA_LAUNCH_CHECK();
     };
-    cuda::with_storage_type(dt_, run);
+    SAMFAST_DISPATCH(dt_, T, run(T{}));
     return y;
   }
   cuda::gemm(*ctx_, dt_, false, B * H * W, 4 * Cout, Cin, x.data, Cin, w.data, 4 * Cout, tmp.data, 4 * Cout);
