@@ -72,11 +72,11 @@ class Model {
   PromptEmbeddings encode_prompts(const PromptBatch& prompts) const;
   // Host (1, G, G, D): the dense positional encoding of the embedding grid (get_dense_pe).
   const Tensor& dense_positional_encoding() const { return dense_pe_host_; }
-  // Sam.postprocess_masks on the backend: low-res logits (B, C, 4G, 4G) -> (B, C, H, W) logits, or
-  // 0/1 masks when binarize; on the host, or left in backend memory when to_host is false.
+  // Sam.postprocess_masks on the backend: low-res logits (B, C, 4G, 4G) -> (B, C, H, W) fp32 logits,
+  // or uint8 0/1 masks when binarize; on the host, or left in backend memory when to_host is false.
   Tensor postprocess_masks(const Tensor& low_res, std::pair<int, int> input_size, std::pair<int, int> original_size,
                            bool binarize, bool to_host = true) const;
-  // A backend tensor as a host fp32 tensor.
+  // A backend tensor as a host fp32 tensor (uint8 masks stay uint8).
   Tensor download(const Tensor& x) const;
   // Waits for the backend's queued work (GPU work is asynchronous; downloads wait by themselves).
   void synchronize() const;

@@ -28,7 +28,7 @@ struct EncoderInput {
 };
 
 struct Prediction {
-  Tensor masks;          // (C, H, W): 0/1, or logits when return_logits (C = 3 with multimask, else 1)
+  Tensor masks;          // (C, H, W): uint8 0/1 (upstream: bool), or fp32 logits when return_logits (C = 3 with multimask, else 1)
   Tensor iou;            // (C): predicted IoU per mask
   Tensor low_res_masks;  // (C, 4G, 4G) logits, to feed back as mask_input
 };

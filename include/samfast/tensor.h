@@ -1,6 +1,7 @@
 // A dense, contiguous tensor with shared storage (a view plus a reference count). Host tensors are
-// fp32; a device backend makes tensors whose data points into device memory, in fp32 or a 16-bit
-// type, which only that backend reads.
+// fp32, or uint8 for binary masks (0/1, as upstream's bool masks; 4x less to copy and to keep); a
+// device backend makes tensors whose data points into device memory, in fp32 or a 16-bit type,
+// which only that backend reads.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -19,17 +20,17 @@ inline int64_t numel_of(const Shape& s) {
 std::string shape_str(const Shape& s);  // "(1, 256, 64, 64)"
 
 enum class Device { CPU, CUDA };
-enum class DType { F32, BF16, F16 };
-inline size_t element_size(DType t) { return t == DType::F32 ? 4 : 2; }
+enum class DType { F32, BF16, F16, U8 };
+inline size_t element_size(DType t) { return t == DType::F32 ? 4 : t == DType::U8 ? 1 : 2; }
 
 struct Tensor {
   Shape shape;
   std::shared_ptr<float[]> storage;
-  float* data = nullptr;  // host fp32 data; for a device tensor, its device address
+  float* data = nullptr;  // host fp32 data (ptr<uint8_t>() for U8); for a device tensor, its device address
   Device device = Device::CPU;
   DType dtype = DType::F32;
 
-  static Tensor empty(Shape shape);  // host fp32
+  static Tensor empty(Shape shape, DType dtype = DType::F32);  // host fp32 or U8
   static Tensor zeros(Shape shape);
   static Tensor from(Shape shape, const std::vector<float>& values);
 

@@ -73,7 +73,7 @@ class Ops {
 
   // Sam.postprocess_masks on low-res logits (B, C, L, L): bilinear (align_corners=False) to
   // (img_size, img_size), crop to input_size, bilinear to original_size -> (B, C, H, W) fp32 logits,
-  // or 0/1 when binarize (logit > 0). ref: modeling/sam.py postprocess_masks.
+  // or uint8 0/1 when binarize (logit > 0). ref: modeling/sam.py postprocess_masks.
   virtual Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                    std::pair<int, int> original_size, bool binarize) = 0;
 

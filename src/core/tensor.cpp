@@ -44,12 +44,14 @@ BufferPool& pool() {
 
 }  // namespace
 
-Tensor Tensor::empty(Shape shape) {
+Tensor Tensor::empty(Shape shape, DType dtype) {
   for (int64_t d : shape)
     if (d < 0) throw Error("negative dimension in shape " + shape_str(shape));
+  if (dtype != DType::F32 && dtype != DType::U8) throw Error("host tensors are fp32 or uint8");
   Tensor t;
   t.shape = std::move(shape);
-  const size_t bytes = (sizeof(float) * std::max<int64_t>(1, numel_of(t.shape)) + 63) / 64 * 64;
+  t.dtype = dtype;
+  const size_t bytes = (element_size(dtype) * std::max<int64_t>(1, numel_of(t.shape)) + 63) / 64 * 64;
   float* p = pool().get(bytes);
   t.storage = std::shared_ptr<float[]>(p, [bytes](float* q) { pool().put(q, bytes); });
   t.data = p;
@@ -82,13 +84,14 @@ Tensor Tensor::item(int64_t i) const {
   if (shape.empty() || i < 0 || i >= shape[0]) throw Error("item " + std::to_string(i) + " of " + shape_str(shape));
   Tensor t = *this;
   t.shape.erase(t.shape.begin());
-  t.data = data + i * numel_of(t.shape);
+  t.data = reinterpret_cast<float*>(reinterpret_cast<char*>(data) + i * numel_of(t.shape) * element_size(dtype));
   return t;
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape);
-  std::memcpy(t.data, data, sizeof(float) * numel());
+  if (!on_host()) throw Error("clone: " + shape_str(shape) + " is not a host tensor");
+  Tensor t = empty(shape, dtype);
+  std::memcpy(t.data, data, nbytes());
   return t;
 }
 

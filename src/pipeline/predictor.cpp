@@ -90,8 +90,9 @@ void Predictor::check(const Prompt& p) const {
                   std::to_string(H) + " image");
   }
   const int64_t L = 4 * model_.config().grid();
-  if (p.mask_input.defined() && (p.mask_input.numel() != L * L))
-    throw Error("mask input must be (1, " + std::to_string(L) + ", " + std::to_string(L) + "), got " + shape_str(p.mask_input.shape));
+  if (p.mask_input.defined() && (p.mask_input.numel() != L * L || p.mask_input.dtype != DType::F32 || !p.mask_input.on_host()))
+    throw Error("mask input must be (1, " + std::to_string(L) + ", " + std::to_string(L) + ") fp32 low-res logits on the host, got " +
+                shape_str(p.mask_input.shape) + (p.mask_input.dtype == DType::U8 ? " of uint8 (a binary mask)" : ""));
 }
 
 DecoderOutput Predictor::decode(const PromptBatch& prompts, bool multimask_output) const {

@@ -134,7 +134,16 @@ TEST(MultiImagePredictor, MatchesOnePredictorPerImage) {
         ASSERT_EQ(got[k].masks.shape, want.masks.shape) << "prompt " << k;
         EXPECT_LE(max_abs_diff(got[k].low_res_masks, want.low_res_masks), 1e-3) << "prompt " << k;
         EXPECT_LE(max_abs_diff(got[k].iou, want.iou), 1e-4) << "prompt " << k;
-        if (logits) EXPECT_LE(max_abs_diff(got[k].masks, want.masks), 1e-3) << "prompt " << k;
+        if (logits) {
+          EXPECT_LE(max_abs_diff(got[k].masks, want.masks), 1e-3) << "prompt " << k;
+        } else {  // uint8 0/1; a pixel whose logit is within the decoders' difference of 0 may flip
+          ASSERT_EQ(got[k].masks.dtype, DType::U8);
+          ASSERT_EQ(want.masks.dtype, DType::U8);
+          int64_t differ = 0;
+          for (int64_t j = 0; j < want.masks.numel(); ++j)
+            differ += got[k].masks.ptr<uint8_t>()[j] != want.masks.ptr<uint8_t>()[j];
+          EXPECT_LE(differ, want.masks.numel() / 1000) << "prompt " << k;
+        }
       }
     }
   }

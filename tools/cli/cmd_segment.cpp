@@ -86,7 +86,7 @@ int run_segment(const Args& a) {
     std::vector<uint8_t> gray(H * W);
     int64_t area = 0;
     for (int64_t i = 0; i < H * W; ++i) {
-      bits[c][i] = pred.masks.data[c * H * W + i] > 0.5f;
+      bits[c][i] = pred.masks.ptr<uint8_t>()[c * H * W + i];
       gray[i] = bits[c][i] ? 255 : 0;
       area += bits[c][i];
     }

@@ -94,12 +94,19 @@ Tensor CpuOps::nhwc_to_nchw(const Tensor& x) {
 Tensor CpuOps::postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                  std::pair<int, int> original_size, bool binarize) {
   Tensor masks = samfast::postprocess_masks(low_res, img_size, input_size, original_size);
-  if (binarize) {
-    float* __restrict m = masks.data;
+  if (!binarize) return masks;
+  Tensor bits = Tensor::empty(masks.shape, DType::U8);
+  const float* __restrict m = masks.data;
+  uint8_t* __restrict b = bits.ptr<uint8_t>();
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < masks.numel(); ++i) m[i] = m[i] > 0.f ? 1.f : 0.f;
-  }
-  return masks;
+  for (int64_t i = 0; i < masks.numel(); ++i) b[i] = m[i] > 0.f;
+  return bits;
+}
+
+Tensor CpuOps::upload(const Tensor& host) {
+  // The CPU ops read fp32: a uint8 mask (a binarized prediction) is not a model input.
+  if (host.dtype != DType::F32) throw Error("upload: model inputs are fp32 host tensors, got " + shape_str(host.shape) + " of uint8");
+  return host;
 }
 
 Tensor CpuOps::slice(const Tensor& x, int64_t first, int64_t count) {

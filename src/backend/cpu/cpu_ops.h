@@ -36,7 +36,7 @@ class CpuOps final : public Ops {
   Tensor slice(const Tensor& x, int64_t first, int64_t count) override;
   Tensor concat(const std::vector<Tensor>& xs) override;
   Tensor expand_batch(const Tensor& x, int64_t batch) override;
-  Tensor upload(const Tensor& host) override { return host; }
+  Tensor upload(const Tensor& host) override;  // the same tensor (after checking it is fp32)
   Tensor download(const Tensor& x) override { return x; }
 };
 

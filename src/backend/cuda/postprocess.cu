@@ -5,6 +5,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/postprocess.h"
 #include "backend/cuda/upsample_tile.cuh"
@@ -23,7 +24,7 @@ constexpr int kPlanesPerBlock = 8;
 template <class T, class Out>
 __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* __restrict__ low, int64_t planes, int L,
                                                                      int S, int in_h, int in_w, int H, int W,
-                                                                     bool binarize, float thr, Out* __restrict__ out) {
+                                                                     float thr, Out* __restrict__ out) {
   __shared__ TileAxes<kTileX, kTileY> t;
   t.fill(blockIdx.x * kTileX, blockIdx.y * kTileY, L, S, in_h, in_w, H, W);
   const int tx = threadIdx.x % kTileX, ty = threadIdx.x / kTileX;
@@ -32,7 +33,10 @@ __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* _
   const int64_t p0 = int64_t(blockIdx.z) * kPlanesPerBlock, p1 = min(planes, p0 + kPlanesPerBlock);
   for (int64_t plane = p0; plane < p1; ++plane) {
     const float v = t.sample(low + plane * L * L, tx, ty, L);
-    out[(plane * H + y) * W + x] = binarize ? Out(v > thr ? 1 : 0) : Out(v);
+    if constexpr (std::is_same_v<Out, uint8_t>)
+      out[(plane * H + y) * W + x] = v > thr;
+    else
+      out[(plane * H + y) * W + x] = v;
   }
 }
 
@@ -160,22 +164,21 @@ void check_sizes(const char* what, int64_t planes, int L, int S, int in_h, int i
 
 }  // namespace
 
-// Both outputs of the pixel-by-pixel post-processing: fp32 logits (or 0/1) and 0/1 bytes.
+// Both outputs of the pixel-by-pixel post-processing: fp32 logits and 0/1 bytes.
 template <class T, class Out>
 void launch_postprocess(const char* what, const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W,
-                        bool binarize, float thr, Out* out, cudaStream_t stream) {
+                        float thr, Out* out, cudaStream_t stream) {
   check_sizes(what, planes, L, S, in_h, in_w, H, W);
   const dim3 grid(static_cast<unsigned>((W + kTileX - 1) / kTileX), static_cast<unsigned>((H + kTileY - 1) / kTileY),
                   static_cast<unsigned>((planes + kPlanesPerBlock - 1) / kPlanesPerBlock));
-  postprocess_kernel<T, Out><<<grid, kTileX * kTileY, 0, stream>>>(low, planes, L, S, in_h, in_w, H, W, binarize, thr,
-                                                                   out);
+  postprocess_kernel<T, Out><<<grid, kTileX * kTileY, 0, stream>>>(low, planes, L, S, in_h, in_w, H, W, thr, out);
   check_launch(what);
 }
 
 template <class T>
-void postprocess_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W, bool binarize,
-                       float* out, cudaStream_t stream) {
-  launch_postprocess<T, float>("postprocess_masks", low, planes, L, S, in_h, in_w, H, W, binarize, 0.f, out, stream);
+void postprocess_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W, float* out,
+                       cudaStream_t stream) {
+  launch_postprocess<T, float>("postprocess_masks", low, planes, L, S, in_h, in_w, H, W, 0.f, out, stream);
 }
 
 template <class T>
@@ -193,7 +196,7 @@ void mask_stats(const T* low, int64_t planes, int L, int S, int in_h, int in_w, 
 template <class T>
 void binary_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int h, int w, float thr,
                   uint8_t* out, cudaStream_t stream) {
-  launch_postprocess<T, uint8_t>("binary_masks", low, planes, L, S, in_h, in_w, h, w, true, thr, out, stream);
+  launch_postprocess<T, uint8_t>("binary_masks", low, planes, L, S, in_h, in_w, h, w, thr, out, stream);
 }
 
 void count_run_starts(const uint8_t* masks, int64_t planes, int h, int w, int x0, int y0, int H, int W,
@@ -214,7 +217,7 @@ void write_run_starts(const uint8_t* masks, int64_t planes, int h, int w, int x0
 }
 
 #define SAMFAST_POSTPROCESS_INSTANCES(T)                                                                          \
-  template void postprocess_masks<T>(const T*, int64_t, int, int, int, int, int, int, bool, float*, cudaStream_t); \
+  template void postprocess_masks<T>(const T*, int64_t, int, int, int, int, int, int, float*, cudaStream_t);       \
   template void mask_stats<T>(const T*, int64_t, int, int, int, int, int, int, float, float, float, int*, int*,     \
                               cudaStream_t);                                                                       \
   template void binary_masks<T>(const T*, int64_t, int, int, int, int, int, int, float, uint8_t*, cudaStream_t);

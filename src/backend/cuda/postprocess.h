@@ -9,10 +9,10 @@
 namespace samfast::cuda {
 
 // low: planes x (L, L) logits (T = float, __nv_bfloat16 or __half). Writes planes x (H, W) fp32:
-// bilinear (align_corners=False) L -> S, crop to (in_h, in_w), bilinear -> (H, W); 0/1 when binarize.
+// bilinear (align_corners=False) L -> S, crop to (in_h, in_w), bilinear -> (H, W).
 template <class T>
-void postprocess_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W, bool binarize,
-                       float* out, cudaStream_t stream);
+void postprocess_masks(const T* low, int64_t planes, int L, int S, int in_h, int in_w, int H, int W, float* out,
+                       cudaStream_t stream);
 
 // Per plane of the same upsampling to (H, W): counts[2p] = #(logit > hi), counts[2p + 1] = #(> lo);
 // box[4p..4p+3] = inclusive (x0, y0, x1, y1) of logit > thr, or (INT_MAX, INT_MAX, -1, -1) if empty.
