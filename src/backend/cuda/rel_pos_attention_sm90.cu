@@ -11,11 +11,16 @@
 //   [ky KW, ky KW + tw)). K, V and the table chunks sit in shared memory as 8 x 16-byte core
 //   matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts below), filled by
 //   cp.async (K, V) or stores (tables), consecutive threads writing consecutive 16 bytes.
-//   Measured (H200, vit_b batch 1, CUPTI trace): global block 370 us, windowed 57 us a launch. The
-//   earlier layout (8-row groups HD x 16 bytes apart, where ncu counted 52% excess shared-memory
-//   wavefronts) took 374 / 56 us (ncu, the session before): the bank conflicts were not what limits
-//   this kernel. What would: overlapping the softmax of one key block with the Q K^T of the next
-//   (FA3's ping-pong of two warpgroups) and double-buffered K/V.
+//   Measured (H200, vit_b batch 1): global block 366 us (~140 TFLOP/s), windowed ~55 us a launch.
+//   What does not limit it: shared-memory bank conflicts (an earlier layout with 52% excess
+//   wavefronts ran as fast), nor instruction count: a variant for 64-wide tiles that added the
+//   rel_w terms on the tensor cores (an identity B operand) and rel_h as a shift of the row maximum,
+//   ~40% fewer instructions per score, ran at the same speed (vit_b 385 -> 390 us, vit_h -1..+4%).
+//   ncu: issue slots ~45% busy, warps stalled mostly on "wait" (fixed-latency dependencies) and the
+//   two block barriers a step; 2 blocks of 8 warps an SM (128 registers a thread). What would: FA3's
+//   structure, one block an SM with a producer warp filling a K/V ring behind mbarriers (no block
+//   barriers), consumer warpgroups with more registers (setmaxnreg) issuing Q K(b + 1)^T before the
+//   softmax of block b.
 #include <algorithm>
 #include <string>
 
@@ -33,11 +38,11 @@ constexpr int kK = 64;   // key slots per step
 constexpr int kThreads = 256;
 constexpr int kRelStride = kQ + 4;  // floats per relative-position column in shared memory
 
-// Bytes before the relative-position terms: K and V tiles, or (before them) the block's queries as
-// padded rows for the A fragments.
+// Bytes before the relative-position terms: two K tiles and a V tile, or (before them) the block's
+// queries as padded rows for the A fragments.
 template <int HD>
 constexpr size_t region0_bytes() {  // (16-bit elements)
-  return sizeof(uint16_t) * std::max(2 * kK * HD, kQ * (HD + 8));
+  return sizeof(uint16_t) * std::max(3 * kK * HD, kQ * (HD + 8));
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // (the helpers below serve only the sm_90a kernel body)
@@ -94,8 +99,8 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int KC = HD / 8, LDQ = HD + 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  H* sK = reinterpret_cast<H*>(smem_raw);  // 64 x HD (also the relative-position table chunks)
-  H* sV = sK + kK * HD;                        // 64 x HD
+  H* sK = reinterpret_cast<H*>(smem_raw);  // 64 x HD, twice (K of even and odd steps); first the tables' chunks
+  H* sV = sK + 2 * kK * HD;                    // 64 x HD
   H* sQ = sK;                                  // first: the block's queries, rows of LDQ
   float* sRel = reinterpret_cast<float*>(smem_raw + region0_bytes<HD>());  // (th + tw) x kRelStride, x log2(e)
   const TileGeometry<H> g = tile_of<H>(a, nwin);
@@ -122,12 +127,12 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       qf[kk][3] = *reinterpret_cast<const uint32_t*>(r1 + kk * 16 + 8);
     }
   }
-  // S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in sK (K layout).
-  auto qk = [&](float (&s)[kK / 2]) {
+  // S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in kt (K layout).
+  auto qk = [&](float (&s)[kK / 2], const H* kt) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
-      wgmma16<H, kK, 0>(s, qf[kk], wgmma_desc(sK + kk * 1024, 128, 256), kk > 0);
+      wgmma16<H, kK, 0>(s, qf[kk], wgmma_desc(kt + kk * 1024, 128, 256), kk > 0);
     wgmma_commit();
     wgmma_wait_all();
   };
@@ -164,7 +169,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
         fence_proxy_async();
         __syncthreads();
         float gq[kK / 2];
-        qk(gq);
+        qk(gq, sK);
 #pragma unroll
         for (int n = 0; n < kK / 8; ++n)
 #pragma unroll
@@ -189,19 +194,25 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows gr and gr + 8 (l: this thread's part)
 
-  // K and V of a step arrive by cp.async (FA2 order, single buffers): V(b) loads during S = Q K(b)^T
-  // and the softmax, K(b + 1) during O += P V(b).
+  // K and V of a step arrive by cp.async: K one step ahead in two buffers, V(b) during S = Q K(b)^T
+  // and the softmax. (With one K buffer, K(b + 1) had only O += P V(b) to hide its load under: the
+  // two buffers took vit_b's global block from 390 to 366 us at batch 1 on an H200.)
   __syncthreads();  // the relative-position products are done with sK
   load_slots<H, HD>(sK, g, 0, kwl, 1, off);
+  cp_async_commit();
   for (int sb = 0; sb < nslots; sb += kK) {
     const int ks_end = min(kK / 16, (nslots - sb + 15) / 16);  // 16-slot groups holding any key
-    cp_async_wait_all();
+    const int buf = (sb / kK) % 2;                               // K(b)'s buffer; K(b + 1) goes to the other
+    cp_async_wait<0>();
     fence_proxy_async();
-    __syncthreads();  // K(b) visible to all; every warpgroup is done with V(b - 1)
+    __syncthreads();  // K(b) visible to all; every warpgroup is done with V(b - 1) and K(b - 1)
     load_slots<H, HD>(sV, g, sb, kwl, 2, off);
+    cp_async_commit();
+    if (sb + kK < nslots) load_slots<H, HD>(sK + (1 - buf) * kK * HD, g, sb + kK, kwl, 1, off);
+    cp_async_commit();
     float s[kK / 2];
     if (wg_active) {
-      qk(s);
+      qk(s, sK + buf * kK * HD);
       // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots -> -inf
       float mx0 = m0, mx1 = m1;
       int ky = sb >> kwl, kx = sb & kwm;  // of n-tile n's first slot
@@ -243,10 +254,9 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
         l1 += s[4 * n + 2] + s[4 * n + 3];
       }
     }
-    cp_async_wait_all();
+    cp_async_wait<1>();  // V(b) (K(b + 1) may still be on its way)
     fence_proxy_async();
-    __syncthreads();  // V(b) visible to all; every warpgroup is done with K(b)
-    if (sb + kK < nslots) load_slots<H, HD>(sK, g, sb + kK, kwl, 1, off);
+    __syncthreads();  // V(b) visible to all
     if (!wg_active) continue;
     // O += P V: P's accumulator layout is the A layout (two n-tiles per 16-key step); V is an
     // N-major B operand (K rows of HD values) in the V layout.
