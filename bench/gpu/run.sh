@@ -20,7 +20,8 @@ fi
 if [[ " $steps " == *" sanitize "* ]]; then
   # One full forward (encoder, prompt encoder, decoder, post-processing) under memcheck, and the
   # attention kernels under racecheck, on the tiny model; memcheck also on vit_b bf16.
-  for args in "--model tiny --precision bf16" "--model tiny --precision fp32" "--model vit_b --precision bf16"; do
+  for args in "--model tiny --precision bf16" "--model tiny --precision fp32" "--model tiny --precision fp8" \
+    "--model vit_b --precision bf16"; do
     # shellcheck disable=SC2086
     compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/samfast segment $args --device cuda \
       --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --multimask --out /tmp/sanitize --overwrite 2>&1 \
@@ -35,13 +36,15 @@ if [[ " $steps " == *" parity "* ]]; then
     | tee "$OUT/gpu_parity.log" | grep -E "\]|passed|failed|Error" | tail -30
 fi
 if [[ " $steps " == *" bench "* ]]; then
+  # Batch 8 in every precision; batch 1 with a 2250x1500 photo (predict post-processes to that size).
+  python3 -c "from PIL import Image; Image.open('$SAMFAST_TESTDATA/images/dog.jpg').convert('RGB').resize((2250, 1500)).save('/tmp/photo.png')"
   for m in vit_b vit_h; do
-    for p in bf16 fp32; do
+    for p in bf16 fp8 fp16 fp32; do
       .devbin/samfast bench --model "$m" --device cuda --precision "$p" --batch 8 --prompts 16 --runs 5 2>/dev/null \
         | tail -1 | tee -a "$OUT/samfast_bench.jsonl"
     done
-    .devbin/samfast bench --model "$m" --device cuda --precision bf16 --batch 1 --prompts 1 --runs 10 2>/dev/null \
-      | tail -1 | tee -a "$OUT/samfast_bench.jsonl"
+    .devbin/samfast bench --model "$m" --device cuda --precision bf16 --batch 1 --prompts 16 --runs 10 \
+      --image /tmp/photo.png 2>/dev/null | tail -1 | tee -a "$OUT/samfast_bench.jsonl"
   done
 fi
 if [[ " $steps " == *" anchors "* ]]; then
@@ -86,7 +89,7 @@ if [[ " $steps " == *" profile "* ]]; then
     echo "== $1 batch $2" | tee -a "$OUT/kernels.txt"
     python3 bench/gpu/kernel_summary.py 25 < "$OUT/ncu_$1_b$2.csv" | tee -a "$OUT/kernels.txt"
   done
-  ncu --clock-control none --set full -k regex:rel_pos_attention_mma --launch-count 3 .devbin/samfast bench \
+  ncu --clock-control none --set full -k regex:rel_pos_attention --launch-count 3 .devbin/samfast bench \
     --model vit_b --device cuda --precision bf16 --batch 8 --prompts 16 --runs 1 > "$OUT/ncu_attention.txt" 2>&1
   grep -E "rel_pos_attention|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Shared Memory Configuration|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|L1/TEX Hit|Bank Conflicts" \
     "$OUT/ncu_attention.txt" | head -60

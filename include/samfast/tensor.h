@@ -20,8 +20,10 @@ inline int64_t numel_of(const Shape& s) {
 std::string shape_str(const Shape& s);  // "(1, 256, 64, 64)"
 
 enum class Device { CPU, CUDA };
-enum class DType { F32, BF16, F16, U8 };
-inline size_t element_size(DType t) { return t == DType::F32 ? 4 : t == DType::U8 ? 1 : 2; }
+enum class DType { F32, BF16, F16, U8, F8E4M3 };  // F8E4M3: device-only quantised weights (--precision fp8)
+inline size_t element_size(DType t) {
+  return t == DType::F32 ? 4 : t == DType::U8 || t == DType::F8E4M3 ? 1 : 2;
+}
 
 struct Tensor {
   Shape shape;

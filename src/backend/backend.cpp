@@ -15,7 +15,8 @@ DType parse_precision(const std::string& p) {
   if (p == "fp32") return DType::F32;
   if (p == "bf16") return DType::BF16;
   if (p == "fp16") return DType::F16;
-  throw Error("unknown precision '" + p + "': expected fp32, bf16, fp16 or auto");
+  if (p == "fp8") return DType::BF16;  // bf16 storage; the encoder blocks' Linear layers in fp8
+  throw Error("unknown precision '" + p + "': expected fp32, bf16, fp16, fp8 or auto");
 }
 
 // Number of usable CUDA GPUs, and why there are none.
@@ -59,7 +60,7 @@ Backend make_backend(const ModelOptions& options) {
         throw Error("device " + dev + " does not exist: " + std::to_string(gpus) + " CUDA GPU(s) found");
     }
     b.precision = options.precision == "auto" ? "bf16" : options.precision;
-    auto ops = std::make_shared<CudaOps>(index, parse_precision(b.precision), options.cuda_graphs);
+    auto ops = std::make_shared<CudaOps>(index, parse_precision(b.precision), options.cuda_graphs, b.precision == "fp8");
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, index);
     b.device = "cuda:" + std::to_string(index) + " (" + prop.name + ")";

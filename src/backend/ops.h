@@ -68,6 +68,10 @@ class Ops {
   // This default composes the ops above; a backend may fuse it.
   virtual Tensor upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w,
                                const Tensor& ln_b, float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper);
+  // The weight (out, in) of a Linear layer that carries most of the model's work (the image encoder
+  // blocks'), uploaded, in the form linear() takes it: by default itself; a backend computing those
+  // layers in fp8 returns it quantised.
+  virtual Tensor prepare_bulk_linear(const Tensor& w) { return w; }
   // Batched a (B, M, K) @ b(B, N, K)^T -> (B, M, N).
   virtual Tensor bmm_nt(const Tensor& a, const Tensor& b) = 0;
 

@@ -1,5 +1,7 @@
 // Model loading, validation and synthetic weights.
 #include <cmath>
+#include <string>
+#include <string_view>
 
 #include "backend/backend.h"
 #include "backend/ops.h"
@@ -9,6 +11,18 @@
 #include "samfast/model.h"
 
 namespace samfast {
+namespace {
+
+// The image encoder blocks' Linear weights: nearly all of the model's arithmetic (a backend may keep
+// them quantised, Ops::prepare_bulk_linear).
+bool is_bulk_linear_weight(std::string_view name) {
+  if (!name.starts_with("image_encoder.blocks.")) return false;
+  for (std::string_view tail : {".attn.qkv.weight", ".attn.proj.weight", ".mlp.lin1.weight", ".mlp.lin2.weight"})
+    if (name.ends_with(tail)) return true;
+  return false;
+}
+
+}  // namespace
 
 int64_t PromptBatch::batch() const {
   if (points.defined()) return points.dim(0);
@@ -43,6 +57,7 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
   for (const auto& [n, t] : m.tensors_) {
     m.host_by_name_[n] = t;
     m.by_name_[n] = m.ops_->upload(t);
+    if (is_bulk_linear_weight(n)) m.by_name_[n] = m.ops_->prepare_bulk_linear(m.by_name_[n]);
   }
   for (auto& [n, t] : m.folded_decoder_weights()) {
     m.by_name_[n] = m.ops_->upload(t);

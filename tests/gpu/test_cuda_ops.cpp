@@ -2,6 +2,7 @@
 // and bf16 (relative L2 error <= 1e-2; the CPU reference then runs on the bf16-rounded inputs, so
 // that the error measured is the kernels' own). Each test prints its measured errors.
 // Without a CUDA GPU every test is skipped.
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cuda/cuda_ops.h"
@@ -310,10 +312,11 @@ TEST_P(CudaOpsTest, UpscaleMasks) {
 
 TEST_P(CudaOpsTest, PostprocessMasks) {
   // 6 planes, and 20 (a kernel block takes 8 planes: two full blocks and a partial one)
-  for (const auto [B, C] : {std::pair<int64_t, int64_t>{2, 3}, {4, 5}}) {
+  // (and an original of the input's size: the second resize is the identity, taken as a shortcut)
+  for (const auto [B, C, orig_h] : {std::tuple<int64_t, int64_t, int>{2, 3, 600}, {4, 5, 600}, {2, 3, 1024}}) {
     Tensor low = rand({B, C, 64, 64}, -4.f, 4.f);
-    const std::pair<int, int> input{1024, 768}, original{600, 450};
-    const std::string planes = " (" + std::to_string(B * C) + " planes)";
+    const std::pair<int, int> input{1024, 768}, original{orig_h, orig_h * 3 / 4};
+    const std::string planes = " (" + std::to_string(B * C) + " planes, to " + std::to_string(orig_h) + " rows)";
     Tensor got = gpu->postprocess_masks(up(low), 1024, input, original, false);
     ASSERT_EQ(got.dtype, DType::F32);
     Tensor ref = cpu.postprocess_masks(low, 1024, input, original, false);
@@ -428,6 +431,70 @@ INSTANTIATE_TEST_SUITE_P(Precisions, CudaOpsTest, ::testing::Values(DType::F32, 
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return i.param == DType::F32 ? "F32" : i.param == DType::BF16 ? "BF16" : "F16";
                          });
+
+// The CPU twin of the fp8 path's quantisation: each row scaled to amax / 448, rounded to E4M3
+// (nearest even, saturating, as the kernel's conversion), scaled back.
+Tensor fp8_rows(const Tensor& x) {
+  const int64_t K = x.dim(-1), rows = x.numel() / K;
+  Tensor y = Tensor::empty(x.shape);
+  for (int64_t r = 0; r < rows; ++r) {
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::abs(x.data[r * K + k]));
+    const float inv = amax > 0.f ? 448.f / amax : 1.f, scale = amax > 0.f ? amax / 448.f : 1.f;
+    for (int64_t k = 0; k < K; ++k)
+      y.data[r * K + k] = static_cast<float>(__nv_fp8_e4m3(x.data[r * K + k] * inv)) * scale;
+  }
+  return y;
+}
+
+TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
+  int dev = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (major * 10 + minor < 89) {
+    EXPECT_THROW(CudaOps(0, DType::BF16, true, true), Error);
+    GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped (the backend refuses fp8, checked)";
+  }
+  CudaOps gpu(0, DType::BF16, true, true);
+  CpuOps cpu;
+  Rng rng{77};
+  auto rand = [&](Shape s, float lo, float hi) {
+    Tensor t = Tensor::empty(std::move(s));
+    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16_round(rng.uniform(lo, hi));
+    return t;
+  };
+  for (const auto [rows, in, out] : {std::tuple<int64_t, int64_t, int64_t>{300, 256, 192}, {64, 768, 2304}}) {
+    Tensor x = rand({rows, in}, -2.f, 2.f), w = rand({out, in}, -0.1f, 0.1f), b = rand({out}, -1.f, 1.f);
+    Tensor r = rand({rows, out}, -1.f, 1.f);
+    for (int64_t i = 0; i < in; ++i) x.data[3 * in + i] = 0.f;  // a row of zeros (scale 1)
+    const Tensor wq = gpu.prepare_bulk_linear(gpu.upload(w));
+    ASSERT_EQ(wq.dtype, DType::F8E4M3);
+    const Tensor xq = fp8_rows(x), wq_ref = fp8_rows(w);
+    for (const auto& [act, res] : {std::pair<Act, const Tensor*>{Act::None, &r}, {Act::GELU, nullptr}, {Act::GELU, &r}}) {
+      const Tensor rg = gpu.upload(r), bg = gpu.upload(b);
+      const Tensor got = gpu.download(gpu.linear(gpu.upload(x), wq, &bg, act, res ? &rg : nullptr));
+      const Tensor twin = cpu.linear(xq, wq_ref, &b, act, res);     // the same quantisation, fp32 arithmetic
+      const Tensor exact = cpu.linear(x, w, &b, act, res);           // no quantisation
+      double e_twin = 0, e_exact = 0, ref2 = 0;
+      for (int64_t i = 0; i < twin.numel(); ++i) {
+        e_twin += std::pow((double)got.data[i] - twin.data[i], 2);
+        e_exact += std::pow((double)got.data[i] - exact.data[i], 2);
+        ref2 += std::pow((double)exact.data[i], 2);
+      }
+      const double rel_twin = std::sqrt(e_twin / ref2), rel_exact = std::sqrt(e_exact / ref2);
+      std::printf("[ fp8  ] linear %lldx%lld -> %lld %s%s rel_l2 vs quantised twin %.3e, vs unquantised %.3e\n",
+                  (long long)rows, (long long)in, (long long)out, act == Act::GELU ? "gelu" : "", res ? " residual" : "",
+                  rel_twin, rel_exact);
+      EXPECT_LE(rel_twin, 1e-2);  // bf16 output rounding (and the epilogue's tanh GELU)
+      EXPECT_LE(rel_exact, 8e-2);
+      EXPECT_GT(rel_exact, rel_twin);  // the quantisation is really there and is what the twin models
+    }
+  }
+  // Shapes cuBLASLt's fp8 kernels do not take stay bf16.
+  EXPECT_EQ(gpu.prepare_bulk_linear(gpu.upload(rand({40, 24}, -1.f, 1.f))).dtype, DType::BF16);
+}
 
 }  // namespace
 }  // namespace samfast

@@ -72,7 +72,7 @@ def mask_ious(ours, ref):
     return out
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "fp8"])
 @pytest.mark.parametrize("model", ["tiny", "vit_b"])
 def test_cuda_matches_upstream_on_gpu(model, precision, tmp_path, tiny_checkpoint, vit_b_checkpoint, bin_dir):
     import torch
@@ -127,6 +127,9 @@ def test_cuda_matches_upstream_on_gpu(model, precision, tmp_path, tiny_checkpoin
               f"mask IoU mean {np.mean(ious):.4f} min {np.min(ious):.4f}; iou-score abs err {iou_err:.2e}{baseline}")
         if precision == "fp32":
             assert rel_max <= 1e-4, f"{name}: embedding max relative error {rel_max:.2e}"
+            continue
+        if precision == "fp8":  # quantised: DESIGN.md asks for its figures, measured and reported, not bf16's rule
+            assert rel_l2 <= 0.1 and np.mean(ious) >= 0.9, f"{name}: fp8 far off (rel L2 {rel_l2:.2e})"
             continue
         if base_l2 is not None:
             assert rel_l2 <= 2 * base_l2, f"{name}: embedding rel L2 {rel_l2:.2e} > 2x PyTorch bf16's {base_l2:.2e}"

@@ -17,8 +17,9 @@ double now_ms() {
 
 void add_backend_options(CLI::App* cmd, ModelOptions& options) {
   cmd->add_option("--device", options.device, "auto (a CUDA GPU if there is one), cpu, cuda or cuda:N");
-  cmd->add_option("--precision", options.precision, "auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16 or fp16")
-      ->check(CLI::IsMember({"auto", "fp32", "bf16", "fp16"}));
+  cmd->add_option("--precision", options.precision, "auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16, fp16, or fp8 (bf16 with the image encoder's "
+                 "Linear layers in fp8: faster, less exact)")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "fp16", "fp8"}));
   cmd->add_flag_callback("--no-graphs", [&options] { options.cuda_graphs = false; },
                          "on a GPU, launch every kernel from the host instead of replaying CUDA graphs of the encoder and decoder");
 }

@@ -8,6 +8,7 @@
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <array>
@@ -55,9 +56,16 @@ class CudaOps final : public Ops {
  public:
   // precision: DType::F32, DType::BF16 or DType::F16 (the storage type of activations and weights).
   // graphs: record and replay run_recorded computations as CUDA graphs (graph.h).
-  CudaOps(int device, DType precision, bool graphs = true);
+  // fp8_bulk (bf16 only): prepare_bulk_linear quantises to fp8 E4M3 (compute capability 8.9+).
+  CudaOps(int device, DType precision, bool graphs = true, bool fp8_bulk = false);
 
+  // A weight of dtype F8E4M3 (from prepare_bulk_linear) runs the fp8 GEMM: x is quantised per row
+  // (token) on the fly, y = bf16.
   Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) override;
+  // With fp8_bulk: w (out, in) -> F8E4M3 (out, in), each row scaled by amax / 448, the row scales (fp32)
+  // stored after the values in the same allocation. Unchanged where out is not a multiple of 16 or
+  // in not fp8_row_length_ok (cuBLASLt's fp8 kernels need multiples of 16).
+  Tensor prepare_bulk_linear(const Tensor& w) override;
   Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
   Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) override;
@@ -73,7 +81,7 @@ class CudaOps final : public Ops {
   Tensor upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w, const Tensor& ln_b,
                        float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper) override;  // upscale.cu
   Tensor bmm_nt(const Tensor& a, const Tensor& b) override;
-  // Output fp32 whatever the precision (logits, or 0/1 when binarize); download() takes it.
+  // fp32 logits, or uint8 0/1 when binarize, whatever the precision; download() takes it.
   Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                            std::pair<int, int> original_size, bool binarize) override;
   Later<MaskStats> mask_stats(const Tensor& low_res, int img_size, std::pair<int, int> input_size, std::pair<int, int> size,
@@ -107,6 +115,7 @@ class CudaOps final : public Ops {
 
   std::shared_ptr<CudaContext> ctx_;
   DType dt_;
+  bool fp8_bulk_ = false;
   std::unique_ptr<cuda::GraphCache> graphs_;  // null: --no-graphs (destroyed before ctx_)
 };
 
@@ -121,6 +130,17 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
           int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, const void* bias = nullptr,
           Act act = Act::None, const void* residual = nullptr, int64_t batch = 1, int64_t sA = 0,
           int64_t sB = 0, int64_t sC = 0, bool f32_out = false);
+
+// fp8 (E4M3) GEMM, row-major: C (M, N) bf16 = act((a_scale[m] A[m, :]) . (w_scale[n] W[n, :]) + bias)
+// + residual, A (M, K) and W (N, K) fp8, through cuBLASLt with per-row and per-column (outer vector)
+// scales; bias and residual bf16 (an activation and a residual together: the residual added after).
+void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale, const void* W,
+              const float* w_scale, void* C, const void* bias, Act act, const void* residual);
+
+// Rows of x (rows, K) bf16 -> q (rows, K) fp8 E4M3 scaled by 448 / amax of the row, and scale[row]
+// = amax / 448 (1 for a row of zeros). K: fp8_row_length_ok (a multiple of 16, at most 8192).
+bool fp8_row_length_ok(int64_t K);
+void quantize_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t rows, int64_t K, void* q, float* scale);
 
 // y (rows, cols) = act(y + bias) + residual in place; bias (cols) and residual (rows, cols) optional.
 void bias_act_residual(CudaContext& ctx, DType dt, void* y, int64_t rows, int64_t cols, const void* bias, Act act,

@@ -13,12 +13,17 @@ using cuda::from_f32;
 using cuda::gelu;
 using cuda::to_f32;
 
-CudaOps::CudaOps(int device, DType precision, bool graphs)
+CudaOps::CudaOps(int device, DType precision, bool graphs, bool fp8_bulk)
     : ctx_(std::make_shared<CudaContext>(device)),
       dt_(precision),
+      fp8_bulk_(fp8_bulk),
       graphs_(graphs ? std::make_unique<cuda::GraphCache>() : nullptr) {
   if (precision != DType::F32 && precision != DType::BF16 && precision != DType::F16)
     throw Error("CUDA backend: precision must be fp32, bf16 or fp16");
+  if (fp8_bulk && precision != DType::BF16) throw Error("CUDA backend: fp8 layers run beside bf16 only");
+  if (fp8_bulk && ctx_->cc_major * 10 + ctx_->cc_minor < 89)
+    throw Error("precision fp8 needs fp8 tensor cores (compute capability 8.9 or newer); this GPU has " +
+                std::to_string(ctx_->cc_major) + "." + std::to_string(ctx_->cc_minor) + ": use bf16");
 }
 
 std::vector<Tensor> CudaOps::run_recorded(const std::string& key, const std::vector<Tensor>& inputs,

@@ -8,6 +8,9 @@
 // exact erf GELU in one small fused kernel after the GEMM.
 #include <algorithm>
 #include <cstdint>
+#include <string>
+
+#include <cuda_fp8.h>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -80,6 +83,30 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols,
   return l;
 }
 
+cublasLtEpilogue_t epilogue_of(bool bias, Act act) {
+  if (act == Act::ReLU) return bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+  if (act == Act::GELU) return bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+  return bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+// The heuristic's first algorithm for the plan's descriptors (has_algo false when it offers none);
+// align: the operands' alignment in bytes, or 0 for cuBLASLt's default assumption.
+void choose_algo(CudaContext& ctx, GemmPlan& p, uint32_t align) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &ctx.workspace_bytes, sizeof ctx.workspace_bytes));
+  if (align)
+    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof align));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st == CUBLAS_STATUS_SUCCESS && found > 0) p.algo = result.algo, p.has_algo = true;
+}
+
 }  // namespace
 
 void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
@@ -96,9 +123,7 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
   const Act epi_act = relu_in_epilogue ? Act::ReLU : gelu_in_epilogue ? Act::GELU : Act::None;
   const bool post = act != Act::None && epi_act == Act::None;  // exact GELU, or an activation before the residual
   const void* c_in = post ? nullptr : residual;               // residual as C with beta = 1
-  cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-  if (epi_act == Act::ReLU) epi = bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
-  if (epi_act == Act::GELU) epi = bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+  const cublasLtEpilogue_t epi = epilogue_of(bias != nullptr, epi_act);
   int64_t align = std::min({alignment(A), alignment(B), alignment(C), c_in ? alignment(c_in) : 256,
                             bias ? alignment(bias) : 256});
   const std::array<int64_t, 16> key{(int64_t)dt, b_transposed, M, N, K, lda, ldb, ldc, batch, sA, sB, sC,
@@ -115,23 +140,7 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
     p.a = b_transposed ? make_layout(t, K, N, ldb, batch, sB) : make_layout(t, N, K, ldb, batch, sB);
     p.b = make_layout(t, K, M, lda, batch, sA);
     p.c = make_layout(tc, N, M, ldc, batch, sC);
-    cublasLtMatmulPreference_t pref = nullptr;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                      &ctx.workspace_bytes, sizeof ctx.workspace_bytes));
-    const uint32_t a32 = static_cast<uint32_t>(align);
-    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-      CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &a32, sizeof a32));
-    cublasLtMatmulHeuristicResult_t result{};
-    int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (st == CUBLAS_STATUS_SUCCESS && found > 0) {
-      p.algo = result.algo;
-      p.has_algo = true;
-    }
+    choose_algo(ctx, p, static_cast<uint32_t>(align));
     it = ctx.gemm_plans.emplace(key, p).first;
   }
   const GemmPlan& p = it->second;
@@ -151,6 +160,122 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
     if (bias || epi_act != Act::None) bias_act_residual(ctx, dt, C, M * batch, N, bias, epi_act, nullptr);
   }
   if (post) bias_act_residual(ctx, dt, C, M * batch, N, nullptr, act, residual);
+}
+
+namespace {
+
+// One block a row, the row held in registers (kChunks 16-byte chunks a thread): its largest
+// magnitude (a block reduction), then the row scaled to fp8's range (448) and rounded to nearest,
+// saturating. One read of the input (a first version read each row twice and was memory-bound at
+// ~40 us for vit_h's 32768 x 1280 activations).
+constexpr int kQuantThreads = 128, kQuantMaxChunks = 8;  // rows of up to 8192 values
+
+template <int kChunks>
+__global__ void __launch_bounds__(kQuantThreads) quantize_rows_fp8_kernel(const __nv_bfloat16* __restrict__ x, int K,
+                                                                         __nv_fp8x4_e4m3* __restrict__ q,
+                                                                         float* __restrict__ scale) {
+  __shared__ float warp_max[kQuantThreads / 32];
+  const int64_t row = blockIdx.x;
+  const int n = K / 8;
+  const uint4* src = reinterpret_cast<const uint4*>(x + row * K);
+  uint4 v[kChunks];
+  float amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int c = threadIdx.x + j * kQuantThreads;
+    v[j] = c < n ? src[c] : make_uint4(0, 0, 0, 0);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v[j]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(h[i]);
+      amax = fmaxf(amax, fmaxf(fabsf(f.x), fabsf(f.y)));
+    }
+  }
+  for (int sh = 16; sh > 0; sh /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, sh));
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = amax;
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
+  const float inv = amax > 0.f ? 448.f / amax : 1.f;
+  if (threadIdx.x == 0) scale[row] = amax > 0.f ? amax / 448.f : 1.f;
+  uint2* dst = reinterpret_cast<uint2*>(q + row * (K / 4));
+#pragma unroll
+  for (int j = 0; j < kChunks; ++j) {
+    const int c = threadIdx.x + j * kQuantThreads;
+    if (c >= n) break;
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v[j]);
+    const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+    const float2 cc = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
+    const __nv_fp8x4_e4m3 lo(make_float4(a.x * inv, a.y * inv, b.x * inv, b.y * inv));
+    const __nv_fp8x4_e4m3 hi(make_float4(cc.x * inv, cc.y * inv, d.x * inv, d.y * inv));
+    dst[c] = make_uint2(lo.__x, hi.__x);
+  }
+}
+
+}  // namespace
+
+bool fp8_row_length_ok(int64_t K) { return K % 16 == 0 && K <= 8 * kQuantThreads * kQuantMaxChunks; }
+
+void quantize_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t rows, int64_t K, void* q, float* scale) {
+  if (!fp8_row_length_ok(K)) throw Error("quantize_rows_fp8: row length " + std::to_string(K) + " is not supported");
+  if (rows == 0) return;
+  const int chunks = static_cast<int>((K / 8 + kQuantThreads - 1) / kQuantThreads);
+  auto* qq = static_cast<__nv_fp8x4_e4m3*>(q);
+  const unsigned grid = static_cast<unsigned>(rows);
+  switch (chunks) {
+#define SAMFAST_QUANT_CASE(N) \
+  case N: quantize_rows_fp8_kernel<N><<<grid, kQuantThreads, 0, ctx.stream>>>(x, (int)K, qq, scale); break;
+    SAMFAST_QUANT_CASE(1) SAMFAST_QUANT_CASE(2) SAMFAST_QUANT_CASE(3) SAMFAST_QUANT_CASE(4)
+    SAMFAST_QUANT_CASE(5) SAMFAST_QUANT_CASE(6) SAMFAST_QUANT_CASE(7) SAMFAST_QUANT_CASE(8)
+#undef SAMFAST_QUANT_CASE
+  }
+  CUDA_LAUNCH_CHECK();
+}
+
+void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale, const void* W,
+              const float* w_scale, void* C, const void* bias, Act act, const void* residual) {
+  if (M == 0 || N == 0) return;
+  // As in gemm(): cuBLAS's first operand is the weight (N x K, transposed), its second the
+  // activations; its per-"row" (A) scale is the weight's per-output-channel one.
+  const bool post = act != Act::None && residual;  // activation first, then the residual
+  const void* c_in = post ? nullptr : residual;
+  const cublasLtEpilogue_t epi = epilogue_of(bias != nullptr, post ? Act::None : act);
+  // (-1 where gemm()'s keys have the storage type: the fp8 plans apart from the 16-bit ones)
+  const std::array<int64_t, 16> key{-1, 0, M, N, K, 0, 0, 0, 1, 0, 0, 0, (int64_t)epi, c_in != nullptr, 0, 0};
+  auto it = ctx.gemm_plans.find(key);
+  if (it == ctx.gemm_plans.end()) {
+    GemmPlan p;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    const cudaDataType_t bias_type = CUDA_R_16BF;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
+    const cublasLtMatmulMatrixScale_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec, sizeof vec));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof vec));
+    // The heuristic looks at the scale (and bias) pointers: without them it offers no fp8 kernel.
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
+    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    p.a = make_layout(CUDA_R_8F_E4M3, K, N, K, 1, 0);
+    p.b = make_layout(CUDA_R_8F_E4M3, K, M, K, 1, 0);
+    p.c = make_layout(CUDA_R_16BF, N, M, N, 1, 0);
+    choose_algo(ctx, p, 0);
+    it = ctx.gemm_plans.emplace(key, p).first;
+  }
+  const GemmPlan& p = it->second;
+  if (!p.has_algo)
+    throw Error("fp8 GEMM (" + std::to_string(M) + " x " + std::to_string(N) + " x " + std::to_string(K) +
+                "): cuBLASLt has no kernel for it on this GPU; use --precision bf16");
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
+  if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
+  CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, W, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &p.algo,
+                              ctx.workspace, ctx.workspace_bytes, ctx.stream));
+  if (post) bias_act_residual(ctx, DType::BF16, C, M, N, nullptr, act, residual);
 }
 
 }  // namespace cuda
@@ -261,9 +386,27 @@ void launch_scatter2x2(const T* tmp, const T* bias, T* y, int64_t n, int64_t H, 
 
 }  // namespace
 
+namespace {
+// Where the row scales of an F8E4M3 weight (out, in) begin: after its values, 256-byte aligned.
+size_t fp8_scale_offset(int64_t out, int64_t in) { return (static_cast<size_t>(out * in) + 255) / 256 * 256; }
+}  // namespace
+
+Tensor CudaOps::prepare_bulk_linear(const Tensor& w) {
+  expect(w, "prepare_bulk_linear", "weight");
+  check(w.ndim() == 2, "prepare_bulk_linear", "expected an (out, in) weight, got " + shape_str(w.shape));
+  const int64_t out = w.dim(0), in = w.dim(1);
+  if (!fp8_bulk_ || out % 16 || !cuda::fp8_row_length_ok(in)) return w;
+  const size_t at = fp8_scale_offset(out, in);
+  Tensor q = empty({static_cast<int64_t>(at + sizeof(float) * out)}, DType::U8);  // values, then scales
+  cuda::quantize_rows_fp8(*ctx_, w.ptr<__nv_bfloat16>(), out, in, q.data, reinterpret_cast<float*>(q.ptr<char>() + at));
+  q.shape = w.shape;
+  q.dtype = DType::F8E4M3;
+  return q;
+}
+
 Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) {
   expect(x, "linear", "input");
-  expect(w, "linear", "weight");
+  if (w.dtype != DType::F8E4M3) expect(w, "linear", "weight");
   check(w.ndim() == 2 && x.dim(-1) == w.dim(1), "linear", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
   const int64_t in = w.dim(1), out = w.dim(0), rows = x.numel() / in;
   if (b) {
@@ -276,6 +419,16 @@ Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act ac
   if (residual) {
     expect(*residual, "linear", "residual");
     check(residual->numel() == y.numel(), "linear", "residual shape " + shape_str(residual->shape));
+  }
+  if (w.dtype == DType::F8E4M3) {  // the activations quantised per row, into a scratch buffer
+    const size_t at = fp8_scale_offset(rows, in);
+    Tensor xq = empty({static_cast<int64_t>(at + sizeof(float) * rows)}, DType::U8);
+    float* xs = reinterpret_cast<float*>(xq.ptr<char>() + at);
+    cuda::quantize_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), rows, in, xq.data, xs);
+    cuda::gemm_fp8(*ctx_, rows, out, in, xq.data, xs, w.data,
+                   reinterpret_cast<const float*>(w.ptr<char>() + fp8_scale_offset(out, in)), y.data,
+                   b ? b->data : nullptr, act, residual ? residual->data : nullptr);
+    return y;
   }
   cuda::gemm(*ctx_, dt_, true, rows, out, in, x.data, in, w.data, in, y.data, out, b ? b->data : nullptr, act,
              residual ? residual->data : nullptr);
