@@ -297,7 +297,7 @@ TEST_P(CudaOpsTest, ImageToTokenAttention) {
   }
 }
 
-// The fused upscaling + hypernetwork product (bf16; fp32 composes the unfused ops) against the
+// The fused upscaling + hypernetwork product (bf16 and fp16; fp32 composes the unfused ops) against the
 // CPU's composition, on a full 64x64 grid and on a 20x20 grid that ends in a partial tile.
 TEST_P(CudaOpsTest, UpscaleMasks) {
   for (const int G : {64, 20}) {

@@ -1,9 +1,9 @@
 // CUDA backend: the ops of backend/ops.h on one GPU and one stream, in fp32 (exact: no TF32, matches
 // the CPU backend to ~1e-6), bf16 (fast: bf16 storage, tensor-core GEMMs and attention with fp32
-// accumulation, fp32 statistics) or fp16 (the same kernels on fp16 storage; the decoder's fused
-// upscaling and tensor-core image-to-token attention are bf16 only, so fp16 composes those from
-// unfused ops). GEMMs run through cuBLASLt with fused bias / ReLU / residual epilogues; LayerNorm,
-// exact-erf GELU, layout ops and attention are our own kernels.
+// accumulation, fp32 statistics) or fp16 (the same kernels on fp16 storage), with optionally the
+// image encoder's bulk Linear layers in fp8 (beside bf16). GEMMs run through cuBLASLt with fused
+// bias / ReLU / residual epilogues; LayerNorm, exact-erf GELU, layout ops, attention and the
+// decoder's fused upscaling are our own kernels.
 // No op synchronises with the host except download().
 #pragma once
 #include <cublasLt.h>

@@ -10,7 +10,7 @@
 // image_to_token_attention (the image tokens attending to the prompt's few tokens): one kernel that
 // reads each image token once and writes it once: scores against the heads x N folded keys, a
 // softmax per head, the weighted sum of the folded values, bias, residual and LayerNorm.
-//   bf16, D 256, 8 heads, N <= 16: tensor cores (mma.sync m16n8k16). A block holds one prompt's
+//   bf16 or fp16, D 256, 8 heads, N <= 16: tensor cores (mma.sync m16n8k16). A block holds one prompt's
 //   keys and values in shared memory, each head's keys in its own 8- or 16-column slab of the score
 //   tile (padding slots score -inf), so the per-head softmax is a quad shuffle; each warp takes 16
 //   tokens at a time, its x rows staged by cp.async and then reused for the pre-norm output rows.
@@ -31,8 +31,9 @@ using cuda::cp_async_wait_all;
 using cuda::from_f32;
 using cuda::ldmatrix_x4;
 using cuda::ldmatrix_x4_trans;
-using cuda::mma_bf16;
-using cuda::pack_bf16;
+using cuda::mma16;
+using cuda::pack16;
+using cuda::unpack16;
 using cuda::to_f32;
 
 void check(bool ok, const char* op, const std::string& what) {
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(kWarpKernelWarps * 32) i2t_warp_kernel(I2tArgs
   for (int c = lane; c < D; c += 32) y[c] = from_f32<T>((o[c] - mean) * rstd * to_f32(lw[c]) + to_f32(lb[c]));
 }
 
-// The tensor-core version (bf16, D 256, 8 heads, N <= KP key slots per head).
+// The tensor-core version (H = bf16 or fp16, D 256, 8 heads, N <= KP key slots per head).
 // The block's warps share the prompt's keys and values (8 warps for 8 key slots per head, 4 for 16:
 // shared memory); each warp double-buffers its 16 token rows (the next rows load while the current
 // ones are computed).
@@ -141,25 +142,24 @@ constexpr int kMmaRows = 16 * kMmaWarps<KP>;
 
 template <int KP>
 size_t i2t_mma_smem() {
-  return sizeof(__nv_bfloat16) * (2 * kMmaHeads * KP + 2 * kMmaRows<KP>) * kMmaLds + sizeof(float) * (kMmaHeads * KP + 2 * kMmaD);
+  return sizeof(uint16_t) * (2 * kMmaHeads * KP + 2 * kMmaRows<KP>) * kMmaLds + sizeof(float) * (kMmaHeads * KP + 2 * kMmaD);
 }
 
-template <int KP>
+template <class H, int KP>
 __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, int tiles_per_block) {
   constexpr int NC = kMmaHeads * KP, D = kMmaD, LDS = kMmaLds, NT = NC / 8;  // score columns, n-tiles
   constexpr int kRows = kMmaRows<KP>, kThreads = 32 * kMmaWarps<KP>;
-  using bf16 = __nv_bfloat16;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* sK = reinterpret_cast<bf16*>(smem_raw);  // slot (h, n) at row h KP + n
-  bf16* sV = sK + NC * LDS;
-  bf16* sX = sV + NC * LDS;  // 2 x 16 rows per warp: x, then the pre-norm outputs
+  H* sK = reinterpret_cast<H*>(smem_raw);  // slot (h, n) at row h KP + n
+  H* sV = sK + NC * LDS;
+  H* sX = sV + NC * LDS;  // 2 x 16 rows per warp: x, then the pre-norm outputs
   float* sKb = reinterpret_cast<float*>(sX + 2 * kRows * LDS);
   float* sLn = sKb + NC;  // 2 x D
   const int b = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
   const int N = a.N, T = a.T;
   {
-    const bf16* kg = static_cast<const bf16*>(a.k) + int64_t(b) * N * kMmaHeads * D;
-    const bf16* vg = static_cast<const bf16*>(a.v) + int64_t(b) * N * kMmaHeads * D;
+    const H* kg = static_cast<const H*>(a.k) + int64_t(b) * N * kMmaHeads * D;
+    const H* vg = static_cast<const H*>(a.v) + int64_t(b) * N * kMmaHeads * D;
     for (int i = tid; i < NC * (D / 8); i += kThreads) {
       const int slot = i / (D / 8), c = i % (D / 8), h = slot / KP, n = slot % KP;
       const bool ok = n < N;
@@ -167,26 +167,26 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
       cp_async16(sK + slot * LDS + c * 8, kg + off, ok);
       cp_async16(sV + slot * LDS + c * 8, vg + off, ok);
     }
-    const bf16* kbg = static_cast<const bf16*>(a.kb) + int64_t(b) * N * kMmaHeads;
+    const H* kbg = static_cast<const H*>(a.kb) + int64_t(b) * N * kMmaHeads;
     for (int i = tid; i < NC; i += kThreads) {
       const int h = i / KP, n = i % KP;
       sKb[i] = n < N ? to_f32(kbg[n * kMmaHeads + h]) : -INFINITY;
     }
   }
   for (int i = tid; i < D; i += kThreads) {  // LayerNorm weight, then bias
-    sLn[i] = to_f32(static_cast<const bf16*>(a.ln_w)[i]);
-    sLn[D + i] = to_f32(static_cast<const bf16*>(a.ln_b)[i]);
+    sLn[i] = to_f32(static_cast<const H*>(a.ln_w)[i]);
+    sLn[D + i] = to_f32(static_cast<const H*>(a.ln_b)[i]);
   }
   cp_async_wait_all();
   __syncthreads();  // keys, values, key biases visible; from here on each warp works alone
 
-  const bf16* xg = static_cast<const bf16*>(a.x) + int64_t(b) * a.x_step * T * D;
-  const bf16* rg = static_cast<const bf16*>(a.residual) + int64_t(b) * a.r_step * T * D;
-  const bf16* bias = static_cast<const bf16*>(a.bias);
-  bf16* yg = static_cast<bf16*>(a.out) + int64_t(b) * T * D;
+  const H* xg = static_cast<const H*>(a.x) + int64_t(b) * a.x_step * T * D;
+  const H* rg = static_cast<const H*>(a.residual) + int64_t(b) * a.r_step * T * D;
+  const H* bias = static_cast<const H*>(a.bias);
+  H* yg = static_cast<H*>(a.out) + int64_t(b) * T * D;
   const int ntiles = (T + kRows - 1) / kRows;
   const int tile_begin = blockIdx.x * tiles_per_block, tile_end = min(ntiles, (blockIdx.x + 1) * tiles_per_block);
-  auto load_rows = [&](int tile, bf16* dst) {  // this warp's 16 rows of x (zeros past the last token)
+  auto load_rows = [&](int tile, H* dst) {  // this warp's 16 rows of x (zeros past the last token)
     const int r0 = tile * kRows + warp * 16;
     for (int i = lane; i < 16 * (D / 8); i += 32) {
       const int r = i / (D / 8), c = i % (D / 8);
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
   if (tile_begin < tile_end) load_rows(tile_begin, sX + warp * 32 * LDS);
   cp_async_commit();
   for (int tile = tile_begin; tile < tile_end; ++tile) {
-    bf16* sXw = sX + (warp * 32 + (tile - tile_begin) % 2 * 16) * LDS;
+    H* sXw = sX + (warp * 32 + (tile - tile_begin) % 2 * 16) * LDS;
     if (tile + 1 < tile_end) load_rows(tile + 1, sX + (warp * 32 + (tile + 1 - tile_begin) % 2 * 16) * LDS);
     cp_async_commit();
     cp_async_wait<1>();  // this tile's rows have arrived; the next tile's may still be in flight
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
     float s[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-    const bf16* kbase = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
+    const H* kbase = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
 #pragma unroll 4
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t af[4];
@@ -218,8 +218,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
       for (int np = 0; np < NT / 2; ++np) {
         uint32_t kf[4];
         ldmatrix_x4(kf, kbase + np * 16 * LDS + kk * 16);
-        mma_bf16(s[2 * np], af, kf[0], kf[1]);
-        mma_bf16(s[2 * np + 1], af, kf[2], kf[3]);
+        mma16<H>(s[2 * np], af, kf[0], kf[1]);
+        mma16<H>(s[2 * np + 1], af, kf[2], kf[3]);
       }
     }
     // Softmax per head over its KP / 8 n-tiles (rows gr and gr + 8 of the warp's 16).
@@ -260,12 +260,12 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
     uint32_t pf[NT / 2][4];
 #pragma unroll
     for (int ks = 0; ks < NT / 2; ++ks) {
-      pf[ks][0] = pack_bf16(s[2 * ks][0], s[2 * ks][1]);
-      pf[ks][1] = pack_bf16(s[2 * ks][2], s[2 * ks][3]);
-      pf[ks][2] = pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-      pf[ks][3] = pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+      pf[ks][0] = pack16<H>(s[2 * ks][0], s[2 * ks][1]);
+      pf[ks][1] = pack16<H>(s[2 * ks][2], s[2 * ks][3]);
+      pf[ks][2] = pack16<H>(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+      pf[ks][3] = pack16<H>(s[2 * ks + 1][2], s[2 * ks + 1][3]);
     }
-    // O = P V + bias + residual in two halves of 128 channels, rounded to bf16 into the warp's rows
+    // O = P V + bias + residual in two halves of 128 channels, rounded to H into the warp's rows
     // of sX (x is no longer needed), as the unfused GEMM would store it for the LayerNorm. The row
     // sums and sums of squares for the LayerNorm come from the same registers: a thread holds 64 of
     // each of its two rows' values, a quad holds whole rows.
@@ -283,23 +283,22 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
         for (int dp = 0; dp < 8; ++dp) {
           uint32_t vf[4];
           ldmatrix_x4_trans(vf, sV + key * LDS + half * 128 + dp * 16 + (mi >> 1) * 8);
-          mma_bf16(o[2 * dp], pf[ks], vf[0], vf[1]);
-          mma_bf16(o[2 * dp + 1], pf[ks], vf[2], vf[3]);
+          mma16<H>(o[2 * dp], pf[ks], vf[0], vf[1]);
+          mma16<H>(o[2 * dp + 1], pf[ks], vf[2], vf[3]);
         }
       }
 #pragma unroll
       for (int n = 0; n < 16; ++n) {
         const int col = half * 128 + n * 8 + tq * 2;
-        const float2 bc = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(bias + col));
+        const float2 bc = unpack16<H>(*reinterpret_cast<const uint32_t*>(bias + col));
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const int r = gr + 8 * i;
           if (r0 + r >= T) continue;
-          const float2 rc =
-              __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(rg + int64_t(r0 + r) * D + col));
-          const uint32_t packed = pack_bf16((o[n][2 * i] + bc.x) + rc.x, (o[n][2 * i + 1] + bc.y) + rc.y);
+          const float2 rc = unpack16<H>(*reinterpret_cast<const uint32_t*>(rg + int64_t(r0 + r) * D + col));
+          const uint32_t packed = pack16<H>((o[n][2 * i] + bc.x) + rc.x, (o[n][2 * i + 1] + bc.y) + rc.y);
           *reinterpret_cast<uint32_t*>(sXw + r * LDS + col) = packed;
-          const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed));
+          const float2 v = unpack16<H>(packed);
           sum[i] += v.x + v.y;
           sq[i] += v.x * v.x + v.y * v.y;
         }
@@ -323,8 +322,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         uint32_t* p = reinterpret_cast<uint32_t*>(sXw + (gr + 8 * i) * LDS + col);
-        const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
-        *p = pack_bf16((v.x - mean[i]) * rstd[i] * sLn[col] + sLn[D + col],
+        const float2 v = unpack16<H>(*p);
+        *p = pack16<H>((v.x - mean[i]) * rstd[i] * sLn[col] + sLn[D + col],
                        (v.y - mean[i]) * rstd[i] * sLn[col + 1] + sLn[D + col + 1]);
       }
     }
@@ -336,15 +335,15 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
   }
 }
 
-template <int KP>
+template <class H, int KP>
 void launch_i2t_mma(const CudaContext& ctx, const I2tArgs& a, int64_t B) {
   const size_t smem = i2t_mma_smem<KP>();
-  CUDA_CHECK(cudaFuncSetAttribute(i2t_mma_kernel<KP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  CUDA_CHECK(cudaFuncSetAttribute(i2t_mma_kernel<H, KP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const int64_t ntiles = (a.T + kMmaRows<KP> - 1) / kMmaRows<KP>;
   // Enough blocks for a few waves; each block loads its prompt's keys and values once.
   const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * B / (int64_t(ctx.sm_count) * 4)));
   const dim3 grid((unsigned)((ntiles + per - 1) / per), (unsigned)B);
-  i2t_mma_kernel<KP><<<grid, 32 * kMmaWarps<KP>, smem, ctx.stream>>>(a, (int)per);
+  i2t_mma_kernel<H, KP><<<grid, 32 * kMmaWarps<KP>, smem, ctx.stream>>>(a, (int)per);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -391,13 +390,21 @@ Tensor CudaOps::image_to_token_attention(const Tensor& x, const Tensor& k, const
   const I2tArgs a{x.data,   k.data,   kb.data, v.data,  bias.data,  residual.data, ln_w.data,
                   ln_b.data, out.data, (int)T,  (int)N,  (int)D,     heads,         x.dim(0) == B && B > 1 ? 1 : 0,
                   residual.dim(0) == B && B > 1 ? 1 : 0, eps};
-  const bool tensor_cores = dt_ == DType::BF16 && D == kMmaD && heads == kMmaHeads && N <= 16 &&
+  const bool tensor_cores = dt_ != DType::F32 && D == kMmaD && heads == kMmaHeads && N <= 16 &&
                             aligned16(x.data) && aligned16(k.data) && aligned16(v.data) && aligned16(residual.data) &&
                             aligned16(ln_w.data) && aligned16(ln_b.data) && aligned16(out.data);
-  if (tensor_cores && N <= 8) {
-    launch_i2t_mma<8>(*ctx_, a, B);
-  } else if (tensor_cores) {
-    launch_i2t_mma<16>(*ctx_, a, B);
+  if (tensor_cores) {
+    auto go = [&](auto tag) {
+      using H = decltype(tag);
+      if (N <= 8)
+        launch_i2t_mma<H, 8>(*ctx_, a, B);
+      else
+        launch_i2t_mma<H, 16>(*ctx_, a, B);
+    };
+    if (dt_ == DType::BF16)
+      go(__nv_bfloat16{});
+    else
+      go(__half{});
   } else {
     const size_t smem = sizeof(float) * kWarpKernelWarps * (N * heads + D);
     check(smem <= ctx_->max_smem_per_block, op, std::to_string(N) + " prompt tokens do not fit in shared memory");

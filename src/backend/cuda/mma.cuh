@@ -53,6 +53,15 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// The two H values of a 32-bit word as floats, the low half first.
+template <class H>
+__device__ __forceinline__ float2 unpack16(uint32_t v) {
+  if constexpr (std::is_same_v<H, __half>)
+    return __half22float2(*reinterpret_cast<const __half2*>(&v));
+  else
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+}
+
 // Two floats rounded to H, lo in the low half.
 template <class H>
 __device__ __forceinline__ uint32_t pack16(float lo, float hi) {

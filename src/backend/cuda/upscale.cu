@@ -11,7 +11,8 @@
 //   (16 x D) x W1[s1] (D x C1) + b1 -> LayerNorm over C1 -> GELU  -> A (16 x C1)
 //   (16 x C1) x W2 (C1 x 4 C2) + b2 -> GELU                      -> A (16 x 4 C2)
 //   (16 x 4 C2) x Hyper (4 C2 x 4 M, block diagonal per s2)      -> 16 x (s2, m) mask values.
-// bf16 with D 256, C1 64, C2 32, M 4 (every SAM); other shapes and fp32 compose the unfused ops.
+// bf16 or fp16 (H) with D 256, C1 64, C2 32, M 4 (every SAM); other shapes and fp32 compose the
+// unfused ops.
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/mma.cuh"
@@ -19,44 +20,47 @@
 namespace samfast {
 namespace {
 
-using bf16 = __nv_bfloat16;
 using cuda::cp_async16;
 using cuda::cp_async_commit;
 using cuda::cp_async_wait;
 using cuda::cp_async_wait_all;
 using cuda::gelu_erf_fast;
 using cuda::ldmatrix_x4;
-using cuda::mma_bf16;
-using cuda::pack_bf16;
+using cuda::from_f32;
+using cuda::mma16;
+using cuda::pack16;
 using cuda::to_f32;
 
 constexpr int kD = 256, kC1 = 64, kC2 = 32, kM = 4, kRows = 64, kThreads = 128;
 constexpr int kLd1 = kD + 8, kLd2 = kC1 + 8, kLd3 = 4 * kC2 + 8;  // padded smem rows (ldmatrix, no conflicts)
 
 // wt[(s * Cout + co) * Cin + ci] = w[ci, co, dy, dx] with s = 2 dy + dx: per sub-pixel, rows of Cin.
-__global__ void transpose_convt_weight(const bf16* __restrict w, bf16* __restrict wt, int Cin, int Cout) {
+template <class H>
+__global__ void transpose_convt_weight(const H* __restrict w, H* __restrict wt, int Cin, int Cout) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < Cin * Cout * 4; i += gridDim.x * blockDim.x) {
     const int ci = i / (Cout * 4), co = i / 4 % Cout, s = i % 4;
     wt[(s * Cout + co) * Cin + ci] = w[i];
   }
 }
 
+template <class H>
 struct UpscaleArgs {
-  const bf16 *keys, *w1t, *b1, *ln_w, *ln_b, *w2t, *b2, *hyper;
-  bf16* out;
+  const H *keys, *w1t, *b1, *ln_w, *ln_b, *w2t, *b2, *hyper;
+  H* out;
   int G;  // image tokens G x G; masks 4G x 4G
   float eps;
 };
 
 constexpr size_t kSmemBytes =
-    sizeof(bf16) * (kC1 * kLd1 + 4 * kC2 * kLd2 + 4 * kM * kLd3 + kRows * kLd1) + sizeof(float) * (3 * kC1 + kC2);
+    sizeof(uint16_t) * (kC1 * kLd1 + 4 * kC2 * kLd2 + 4 * kM * kLd3 + kRows * kLd1) + sizeof(float) * (3 * kC1 + kC2);
 
-__global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, int tiles_per_block) {
+template <class H>
+__global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> a, int tiles_per_block) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* sW1 = reinterpret_cast<bf16*>(smem_raw);  // (C1 rows, D) of sub-pixel s1
-  bf16* sW2 = sW1 + kC1 * kLd1;                    // (4 C2 rows = (s2, c2), C1)
-  bf16* sH = sW2 + 4 * kC2 * kLd2;                 // (4 M rows = (s2, m), 4 C2): hyper block diagonal
-  bf16* sX = sH + 4 * kM * kLd3;                   // 16 token rows per warp
+  H* sW1 = reinterpret_cast<H*>(smem_raw);  // (C1 rows, D) of sub-pixel s1
+  H* sW2 = sW1 + kC1 * kLd1;                 // (4 C2 rows = (s2, c2), C1)
+  H* sH = sW2 + 4 * kC2 * kLd2;              // (4 M rows = (s2, m), 4 C2): hyper block diagonal
+  H* sX = sH + 4 * kM * kLd3;                // 16 token rows per warp
   float* sB1 = reinterpret_cast<float*>(sX + kRows * kLd1);
   float *sLw = sB1 + kC1, *sLb = sLw + kC1, *sB2 = sLb + kC1;
   const int s1 = blockIdx.x, b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -73,20 +77,20 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
   for (int i = tid; i < 4 * kM * 4 * kC2; i += kThreads) {
     const int n = i / (4 * kC2), k = i % (4 * kC2);  // n = (s2, m), k = (s2', c)
     const bool diag = n / kM == k / kC2;
-    sH[n * kLd3 + k] = diag ? a.hyper[(int64_t(b) * kM + n % kM) * kC2 + k % kC2] : __float2bfloat16_rn(0.f);
+    sH[n * kLd3 + k] = diag ? a.hyper[(int64_t(b) * kM + n % kM) * kC2 + k % kC2] : from_f32<H>(0.f);
   }
   for (int i = tid; i < kC1; i += kThreads) sB1[i] = to_f32(a.b1[i]), sLw[i] = to_f32(a.ln_w[i]), sLb[i] = to_f32(a.ln_b[i]);
   for (int i = tid; i < kC2; i += kThreads) sB2[i] = to_f32(a.b2[i]);
   cp_async_wait_all();
   __syncthreads();  // weights visible; from here on each warp works alone
 
-  const bf16* xg = a.keys + int64_t(b) * T * kD;
-  bf16* sXw = sX + warp * 16 * kLd1;
+  const H* xg = a.keys + int64_t(b) * T * kD;
+  H* sXw = sX + warp * 16 * kLd1;
   const int L = 4 * G, dy1 = s1 / 2, dx1 = s1 % 2;
-  bf16* outb = a.out + int64_t(b) * kM * L * L;
-  const bf16* w1base = sW1 + ((lane / 16) * 8 + lane % 8) * kLd1 + ((lane / 8) & 1) * 8;
-  const bf16* w2base = sW2 + ((lane / 16) * 8 + lane % 8) * kLd2 + ((lane / 8) & 1) * 8;
-  const bf16* hbase = sH + ((lane / 16) * 8 + lane % 8) * kLd3 + ((lane / 8) & 1) * 8;
+  H* outb = a.out + int64_t(b) * kM * L * L;
+  const H* w1base = sW1 + ((lane / 16) * 8 + lane % 8) * kLd1 + ((lane / 8) & 1) * 8;
+  const H* w2base = sW2 + ((lane / 16) * 8 + lane % 8) * kLd2 + ((lane / 8) & 1) * 8;
+  const H* hbase = sH + ((lane / 16) * 8 + lane % 8) * kLd3 + ((lane / 8) & 1) * 8;
   const int ntiles = (T + kRows - 1) / kRows, tile_end = min(ntiles, (blockIdx.y + 1) * tiles_per_block);
   // This warp's 16 token rows of a tile, by cp.async (zeros past the last token).
   auto load_rows = [&](int tile) {
@@ -115,8 +119,8 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
       for (int np = 0; np < kC1 / 16; ++np) {
         uint32_t bf[4];
         ldmatrix_x4(bf, w1base + np * 16 * kLd1 + kk * 16);
-        mma_bf16(c1[2 * np], af, bf[0], bf[1]);
-        mma_bf16(c1[2 * np + 1], af, bf[2], bf[3]);
+        mma16<H>(c1[2 * np], af, bf[0], bf[1]);
+        mma16<H>(c1[2 * np + 1], af, bf[2], bf[3]);
       }
     }
     __syncwarp();  // sXw is read: the next tile's rows load while this one finishes
@@ -152,10 +156,10 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
     uint32_t a2[kC1 / 16][4];
 #pragma unroll
     for (int ks = 0; ks < kC1 / 16; ++ks) {
-      a2[ks][0] = pack_bf16(c1[2 * ks][0], c1[2 * ks][1]);
-      a2[ks][1] = pack_bf16(c1[2 * ks][2], c1[2 * ks][3]);
-      a2[ks][2] = pack_bf16(c1[2 * ks + 1][0], c1[2 * ks + 1][1]);
-      a2[ks][3] = pack_bf16(c1[2 * ks + 1][2], c1[2 * ks + 1][3]);
+      a2[ks][0] = pack16<H>(c1[2 * ks][0], c1[2 * ks][1]);
+      a2[ks][1] = pack16<H>(c1[2 * ks][2], c1[2 * ks][3]);
+      a2[ks][2] = pack16<H>(c1[2 * ks + 1][0], c1[2 * ks + 1][1]);
+      a2[ks][3] = pack16<H>(c1[2 * ks + 1][2], c1[2 * ks + 1][3]);
     }
     // (2) ConvTranspose #2: 16 x (s2, c2), + bias, GELU, as the A operand of (3).
     float c2[4 * kC2 / 8][4];
@@ -167,8 +171,8 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
       for (int np = 0; np < 4 * kC2 / 16; ++np) {
         uint32_t bf[4];
         ldmatrix_x4(bf, w2base + np * 16 * kLd2 + ks * 16);
-        mma_bf16(c2[2 * np], a2[ks], bf[0], bf[1]);
-        mma_bf16(c2[2 * np + 1], a2[ks], bf[2], bf[3]);
+        mma16<H>(c2[2 * np], a2[ks], bf[0], bf[1]);
+        mma16<H>(c2[2 * np + 1], a2[ks], bf[2], bf[3]);
       }
     uint32_t a3[4 * kC2 / 16][4];
 #pragma unroll
@@ -178,10 +182,10 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
       for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) g[j][e] = gelu_erf_fast(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
-      a3[ks][0] = pack_bf16(g[0][0], g[0][1]);
-      a3[ks][1] = pack_bf16(g[0][2], g[0][3]);
-      a3[ks][2] = pack_bf16(g[1][0], g[1][1]);
-      a3[ks][3] = pack_bf16(g[1][2], g[1][3]);
+      a3[ks][0] = pack16<H>(g[0][0], g[0][1]);
+      a3[ks][1] = pack16<H>(g[0][2], g[0][3]);
+      a3[ks][2] = pack16<H>(g[1][0], g[1][1]);
+      a3[ks][3] = pack16<H>(g[1][2], g[1][3]);
     }
     // (3) Hypernetwork product: 16 x (s2, m).
     float c3[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -189,8 +193,8 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
     for (int ks = 0; ks < 4 * kC2 / 16; ++ks) {
       uint32_t bf[4];
       ldmatrix_x4(bf, hbase + ks * 16);
-      mma_bf16(c3[0], a3[ks], bf[0], bf[1]);
-      mma_bf16(c3[1], a3[ks], bf[2], bf[3]);
+      mma16<H>(c3[0], a3[ks], bf[0], bf[1]);
+      mma16<H>(c3[1], a3[ks], bf[2], bf[3]);
     }
 #pragma unroll
     for (int n = 0; n < 2; ++n)
@@ -200,9 +204,25 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs a, 
         if (t >= T) continue;
         const int col = n * 8 + tq * 2 + (e & 1), s2 = col / kM, m = col % kM;
         const int py = 4 * (t / G) + 2 * dy1 + s2 / 2, px = 4 * (t % G) + 2 * dx1 + s2 % 2;
-        outb[(int64_t(m) * L + py) * L + px] = __float2bfloat16_rn(c3[n][e]);
+        outb[(int64_t(m) * L + py) * L + px] = from_f32<H>(c3[n][e]);
       }
   }
+}
+
+template <class H>
+void launch_upscale(const CudaContext& ctx, const Tensor& keys, const Tensor& w1t, const Tensor& b1,
+                    const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w2t, const Tensor& b2,
+                    const Tensor& hyper, const Tensor& out) {
+  const int64_t B = keys.dim(0), G = keys.dim(1);
+  const UpscaleArgs<H> a{keys.ptr<H>(), w1t.ptr<H>(), b1.ptr<H>(), ln_w.ptr<H>(), ln_b.ptr<H>(),
+                         w2t.ptr<H>(),  b2.ptr<H>(),  hyper.ptr<H>(), out.ptr<H>(), (int)G, eps};
+  CUDA_CHECK(cudaFuncSetAttribute(upscale_masks_kernel<H>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
+  const int64_t ntiles = (G * G + kRows - 1) / kRows;
+  // A few waves of blocks; each loads its sub-pixel's weights once for tiles_per_block tiles.
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * 4 * B / (int64_t(ctx.sm_count) * 8)));
+  const dim3 grid(4, (unsigned)((ntiles + per - 1) / per), (unsigned)B);
+  upscale_masks_kernel<H><<<grid, kThreads, kSmemBytes, ctx.stream>>>(a, (int)per);
+  CUDA_LAUNCH_CHECK();
 }
 
 bool fits(const Tensor& keys, const Tensor& w1, const Tensor& w2, const Tensor& hyper) {
@@ -215,25 +235,24 @@ Tensor CudaOps::upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor
                               const Tensor& ln_b, float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper) {
   for (const Tensor* t : {&keys, &w1, &b1, &ln_w, &ln_b, &w2, &b2, &hyper}) expect(*t, "upscale_masks", "input");
   check_upscale(keys, w1, b1, ln_w, ln_b, w2, b2, hyper);
-  if (dt_ != DType::BF16 || !fits(keys, w1, w2, hyper))
+  if (dt_ == DType::F32 || !fits(keys, w1, w2, hyper))
     return Ops::upscale_masks(keys, w1, b1, ln_w, ln_b, eps, w2, b2, hyper);
   const int64_t B = keys.dim(0), G = keys.dim(1);
   if (B > 65535 || G > 4096) return Ops::upscale_masks(keys, w1, b1, ln_w, ln_b, eps, w2, b2, hyper);
   Tensor out = empty({B, kM, 4 * G, 4 * G});
   if (out.numel() == 0) return out;
   Tensor w1t = empty({4 * kC1, kD}), w2t = empty({4 * kC2, kC1});
-  transpose_convt_weight<<<cuda::blocks_for(w1.numel(), 256), 256, 0, ctx_->stream>>>(w1.ptr<bf16>(), w1t.ptr<bf16>(), kD, kC1);
-  transpose_convt_weight<<<cuda::blocks_for(w2.numel(), 256), 256, 0, ctx_->stream>>>(w2.ptr<bf16>(), w2t.ptr<bf16>(), kC1, kC2);
-  CUDA_LAUNCH_CHECK();
-  const UpscaleArgs a{keys.ptr<bf16>(), w1t.ptr<bf16>(), b1.ptr<bf16>(), ln_w.ptr<bf16>(), ln_b.ptr<bf16>(),
-                      w2t.ptr<bf16>(),  b2.ptr<bf16>(),  hyper.ptr<bf16>(), out.ptr<bf16>(), (int)G, eps};
-  CUDA_CHECK(cudaFuncSetAttribute(upscale_masks_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
-  const int64_t ntiles = (G * G + kRows - 1) / kRows;
-  // A few waves of blocks; each loads its sub-pixel's weights once for tiles_per_block tiles.
-  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * 4 * B / (int64_t(ctx_->sm_count) * 8)));
-  const dim3 grid(4, (unsigned)((ntiles + per - 1) / per), (unsigned)B);
-  upscale_masks_kernel<<<grid, kThreads, kSmemBytes, ctx_->stream>>>(a, (int)per);
-  CUDA_LAUNCH_CHECK();
+  auto go = [&](auto tag) {
+    using H = decltype(tag);
+    transpose_convt_weight<H><<<cuda::blocks_for(w1.numel(), 256), 256, 0, ctx_->stream>>>(w1.ptr<H>(), w1t.ptr<H>(), kD, kC1);
+    transpose_convt_weight<H><<<cuda::blocks_for(w2.numel(), 256), 256, 0, ctx_->stream>>>(w2.ptr<H>(), w2t.ptr<H>(), kC1, kC2);
+    CUDA_LAUNCH_CHECK();
+    launch_upscale<H>(*ctx_, keys, w1t, b1, ln_w, ln_b, eps, w2t, b2, hyper, out);
+  };
+  if (dt_ == DType::BF16)
+    go(__nv_bfloat16{});
+  else
+    go(__half{});
   return out;
 }
 
