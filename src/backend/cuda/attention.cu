@@ -34,7 +34,10 @@ using cuda::ldmatrix_x4;
 using cuda::ldmatrix_x4_trans;
 using cuda::mma16;
 using cuda::pack16;
+using cuda::query_range;
+using cuda::QueryRange;
 using cuda::RelPosArgs;
+using cuda::score_tile;
 using cuda::tile_of;
 using cuda::TileGeometry;
 using cuda::to_f32;
@@ -245,14 +248,12 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
         const int t = min(q0 + wr0 + 16 * mt + 8 * i, g.ntok - 1);
         qy[mt][i] = t / tw, qx[mt][i] = t % tw;
       }
-    const int tlast = min(q0 + Q, g.ntok) - 1;
-    const int qy_lo = q0 / tw, qy_hi = tlast / tw;
-    const int qx_lo = qy_hi > qy_lo ? 0 : q0 % tw, qx_hi = qy_hi > qy_lo ? tw - 1 : tlast % tw;
+    const QueryRange qr = query_range(q0, Q, g.ntok, tw);
 #pragma unroll 1
     for (int part = 0; part < 2; ++part) {
-      // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [qy_lo, qy_hi + th - 1] (rel_w alike)
+      // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [y_lo, y_hi + th - 1] (rel_w alike)
       const int lim = part ? tw : th;
-      const int lo = part ? qx_lo : qy_lo, hi = (part ? qx_hi : qy_hi) + lim - 1;
+      const int lo = part ? qr.x_lo : qr.y_lo, hi = (part ? qr.x_hi : qr.y_hi) + lim - 1;
       const auto* tab = static_cast<const H*>(part ? a.rel_w : a.rel_h);
       float* dst = sRel + (part ? th : 0) * RS + wr0;
 #pragma unroll 1
@@ -319,20 +320,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
         int ky = sb >> kwl, kx = sb & kwm;  // of n-tile n's first slot
 #pragma unroll
         for (int n = 0; n < kMmaK / 8; ++n) {
-          const bool row_ok = ky < th;
-          const float rh0 = row_ok ? rel0[ky * RS] : 0.f, rh1 = row_ok ? rel0[ky * RS + 8] : 0.f;
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            if (row_ok && kx + tq * 2 + e < tw) {
-              const float* rw = relw0 + (kx + e) * RS;
-              s[mt][n][e] = fmaf(s[mt][n][e], sc, rh0 + rw[0]);
-              s[mt][n][2 + e] = fmaf(s[mt][n][2 + e], sc, rh1 + rw[8]);
-            } else {
-              s[mt][n][e] = s[mt][n][2 + e] = -INFINITY;
-            }
-            mx0 = fmaxf(mx0, s[mt][n][e]);
-            mx1 = fmaxf(mx1, s[mt][n][2 + e]);
-          }
+          score_tile(s[mt][n], ky, kx, th, tw, tq, rel0, relw0, RS, sc, mx0, mx1);
           kx += 8;
           if (kx > kwm) kx = 0, ++ky;
         }

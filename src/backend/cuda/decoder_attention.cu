@@ -33,6 +33,7 @@ using cuda::ldmatrix_x4;
 using cuda::ldmatrix_x4_trans;
 using cuda::mma16;
 using cuda::pack16;
+using cuda::quad_row_stats;
 using cuda::unpack16;
 using cuda::to_f32;
 
@@ -305,16 +306,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
       }
     }
     float mean[2], rstd[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int sh = 1; sh <= 2; sh *= 2) {
-        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], sh);
-        sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], sh);
-      }
-      mean[i] = sum[i] / D;
-      rstd[i] = rsqrtf(fmaxf(sq[i] / D - mean[i] * mean[i], 0.f) + a.eps);
-    }
+    quad_row_stats(sum, sq, D, a.eps, mean, rstd);
     // Normalise in place (each thread its own values), then whole rows out, 16 bytes per lane.
 #pragma unroll
     for (int n = 0; n < 32; ++n) {

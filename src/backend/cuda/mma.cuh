@@ -34,6 +34,23 @@ __device__ __forceinline__ void mma16(float c[4], const uint32_t a[4], uint32_t 
     mma_bf16(c, a, b0, b1);
 }
 
+// LayerNorm statistics of the two accumulator rows (gr and gr + 8) a quad holds, n values a row:
+// sum / sq are this lane's partial sums and sums of squares; after the quad reduction, the mean
+// and 1 / sqrt(variance + eps) of each row.
+__device__ __forceinline__ void quad_row_stats(float (&sum)[2], float (&sq)[2], int n, float eps, float (&mean)[2],
+                                               float (&rstd)[2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int sh = 1; sh <= 2; sh *= 2) {
+      sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], sh);
+      sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], sh);
+    }
+    mean[i] = sum[i] / n;
+    rstd[i] = rsqrtf(fmaxf(sq[i] / n - mean[i] * mean[i], 0.f) + eps);
+  }
+}
+
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem_row) {
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

@@ -144,14 +144,12 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       const int t = min(q0 + wr0 + 8 * i, g.ntok - 1);
       qy[i] = t / tw, qx[i] = t % tw;
     }
-    const int tlast = min(q0 + kQ, g.ntok) - 1;
-    const int qy_lo = q0 / tw, qy_hi = tlast / tw;
-    const int qx_lo = qy_hi > qy_lo ? 0 : q0 % tw, qx_hi = qy_hi > qy_lo ? tw - 1 : tlast % tw;
+    const QueryRange qr = query_range(q0, kQ, g.ntok, tw);
 #pragma unroll 1
     for (int part = 0; part < 2; ++part) {
-      // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [qy_lo, qy_hi + th - 1] (rel_w alike)
+      // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [y_lo, y_hi + th - 1] (rel_w alike)
       const int lim = part ? tw : th;
-      const int lo = part ? qx_lo : qy_lo, hi = (part ? qx_hi : qy_hi) + lim - 1;
+      const int lo = part ? qr.x_lo : qr.y_lo, hi = (part ? qr.x_hi : qr.y_hi) + lim - 1;
       const auto* tab = static_cast<const H*>(part ? a.rel_w : a.rel_h);
       float* dst = sRel + (part ? th : 0) * kRelStride + wr0;
       const int base0 = (part ? qx[0] : qy[0]) + lim - 1, base1 = (part ? qx[1] : qy[1]) + lim - 1;
@@ -218,20 +216,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       int ky = sb >> kwl, kx = sb & kwm;  // of n-tile n's first slot
 #pragma unroll
       for (int n = 0; n < kK / 8; ++n) {
-        const bool row_ok = ky < th;
-        const float rh0 = row_ok ? rel0[ky * kRelStride] : 0.f, rh1 = row_ok ? rel0[ky * kRelStride + 8] : 0.f;
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          if (row_ok && kx + tq * 2 + e < tw) {
-            const float* rw = relw0 + (kx + e) * kRelStride;
-            s[4 * n + e] = fmaf(s[4 * n + e], sc, rh0 + rw[0]);
-            s[4 * n + 2 + e] = fmaf(s[4 * n + 2 + e], sc, rh1 + rw[8]);
-          } else {
-            s[4 * n + e] = s[4 * n + 2 + e] = -INFINITY;
-          }
-          mx0 = fmaxf(mx0, s[4 * n + e]);
-          mx1 = fmaxf(mx1, s[4 * n + 2 + e]);
-        }
+        score_tile(s + 4 * n, ky, kx, th, tw, tq, rel0, relw0, kRelStride, sc, mx0, mx1);
         kx += 8;
         if (kx > kwm) kx = 0, ++ky;
       }

@@ -6,6 +6,7 @@
 
 #include "samfast/tensor.h"
 
+#include <cmath>
 #include <cstdint>
 
 namespace samfast {
@@ -61,6 +62,40 @@ __device__ __forceinline__ TileGeometry<T> tile_of(const RelPosArgs& a, int nwin
   g.wy = (win % nwin) / a.nww;
   g.wx = win % a.nww;
   return g;
+}
+
+// The (row, column) ranges of a block's queries [q0, q0 + nq) in a tile tw wide (ntok tokens): the
+// relative-position table rows they need are [y_lo, y_hi + th - 1] of rel_h and [x_lo, x_hi + tw - 1]
+// of rel_w.
+struct QueryRange {
+  int y_lo, y_hi, x_lo, x_hi;
+};
+__device__ __forceinline__ QueryRange query_range(int q0, int nq, int ntok, int tw) {
+  const int tlast = min(q0 + nq, ntok) - 1;
+  const int y_lo = q0 / tw, y_hi = tlast / tw;
+  return {y_lo, y_hi, y_hi > y_lo ? 0 : q0 % tw, y_hi > y_lo ? tw - 1 : tlast % tw};
+}
+
+// One m16n8 score tile (c[0..1]: row gr, columns tq 2 + e; c[2..3]: row gr + 8) whose first key slot
+// is (ky, kx) (slot columns past tw, rows past th: no key): the scores in log2 units, scale' q.k +
+// rel_h + rel_w (rel0 / relw0: this thread's rows of the terms, columns `stride` floats apart, x log2(e)),
+// -inf for an empty slot; mx0 / mx1 take the rows' maxima.
+__device__ __forceinline__ void score_tile(float* c, int ky, int kx, int th, int tw, int tq, const float* rel0,
+                                           const float* relw0, int stride, float sc, float& mx0, float& mx1) {
+  const bool row_ok = ky < th;
+  const float rh0 = row_ok ? rel0[ky * stride] : 0.f, rh1 = row_ok ? rel0[ky * stride + 8] : 0.f;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    if (row_ok && kx + tq * 2 + e < tw) {
+      const float* rw = relw0 + (kx + e) * stride;
+      c[e] = fmaf(c[e], sc, rh0 + rw[0]);
+      c[2 + e] = fmaf(c[2 + e], sc, rh1 + rw[8]);
+    } else {
+      c[e] = c[2 + e] = -INFINITY;
+    }
+    mx0 = fmaxf(mx0, c[e]);
+    mx1 = fmaxf(mx1, c[2 + e]);
+  }
 }
 
 // 2^x on the special-function unit, flushing denormals (-inf -> 0): the scores are rounded to bf16

@@ -29,6 +29,7 @@ using cuda::ldmatrix_x4;
 using cuda::from_f32;
 using cuda::mma16;
 using cuda::pack16;
+using cuda::quad_row_stats;
 using cuda::to_f32;
 
 constexpr int kD = 256, kC1 = 64, kC2 = 32, kM = 4, kRows = 64, kThreads = 128;
@@ -136,16 +137,7 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> 
         c1[n][e] = v, sum[e / 2] += v, sq[e / 2] += v * v;
       }
     float mean[2], rstd[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int sh = 1; sh <= 2; sh *= 2) {
-        sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], sh);
-        sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], sh);
-      }
-      mean[i] = sum[i] / kC1;
-      rstd[i] = rsqrtf(fmaxf(sq[i] / kC1 - mean[i] * mean[i], 0.f) + a.eps);
-    }
+    quad_row_stats(sum, sq, kC1, a.eps, mean, rstd);
 #pragma unroll
     for (int n = 0; n < kC1 / 8; ++n)
 #pragma unroll
