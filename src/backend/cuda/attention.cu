@@ -627,7 +627,8 @@ void set_smem(Kernel kernel, size_t bytes, const CudaContext& ctx, const char* o
 template <int HD>
 void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64_t windows, int nwin) {
   const int T = a.th * a.tw, nrel = a.th + a.tw;
-  if (dt != DType::F32 && ctx.cc_major == 9) {  // Hopper: the wgmma kernel (rel_pos_attention_sm90.cu)
+  // Hopper: the wgmma kernel (rel_pos_attention_sm90.cu), for tiles at most 64 tokens on a side
+  if (dt != DType::F32 && ctx.cc_major == 9 && a.th <= 64 && a.tw <= 64) {
     cuda::rel_pos_attention_wgmma(ctx, dt, a, HD, windows, nwin);
     return;
   }
