@@ -17,6 +17,9 @@
 //   wavefronts ran as fast), nor instruction count: a variant for 64-wide tiles that added the
 //   rel_w terms on the tensor cores (an identity B operand) and rel_h as a shift of the row maximum,
 //   ~40% fewer instructions per score, ran at the same speed (vit_b 385 -> 390 us, vit_h -1..+4%).
+//   Nor the batch-1 wave count: splitting the keys of vit_b's global attention in two (768 blocks
+//   instead of 384 for 264 slots, a merge kernel) ran 332 us + 20 us of merge against 335 (a partial
+//   wave's blocks run alone on their SM, faster); not kept.
 //   ncu (before that pipeline): issue slots ~45% busy, warps stalled mostly on "wait"
 //   (fixed-latency dependencies) and the block barriers; 2 blocks of 8 warps an SM (128 registers a
 //   thread, all used: no room for a second score tile). What would: FA3's structure, one block an SM
