@@ -291,20 +291,29 @@ void check(bool ok, const char* op, const std::string& what) {
 }
 
 // col (B*Ho*Wo, Cin*kh*kw) with columns ordered (ci, ky, kx), as the PyTorch weight (Cout, Cin, kh, kw).
-// Index arithmetic in I: 32-bit when the tensors allow (64-bit divisions cost tens of instructions per
-// element: the patch embedding's im2col of 8 images, 0.23 -> 0.20 ms on an H200; still far from a
-// copy's speed, as each thread moves 2 bytes).
+// A thread writes the kw consecutive columns (ci, ky, 0..kw-1) of one row: its index arithmetic (in I:
+// 32-bit when the tensors allow, as 64-bit divisions cost tens of instructions) is paid once per kw
+// values, not per value as when a thread moved one element (the patch embedding's im2col of one
+// image took ~55 us on an H200 that way, for 6 MB).
 template <class T, class I>
 __global__ void im2col_kernel(const T* __restrict x, T* __restrict col, I rows, I H, I W, I Cin, I kh, I kw, I Ho,
                               I Wo, I stride, I pad) {
-  const I K = Cin * kh * kw, n = rows * K;
+  const I runs = Cin * kh, n = rows * runs;
   for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
-    const I r = i / K, c = i - r * K;
-    const I ci = c / (kh * kw), ky = (c / kw) % kh, kx = c % kw;
-    const I ox = r % Wo, oy = (r / Wo) % Ho, b = r / (Ho * Wo);
-    const I iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
-    const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
-    col[i] = inside ? x[((b * H + iy) * W + ix) * Cin + ci] : from_f32<T>(0.f);
+    const I r = i / runs, c = i - r * runs;  // c = ci kh + ky
+    const I ci = c / kh, ky = c - ci * kh;
+    const I ox = r % Wo, rest = r / Wo, oy = rest % Ho, b = rest / Ho;
+    const I iy = oy * stride - pad + ky, ix0 = ox * stride - pad;
+    T* dst = col + i * kw;  // = row r, column c kw
+    if (iy < 0 || iy >= H) {
+      for (I kx = 0; kx < kw; ++kx) dst[kx] = from_f32<T>(0.f);
+      continue;
+    }
+    const T* src = x + (b * H + iy) * W * Cin + ci;
+    for (I kx = 0; kx < kw; ++kx) {
+      const I ix = ix0 + kx;
+      dst[kx] = ix >= 0 && ix < W ? src[ix * Cin] : from_f32<T>(0.f);
+    }
   }
 }
 
@@ -449,7 +458,7 @@ Tensor CudaOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int st
   const int64_t rows = B * Ho * Wo;
   Tensor col = empty({B, Ho, Wo, K});
   const int threads = 256;
-  const unsigned blocks = cuda::blocks_for(rows * K, threads);
+  const unsigned blocks = cuda::blocks_for(rows * Cin * kh, threads);  // (a thread per kw columns)
   const bool small = rows * K < (int64_t(1) << 31) && x.numel() < (int64_t(1) << 31);
   SAMFAST_DISPATCH(dt_, T, {
     if (small)
