@@ -12,7 +12,7 @@
 //   matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts below), filled by
 //   cp.async, consecutive threads writing consecutive 16 bytes; the queries go straight to registers.
 //   Measured (H200, vit_b batch 1): global block 334 us (~154 TFLOP/s), windowed ~52 us a launch;
-//   vit_h windowed 76 us (87 before the pipeline described above the kernel; global 366 -> 334 us).
+//   vit_h windowed 76 us (87 before the pipeline described above the kernel; same-call traces).
 //   What does not limit it: shared-memory bank conflicts (an earlier layout with 52% excess
 //   wavefronts ran as fast), nor instruction count: a variant for 64-wide tiles that added the
 //   rel_w terms on the tensor cores (an identity B operand) and rel_h as a shift of the row maximum,
