@@ -68,34 +68,55 @@ template <int HD>
 __device__ __forceinline__ int v_layout_offset(int r, int c) {
   return ((((r >> 4) * (HD / 8) + c) * 2 + ((r >> 3) & 1)) << 6) + ((r & 7) << 3);
 }
-// The i-th 16-byte chunk of a tile in fill order: the chunk that layout puts at byte 16 i, so that
-// consecutive threads write consecutive 16 bytes of shared memory.
+// The i-th 16-byte chunk of a K-layout tile in fill order: the chunk that layout puts at byte 16 i, so
+// that consecutive threads write consecutive 16 bytes of shared memory.
 __device__ __forceinline__ void k_chunk_of(int i, int& r, int& c) {
   r = ((i >> 4) & 7) * 8 + (i & 7);
   c = (i >> 7) * 2 + ((i >> 3) & 1);
 }
-template <int HD>
-__device__ __forceinline__ void v_chunk_of(int i, int& r, int& c) {
-  const int rest = i >> 4;
-  r = (rest / (HD / 8)) * 16 + ((i >> 3) & 1) * 8 + (i & 7);
-  c = rest % (HD / 8);
-}
 
-// Part `part` (1 k, 2 v) of key slots [sb, sb + 64) into a tile of its layout (empty slots: zeros).
-template <class H, int HD>
-__device__ __forceinline__ void load_slots(H* dst, const TileGeometry<H>& g, int sb, int kwl, int part, int off) {
-  for (int i = threadIdx.x; i < kK * (HD / 8); i += kThreads) {
-    int r, c;
-    if (part == 1)
-      k_chunk_of(i, r, c);
-    else
-      v_chunk_of<HD>(i, r, c);
-    const int slot = sb + r, ky = slot >> kwl, kx = slot & ((1 << kwl) - 1);
-    const bool ok = ky < g.th && kx < g.tw;
-    H* to = dst + (part == 1 ? k_layout_offset(r, c) : v_layout_offset<HD>(r, c));
-    cp_async16(to, ok ? g.token_yx(ky, kx, part, off) + c * 8 : g.bias, ok);
+// This thread's share of every step's K and V tiles, set up once: chunk i = tid + 256 j of the K fill
+// order is key slot r of the step (the same for every j: 256 j only moves the column) and column
+// chunk c0 + 4 j. A step then costs one row address and HD / 32 (rounded up) pairs of cp.async
+// instead of the index arithmetic of a generic loop per chunk. V takes the same (r, c) in its own
+// layout: a warp's 32 chunks still land in 512 contiguous bytes (rows r, r + 8 x columns c0, c0 + 1).
+template <class H, int HD, int KWL>
+struct SlotLoader {
+  int64_t row0;      // element offset of slot r's token row (3C values) at key row 0 of the tile
+  int64_t row_step;  // elements from one key row of the tile to the next
+  int ky_off;        // slot r's key row within a step
+  int y_img;         // key rows below y_img are in the image (the others: padding, k = v = bias)
+  bool slot_ok;      // slot r's column is a key column of the tile
+  bool x_img;        // ... and lies in the image
+  int c0, koff, voff;  // chunk (r, c0) and its shared-memory offsets (elements) in the K and V layouts
+
+  __device__ __forceinline__ SlotLoader(const TileGeometry<H>& g) {
+    int r;
+    k_chunk_of(threadIdx.x, r, c0);
+    const int kx = r & ((1 << KWL) - 1), gx = g.wx * g.tw + kx;
+    ky_off = r >> KWL;
+    slot_ok = kx < g.tw;
+    x_img = gx < g.W;
+    y_img = g.H - g.wy * g.th;
+    row_step = (int64_t)g.W * 3 * g.C;
+    row0 = ((g.bi * g.H + g.wy * g.th) * g.W + gx) * (int64_t)(3 * g.C);
+    koff = k_layout_offset(r, c0);
+    voff = v_layout_offset<HD>(r, c0);
   }
-}
+  // K and V (head offset off) of key slots [sb, sb + 64) into tiles kt and vt; slots holding no key
+  // are zero-filled.
+  __device__ __forceinline__ void load(H* kt, H* vt, const TileGeometry<H>& g, int sb, int off) const {
+    const int ky = (sb >> KWL) + ky_off;
+    const bool ok = slot_ok && ky < g.th;
+    const H* row = (x_img && ky < y_img ? g.qkv + row0 + ky * row_step : g.bias) + off;
+#pragma unroll
+    for (int j = 0; j < (HD + 31) / 32; ++j)
+      if (8 * HD % 256 == 0 || threadIdx.x + 256 * j < 8 * HD) {
+        cp_async16(kt + koff + 2048 * j, row + g.C + (c0 + 4 * j) * 8, ok);
+        cp_async16(vt + voff + 512 * j, row + 2 * g.C + (c0 + 4 * j) * 8, ok);
+      }
+  }
+};
 
 // Rows [j0, j0 + 64) of a relative-position table (rows past hi: zeros) into a tile of the K layout.
 template <class H, int HD>
@@ -109,6 +130,15 @@ __device__ __forceinline__ void load_table_chunk(H* dst, const H* tab, int j0, i
 }
 #endif
 
+// Key slots: a tile's key row ky occupies slots [ky 2^KWL, ky 2^KWL + tw) (KWL: tw rounded up to a
+// power of two, at least 8), so a 64-slot step covers 2^(6 - KWL) whole key rows and n-tile n of a step
+// (8 slots) starts at a column and row offset known at compile time.
+// Rows of padded key slots, in units of key rows: the steps cover th_pad(th) rows.
+template <int KWL>
+__host__ __device__ constexpr int th_pad(int th) {
+  return ((th << KWL) + kK - 1) / kK * kK >> KWL;
+}
+
 // Pipeline: every load is a cp.async issued one step before its use, and a step has one block
 // barrier. Prologue: the block's relative-position table chunks (at most 2 per table, as tiles are at
 // most 64 wide: tables of at most 127 rows) go to tiles T1, T3, T0, T2 in that order, and the queries
@@ -117,35 +147,44 @@ __device__ __forceinline__ void load_table_chunk(H* dst, const H* tab, int j0, i
 // (K(b), V(b) landed and visible; every warpgroup done with step b - 1) K(b + 1) and V(b + 1) are
 // issued into the other pair. (Before: queries and table chunks loaded one after the other, V(b)
 // issued at step b: vit_h's windowed blocks, 4 key steps each, waited on ~8 round trips to memory.)
-template <class H, int HD>
+//   No wgmma sits in a divergent path (a warpgroup without queries computes on zero rows and stores
+// nothing; the last step's P V covers all 64 slots, P and V being zero past the keys): otherwise ptxas
+// waits for every wgmma before issuing the next (its C7520 "wgmma serialization" warning), which it
+// did here until this version.
+//   The relative-position terms of slots that hold no key (columns tw .. 2^KWL - 1, rows th ..
+// th_pad - 1) are -inf in shared memory, so a score is q.k scale + rel_h + rel_w with no bounds test,
+// and all its shared-memory offsets but the step's key row are compile-time constants.
+template <class H, int HD, int KWL>
 __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(RelPosArgs a, int nwin) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kw = 1 << KWL;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   H* const tiles = reinterpret_cast<H*>(smem_raw);  // T0..T3, kK x HD each
   auto tile = [&](int i) { return tiles + i * kK * HD; };
-  float* sRel = reinterpret_cast<float*>(smem_raw + region0_bytes<HD>());  // (th + tw) x kRelStride, x log2(e)
+  // (th_pad + kw) x kRelStride floats, x log2(e): rel_h of key rows [0, th_pad), then rel_w of columns [0, kw)
+  float* sRel = reinterpret_cast<float*>(smem_raw + region0_bytes<HD>());
   const TileGeometry<H> g = tile_of<H>(a, nwin);
-  const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * kQ, th = a.th, tw = a.tw;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
+  const int h = blockIdx.y, off = h * HD, q0 = blockIdx.x * kQ, th = a.th, tw = a.tw, thp = th_pad<KWL>(th);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
   const int wr0 = warp * 16 + gr;  // this thread's query rows in the block: wr0 and wr0 + 8
-  int kwl = 3;
-  while ((1 << kwl) < tw) ++kwl;
-  const int kwm = (1 << kwl) - 1, nslots = th << kwl;
+  const int nslots = thp << KWL;   // a whole number of steps
+  const SlotLoader<H, HD, KWL> loader(g);
 
   const QueryRange qr = query_range(q0, kQ, g.ntok, tw);
   // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [y_lo, y_hi + th - 1] (rel_w alike)
-  const int lo[2] = {qr.y_lo, qr.x_lo}, hi[2] = {qr.y_hi + th - 1, qr.x_hi + tw - 1};
-  const int nchunk0 = (hi[0] - lo[0]) / kK + 1, nchunks = nchunk0 + (hi[1] - lo[1]) / kK + 1;
+  const int hi_h = qr.y_hi + th - 1, hi_w = qr.x_hi + tw - 1;
+  const int nchunk0 = (hi_h - qr.y_lo) / kK + 1, nchunks = nchunk0 + (hi_w - qr.x_lo) / kK + 1;
+  // table part (0 rel_h, 1 rel_w) of chunk i, its first row and its last valid row
+  auto chunk_part = [&](int i) { return i >= nchunk0 ? 1 : 0; };
+  auto chunk_j0 = [&](int i) { return i >= nchunk0 ? qr.x_lo + (i - nchunk0) * kK : qr.y_lo + i * kK; };
   auto chunk_tile = [](int i) { return (i & 1) * 2 + 1 - (i >> 1); };  // T1, T3, T0, T2
   for (int i = 0; i < nchunks; ++i) {
-    const int part = i >= nchunk0, j0 = lo[part] + (i - (part ? nchunk0 : 0)) * kK;
-    load_table_chunk<H, HD>(tile(chunk_tile(i)), static_cast<const H*>(part ? a.rel_w : a.rel_h), j0, hi[part]);
+    const int part = chunk_part(i);
+    load_table_chunk<H, HD>(tile(chunk_tile(i)), static_cast<const H*>(part ? a.rel_w : a.rel_h), chunk_j0(i),
+                            part ? hi_w : hi_h);
   }
   const bool kv0_early = nchunks <= 2;
-  if (kv0_early) {
-    load_slots<H, HD>(tile(0), g, 0, kwl, 1, off);
-    load_slots<H, HD>(tile(2), g, 0, kwl, 2, off);
-  }
+  if (kv0_early) loader.load(tile(0), tile(2), g, 0, off);
   cp_async_commit();
   uint32_t qf[HD / 16][4];  // A fragments: rows gr and gr + 8 of this warp's 16 (rows past the tile: 0)
   {
@@ -159,6 +198,11 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       qf[kk][2] = r0 ? *reinterpret_cast<const uint32_t*>(r0 + kk * 16 + 8) : 0u;
       qf[kk][3] = r1 ? *reinterpret_cast<const uint32_t*>(r1 + kk * 16 + 8) : 0u;
     }
+  }
+  // -inf terms of the empty key rows and columns (every block's full 128 query rows)
+  for (int i = tid; i < kQ * (thp - th + kw - tw); i += kThreads) {
+    const int row = i / kQ, q = i % kQ;
+    sRel[(row < thp - th ? th + row : thp + tw + row - (thp - th)) * kRelStride + q] = -INFINITY;
   }
   // S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in kt (K layout).
   auto qk = [&](float (&s)[kK / 2], const H* kt) {
@@ -182,8 +226,8 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     }
 #pragma unroll 1
     for (int i = 0; i < nchunks; ++i) {
-      const int part = i >= nchunk0, j0 = lo[part] + (i - (part ? nchunk0 : 0)) * kK, lim = part ? tw : th;
-      float* dst = sRel + (part ? th : 0) * kRelStride + wr0;
+      const int part = chunk_part(i), j0 = chunk_j0(i), lim = part ? tw : th;
+      float* dst = sRel + (part ? thp : 0) * kRelStride + wr0;
       const int base0 = (part ? qx[0] : qy[0]) + lim - 1, base1 = (part ? qx[1] : qy[1]) + lim - 1;
       float gq[kK / 2];
       qk(gq, tile(chunk_tile(i)));
@@ -199,13 +243,11 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   }
   if (!kv0_early) {
     __syncthreads();  // every warp done with the table chunks in T0 and T2
-    load_slots<H, HD>(tile(0), g, 0, kwl, 1, off);
-    load_slots<H, HD>(tile(2), g, 0, kwl, 2, off);
+    loader.load(tile(0), tile(2), g, 0, off);
     cp_async_commit();
   }
-  const bool wg_active = q0 + wg * 64 < g.ntok;  // uniform in the warpgroup, as wgmma needs
-  const float* rel0 = sRel + wr0;               // this thread's rows (written by this warp only)
-  const float* relw0 = rel0 + (th + tq * 2) * kRelStride;
+  const float* rel0 = sRel + wr0;  // this thread's rows
+  const float* relw0 = rel0 + (thp + tq * 2) * kRelStride;
   const float sc = a.scale * kLog2e;  // softmax in base 2
 
   float o[HD / 2];
@@ -214,27 +256,31 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows gr and gr + 8 (l: this thread's part)
 
   for (int sb = 0; sb < nslots; sb += kK) {
-    const int ks_end = min(kK / 16, (nslots - sb + 15) / 16);  // 16-slot groups holding any key
-    const int buf = (sb / kK) % 2;                               // step b's K and V: T(buf), T(2 + buf)
+    const int buf = (sb / kK) % 2;  // step b's K and V: T(buf), T(2 + buf)
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();  // K(b), V(b) visible to all; every warpgroup is done with step b - 1's tiles
     if (sb + kK < nslots) {
-      load_slots<H, HD>(tile(1 - buf), g, sb + kK, kwl, 1, off);
-      load_slots<H, HD>(tile(3 - buf), g, sb + kK, kwl, 2, off);
+      loader.load(tile(1 - buf), tile(3 - buf), g, sb + kK, off);
       cp_async_commit();
     }
-    if (!wg_active) continue;
     float s[kK / 2];
     qk(s, tile(buf));
-    // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots -> -inf
+    // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots: -inf
     float mx0 = m0, mx1 = m1;
-    int ky = sb >> kwl, kx = sb & kwm;  // of n-tile n's first slot
+    const float* relh = rel0 + (sb >> KWL) * kRelStride;
 #pragma unroll
     for (int n = 0; n < kK / 8; ++n) {
-      score_tile(s + 4 * n, ky, kx, th, tw, tq, rel0, relw0, kRelStride, sc, mx0, mx1);
-      kx += 8;
-      if (kx > kwm) kx = 0, ++ky;
+      const int kx0 = (n * 8) & (kw - 1), dky = (n * 8) >> KWL;  // (constants)
+      const float rh0 = relh[dky * kRelStride], rh1 = relh[dky * kRelStride + 8];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float* rw = relw0 + (kx0 + e) * kRelStride;
+        s[4 * n + e] = fmaf(s[4 * n + e], sc, rh0 + rw[0]);
+        s[4 * n + 2 + e] = fmaf(s[4 * n + 2 + e], sc, rh1 + rw[8]);
+        mx0 = fmaxf(mx0, s[4 * n + e]);
+        mx1 = fmaxf(mx1, s[4 * n + 2 + e]);
+      }
     }
 #pragma unroll
     for (int sh = 1; sh <= 2; sh *= 2) {
@@ -265,12 +311,10 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     const H* sV = tile(2 + buf);
     wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < kK / 16; ++ks)
-      if (ks < ks_end) wgmma16<H, HD, 1>(o, pa[ks], wgmma_desc(sV + ks * 16 * HD, 128, 256), 1);
+    for (int ks = 0; ks < kK / 16; ++ks) wgmma16<H, HD, 1>(o, pa[ks], wgmma_desc(sV + ks * 16 * HD, 128, 256), 1);
     wgmma_commit();
     wgmma_wait_all();
   }
-  if (!wg_active) return;
 #pragma unroll
   for (int sh = 1; sh <= 2; sh *= 2) {
     l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
@@ -290,20 +334,32 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
+template <class H, int HD, int KWL>
+void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
+  auto kernel = rel_pos_attention_wgmma_kernel<H, HD, KWL>;
+  const size_t smem = region0_bytes<HD>() + sizeof(float) * kRelStride * (th_pad<KWL>(a.th) + (1 << KWL));
+  if (smem > ctx.max_smem_per_block)
+    throw Error("rel_pos_attention: attention tile needs " + std::to_string(smem) +
+                " bytes of shared memory, the GPU has " + std::to_string(ctx.max_smem_per_block));
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const dim3 grid((a.th * a.tw + kQ - 1) / kQ, a.heads, (unsigned)windows);
+  kernel<<<grid, kThreads, smem, ctx.stream>>>(a, nwin);
+  CUDA_LAUNCH_CHECK();
+}
+
 template <class H, int HD>
 void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
   if (a.th > 64 || a.tw > 64)  // (at most 2 table chunks of 64 rows a table: the prologue's 4 tiles)
     throw Error("rel_pos_attention: the Hopper kernel takes tiles at most 64 tokens on a side, not " +
                 std::to_string(a.th) + "x" + std::to_string(a.tw));
-  const size_t smem = region0_bytes<HD>() + sizeof(float) * kRelStride * (a.th + a.tw);
-  if (smem > ctx.max_smem_per_block)
-    throw Error("rel_pos_attention: attention tile needs " + std::to_string(smem) +
-                " bytes of shared memory, the GPU has " + std::to_string(ctx.max_smem_per_block));
-  CUDA_CHECK(cudaFuncSetAttribute(rel_pos_attention_wgmma_kernel<H, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)smem));
-  const dim3 grid((a.th * a.tw + kQ - 1) / kQ, a.heads, (unsigned)windows);
-  rel_pos_attention_wgmma_kernel<H, HD><<<grid, kThreads, smem, ctx.stream>>>(a, nwin);
-  CUDA_LAUNCH_CHECK();
+  if (a.tw <= 8)
+    launch<H, HD, 3>(ctx, a, windows, nwin);
+  else if (a.tw <= 16)
+    launch<H, HD, 4>(ctx, a, windows, nwin);
+  else if (a.tw <= 32)
+    launch<H, HD, 5>(ctx, a, windows, nwin);
+  else
+    launch<H, HD, 6>(ctx, a, windows, nwin);
 }
 
 }  // namespace
