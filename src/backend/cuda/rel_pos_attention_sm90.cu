@@ -7,24 +7,21 @@
 // 16-rows-a-warp mma.sync kernel). Q and P stay in registers as the A operand (the m16n8k16 A
 // layout per warp, as in attention.cu), and the accumulators have the m16n8 layout per warp: the
 // softmax code is the same.
-//   Block: 2 warpgroups x 64 queries; 64 key slots per step (slots as in attention.cu: key row ky at
-//   [ky KW, ky KW + tw)). K, V and the table chunks sit in shared memory as 8 x 16-byte core
-//   matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts below), filled by
-//   cp.async, consecutive threads writing consecutive 16 bytes; the queries go straight to registers.
-//   Measured (H200, vit_b batch 1): global block 334 us (~154 TFLOP/s), windowed ~52 us a launch;
-//   vit_h windowed 76 us (87 before the pipeline described above the kernel; same-call traces).
-//   What does not limit it: shared-memory bank conflicts (an earlier layout with 52% excess
-//   wavefronts ran as fast), nor instruction count: a variant for 64-wide tiles that added the
-//   rel_w terms on the tensor cores (an identity B operand) and rel_h as a shift of the row maximum,
-//   ~40% fewer instructions per score, ran at the same speed (vit_b 385 -> 390 us, vit_h -1..+4%).
-//   Nor the batch-1 wave count: splitting the keys of vit_b's global attention in two (768 blocks
-//   instead of 384 for 264 slots, a merge kernel) ran 332 us + 20 us of merge against 335 (a partial
-//   wave's blocks run alone on their SM, faster); not kept.
-//   ncu (before that pipeline): issue slots ~45% busy, warps stalled mostly on "wait"
-//   (fixed-latency dependencies) and the block barriers; 2 blocks of 8 warps an SM (128 registers a
-//   thread, all used: no room for a second score tile). What would: FA3's structure, one block an SM
-//   with a producer warp filling a K/V ring behind mbarriers (no block barriers), consumer
-//   warpgroups with more registers (setmaxnreg) issuing Q K(b + 1)^T before the softmax of block b.
+//   Block: 2 warpgroups x 64 queries; 64 key slots per step (key row ky at slots [ky 2^KWL,
+//   ky 2^KWL + tw), KWL a template parameter). K, V and the table chunks sit in shared memory as
+//   8 x 16-byte core matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts
+//   below), filled by cp.async; the queries go straight to registers.
+//   Measured (H200, batch 1, same-call traces, 2026-12-01): vit_b global 229 us (~225 TFLOP/s),
+//   windowed 40 us a launch; vit_h global 330 us, windowed 58 us. Until then ptxas had serialized
+//   every wgmma (C7520, see the kernel) and the kernel ran 337 / 52 / 465 / 75 us: what earlier
+//   sessions measured about it (no gain from fewer instructions per score, nor from splitting the
+//   keys of batch-1 global attention in two) was measured on that serialized kernel.
+//   Tried and not kept: P V(b) left running into step b + 1 (V in three tiles): vit_b global 230 ->
+//   228 us, vit_h windowed 58 -> 60 us, and a spill. ncu (vit_b global, this version): issue slots
+//   37% busy, 0.7 eligible warps of 3.4 per scheduler, 128 registers a thread at 2 blocks of 8 warps
+//   an SM: latency-bound. What would help: FA3's structure, one block an SM with a producer warp
+//   filling a K/V ring behind mbarriers (no block barriers), consumer warpgroups with more
+//   registers (setmaxnreg) issuing Q K(b + 1)^T before the softmax of step b.
 #include <algorithm>
 #include <string>
 
@@ -35,7 +32,6 @@
 
 namespace samfast::cuda {
 namespace {
-
 
 constexpr int kQ = 128;  // queries per block: 2 warpgroups x 64
 constexpr int kK = 64;   // key slots per step
@@ -73,6 +69,14 @@ __device__ __forceinline__ int v_layout_offset(int r, int c) {
 __device__ __forceinline__ void k_chunk_of(int i, int& r, int& c) {
   r = ((i >> 4) & 7) * 8 + (i & 7);
   c = (i >> 7) * 2 + ((i >> 3) & 1);
+}
+
+// Keeps the compiler from moving reads or writes of wgmma accumulators across a wgmma wait (the asm
+// statements name the registers only where the wgmma is issued).
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
 // This thread's share of every step's K and V tiles, set up once: chunk i = tid + 256 j of the K fill
@@ -158,6 +162,9 @@ template <class H, int HD, int KWL>
 __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(RelPosArgs a, int nwin) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kw = 1 << KWL;
+  // Lazy rescaling (below) measured on an H200: vit_h (head dim 80) global 377 -> 330 us, windowed
+  // 61 -> 58 us; vit_b (64) 229 -> 245 us, so only for head dims above 64.
+  constexpr bool kLazyRescale = HD > 64;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   H* const tiles = reinterpret_cast<H*>(smem_raw);  // T0..T3, kK x HD each
   auto tile = [&](int i) { return tiles + i * kK * HD; };
@@ -174,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   // rel_h[q, r] = q . Rh[qy + th - 1 - r], r < th: table rows [y_lo, y_hi + th - 1] (rel_w alike)
   const int hi_h = qr.y_hi + th - 1, hi_w = qr.x_hi + tw - 1;
   const int nchunk0 = (hi_h - qr.y_lo) / kK + 1, nchunks = nchunk0 + (hi_w - qr.x_lo) / kK + 1;
-  // table part (0 rel_h, 1 rel_w) of chunk i, its first row and its last valid row
+  // table part (0 rel_h, 1 rel_w) of chunk i and its first row
   auto chunk_part = [&](int i) { return i >= nchunk0 ? 1 : 0; };
   auto chunk_j0 = [&](int i) { return i >= nchunk0 ? qr.x_lo + (i - nchunk0) * kK : qr.y_lo + i * kK; };
   auto chunk_tile = [](int i) { return (i & 1) * 2 + 1 - (i >> 1); };  // T1, T3, T0, T2
@@ -212,6 +219,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       wgmma16<H, kK, 0>(s, qf[kk], wgmma_desc(kt + kk * 1024, 128, 256), kk > 0);
     wgmma_commit();
     wgmma_wait_all();
+    fence_operands(s);
   };
   cp_async_wait<0>();
   fence_proxy_async();
@@ -266,33 +274,53 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     }
     float s[kK / 2];
     qk(s, tile(buf));
-    // scores (log2 units) = scale log2(e) q.k + (rel_h + rel_w) log2(e); empty slots: -inf
-    float mx0 = m0, mx1 = m1;
+    // Scores in log2 units: scale log2(e) q.k + (rel_h + rel_w) log2(e), -inf for an empty slot. rel_h
+    // is one value per key row, and a step holds kGroups whole key rows: s keeps q.k scale + rel_w, and
+    // rel_h joins the row maximum per key row and then the exponent (rel_h - m, once per key row).
+    constexpr int kGroups = kK >> KWL, kTilesPerGroup = kw / 8;
     const float* relh = rel0 + (sb >> KWL) * kRelStride;
+    float rh0[kGroups], rh1[kGroups];
+    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int n = 0; n < kK / 8; ++n) {
-      const int kx0 = (n * 8) & (kw - 1), dky = (n * 8) >> KWL;  // (constants)
-      const float rh0 = relh[dky * kRelStride], rh1 = relh[dky * kRelStride + 8];
+    for (int gi = 0; gi < kGroups; ++gi) {
+      rh0[gi] = relh[gi * kRelStride], rh1[gi] = relh[gi * kRelStride + 8];
+      float g0 = -INFINITY, g1 = -INFINITY;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float* rw = relw0 + (kx0 + e) * kRelStride;
-        s[4 * n + e] = fmaf(s[4 * n + e], sc, rh0 + rw[0]);
-        s[4 * n + 2 + e] = fmaf(s[4 * n + 2 + e], sc, rh1 + rw[8]);
-        mx0 = fmaxf(mx0, s[4 * n + e]);
-        mx1 = fmaxf(mx1, s[4 * n + 2 + e]);
-      }
+      for (int n = gi * kTilesPerGroup; n < (gi + 1) * kTilesPerGroup; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float* rw = relw0 + ((n * 8) % kw + e) * kRelStride;  // (constant offsets)
+          s[4 * n + e] = fmaf(s[4 * n + e], sc, rw[0]);
+          s[4 * n + 2 + e] = fmaf(s[4 * n + 2 + e], sc, rw[8]);
+          g0 = fmaxf(g0, s[4 * n + e]);
+          g1 = fmaxf(g1, s[4 * n + 2 + e]);
+        }
+      mx0 = fmaxf(mx0, g0 + rh0[gi]);
+      mx1 = fmaxf(mx1, g1 + rh1[gi]);
     }
 #pragma unroll
     for (int sh = 1; sh <= 2; sh *= 2) {
       mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, sh));
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, sh));
     }
-    // Every step's first slot is a key (see attention.cu): mx is finite; c = 0 on the first step.
-    const float c0 = ex2(m0 - mx0), c1 = ex2(m1 - mx1);
-    m0 = mx0, m1 = mx1;
-    l0 *= c0, l1 *= c1;
+    // Lazy rescaling: the running maximum m (and with it O and l) moves only when a score exceeds it by
+    // more than 2^8, so P stays below 256 (well inside bf16 / fp16, l inside fp32) and the final O / l
+    // is the same softmax; most steps then skip the O rescale. The first step always sets m (m = -inf,
+    // and every step's first slot is a key: mx is finite; c = 0 then).
+    auto rescale = [&](float n0, float n1) {
+      const float c0 = ex2(m0 - n0), c1 = ex2(m1 - n1);
+      m0 = n0, m1 = n1;
+      l0 *= c0, l1 *= c1;
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) o[4 * n] *= c0, o[4 * n + 1] *= c0, o[4 * n + 2] *= c1, o[4 * n + 3] *= c1;
+      for (int n = 0; n < HD / 8; ++n) o[4 * n] *= c0, o[4 * n + 1] *= c0, o[4 * n + 2] *= c1, o[4 * n + 3] *= c1;
+    };
+    if (!kLazyRescale)
+      rescale(fmaxf(m0, mx0), fmaxf(m1, mx1));
+    else if (__any_sync(0xffffffffu, mx0 > m0 + 8.f || mx1 > m1 + 8.f))
+      rescale(mx0 > m0 + 8.f ? mx0 : m0, mx1 > m1 + 8.f ? mx1 : m1);
+    float d0[kGroups], d1[kGroups];  // rel_h - m per key row of the step
+#pragma unroll
+    for (int gi = 0; gi < kGroups; ++gi) d0[gi] = rh0[gi] - m0, d1[gi] = rh1[gi] - m1;
     // O += P V: P's accumulator layout is the A layout (two n-tiles per 16-key step); V is an
     // N-major B operand (K rows of HD values) in the V layout.
     uint32_t pa[kK / 16][4];
@@ -300,7 +328,10 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     for (int ks = 0; ks < kK / 16; ++ks) {
       float p[8];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) p[e] = ex2(s[8 * ks + e] - ((e & 2) ? m1 : m0));
+      for (int e = 0; e < 8; ++e) {
+        const int gi = (16 * ks + (e / 4) * 8) >> KWL;  // key row of the element's n-tile (constant)
+        p[e] = ex2(s[8 * ks + e] + ((e & 2) ? d1[gi] : d0[gi]));
+      }
       l0 += p[0] + p[1] + p[4] + p[5];
       l1 += p[2] + p[3] + p[6] + p[7];
       pa[ks][0] = pack16<H>(p[0], p[1]);
@@ -314,6 +345,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
     for (int ks = 0; ks < kK / 16; ++ks) wgmma16<H, HD, 1>(o, pa[ks], wgmma_desc(sV + ks * 16 * HD, 128, 256), 1);
     wgmma_commit();
     wgmma_wait_all();
+    fence_operands(o);
   }
 #pragma unroll
   for (int sh = 1; sh <= 2; sh *= 2) {

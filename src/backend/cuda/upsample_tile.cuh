@@ -24,9 +24,13 @@ __device__ __forceinline__ Axis resize_axis(int in, int out, int d) {
 }
 
 // Sample positions of a tile of kCols x kRows output pixels: an output column's stage-2 axis and the
-// stage-1 axes of its two source columns (likewise for rows), computed once per tile.
-template <int kCols, int kRows>
+// stage-1 axes of its two source columns (likewise for rows), computed once per tile. With kPx columns a
+// thread (thread i: columns kPx i .. kPx i + kPx - 1), column c is stored at slot (c % kPx) (kCols /
+// kPx) + c / kPx, so that a warp reading its threads' j-th columns reads consecutive entries (no bank
+// conflicts: kPx = 4 in column order ran the post-processing at half speed).
+template <int kCols, int kRows, int kPx = 1>
 struct TileAxes {
+  static constexpr int slot(int c) { return (c % kPx) * (kCols / kPx) + c / kPx; }
   Axis col2[kCols], col1[kCols][2], row2[kRows], row1[kRows][2];
   // The second resize keeps the size (an image whose longest side is S): its weights are exactly 1
   // and 0, so the pixel is the first stage's sample alone (4 logits instead of 16, the same value).
@@ -39,7 +43,8 @@ struct TileAxes {
       if (i < kCols) {
         if (x0 + i >= W) continue;
         const Axis a = resize_axis(in_w, W, x0 + i);
-        col2[i] = a, col1[i][0] = resize_axis(L, S, a.i0), col1[i][1] = resize_axis(L, S, a.i1);
+        const int k = slot(i);
+        col2[k] = a, col1[k][0] = resize_axis(L, S, a.i0), col1[k][1] = resize_axis(L, S, a.i1);
       } else {
         const int r = i - kCols;
         if (y0 + r >= H) continue;
@@ -53,6 +58,7 @@ struct TileAxes {
   // The logit at tile pixel (tx, ty) of the plane src (L, L).
   template <class T>
   __device__ __forceinline__ float sample(const T* __restrict__ src, int tx, int ty, int L) const {
+    tx = slot(tx);
     if (stage2_identity) {
       const Axis& r = row1[ty][0];
       const Axis& q = col1[tx][0];
