@@ -144,6 +144,9 @@ TEST_P(CudaOpsTest, Conv2d) {
       {"conv2d 2x2 stride 2, Cin 1", {2, 32, 32, 1}, {4, 1, 2, 2}, true, 2, 0},
       {"conv2d 2x2 stride 2, Cin 4", {2, 16, 16, 4}, {16, 4, 2, 2}, true, 2, 0},
       {"conv2d 1x1", {1, 16, 16, 64}, {32, 64, 1, 1}, false, 1, 0},
+      // odd sizes, stride and padding: whole 16-byte channel runs (Cin 8) and gathered ones (Cin 6)
+      {"conv2d 3x3 stride 2 pad 1, Cin 8, 15x13", {2, 15, 13, 8}, {16, 8, 3, 3}, true, 2, 1},
+      {"conv2d 4x4 stride 2 pad 1, Cin 6, 15x13", {2, 15, 13, 6}, {16, 6, 4, 4}, true, 2, 1},
   };
   for (const Case& c : cases) {
     Tensor x = rand(c.x), w = rand(c.w, -0.1f, 0.1f), b = rand({c.w[0]}), bg = up(b);

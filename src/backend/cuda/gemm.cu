@@ -317,6 +317,52 @@ __global__ void im2col_kernel(const T* __restrict x, T* __restrict col, I rows, 
   }
 }
 
+// The vectorised im2col: col's columns ordered (ky, kx, ci), so that the columns of one (ky, kx) are
+// Cin consecutive channels of x (NHWC), and a thread writes 16 bytes: one 16-byte load when Cin is a
+// multiple of the vector width (the neck's 3x3 convolution), else V values gathered with incremental
+// indices (the patch embedding's Cin = 3). The weight is permuted to match (permute_conv_weight).
+// (The (ci, ky, kx) kernel above wrote 2 bytes at a time: ~30 us for the patch embedding's 6 MB of
+// one image on an H200, and as long for the neck's 19 MB.)
+template <class T>
+__global__ void im2col_vec_kernel(const T* __restrict x, T* __restrict col, int rows, int H, int W, int Cin, int kw,
+                                  int K, int Ho, int Wo, int stride, int pad) {
+  constexpr int V = 16 / sizeof(T);
+  const int chunks = K / V, n = rows * chunks;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const int r = i / chunks, k0 = (i - r * chunks) * V;
+    const int ox = r % Wo, rest = r / Wo, oy = rest % Ho, b = rest / Ho;
+    int ci = k0 % Cin, t = k0 / Cin, kx = t % kw, ky = t / kw;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (Cin % V == 0) {  // the chunk is V channels of one pixel
+      const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+      if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+        v = *reinterpret_cast<const uint4*>(x + ((int64_t(b) * H + iy) * W + ix) * Cin + ci);
+    } else {
+      T* e = reinterpret_cast<T*>(&v);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+        if (iy >= 0 && iy < H && ix >= 0 && ix < W) e[j] = x[((int64_t(b) * H + iy) * W + ix) * Cin + ci];
+        if (++ci == Cin) {
+          ci = 0;
+          if (++kx == kw) kx = 0, ++ky;
+        }
+      }
+    }
+    *reinterpret_cast<uint4*>(col + int64_t(i) * V) = v;
+  }
+}
+
+// wp (Cout, kh, kw, Cin) from the PyTorch weight w (Cout, Cin, kh, kw): the column order of im2col_vec_kernel.
+template <class T>
+__global__ void permute_conv_weight(const T* __restrict w, T* __restrict wp, int Cout, int Cin, int kh, int kw) {
+  const int K = Cin * kh * kw;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < Cout * K; i += gridDim.x * blockDim.x) {
+    const int co = i / K, k = i - co * K, ci = k % Cin, t = k / Cin, kx = t % kw, ky = t / kw;
+    wp[i] = w[((co * Cin + ci) * kh + ky) * kw + kx];
+  }
+}
+
 // y (B, 2H, 2W, Cout) from tmp (B*H*W, Cout*4) whose columns are (co, dy, dx), the weight's own order.
 // Index arithmetic in I: 32-bit when the tensor allows (64-bit division costs tens of instructions
 // per element, which made this copy the decoder's slowest kernel).
@@ -457,6 +503,19 @@ Tensor CudaOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int st
   if (kh == 1 && kw == 1 && stride == 1 && pad == 0) return linear(x, w2, b, Act::None, nullptr);
   const int64_t rows = B * Ho * Wo;
   Tensor col = empty({B, Ho, Wo, K});
+  const int64_t V = 16 / element_size(dt_);
+  if (K % V == 0 && rows * K < (int64_t(1) << 31) && x.numel() < (int64_t(1) << 31) && w.numel() < (int64_t(1) << 31) &&
+      reinterpret_cast<uintptr_t>(x.data) % 16 == 0) {  // 16 bytes a thread, the weight permuted to match
+    Tensor wp = empty({Cout, K});
+    SAMFAST_DISPATCH(dt_, T, {
+      permute_conv_weight<T><<<cuda::blocks_for(w.numel(), 256), 256, 0, ctx_->stream>>>(
+          w.ptr<T>(), wp.ptr<T>(), (int)Cout, (int)Cin, (int)kh, (int)kw);
+      im2col_vec_kernel<T><<<cuda::blocks_for(rows * K / V, 256), 256, 0, ctx_->stream>>>(
+          x.ptr<T>(), col.ptr<T>(), (int)rows, (int)H, (int)W, (int)Cin, (int)kw, (int)K, (int)Ho, (int)Wo, stride, pad);
+    });
+    CUDA_LAUNCH_CHECK();
+    return linear(col, wp, b, Act::None, nullptr);
+  }
   const int threads = 256;
   const unsigned blocks = cuda::blocks_for(rows * Cin * kh, threads);  // (a thread per kw columns)
   const bool small = rows * K < (int64_t(1) << 31) && x.numel() < (int64_t(1) << 31);
