@@ -68,14 +68,16 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return v;
 }
 
-// p (rows, cols) = softmax(s * scale) per row; s fp32. One block of 256 threads per row, the row held
-// in registers (kPer values a thread, cols <= 256 kPer): the scores are read once, not once per pass
-// (max, sum, output) as in softmax_rows_long_kernel (16 prompts' token-to-image attention on an H200:
-// ~5 us, ~10 us in three passes). (bf16 outputs take the fast exp: its error is far below their rounding.)
+// exp for the softmax: bf16 / fp16 outputs take the fast one, its error far below their rounding.
 template <class T>
 __device__ __forceinline__ float softmax_exp(float v) {
   return sizeof(T) == 2 ? __expf(v) : expf(v);
 }
+
+// p (rows, cols) = softmax(s * scale) per row; s fp32. One block of 256 threads per row, the row held
+// in registers (kPer values a thread, cols <= 256 kPer): the scores are read once, not once per pass
+// (max, sum, output) as in softmax_rows_long_kernel (16 prompts' token-to-image attention on an H200:
+// ~5 us, ~10 us in three passes).
 template <class T, int kPer>
 __global__ void __launch_bounds__(256) softmax_rows_kernel(const float* __restrict s, T* __restrict p, int cols,
                                                            float scale) {
