@@ -213,6 +213,8 @@ TEST_P(CudaOpsTest, RelPosAttention) {
       {1, 48, 64, 1, 64, 0},   // global, 64 wide (the Hopper kernel's one-key-row steps), 48 rows
       {2, 35, 64, 2, 32, 0},   // the same with an odd row count: the last block has 64 queries
       {2, 13, 11, 2, 64, 6},   // window 6: 8-slot key rows, padded grid
+      {1, 9, 20, 2, 64, 0},    // global, 32-slot key rows: 9 rows end in a half step (Hopper kernel)
+      {1, 10, 11, 2, 80, 3},   // window 3: 24 slots, a single half step
   };
   for (const Case& c : cases) {
     const int64_t C = (int64_t)c.heads * c.hd;
