@@ -8,7 +8,9 @@
 // exact erf GELU in one small fused kernel after the GEMM.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
+#include <vector>
 
 #include <cuda_fp8.h>
 
@@ -89,9 +91,11 @@ cublasLtEpilogue_t epilogue_of(bool bias, Act act) {
   return bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
 }
 
-// The heuristic's first algorithm for the plan's descriptors (has_algo false when it offers none);
-// align: the operands' alignment in bytes, or 0 for cuBLASLt's default assumption.
-void choose_algo(CudaContext& ctx, GemmPlan& p, uint32_t align) {
+// Up to kMaxAlgos of the heuristic's algorithms for the plan's descriptors, best guess first (none:
+// cuBLASLt offers nothing for this shape); align: the operands' alignment in bytes, or 0 for
+// cuBLASLt's default assumption.
+constexpr int kMaxAlgos = 8;
+std::vector<cublasLtMatmulAlgo_t> heuristic_algos(CudaContext& ctx, const GemmPlan& p, uint32_t align) {
   cublasLtMatmulPreference_t pref = nullptr;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -100,11 +104,68 @@ void choose_algo(CudaContext& ctx, GemmPlan& p, uint32_t align) {
     for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
       CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof align));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kMaxAlgos]{};
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, kMaxAlgos, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (st == CUBLAS_STATUS_SUCCESS && found > 0) p.algo = result.algo, p.has_algo = true;
+  std::vector<cublasLtMatmulAlgo_t> algos;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    for (int i = 0; i < found; ++i)
+      if (results[i].state == CUBLAS_STATUS_SUCCESS) algos.push_back(results[i].algo);
+  return algos;
+}
+
+// Whether a new plan's candidates are timed on its first call (large products only, and never while
+// the stream is being captured into a CUDA graph, which forbids the synchronisation). The heuristic's
+// first choice was not the fastest for some of vit_b's shapes (H200, 2026-12-01: vit_b batch 8
+// 334 -> 338 img/s; vit_h unchanged). SAMFAST_GEMM_TUNE=0 turns it off.
+bool tune_allowed(CudaContext& ctx, double flops) {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SAMFAST_GEMM_TUNE");
+    return !(v && std::string(v) == "0");
+  }();
+  if (!enabled || flops < 1e9) return false;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(ctx.stream, &capture));
+  return capture == cudaStreamCaptureStatusNone;
+}
+
+// The fastest of the candidates by run(algo) (3 timed runs each after a warm-up run); candidates that
+// fail to run are skipped.
+template <class Run>
+const cublasLtMatmulAlgo_t* fastest_algo(CudaContext& ctx, const std::vector<cublasLtMatmulAlgo_t>& algos, Run run) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  const cublasLtMatmulAlgo_t* best = nullptr;
+  float best_ms = 0.f;
+  for (const auto& algo : algos) {
+    if (run(algo) != CUBLAS_STATUS_SUCCESS) continue;
+    CUDA_CHECK(cudaEventRecord(start, ctx.stream));
+    bool ok = true;
+    for (int r = 0; r < 3 && ok; ++r) ok = run(algo) == CUBLAS_STATUS_SUCCESS;
+    CUDA_CHECK(cudaEventRecord(stop, ctx.stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (ok && (!best || ms < best_ms)) best = &algo, best_ms = ms;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return best;
+}
+
+// A new plan's algorithm: the heuristic's first, or the fastest of its candidates where tuning is
+// allowed (run(algo) runs the plan's GEMM on the call's operands; c_is_input: C is also read, so
+// the timing runs would change the result).
+template <class Run>
+void pick_algo(CudaContext& ctx, GemmPlan& p, uint32_t align, double flops, bool c_is_input, Run run) {
+  const std::vector<cublasLtMatmulAlgo_t> algos = heuristic_algos(ctx, p, align);
+  if (algos.empty()) return;
+  p.algo = algos.front(), p.has_algo = true;
+  if (algos.size() > 1 && !c_is_input && tune_allowed(ctx, flops))
+    if (const cublasLtMatmulAlgo_t* best = fastest_algo(ctx, algos, run)) p.algo = *best;
 }
 
 }  // namespace
@@ -140,7 +201,14 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
     p.a = b_transposed ? make_layout(t, K, N, ldb, batch, sB) : make_layout(t, N, K, ldb, batch, sB);
     p.b = make_layout(t, K, M, lda, batch, sA);
     p.c = make_layout(tc, N, M, ldc, batch, sC);
-    choose_algo(ctx, p, static_cast<uint32_t>(align));
+    if (bias)
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
+    pick_algo(ctx, p, static_cast<uint32_t>(align), 2.0 * M * N * K * batch, C == c_in,
+              [&](const cublasLtMatmulAlgo_t& algo) {
+                return cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c,
+                                      &algo, ctx.workspace, ctx.workspace_bytes, ctx.stream);
+              });
     it = ctx.gemm_plans.emplace(key, p).first;
   }
   const GemmPlan& p = it->second;
@@ -262,7 +330,11 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
     p.a = make_layout(CUDA_R_8F_E4M3, K, N, K, 1, 0);
     p.b = make_layout(CUDA_R_8F_E4M3, K, M, K, 1, 0);
     p.c = make_layout(CUDA_R_16BF, N, M, N, 1, 0);
-    choose_algo(ctx, p, 0);
+    const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
+    pick_algo(ctx, p, 0, 2.0 * M * N * K, C == c_in, [&](const cublasLtMatmulAlgo_t& algo) {
+      return cublasLtMatmul(ctx.lt, p.desc, &alpha, W, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &algo,
+                            ctx.workspace, ctx.workspace_bytes, ctx.stream);
+    });
     it = ctx.gemm_plans.emplace(key, p).first;
   }
   const GemmPlan& p = it->second;
