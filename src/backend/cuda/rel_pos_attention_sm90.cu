@@ -11,17 +11,28 @@
 //   ky 2^KWL + tw), KWL a template parameter). K, V and the table chunks sit in shared memory as
 //   8 x 16-byte core matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts
 //   below), filled by cp.async; the queries go straight to registers.
-//   Measured (H200, batch 1, same-call traces, 2026-12-01): vit_b global 229 us (~225 TFLOP/s),
-//   windowed 40 us a launch; vit_h global 330 us, windowed 58 us. Until then ptxas had serialized
-//   every wgmma (C7520, see the kernel) and the kernel ran 337 / 52 / 465 / 75 us: what earlier
-//   sessions measured about it (no gain from fewer instructions per score, nor from splitting the
-//   keys of batch-1 global attention in two) was measured on that serialized kernel.
-//   Tried and not kept: P V(b) left running into step b + 1 (V in three tiles): vit_b global 230 ->
-//   228 us, vit_h windowed 58 -> 60 us, and a spill. ncu (vit_b global, this version): issue slots
-//   37% busy, 0.7 eligible warps of 3.4 per scheduler, 128 registers a thread at 2 blocks of 8 warps
-//   an SM: latency-bound. What would help: FA3's structure, one block an SM with a producer warp
-//   filling a K/V ring behind mbarriers (no block barriers), consumer warpgroups with more
-//   registers (setmaxnreg) issuing Q K(b + 1)^T before the softmax of step b.
+//   Measured (H200, batch 1, traces, 2026-12-01, eighth session): vit_b global 227-232 us (~225
+//   TFLOP/s), windowed 39 us a launch; vit_h global 315-322 us, windowed 58 us (237.6 / 41.8 /
+//   346.1 / 60.7 us at the session's start: the loader's set-up kept out of the loop, tree
+//   reductions, 32-row products). Until 2026-12-01 ptxas had serialized every wgmma (C7520, see the
+//   kernel) and the kernel ran 337 / 52 / 465 / 75 us: what earlier sessions measured about it (no
+//   gain from fewer instructions per score, nor from splitting the keys of batch-1 global attention
+//   in two) was measured on that serialized kernel.
+//   Tried and not kept (ncu: latency-bound, issue slots ~37% busy at 2 blocks of 8 warps an SM):
+//   - P V(b) left running into step b + 1 (V in three tiles): vit_b global 230 -> 228 us, vit_h
+//     windowed 58 -> 60 us, and a spill.
+//   - FA3's intra-warpgroup overlap for global attention: one block an SM (registers for two steps'
+//     scores), Q K(b + 1)^T and P(b) V(b) issued together, the softmax of step b + 1 under P(b) V(b),
+//     loads two steps ahead: vit_b 226 -> 234 us, vit_h 321 -> 376 us. With two warps a scheduler
+//     the softmax's latencies show (ncu: 5 cycles between a warp's instructions). ptxas needed
+//     persuading: it hoisted the next step's barrier (and a proxy fence) above the softmax and waits
+//     for every wgmma before a barrier, which undid the overlap until a shared-memory store of the
+//     row sums pinned the barrier behind it. What remains is FA3's whole structure: warpgroups not
+//     tied by block barriers (mbarrier K/V ring, a producer warp), ping-pong between them.
+//   - Row sums of P by the tensor cores (a column of ones in V, N = 72, V's column chunks 1 KiB
+//     apart): vit_b global 227 -> 287 us.
+//   - rel_w read as 8-byte pairs (330 -> 316 instructions a step), lazy rescaling for head dim 64:
+//     no change within noise.
 #include <algorithm>
 #include <string>
 #include <type_traits>
