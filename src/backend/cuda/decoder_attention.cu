@@ -316,6 +316,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
     // of sX (x is no longer needed), as the unfused GEMM would store it for the LayerNorm. The row
     // sums and sums of squares for the LayerNorm come from the same registers: a thread holds 64 of
     // each of its two rows' values, a quad holds whole rows.
+    __syncwarp();  // every lane's reads of x done before any lane overwrites it (racecheck warned)
     const int mi = lane / 8;
     float sum[2] = {0.f, 0.f}, sq[2] = {0.f, 0.f};
 #pragma unroll 1
