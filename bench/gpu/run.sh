@@ -3,7 +3,7 @@
 # makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [sanitize] [parity] [bench] [anchors] [amg] [profile]   (default: tests parity bench anchors)
+#   bench/gpu/run.sh [tests] [sanitize] [parity] [bench] [anchors] [amg] [trace] [profile]   (default: tests parity bench anchors)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -78,6 +78,19 @@ if [[ " $steps " == *" amg "* ]]; then
   [ "${AMG_ANCHORS:-1}" = 1 ] && for spec in "orig vit_b default" "orig vit_h default" "fast vit_b default" "fast vit_h default" "fast vit_b low"; do
     # shellcheck disable=SC2086
     timeout 150 python3 bench/gpu/amg_bench.py anchor $spec "$A" 2>&1 | grep '^{' | tee -a "$OUT/amg_anchors.jsonl"
+  done
+fi
+if [[ " $steps " == *" trace "* ]]; then
+  # Where the time goes without a profiler's overhead: `samfast bench --trace` (CUPTI) of vit_b and
+  # vit_h bf16 at batch 8 (each timed run: a batch-1 set_image and predicts, the batch-8 encoder, 8
+  # decodes of 16 prompts), kernels by name and launch grid.
+  export LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/cuda/extras/CUPTI/lib64:${LD_LIBRARY_PATH:-}"  # (libcupti)
+  for m in vit_b vit_h; do
+    rm -f "$OUT/trace_$m.json"
+    .devbin/samfast bench --model "$m" --device cuda --precision bf16 --batch 8 --prompts 16 --runs 2 \
+      --trace "$OUT/trace_$m.json" >/dev/null 2>&1
+    echo "== $m bf16, batch 8, per timed run" | tee -a "$OUT/trace_summary.txt"
+    python3 bench/gpu/trace_summary.py "$OUT/trace_$m.json" --runs 2 --top 25 | tee -a "$OUT/trace_summary.txt"
   done
 fi
 if [[ " $steps " == *" profile "* ]]; then
