@@ -2,7 +2,7 @@
 # it serialized their wgmma instructions (note C7520: a wgmma in a path it cannot prove uniform makes
 # it wait for every wgmma before issuing the next; the kernel ran ~1.45x slower so until 2026-12-01;
 # C7513: a wgmma operand written by other instructions while a wgmma is in flight, e.g. O rescaled
-# under a branch).
+# under a branch; C7511 / C7512: too few registers for the wgmma pipeline).
 # Runs without a GPU. Arguments: -DNVCC=... -DSRC=... -DINCLUDES="dir;dir" -DOUT=file.cubin
 set(include_flags "")
 foreach(dir ${INCLUDES})

@@ -90,14 +90,12 @@ __device__ __forceinline__ uint32_t pack16(float lo, float hi) {
   }
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {  // zero-fills when !ok
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0) : "memory");
-}
-
-// The same with the destination given as a shared-memory address.
+// 16 bytes to the shared-memory address dst; zero-fills when !ok.
 __device__ __forceinline__ void cp_async16_sa(uint32_t dst, const void* gmem, bool ok) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {  // zero-fills when !ok
+  cp_async16_sa(static_cast<uint32_t>(__cvta_generic_to_shared(smem)), gmem, ok);
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -120,7 +118,6 @@ __device__ __forceinline__ void cp_async_wait_all() {
 __device__ __forceinline__ uint64_t wgmma_desc_sa(uint32_t addr, uint32_t lbo, uint32_t sbo) {
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(lbo >> 4) << 16) | (uint64_t(sbo >> 4) << 32);
 }
-
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 // Waits until at most `pending` of this warpgroup's committed wgmma groups are still running.
