@@ -3,7 +3,7 @@
 # makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [sanitize] [parity] [bench] [anchors] [amg] [trace] [profile]   (default: tests parity bench anchors)
+#   bench/gpu/run.sh [tests] [generic] [sanitize] [parity] [bench] [anchors] [amg] [trace] [profile]   (default: tests parity bench anchors)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -18,6 +18,15 @@ if [[ " $steps " == *" tests "* ]]; then
   # (to a file, then the summary: a pipe closed early by head would kill the tests with SIGPIPE)
   .devbin/tests/samfast_gpu_tests > "$OUT/gpu_tests.log" 2>&1
   grep -E "^\[  (FAILED|PASSED|SKIPPED) |^\[  FAILED  \]|Failure" "$OUT/gpu_tests.log" | head -40
+fi
+if [[ " $steps " == *" generic "* ]]; then
+  # The kernels of other GPUs (Ampere / Ada: mma.sync attention instead of wgmma) on this Hopper GPU:
+  # the CUDA op tests and the bf16 / fp16 parity cases with SAMFAST_GENERIC_KERNELS=1.
+  SAMFAST_GENERIC_KERNELS=1 .devbin/tests/samfast_gpu_tests > "$OUT/gpu_tests_generic.log" 2>&1
+  grep -E "^\[  (FAILED|PASSED|SKIPPED) |^\[  FAILED  \]|Failure" "$OUT/gpu_tests_generic.log" | sed 's/^/generic: /' | head -20
+  SAMFAST_GENERIC_KERNELS=1 SAMFAST_BIN="$PWD/.devbin" SAMFAST_SOURCE_DIR="$PWD" python3 -m pytest -q -s \
+    tests/parity/test_gpu_parity.py -k "bf16 or fp16" 2>&1 | tee "$OUT/gpu_parity_generic.log" \
+    | grep -E "\]|passed|failed|Error" | sed 's/^/generic: /' | tail -12
 fi
 if [[ " $steps " == *" sanitize "* ]]; then
   # One full forward (encoder, prompt encoder, decoder, post-processing) under memcheck, and the

@@ -275,11 +275,14 @@ TEST_P(CudaOpsTest, AttentionWideHead) {
 }
 
 // The folded image-to-token attention + residual + LayerNorm: the tensor-core kernel (8 heads,
-// D 256, N <= 8 and N <= 16 key slots per head, partial tiles, shared x / residual) and the warp
-// kernel (more prompt tokens, other widths), against the CPU op on explicitly repeated inputs.
+// D 256, N <= 8 and N <= 16 key slots per head, partial tiles, several tiles a block, shared x /
+// residual) and the warp kernel (more prompt tokens, other widths), against the CPU op on explicitly
+// repeated inputs.
 TEST_P(CudaOpsTest, ImageToTokenAttention) {
   struct Case { int B, T, N, D, heads; bool x_shared, res_shared; };
-  const Case cases[] = {{4, 4096, 7, 256, 8, true, true},   {3, 1000, 7, 256, 8, false, false},
+  // (6 x 4000: more tiles than SMs, so that a block runs several tiles, the last one partial)
+  const Case cases[] = {{4, 4096, 7, 256, 8, true, true},   {6, 4000, 7, 256, 8, false, true},
+                        {3, 1000, 7, 256, 8, false, false},
                         {2, 300, 12, 256, 8, false, true},  {2, 100, 20, 256, 8, true, false},
                         {2, 200, 5, 64, 4, false, false}};
   auto repeat = [](const Tensor& x, int64_t B) {
@@ -316,12 +319,15 @@ TEST_P(CudaOpsTest, UpscaleMasks) {
 }
 
 TEST_P(CudaOpsTest, PostprocessMasks) {
-  // 6 planes, and 20 (a kernel block takes 8 planes: two full blocks and a partial one)
-  // (and an original of the input's size: the second resize is the identity, taken as a shortcut)
-  for (const auto [B, C, orig_h] : {std::tuple<int64_t, int64_t, int>{2, 3, 600}, {4, 5, 600}, {2, 3, 1024}}) {
-    Tensor low = rand({B, C, 64, 64}, -4.f, 4.f);
+  // 6 planes, and 50 (a kernel block takes 48 planes: a full block and a partial one); an original of
+  // the input's size (the second resize is the identity, taken as a shortcut), also with SAM's 256x256
+  // low-res masks (S = 4 L: each thread's 4 pixels read 3 low-res columns)
+  for (const auto [B, C, orig_h, L] : {std::tuple<int64_t, int64_t, int, int64_t>{2, 3, 600, 64}, {10, 5, 600, 64},
+                                       {2, 3, 1024, 64}, {2, 3, 1024, 256}}) {
+    Tensor low = rand({B, C, L, L}, -4.f, 4.f);
     const std::pair<int, int> input{1024, 768}, original{orig_h, orig_h * 3 / 4};
-    const std::string planes = " (" + std::to_string(B * C) + " planes, to " + std::to_string(orig_h) + " rows)";
+    const std::string planes = " (" + std::to_string(B * C) + " planes of " + std::to_string(L) + "^2, to " +
+                               std::to_string(orig_h) + " rows)";
     Tensor got = gpu->postprocess_masks(up(low), 1024, input, original, false);
     ASSERT_EQ(got.dtype, DType::F32);
     Tensor ref = cpu.postprocess_masks(low, 1024, input, original, false);

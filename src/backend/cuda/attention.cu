@@ -628,7 +628,7 @@ template <int HD>
 void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64_t windows, int nwin) {
   const int T = a.th * a.tw, nrel = a.th + a.tw;
   // Hopper: the wgmma kernel (rel_pos_attention_sm90.cu), for tiles at most 64 tokens on a side
-  if (dt != DType::F32 && ctx.cc_major == 9 && a.th <= 64 && a.tw <= 64) {
+  if (dt != DType::F32 && ctx.hopper_kernels && a.th <= 64 && a.tw <= 64) {
     cuda::rel_pos_attention_wgmma(ctx, dt, a, HD, windows, nwin);
     return;
   }

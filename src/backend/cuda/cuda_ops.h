@@ -45,7 +45,10 @@ struct CudaContext {
   void* workspace = nullptr;
   size_t workspace_bytes = size_t(32) << 20;
   int sm_count = 0;
-  int cc_major = 0, cc_minor = 0;  // compute capability (9.0: Hopper's own kernels)
+  int cc_major = 0, cc_minor = 0;  // compute capability
+  // Hopper's own kernels (wgmma) where they exist: compute capability 9.x, unless the environment sets
+  // SAMFAST_GENERIC_KERNELS=1 (then the kernels of other GPUs run, e.g. to test them on a Hopper GPU).
+  bool hopper_kernels = false;
   size_t max_smem_per_block = 0;  // opt-in limit of dynamic shared memory
   std::shared_ptr<cuda::DevicePool> pool;
   std::shared_ptr<cuda::PinnedPool> pinned = std::make_shared<cuda::PinnedPool>();  // download buffers

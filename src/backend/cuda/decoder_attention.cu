@@ -15,6 +15,7 @@
 //   tile (padding slots score -inf), so the per-head softmax is a quad shuffle; each warp takes 16
 //   tokens at a time, its x rows staged by cp.async and then reused for the pre-norm output rows.
 //   Otherwise (fp32, the exact path; other shapes): one warp per token on the CUDA cores.
+#include <algorithm>
 #include <cmath>
 
 #include "backend/cuda/common.cuh"
@@ -379,8 +380,10 @@ void launch_i2t_mma(const CudaContext& ctx, const I2tArgs& a, int64_t B) {
   const size_t smem = i2t_mma_smem<KP>();
   CUDA_CHECK(cudaFuncSetAttribute(i2t_mma_kernel<H, KP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const int64_t ntiles = (a.T + kMmaRows<KP> - 1) / kMmaRows<KP>;
-  // Enough blocks for a few waves; each block loads its prompt's keys and values once.
-  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * B / (int64_t(ctx.sm_count) * 4)));
+  // One wave (shared memory allows one block an SM): each block loads its prompt's keys and values
+  // once and pipelines its tiles. (Four waves of one tile a block, each block loading keys, values
+  // and its only tile one after the other: 16 prompts on an H200, 62 -> 52 us.)
+  const int64_t per = std::max<int64_t>(1, (ntiles * B + ctx.sm_count - 1) / ctx.sm_count);
   const dim3 grid((unsigned)((ntiles + per - 1) / per), (unsigned)B);
   i2t_mma_kernel<H, KP><<<grid, 32 * kMmaWarps<KP>, smem, ctx.stream>>>(a, (int)per);
   CUDA_LAUNCH_CHECK();

@@ -34,6 +34,8 @@ CudaContext::CudaContext(int dev) : device(dev) {
   CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, dev));
+  const char* generic = std::getenv("SAMFAST_GENERIC_KERNELS");
+  hopper_kernels = cc_major == 9 && !(generic && std::string(generic) == "1");
   int smem = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   max_smem_per_block = static_cast<size_t>(smem);

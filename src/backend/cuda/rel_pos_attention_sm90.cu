@@ -27,8 +27,15 @@
 //     the softmax's latencies show (ncu: 5 cycles between a warp's instructions). ptxas needed
 //     persuading: it hoisted the next step's barrier (and a proxy fence) above the softmax and waits
 //     for every wgmma before a barrier, which undid the overlap until a shared-memory store of the
-//     row sums pinned the barrier behind it. What remains is FA3's whole structure: warpgroups not
-//     tied by block barriers (mbarrier K/V ring, a producer warp), ping-pong between them.
+//     row sums pinned the barrier behind it.
+//   - FA3's whole structure for global attention (branch wip/ws-attention, commit c0e9ca4): a
+//     producer warpgroup (40 registers) filling a 4-stage K/V ring by cp.async behind full / empty
+//     mbarriers, two consumer warpgroups (232 registers) tied by no block barrier, each with its own
+//     relative-position terms; plain, with the intra-warpgroup overlap, and with ping-pong between
+//     the consumers. Correct (the attention tests pass in all three), not faster: batch 1, vit_b
+//     global 228 -> 248 / 217 / 216 us, vit_h 325 -> 381 / 337 / 335 us; batch 8 with ping-pong,
+//     vit_b 1614 -> 1690 us a launch, vit_h 2659 -> 2806 us (ncu, vit_h: 2.9 warps a scheduler,
+//     0.46 eligible, 9.5 cycles between a warp's instructions).
 //   - Row sums of P by the tensor cores (a column of ones in V, N = 72, V's column chunks 1 KiB
 //     apart): vit_b global 227 -> 287 us.
 //   - rel_w read as 8-byte pairs (330 -> 316 instructions a step), lazy rescaling for head dim 64:
