@@ -3,7 +3,8 @@
 # makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [generic] [sanitize] [parity] [bench] [anchors] [amg] [trace] [profile]   (default: tests parity bench anchors)
+#   bench/gpu/run.sh [tests] [generic] [sanitize] [parity] [bench] [anchors] [compiled] [amg] [trace] [profile]
+#   (default: tests parity bench anchors; with bench and anchors (or compiled), ratios.py prints the multiples)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -63,6 +64,20 @@ if [[ " $steps " == *" anchors "* ]]; then
     python3 .whl/anchor_bench.py orig "$m" fp32 8 none 16 2>&1 | tail -1 | tee -a "$OUT/anchors.jsonl"
     python3 .whl/anchor_bench.py fast "$m" bf16 8 none 16 2>&1 | tail -1 | tee -a "$OUT/anchors.jsonl"
   done
+fi
+if [[ " $steps " == *" compiled "* ]]; then
+  # segment-anything-fast bf16 with torch.compile max-autotune (the anchor). Compiling and
+  # autotuning take ~3.5 minutes for vit_b and more than 5 for vit_h on an H200: give each model a
+  # call of its own (COMPILED_MODELS=vit_b, then COMPILED_MODELS=vit_h).
+  for m in ${COMPILED_MODELS:-vit_b vit_h}; do
+    timeout "${COMPILED_TIMEOUT:-560}" python3 .whl/anchor_bench.py fast "$m" bf16 8 max-autotune 16 \
+      > "$OUT/compiled_$m.log" 2>&1 || echo "compiled $m: did not finish (exit $?), see compiled_$m.log"
+    grep '"impl"' "$OUT/compiled_$m.log" | tail -1 | tee -a "$OUT/anchors.jsonl"
+  done
+fi
+if [[ -s "$OUT/samfast_bench.jsonl" && -s "$OUT/anchors.jsonl" ]]; then
+  # samfast as multiples of the anchors measured in this call
+  python3 bench/gpu/ratios.py "$OUT/samfast_bench.jsonl" "$OUT/anchors.jsonl" | tee "$OUT/ratios.md"
 fi
 if [[ " $steps " == *" amg "* ]]; then
   # Segment everything: parity (vit_b fp32/bf16 vs upstream fp32), samfast beside the anchors on
