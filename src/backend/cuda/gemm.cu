@@ -192,6 +192,11 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
   const std::array<int64_t, 16> key{(int64_t)dt, b_transposed, M, N, K, lda, ldb, ldc, batch, sA, sB, sC,
                                     (int64_t)epi, c_in != nullptr, align, f32_out};
   const cudaDataType_t t = cuda_type(dt), tc = f32_out ? CUDA_R_32F : t;
+  const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
+  auto matmul = [&](const GemmPlan& p, const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &algo,
+                          ctx.workspace, ctx.workspace_bytes, ctx.stream);
+  };
   auto it = ctx.gemm_plans.find(key);
   if (it == ctx.gemm_plans.end()) {
     GemmPlan p;
@@ -205,21 +210,15 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
     p.c = make_layout(tc, N, M, ldc, batch, sC);
     if (bias)
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
     pick_algo(ctx, p, static_cast<uint32_t>(align), 2.0 * M * N * K * batch, C == c_in,
-              [&](const cublasLtMatmulAlgo_t& algo) {
-                return cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c,
-                                      &algo, ctx.workspace, ctx.workspace_bytes, ctx.stream);
-              });
+              [&](const cublasLtMatmulAlgo_t& algo) { return matmul(p, algo); });
     it = ctx.gemm_plans.emplace(key, p).first;
   }
   const GemmPlan& p = it->second;
-  const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
   if (p.has_algo) {
     if (bias)
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c,
-                                &p.algo, ctx.workspace, ctx.workspace_bytes, ctx.stream));
+    CUBLAS_CHECK(matmul(p, p.algo));
   } else {  // no cuBLASLt kernel for this shape: plain cuBLAS, then bias / activation in our kernel
     if (c_in)
       CUDA_CHECK(cudaMemcpyAsync(C, c_in, element_size(dt) * (size_t)(M * N * batch), cudaMemcpyDeviceToDevice,
@@ -312,6 +311,11 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
   const cublasLtEpilogue_t epi = epilogue_of(bias != nullptr, post ? Act::None : act);
   // (-1 where gemm()'s keys have the storage type: the fp8 plans apart from the 16-bit ones)
   const std::array<int64_t, 16> key{-1, 0, M, N, K, 0, 0, 0, 1, 0, 0, 0, (int64_t)epi, c_in != nullptr, 0, 0};
+  const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
+  auto matmul = [&](const GemmPlan& p, const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(ctx.lt, p.desc, &alpha, W, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &algo,
+                          ctx.workspace, ctx.workspace_bytes, ctx.stream);
+  };
   auto it = ctx.gemm_plans.find(key);
   if (it == ctx.gemm_plans.end()) {
     GemmPlan p;
@@ -332,11 +336,7 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
     p.a = make_layout(CUDA_R_8F_E4M3, K, N, K, 1, 0);
     p.b = make_layout(CUDA_R_8F_E4M3, K, M, K, 1, 0);
     p.c = make_layout(CUDA_R_16BF, N, M, N, 1, 0);
-    const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
-    pick_algo(ctx, p, 0, 2.0 * M * N * K, C == c_in, [&](const cublasLtMatmulAlgo_t& algo) {
-      return cublasLtMatmul(ctx.lt, p.desc, &alpha, W, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &algo,
-                            ctx.workspace, ctx.workspace_bytes, ctx.stream);
-    });
+    pick_algo(ctx, p, 0, 2.0 * M * N * K, C == c_in, [&](const cublasLtMatmulAlgo_t& algo) { return matmul(p, algo); });
     it = ctx.gemm_plans.emplace(key, p).first;
   }
   const GemmPlan& p = it->second;
@@ -346,9 +346,7 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
   if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-  const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
-  CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, W, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &p.algo,
-                              ctx.workspace, ctx.workspace_bytes, ctx.stream));
+  CUBLAS_CHECK(matmul(p, p.algo));
   if (post) bias_act_residual(ctx, DType::BF16, C, M, N, nullptr, act, residual);
 }
 

@@ -130,9 +130,8 @@ struct SlotLoader {
     vdst = 2 * v_layout_offset<HD>(r, c0);
     csrc = c0 * 8;
   }
-  // K (kLoadK) and / or V (kLoadV) of step b's key slots into the tiles at shared addresses kt and vt;
-  // slots holding no key are zero-filled. C: channels (the V part follows the K part by C).
-  template <bool kLoadK, bool kLoadV>
+  // K and V of step b's key slots into the tiles at shared addresses kt and vt; slots holding no key
+  // are zero-filled. C: channels (the V part follows the K part by C).
   __device__ __forceinline__ void load(uint32_t kt, uint32_t vt, int b, int C) const {
     const int ky = (b << (6 - KWL)) + ky_off;
     const bool ok = ky < ky_end;
@@ -140,8 +139,8 @@ struct SlotLoader {
 #pragma unroll
     for (int j = 0; j < (HD + 31) / 32; ++j)
       if (8 * HD % 256 == 0 || threadIdx.x + 256 * j < 8 * HD) {
-        if (kLoadK) cp_async16_sa(kt + kdst + 4096 * j, src + 32 * j, ok);
-        if (kLoadV) cp_async16_sa(vt + vdst + 1024 * j, src + C + 32 * j, ok);
+        cp_async16_sa(kt + kdst + 4096 * j, src + 32 * j, ok);
+        cp_async16_sa(vt + vdst + 1024 * j, src + C + 32 * j, ok);
       }
   }
 };
@@ -448,7 +447,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   const int wr0 = warp * 16 + gr;  // this thread's query rows in the block: wr0 and wr0 + 8
   const int nsteps = ((thp << KWL) + kK - 1) / kK;  // (the last one may be a half step)
   const SlotLoader<H, HD, KWL> loader(g, off);
-  auto load_kv = [&](int b, int buf) { loader.template load<true, true>(tile(buf), tile(2 + buf), b, a.C); };
+  auto load_kv = [&](int b, int buf) { loader.load(tile(buf), tile(2 + buf), b, a.C); };
 
   const ChunkPlan plan(query_range(q0, kQ, g.ntok, a.tw), a.th, a.tw);
   auto chunk_tile = [](int i) { return (i & 1) * 2 + 1 - (i >> 1); };  // T1, T3, T0, T2
