@@ -215,6 +215,10 @@ TEST_P(CudaOpsTest, RelPosAttention) {
       {2, 13, 11, 2, 64, 6},   // window 6: 8-slot key rows, padded grid
       {1, 9, 20, 2, 64, 0},    // global, 32-slot key rows: 9 rows end in a half step (Hopper kernel)
       {1, 10, 11, 2, 80, 3},   // window 3: 24 slots, a single half step
+      // Enough window tiles for every block of the Hopper windowed kernel to take several in a row
+      {3, 64, 64, 12, 64, 14},  // vit_b's windowed layers at batch 3
+      {2, 64, 64, 16, 80, 14},  // vit_h's
+      {4, 30, 30, 8, 32, 6},    // 8-slot key rows, one query block a window
   };
   for (const Case& c : cases) {
     const int64_t C = (int64_t)c.heads * c.hd;

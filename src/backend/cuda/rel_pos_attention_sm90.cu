@@ -53,9 +53,14 @@ namespace samfast::cuda {
 namespace {
 
 constexpr int kQ = 128;  // queries per block: 2 warpgroups x 64
+constexpr int kWindowQ = 256;  // the windowed kernel's: 4 warpgroups x 64, a whole 14 x 14 window
 constexpr int kK = 64;   // key slots per step
 constexpr int kThreads = 256;
 constexpr int kRelStride = kQ + 4;  // floats per relative-position column in shared memory
+template <int QB>
+constexpr int rel_stride() {  // the same for QB queries a block (2 QB threads)
+  return QB + 4;
+}
 
 // Bytes before the relative-position terms: four 64-row tiles T0..T3 (K of even and odd steps, V of
 // even and odd steps; first the relative-position table chunks).
@@ -98,15 +103,17 @@ __device__ __forceinline__ void fence_operands(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-// This thread's share of every step's K and V tiles, set up once: chunk i = tid + 256 j of the K fill
-// order is key slot r of the step (the same for every j: 256 j only moves the column) and column
-// chunk c0 + 4 j. A step then costs one row address and HD / 32 (rounded up) pairs of cp.async
-// instead of the index arithmetic of a generic loop per chunk. V takes the same (r, c) in its own
+// This thread's share of every step's K and V tiles, set up once: chunk i = tid + T j of the K fill
+// order (T threads: 256, or 512 for the windowed kernel's QB = 256) is key slot r of the step (the
+// same for every j: T j only moves the column) and column chunk c0 + (T / 64) j. A step then costs
+// one row address and 8 HD / T (rounded up) pairs of cp.async instead of the index arithmetic of a
+// generic loop per chunk. V takes the same (r, c) in its own
 // layout: a warp's 32 chunks still land in 512 contiguous bytes (rows r, r + 8 x columns c0, c0 + 1).
 // Destinations are shared-memory addresses, sources pointers kept from the set-up: the loop computes
 // no generic-to-shared conversion and no index of the set-up again.
-template <class H, int HD, int KWL>
+template <class H, int HD, int KWL, int QB = kQ>
 struct SlotLoader {
+  static constexpr int T = 2 * QB;  // threads
   const H* row;      // slot r's token row at key row 0 of the tile: its K part at the head's offset
   const H* bias;     // the K part of the padding row (q, k, v = bias) at the head's offset
   int64_t row_step;  // elements from one key row of the tile to the next
@@ -137,18 +144,18 @@ struct SlotLoader {
     const bool ok = ky < ky_end;
     const H* src = (ky < ky_img ? row + ky * row_step : bias) + csrc;
 #pragma unroll
-    for (int j = 0; j < (HD + 31) / 32; ++j)
-      if (8 * HD % 256 == 0 || threadIdx.x + 256 * j < 8 * HD) {
-        cp_async16_sa(kt + kdst + 4096 * j, src + 32 * j, ok);
-        cp_async16_sa(vt + vdst + 1024 * j, src + C + 32 * j, ok);
+    for (int j = 0; j < (8 * HD + T - 1) / T; ++j)
+      if (8 * HD % T == 0 || threadIdx.x + T * j < 8 * HD) {
+        cp_async16_sa(kt + kdst + 16 * T * j, src + T / 8 * j, ok);
+        cp_async16_sa(vt + vdst + 4 * T * j, src + C + T / 8 * j, ok);
       }
   }
 };
 
 // Rows [j0, j0 + 64) of a relative-position table (rows past hi: zeros) into a tile of the K layout.
-template <class H, int HD>
+template <class H, int HD, int QB = kQ>
 __device__ __forceinline__ void load_table_chunk(H* dst, const H* tab, int j0, int hi) {
-  for (int i = threadIdx.x; i < kK * (HD / 8); i += kThreads) {
+  for (int i = threadIdx.x; i < kK * (HD / 8); i += 2 * QB) {
     int r, c;
     k_chunk_of(i, r, c);
     const int j = j0 + r;
@@ -171,10 +178,10 @@ struct ChunkPlan {
   __device__ __forceinline__ int part(int i) const { return i >= nchunk0 ? 1 : 0; }
   __device__ __forceinline__ int j0(int i) const { return i >= nchunk0 ? x_lo + (i - nchunk0) * kK : y_lo + i * kK; }
   // cp.async of every chunk, chunk i into tile chunk_tile(i) of tiles (kK x HD each)
-  template <class H, int HD, class TileOf>
+  template <class H, int HD, int QB = kQ, class TileOf>
   __device__ __forceinline__ void load(const RelPosArgs& a, H* tiles, TileOf chunk_tile) const {
     for (int i = 0; i < nchunks; ++i)
-      load_table_chunk<H, HD>(tiles + chunk_tile(i) * kK * HD, static_cast<const H*>(part(i) ? a.rel_w : a.rel_h),
+      load_table_chunk<H, HD, QB>(tiles + chunk_tile(i) * kK * HD, static_cast<const H*>(part(i) ? a.rel_w : a.rel_h),
                               j0(i), part(i) ? hi_w : hi_h);
   }
 };
@@ -221,20 +228,28 @@ __device__ __forceinline__ void qk_sync(float (&s)[N / 2], const uint32_t (&qf)[
   fence_operands(s);
 }
 
+// -inf as the relative-position term of key slots that hold no key (rows [th, thp), columns [tw, kw)).
+template <int QB = kQ>
+__device__ __forceinline__ void fill_empty_slots(float* sRel, int th, int tw, int thp, int kw) {
+  for (int i = threadIdx.x; i < QB * (thp - th + kw - tw); i += 2 * QB) {
+    const int row = i / QB, q = i % QB;
+    sRel[(row < thp - th ? th + row : thp + tw + row - (thp - th)) * rel_stride<QB>() + q] = -INFINITY;
+  }
+}
+
 // The relative-position terms of the block's queries (unscaled q, fp32 accumulation), x log2(e), into
 // sRel: rel_h of key rows [0, th) (rows [th, thp): -inf), then rel_w of columns [0, tw) at row thp
-// (columns [tw, kw): -inf); every block's full 128 query rows. The table chunks must be in tile
+// (columns [tw, kw): -inf); every block's full QB query rows. The table chunks must be in tile
 // chunk_tile(i) of the tiles at shared address tiles, and visible; the caller syncs the block before
-// the terms are read.
-template <class H, int HD, class TileOf>
+// the terms are read. A thread writes only its own rows' terms, past the -inf of the empty slots
+// (kFill = false: those are in place already, as in the windowed kernel, which keeps them).
+template <class H, int HD, class TileOf, bool kFill = true, int QB = kQ>
 __device__ __forceinline__ void rel_terms(float* sRel, const ChunkPlan& plan, uint32_t tiles, TileOf chunk_tile,
                                           const uint32_t (&qf)[HD / 16][4], const TileGeometry<H>& g, int q0,
                                           int wr0, int tq, int thp, int kw) {
   const int th = g.th, tw = g.tw;
-  for (int i = threadIdx.x; i < kQ * (thp - th + kw - tw); i += kThreads) {
-    const int row = i / kQ, q = i % kQ;
-    sRel[(row < thp - th ? th + row : thp + tw + row - (thp - th)) * kRelStride + q] = -INFINITY;
-  }
+  constexpr int kRelStride = rel_stride<QB>();
+  if (kFill) fill_empty_slots<QB>(sRel, th, tw, thp, kw);
   int qy[2], qx[2];  // of rows wr0, wr0 + 8 (past the tile: the last token; their q rows are 0)
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -297,10 +312,11 @@ __device__ __forceinline__ float tree_sum(const float (&v)[M]) {
 // so P stays below 256 (well inside bf16 / fp16, l inside fp32) and the final O / l is the same
 // softmax; most steps then skip the O rescale. The first step always sets m (m = -inf, and every step's
 // first slot is a key: the maximum is finite; c = 0 then).
-template <class H, int KWL, bool kLazy, int NS, class RelW>
+template <class H, int KWL, bool kLazy, int NS, class RelW, int QB = kQ>
 __device__ __forceinline__ bool softmax_step(float (&s)[NS / 2], RelW rw, const float* relh, float sc, float& m0,
                                              float& m1, float& l0, float& l1, uint32_t (&pa)[NS / 16][4], float& c0,
                                              float& c1) {
+  constexpr int kRelStride = rel_stride<QB>();
   constexpr int kGroups = NS >> KWL, kPerGroup = (1 << KWL) / 4;  // values a thread holds a row and key row
   float rh0[kGroups], rh1[kGroups];
 #pragma unroll
@@ -508,6 +524,136 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
+// Windowed attention (tiles at most 16 tokens on a side: a table has at most 31 rows, one chunk),
+// where a block's set-up had cost about as much as its 3.5 key steps (ncu, vit_h at batch 8: 40% of
+// the kernel's instructions came before the first step). A persistent kernel: one block an SM of QB
+// = 256 queries (4 warpgroups: a whole 14 x 14 window, so each K and V tile serves 4 warpgroups
+// instead of 2), each block taking a contiguous run of work items (window, head, QB query rows), and
+// what does not depend on the item done once a block: both tables loaded into tiles T4 and T5 for
+// good, the -inf terms of the empty key slots written once (each warp rewrites only its own rows'
+// terms, so the relative-position terms need no block barrier). The key steps of successive items
+// form one stream: the step that ends an item issues the next item's K(0) and V(0), and an item's
+// first step issues the next item's queries (cp.async into shared memory, each warp its own 16 rows,
+// a commit group of their own), so no item waits on a round trip to memory before its
+// relative-position terms.
+//   Measured (H200, batch 8, 2026-12-01, tenth session): encoder img/s vit_b 451.9 -> 457.6, vit_h
+// 95.1 -> 96.2 against the kernel above. Tried: the same with QB = 128 (two blocks an SM): 447 /
+// 94.3, slower than the kernel above; the kernel above with 64 queries a block (4 blocks an SM):
+// windowed launches 270 -> 490 us (vit_b), 403 -> 632 us (vit_h), global ones 1.5x slower; and
+// with 256 (global attention: 1609 -> 1672 us, 2704 -> 2782 us).
+template <class H, int HD, int KWL, int QB>
+__global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPosArgs a, int nwin, int nitems) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // (query rows padded by 8 elements: conflict-free 4-byte reads of the A fragments)
+  constexpr int kw = 1 << KWL, kLdQ = HD + 8, kRelStride = rel_stride<QB>();
+  constexpr bool kLazyRescale = HD > 64;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  H* const tiles = reinterpret_cast<H*>(smem_raw);  // T0..T3 K and V, T4 rel_h, T5 rel_w: kK x HD each
+  const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  auto tile = [&](int i) { return sbase + i * uint32_t(kK * HD * sizeof(H)); };
+  H* const sQ = tiles + 6 * kK * HD;                      // QB x kLdQ: the item's queries
+  float* const sRel = reinterpret_cast<float*>(sQ + QB * kLdQ);  // as in the kernel above
+  const int thp = th_pad<KWL>(a.th), nsteps = ((thp << KWL) + kK - 1) / kK, ntok = a.th * a.tw;
+  const int nqb = (ntok + QB - 1) / QB;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
+  const int wr0 = warp * 16 + gr;
+  const int i0 = (int)((int64_t)blockIdx.x * nitems / gridDim.x);
+  const int i1 = (int)((int64_t)(blockIdx.x + 1) * nitems / gridDim.x);
+  if (i0 >= i1) return;  // (the whole block)
+  // Item i: query rows [q0, q0 + QB) of head h of window win.
+  auto q0_of = [&](int i) { return (i % nqb) * QB; };
+  auto head_of = [&](int i) { return (i / nqb) % a.heads; };
+  auto tile_of_item = [&](int i) { return tile_at<H>(a, i / (nqb * a.heads), nwin); };
+  // This warp's 16 query rows of item i into sQ (rows past the tile: zeros); a lane takes half a row.
+  auto load_q = [&](const TileGeometry<H>& g, int i) {
+    const int r = warp * 16 + lane / 2, t = q0_of(i) + r, c0 = (lane % 2) * (HD / 16);
+    const H* src = t < ntok ? g.token(t, 0, head_of(i) * HD) : g.bias;
+#pragma unroll
+    for (int c = c0; c < c0 + HD / 16; ++c) cp_async16(sQ + r * kLdQ + c * 8, src + c * 8, t < ntok);
+  };
+  auto load_kv0 = [&](const TileGeometry<H>& g, int i, int buf) {
+    SlotLoader<H, HD, KWL, QB>(g, head_of(i) * HD).load(tile(buf), tile(2 + buf), 0, a.C);
+  };
+
+  fill_empty_slots<QB>(sRel, a.th, a.tw, thp, kw);
+  const ChunkPlan plan(QueryRange{0, a.th - 1, 0, a.tw - 1}, a.th, a.tw);  // whole tables: chunks 0 and 1
+  auto chunk_tile = [](int i) { return 4 + i; };
+  plan.load<H, HD, QB>(a, tiles, chunk_tile);
+  TileGeometry<H> g = tile_of_item(i0);
+  load_q(g, i0);
+  cp_async_commit();
+  load_kv0(g, i0, 0);
+  cp_async_commit();
+
+  const float* rel0 = sRel + wr0;
+  const float* relw0 = rel0 + (thp + tq * 2) * kRelStride;
+  const float sc = a.scale * kLog2e;
+  auto rw = [&](int n, int e, int i) { return relw0[((n * 8) % kw + e) * kRelStride + 8 * i]; };
+  const bool half = half_step<KWL>(a.th);
+  int buf = 0;  // K and V of the current step: T(buf), T(2 + buf)
+  for (int it = i0; it < i1; ++it) {
+    const int q0 = q0_of(it), off = head_of(it) * HD;
+    cp_async_wait<1>();  // this item's queries (and, the first time, the tables) landed; K(0), V(0) may not have
+    if (it == i0) {
+      fence_proxy_async();
+      __syncthreads();  // the tables and the -inf terms visible to all
+    } else {
+      __syncwarp();  // (a warp reads only the query rows it loaded)
+    }
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const H* r0 = sQ + wr0 * kLdQ + kk * 16 + tq * 2;
+      qf[kk][0] = *reinterpret_cast<const uint32_t*>(r0);
+      qf[kk][1] = *reinterpret_cast<const uint32_t*>(r0 + 8 * kLdQ);
+      qf[kk][2] = *reinterpret_cast<const uint32_t*>(r0 + 8);
+      qf[kk][3] = *reinterpret_cast<const uint32_t*>(r0 + 8 * kLdQ + 8);
+    }
+    rel_terms<H, HD, decltype(chunk_tile), false, QB>(sRel, plan, sbase, chunk_tile, qf, g, q0, wr0, tq, thp, kw);
+    const SlotLoader<H, HD, KWL, QB> loader(g, off);
+
+    float o[HD / 2];
+#pragma unroll
+    for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    auto step = [&](int b, auto ns) {
+      constexpr int NS = decltype(ns)::value;
+      cp_async_wait<0>();
+      fence_proxy_async();
+      __syncthreads();  // K(b), V(b) visible to all; every warpgroup is done with the previous step's tiles
+      if (b == 0 && it + 1 < i1) {  // the next item's queries: this warp has read its rows of sQ
+        load_q(tile_of_item(it + 1), it + 1);
+        cp_async_commit();
+      }
+      if (b + 1 < nsteps) {
+        loader.load(tile(1 - buf), tile(3 - buf), b + 1, a.C);
+        cp_async_commit();
+      } else if (it + 1 < i1) {
+        load_kv0(tile_of_item(it + 1), it + 1, 1 - buf);
+        cp_async_commit();
+      }
+      float s[NS / 2];
+      qk_sync<H, HD, NS>(s, qf, tile(buf));
+      uint32_t pa[NS / 16][4];
+      float c0, c1;
+      const float* relh = rel0 + ((b * kK) >> KWL) * kRelStride;
+      if (softmax_step<H, KWL, kLazyRescale, NS, decltype(rw), QB>(s, rw, relh, sc, m0, m1, l0, l1, pa, c0, c1))
+        scale_rows<HD>(o, c0, c1);
+      wgmma_fence();
+      issue_pv<H, HD, NS>(o, pa, tile(2 + buf));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(o);
+      buf = 1 - buf;
+    };
+    for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
+    if (half) step(nsteps - 1, std::integral_constant<int, kK / 2>{});
+    store_rows<H, HD>(o, l0, l1, g, a, q0 + wr0, tq, off);
+    if (it + 1 < i1) g = tile_of_item(it + 1);
+  }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
 template <class H, int HD, int KWL>
 void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
   auto kernel = rel_pos_attention_wgmma_kernel<H, HD, KWL>;
@@ -521,8 +667,33 @@ void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nw
   CUDA_LAUNCH_CHECK();
 }
 
+template <class H, int HD, int KWL, int QB = kWindowQ>
+void launch_windowed(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
+  auto kernel = rel_pos_window_kernel<H, HD, KWL, QB>;
+  const size_t smem =
+      sizeof(H) * (6 * kK * HD + QB * (HD + 8)) + sizeof(float) * rel_stride<QB>() * (th_pad<KWL>(a.th) + (1 << KWL));
+  if (smem > ctx.max_smem_per_block)
+    throw Error("rel_pos_attention: window tile needs " + std::to_string(smem) +
+                " bytes of shared memory, the GPU has " +
+                std::to_string(ctx.max_smem_per_block));
+  const int64_t nitems = windows * a.heads * ((a.th * a.tw + QB - 1) / QB);
+  if (nitems >= (int64_t(1) << 31))
+    throw Error("rel_pos_attention: " + std::to_string(nitems) + " window tiles are too many");
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const int64_t blocks = std::min<int64_t>(nitems, 256 / QB * int64_t(ctx.sm_count));  // (as many as fit at once)
+  kernel<<<(unsigned)blocks, 2 * QB, smem, ctx.stream>>>(a, nwin, (int)nitems);
+  CUDA_LAUNCH_CHECK();
+}
+
 template <class H, int HD>
 void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
+  if (a.th <= 16 && a.tw <= 16) {  // windowed attention (tables of at most 31 rows)
+    if (a.tw <= 8)
+      launch_windowed<H, HD, 3>(ctx, a, windows, nwin);
+    else
+      launch_windowed<H, HD, 4>(ctx, a, windows, nwin);
+    return;
+  }
   if (a.th > 64 || a.tw > 64)  // (at most 2 table chunks of 64 rows a table: the prologue's 4 tiles)
     throw Error("rel_pos_attention: the Hopper kernel takes tiles at most 64 tokens on a side, not " +
                 std::to_string(a.th) + "x" + std::to_string(a.tw));

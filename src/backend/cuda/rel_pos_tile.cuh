@@ -51,17 +51,22 @@ struct RelPosArgs {
   float scale;
 };
 
+// The tile of window `win` (windows numbered image by image, nwin an image, row-major).
 template <class T>
-__device__ __forceinline__ TileGeometry<T> tile_of(const RelPosArgs& a, int nwin) {
+__device__ __forceinline__ TileGeometry<T> tile_at(const RelPosArgs& a, int win, int nwin) {
   TileGeometry<T> g;
   g.qkv = static_cast<const T*>(a.qkv);
   g.bias = static_cast<const T*>(a.bias);
   g.H = a.H, g.W = a.W, g.C = a.C, g.th = a.th, g.tw = a.tw, g.ntok = a.th * a.tw;
-  const int win = blockIdx.z;
   g.bi = win / nwin;
   g.wy = (win % nwin) / a.nww;
   g.wx = win % a.nww;
   return g;
+}
+// The tile of this block's window (blockIdx.z).
+template <class T>
+__device__ __forceinline__ TileGeometry<T> tile_of(const RelPosArgs& a, int nwin) {
+  return tile_at<T>(a, blockIdx.z, nwin);
 }
 
 // The (row, column) ranges of a block's queries [q0, q0 + nq) in a tile tw wide (ntok tokens): the
