@@ -218,7 +218,7 @@ TEST_P(CudaOpsTest, RelPosAttention) {
       // Enough window tiles for every block of the Hopper windowed kernel to take several in a row
       {3, 64, 64, 12, 64, 14},  // vit_b's windowed layers at batch 3
       {2, 64, 64, 16, 80, 14},  // vit_h's
-      {4, 30, 30, 8, 32, 6},    // 8-slot key rows, one query block a window
+      {4, 30, 30, 8, 32, 6},    // 8-slot key rows (window 6)
   };
   for (const Case& c : cases) {
     const int64_t C = (int64_t)c.heads * c.hd;

@@ -7,6 +7,8 @@
 // 16-rows-a-warp mma.sync kernel). Q and P stay in registers as the A operand (the m16n8k16 A
 // layout per warp, as in attention.cu), and the accumulators have the m16n8 layout per warp: the
 // softmax code is the same.
+//   Windowed attention (tiles at most 16 x 16) runs in the persistent rel_pos_window_kernel further
+// down, built from the same pieces; what follows describes the per-block kernel (global attention).
 //   Block: 2 warpgroups x 64 queries; 64 key slots per step (key row ky at slots [ky 2^KWL,
 //   ky 2^KWL + tw), KWL a template parameter). K, V and the table chunks sit in shared memory as
 //   8 x 16-byte core matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts
