@@ -114,7 +114,7 @@ if [[ " $steps " == *" trace "* ]]; then
     .devbin/samfast bench --model "$m" --device cuda --precision bf16 --batch 8 --prompts 16 --runs 2 \
       --trace "$OUT/trace_$m.json" >/dev/null 2>&1
     echo "== $m bf16, batch 8, per timed run" | tee -a "$OUT/trace_summary.txt"
-    python3 bench/gpu/trace_summary.py "$OUT/trace_$m.json" --runs 2 --top 25 | tee -a "$OUT/trace_summary.txt"
+    python3 bench/gpu/trace_summary.py "$OUT/trace_$m.json" --runs 2 --top 25 --split | tee -a "$OUT/trace_summary.txt"
   done
 fi
 if [[ " $steps " == *" profile "* ]]; then
