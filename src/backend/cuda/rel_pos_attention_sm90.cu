@@ -109,8 +109,8 @@ __device__ __forceinline__ void fence_operands(float (&r)[N]) {
 // order (T threads: 256, or 512 for the windowed kernel's QB = 256) is key slot r of the step (the
 // same for every j: T j only moves the column) and column chunk c0 + (T / 64) j. A step then costs
 // one row address and 8 HD / T (rounded up) pairs of cp.async instead of the index arithmetic of a
-// generic loop per chunk. V takes the same (r, c) in its own
-// layout: a warp's 32 chunks still land in 512 contiguous bytes (rows r, r + 8 x columns c0, c0 + 1).
+// generic loop per chunk. V takes the same (r, c) in its own layout: a warp's 32 chunks still land in
+// 512 contiguous bytes (rows r, r + 8 x columns c0, c0 + 1).
 // Destinations are shared-memory addresses, sources pointers kept from the set-up: the loop computes
 // no generic-to-shared conversion and no index of the set-up again.
 template <class H, int HD, int KWL, int QB = kQ>
@@ -240,18 +240,16 @@ __device__ __forceinline__ void fill_empty_slots(float* sRel, int th, int tw, in
 }
 
 // The relative-position terms of the block's queries (unscaled q, fp32 accumulation), x log2(e), into
-// sRel: rel_h of key rows [0, th) (rows [th, thp): -inf), then rel_w of columns [0, tw) at row thp
-// (columns [tw, kw): -inf); every block's full QB query rows. The table chunks must be in tile
-// chunk_tile(i) of the tiles at shared address tiles, and visible; the caller syncs the block before
-// the terms are read. A thread writes only its own rows' terms, past the -inf of the empty slots
-// (kFill = false: those are in place already, as in the windowed kernel, which keeps them).
-template <class H, int HD, class TileOf, bool kFill = true, int QB = kQ>
+// sRel: rel_h of key rows [0, th), then rel_w of columns [0, tw) at row thp; every block's full QB
+// query rows, each thread its own rows (the -inf of rows [th, thp) and columns [tw, kw) come from
+// fill_empty_slots). The table chunks must be in tile chunk_tile(i) of the tiles at shared address
+// tiles, and visible; the caller syncs the block before the terms are read.
+template <class H, int HD, class TileOf, int QB = kQ>
 __device__ __forceinline__ void rel_terms(float* sRel, const ChunkPlan& plan, uint32_t tiles, TileOf chunk_tile,
                                           const uint32_t (&qf)[HD / 16][4], const TileGeometry<H>& g, int q0,
                                           int wr0, int tq, int thp, int kw) {
   const int th = g.th, tw = g.tw;
   constexpr int kRelStride = rel_stride<QB>();
-  if (kFill) fill_empty_slots<QB>(sRel, th, tw, thp, kw);
   int qy[2], qx[2];  // of rows wr0, wr0 + 8 (past the tile: the last token; their q rows are 0)
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -393,6 +391,27 @@ __device__ __forceinline__ void scale_rows(float (&o)[HD / 2], float c0, float c
   for (int n = 0; n < HD / 8; ++n) o[4 * n] *= c0, o[4 * n + 1] *= c0, o[4 * n + 2] *= c1, o[4 * n + 3] *= c1;
 }
 
+// Key step b of NS slots (64, or 32 for a half step), its K and V in tiles T(buf) and T(2 + buf)
+// (tile(i): the shared address of T(i)): S = Q K^T, the online softmax (rel0: this thread's rows of
+// the relative-position terms), then O += P V, waited for.
+template <class H, int HD, int KWL, bool kLazy, int NS, int QB = kQ, class TileAddr, class RelW>
+__device__ __forceinline__ void key_step(float (&o)[HD / 2], const uint32_t (&qf)[HD / 16][4], TileAddr tile, int buf,
+                                         RelW rw, const float* rel0, int b, float sc, float& m0, float& m1, float& l0,
+                                         float& l1) {
+  float s[NS / 2];
+  qk_sync<H, HD, NS>(s, qf, tile(buf));
+  uint32_t pa[NS / 16][4];
+  float c0, c1;
+  if (softmax_step<H, KWL, kLazy, NS, RelW, QB>(s, rw, rel0 + ((b * kK) >> KWL) * rel_stride<QB>(), sc, m0, m1, l0, l1,
+                                                pa, c0, c1))
+    scale_rows<HD>(o, c0, c1);
+  wgmma_fence();
+  issue_pv<H, HD, NS>(o, pa, tile(2 + buf));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(o);
+}
+
 // O / l of rows wr0 and wr0 + 8 (l: this thread's parts) to the output (rows of padded tokens: not stored).
 template <class H, int HD>
 __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, float l1, const TileGeometry<H>& g,
@@ -478,6 +497,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();  // the table chunks (and K(0), V(0) if early) visible to all
+  fill_empty_slots(sRel, a.th, a.tw, thp, kw);
   rel_terms<H, HD>(sRel, plan, sbase, chunk_tile, qf, g, q0, wr0, tq, thp, kw);
   if (!kv0_early) {
     __syncthreads();  // every warp done with the table chunks in T0 and T2
@@ -505,18 +525,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       load_kv(b + 1, 1 - buf);
       cp_async_commit();
     }
-    float s[NS / 2];
-    qk_sync<H, HD, NS>(s, qf, tile(buf));
-    uint32_t pa[NS / 16][4];
-    float c0, c1;
-    if (softmax_step<H, KWL, kLazyRescale, NS>(s, rw, rel0 + ((b * kK) >> KWL) * kRelStride, sc, m0, m1, l0, l1, pa,
-                                               c0, c1))
-      scale_rows<HD>(o, c0, c1);
-    wgmma_fence();
-    issue_pv<H, HD, NS>(o, pa, tile(2 + buf));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(o);
+    key_step<H, HD, KWL, kLazyRescale, NS>(o, qf, tile, buf, rw, rel0, b, sc, m0, m1, l0, l1);
   };
   const bool half = KWL < 6 && half_step<KWL>(a.th);  // (the block's: the same for all its threads)
   for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
@@ -611,7 +620,7 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
       qf[kk][2] = *reinterpret_cast<const uint32_t*>(r0 + 8);
       qf[kk][3] = *reinterpret_cast<const uint32_t*>(r0 + 8 * kLdQ + 8);
     }
-    rel_terms<H, HD, decltype(chunk_tile), false, QB>(sRel, plan, sbase, chunk_tile, qf, g, q0, wr0, tq, thp, kw);
+    rel_terms<H, HD, decltype(chunk_tile), QB>(sRel, plan, sbase, chunk_tile, qf, g, q0, wr0, tq, thp, kw);
     const SlotLoader<H, HD, KWL, QB> loader(g, off);
 
     float o[HD / 2];
@@ -634,18 +643,7 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
         load_kv0(tile_of_item(it + 1), it + 1, 1 - buf);
         cp_async_commit();
       }
-      float s[NS / 2];
-      qk_sync<H, HD, NS>(s, qf, tile(buf));
-      uint32_t pa[NS / 16][4];
-      float c0, c1;
-      const float* relh = rel0 + ((b * kK) >> KWL) * kRelStride;
-      if (softmax_step<H, KWL, kLazyRescale, NS, decltype(rw), QB>(s, rw, relh, sc, m0, m1, l0, l1, pa, c0, c1))
-        scale_rows<HD>(o, c0, c1);
-      wgmma_fence();
-      issue_pv<H, HD, NS>(o, pa, tile(2 + buf));
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_operands(o);
+      key_step<H, HD, KWL, kLazyRescale, NS, QB>(o, qf, tile, buf, rw, rel0, b, sc, m0, m1, l0, l1);
       buf = 1 - buf;
     };
     for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
@@ -676,8 +674,7 @@ void launch_windowed(const CudaContext& ctx, const RelPosArgs& a, int64_t window
       sizeof(H) * (6 * kK * HD + QB * (HD + 8)) + sizeof(float) * rel_stride<QB>() * (th_pad<KWL>(a.th) + (1 << KWL));
   if (smem > ctx.max_smem_per_block)
     throw Error("rel_pos_attention: window tile needs " + std::to_string(smem) +
-                " bytes of shared memory, the GPU has " +
-                std::to_string(ctx.max_smem_per_block));
+                " bytes of shared memory, the GPU has " + std::to_string(ctx.max_smem_per_block));
   const int64_t nitems = windows * a.heads * ((a.th * a.tw + QB - 1) / QB);
   if (nitems >= (int64_t(1) << 31))
     throw Error("rel_pos_attention: " + std::to_string(nitems) + " window tiles are too many");
