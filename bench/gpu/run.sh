@@ -39,6 +39,10 @@ if [[ " $steps " == *" sanitize "* ]]; then
       --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --multimask --out /tmp/sanitize --overwrite 2>&1 \
       | tail -1 | sed "s/^/memcheck $args: /" | tee -a "$OUT/sanitize.log"
   done
+  # CUDA graphs with their buffers in the arena: the bench's warm-up records them, its runs replay them.
+  compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/samfast bench --model tiny --precision bf16 --device cuda \
+    --batch 2 --prompts 4 --runs 2 2>&1 | tail -1 | sed "s/^/memcheck tiny bf16 bench (graph replays): /" \
+    | tee -a "$OUT/sanitize.log"
   compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/samfast segment --model tiny --precision bf16 --device cuda \
     --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --out /tmp/sanitize --overwrite 2>&1 | tail -1 \
     | sed "s/^/racecheck tiny bf16: /" | tee -a "$OUT/sanitize.log"

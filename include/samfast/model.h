@@ -85,6 +85,15 @@ class Model {
   void synchronize() const;
   // Peak device memory held by the backend so far (0 on the CPU).
   int64_t peak_memory_bytes() const;
+  // Device memory for encoding `batch` images at a time and decoding `prompts` single-point
+  // multimask prompts an image (as samfast bench does; other prompt shapes, and post-processing to
+  // the original size, take more): runs the encoder and the decoder on zeros until their CUDA
+  // graphs are recorded, so that the weights' allocation, the graph arena and the peak are made and
+  // known before the first image. Zeros on the CPU.
+  struct MemoryPlan {
+    int64_t weights = 0, graph_arena = 0, peak = 0;
+  };
+  MemoryPlan plan_memory(int64_t batch, int64_t prompts) const;
   // ref: modeling/mask_decoder.py MaskDecoder.forward. embedding (1 or B, G, G, D).
   DecoderOutput decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const;
   // The ragged form: B prompts over several images, decoded in one pass (no loop over the images).

@@ -72,6 +72,19 @@ class Ops {
   // blocks'), uploaded, in the form linear() takes it: by default itself; a backend computing those
   // layers in fp8 returns it quantised.
   virtual Tensor prepare_bulk_linear(const Tensor& w) { return w; }
+  // The model's weights in one allocation, made at load: weight_bytes(host, bulk) is what
+  // upload_weight(host, bulk) takes of it (bulk: a weight for prepare_bulk_linear), reserve_weights
+  // makes it for their sum, and upload_weight then fills it in turn. The defaults make no such
+  // allocation.
+  virtual size_t weight_bytes(const Tensor& host, bool bulk) const {
+    (void)host, (void)bulk;
+    return 0;
+  }
+  virtual void reserve_weights(size_t bytes) { (void)bytes; }
+  virtual Tensor upload_weight(const Tensor& host, bool bulk) {
+    Tensor t = upload(host);
+    return bulk ? prepare_bulk_linear(t) : t;
+  }
   // Batched a (B, M, K) @ b(B, N, K)^T -> (B, M, N).
   virtual Tensor bmm_nt(const Tensor& a, const Tensor& b) = 0;
 
@@ -137,6 +150,13 @@ class Ops {
   }
   // The most memory this backend has held at once (device memory for a GPU; 0 where not tracked).
   virtual int64_t peak_memory_bytes() const { return 0; }
+  // Device memory by use (0 where not tracked): the weights' allocation and how much of it
+  // upload_weight has filled, the arena of the recorded computations (CUDA graphs) and how many
+  // recorded computations replay with their buffers in it.
+  struct MemoryUse {
+    int64_t weights = 0, weights_filled = 0, graph_arena = 0, graphs_in_arena = 0;
+  };
+  virtual MemoryUse memory_use() const { return {}; }
 
  protected:
   // Throws unless the arguments of upscale_masks fit together.

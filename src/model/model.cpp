@@ -54,17 +54,20 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
   m.device_ = backend.device;
   m.precision_ = backend.precision;
   m.backend_note_ = backend.note;
-  for (const auto& [n, t] : m.tensors_) {
-    m.host_by_name_[n] = t;
-    m.by_name_[n] = m.ops_->upload(t);
-    if (is_bulk_linear_weight(n)) m.by_name_[n] = m.ops_->prepare_bulk_linear(m.by_name_[n]);
-  }
-  for (auto& [n, t] : m.folded_decoder_weights()) {
-    m.by_name_[n] = m.ops_->upload(t);
+  for (const auto& [n, t] : m.tensors_) m.host_by_name_[n] = t;
+  std::vector<std::pair<std::string, Tensor>> folded = m.folded_decoder_weights();
+  m.dense_pe_host_ = m.compute_dense_positional_encoding();
+  // Everything the backend keeps, in one allocation sized first.
+  size_t bytes = m.ops_->weight_bytes(m.dense_pe_host_, false);
+  for (const auto& [n, t] : m.tensors_) bytes += m.ops_->weight_bytes(t, is_bulk_linear_weight(n));
+  for (const auto& [n, t] : folded) bytes += m.ops_->weight_bytes(t, false);
+  m.ops_->reserve_weights(bytes);
+  for (const auto& [n, t] : m.tensors_) m.by_name_[n] = m.ops_->upload_weight(t, is_bulk_linear_weight(n));
+  for (auto& [n, t] : folded) {
+    m.by_name_[n] = m.ops_->upload_weight(t, false);
     m.host_by_name_[n] = std::move(t);
   }
-  m.dense_pe_host_ = m.compute_dense_positional_encoding();
-  m.dense_pe_ = m.ops_->upload(m.dense_pe_host_);
+  m.dense_pe_ = m.ops_->upload_weight(m.dense_pe_host_, false);
   return m;
 }
 
@@ -91,6 +94,25 @@ Tensor Model::postprocess_masks(const Tensor& low_res, std::pair<int, int> input
 void Model::synchronize() const { ops_->synchronize(); }
 
 int64_t Model::peak_memory_bytes() const { return ops_->peak_memory_bytes(); }
+
+Model::MemoryPlan Model::plan_memory(int64_t batch, int64_t prompts) const {
+  if (batch < 1 || prompts < 1)
+    throw Error("plan_memory: batch and prompts must be at least 1, not " + std::to_string(batch) + " and " +
+                std::to_string(prompts));
+  const int64_t S = cfg_.img_size;
+  const Tensor pixels = Tensor::zeros({batch, 3, S, S});
+  PromptBatch p;
+  p.points = Tensor::empty({prompts, 1, 2});
+  p.labels = Tensor::empty({prompts, 1});
+  for (int64_t i = 0; i < prompts; ++i) p.points.data[2 * i] = p.points.data[2 * i + 1] = S / 2.f, p.labels.data[i] = 1.f;
+  for (int run = 0; run < 2; ++run) {  // the first runs eagerly (its buffers traced), the second is recorded
+    const Tensor embeddings = encode_image(pixels);
+    decode_masks(batch == 1 ? embeddings : ops_->gather(embeddings, {0}), encode_prompts(p), true);
+  }
+  synchronize();
+  const Ops::MemoryUse use = ops_->memory_use();
+  return {use.weights, use.graph_arena, peak_memory_bytes()};
+}
 
 int64_t Model::parameter_count() const {
   int64_t n = 0;

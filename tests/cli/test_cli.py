@@ -25,6 +25,14 @@ def test_info_prints_inferred_config(samfast, tiny):
     assert "parameters:" in p.stdout
 
 
+def test_info_plans_memory_only_where_it_is_tracked(samfast, tiny):
+    # On the CPU the plan runs the model (on zeros) and says device memory is not tracked there.
+    p = samfast("info", tiny, "--plan-batch", "1", "--plan-prompts", "2", "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    assert "parameters:" in p.stdout and "device memory: not tracked on the CPU" in p.stdout
+    assert "--plan-batch" in one_error_line(samfast("info", tiny, "--plan-batch", "0"))
+
+
 def test_make_checkpoint_presets_and_no_clobber(samfast, tmp_path):
     out = tmp_path / "b.safetensors"
     assert samfast("make-checkpoint", "--model", "tiny", "--out", out).returncode == 0

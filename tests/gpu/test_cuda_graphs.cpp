@@ -89,6 +89,45 @@ TEST_P(CudaGraphsTest, UnrecordableRunsEagerly) {
   EXPECT_EQ(calls, 5);  // every run, plus the failed recording
 }
 
+// Graphs of different shapes share the one arena (sized by the largest plan), each replay still
+// gives the eager result, and outputs handed out earlier stay intact; a larger graph replaces the
+// arena and the graphs recorded on the old one record again at their next run.
+TEST_P(CudaGraphsTest, GraphsShareOneArena) {
+  CudaOps gpu(0, GetParam());
+  const Tensor w = gpu.upload(random_host({64, 32}, 1)), b = gpu.upload(random_host({64}, 2));
+  const Tensor g = gpu.upload(random_host({64}, 3)), beta = gpu.upload(random_host({64}, 4));
+  const Ops::Computation fn = [&](const std::vector<Tensor>& in) {
+    const Tensor h = gpu.linear(in[0], w, &b, Act::GELU, nullptr);
+    const Tensor n = gpu.layer_norm(h, g, beta, 1e-6f, Act::None);
+    return std::vector<Tensor>{gpu.add(n, h)};
+  };
+  std::vector<Tensor> kept;
+  std::vector<Tensor> expected;
+  int seed = 100;
+  auto run = [&](int64_t rows) {
+    const Tensor x = random_host({rows, 32}, seed++);
+    const Tensor dx = gpu.upload(x);
+    kept.push_back(gpu.run_recorded("arena", {dx}, fn)[0]);
+    expected.push_back(gpu.download(fn({dx})[0]));
+  };
+  for (int i = 0; i < 3; ++i) run(8);  // eager, recorded, replayed
+  const Ops::MemoryUse small = gpu.memory_use();
+  EXPECT_GT(small.graph_arena, 0);
+  EXPECT_EQ(small.graphs_in_arena, 1);
+  for (int i = 0; i < 3; ++i) run(1000);
+  const Ops::MemoryUse large = gpu.memory_use();
+  EXPECT_GT(large.graph_arena, small.graph_arena);
+  EXPECT_EQ(large.graphs_in_arena, 1);  // (the small one records again at its next run)
+  for (int i = 0; i < 6; ++i) run(i % 2 ? 1000 : 8);
+  const Ops::MemoryUse both = gpu.memory_use();
+  EXPECT_EQ(both.graph_arena, large.graph_arena);
+  EXPECT_EQ(both.graphs_in_arena, 2);
+  // The arena is the larger graph's plan: h, n and the output (1000 x 64 each), all alive at the add.
+  const int64_t elem = GetParam() == DType::F32 ? 4 : 2;
+  EXPECT_LE(both.graph_arena, 3 * 1000 * 64 * elem + 3 * 256);
+  for (size_t i = 0; i < kept.size(); ++i) expect_equal(gpu.download(kept[i]), expected[i], "run " + std::to_string(i));
+}
+
 TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
   const SamConfig cfg = SamConfig::preset("tiny");
   const auto tensors = Model::synthetic_tensors(cfg, 7);
@@ -114,6 +153,43 @@ TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
       }
     }
   }
+  const Ops::MemoryUse mem = graphs.backend().memory_use();
+  EXPECT_GE(mem.graphs_in_arena, 3);  // the encoder, the decoder with and without multimask
+  EXPECT_GT(mem.graph_arena, 0);
+  EXPECT_GT(mem.weights, 0);
+  EXPECT_EQ(mem.weights_filled, mem.weights);  // every weight in the one allocation, which was sized exactly
+  EXPECT_EQ(eager.backend().memory_use().graph_arena, 0);
+}
+
+// Model::plan_memory: after it, real images at the planned batch and prompt count run within the
+// planned peak and arena (nothing more is allocated), with the results of a model that made no plan.
+TEST_P(CudaGraphsTest, PlannedMemoryHoldsForRealImages) {
+  const SamConfig cfg = SamConfig::preset("tiny");
+  const auto tensors = Model::synthetic_tensors(cfg, 9);
+  const std::string prec = GetParam() == DType::F32 ? "fp32" : GetParam() == DType::BF16 ? "bf16" : "fp16";
+  const Model planned = Model::from_tensors(tensors, {.device = "cuda", .precision = prec});
+  const Model plain = Model::from_tensors(tensors, {.device = "cuda", .precision = prec});
+  const Model::MemoryPlan plan = planned.plan_memory(2, 5);
+  EXPECT_GT(plan.weights, 0);
+  EXPECT_GT(plan.graph_arena, 0);
+  EXPECT_GE(plan.peak, plan.weights + plan.graph_arena);
+  const int S = cfg.img_size;
+  for (int image = 0; image < 3; ++image) {
+    const Tensor pixels = random_host({2, 3, S, S}, 60 + image, -2.f, 2.f);
+    const Tensor e1 = planned.encode_image(pixels), e2 = plain.encode_image(pixels);
+    expect_equal(planned.download(e1), plain.download(e2), prec + " embeddings " + std::to_string(image));
+    for (int64_t b = 0; b < 2; ++b) {
+      PromptBatch p;
+      p.points = random_host({5, 1, 2}, 70 + 2 * image + b, 0.f, (float)S - 1);
+      p.labels = Tensor::from({5, 1}, {1, 1, 1, 1, 1});
+      const std::vector<int64_t> image_of_prompt(5, b);
+      const DecoderOutput d1 = planned.decode_masks(e1, image_of_prompt, planned.encode_prompts(p), true);
+      const DecoderOutput d2 = plain.decode_masks(e2, image_of_prompt, plain.encode_prompts(p), true);
+      expect_equal(planned.download(d1.low_res_masks), plain.download(d2.low_res_masks), prec + " masks");
+    }
+  }
+  EXPECT_EQ(planned.peak_memory_bytes(), plan.peak);
+  EXPECT_EQ(planned.backend().memory_use().graph_arena, plan.graph_arena);
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaGraphsTest, ::testing::Values(DType::F32, DType::BF16, DType::F16),

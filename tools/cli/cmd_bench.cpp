@@ -217,6 +217,7 @@ int run_bench(const Args& a) {
   finish_trace(trace, a.trace, a.runs, "timed runs", traced);
   // (The ragged decode holds all B x P prompts' masks at once: its peak is reported apart.)
   const int64_t peak = model.peak_memory_bytes();
+  const Ops::MemoryUse mem = model.backend().memory_use();
   const Tensor embeddings = model.encode_image(batch);
   for (int r = -1; r <= a.runs; ++r) {
     const double t0 = now_ms();
@@ -245,7 +246,10 @@ int run_bench(const Args& a) {
                       {"predict_prompts_to_host_ms", median(predict_p)},
                       {"predict_1_prompt_ms", median(predict_one)},
                       {"peak_gib", peak / double(1 << 30)},
-                      {"peak_gib_ragged", model.peak_memory_bytes() / double(1 << 30)}};
+                      {"peak_gib_ragged", model.peak_memory_bytes() / double(1 << 30)},
+                      {"weights_gib", mem.weights / double(1 << 30)},
+                      {"graph_arena_gib", mem.graph_arena / double(1 << 30)},
+                      {"graph_arena_gib_ragged", model.backend().memory_use().graph_arena / double(1 << 30)}};
   if (!traced.is_null()) j.update(traced);
   std::cout << "samfast bench: " << j["model"].get<std::string>() << " on " << device_summary(model) << ", batch " << a.batch << ", " << a.prompts << " prompts/image, median of "
             << a.runs << " runs\n"
@@ -258,6 +262,8 @@ int run_bench(const Args& a) {
             << "  predict_batch " << a.prompts << " (ms)      " << median(predict_p) << "  (masks to the host)\n"
             << "  set_image (ms)             " << median(set_image) << "\n"
             << "  predict 1 prompt (ms)      " << median(predict_one) << "\n"
+            << "  peak memory (GiB)          " << peak / double(1 << 30) << "  (weights " << mem.weights / double(1 << 30)
+            << " in one allocation, CUDA-graph arena " << mem.graph_arena / double(1 << 30) << ")\n"
             << j.dump() << "\n";
   return 0;
 }

@@ -10,13 +10,34 @@ namespace samfast::cli {
 
 Runner add_info(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "Print a checkpoint's inferred config and parameter count");
-  auto path = std::make_shared<std::string>();
-  cmd->add_option("checkpoint", *path, "checkpoint file (.pth or .safetensors)")->required();
-  return [path] {
-    ModelOptions cpu;
-    cpu.device = "cpu";  // reading shapes needs no GPU
-    Model m = Model::load(*path, cpu);
+  struct Args {
+    std::string path;
+    int64_t batch = 0, prompts = 16;
+    ModelOptions options;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("checkpoint", a->path, "checkpoint file (.pth or .safetensors)")->required();
+  cmd->add_option("--plan-batch", a->batch,
+                  "also load it on --device and print the device memory for encoding this many images at a time")
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--plan-prompts", a->prompts, "with --plan-batch: single-point prompts decoded an image")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  add_backend_options(cmd, a->options);
+  return [a] {
+    ModelOptions options = a->options;
+    if (a->batch == 0) options.device = "cpu";  // reading shapes needs no GPU
+    Model m = Model::load(a->path, options);
     std::cout << m.config().describe() << "parameters: " << m.parameter_count() << "\n";
+    if (a->batch == 0) return 0;
+    const Model::MemoryPlan plan = m.plan_memory(a->batch, a->prompts);
+    auto gib = [](int64_t b) { return std::to_string(b / double(1 << 30)).substr(0, 6) + " GiB"; };
+    if (m.device() == "cpu")
+      std::cout << "device memory: not tracked on the CPU (" << device_summary(m) << ")\n";
+    else
+      std::cout << "device memory at batch " << a->batch << " with " << a->prompts << " prompts an image on "
+                << device_summary(m) << ": peak " << gib(plan.peak) << " (weights " << gib(plan.weights)
+                << " in one allocation, CUDA-graph arena " << gib(plan.graph_arena) << ")\n";
     return 0;
   };
 }

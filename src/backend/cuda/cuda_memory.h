@@ -9,9 +9,17 @@
 #include <utility>
 #include <vector>
 
+#include "core/arena_plan.h"
 #include "core/size_cache.h"
+#include "samfast/error.h"
 
 namespace samfast::cuda {
+
+// A recording asked the arena for another buffer than its plan holds (graph.cu then records the
+// graph with buffers of its own).
+struct ArenaMismatch : Error {
+  using Error::Error;
+};
 
 class DevicePool {
  public:
@@ -27,8 +35,11 @@ class DevicePool {
   void put(void* p, size_t bytes);
   static size_t rounded(size_t bytes) { return (bytes + 255) / 256 * 256; }
   size_t cached_bytes() const;
-  // The most device memory the pool has held at once (in use, cached, and owned by CUDA graphs).
+  // The most device memory the pool has held at once (in use, cached, the graph arena, and owned by
+  // CUDA graphs recorded without a plan).
   size_t peak_bytes() const;
+  // Frees every cached buffer (cudaFree: the device finishes its queued work first).
+  void release_cached();
 
   // CUDA-graph recording (graph.cu). Between begin_recording() and end_recording(), every buffer
   // handed out belongs to the recording: freed ones go back to the recording's own free list only
@@ -39,8 +50,26 @@ class DevicePool {
   Buffers end_recording();
   void release_recorded(const Buffers& buffers);
 
+  // The graph arena (graph.cu): one buffer for the activations of every graph recorded with a plan.
+  // Between begin_trace() and end_trace(), buffers come from the pool as always and are logged (a
+  // computation's eager run). Between begin_planned() and end_planned() (its recording), the i-th
+  // buffer asked for is the arena's bytes at plan.offsets[i], returned arena buffers stay where they are, and end_planned() gives the
+  // recording's own trace, which must equal the planned one for the plan to hold. (The size check
+  // throws ArenaMismatch.)
+  void begin_trace();
+  ArenaTrace end_trace();
+  void begin_planned(const ArenaTrace& trace, const ArenaPlan& plan);
+  ArenaTrace end_planned();
+  // An arena of at least `bytes`; a larger one replaces the old (freed once the device is idle:
+  // graphs recorded on it must not run again). Throws samfast::OutOfMemory.
+  void reserve_arena(size_t bytes);
+  size_t arena_bytes() const;
+
  private:
-  void release_cached();
+  bool in_arena(const void* p) const {
+    return p >= arena_ && p < static_cast<const char*>(arena_) + arena_bytes_;
+  }
+  void* device_malloc(size_t bytes);  // cudaMalloc, retried after release_cached(); OutOfMemory
 
   int device_;
   mutable std::mutex mu_;  // everything below but cache_ (which has its own lock)
@@ -51,6 +80,13 @@ class DevicePool {
   Buffers recorded_;                          // of the recording under way
   std::unordered_set<void*> graph_owned_;     // of every recording not yet released
   size_t graph_bytes_ = 0;
+  enum class Mode { Normal, Tracing, Planned } mode_ = Mode::Normal;
+  ArenaTracer tracer_;
+  const ArenaTrace* planned_trace_ = nullptr;
+  const ArenaPlan* plan_ = nullptr;
+  size_t planned_next_ = 0;
+  void* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
 };
 
 // Page-locked host buffers for downloads: a copy into pinned memory runs at the bus's full rate and

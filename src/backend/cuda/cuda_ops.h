@@ -69,6 +69,9 @@ class CudaOps final : public Ops {
   // stored after the values in the same allocation. Unchanged where out is not a multiple of 16 or
   // in not fp8_row_length_ok (cuBLASLt's fp8 kernels need multiples of 16).
   Tensor prepare_bulk_linear(const Tensor& w) override;
+  size_t weight_bytes(const Tensor& host, bool bulk) const override;
+  void reserve_weights(size_t bytes) override;
+  Tensor upload_weight(const Tensor& host, bool bulk) override;
   Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
   Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) override;
@@ -103,6 +106,7 @@ class CudaOps final : public Ops {
   Later<Tensor> download_later(const Tensor& x) override;
   void synchronize() override;
   int64_t peak_memory_bytes() const override;
+  MemoryUse memory_use() const override;
   std::vector<Tensor> run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
                                    const Computation& fn) override;
 
@@ -115,10 +119,16 @@ class CudaOps final : public Ops {
  private:
   // Throws unless t is a tensor of this backend (device memory, the backend's precision).
   void expect(const Tensor& t, const char* op, const char* name) const;
+  bool fp8_weight(const Tensor& w) const;  // prepare_bulk_linear quantises w
+  // The next `bytes` of the weights' allocation as a tensor (from the pool where it is full).
+  Tensor weight_slot(Shape shape, DType dtype, size_t bytes);
+  Tensor quantize_fp8(const Tensor& w, Tensor q);  // into q (fp8_bytes(w) bytes)
 
   std::shared_ptr<CudaContext> ctx_;
   DType dt_;
   bool fp8_bulk_ = false;
+  Tensor weights_;              // the weights' one allocation (U8)
+  size_t weights_filled_ = 0;   // bytes of it handed out by upload_weight
   std::unique_ptr<cuda::GraphCache> graphs_;  // null: --no-graphs (destroyed before ctx_)
 };
 

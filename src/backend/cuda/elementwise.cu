@@ -531,6 +531,12 @@ int64_t CudaOps::peak_memory_bytes() const {
   return static_cast<int64_t>(ctx_->pool->peak_bytes() + ctx_->workspace_bytes);
 }
 
+Ops::MemoryUse CudaOps::memory_use() const {
+  return {weights_.defined() ? weights_.numel() : 0, static_cast<int64_t>(weights_filled_),
+          static_cast<int64_t>(ctx_->pool->arena_bytes()),
+          graphs_ ? static_cast<int64_t>(graphs_->planned_graphs()) : 0};
+}
+
 Tensor CudaOps::postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                   std::pair<int, int> original_size, bool binarize) {
   // ref: modeling/sam.py postprocess_masks: upsample to img_size (only the kept corner), crop, resize.

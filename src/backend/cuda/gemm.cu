@@ -518,17 +518,62 @@ namespace {
 size_t fp8_scale_offset(int64_t out, int64_t in) { return (static_cast<size_t>(out * in) + 255) / 256 * 256; }
 }  // namespace
 
-Tensor CudaOps::prepare_bulk_linear(const Tensor& w) {
-  expect(w, "prepare_bulk_linear", "weight");
-  check(w.ndim() == 2, "prepare_bulk_linear", "expected an (out, in) weight, got " + shape_str(w.shape));
+bool CudaOps::fp8_weight(const Tensor& w) const {
+  return fp8_bulk_ && w.ndim() == 2 && w.dim(0) % 16 == 0 && cuda::fp8_row_length_ok(w.dim(1));
+}
+
+namespace {
+size_t fp8_bytes(int64_t out, int64_t in) { return fp8_scale_offset(out, in) + sizeof(float) * out; }  // values, scales
+}  // namespace
+
+Tensor CudaOps::quantize_fp8(const Tensor& w, Tensor q) {
   const int64_t out = w.dim(0), in = w.dim(1);
-  if (!fp8_bulk_ || out % 16 || !cuda::fp8_row_length_ok(in)) return w;
-  const size_t at = fp8_scale_offset(out, in);
-  Tensor q = empty({static_cast<int64_t>(at + sizeof(float) * out)}, DType::U8);  // values, then scales
-  cuda::quantize_rows_fp8(*ctx_, w.ptr<__nv_bfloat16>(), out, in, q.data, reinterpret_cast<float*>(q.ptr<char>() + at));
+  cuda::quantize_rows_fp8(*ctx_, w.ptr<__nv_bfloat16>(), out, in, q.data,
+                          reinterpret_cast<float*>(q.ptr<char>() + fp8_scale_offset(out, in)));
   q.shape = w.shape;
   q.dtype = DType::F8E4M3;
   return q;
+}
+
+Tensor CudaOps::prepare_bulk_linear(const Tensor& w) {
+  expect(w, "prepare_bulk_linear", "weight");
+  check(w.ndim() == 2, "prepare_bulk_linear", "expected an (out, in) weight, got " + shape_str(w.shape));
+  if (!fp8_weight(w)) return w;
+  return quantize_fp8(w, empty({static_cast<int64_t>(fp8_bytes(w.dim(0), w.dim(1)))}, DType::U8));
+}
+
+size_t CudaOps::weight_bytes(const Tensor& host, bool bulk) const {
+  const size_t bytes = bulk && fp8_weight(host) ? fp8_bytes(host.dim(0), host.dim(1))
+                                                : element_size(dt_) * static_cast<size_t>(host.numel());
+  return cuda::DevicePool::rounded(bytes);
+}
+
+void CudaOps::reserve_weights(size_t bytes) {
+  weights_ = empty({static_cast<int64_t>(bytes)}, DType::U8);
+  weights_filled_ = 0;
+}
+
+Tensor CudaOps::weight_slot(Shape shape, DType dtype, size_t bytes) {
+  bytes = cuda::DevicePool::rounded(bytes);
+  if (!weights_.defined() || weights_filled_ + bytes > static_cast<size_t>(weights_.numel()))
+    return empty(std::move(shape), dtype);
+  Tensor t = weights_;
+  t.data = reinterpret_cast<float*>(weights_.ptr<char>() + weights_filled_);
+  t.shape = std::move(shape);
+  t.dtype = dtype;
+  weights_filled_ += bytes;
+  return t;
+}
+
+Tensor CudaOps::upload_weight(const Tensor& host, bool bulk) {
+  if (bulk && fp8_weight(host)) {
+    const Tensor staged = upload(host);  // bf16, then fp8 into the allocation
+    const size_t bytes = fp8_bytes(host.dim(0), host.dim(1));
+    return quantize_fp8(staged, weight_slot({static_cast<int64_t>(bytes)}, DType::U8, bytes));
+  }
+  Tensor y = weight_slot(host.shape, dt_, element_size(dt_) * static_cast<size_t>(host.numel()));
+  upload_into(host, y);
+  return y;
 }
 
 Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) {

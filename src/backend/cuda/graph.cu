@@ -29,19 +29,23 @@ GraphCache::Entry::~Entry() {
   if (exec) cudaGraphExecDestroy(exec);
 }
 
-bool GraphCache::record(const CudaOps& ops, Entry& e, const std::string& key, const std::vector<Tensor>& inputs,
-                        const Ops::Computation& fn) {
+std::string GraphCache::capture(const CudaOps& ops, Entry& e, const Ops::Computation& fn, bool planned,
+                                bool& buffers_differ) {
   CudaContext& ctx = ops.context();
-  for (const Tensor& t : inputs) e.inputs.push_back(t.on_host() ? ops.empty(t.shape) : ops.empty(t.shape, t.dtype));
-  e.pool = ctx.pool;
   std::string why;
+  buffers_differ = false;
   cudaGraph_t graph = nullptr;
-  ctx.pool->begin_recording();
+  if (planned)
+    ctx.pool->begin_planned(e.trace, e.plan);
+  else
+    ctx.pool->begin_recording();
   // Relaxed: a first-time cudaMalloc of the pool may run during the capture.
   cudaError_t err = cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeRelaxed);
   if (err == cudaSuccess) {
     try {
       e.outputs = fn(e.inputs);
+    } catch (const ArenaMismatch& ex) {
+      why = ex.what(), buffers_differ = true;
     } catch (const std::exception& ex) {
       why = ex.what();
     }
@@ -50,22 +54,67 @@ bool GraphCache::record(const CudaOps& ops, Entry& e, const std::string& key, co
   } else {
     why = cudaGetErrorString(err);
   }
-  e.owned = ctx.pool->end_recording();
+  if (planned) {
+    if (ctx.pool->end_planned() != e.trace && why.empty())
+      why = "its buffers were not the eager run's", buffers_differ = true;
+  } else {
+    e.owned = ctx.pool->end_recording();
+  }
   if (why.empty()) {
     err = cudaGraphInstantiate(&e.exec, graph, 0);
     if (err != cudaSuccess) why = cudaGetErrorString(err), e.exec = nullptr;
   }
   if (graph) cudaGraphDestroy(graph);
+  if (!why.empty()) {
+    cudaGetLastError();  // capture errors are not sticky: clear them
+    e.outputs.clear();
+    ctx.pool->release_recorded(e.owned);
+    e.owned.clear();
+  }
+  e.planned = planned && why.empty();
+  return why;
+}
+
+bool GraphCache::record(const CudaOps& ops, Entry& e, const std::string& key, const std::vector<Tensor>& inputs,
+                        const Ops::Computation& fn) {
+  CudaContext& ctx = ops.context();
+  if (e.inputs.empty())
+    for (const Tensor& t : inputs) e.inputs.push_back(t.on_host() ? ops.empty(t.shape) : ops.empty(t.shape, t.dtype));
+  e.pool = ctx.pool;
+  e.plan = plan_arena(e.trace);
+  if (e.plan.bytes > ctx.pool->arena_bytes()) {
+    drop_arena_graphs();
+    ctx.pool->reserve_arena(e.plan.bytes);
+  }
+  bool buffers_differ = false;
+  std::string why = capture(ops, e, fn, /*planned=*/true, buffers_differ);
   if (why.empty()) return true;
-  cudaGetLastError();  // capture errors are not sticky: clear them
+  if (buffers_differ) {
+    std::fprintf(stderr, "samfast: the CUDA graph of %s keeps buffers of its own (%s)\n", key.c_str(), why.c_str());
+    why = capture(ops, e, fn, /*planned=*/false, buffers_differ);
+    if (why.empty()) return true;
+  }
   std::fprintf(stderr, "samfast: could not record a CUDA graph of %s (%s); it runs without one\n", key.c_str(),
                why.c_str());
   e.failed = true;
-  e.outputs.clear();
   e.inputs.clear();
-  ctx.pool->release_recorded(e.owned);
-  e.owned.clear();
   return false;
+}
+
+void GraphCache::drop_arena_graphs() {
+  for (auto& [k, e] : entries_)
+    if (e->planned && e->exec) {
+      cudaGraphExecDestroy(e->exec);
+      e->exec = nullptr;
+      e->outputs.clear();  // (arena bytes: nothing returns to the pool)
+      e->planned = false;
+    }
+}
+
+size_t GraphCache::planned_graphs() const {
+  size_t n = 0;
+  for (const auto& [k, e] : entries_) n += e->planned && e->exec;
+  return n;
 }
 
 void GraphCache::evict_oldest() {
@@ -85,15 +134,30 @@ std::vector<Tensor> GraphCache::run(CudaOps& ops, const std::string& key, const 
   }
   Entry& e = *it->second;
   e.last_use = ++clock_;
-  // The first call runs eagerly: it makes the cuBLASLt plans, sets kernel attributes and fills the
-  // pool, none of which belongs in a graph.
-  auto eager = [&] {
+  auto device_inputs = [&] {
     std::vector<Tensor> dev;
     for (const Tensor& t : inputs) dev.push_back(t.on_host() ? ops.upload(t) : t);
-    return fn(dev);
+    return dev;
   };
-  if (e.failed || ++e.calls < 2) return eager();
-  if (!e.exec && !record(ops, e, k, inputs, fn)) return eager();
+  if (e.failed) return fn(device_inputs());
+  // The first call runs eagerly: it makes the cuBLASLt plans, sets kernel attributes and traces the
+  // computation's buffers, none of which belongs in a graph.
+  if (++e.calls < 2) {
+    DevicePool& pool = *ops.context().pool;
+    std::vector<Tensor> dev = device_inputs(), out;
+    pool.begin_trace();
+    try {
+      out = fn(dev);
+    } catch (...) {
+      pool.end_trace();
+      throw;
+    }
+    e.trace = pool.end_trace();
+    dev.clear();
+    pool.release_cached();  // its buffers: the recording takes its own from the arena
+    return out;
+  }
+  if (!e.exec && !record(ops, e, k, inputs, fn)) return fn(device_inputs());
   CudaContext& ctx = ops.context();
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (inputs[i].on_host())

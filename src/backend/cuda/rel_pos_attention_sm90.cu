@@ -42,6 +42,12 @@
 //     apart): vit_b global 227 -> 287 us.
 //   - rel_w read as 8-byte pairs (330 -> 316 instructions a step), lazy rescaling for head dim 64:
 //     no change within noise.
+//   - rel_w by the tensor cores (2026-12-01, eleventh session): [q | rel_w / scale] . [k | one-hot of
+//     the key's column] as more k-steps of Q K^T (rel_w of each warpgroup's queries in shared memory as
+//     the A operand, a constant one-hot B), so that a score costs no shared-memory read of rel_w and
+//     two instructions fewer: correct (tests and parity as before), not faster. vit_h at batch 8:
+//     windowed 12.6 -> 14.2 ms a batch, global 12.35 -> 12.18 ms; encoder 96.4 -> 94.4 img/s; vit_b
+//     458.9 -> 456.3.
 #include <algorithm>
 #include <string>
 #include <type_traits>
