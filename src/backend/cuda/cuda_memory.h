@@ -53,9 +53,9 @@ class DevicePool {
   // The graph arena (graph.cu): one buffer for the activations of every graph recorded with a plan.
   // Between begin_trace() and end_trace(), buffers come from the pool as always and are logged (a
   // computation's eager run). Between begin_planned() and end_planned() (its recording), the i-th
-  // buffer asked for is the arena's bytes at plan.offsets[i], returned arena buffers stay where they are, and end_planned() gives the
-  // recording's own trace, which must equal the planned one for the plan to hold. (The size check
-  // throws ArenaMismatch.)
+  // buffer asked for is the arena's bytes at plan.offsets[i] (another size than the trace's throws
+  // ArenaMismatch), returned arena buffers stay where they are, and end_planned() gives the
+  // recording's own trace, which must equal the planned one for the plan to hold.
   void begin_trace();
   ArenaTrace end_trace();
   void begin_planned(const ArenaTrace& trace, const ArenaPlan& plan);
