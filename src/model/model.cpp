@@ -55,19 +55,21 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
   m.precision_ = backend.precision;
   m.backend_note_ = backend.note;
   for (const auto& [n, t] : m.tensors_) m.host_by_name_[n] = t;
-  std::vector<std::pair<std::string, Tensor>> folded = m.folded_decoder_weights();
+  for (auto& [n, t] : m.folded_decoder_weights()) m.host_by_name_[n] = std::move(t);
   m.dense_pe_host_ = m.compute_dense_positional_encoding();
-  // Everything the backend keeps, in one allocation sized first.
-  size_t bytes = m.ops_->weight_bytes(m.dense_pe_host_, false);
-  for (const auto& [n, t] : m.tensors_) bytes += m.ops_->weight_bytes(t, is_bulk_linear_weight(n));
-  for (const auto& [n, t] : folded) bytes += m.ops_->weight_bytes(t, false);
+  // Everything the backend keeps (host tensor, whether a bulk Linear weight, where it goes), in one
+  // allocation sized first.
+  struct Upload {
+    const Tensor* host;
+    bool bulk;
+    Tensor* dst;
+  };
+  std::vector<Upload> uploads{{&m.dense_pe_host_, false, &m.dense_pe_}};
+  for (const auto& [n, t] : m.host_by_name_) uploads.push_back({&t, is_bulk_linear_weight(n), &m.by_name_[n]});
+  size_t bytes = 0;
+  for (const Upload& u : uploads) bytes += m.ops_->weight_bytes(*u.host, u.bulk);
   m.ops_->reserve_weights(bytes);
-  for (const auto& [n, t] : m.tensors_) m.by_name_[n] = m.ops_->upload_weight(t, is_bulk_linear_weight(n));
-  for (auto& [n, t] : folded) {
-    m.by_name_[n] = m.ops_->upload_weight(t, false);
-    m.host_by_name_[n] = std::move(t);
-  }
-  m.dense_pe_ = m.ops_->upload_weight(m.dense_pe_host_, false);
+  for (const Upload& u : uploads) *u.dst = m.ops_->upload_weight(*u.host, u.bulk);
   return m;
 }
 

@@ -78,7 +78,7 @@ void* DevicePool::get(size_t bytes) {
     in_use_ += bytes;
   }
   if (mode_ == Mode::Tracing) tracer_.on_get(p, bytes);
-  peak_ = std::max(peak_, in_use_ + cache_.cached_bytes() + graph_bytes_ + arena_bytes_);
+  note_peak();
   return p;
 }
 
@@ -161,7 +161,7 @@ void DevicePool::reserve_arena(size_t bytes) {
   }
   arena_ = device_malloc(bytes);
   arena_bytes_ = bytes;
-  peak_ = std::max(peak_, in_use_ + cache_.cached_bytes() + graph_bytes_ + arena_bytes_);
+  note_peak();
 }
 
 size_t DevicePool::arena_bytes() const {

@@ -3,6 +3,7 @@
 // runs and nothing synchronises the device). All users of one pool run on one stream, so reusing a
 // buffer as soon as its last tensor is dropped is ordered after every kernel that read it.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <mutex>
 #include <unordered_set>
@@ -70,6 +71,7 @@ class DevicePool {
     return p >= arena_ && p < static_cast<const char*>(arena_) + arena_bytes_;
   }
   void* device_malloc(size_t bytes);  // cudaMalloc, retried after release_cached(); OutOfMemory
+  void note_peak() { peak_ = std::max(peak_, in_use_ + cache_.cached_bytes() + graph_bytes_ + arena_bytes_); }
 
   int device_;
   mutable std::mutex mu_;  // everything below but cache_ (which has its own lock)

@@ -64,11 +64,11 @@ constexpr int kQ = 128;  // queries per block: 2 warpgroups x 64
 constexpr int kWindowQ = 256;  // the windowed kernel's: 4 warpgroups x 64, a whole 14 x 14 window
 constexpr int kK = 64;   // key slots per step
 constexpr int kThreads = 256;
-constexpr int kRelStride = kQ + 4;  // floats per relative-position column in shared memory
 template <int QB>
-constexpr int rel_stride() {  // the same for QB queries a block (2 QB threads)
+constexpr int rel_stride() {  // floats per relative-position column in shared memory, QB queries a block
   return QB + 4;
 }
+constexpr int kRelStride = rel_stride<kQ>();  // the per-block kernel's
 
 // Bytes before the relative-position terms: four 64-row tiles T0..T3 (K of even and odd steps, V of
 // even and odd steps; first the relative-position table chunks).
