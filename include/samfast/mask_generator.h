@@ -54,14 +54,27 @@ struct GenerateTimings {
 
 class MaskGenerator {
  public:
-  // Throws samfast::Error for options upstream would reject (and for out-of-range values).
+  // Throws samfast::Error for options upstream would reject (and for out-of-range values): see validate().
   MaskGenerator(const Model& model, MaskGeneratorOptions options = {});
+  // The constructor's checks without a model, so that bad options are refused before one loads.
+  // Beyond upstream: crop_n_layers is at most 4, i.e. 341 crops (why: kMaxCropLayers in mask_generator.cpp).
+  static void validate(const MaskGeneratorOptions& options);
+  // Crops, the whole image included, that the options ask for an image: 1 + 4 + ... + 4^crop_n_layers.
+  // Each is an encoder pass. Throws as validate() does.
+  static int64_t crop_count(const MaskGeneratorOptions& options);
+  // The crops generate() encodes for a height x width image: crop_count(options) less the crops that
+  // upstream's generate_crop_boxes leaves empty on images a few pixels thin (upstream crashes on
+  // them). Throws as validate() does, and, as generate() does, when the image is too small for the
+  // crop layers asked for (crops under 16 pixels on their long side).
+  static int64_t crop_count(const MaskGeneratorOptions& options, int height, int width);
   const MaskGeneratorOptions& options() const { return options_; }
   // Records in upstream's order. timings, if given, receives the split of the time. prepared, if
   // given, is Predictor::prepare(rgb, img_size), made ahead (e.g. on another thread while the GPU
-  // works on the previous image); crops are always prepared here.
+  // works on the previous image); crops are always prepared here. progress, if given, is called
+  // after each crop with the crops done so far and crop_count(options(), rgb.height, rgb.width).
   std::vector<MaskRecord> generate(const Image& rgb, GenerateTimings* timings = nullptr,
-                                   const EncoderInput* prepared = nullptr) const;
+                                   const EncoderInput* prepared = nullptr,
+                                   const std::function<void(int crops_done, int crops_total)>& progress = {}) const;
 
  private:
   const Model& model_;

@@ -72,15 +72,60 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw Error("mask generator: " + what);
 }
 
+// Bounds on crops, which upstream does not have. Every crop is an encoder pass, and layer i has
+// 4^i of them: 8 layers would be 87,381 passes an image. Layer i's crops are about 1/2^i of the
+// image a side, magnified to the encoder's input size: at 4 layers (341 crops) a 1500-pixel photo
+// gives ~130-pixel crops magnified ~8x, past which the encoder sees interpolation, not detail.
+// For the same reason a layer whose crops are under 16 pixels on their long side (magnified over
+// 64x: one source pixel spans several of the encoder's 16-pixel patches) is refused for the image.
+constexpr int kMaxCropLayers = 4;
+constexpr int kMinCropSide = 16;
+
+// 1 + 4 + ... + 4^n_layers, for n_layers <= 30 (fits in int64).
+int64_t boxes_asked(int n_layers) { return ((int64_t(1) << (2 * n_layers + 2)) - 1) / 3; }
+
+std::string size_str(int width, int height) { return std::to_string(width) + "x" + std::to_string(height); }
+
+// The crops generate() encodes for a H x W image: upstream's generate_crop_boxes less the boxes it
+// makes empty (x0 >= x1 or y0 >= y1) when a side is only a few pixels, e.g. width 1 with one layer
+// gives crops starting at x0 = 1. Upstream crashes on those (PIL cannot make a 0-pixel image);
+// they hold no pixels, so nothing is lost by skipping them.
+CropBoxes plan_crops(const MaskGeneratorOptions& o, int H, int W) {
+  require(H > 0 && W > 0, "image " + size_str(W, H) + " has no pixels");
+  const CropBoxes all = generate_crop_boxes(H, W, o.crop_n_layers, o.crop_overlap_ratio);
+  CropBoxes out;
+  for (size_t i = 0; i < all.boxes.size(); ++i) {
+    const BoxXyxyi& b = all.boxes[i];
+    const int layer = all.layer_idxs[i];
+    // A layer's first crop has the layer's full size: only the last row and column are clipped.
+    if (layer > 0 && layer != all.layer_idxs[i - 1])
+      require(std::max(b[2] - b[0], b[3] - b[1]) >= kMinCropSide,
+              "crop_n_layers " + std::to_string(o.crop_n_layers) + " makes crops of " +
+                  size_str(b[2] - b[0], b[3] - b[1]) + " pixels (layer " + std::to_string(layer) + ") in the " +
+                  size_str(W, H) + " image; crops under " + std::to_string(kMinCropSide) +
+                  " pixels on their long side show the encoder nothing new: use at most " +
+                  std::to_string(layer - 1) + " crop layers for it");
+    if (b[2] > b[0] && b[3] > b[1]) {
+      out.boxes.push_back(b);
+      out.layer_idxs.push_back(layer);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
-MaskGenerator::MaskGenerator(const Model& model, MaskGeneratorOptions o) : model_(model), options_(std::move(o)) {
-  const MaskGeneratorOptions& p = options_;
+void MaskGenerator::validate(const MaskGeneratorOptions& p) {
   require((p.points_per_side > 0) != !p.point_grids.empty(),
           "exactly one of points_per_side (> 0) and point_grids must be given");
   require(p.points_per_side >= 0 && p.points_per_side <= 1024, "points_per_side must be 1..1024");
   require(p.points_per_batch >= 1 && p.points_per_batch <= 65536, "points_per_batch must be 1..65536");
-  require(p.crop_n_layers >= 0 && p.crop_n_layers <= 8, "crop_n_layers must be 0..8");
+  require(p.crop_n_layers >= 0, "crop_n_layers must not be negative");
+  require(p.crop_n_layers <= kMaxCropLayers,
+          "crop_n_layers " + std::to_string(p.crop_n_layers) + " asks for " +
+              (p.crop_n_layers <= 30 ? std::to_string(boxes_asked(p.crop_n_layers)) : "over 10^18") +
+              " crops (encoder passes) an image; at most " + std::to_string(kMaxCropLayers) + " layers (" +
+              std::to_string(boxes_asked(kMaxCropLayers)) + " crops) are allowed");
   require(p.crop_n_points_downscale_factor >= 1, "crop_n_points_downscale_factor must be at least 1");
   require(std::isfinite(p.crop_overlap_ratio) && p.crop_overlap_ratio >= 0 && p.crop_overlap_ratio < 1,
           "crop_overlap_ratio must be in [0, 1)");
@@ -91,17 +136,19 @@ MaskGenerator::MaskGenerator(const Model& model, MaskGeneratorOptions o) : model
   require(p.output_mode == "binary_mask" || p.output_mode == "uncompressed_rle" || p.output_mode == "coco_rle",
           "output_mode '" + p.output_mode + "' is not binary_mask, uncompressed_rle or coco_rle");
   if (p.points_per_side > 0) {
-    grids_ = build_all_layer_point_grids(p.points_per_side, p.crop_n_layers, p.crop_n_points_downscale_factor);
-    for (size_t i = 0; i < grids_.size(); ++i)
-      require(!grids_[i].empty(), "crop layer " + std::to_string(i) + " would have no points (points_per_side " +
-                                      std::to_string(p.points_per_side) + " / crop_n_points_downscale_factor^" +
-                                      std::to_string(i) + " < 1)");
+    // Layer i's grid has int(points_per_side / factor^i) points a side: none once factor^i exceeds
+    // points_per_side (checked before the next multiplication, so scale stays below 2^42).
+    int64_t scale = 1;
+    for (int i = 0; i <= p.crop_n_layers; ++i, scale *= p.crop_n_points_downscale_factor)
+      require(scale <= p.points_per_side,
+              "crop layer " + std::to_string(i) + " would have no points (points_per_side " +
+                  std::to_string(p.points_per_side) + " / crop_n_points_downscale_factor^" + std::to_string(i) +
+                  " < 1)");
   } else {
-    grids_ = p.point_grids;
-    require(grids_.size() == size_t(p.crop_n_layers) + 1,
+    require(p.point_grids.size() == size_t(p.crop_n_layers) + 1,
             "point_grids must hold one grid per crop layer (" + std::to_string(p.crop_n_layers + 1) + "), got " +
-                std::to_string(grids_.size()));
-    for (const auto& g : grids_) {
+                std::to_string(p.point_grids.size()));
+    for (const auto& g : p.point_grids) {
       require(!g.empty(), "a point grid is empty");
       for (const auto& pt : g)
         require(pt[0] >= 0 && pt[0] <= 1 && pt[1] >= 0 && pt[1] <= 1, "point grids must lie in [0, 1] x [0, 1]");
@@ -109,8 +156,27 @@ MaskGenerator::MaskGenerator(const Model& model, MaskGeneratorOptions o) : model
   }
 }
 
+int64_t MaskGenerator::crop_count(const MaskGeneratorOptions& options) {
+  validate(options);
+  return boxes_asked(options.crop_n_layers);
+}
+
+int64_t MaskGenerator::crop_count(const MaskGeneratorOptions& options, int height, int width) {
+  validate(options);
+  return (int64_t)plan_crops(options, height, width).boxes.size();
+}
+
+MaskGenerator::MaskGenerator(const Model& model, MaskGeneratorOptions o) : model_(model), options_(std::move(o)) {
+  validate(options_);
+  const MaskGeneratorOptions& p = options_;
+  grids_ = p.points_per_side > 0
+               ? build_all_layer_point_grids(p.points_per_side, p.crop_n_layers, p.crop_n_points_downscale_factor)
+               : p.point_grids;
+}
+
 std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTimings* timings,
-                                                const EncoderInput* prepared) const {
+                                                const EncoderInput* prepared,
+                                                const std::function<void(int, int)>& progress) const {
   const MaskGeneratorOptions& o = options_;
   const int H = rgb.height, W = rgb.width, S = model_.config().img_size;
   if (prepared && prepared->original_size != std::pair<int, int>{H, W})
@@ -119,7 +185,7 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
   const int64_t L = 4 * model_.config().grid();
   Ops& ops = model_.backend();
   GenerateTimings t;
-  const CropBoxes crops = generate_crop_boxes(H, W, o.crop_n_layers, o.crop_overlap_ratio);
+  const CropBoxes crops = plan_crops(o, H, W);
   // ref: model.mask_threshold (0.0); torch compares float32 logits with Python floats in float32.
   const float mask_thr = 0.f, hi = float(0.0 + o.stability_score_offset), lo = float(0.0 - o.stability_score_offset);
 
@@ -222,31 +288,32 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
       t.postprocess_ms += ms_since(t0);
       t0 = std::chrono::steady_clock::now();
     }
-    if (crop_data.empty()) continue;
-
-    t0 = std::chrono::steady_clock::now();
-    // ref: remove duplicates within this crop (boxes in crop coordinates, scored by predicted IoU)
-    std::vector<float> scores;
-    for (const Candidate& c : crop_data) scores.push_back(c.iou);
-    const std::vector<int64_t> keep = nms(boxes_of(crop_data), scores, o.box_nms_thresh);
-    filter(crop_data, keep);
-    Tensor planes = crop_planes[0];
-    if (crop_planes.size() > 1) {
-      std::vector<Tensor> rows;
-      for (const Tensor& p : crop_planes) rows.push_back(p.view({1, p.dim(0), L * L}));
-      planes = ops.concat(rows);
+    if (!crop_data.empty()) {
+      t0 = std::chrono::steady_clock::now();
+      // ref: remove duplicates within this crop (boxes in crop coordinates, scored by predicted IoU)
+      std::vector<float> scores;
+      for (const Candidate& c : crop_data) scores.push_back(c.iou);
+      const std::vector<int64_t> keep = nms(boxes_of(crop_data), scores, o.box_nms_thresh);
+      filter(crop_data, keep);
+      Tensor planes = crop_planes[0];
+      if (crop_planes.size() > 1) {
+        std::vector<Tensor> rows;
+        for (const Tensor& p : crop_planes) rows.push_back(p.view({1, p.dim(0), L * L}));
+        planes = ops.concat(rows);
+      }
+      planes = ops.gather(planes.view({planes.numel() / (L * L), L, L}), keep);
+      std::vector<Rle> rles = ops.mask_rles(planes, S, input_size, {ch, cw}, mask_thr, {cb[0], cb[1]}, {H, W});
+      for (size_t i = 0; i < crop_data.size(); ++i) {  // ref: uncrop boxes, points and masks
+        Candidate& c = crop_data[i];
+        c.box = {c.box[0] + cb[0], c.box[1] + cb[1], c.box[2] + cb[0], c.box[3] + cb[1]};
+        c.point = {c.point[0] + cb[0], c.point[1] + cb[1]};
+        c.crop = cb;
+        c.rle = std::move(rles[i]);
+        data.push_back(std::move(c));
+      }
+      t.postprocess_ms += ms_since(t0);
     }
-    planes = ops.gather(planes.view({planes.numel() / (L * L), L, L}), keep);
-    std::vector<Rle> rles = ops.mask_rles(planes, S, input_size, {ch, cw}, mask_thr, {cb[0], cb[1]}, {H, W});
-    for (size_t i = 0; i < crop_data.size(); ++i) {  // ref: uncrop boxes, points and masks
-      Candidate& c = crop_data[i];
-      c.box = {c.box[0] + cb[0], c.box[1] + cb[1], c.box[2] + cb[0], c.box[3] + cb[1]};
-      c.point = {c.point[0] + cb[0], c.point[1] + cb[1]};
-      c.crop = cb;
-      c.rle = std::move(rles[i]);
-      data.push_back(std::move(c));
-    }
-    t.postprocess_ms += ms_since(t0);
+    if (progress) progress(int(ci) + 1, int(crops.boxes.size()));
   }
 
   auto t0 = std::chrono::steady_clock::now();

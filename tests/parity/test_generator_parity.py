@@ -78,3 +78,34 @@ def test_generator_matches_upstream(case, name, tmp_path, tiny_checkpoint, samfa
     if case in ("all_survive", "min_region_area"):
         assert len(theirs) > 10, "the case should keep many masks"
     compare(ours, theirs)
+
+
+@pytest.mark.parametrize("height,width,crop_n_layers", [(64, 1, 0), (1, 64, 0), (64, 1, 1), (1, 64, 1)])
+def test_one_pixel_thin_images(height, width, crop_n_layers, tmp_path, tiny_checkpoint, samfast, monkeypatch):
+    """On images 1 pixel thin upstream's generate_crop_boxes makes empty crops (x0 = x1 = 1 for
+    width 1), on which its generator crashes; samfast skips them. Upstream without them gives the
+    same records."""
+    import torch
+    import segment_anything.automatic_mask_generator as amg
+    from segment_anything import SamAutomaticMaskGenerator
+
+    upstream_crop_boxes = amg.generate_crop_boxes
+
+    def without_empty_crops(im_size, n_layers, overlap_ratio):
+        boxes, layers = upstream_crop_boxes(im_size, n_layers, overlap_ratio)
+        kept = [i for i, b in enumerate(boxes) if b[2] > b[0] and b[3] > b[1]]
+        return [boxes[i] for i in kept], [layers[i] for i in kept]
+    monkeypatch.setattr(amg, "generate_crop_boxes", without_empty_crops)
+
+    opts = dict(CASES["all_survive"], crop_n_layers=crop_n_layers)
+    rgb = np.random.default_rng(height * 100 + crop_n_layers).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "thin.png")
+    samfast("everything", "--checkpoint", tiny_checkpoint, "--device", "cpu", "--input", tmp_path / "thin.png",
+            "--output", tmp_path / "out", "--output-mode", "coco_rle", *cli_flags(opts))
+    ours = json.loads((tmp_path / "out" / "thin.json").read_text())
+    gen = SamAutomaticMaskGenerator(upstream_sam(tiny_checkpoint), output_mode="coco_rle", **opts)
+    with torch.no_grad():
+        theirs = gen.generate(rgb)
+    if crop_n_layers:
+        assert len({tuple(m["crop_box"]) for m in theirs}) > 1, "the case should keep masks of crops"
+    compare(ours, theirs)
