@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set up and build (scripts/setup.sh), then every test through ctest (C++ unit
 # tests, parity against upstream segment_anything, CLI tests) and a bounded fuzz run of the
-# checkpoint loader. GPU tests are skipped here with a message (no GPU on this machine).
+# checkpoint, .npy and safetensors readers. GPU tests are skipped here with a message (no GPU on this machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

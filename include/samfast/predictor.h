@@ -53,6 +53,11 @@ class Predictor {
   std::pair<int, int> original_size(int image = 0) const { return original_sizes_.at(checked(image)); }
   std::pair<int, int> input_size(int image = 0) const { return input_sizes_.at(checked(image)); }
 
+  // Throws samfast::Error for a prompt that predict() would refuse on an image of this size: points
+  // or a box outside it, bad labels, a mask_input that is not (1, L, L) fp32 on the host. Needs no
+  // model, so a client can check prompts before loading one (L: 256 for every SAM v1 model).
+  static void check_prompt(const Prompt& prompt, int height, int width, int64_t low_res_side = 256);
+
   // ref: SamPredictor.predict. Throws samfast::Error for prompts outside the image, bad labels,
   // a mask_input of the wrong shape, or no image set.
   Prediction predict(const Prompt& prompt, bool multimask_output = true, bool return_logits = false) const;

@@ -12,12 +12,17 @@ namespace samfast {
 
 using Shape = std::vector<int64_t>;
 
+std::string shape_str(const Shape& s);  // "(1, 256, 64, 64)"
+[[noreturn]] void throw_bad_shape(const Shape& s);  // numel_of's error, kept out of line
+
+// The element count; a negative dimension or a count past int64 (a shape read from a damaged
+// file) throws samfast::Error rather than wrapping around.
 inline int64_t numel_of(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) throw_bad_shape(s);
   return n;
 }
-std::string shape_str(const Shape& s);  // "(1, 256, 64, 64)"
 
 enum class Device { CPU, CUDA };
 enum class DType { F32, BF16, F16, U8, F8E4M3 };  // F8E4M3: device-only quantised weights (--precision fp8)

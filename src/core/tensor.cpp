@@ -16,6 +16,12 @@ std::string shape_str(const Shape& s) {
   return out + ")";
 }
 
+void throw_bad_shape(const Shape& s) {
+  for (int64_t d : s)
+    if (d < 0) throw Error("shape " + shape_str(s) + " has a negative dimension");
+  throw Error("shape " + shape_str(s) + " has more elements than fit in 64 bits");
+}
+
 namespace {
 
 // Freed host buffers are kept by exact size and handed out again: a forward pass asks for the same
@@ -45,13 +51,15 @@ BufferPool& pool() {
 }  // namespace
 
 Tensor Tensor::empty(Shape shape, DType dtype) {
-  for (int64_t d : shape)
-    if (d < 0) throw Error("negative dimension in shape " + shape_str(shape));
   if (dtype != DType::F32 && dtype != DType::U8) throw Error("host tensors are fp32 or uint8");
+  size_t bytes = 0;
+  if (__builtin_mul_overflow(element_size(dtype), std::max<int64_t>(1, numel_of(shape)), &bytes) ||
+      __builtin_add_overflow(bytes, size_t{63}, &bytes))
+    throw Error("out of host memory: a tensor of shape " + shape_str(shape) + " needs more than 2^64 bytes");
+  bytes = bytes / 64 * 64;
   Tensor t;
   t.shape = std::move(shape);
   t.dtype = dtype;
-  const size_t bytes = (element_size(dtype) * std::max<int64_t>(1, numel_of(t.shape)) + 63) / 64 * 64;
   float* p = pool().get(bytes);
   t.storage = std::shared_ptr<float[]>(p, [bytes](float* q) { pool().put(q, bytes); });
   t.data = p;

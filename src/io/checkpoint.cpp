@@ -12,6 +12,8 @@
 
 #include "io/checkpoint_internal.h"
 #include "io/pickle.h"
+#include "io/printable.h"
+#include "io/safe_file.h"
 #include "io/zip.h"
 #include "samfast/error.h"
 
@@ -53,27 +55,13 @@ void decode_to_f32(const uint8_t* src, const std::string& dtype, int64_t count, 
   }
 }
 
-void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write) {
-  const std::string tmp = path + ".tmp";
-  std::error_code ec;
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error("cannot write " + path + ": cannot create " + tmp);
-    try {
-      write(out);
-      out.close();
-      if (!out) throw Error("cannot write " + path + ": write failed (disk full?)");
-    } catch (...) {
-      out.close();
-      std::filesystem::remove(tmp, ec);
-      throw;
-    }
-  }
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    throw Error("cannot write " + path + ": renaming " + tmp + " failed: " + ec.message());
-  }
+void check_finite(const std::string& name, const float* values, int64_t count, const std::string& what) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < count; ++i)  // all exponent bits set: Inf or NaN (a bit test vectorises)
+    bad += (std::bit_cast<uint32_t>(values[i]) & 0x7F800000u) == 0x7F800000u;
+  if (bad)
+    throw Error(what + ": tensor " + printable(name) + " has " + std::to_string(bad) +
+                " non-finite values (NaN or Inf); refusing to load it");
 }
 
 }  // namespace detail
@@ -92,7 +80,8 @@ struct View {
 };
 
 // Checks that every element of the strided view lies inside a storage of `have` bytes.
-View check_view(const std::string& name, const pickle::TensorRef& ref, uint64_t have, const std::string& what) {
+View check_view(const std::string& raw_name, const pickle::TensorRef& ref, uint64_t have, const std::string& what) {
+  const std::string name = printable(raw_name);
   const size_t elem = detail::dtype_size(ref.dtype);
   if (elem == 0)
     throw Error(what + ": tensor " + name + " has dtype " + ref.dtype +
@@ -121,7 +110,7 @@ View check_view(const std::string& name, const pickle::TensorRef& ref, uint64_t 
   const bool overflow = __builtin_mul_overflow(static_cast<uint64_t>(last) + 1, elem, &needed);
   if (overflow || needed > have)
     throw Error(what + ": tensor " + name + " needs " + (overflow ? "more than 2^64" : std::to_string(needed)) +
-                " bytes of storage data/" + ref.storage_key + ", which has " + std::to_string(have));
+                " bytes of storage data/" + printable(ref.storage_key) + ", which has " + std::to_string(have));
   if (static_cast<uint64_t>(view.numel) > have / elem)
     throw bad("has more elements than its storage holds (overlapping strides); not supported");
   return view;
@@ -185,8 +174,8 @@ StateDict load_archive(const ZipReader& zip, const std::string& what) {
     while (last < order.size() && refs[order[last]].second.storage_key == key) ++last;
     const auto index = zip.find(prefix + "data/" + key);
     if (!index)
-      throw Error(what + ": tensor " + refs[order[first]].first + " refers to storage data/" + key +
-                  ", which the archive lacks");
+      throw Error(what + ": tensor " + printable(refs[order[first]].first) + " refers to storage data/" +
+                  printable(key) + ", which the archive lacks");
     const uint64_t have = zip.entry_size(*index);
     std::vector<View> views;
     for (size_t k = first; k < last; ++k) {
@@ -202,7 +191,8 @@ StateDict load_archive(const ZipReader& zip, const std::string& what) {
       const auto& [name, ref] = refs[order[k]];
       LoadedTensor loaded{ref.dtype, Tensor::empty(ref.size)};
       gather(storage.data(), ref, views[k - first], loaded.value.data);
-      out.insert_or_assign(name, std::move(loaded));  // as in Python, a repeated name keeps the last
+      detail::check_finite(name, loaded.value.data, loaded.value.numel(), what);
+      out.emplace(name, std::move(loaded));  // names are unique: read_state_dict kept a repeated one's last
     }
     first = last;
   }
@@ -232,6 +222,7 @@ StateDict load_pth_bytes(const std::vector<uint8_t>& bytes, const std::string& w
 }
 
 StateDict load_checkpoint(const std::string& path) {
+  require_regular_file(path, "checkpoint");  // a FIFO would block the read below forever
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(describe(path) + " cannot be opened (missing or unreadable)");
   char head[9] = {};
@@ -262,7 +253,7 @@ void save_pth(const std::vector<std::pair<std::string, Tensor>>& tensors, const 
     entries.push_back({"archive/data/" + std::to_string(i), bytes(t.data, sizeof(float) * t.numel())});
   }
   entries.push_back({"archive/version", bytes(kVersion.data(), kVersion.size())});
-  detail::write_file_atomically(path, [&](std::ostream& out) { write_stored_zip(out, entries, describe(path)); });
+  write_file_atomically(path, [&](std::ostream& out) { write_stored_zip(out, entries, describe(path)); });
 }
 
 }  // namespace samfast

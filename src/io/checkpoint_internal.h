@@ -2,8 +2,6 @@
 #pragma once
 #include <bit>
 #include <cstdint>
-#include <functional>
-#include <ostream>
 #include <string>
 
 namespace samfast::detail {
@@ -13,14 +11,16 @@ static_assert(std::endian::native == std::endian::little, "checkpoint I/O assume
 
 // No SAM weight comes near this; larger counts in a file are corruption or an attack.
 constexpr int64_t kMaxTensorElements = int64_t{1} << 31;
+// SAM's tensors have at most 4 dimensions; a file's shape or stride longer than this is refused
+// before anything is built from it.
+constexpr size_t kMaxTensorDims = 8;
 
 // Bytes per element of "float32", "float16" or "bfloat16"; 0 for any other dtype.
 size_t dtype_size(const std::string& dtype);
 // Converts `count` packed little-endian elements of a supported dtype to fp32, exactly.
 void decode_to_f32(const uint8_t* src, const std::string& dtype, int64_t count, float* dst);
-
-// Runs `write` on "<path>.tmp" and renames it to `path` once complete, so a failed or
-// interrupted save never leaves a half-written file under the real name.
-void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write);
+// Throws Error naming tensor `name` of `what` if any of its `count` decoded values is NaN or Inf:
+// the model would run on them and print finite, meaningless scores (upstream's are NaN).
+void check_finite(const std::string& name, const float* values, int64_t count, const std::string& what);
 
 }  // namespace samfast::detail

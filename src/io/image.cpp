@@ -5,6 +5,7 @@
 // (static linkage) rather than linked from Debian's libstb.so, so no other file can clash with them.
 #include "io/image.h"
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <csetjmp>
@@ -17,11 +18,15 @@
 #include <system_error>
 #include <utility>
 
+#include "io/exif.h"
+#include "io/printable.h"
+#include "io/safe_file.h"
 #include "samfast/error.h"
 
 // jpeglib.h needs size_t and FILE declared before it.
 #include <jpeglib.h>
 #include <jerror.h>  // message codes (JWRN_JPEG_EOF)
+#include <zlib.h>    // crc32, to check PNG chunks
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wall"
@@ -55,7 +60,10 @@ std::optional<std::pair<int64_t, int64_t>> sniff_size(const std::string& path) {
   if (!f.read(reinterpret_cast<char*>(h.data()), 2)) return std::nullopt;
   if (h[0] == 0x89 && h[1] == 'P') {  // PNG: signature, then the IHDR chunk with width, height
     if (!f.read(reinterpret_cast<char*>(h.data()) + 2, 22)) return std::nullopt;
-    return std::make_pair(int64_t(be32(&h[16])), int64_t(be32(&h[20])));
+    const uint32_t width = be32(&h[16]), height = be32(&h[20]);
+    // Past the PNG limit of 2^31 - 1, so not a PNG; the limit also keeps width * height in int64.
+    if (width > 0x7FFFFFFFu || height > 0x7FFFFFFFu) return std::nullopt;
+    return std::make_pair(int64_t(width), int64_t(height));
   }
   if (h[0] != 0xFF || h[1] != 0xD8) return std::nullopt;
   // JPEG: walk the marker segments up to a start-of-frame, which holds height and width.
@@ -80,6 +88,33 @@ std::optional<std::pair<int64_t, int64_t>> sniff_size(const std::string& path) {
 std::string too_many_pixels(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
   return "image " + path + " is " + std::to_string(w) + "x" + std::to_string(h) + " = " +
          std::to_string(w * h) + " pixels, more than the limit of " + std::to_string(max_pixels);
+}
+
+// stb_image ignores chunk CRCs, so a damaged PNG would decode to whatever its bytes now say; PIL
+// and libpng (OpenCV) refuse it. Checks the CRC of every chunk up to IEND. A file that is not a
+// PNG, or ends early, is left to the decoder, which names its own reason.
+void check_png_crcs(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  unsigned char chunk[8];  // the signature, then each chunk's length and type
+  if (!f.read(reinterpret_cast<char*>(chunk), 8) || std::memcmp(chunk, "\x89PNG\r\n\x1a\n", 8) != 0) return;
+  std::vector<unsigned char> buffer(size_t{1} << 16);
+  while (f.read(reinterpret_cast<char*>(chunk), 8)) {
+    uint32_t left = be32(chunk);
+    if (left > 0x7FFFFFFFu) return;  // not a PNG chunk length
+    uLong crc = crc32(0, chunk + 4, 4);  // the CRC covers the type and the data
+    while (left > 0) {
+      const uint32_t n = std::min<uint32_t>(left, uint32_t(buffer.size()));
+      if (!f.read(reinterpret_cast<char*>(buffer.data()), n)) return;
+      crc = crc32(crc, buffer.data(), n);
+      left -= n;
+    }
+    unsigned char stored[4];
+    if (!f.read(reinterpret_cast<char*>(stored), 4)) return;
+    const std::string type(reinterpret_cast<const char*>(chunk) + 4, 4);
+    if (be32(stored) != crc)
+      throw Error(path + " is not a readable image: PNG chunk " + printable(type) + " has a bad CRC (the file is damaged)");
+    if (type == "IEND") return;
+  }
 }
 
 // ---- JPEG through libjpeg ------------------------------------------------------------------------
@@ -187,10 +222,8 @@ JpegResult decode_jpeg(std::FILE* file, int64_t max_pixels, Image& img, JpegErro
 
 }  // namespace
 
-Image read_image(const std::string& path, int64_t max_pixels) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) throw Error("image file " + path + " does not exist");
-  if (fs::is_directory(path, ec)) throw Error("image file " + path + " is a directory");
+Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation exif) {
+  require_regular_file(path, "image file");  // a FIFO would block the read below forever
 
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!file) throw Error("cannot open image file " + path + ": " + std::strerror(errno));
@@ -203,7 +236,7 @@ Image read_image(const std::string& path, int64_t max_pixels) {
     int64_t w = -1, h = -1;
     switch (decode_jpeg(file.get(), max_pixels, img, err, w, h)) {
       case JpegResult::ok:
-        return img;
+        return exif == ExifOrientation::apply ? apply_orientation(img, exif_orientation(path)) : img;
       case JpegResult::too_many_pixels:
         throw Error(too_many_pixels(path, w, h, max_pixels));
       case JpegResult::failed:
@@ -215,6 +248,7 @@ Image read_image(const std::string& path, int64_t max_pixels) {
     }
   }
   file.reset();
+  check_png_crcs(path);
 
   // Other formats: check the header first so that a huge image is rejected before any allocation.
   int w = 0, h = 0, channels = 0;
@@ -240,32 +274,40 @@ Image read_image(const std::string& path, int64_t max_pixels) {
 
 namespace {
 
-// Writes next to the target and renames, so a reader never sees a half-written PNG.
-void write_png(const std::string& path, int height, int width, int channels, const uint8_t* pixels,
-               size_t size) {
+std::string encode_png(int height, int width, int channels, const uint8_t* pixels, size_t size) {
   if (height <= 0 || width <= 0)
-    throw Error("cannot write " + path + ": empty image (" + std::to_string(height) + "x" +
-                std::to_string(width) + ")");
+    throw Error("empty image (" + std::to_string(height) + "x" + std::to_string(width) + ")");
   if (size != size_t(height) * width * channels)
-    throw Error("cannot write " + path + ": " + std::to_string(size) + " bytes for a " +
-                std::to_string(height) + "x" + std::to_string(width) + "x" + std::to_string(channels) +
-                " image");
-  const std::string tmp = path + ".tmp";
-  if (!stbi_write_png(tmp.c_str(), width, height, channels, pixels, width * channels)) {
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    throw Error("cannot write PNG " + path + " (is the directory writable and the disk not full?)");
+    throw Error(std::to_string(size) + " bytes for a " + std::to_string(height) + "x" + std::to_string(width) + "x" +
+                std::to_string(channels) + " image");
+  std::string png;
+  auto append = [](void* context, void* data, int n) {
+    static_cast<std::string*>(context)->append(static_cast<const char*>(data), size_t(n));
+  };
+  if (!stbi_write_png_to_func(append, &png, width, height, channels, pixels, width * channels))
+    throw Error("PNG encoding failed");
+  return png;
+}
+
+// Encoded in memory, then written atomically (io/safe_file.h): a reader never sees a half-written
+// PNG, and a full disk is an error, not a truncated file.
+void write_png(const std::string& path, int height, int width, int channels, const uint8_t* pixels, size_t size) {
+  std::string png;
+  try {
+    png = encode_png(height, width, channels, pixels, size);
+  } catch (const Error& e) {
+    throw Error("cannot write " + path + ": " + e.what());
   }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    fs::remove(tmp, ec);
-    throw Error("cannot write PNG " + path + ": rename from " + tmp + " failed: " + why);
-  }
+  write_file_atomically(path, png);
 }
 
 }  // namespace
+
+std::string encode_png_rgb(const Image& img) { return encode_png(img.height, img.width, 3, img.rgb.data(), img.rgb.size()); }
+
+std::string encode_png_gray(int height, int width, const std::vector<uint8_t>& gray) {
+  return encode_png(height, width, 1, gray.data(), gray.size());
+}
 
 void write_png_rgb(const std::string& path, const Image& img) {
   write_png(path, img.height, img.width, 3, img.rgb.data(), img.rgb.size());

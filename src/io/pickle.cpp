@@ -2,28 +2,43 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <deque>
 #include <memory>
+#include <string_view>
 #include <unordered_map>
 
+#include "io/checkpoint_internal.h"
+#include "io/printable.h"
 #include "samfast/error.h"
 
 namespace samfast::pickle {
 namespace {
 
-// Caps no real state_dict comes near (SAM ViT-H's data.pkl is ~60 KB); they keep a crafted
-// data.pkl from growing memory without bound.
-constexpr size_t kMaxStack = size_t{1} << 20;
-constexpr size_t kMaxValues = size_t{1} << 22;
+// Limits no real state_dict comes near (SAM ViT-H's data.pkl: 100 KB, 594 tensors, ~21k opcodes,
+// ~6k memo entries). Without them a 1 MB data.pkl whose memo hands one large tuple to thousands of
+// tensors made the loader copy gigabytes before any shape was checked; with them a crafted
+// data.pkl costs at most a few hundred MB and fails naming the limit it hit.
+constexpr size_t kMaxStack = size_t{1} << 20;           // stack depth, and MARKs open at once
+constexpr size_t kMaxObjects = size_t{1} << 20;         // objects built, ~100 bytes each
+constexpr size_t kMaxMemo = size_t{1} << 20;            // memo entries
+constexpr size_t kMaxMetadataBytes = size_t{64} << 20;  // strings, container items, sizes and strides
+constexpr size_t kMaxEntries = size_t{1} << 16;         // entries of the state_dict
+constexpr size_t kMaxGlobalName = 256;                  // the globals a state_dict uses are ~30 bytes
+
+std::string metadata_limit() {
+  return "builds more than " + std::to_string(kMaxMetadataBytes >> 20) +
+         " MB of strings, containers, sizes and strides (the limit on a state_dict's metadata)";
+}
 
 // Every object the unpickler builds lives in one arena and refers to others by plain pointer, so
 // self-referencing or deeply nested pickles cannot leak or recurse on destruction.
 struct Value {
   enum class Kind : uint8_t { None, Bool, Int, Float, Str, Bytes, Tuple, List, Dict, Global, Storage, Tensor };
   Kind kind = Kind::None;
-  int64_t integer = 0;        // Int, Bool
-  std::string text;           // Str, Bytes; Global: "module.name"; Storage: its key
-  std::string dtype;          // Storage, and a Global naming a storage class
-  std::vector<Value*> items;  // Tuple, List; Dict: key, value, key, value, ...
+  int64_t integer = 0;          // Int, Bool
+  std::string text;             // Str, Bytes; Global: "module.name"; Storage: its key
+  const char* dtype = nullptr;  // Storage, and a Global naming a storage class
+  std::vector<Value*> items;    // Tuple, List; Dict: key, value, key, value, ...
   std::unique_ptr<TensorRef> tensor;
 };
 
@@ -62,13 +77,6 @@ constexpr char kOrderedDict[] = "collections.OrderedDict";
 constexpr char kRebuildTensor[] = "torch._utils._rebuild_tensor_v2";
 constexpr char kRebuildParameter[] = "torch._utils._rebuild_parameter";
 
-// Names from a crafted file may hold anything; keep messages to one printable line.
-std::string printable(const std::string& s) {
-  std::string out;
-  for (char c : s.substr(0, 100)) out += (c >= 32 && c < 127) ? c : '?';
-  return s.size() > 100 ? out + "..." : out;
-}
-
 class Unpickler {
  public:
   Unpickler(std::span<const uint8_t> data, const std::string& what) : data_(data), what_(what) {}
@@ -85,6 +93,8 @@ class Unpickler {
     }
     fail("ends without a STOP opcode (truncated?)");
   }
+
+  size_t metadata_bytes() const { return metadata_bytes_; }
 
   [[noreturn]] void fail(const std::string& problem) const {
     throw Error(what_ + ": data.pkl " + problem + " (at byte " + std::to_string(op_pos_) + ")");
@@ -107,9 +117,9 @@ class Unpickler {
       case 0x85: push(tuple(pop_n(1))); break;
       case 0x86: push(tuple(pop_n(2))); break;
       case 0x87: push(tuple(pop_n(3))); break;
-      case 'q': memo_[static_cast<uint32_t>(le(1))] = top(); break;
-      case 'r': memo_[static_cast<uint32_t>(le(4))] = top(); break;
-      case 0x94: memo_[static_cast<uint32_t>(memo_.size())] = top(); break;
+      case 'q': memo_put(static_cast<uint32_t>(le(1))); break;
+      case 'r': memo_put(static_cast<uint32_t>(le(4))); break;
+      case 0x94: memo_put(static_cast<uint32_t>(memo_.size())); break;
       case 'h': push(memo_get(static_cast<uint32_t>(le(1)))); break;
       case 'j': push(memo_get(static_cast<uint32_t>(le(4)))); break;
       case 'X': push(text(K::Str, le(4))); break;
@@ -202,18 +212,26 @@ class Unpickler {
 
   std::string line() {
     const auto begin = data_.begin() + static_cast<std::ptrdiff_t>(pos_);
-    const auto end = std::find(begin, data_.end(), uint8_t{'\n'});
+    const auto stop = data_.size() - pos_ > kMaxGlobalName ? begin + kMaxGlobalName : data_.end();
+    const auto end = std::find(begin, stop, uint8_t{'\n'});
+    if (end == stop && stop != data_.end()) fail("has a GLOBAL name longer than any state_dict uses");
     if (end == data_.end()) fail("ends inside a GLOBAL name (truncated?)");
     std::string s(begin, end);
     pos_ += s.size() + 1;
     return s;
   }
 
+  // Counts what the pickle makes the unpickler copy or allocate beyond the objects themselves.
+  void charge(size_t bytes) {
+    metadata_bytes_ += bytes;
+    if (metadata_bytes_ > kMaxMetadataBytes) fail(metadata_limit());
+  }
+
   Value* make(Value::Kind kind) {
-    if (arena_.size() >= kMaxValues) fail("holds more objects than any state_dict");
-    arena_.push_back(std::make_unique<Value>());
-    arena_.back()->kind = kind;
-    return arena_.back().get();
+    if (arena_.size() >= kMaxObjects)
+      fail("builds more than " + std::to_string(kMaxObjects) + " objects (the limit on a state_dict's pickle)");
+    arena_.emplace_back().kind = kind;
+    return &arena_.back();
   }
   Value* integer(Value::Kind kind, int64_t v) {
     Value* value = make(kind);
@@ -222,11 +240,13 @@ class Unpickler {
   }
   Value* text(Value::Kind kind, uint64_t n) {
     const uint8_t* p = take(n);
+    charge(n);
     Value* value = make(kind);
     value->text.assign(reinterpret_cast<const char*>(p), n);
     return value;
   }
   Value* tuple(std::vector<Value*> items) {
+    charge(items.size() * sizeof(Value*));
     Value* value = make(Value::Kind::Tuple);
     value->items = std::move(items);
     return value;
@@ -258,6 +278,15 @@ class Unpickler {
     stack_.resize(mark);
     return items;
   }
+  void memo_put(uint32_t index) {
+    Value* value = top();
+    const auto [it, added] = memo_.try_emplace(index, value);
+    if (!added) {
+      it->second = value;
+    } else if (memo_.size() > kMaxMemo) {
+      fail("stores more than " + std::to_string(kMaxMemo) + " memo entries (the limit on a state_dict's pickle)");
+    }
+  }
   Value* memo_get(uint32_t index) {
     const auto it = memo_.find(index);
     if (it == memo_.end()) fail("refers to memo entry " + std::to_string(index) + ", which was never stored");
@@ -266,15 +295,18 @@ class Unpickler {
 
   void set_items(Value* dict, const std::vector<Value*>& items) {
     if (dict->kind != Value::Kind::Dict) fail(std::string("sets items on a ") + kind_name(dict->kind));
+    charge(items.size() * sizeof(Value*));
     dict->items.insert(dict->items.end(), items.begin(), items.end());
   }
   void append(Value* list, const std::vector<Value*>& items) {
     if (list->kind != Value::Kind::List) fail(std::string("appends to a ") + kind_name(list->kind));
+    charge(items.size() * sizeof(Value*));
     list->items.insert(list->items.end(), items.begin(), items.end());
   }
 
   Value* global(const std::string& module, const std::string& name) {
     const std::string full = module + "." + name;
+    charge(full.size());
     Value* value = make(Value::Kind::Global);
     value->text = full;
     if (full == kOrderedDict || full == kRebuildTensor || full == kRebuildParameter) return value;
@@ -290,6 +322,10 @@ class Unpickler {
 
   std::vector<int64_t> ints(const Value* v, const char* role) {
     if (v->kind != Value::Kind::Tuple) fail(std::string("gives a ") + kind_name(v->kind) + " as " + role);
+    if (v->items.size() > detail::kMaxTensorDims)
+      fail(std::string("gives ") + role + " of " + std::to_string(v->items.size()) + " dimensions, more than the " +
+           std::to_string(detail::kMaxTensorDims) + " allowed (SAM's tensors have at most 4)");
+    charge(v->items.size() * sizeof(int64_t));
     std::vector<int64_t> out;
     for (const Value* item : v->items) {
       if (item->kind != Value::Kind::Int) fail(std::string("has a ") + kind_name(item->kind) + " in " + role);
@@ -312,6 +348,7 @@ class Unpickler {
         fail("calls _rebuild_tensor_v2 with " + std::to_string(a.size()) + " arguments instead of 6 or 7");
       if (a[0]->kind != K::Storage) fail(std::string("rebuilds a tensor from a ") + kind_name(a[0]->kind));
       if (a[1]->kind != K::Int) fail("gives a tensor a storage offset that is not an int");
+      charge(sizeof(TensorRef) + a[0]->text.size());
       auto ref = std::make_unique<TensorRef>();
       ref->storage_key = a[0]->text;
       ref->dtype = a[0]->dtype;
@@ -331,27 +368,37 @@ class Unpickler {
   }
 
   // torch.save stores tensor data outside the pickle; the persistent id names the archive entry.
+  // torch.save repeats the id for every tensor viewing a storage; each storage is described once.
   Value* persistent_load(const Value* pid) {
     using K = Value::Kind;
     const std::vector<Value*>& p = pid->items;
     if (pid->kind != K::Tuple || p.size() != 5 || p[0]->kind != K::Str || p[0]->text != "storage")
       fail("has a persistent id that is not ('storage', type, key, location, size)");
-    if (p[1]->kind != K::Global || p[1]->dtype.empty()) fail("has a storage whose type is not a torch storage class");
+    if (p[1]->kind != K::Global || !p[1]->dtype) fail("has a storage whose type is not a torch storage class");
     if (p[2]->kind != K::Str || p[3]->kind != K::Str || p[4]->kind != K::Int)
       fail("has a storage whose key, location or size has the wrong type");
+    if (const auto it = storages_.find(p[2]->text); it != storages_.end()) {
+      if (std::string_view(it->second->dtype) != p[1]->dtype)
+        fail("declares storage " + printable(p[2]->text) + " as both " + it->second->dtype + " and " + p[1]->dtype);
+      return it->second;
+    }
+    charge(2 * p[2]->text.size());  // the key, in the storage and in storages_
     Value* storage = make(K::Storage);
     storage->text = p[2]->text;
     storage->dtype = p[1]->dtype;
+    storages_.emplace(storage->text, storage);
     return storage;
   }
 
   std::span<const uint8_t> data_;
   const std::string& what_;
   size_t pos_ = 0, op_pos_ = 0;
-  std::vector<std::unique_ptr<Value>> arena_;
+  std::deque<Value> arena_;  // a deque never moves what it holds, so pointers into it stay valid
   std::vector<Value*> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint32_t, Value*> memo_;
+  std::unordered_map<std::string, Value*> storages_;  // by key
+  size_t metadata_bytes_ = 0;
 };
 
 const Value* dict_get(const Value* dict, const std::string& key) {
@@ -381,7 +428,15 @@ std::vector<std::pair<std::string, TensorRef>> read_state_dict(std::span<const u
         dict = inner;
         break;
       }
+  const size_t entries = dict->items.size() / 2;
+  if (entries > kMaxEntries)
+    throw Error(what + ": data.pkl's state_dict has " + std::to_string(entries) + " entries, more than the " +
+                std::to_string(kMaxEntries) + " allowed (SAM ViT-H has 594)");
+  // As in Python, a name set twice keeps its first position and its last value, so a pickle that
+  // repeats one name thousands of times yields one tensor. Copies out count against the budget too.
   std::vector<std::pair<std::string, TensorRef>> out;
+  std::unordered_map<std::string_view, size_t> position;  // views of the unpickler's strings
+  size_t bytes = unpickler.metadata_bytes();
   for (size_t i = 0; i < dict->items.size(); i += 2) {
     const Value* key = dict->items[i];
     const Value* value = dict->items[i + 1];
@@ -390,7 +445,15 @@ std::vector<std::pair<std::string, TensorRef>> read_state_dict(std::span<const u
     if (value->kind != Value::Kind::Tensor)
       throw Error(what + ": state_dict entry '" + printable(key->text) + "' is a " + kind_name(value->kind) +
                   ", not a tensor");
-    out.emplace_back(key->text, *value->tensor);
+    const TensorRef& ref = *value->tensor;
+    const auto [at, added] = position.try_emplace(key->text, out.size());
+    bytes += (added ? key->text.size() : 0) + ref.storage_key.size() + (ref.size.size() + ref.stride.size()) * sizeof(int64_t);
+    if (bytes > kMaxMetadataBytes) throw Error(what + ": data.pkl " + metadata_limit());
+    if (added) {
+      out.emplace_back(key->text, ref);
+    } else {
+      out[at->second].second = ref;
+    }
   }
   return out;
 }

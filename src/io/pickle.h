@@ -19,8 +19,11 @@ struct TensorRef {
   std::vector<int64_t> size, stride;
 };
 
-// Parses data.pkl into name -> tensor, in file order. The top level must be a dict of tensors, or
-// a dict holding one under "state_dict" or "model". `what` begins every error message.
+// Parses data.pkl into name -> tensor, in file order; a name given twice keeps its first place and
+// its last tensor, as in a Python dict. The top level must be a dict of tensors, or a dict holding
+// one under "state_dict" or "model". What a crafted pickle can make it build is bounded (objects,
+// memo entries, bytes of metadata, dimensions per tensor, entries); each error names the limit hit.
+// `what` begins every error message.
 std::vector<std::pair<std::string, TensorRef>> read_state_dict(std::span<const uint8_t> pkl,
                                                                const std::string& what);
 

@@ -1,12 +1,16 @@
 // safetensors: an 8-byte little-endian header length, a JSON header naming each tensor's dtype,
 // shape and byte range, then the packed data.
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <utility>
 
 #include "io/checkpoint.h"
 #include "io/checkpoint_internal.h"
+#include "io/printable.h"
+#include "io/safe_file.h"
 #include "samfast/error.h"
 
 namespace samfast {
@@ -66,9 +70,20 @@ std::string dtype_name(const std::string& safetensors_dtype) {
   return "";
 }
 
-LoadedTensor read_tensor(ByteSource& src, const std::string& name, const nlohmann::json& info,
-                         uint64_t data_start, const std::string& what) {
-  auto bad = [&](const std::string& problem) { return Error(what + ": safetensors tensor " + name + " " + problem); };
+// One tensor as the header describes it.
+struct Entry {
+  std::string name;
+  std::string stored_dtype;  // as the header names it: "F32", "F16" or "BF16"
+  std::string dtype;         // as LoadedTensor names it: "float32", "float16" or "bfloat16"
+  Shape shape;
+  int64_t numel = 1;
+  uint64_t begin = 0, end = 0;  // byte range in the data, which follows the header
+};
+
+Entry parse_entry(const std::string& name, const nlohmann::json& info, uint64_t data_bytes, const std::string& what) {
+  auto bad = [&](const std::string& problem) {
+    return Error(what + ": safetensors tensor " + printable(name) + " " + problem);
+  };
   if (!info.is_object()) throw bad("is described by a JSON " + std::string(info.type_name()) + ", not an object");
   const auto dtype_it = info.find("dtype");
   const auto shape_it = info.find("shape");
@@ -79,36 +94,80 @@ LoadedTensor read_tensor(ByteSource& src, const std::string& name, const nlohman
       !(*offsets_it)[0].is_number_unsigned() || !(*offsets_it)[1].is_number_unsigned())
     throw bad("has no data_offsets [begin, end]");
   const std::string stored = dtype_it->get<std::string>();
-  const std::string dtype = dtype_name(stored);
-  if (dtype.empty()) throw Error(what + ": tensor " + name + " has dtype " + stored + ": unsupported (only F32, F16 and BF16 load)");
+  Entry e;
+  e.name = name;
+  e.stored_dtype = stored;
+  e.dtype = dtype_name(stored);
+  if (e.dtype.empty())
+    throw Error(what + ": tensor " + printable(name) + " has dtype " + printable(stored) +
+                ": unsupported (only F32, F16 and BF16 load)");
 
-  Shape shape;
-  int64_t numel = 1;
+  if (shape_it->size() > detail::kMaxTensorDims)
+    throw bad("has a shape of " + std::to_string(shape_it->size()) + " dimensions, more than the " +
+              std::to_string(detail::kMaxTensorDims) + " allowed (SAM's tensors have at most 4)");
   for (const nlohmann::json& dim : *shape_it) {
     if (!dim.is_number_unsigned() || dim.get<uint64_t>() > static_cast<uint64_t>(detail::kMaxTensorElements))
       throw bad("has a shape entry that is not a size up to 2^31");
-    shape.push_back(dim.get<int64_t>());
-    numel *= shape.back();  // both factors are at most 2^31, so no overflow
-    if (numel > detail::kMaxTensorElements) throw bad("declares more than 2^31 elements");
+    e.shape.push_back(dim.get<int64_t>());
+    e.numel *= e.shape.back();  // both factors are at most 2^31, so no overflow
+    if (e.numel > detail::kMaxTensorElements) throw bad("declares more than 2^31 elements");
   }
-  const uint64_t begin = (*offsets_it)[0].get<uint64_t>(), end = (*offsets_it)[1].get<uint64_t>();
-  const uint64_t data_bytes = src.size() - data_start;
-  if (begin > end || end > data_bytes)
-    throw bad("has data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+  e.begin = (*offsets_it)[0].get<uint64_t>();
+  e.end = (*offsets_it)[1].get<uint64_t>();
+  if (e.begin > e.end || e.end > data_bytes)
+    throw bad("has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
               "] outside the file's " + std::to_string(data_bytes) + " bytes of data (truncated?)");
-  const uint64_t expected = static_cast<uint64_t>(numel) * detail::dtype_size(dtype);
-  if (end - begin != expected)
-    throw bad("has " + std::to_string(end - begin) + " bytes of data, but its shape " + shape_str(shape) +
-              " and dtype " + stored + " need " + std::to_string(expected));
+  return e;
+}
 
-  LoadedTensor loaded{dtype, Tensor::empty(shape)};
-  if (dtype == "float32") {
-    src.read(data_start + begin, expected, loaded.value.data);
-  } else {
-    std::vector<uint8_t> raw(expected);
-    src.read(data_start + begin, expected, raw.data());
-    detail::decode_to_f32(raw.data(), dtype, numel, loaded.value.data);
+// What the reference implementation checks (safetensors' Metadata::validate): taken in order of
+// their offsets, the tensors' byte ranges tile the data exactly, from byte 0 to the end of the
+// file, each as long as its shape and dtype need. Overlapping ranges would load one set of bytes as
+// two tensors; a gap or trailing bytes mean the header does not describe the file.
+void check_layout(const std::vector<Entry>& entries, uint64_t data_bytes, const std::string& what) {
+  std::vector<const Entry*> sorted;
+  for (const Entry& e : entries) sorted.push_back(&e);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const Entry* a, const Entry* b) { return std::pair(a->begin, a->end) < std::pair(b->begin, b->end); });
+  auto range = [](const Entry& e) {
+    return printable(e.name) + " [" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "]";
+  };
+  uint64_t covered = 0;  // the data is tiled up to here
+  const Entry* previous = nullptr;
+  for (const Entry* e : sorted) {
+    if (e->begin < covered)
+      throw Error(what + ": safetensors tensors " + range(*previous) + " and " + range(*e) +
+                  " overlap (invalid data_offsets)");
+    if (e->begin > covered)
+      throw Error(what + ": safetensors data bytes [" + std::to_string(covered) + ", " + std::to_string(e->begin) +
+                  "] belong to no tensor (a gap before " + range(*e) + "; invalid data_offsets)");
+    covered = e->end;
+    previous = e;
   }
+  if (covered != data_bytes)
+    throw Error(what + ": safetensors tensors cover " + std::to_string(covered) + " bytes of data, but the file has " +
+                std::to_string(data_bytes) + " after the header (invalid data_offsets, or trailing bytes)");
+  // Sizes after ranges, so that two tensors pointed at the same bytes are reported as such.
+  for (const Entry& e : entries) {
+    const uint64_t needed = static_cast<uint64_t>(e.numel) * detail::dtype_size(e.dtype);
+    if (e.end - e.begin != needed)
+      throw Error(what + ": safetensors tensor " + printable(e.name) + " has " + std::to_string(e.end - e.begin) +
+                  " bytes of data, but its shape " + shape_str(e.shape) + " and dtype " + e.stored_dtype + " need " +
+                  std::to_string(needed));
+  }
+}
+
+LoadedTensor read_tensor(ByteSource& src, const Entry& e, uint64_t data_start, const std::string& what) {
+  LoadedTensor loaded{e.dtype, Tensor::empty(e.shape)};
+  const uint64_t bytes = e.end - e.begin;
+  if (e.dtype == "float32") {
+    src.read(data_start + e.begin, bytes, loaded.value.data);
+  } else {
+    std::vector<uint8_t> raw(bytes);
+    src.read(data_start + e.begin, bytes, raw.data());
+    detail::decode_to_f32(raw.data(), e.dtype, e.numel, loaded.value.data);
+  }
+  detail::check_finite(e.name, loaded.value.data, e.numel, what);
   return loaded;
 }
 
@@ -130,18 +189,22 @@ StateDict load_from(ByteSource& src, const std::string& what) {
   try {
     header = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(what + ": safetensors header is not valid JSON: " + e.what());
+    throw Error(what + ": safetensors header is not valid JSON: " + printable(e.what(), 300));
   }
   if (!header.is_object()) throw Error(what + ": safetensors header is a JSON " + header.type_name() + ", not an object");
-  StateDict out;
+  const uint64_t data_start = 8 + header_bytes, data_bytes = src.size() - data_start;
+  // Every entry is checked, and the entries against each other, before any tensor is allocated.
+  std::vector<Entry> entries;
   try {
-    for (const auto& [name, info] : header.items()) {
-      if (name == "__metadata__") continue;  // free-form strings, nothing a loader needs
-      out.emplace(name, read_tensor(src, name, info, 8 + header_bytes, what));
-    }
+    for (const auto& [name, info] : header.items())
+      if (name != "__metadata__")  // free-form strings, nothing a loader needs
+        entries.push_back(parse_entry(name, info, data_bytes, what));
   } catch (const nlohmann::json::exception& e) {
-    throw Error(what + ": safetensors header is malformed: " + e.what());
+    throw Error(what + ": safetensors header is malformed: " + printable(e.what(), 300));
   }
+  check_layout(entries, data_bytes, what);
+  StateDict out;
+  for (const Entry& e : entries) out.emplace(e.name, read_tensor(src, e, data_start, what));
   return out;
 }
 
@@ -177,14 +240,13 @@ void save_safetensors(const std::vector<std::pair<std::string, Tensor>>& tensors
     throw Error("cannot write " + path + ": " + e.what());  // e.g. a tensor name that is not UTF-8
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned, as the format asks
-  detail::write_file_atomically(path, [&](std::ostream& out) {
+  write_file_atomically(path, [&](std::ostream& out) {
     uint8_t length[8];
     for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
     out.write(reinterpret_cast<const char*>(length), 8);
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
     for (const auto& [name, tensor] : tensors)
       out.write(reinterpret_cast<const char*>(tensor.data), static_cast<std::streamsize>(sizeof(float) * tensor.numel()));
-    if (!out) throw Error("cannot write " + path + ": write failed (disk full?)");
   });
 }
 

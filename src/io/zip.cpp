@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "io/printable.h"
 #include "samfast/error.h"
 
 namespace samfast {
@@ -86,12 +87,12 @@ uint64_t ZipReader::entry_size(int64_t index) const {
   zip_stat_t st;
   zip_stat_init(&st);
   if (zip_stat_index(archive_, static_cast<zip_uint64_t>(index), 0, &st) != 0 || !(st.valid & ZIP_STAT_SIZE))
-    throw Error(what_ + " is damaged: cannot read the directory entry of " + entry_name(index));
+    throw Error(what_ + " is damaged: cannot read the directory entry of " + printable(entry_name(index)));
   return st.size;
 }
 
 std::vector<uint8_t> ZipReader::read(int64_t index, uint64_t max_bytes) const {
-  const std::string name = entry_name(index);
+  const std::string name = printable(entry_name(index));  // for messages: the name is the file's text
   zip_stat_t st;
   zip_stat_init(&st);
   const zip_uint64_t wanted = ZIP_STAT_SIZE | ZIP_STAT_COMP_SIZE | ZIP_STAT_COMP_METHOD;

@@ -1,6 +1,7 @@
 #include <map>
 #include <set>
 
+#include "io/printable.h"
 #include "samfast/config.h"
 #include "samfast/error.h"
 
@@ -8,6 +9,7 @@ namespace samfast {
 namespace {
 
 struct ShapeTable {
+  static constexpr int64_t kMaxDim = 1 << 16;
   std::map<std::string, Shape> by_name;
   const Shape& get(const std::string& name, size_t ndim) const {
     auto it = by_name.find(name);
@@ -15,6 +17,12 @@ struct ShapeTable {
     if (it->second.size() != ndim)
       throw Error("checkpoint tensor '" + name + "' has shape " + shape_str(it->second) + ", expected " +
                   std::to_string(ndim) + " dimensions");
+    // Sizes become ints and divisors below: an empty or huge one is no SAM checkpoint (its largest
+    // dimension is vit_h's 5120).
+    for (int64_t d : it->second)
+      if (d < 1 || d > kMaxDim)
+        throw Error("checkpoint tensor '" + name + "' has shape " + shape_str(it->second) + ": a size outside 1.." +
+                    std::to_string(kMaxDim) + " fits no SAM model");
     return it->second;
   }
   int count(const std::string& prefix, const std::string& suffix) const {
@@ -93,7 +101,7 @@ void validate_parameters(const SamConfig& cfg, const std::vector<std::pair<std::
                   shape_str(shape) + " for a " + cfg.name() + " model");
   }
   for (const auto& [n, s] : have)
-    if (!expected.count(n)) throw Error("checkpoint has an unexpected tensor '" + n + "' " + shape_str(s) + " for a SAM model");
+    if (!expected.count(n)) throw Error("checkpoint has an unexpected tensor '" + printable(n) + "' " + shape_str(s) + " for a SAM model");
 }
 
 }  // namespace samfast

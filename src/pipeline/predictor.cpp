@@ -72,6 +72,10 @@ Tensor Predictor::image_embedding(int image) const {
 void Predictor::check(const Prompt& p) const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before predict()");
   const auto [H, W] = original_sizes_[checked(p.image)];
+  check_prompt(p, H, W, 4 * model_.config().grid());
+}
+
+void Predictor::check_prompt(const Prompt& p, int H, int W, int64_t L) {
   auto inside = [&](float x, float y) { return std::isfinite(x) && std::isfinite(y) && x >= 0 && y >= 0 && x <= W && y <= H; };
   if (p.points.size() != p.labels.size())
     throw Error("prompt has " + std::to_string(p.points.size()) + " points but " + std::to_string(p.labels.size()) + " labels");
@@ -89,7 +93,6 @@ void Predictor::check(const Prompt& p) const {
                   std::to_string(b[3]) + ") must have x0 <= x1, y0 <= y1 and lie inside the " + std::to_string(W) + "x" +
                   std::to_string(H) + " image");
   }
-  const int64_t L = 4 * model_.config().grid();
   if (p.mask_input.defined() && (p.mask_input.numel() != L * L || p.mask_input.dtype != DType::F32 || !p.mask_input.on_host()))
     throw Error("mask input must be (1, " + std::to_string(L) + ", " + std::to_string(L) + ") fp32 low-res logits on the host, got " +
                 shape_str(p.mask_input.shape) + (p.mask_input.dtype == DType::U8 ? " of uint8 (a binary mask)" : ""));

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Writes a few small, valid checkpoints into the folder given as argv[1] as a fuzz corpus.
+"""Writes a few small, valid inputs into the folder given as argv[1], one corpus per fuzz target:
+checkpoint/ (whole .pth and .safetensors files, and bare data.pkl pickles), npy/ (.npy files),
+safetensors/ (a safetensors header, a NUL byte, then the data, as fuzz_safetensors.cpp reads it) and
+image/ (small JPEG, PNG, BMP and GIF files, JPEGs with EXIF orientations, made with PIL when it is
+importable).
 
-safetensors seeds are built by hand, so they need nothing but Python; .pth seeds come from
-torch.save when torch is importable (views, f16, bf16, a Parameter), since that is the format the
-loader must accept.
+safetensors and .npy seeds are built by hand, so they need nothing but Python; .pth seeds come
+from torch.save when torch is importable (views, f16, bf16, a Parameter), since that is the format
+the loader must accept.
 """
 import json
 import os
@@ -12,44 +16,91 @@ import sys
 import zipfile
 
 
-def safetensors(path, tensors):
+def safetensors(tensors):
+    """The header text (padded to 8 bytes, as the format asks) and the data."""
     header, data = {"__metadata__": {"format": "pt"}}, b""
     for name, (dtype, shape, raw) in tensors.items():
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
         data += raw
     text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
+    return text + b" " * (-len(text) % 8), data
+
+
+def npy(shape, descr, raw, version=1):
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, repr(tuple(shape)))
+    prefix = 10 if version == 1 else 12
+    header += " " * (-(prefix + len(header) + 1) % 64) + "\n"
+    length = struct.pack("<H" if version == 1 else "<I", len(header))
+    return b"\x93NUMPY" + bytes([version, 0]) + length + header.encode() + raw
+
+
+def write(path, data):
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + data)
+        f.write(data)
+
+
+def write_image_seeds(folder):
+    try:
+        from PIL import Image
+    except ImportError:
+        print("make_seeds.py: no PIL; writing no image seeds", file=sys.stderr)
+        return
+    os.makedirs(folder, exist_ok=True)
+    im = Image.new("RGB", (7, 5))
+    im.putdata([(x * 30, y * 50, (x + y) * 20) for y in range(5) for x in range(7)])
+    im.save(os.path.join(folder, "rgb.png"))
+    im.convert("L").save(os.path.join(folder, "gray.png"))
+    im.convert("RGBA").save(os.path.join(folder, "rgba.png"))
+    im.save(os.path.join(folder, "rgb.bmp"))
+    im.convert("P").save(os.path.join(folder, "palette.gif"))
+    im.save(os.path.join(folder, "plain.jpg"), quality=80)
+    im.convert("CMYK").save(os.path.join(folder, "cmyk.jpg"))
+    im.save(os.path.join(folder, "progressive.jpg"), progressive=True)
+    for o in (3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = o
+        im.save(os.path.join(folder, f"exif{o}.jpg"), exif=exif.tobytes())
 
 
 def main():
     out = sys.argv[1]
-    os.makedirs(out, exist_ok=True)
-    safetensors(os.path.join(out, "f32.safetensors"),
-                {"w": ("F32", [2, 3], struct.pack("<6f", *range(6))), "b": ("F32", [], struct.pack("<f", 1.5))})
-    safetensors(os.path.join(out, "half.safetensors"),
-                {"h": ("F16", [3], struct.pack("<3H", 0x3C00, 0x0001, 0x7C00)),
-                 "bf": ("BF16", [1, 2], struct.pack("<2H", 0x3F80, 0xC0A0))})
+    checkpoints, arrays, headers = (os.path.join(out, d) for d in ("checkpoint", "npy", "safetensors"))
+    for d in (checkpoints, arrays, headers):
+        os.makedirs(d, exist_ok=True)
+    seeds = {
+        "f32": {"w": ("F32", [2, 3], struct.pack("<6f", *range(6))), "b": ("F32", [], struct.pack("<f", 1.5))},
+        "half": {"h": ("F16", [3], struct.pack("<3H", 0x3C00, 0x0001, 0x7BFF)),
+                 "bf": ("BF16", [1, 2], struct.pack("<2H", 0x3F80, 0xC0A0)),
+                 "e": ("F32", [0, 4], b"")},
+    }
+    for name, tensors in seeds.items():
+        text, data = safetensors(tensors)
+        write(os.path.join(checkpoints, name + ".safetensors"), struct.pack("<Q", len(text)) + text + data)
+        write(os.path.join(headers, name), text + b"\0" + data)
+    write(os.path.join(arrays, "mask.npy"), npy([1, 4, 4], "<f4", struct.pack("<16f", *range(16))))
+    write(os.path.join(arrays, "vector.npy"), npy([3], "<f8", struct.pack("<3d", 0.5, -1, 2)))
+    write(os.path.join(arrays, "scalar_v2.npy"), npy([], "<f4", struct.pack("<f", 7), version=2))
+    write(os.path.join(arrays, "empty.npy"), npy([0, 5], "<f4", b""))
+    write_image_seeds(os.path.join(out, "image"))
     try:
         import torch
     except ImportError:
-        print("make_seeds.py: no torch; writing safetensors seeds only", file=sys.stderr)
+        print("make_seeds.py: no torch; writing no .pth seeds", file=sys.stderr)
         return
     base = torch.arange(12, dtype=torch.float32)
-    torch.save({"w": base.reshape(3, 4), "b": torch.ones(2)}, os.path.join(out, "plain.pth"))
+    torch.save({"w": base.reshape(3, 4), "b": torch.ones(2)}, os.path.join(checkpoints, "plain.pth"))
     torch.save({"t": base.reshape(3, 4).t(), "s": base[5:9], "h": base[:3].half(), "bf": base[:2].bfloat16(),
                 "p": torch.nn.Parameter(torch.zeros(1)), "scalar": torch.tensor(3.0)},
-               os.path.join(out, "views.pth"))
-    torch.save(torch.nn.Linear(2, 1).state_dict(), os.path.join(out, "module.pth"))
-    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, os.path.join(out, "wrapped.pth"))
+               os.path.join(checkpoints, "views.pth"))
+    torch.save(torch.nn.Linear(2, 1).state_dict(), os.path.join(checkpoints, "module.pth"))
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 3}, os.path.join(checkpoints, "wrapped.pth"))
     # The fuzz target also feeds inputs to the unpickler directly, over storages data/0..2.
     torch.save({"w": torch.ones(2, 2).t(), "h": torch.ones(3).half(), "s": torch.ones(12)[3:]},
-               os.path.join(out, "small.pth"))
+               os.path.join(checkpoints, "small.pth"))
     for name in ("plain.pth", "module.pth", "wrapped.pth", "small.pth"):
-        with zipfile.ZipFile(os.path.join(out, name)) as z:
+        with zipfile.ZipFile(os.path.join(checkpoints, name)) as z:
             pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
-            with open(os.path.join(out, name[:-4] + ".pkl"), "wb") as f:
+            with open(os.path.join(checkpoints, name[:-4] + ".pkl"), "wb") as f:
                 f.write(z.read(pkl))
 
 

@@ -1,14 +1,18 @@
 // Checkpoint loading and saving: round trips, torch interoperability, and one test per kind of
 // damaged or hostile file, each checking that the error names the problem.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <zip.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <new>
 #include <sstream>
 
 #include "io/checkpoint.h"
@@ -352,10 +356,110 @@ TEST(Checkpoint, MalformedPickles) {
   expect_error([&] { load("\x80\x02]."); }, {"holds a list, not a state_dict"});
   expect_error([&] { load("\x80\x02}K\x01K\x02s."); }, {"int key"});
   expect_error([&] { load("\x80\x02}" + pickle_str("a") + "K\x02s."); }, {"entry 'a' is a int, not a tensor"});
-  // A million nested tuples and a list containing itself: refused or ignored, never a crash.
-  expect_error([&] { load("\x80\x02)" + std::string(1 << 20, '\x85') + "."); }, {"holds a tuple"});
+  // A million nested tuples (the most objects allowed) and a list containing itself: refused or
+  // ignored, never a crash.
+  expect_error([&] { load("\x80\x02)" + std::string((1 << 20) - 1, '\x85') + "."); }, {"holds a tuple"});
+  expect_error([&] { load("\x80\x02)" + std::string(1 << 20, '\x85') + "."); }, {"more than 1048576 objects"});
   expect_error([&] { load(std::string("\x80\x02]q\x00h\x00h\x00" "aa.", 12)); }, {"holds a list"});
   expect_error([&] { load("\x80\x02" + std::string(2 << 20, '(') + "."); }, {"nests too deeply"});
+  expect_error([&] { load("\x80\x02" "c" + std::string(300, 'a') + "\nb\n."); }, {"GLOBAL name longer"});
+}
+
+// --- what a crafted pickle may make the loader build ------------------------------------------
+
+// Peak resident memory of this process so far, in bytes (Linux reports kilobytes).
+int64_t peak_rss() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return int64_t{usage.ru_maxrss} * 1024;
+}
+
+std::string pickle_u32(char op, uint32_t v) {
+  std::string s(1, op);
+  for (int i = 0; i < 4; ++i) s += static_cast<char>(v >> (8 * i));
+  return s;
+}
+
+// The reported attack: 5,000 entries naming one key, each a memo reference to one tensor with
+// 100,000 dimensions. The loader used to copy that shape per entry (gigabytes, then bad_alloc);
+// torch.load(weights_only=True) reads the file in 240 MB. It must fail fast, small, and say why.
+TEST(Checkpoint, PickleWithHugeSharedShapeFailsSmall) {
+  std::string ones = "(";
+  for (int i = 0; i < 100000; ++i) ones += "K\x01";
+  ones += "t";
+  std::string pkl = "\x80\x02}(" + pickle_str("image_encoder.pos_embed") + "q\x01" +
+                    "ctorch._utils\n_rebuild_tensor_v2\n((" + pickle_str("storage") + "ctorch\nFloatStorage\n" +
+                    pickle_str("0") + pickle_str("cpu") + pickle_int(1) + "tQ" + pickle_int(0) + ones + ones + "\x89" +
+                    "ccollections\nOrderedDict\n)RtRq\x02";
+  for (int i = 1; i < 5000; ++i) pkl += "h\x01h\x02";
+  pkl += "u.";
+  const auto bytes = archive({{"archive/data.pkl", pkl}, {"archive/data/0", f32_bytes({1})}});
+  const int64_t rss_before = peak_rss();
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    load_pth_bytes(bytes, "checkpoint crafted.pth");
+    ADD_FAILURE() << "the crafted checkpoint loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("checkpoint crafted.pth: data.pkl gives a tensor's size of 100000 dimensions, "
+                                         "more than the 8 allowed"),
+              std::string::npos)
+        << e.what();
+  } catch (const std::bad_alloc&) {
+    ADD_FAILURE() << "ran out of memory instead of refusing the file";
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+  EXPECT_LT(peak_rss() - rss_before, int64_t{200} << 20);
+}
+
+TEST(Checkpoint, PickleRepeatedNameKeepsTheLast) {
+  // Python's dict semantics, without building one tensor per repetition.
+  std::string pkl = "\x80\x02}(" + pickle_str("w") + "q\x01" +
+                    pickle_tensor({.name = "w", .size = {1}, .stride = {1}});
+  for (int i = 0; i < 5000; ++i) pkl += "h\x01" + pickle_tensor({.name = "w", .offset = 1, .size = {1}, .stride = {1}});
+  pkl += pickle_str("b") + pickle_tensor({.name = "b", .offset = 2, .size = {1}, .stride = {1}});
+  pkl += "h\x01" + pickle_tensor({.name = "w", .offset = 3, .size = {1}, .stride = {1}}) + "u.";
+  const StateDict sd = load_pth_bytes(archive({{"archive/data.pkl", pkl}, {"archive/data/0", f32_bytes({0, 1, 2, 3})}}), "dup");
+  ASSERT_EQ(sd.size(), 2u);
+  EXPECT_EQ(sd.at("w").value.data[0], 3.0f);
+  EXPECT_EQ(sd.at("b").value.data[0], 2.0f);
+}
+
+TEST(Checkpoint, PickleLimits) {
+  auto load = [](const std::string& pkl, const std::string& storage = "") {
+    return load_pth_bytes(archive({{"archive/data.pkl", pkl}, {"archive/data/0", storage}}), "checkpoint limits.pth");
+  };
+  // Dimensions: SAM needs 4; 8 are allowed.
+  std::vector<int64_t> nine(9, 1);
+  expect_error([&] { load(pickle_state_dict({{.name = "w", .size = nine, .stride = nine}}), f32_bytes({1})); },
+               {"checkpoint limits.pth", "9 dimensions, more than the 8 allowed"});
+  std::vector<int64_t> eight(8, 1);
+  EXPECT_EQ(load(pickle_state_dict({{.name = "w", .size = eight, .stride = eight}}), f32_bytes({1})).at("w").value.shape,
+            Shape(eight));
+  // Entries: 65,537 names for one memoized tensor.
+  std::string many = "\x80\x02}(" + pickle_str("t") + pickle_tensor({.name = "t", .size = {1}, .stride = {1}}) + "q\x02";
+  for (int i = 0; i < 65536; ++i) many += pickle_str("t" + std::to_string(i)) + "h\x02";
+  expect_error([&] { load(many + "u.", f32_bytes({1})); }, {"65537 entries, more than the 65536 allowed"});
+  // Memo entries: a million and one slots, all holding None.
+  std::string memo = "\x80\x02N";
+  for (uint32_t i = 0; i <= (1u << 20); ++i) memo += pickle_u32('r', i);
+  expect_error([&] { load(memo + "."); }, {"more than 1048576 memo entries"});
+  // Metadata bytes: a 1 MB storage key, stored once and copied into every tensor viewing it.
+  const std::string key(1 << 20, '7');
+  std::string copies = "\x80\x02}(";
+  for (int i = 0; i < 70; ++i) {
+    const std::string storage = i == 0 ? "(" + pickle_str("storage") + "ctorch\nFloatStorage\n" + pickle_str(key) +
+                                             pickle_str("cpu") + pickle_int(1) + "tQq\x05"
+                                       : std::string("h\x05");
+    copies += pickle_str("t" + std::to_string(i)) + "ctorch._utils\n_rebuild_tensor_v2\n(" + storage + pickle_int(0) +
+              pickle_ints({1}) + pickle_ints({1}) + "\x89" + "ccollections\nOrderedDict\n)RtR";
+  }
+  expect_error([&] { load(copies + "u."); }, {"more than 64 MB of strings, containers, sizes and strides"});
+  // One storage declared with two dtypes.
+  expect_error([&] {
+    load(pickle_state_dict({{.name = "a", .size = {1}, .stride = {1}},
+                            {.name = "b", .storage_class = "HalfStorage", .size = {1}, .stride = {1}}}),
+         f32_bytes({1}));
+  }, {"declares storage 0 as both float32 and float16"});
 }
 
 TEST(Checkpoint, BigEndianByteOrder) {
@@ -375,7 +479,7 @@ TEST(Checkpoint, SafetensorsHalfAndBFloat16) {
   const std::string header =
       R"({"__metadata__":{"format":"pt"},"h":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]},)"
       R"("b":{"dtype":"BF16","shape":[3],"data_offsets":[12,18]}})";
-  const std::string data = u16_bytes({0x3C00, 0xC000, 0x7BFF, 0x0001, 0x8000, 0x7C00}) + u16_bytes({0x3F80, 0xC0A0, 0x0001});
+  const std::string data = u16_bytes({0x3C00, 0xC000, 0x7BFF, 0x0001, 0x8000, 0xFBFF}) + u16_bytes({0x3F80, 0xC0A0, 0x0001});
   const StateDict sd = load_safetensors_bytes(safetensors_file(header, data), "halves");
   ASSERT_EQ(sd.size(), 2u);
   EXPECT_EQ(sd.at("h").dtype, "float16");
@@ -386,7 +490,7 @@ TEST(Checkpoint, SafetensorsHalfAndBFloat16) {
   EXPECT_EQ(h[2], 65504.0f);
   EXPECT_EQ(h[3], std::ldexp(1.0f, -24));
   EXPECT_TRUE(h[4] == 0.0f && std::signbit(h[4]));
-  EXPECT_TRUE(std::isinf(h[5]) && h[5] > 0);
+  EXPECT_EQ(h[5], -65504.0f);
   EXPECT_EQ(sd.at("b").dtype, "bfloat16");
   EXPECT_EQ(sd.at("b").value.data[0], 1.0f);
   EXPECT_EQ(sd.at("b").value.data[1], -5.0f);
@@ -414,6 +518,99 @@ TEST(Checkpoint, SafetensorsBadFiles) {
   expect_error([&] { load(safetensors_file(R"({"w":{"dtype":"F32","shape":[65536,65536],"data_offsets":[0,8]}})", "12345678")); },
                {"tensor w", "2^31"});
   expect_error([&] { load(safetensors_file(R"({"w":5})", "")); }, {"tensor w", "not an object"});
+  expect_error([&] { load(safetensors_file(R"({"w":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}})", "1234")); },
+               {"tensor w", "9 dimensions, more than the 8 allowed"});
+}
+
+// The reference library's rule: sorted by offset, the tensors tile the data from byte 0 to the
+// file's end, with no overlap, gap or trailing bytes.
+TEST(Checkpoint, SafetensorsOffsetsMustTileTheData) {
+  auto load = [](const std::string& header, size_t data_bytes) {
+    return load_safetensors_bytes(safetensors_file(header, std::string(data_bytes, '\0')), "checkpoint x.safetensors");
+  };
+  expect_error([&] { load(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12); },
+               {"checkpoint x.safetensors: safetensors tensors a [0, 8] and b [4, 12] overlap (invalid data_offsets)"});
+  expect_error([&] { load(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8); },
+               {"tensors a [0, 8] and b [0, 8] overlap"});
+  // Pointed at another tensor's bytes: an overlap, whether or not the sizes also disagree.
+  expect_error([&] { load(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[5],"data_offsets":[0,8]},)"
+                          R"("c":{"dtype":"F32","shape":[5],"data_offsets":[8,28]}})", 28); },
+               {"[0, 8] overlap (invalid data_offsets)"});
+  expect_error([&] { load(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", 12); },
+               {"data bytes [4, 8] belong to no tensor", "before b [8, 12]"});
+  expect_error([&] { load(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8); },
+               {"data bytes [0, 4] belong to no tensor"});
+  expect_error([&] { load(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8); },
+               {"tensors cover 4 bytes of data, but the file has 8", "trailing bytes"});
+  expect_error([&] { load("{}", 4); }, {"cover 0 bytes of data, but the file has 4"});
+  // Out of order in the header, and empty tensors anywhere, are fine.
+  const StateDict sd = load(R"({"z":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"e":{"dtype":"F16","shape":[0],"data_offsets":[4,4]},)"
+                            R"("a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},"f":{"dtype":"F32","shape":[3,0],"data_offsets":[12,12]}})",
+                            12);
+  EXPECT_EQ(sd.size(), 4u);
+  EXPECT_EQ(sd.at("f").value.shape, (Shape{3, 0}));
+}
+
+// --- values and names the loaders must not pass on ------------------------------------------------
+
+TEST(Checkpoint, NonFiniteWeightsAreRefused) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::string name = "image_encoder.blocks.0.attn.qkv.weight";
+  const auto pth = archive({{"archive/data.pkl", pickle_state_dict({{.name = "ok", .size = {2}, .stride = {1}},
+                                                                    {.name = name, .offset = 2, .size = {5}, .stride = {1}}})},
+                            {"archive/data/0", f32_bytes({1, 2, 1, nan, inf, -inf, 2})}});
+  expect_error([&] { load_pth_bytes(pth, "checkpoint F"); },
+               {"checkpoint F: tensor " + name + " has 3 non-finite values (NaN or Inf)"});
+  const auto half = archive({{"archive/data.pkl", pickle_state_dict({{.name = "h", .storage_class = "HalfStorage", .size = {3}, .stride = {1}}})},
+                             {"archive/data/0", u16_bytes({0x3C00, 0x7E00, 0x0000})}});
+  expect_error([&] { load_pth_bytes(half, "checkpoint F"); }, {"tensor h has 1 non-finite values"});
+
+  const std::string header = R"({"ok":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                             R"(")" + name + R"(":{"dtype":"F32","shape":[2,2],"data_offsets":[4,20]}})";
+  expect_error([&] { load_safetensors_bytes(safetensors_file(header, f32_bytes({1, 0, nan, -inf, nan})), "checkpoint F"); },
+               {"checkpoint F: tensor " + name + " has 3 non-finite values (NaN or Inf)"});
+  const std::string bf16 = R"({"b":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})";
+  expect_error([&] { load_safetensors_bytes(safetensors_file(bf16, u16_bytes({0xFF80, 0x3F80})), "checkpoint F"); },
+               {"tensor b has 1 non-finite values"});
+}
+
+// Expects `f` to throw an Error whose message holds `escaped` and is one line with no escape
+// sequence a terminal would act on.
+template <class F>
+void expect_escaped(F f, const std::string& escaped) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an error mentioning " << escaped;
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find(escaped), std::string::npos) << message;
+    EXPECT_EQ(message.find_first_of("\n\r\x1b"), std::string::npos) << message;
+  }
+}
+
+TEST(Checkpoint, NamesFromTheFileAreEscapedInErrors) {
+  const std::string evil = "evil\n\x1b[31m";
+  const std::string shown = "evil\\n\\x1b[31m";
+  expect_escaped([&] { load_safetensors_bytes(safetensors_file(R"({"evil\n\u001b[31m":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})",
+                                                               std::string(8, '\0')), "st"); },
+                 "tensor " + shown + " has dtype I64");
+  expect_escaped([&] { load_safetensors_bytes(safetensors_file(R"({"w":{"dtype":"F\u001b[31m","shape":[1],"data_offsets":[0,8]}})",
+                                                               std::string(8, '\0')), "st"); },
+                 "has dtype F\\x1b[31m: unsupported");
+  expect_escaped([&] { load_safetensors_bytes(safetensors_file(R"({"evil\n\u001b[31m":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
+                                                               std::string(8, '\0')), "st"); },
+                 "safetensors tensor " + shown + " has 8 bytes");
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  expect_escaped([&] { load_safetensors_bytes(safetensors_file(R"({"evil\n\u001b[31m":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                                                               f32_bytes({nan})), "st"); },
+                 "tensor " + shown + " has 1 non-finite");
+  expect_escaped([&] { load_pth_bytes(archive({{"archive/data.pkl", "\x80\x02}" + pickle_str(evil) + "K\x02s."}}), "pth"); },
+                 "entry '" + shown + "' is a int");
+  expect_escaped([&] { load_pth_bytes(archive({{"archive/data.pkl", pickle_state_dict({{.name = evil, .key = evil, .size = {1}, .stride = {1}}})}}), "pth"); },
+                 "tensor " + shown + " refers to storage data/" + shown + ", which the archive lacks");
+  expect_escaped([&] { load_pth_bytes(archive({{"archive/data.pkl", pickle_state_dict({{.name = evil, .size = {2}, .stride = {1}}})},
+                                               {"archive/data/0", f32_bytes({1})}}), "pth"); },
+                 "tensor " + shown + " needs 8 bytes");
 }
 
 // --- format detection ----------------------------------------------------------------------------
@@ -426,7 +623,7 @@ TEST(Checkpoint, NotACheckpoint) {
   expect_error([&] { load_checkpoint(png); }, {png.string(), "neither a PyTorch .pth (zip) nor a safetensors file"});
   expect_error([&] { load_checkpoint(text); }, {text.string(), "neither"});
   expect_error([&] { load_checkpoint(legacy); }, {legacy.string(), "legacy", "torch.save"});
-  expect_error([&] { load_checkpoint(temp_path("missing.pth")); }, {"missing.pth", "cannot be opened"});
+  expect_error([&] { load_checkpoint(temp_path("missing.pth")); }, {"missing.pth", "does not exist"});
   expect_error([&] { load_pth(text); }, {text.string(), "not a zip archive"});
   expect_error([&] { load_safetensors(png); }, {png.string(), "exceeds the file size"});
 }

@@ -1,5 +1,6 @@
 // Image file IO: round trips, and the error messages a user sees for bad files.
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -172,8 +173,9 @@ std::string png_header(uint32_t w, uint32_t h) {
   auto be32 = [](uint32_t v) {
     return std::string{char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
   };
-  std::string ihdr = be32(w) + be32(h) + std::string{8, 2, 0, 0, 0};
-  return std::string("\x89PNG\r\n\x1a\n", 8) + be32(13) + "IHDR" + ihdr + be32(0);
+  const std::string ihdr = "IHDR" + be32(w) + be32(h) + std::string{8, 2, 0, 0, 0};
+  const uint32_t crc = uint32_t(crc32(0, reinterpret_cast<const Bytef*>(ihdr.data()), uInt(ihdr.size())));
+  return std::string("\x89PNG\r\n\x1a\n", 8) + be32(13) + ihdr + be32(crc);
 }
 
 // A baseline JPEG header (SOI, an APP0 segment, SOF0) announcing the given size, with no scan.
@@ -192,12 +194,34 @@ TEST_F(ImageIo, PixelLimit) {
   // Beyond what stb_image accepts at all: the message still gives the size.
   write_bytes(path("huge.png"), png_header(100000, 100000));
   expect_read_error(path("huge.png"), "is 100000x100000 = 10000000000 pixels, more than the limit of 268435456");
+  // Past PNG's 2^31 - 1 (and 2^32 x 2^32 would overflow int64): not a PNG size at all.
+  write_bytes(path("overflow.png"), png_header(0xFFFFFFFFu, 0xFFFFFFFFu));
+  expect_read_error(path("overflow.png"), "is not a readable image");
   write_png_rgb(path("small.png"), noise(4, 4));
   expect_read_error(path("small.png"), "is 4x4 = 16 pixels, more than the limit of 15", 15);
   const Image small = noise(4, 5);
   ASSERT_TRUE(stbi_write_jpg(path("small.jpg").c_str(), 5, 4, 3, small.rgb.data(), 90));
   expect_read_error(path("small.jpg"), "is 5x4 = 20 pixels, more than the limit of 19", 19);
   EXPECT_EQ(read_image(path("small.jpg"), 20).rgb.size(), 60u);
+}
+
+// stb_image ignores CRCs; read_image checks them, as PIL and libpng do.
+TEST_F(ImageIo, PngWithABadCrcIsRefused) {
+  std::vector<uint8_t> gray(6 * 7);
+  for (size_t i = 0; i < gray.size(); ++i) gray[i] = static_cast<uint8_t>(i * 5);
+  write_png_gray(path("g.png"), 6, 7, gray);
+  const std::string good = read_bytes(path("g.png"));
+  EXPECT_EQ(read_image(path("g.png")).rgb.size(), gray.size() * 3);
+  std::string bad_ihdr = good;
+  bad_ihdr[8 + 4 + 4 + 13] ^= 1;  // signature, length, type, the 13 bytes of IHDR data, then its CRC
+  write_bytes(path("ihdr.png"), bad_ihdr);
+  expect_read_error(path("ihdr.png"), "is not a readable image: PNG chunk IHDR has a bad CRC");
+  std::string bad_data = good;
+  const size_t idat = bad_data.find("IDAT");
+  ASSERT_NE(idat, std::string::npos);
+  bad_data[idat + 6] ^= 0x10;  // inside the compressed pixels
+  write_bytes(path("idat.png"), bad_data);
+  expect_read_error(path("idat.png"), "is not a readable image: PNG chunk IDAT has a bad CRC");
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "commands.h"
 #include "io/checkpoint.h"
+#include "io/safe_file.h"
 #include "samfast/error.h"
 
 namespace samfast::cli {
@@ -51,12 +52,13 @@ Runner add_make_checkpoint(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "vit_b, vit_l, vit_h or tiny")->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
-  cmd->add_option("--seed", a->seed, "random seed");
+  cmd->add_option("--seed", a->seed, "random seed")->check(CLI::NonNegativeNumber);
   cmd->add_option("--out", a->out, "output file: .pth (PyTorch zip) or .safetensors")->required();
   cmd->add_flag("--overwrite", a->overwrite, "replace an existing output file");
   return [a] {
-    if (std::filesystem::exists(a->out) && !a->overwrite)
+    if (std::filesystem::exists(std::filesystem::symlink_status(a->out)) && !a->overwrite)
       throw Error(a->out + " already exists (pass --overwrite to replace it)");
+    require_replaceable(a->out);  // before the work: /dev/null or a symlink is refused, never replaced
     auto tensors = Model::synthetic_tensors(SamConfig::preset(a->model), a->seed);
     const bool st = a->out.size() > 12 && a->out.substr(a->out.size() - 12) == ".safetensors";
     if (st)

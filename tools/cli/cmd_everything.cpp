@@ -1,11 +1,12 @@
 // `samfast everything`: the automatic mask generator over an image, a folder or a glob, writing
 // upstream scripts/amg.py's layout: per image a folder of mask PNGs plus metadata.csv
-// (binary_mask), or one JSON of records (coco_rle / uncompressed_rle). Outputs appear atomically
-// (written under a temporary name, then renamed), so a re-run skips finished images and redoes an
-// image cut off by a crash or Ctrl-C. An unreadable image is reported and skipped; the exit status
-// is 1 if any image failed.
+// (binary_mask), or one JSON of records (coco_rle / uncompressed_rle). What it promises (README,
+// "What samfast guarantees"): outputs appear atomically (written under temporary names, then
+// renamed), so a re-run skips finished images and redoes one cut off by a crash, a kill or a full
+// disk; one run at a time holds the output folder; nothing is written or removed outside it, and
+// nothing in it but samfast's own outputs of the image at hand. An unreadable image is reported
+// and skipped; the exit status is 1 if any image failed.
 #include <glob.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,7 +15,6 @@
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <future>
 #include <iostream>
 #include <map>
@@ -24,6 +24,7 @@
 
 #include "commands.h"
 #include "io/image.h"
+#include "io/safe_file.h"
 #include "pipeline/overlay.h"
 #include "pipeline/rle.h"
 #include "samfast/error.h"
@@ -66,23 +67,31 @@ bool image_extension(const fs::path& p) {
   return known.count(e) > 0;
 }
 
-// FILE -> that file; DIR -> its files with image extensions (not recursive, like amg.py), sorted;
-// a pattern with * ? [ -> its matches, sorted.
+// FILE -> that file; DIR -> its entries with image extensions that are not folders (not recursive,
+// like amg.py), sorted; a pattern with * ? [ -> its matches that are not folders, sorted. Entries
+// that cannot be read (a symlink loop, a FIFO) are listed too: reading them fails, and the run
+// reports that image and goes on.
 std::vector<fs::path> list_inputs(const std::string& input) {
   std::vector<fs::path> out;
-  if (has_glob_chars(input) && !fs::exists(input)) {
+  std::error_code ec;
+  auto not_a_folder = [](const fs::path& p) {
+    std::error_code ignored;
+    return !fs::is_directory(p, ignored);
+  };
+  if (has_glob_chars(input) && !fs::exists(fs::symlink_status(input, ec))) {
     glob_t g{};
     const int rc = ::glob(input.c_str(), 0, nullptr, &g);
     if (rc == 0)
       for (size_t i = 0; i < g.gl_pathc; ++i)
-        if (fs::is_regular_file(g.gl_pathv[i])) out.emplace_back(g.gl_pathv[i]);
+        if (not_a_folder(g.gl_pathv[i])) out.emplace_back(g.gl_pathv[i]);
     globfree(&g);
     if (out.empty()) throw Error("--input " + input + ": no files match the pattern");
-  } else if (fs::is_directory(input)) {
-    for (const auto& e : fs::directory_iterator(input))
-      if (e.is_regular_file() && image_extension(e.path())) out.push_back(e.path());
+  } else if (fs::is_directory(input, ec)) {
+    for (fs::directory_iterator it(input, ec), end; !ec && it != end; it.increment(ec))
+      if (image_extension(it->path()) && not_a_folder(it->path())) out.push_back(it->path());
+    if (ec) throw Error("--input " + input + ": cannot list the folder: " + ec.message());
     if (out.empty()) throw Error("--input " + input + ": the folder holds no image files (.jpg, .png, ...)");
-  } else if (fs::exists(input)) {
+  } else if (fs::exists(fs::symlink_status(input, ec))) {
     out.emplace_back(input);
   } else {
     throw Error("--input " + input + ": no such file or folder");
@@ -91,11 +100,40 @@ std::vector<fs::path> list_inputs(const std::string& input) {
   return out;
 }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
-  f.close();
-  if (!f) throw Error("cannot write " + path.string());
+// An image's output name, as amg.py makes it: os.path.splitext(basename)[0]. Python keeps leading
+// dots in the root ("..jpg" stays "..jpg"), where std::filesystem's stem would give "." (the output
+// folder itself) or ".." (its parent).
+std::string output_name(const fs::path& in) {
+  const std::string name = in.filename().string();
+  const size_t first = name.find_first_not_of('.'), dot = name.rfind('.');
+  if (first == std::string::npos || dot == std::string::npos || dot < first) return name;
+  return name.substr(0, dot);
+}
+
+// Why `base` cannot name outputs in the folder ("" if it can).
+std::string unsafe_output_name(const std::string& base) {
+  if (base.empty() || base == "." || base == ".." || base.find('/') != std::string::npos)
+    return "its name gives no usable output name";
+  if (base.rfind(kTempPrefix, 0) == 0 || base == FolderLock::kFileName)
+    return "its output name '" + base + "' is reserved for samfast's own files (rename the image)";
+  return "";
+}
+
+// Whether `target` is what samfast wrote for an image: a real folder of N.png files and
+// metadata.csv (binary_mask), or a regular file (JSON). Anything else there is the user's and is
+// never replaced or removed.
+bool is_our_output(const fs::path& target, bool binary) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(target, ec);
+  if (!binary) return fs::is_regular_file(st);
+  if (!fs::is_directory(st) || !fs::is_regular_file(fs::symlink_status(target / "metadata.csv", ec))) return false;
+  for (fs::directory_iterator it(target, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const bool mask_png = name.size() > 4 && name.ends_with(".png") &&
+                          std::all_of(name.begin(), name.end() - 4, [](unsigned char c) { return std::isdigit(c); });
+    if (!(mask_png || name == "metadata.csv") || !fs::is_regular_file(it->symlink_status(ec))) return false;
+  }
+  return !ec;
 }
 
 std::string metadata_csv(const std::vector<MaskRecord>& masks) {
@@ -141,6 +179,7 @@ struct Args {
   std::string checkpoint, model = "vit_b", input, output, output_mode = "binary_mask";
   uint64_t seed = 0;
   bool overlay = false, overwrite = false;
+  std::string exif = "apply";
   MaskGeneratorOptions gen;
   ModelOptions options;
 };
@@ -152,52 +191,123 @@ std::string fmt_duration(double s) {
   return buf;
 }
 
-int run_everything(Args a) {
-  a.gen.output_mode = a.output_mode;
-  const std::vector<fs::path> inputs = list_inputs(a.input);
-  if (fs::exists(a.output) && !fs::is_directory(a.output)) throw Error("--output " + a.output + " exists and is not a folder");
-  fs::create_directories(a.output);
-  const fs::path out_dir(a.output);
-  // Leftovers of an interrupted run: our own temporary names, whose process (the pid in the name) is
-  // gone; a run still going in the same folder keeps its own.
-  for (const auto& e : fs::directory_iterator(out_dir)) {
-    const std::string name = e.path().filename().string(), prefix = ".samfast-tmp-";
-    if (name.rfind(prefix, 0) != 0) continue;
-    const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
-    if (pid > 0 && pid != getpid() && ::kill(pid_t(pid), 0) == 0) continue;
-    fs::remove_all(e.path());
-  }
+// How one image's outputs are put in place: the mask folder (binary_mask) or JSON file is the
+// image's "done" mark, so it is renamed into place last, after the overlay.
+struct ImageOutputs {
+  fs::path target, overlay;  // overlay empty when not asked for
+  bool binary;
+};
 
-  Model model = load_or_synthesize(a.checkpoint, a.model, a.seed, a.options);
-  const MaskGenerator generator(model, a.gen);  // validates the options before any image
+// Writes one image's outputs under temporary names, then renames them into place; a failure (a
+// full disk) leaves nothing behind and the image not done. An earlier output of the image (only
+// ever one that is_our_output) is replaced.
+void write_outputs(const ImageOutputs& o, const std::vector<MaskRecord>& masks, const std::string& mode, const Image& img) {
+  StagedFiles files;
+  if (!o.overlay.empty()) {
+    std::vector<std::vector<uint8_t>> owned;
+    std::vector<const uint8_t*> ptrs;
+    for (const MaskRecord& m : masks) {
+      if (o.binary) {
+        ptrs.push_back(m.mask.data());
+      } else {
+        owned.push_back(rle_to_mask(Rle{m.height, m.width, m.rle_counts}));
+        ptrs.push_back(owned.back().data());
+      }
+    }
+    files.add(o.overlay, encode_png_rgb(make_overlay(img, ptrs, {}, {}, {})));
+  }
+  if (!o.binary) {
+    files.add(o.target, records_json(masks, mode).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    files.commit();
+    return;
+  }
+  const fs::path tmp = temp_path_for(o.target);
+  fs::remove_all(tmp);
+  fs::create_directory(tmp);
+  try {
+    for (size_t i = 0; i < masks.size(); ++i) {
+      std::vector<uint8_t> gray(masks[i].mask.size());
+      for (size_t p = 0; p < gray.size(); ++p) gray[p] = masks[i].mask[p] ? 255 : 0;
+      write_file_atomically(tmp / (std::to_string(i) + ".png"), encode_png_gray(img.height, img.width, gray));
+    }
+    write_file_atomically(tmp / "metadata.csv", metadata_csv(masks));
+    files.commit();
+    // A folder cannot be renamed over a folder: the old one steps aside first (a kill between the
+    // two renames leaves the image not done, and the next run redoes it).
+    const fs::path old = o.target.parent_path() / (std::string(kTempPrefix) + std::to_string(getpid()) + ".old");
+    const bool replacing = fs::exists(fs::symlink_status(o.target));
+    if (replacing) fs::rename(o.target, old);
+    fs::rename(tmp, o.target);
+    if (replacing) fs::remove_all(old);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    throw;
+  }
+}
+
+int run_everything(Args a) {
+  // Everything that can be refused is refused before the output folder is made or the model loads.
+  a.gen.output_mode = a.output_mode;
+  MaskGenerator::validate(a.gen);
+  if (!a.checkpoint.empty()) require_regular_file(a.checkpoint, "checkpoint");
+  const std::vector<fs::path> inputs = list_inputs(a.input);
+  const fs::path out_dir(a.output);
+  check_output_folder(out_dir, "--output");
   const bool binary = a.output_mode == "binary_mask";
   const bool tty = isatty(fileno(stderr));
+  if (const int64_t crops = MaskGenerator::crop_count(a.gen); crops > 1)
+    std::cerr << "everything: --crop-n-layers " << a.gen.crop_n_layers << " asks for " << crops
+              << " crops (encoder passes) an image\n";
+
+  fs::create_directories(out_dir);
+  const FolderLock lock(out_dir);
+  remove_temporaries(out_dir, /*all=*/true);  // the lock is ours: every temporary is a dead run's
 
   // What each input gets, decided before any work so that the next image to process is known and
   // can be decoded on another thread while the current one is on the GPU.
-  enum class Plan { Run, Duplicate, Done };
+  enum class Plan { Run, Refused, Done };
   std::vector<Plan> plan(inputs.size(), Plan::Run);
-  std::vector<std::string> owner(inputs.size());
-  std::map<std::string, fs::path> claimed;  // output name -> the input that has it
+  std::vector<std::string> why(inputs.size());
+  std::vector<ImageOutputs> outputs(inputs.size());
+  std::map<std::string, fs::path> claimed;  // output file name -> the input that has it
   for (size_t k = 0; k < inputs.size(); ++k) {
-    const std::string base = inputs[k].stem().string();
-    if (auto [it, fresh] = claimed.emplace(base, inputs[k]); !fresh)
-      plan[k] = Plan::Duplicate, owner[k] = it->second.filename().string();
-    else if (fs::exists(out_dir / (binary ? base : base + ".json")) && !a.overwrite)
-      plan[k] = Plan::Done;
+    const std::string base = output_name(inputs[k]);
+    if (why[k] = unsafe_output_name(base); !why[k].empty()) {
+      plan[k] = Plan::Refused;
+      continue;
+    }
+    ImageOutputs& o = outputs[k];
+    o = {out_dir / (binary ? base : base + ".json"), a.overlay ? out_dir / (base + ".overlay.png") : fs::path(), binary};
+    for (const fs::path& f : {o.target, o.overlay})
+      if (!f.empty())
+        if (auto [it, fresh] = claimed.emplace(f.filename().string(), inputs[k]); !fresh && why[k].empty())
+          why[k] = "its output name '" + f.filename().string() + "' is taken by " + it->second.filename().string() + " (rename one)";
+    std::error_code ec;
+    if (!why[k].empty()) {
+      plan[k] = Plan::Refused;
+    } else if (fs::exists(fs::symlink_status(o.target, ec))) {
+      if (!is_our_output(o.target, binary))
+        plan[k] = Plan::Refused, why[k] = o.target.string() + " exists and is not samfast's output (move it away)";
+      else if (!a.overwrite && (o.overlay.empty() || fs::is_regular_file(fs::symlink_status(o.overlay, ec))))
+        plan[k] = Plan::Done;
+    }
   }
   auto next_to_run = [&](size_t from) {
     while (from < inputs.size() && plan[from] != Plan::Run) ++from;
     return from;
   };
+  Model model = load_or_synthesize(a.checkpoint, a.model, a.seed, a.options);
+  const MaskGenerator generator(model, a.gen);
+
   // The next image is decoded, resized and normalized on another thread while this one runs.
   struct Loaded {
     Image img;
     EncoderInput input;
   };
-  auto decode_async = [&, S = model.config().img_size](size_t k) {
-    return std::async(std::launch::async, [path = inputs[k].string(), S] {
-      Loaded l{read_image(path), {}};
+  auto decode_async = [&, S = model.config().img_size, exif = exif_choice(a.exif)](size_t k) {
+    return std::async(std::launch::async, [path = inputs[k].string(), S, exif] {
+      Loaded l{read_image(path, kMaxImagePixels, exif), {}};
       l.input = Predictor::prepare(l.img, S);
       return l;
     });
@@ -209,20 +319,18 @@ int run_everything(Args a) {
   const double t_start = now_ms();
   for (size_t k = 0; k < inputs.size(); ++k) {
     const fs::path& in = inputs[k];
-    const std::string base = in.stem().string();
-    const fs::path target = out_dir / (binary ? base : base + ".json");
     const std::string tag = "[" + std::to_string(k + 1) + "/" + std::to_string(inputs.size()) + "] " + in.filename().string();
     auto report = [&](const std::string& line) {
       if (tty) std::cerr << "\r\033[K";
       std::cerr << tag << ": " << line << "\n";
     };
-    if (plan[k] == Plan::Duplicate) {
-      report("FAILED: its output name '" + base + "' is taken by " + owner[k] + " (rename one)");
+    if (plan[k] == Plan::Refused) {
+      report("FAILED: " + why[k]);
       ++failed;
       continue;
     }
     if (plan[k] == Plan::Done) {
-      if (!tty) report("skipped (" + target.string() + " exists; --overwrite redoes it)");
+      if (!tty) report("skipped (" + outputs[k].target.string() + " exists; --overwrite redoes it)");
       ++skipped;
       continue;
     }
@@ -231,39 +339,17 @@ int run_everything(Args a) {
     try {
       const double t0 = now_ms();
       const Loaded loaded = current.get();  // rethrows a decoding error of this image
-      const Image& img = loaded.img;
       GenerateTimings tm;
-      const std::vector<MaskRecord> masks = generator.generate(img, &tm, &loaded.input);
-      const fs::path tmp = out_dir / (".samfast-tmp-" + std::to_string(getpid()) + "-" + base);
-      if (binary) {
-        fs::create_directories(tmp);
-        for (size_t i = 0; i < masks.size(); ++i) {
-          std::vector<uint8_t> gray(masks[i].mask.size());
-          for (size_t p = 0; p < gray.size(); ++p) gray[p] = masks[i].mask[p] ? 255 : 0;
-          write_png_gray((tmp / (std::to_string(i) + ".png")).string(), img.height, img.width, gray);
-        }
-        write_text(tmp / "metadata.csv", metadata_csv(masks));
-      } else {
-        write_text(tmp, records_json(masks, a.output_mode).dump());
-      }
-      if (a.overlay) {
-        std::vector<std::vector<uint8_t>> owned;
-        std::vector<const uint8_t*> ptrs;
-        for (const MaskRecord& m : masks) {
-          if (binary) {
-            ptrs.push_back(m.mask.data());
-          } else {
-            Rle r{m.height, m.width, m.rle_counts};
-            owned.push_back(rle_to_mask(r));
-          }
-        }
-        for (const auto& m : owned) ptrs.push_back(m.data());
-        const fs::path ov = out_dir / (base + ".overlay.png"), ov_tmp = out_dir / (".samfast-tmp-" + std::to_string(getpid()) + "-" + base + ".png");
-        write_png_rgb(ov_tmp.string(), make_overlay(img, ptrs, {}, {}, {}));
-        fs::rename(ov_tmp, ov);
-      }
-      if (fs::exists(target)) fs::remove_all(target);  // --overwrite
-      fs::rename(tmp, target);
+      // Crops are encoder passes of their own: with many, say how far the image has got.
+      double last_note = t0;
+      auto progress = [&](int crops_done, int crops_total) {
+        if (crops_total < 2 || crops_done == crops_total || now_ms() - last_note < 2000) return;
+        last_note = now_ms();
+        std::cerr << (tty ? "\r\033[K" : "") << tag << ": crop " << crops_done << "/" << crops_total << (tty ? "" : "\n")
+                  << std::flush;
+      };
+      const std::vector<MaskRecord> masks = generator.generate(loaded.img, &tm, &loaded.input, progress);
+      write_outputs(outputs[k], masks, a.output_mode, loaded.img);
       ++done;
       const double secs = (now_ms() - t0) / 1000.0;
       const double rate = done / ((now_ms() - t_start) / 1000.0);
@@ -300,7 +386,7 @@ Runner add_everything(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--model", a->model, "model for synthetic weights when no --checkpoint: vit_b, vit_l, vit_h, tiny")
       ->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
-  cmd->add_option("--seed", a->seed, "seed of the synthetic weights");
+  cmd->add_option("--seed", a->seed, "seed of the synthetic weights")->check(CLI::NonNegativeNumber);
   cmd->add_option("--input", a->input, "an image, a folder of images, or a glob pattern (quote it)")->required();
   cmd->add_option("--output", a->output, "output folder (created if missing)")->required();
   cmd->add_option("--output-mode", a->output_mode, "binary_mask (PNGs + metadata.csv), coco_rle or uncompressed_rle (JSON)")
@@ -321,6 +407,7 @@ Runner add_everything(CLI::App& app) {
                   "points per side shrink by this factor in each crop layer")->capture_default_str();
   cmd->add_option("--min-mask-region-area", g.min_mask_region_area,
                   "remove islands and holes smaller than this many pixels (0: off)")->capture_default_str();
+  add_exif_option(cmd, a->exif);
   add_backend_options(cmd, a->options);
   return [a] { return run_everything(*a); };
 }

@@ -1,7 +1,7 @@
 // `samfast segment`: prompts -> mask PNGs, an overlay PNG, low-res logits and a JSON summary.
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "io/image.h"
 #include "io/npy.h"
+#include "io/safe_file.h"
 #include "pipeline/overlay.h"
 #include "samfast/error.h"
 #include "samfast/predictor.h"
@@ -21,13 +22,18 @@ std::vector<float> parse_numbers(const std::string& text, const std::string& fla
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ',')) {
+    float x = 0;
     try {
       size_t used = 0;
-      v.push_back(std::stof(item, &used));
+      x = std::stof(item, &used);
       if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::out_of_range&) {
+      throw Error(flag + " '" + text + "': '" + item + "' is out of range");
     } catch (const std::exception&) {
       throw Error(flag + " '" + text + "': '" + item + "' is not a number");
     }
+    if (!std::isfinite(x)) throw Error(flag + " '" + text + "': '" + item + "' is not a finite number");
+    v.push_back(x);
   }
   if (v.size() < min_n || v.size() > max_n)
     throw Error(flag + " '" + text + "': expected " + (min_n == max_n ? std::to_string(min_n) : std::to_string(min_n) + " or " + std::to_string(max_n)) +
@@ -40,9 +46,12 @@ struct Args {
   std::vector<std::string> points;
   uint64_t seed = 0;
   bool multimask = false, overwrite = false;
+  std::string exif = "apply";
   ModelOptions options;
 };
 
+// Everything that can be refused is checked before the model loads and before --out is created:
+// prompts, the mask input, the image, and every output name.
 int run_segment(const Args& a) {
   Prompt prompt;
   for (const std::string& p : a.points) {
@@ -60,15 +69,19 @@ int run_segment(const Args& a) {
   if (!a.mask_input.empty()) prompt.mask_input = read_npy(a.mask_input);
 
   namespace fs = std::filesystem;
+  const fs::path out(a.out);
   const int n_out = a.multimask ? 3 : 1;
   std::vector<std::string> outputs = {"overlay.png", "result.json", "low_res_logits.npy"};
   for (int i = 0; i < n_out; ++i) outputs.push_back("mask_" + std::to_string(i) + ".png");
-  if (fs::exists(a.out) && !fs::is_directory(a.out)) throw Error("--out " + a.out + " exists and is not a directory");
-  for (const auto& f : outputs)
-    if (fs::exists(fs::path(a.out) / f) && !a.overwrite)
-      throw Error((fs::path(a.out) / f).string() + " already exists (pass --overwrite to replace outputs)");
+  check_output_folder(out, "--out");
+  for (const auto& f : outputs) {
+    if (fs::exists(fs::symlink_status(out / f)) && !a.overwrite)
+      throw Error((out / f).string() + " already exists (pass --overwrite to replace outputs)");
+    require_replaceable(out / f);
+  }
 
-  Image img = read_image(a.image);  // before the model: a bad image fails fast
+  Image img = read_image(a.image, kMaxImagePixels, exif_choice(a.exif));  // before the model: a bad image fails fast
+  Predictor::check_prompt(prompt, img.height, img.width);
   double t0 = now_ms();
   Model model = load_or_synthesize(a.checkpoint, a.model, a.seed, a.options);
   double t1 = now_ms();
@@ -78,7 +91,11 @@ int run_segment(const Args& a) {
   Prediction pred = predictor.predict(prompt, a.multimask);
   double t3 = now_ms();
 
-  fs::create_directories(a.out);
+  // All outputs are written under temporary names and renamed into place together: a failed write
+  // (a full disk) leaves the folder as it was.
+  fs::create_directories(out);
+  remove_temporaries(out, /*all=*/false);
+  StagedFiles files;
   const int64_t C = pred.masks.dim(0), H = pred.masks.dim(1), W = pred.masks.dim(2), L = pred.low_res_masks.dim(1);
   nlohmann::json masks = nlohmann::json::array();
   std::vector<std::vector<uint8_t>> bits(C, std::vector<uint8_t>(H * W));
@@ -91,17 +108,16 @@ int run_segment(const Args& a) {
       area += bits[c][i];
     }
     const std::string name = "mask_" + std::to_string(c) + ".png";
-    write_png_gray((fs::path(a.out) / name).string(), (int)H, (int)W, gray);
+    files.add(out / name, encode_png_gray((int)H, (int)W, gray));
     masks.push_back({{"file", name}, {"predicted_iou", pred.iou.data[c]}, {"area", area}});
   }
   const int64_t best = std::max_element(pred.iou.data, pred.iou.data + C) - pred.iou.data;
   Tensor best_logits = Tensor::empty({1, L, L});
   std::copy(pred.low_res_masks.data + best * L * L, pred.low_res_masks.data + (best + 1) * L * L, best_logits.data);
-  write_npy((fs::path(a.out) / "low_res_logits.npy").string(), best_logits);
+  files.add(out / "low_res_logits.npy", [&](std::ostream& f) { write_npy(f, best_logits); });
   std::vector<std::array<float, 4>> boxes;
   if (prompt.box) boxes.push_back(*prompt.box);
-  write_png_rgb((fs::path(a.out) / "overlay.png").string(),
-                make_overlay(img, {bits[best].data()}, prompt.points, prompt.labels, boxes));
+  files.add(out / "overlay.png", encode_png_rgb(make_overlay(img, {bits[best].data()}, prompt.points, prompt.labels, boxes)));
 
   nlohmann::json result = {
       {"image", a.image},
@@ -115,13 +131,8 @@ int run_segment(const Args& a) {
       {"best_mask", best},
       {"masks", masks},
       {"timings_ms", {{"load", t1 - t0}, {"set_image", t2 - t1}, {"predict", t3 - t2}}}};
-  const std::string json_path = (fs::path(a.out) / "result.json").string();
-  {
-    std::ofstream f(json_path + ".tmp");
-    f << result.dump(2) << "\n";
-    if (!f) throw Error("cannot write " + json_path);
-  }
-  fs::rename(json_path + ".tmp", json_path);
+  files.add(out / "result.json", result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  files.commit();
   std::cerr << "wrote " << C << " mask(s), overlay.png and result.json to " << a.out << " (set_image "
             << (int)(t2 - t1) << " ms, predict " << (int)(t3 - t2) << " ms on " << device_summary(model) << ")\n";
   return 0;
@@ -136,7 +147,7 @@ Runner add_segment(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--model", a->model, "model for synthetic weights when no checkpoint is given")
       ->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
-  cmd->add_option("--seed", a->seed, "seed for synthetic weights");
+  cmd->add_option("--seed", a->seed, "seed for synthetic weights")->check(CLI::NonNegativeNumber);
   cmd->add_option("--image", a->image, "input image (JPEG, PNG, ...)")->required();
   cmd->add_option("--point", a->points, "x,y[,label] in image pixels; label 1 = foreground (default), 0 = background");
   cmd->add_option("--box", a->box, "x0,y0,x1,y1 in image pixels");
@@ -144,6 +155,7 @@ Runner add_segment(CLI::App& app) {
   cmd->add_flag("--multimask", a->multimask, "return 3 masks instead of 1");
   cmd->add_option("--out", a->out, "output directory")->required();
   cmd->add_flag("--overwrite", a->overwrite, "replace existing outputs in --out");
+  add_exif_option(cmd, a->exif);
   add_backend_options(cmd, a->options);
   return [a] { return run_segment(*a); };
 }
