@@ -361,6 +361,53 @@ def test_a_symlink_loop_in_the_input_folder_is_reported_and_skipped(samfast, tin
     assert sorted(os.listdir(tmp_path / "out")) == ["a", "z"]
 
 
+def evil_pickle():
+    """A pickle that would run a shell command under a plain pickle.load."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/samfast-pwned",))
+    return pickle.dumps({"w": Evil()}, protocol=2)
+
+
+def png_claiming(width, height):
+    """A PNG header (valid CRC) announcing a huge image, with no pixel data to speak of."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("case", ["evil_pickle", "truncated_checkpoint", "image_bomb", "truncated_image"])
+def test_inputs_already_refused_stay_refused(samfast, tiny, tmp_path, case):
+    work = tmp_path / "work"
+    work.mkdir()
+    checkpoint, image = tiny, IMAGES / "dog.jpg"
+    if case == "evil_pickle":
+        checkpoint = work / "evil.pth"
+        checkpoint.write_bytes(pth_bytes(evil_pickle()))
+    elif case == "truncated_checkpoint":
+        checkpoint = work / "cut.pth"
+        checkpoint.write_bytes(Path(tiny).read_bytes()[: Path(tiny).stat().st_size // 2])
+    elif case == "image_bomb":
+        image = work / "bomb.png"
+        image.write_bytes(png_claiming(100_000, 100_000))
+    else:
+        image = work / "cut.jpg"
+        image.write_bytes((IMAGES / "dog.jpg").read_bytes()[:5000])
+    before = digest(tmp_path)
+    p = samfast("segment", "--checkpoint", checkpoint, "--device", "cpu", "--image", image, "--point", "1,1",
+                "--out", tmp_path / "o")
+    line = assert_refused(p, str(checkpoint if "checkpoint" in case or "pickle" in case else image))
+    assert {"evil_pickle": "refusing to load", "truncated_checkpoint": "", "image_bomb": "more than the limit",
+            "truncated_image": ""}[case] in line
+    assert digest(tmp_path) == before
+    assert not Path("/tmp/samfast-pwned").exists()
+
+
 # ---- wrong results and unclear errors -----------------------------------------------------------------
 
 def safetensors_bytes(tensors, header_extra=None):

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "error_of.h"
 #include "io/image.h"
 #include "samfast/error.h"
 #include "samfast/mask_generator.h"
@@ -21,16 +22,7 @@ MaskGeneratorOptions with_layers(int crop_n_layers) {
   return o;
 }
 
-// The message of the samfast::Error that f throws ("" if it throws none).
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(MaskGenerator, CropLayersAreBoundedAndTheErrorNamesTheCrops) {
   EXPECT_NO_THROW(MaskGenerator::validate(with_layers(4)));

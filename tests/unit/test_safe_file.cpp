@@ -9,11 +9,13 @@
 #include <fstream>
 #include <sstream>
 
+#include "error_of.h"
 #include "samfast/error.h"
 
 namespace samfast {
 namespace {
 namespace fs = std::filesystem;
+using testing::error_of;
 
 class SafeFile : public ::testing::Test {
  protected:
@@ -34,16 +36,6 @@ class SafeFile : public ::testing::Test {
     for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
     std::sort(out.begin(), out.end());
     return out;
-  }
-  template <class F>
-  std::string error_of(F f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    ADD_FAILURE() << "no samfast::Error thrown";
-    return "";
   }
   fs::path dir;
 };
