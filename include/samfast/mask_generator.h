@@ -7,12 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "samfast/image.h"
 #include "samfast/model.h"
 #include "samfast/predictor.h"
 
 namespace samfast {
-
-struct Image;
 
 struct MaskGeneratorOptions {  // the names, defaults and meaning of upstream's __init__ arguments
   int points_per_side = 32;    // 0: use point_grids instead (upstream's None)

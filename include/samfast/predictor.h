@@ -6,11 +6,10 @@
 #include <utility>
 #include <vector>
 
+#include "samfast/image.h"
 #include "samfast/model.h"
 
 namespace samfast {
-
-struct Image;
 
 struct Prompt {
   std::vector<std::array<float, 2>> points;  // (x, y) in original-image pixels

@@ -4,7 +4,7 @@
 #pragma once
 #include <string>
 
-#include "io/image.h"
+#include "samfast/image.h"
 
 namespace samfast {
 

@@ -3,7 +3,7 @@
 // decode with PIL; stb_image's JPEG decoder differs by a few levels on ~1-2% of pixels). Other
 // formats go through stb_image / stb_image_write, whose implementations are compiled into this file
 // (static linkage) rather than linked from Debian's libstb.so, so no other file can clash with them.
-#include "io/image.h"
+#include "samfast/image.h"
 
 #include <algorithm>
 #include <array>

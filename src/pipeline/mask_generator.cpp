@@ -11,7 +11,7 @@
 #include <string>
 
 #include "backend/ops.h"
-#include "io/image.h"
+#include "samfast/image.h"
 #include "pipeline/amg_utils.h"
 #include "pipeline/rle.h"
 #include "pipeline/small_regions.h"

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "io/image.h"
+#include "samfast/image.h"
 
 namespace samfast {
 

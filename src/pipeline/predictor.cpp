@@ -7,7 +7,7 @@
 #include <tuple>
 
 #include "backend/ops.h"
-#include "io/image.h"
+#include "samfast/image.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
 

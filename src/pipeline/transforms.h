@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "samfast/tensor.h"
-#include "io/image.h"
+#include "samfast/image.h"
 
 namespace samfast {
 

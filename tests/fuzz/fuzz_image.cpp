@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include "io/image.h"
+#include "samfast/image.h"
 #include "samfast/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -8,7 +8,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "io/image.h"
+#include "samfast/image.h"
 #include "io/npy.h"
 #include "pipeline/transforms.h"
 #include "samfast/predictor.h"

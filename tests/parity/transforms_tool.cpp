@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "io/image.h"
+#include "samfast/image.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
 

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <string>
 
-#include "io/image.h"
+#include "samfast/image.h"
 #include "samfast/error.h"
 
 #pragma GCC diagnostic push

@@ -8,7 +8,7 @@
 
 #include "core/rng.h"
 #include "error_of.h"
-#include "io/image.h"
+#include "samfast/image.h"
 #include "samfast/error.h"
 #include "samfast/mask_generator.h"
 #include "samfast/model.h"

@@ -9,7 +9,7 @@
 #include "backend/ops.h"
 #include "core/rng.h"
 #include "samfast/error.h"
-#include "io/image.h"
+#include "samfast/image.h"
 #include "samfast/model.h"
 #include "samfast/predictor.h"
 

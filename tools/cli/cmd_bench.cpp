@@ -11,7 +11,7 @@
 
 #include "backend/ops.h"
 #include "commands.h"
-#include "io/image.h"
+#include "samfast/image.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
 #include "samfast/gpu_trace.h"

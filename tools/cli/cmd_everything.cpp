@@ -23,7 +23,7 @@
 #include <sstream>
 
 #include "commands.h"
-#include "io/image.h"
+#include "samfast/image.h"
 #include "io/safe_file.h"
 #include "pipeline/overlay.h"
 #include "pipeline/rle.h"

@@ -5,7 +5,7 @@
 #include <functional>
 #include <string>
 
-#include "io/image.h"
+#include "samfast/image.h"
 #include "samfast/model.h"
 
 namespace samfast::cli {
