@@ -13,11 +13,11 @@
 //   ky 2^KWL + tw), KWL a template parameter). K, V and the table chunks sit in shared memory as
 //   8 x 16-byte core matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts
 //   below), filled by cp.async; the queries go straight to registers.
-//   Measured (H200, batch 1, traces, 2026-12-01, eighth session): vit_b global 227-232 us (~225
+//   Measured (H200, batch 1, traces, 2026-12-01): vit_b global 227-232 us (~225
 //   TFLOP/s), windowed 39 us a launch; vit_h global 315-322 us, windowed 58 us (237.6 / 41.8 /
-//   346.1 / 60.7 us at the session's start: the loader's set-up kept out of the loop, tree
+//   346.1 / 60.7 us before these changes: the loader's set-up kept out of the loop, tree
 //   reductions, 32-row products). Until 2026-12-01 ptxas had serialized every wgmma (C7520, see the
-//   kernel) and the kernel ran 337 / 52 / 465 / 75 us: what earlier sessions measured about it (no
+//   kernel) and the kernel ran 337 / 52 / 465 / 75 us: what was measured about it before (no
 //   gain from fewer instructions per score, nor from splitting the keys of batch-1 global attention
 //   in two) was measured on that serialized kernel.
 //   Tried and not kept (ncu: latency-bound, issue slots ~37% busy at 2 blocks of 8 warps an SM):
@@ -42,7 +42,7 @@
 //     apart): vit_b global 227 -> 287 us.
 //   - rel_w read as 8-byte pairs (330 -> 316 instructions a step), lazy rescaling for head dim 64:
 //     no change within noise.
-//   - rel_w by the tensor cores (2026-12-01, eleventh session): [q | rel_w / scale] . [k | one-hot of
+//   - rel_w by the tensor cores (2026-12-01): [q | rel_w / scale] . [k | one-hot of
 //     the key's column] as more k-steps of Q K^T (rel_w of each warpgroup's queries in shared memory as
 //     the A operand, a constant one-hot B), so that a score costs no shared-memory read of rel_w and
 //     two instructions fewer: correct (tests and parity as before), not faster. vit_h at batch 8:
@@ -553,7 +553,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 // first step issues the next item's queries (cp.async into shared memory, each warp its own 16 rows,
 // a commit group of their own), so no item waits on a round trip to memory before its
 // relative-position terms.
-//   Measured (H200, batch 8, 2026-12-01, tenth session): encoder img/s vit_b 451.9 -> 457.6, vit_h
+//   Measured (H200, batch 8, 2026-12-01): encoder img/s vit_b 451.9 -> 457.6, vit_h
 // 95.1 -> 96.2 against the kernel above. Tried: the same with QB = 128 (two blocks an SM): 447 /
 // 94.3, slower than the kernel above; the kernel above with 64 queries a block (4 blocks an SM):
 // windowed launches 270 -> 490 us (vit_b), 403 -> 632 us (vit_h), global ones 1.5x slower; and
