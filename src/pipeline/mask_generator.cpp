@@ -11,12 +11,12 @@
 #include <string>
 
 #include "backend/ops.h"
-#include "samfast/image.h"
 #include "pipeline/amg_utils.h"
 #include "pipeline/rle.h"
 #include "pipeline/small_regions.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
+#include "samfast/image.h"
 #include "samfast/predictor.h"
 
 namespace samfast {

@@ -5,8 +5,8 @@
 #include <utility>
 #include <vector>
 
-#include "samfast/tensor.h"
 #include "samfast/image.h"
+#include "samfast/tensor.h"
 
 namespace samfast {
 

@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <string>
 
-#include "samfast/image.h"
 #include "samfast/error.h"
+#include "samfast/image.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const int fd = memfd_create("fuzz_image", 0);

@@ -8,9 +8,9 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "samfast/image.h"
 #include "io/npy.h"
 #include "pipeline/transforms.h"
+#include "samfast/image.h"
 #include "samfast/predictor.h"
 
 using namespace samfast;

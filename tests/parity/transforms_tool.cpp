@@ -14,9 +14,9 @@
 #include <string>
 #include <vector>
 
-#include "samfast/image.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
+#include "samfast/image.h"
 
 namespace {
 

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <string>
 
-#include "samfast/image.h"
 #include "samfast/error.h"
+#include "samfast/image.h"
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"

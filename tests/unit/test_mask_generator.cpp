@@ -8,8 +8,8 @@
 
 #include "core/rng.h"
 #include "error_of.h"
-#include "samfast/image.h"
 #include "samfast/error.h"
+#include "samfast/image.h"
 #include "samfast/mask_generator.h"
 #include "samfast/model.h"
 

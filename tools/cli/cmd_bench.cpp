@@ -11,10 +11,10 @@
 
 #include "backend/ops.h"
 #include "commands.h"
-#include "samfast/image.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
 #include "samfast/gpu_trace.h"
+#include "samfast/image.h"
 #include "samfast/mask_generator.h"
 #include "samfast/predictor.h"
 

@@ -20,14 +20,13 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "commands.h"
-#include "samfast/image.h"
 #include "io/safe_file.h"
 #include "pipeline/overlay.h"
 #include "pipeline/rle.h"
 #include "samfast/error.h"
+#include "samfast/image.h"
 #include "samfast/mask_generator.h"
 
 namespace samfast::cli {

@@ -7,11 +7,11 @@
 #include <sstream>
 
 #include "commands.h"
-#include "samfast/image.h"
 #include "io/npy.h"
 #include "io/safe_file.h"
 #include "pipeline/overlay.h"
 #include "samfast/error.h"
+#include "samfast/image.h"
 #include "samfast/predictor.h"
 
 namespace samfast::cli {
