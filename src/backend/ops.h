@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "pipeline/rle.h"
+#include "samfast/rle.h"
 #include "samfast/tensor.h"
 
 namespace samfast {

@@ -1,4 +1,4 @@
-#include "pipeline/overlay.h"
+#include "samfast/overlay.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,6 +1,6 @@
 // ref: segment_anything/utils/amg.py mask_to_rle_pytorch, rle_to_mask, area_from_rle,
 //      batched_mask_to_box, box_xyxy_to_xywh; pycocotools common/maskApi.c rleToString, rleFrString
-#include "pipeline/rle.h"
+#include "samfast/rle.h"
 
 #include <algorithm>
 #include <bit>

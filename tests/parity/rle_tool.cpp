@@ -10,8 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "pipeline/rle.h"
 #include "samfast/error.h"
+#include "samfast/rle.h"
 
 namespace {
 

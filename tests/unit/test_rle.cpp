@@ -4,8 +4,8 @@
 
 #include <random>
 
-#include "pipeline/rle.h"
 #include "samfast/error.h"
+#include "samfast/rle.h"
 
 namespace samfast {
 namespace {

@@ -4,9 +4,9 @@
 
 #include <cmath>
 
-#include "pipeline/overlay.h"
 #include "pipeline/transforms.h"
 #include "samfast/error.h"
+#include "samfast/overlay.h"
 
 namespace samfast {
 namespace {

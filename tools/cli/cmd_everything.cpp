@@ -23,11 +23,11 @@
 
 #include "commands.h"
 #include "io/safe_file.h"
-#include "pipeline/overlay.h"
-#include "pipeline/rle.h"
 #include "samfast/error.h"
 #include "samfast/image.h"
 #include "samfast/mask_generator.h"
+#include "samfast/overlay.h"
+#include "samfast/rle.h"
 
 namespace samfast::cli {
 namespace {

@@ -9,9 +9,9 @@
 #include "commands.h"
 #include "io/npy.h"
 #include "io/safe_file.h"
-#include "pipeline/overlay.h"
 #include "samfast/error.h"
 #include "samfast/image.h"
+#include "samfast/overlay.h"
 #include "samfast/predictor.h"
 
 namespace samfast::cli {
