@@ -81,6 +81,8 @@ class Model {
                            bool binarize, bool to_host = true) const;
   // A backend tensor as a host fp32 tensor (uint8 masks stay uint8).
   Tensor download(const Tensor& x) const;
+  // A host tensor in backend memory, e.g. a batch of images for encode_image placed there before a timing.
+  Tensor upload(const Tensor& host) const;
   // Waits for the backend's queued work (GPU work is asynchronous; downloads wait by themselves).
   void synchronize() const;
   // Peak device memory held by the backend so far (0 on the CPU).
@@ -94,6 +96,12 @@ class Model {
     int64_t weights = 0, graph_arena = 0, peak = 0;
   };
   MemoryPlan plan_memory(int64_t batch, int64_t prompts) const;
+  // Device memory held now: the weights' allocation and how much of it is filled, the CUDA-graph
+  // arena and how many recordings share it (zeros on the CPU).
+  struct MemoryUse {
+    int64_t weights = 0, weights_filled = 0, graph_arena = 0, graphs_in_arena = 0;
+  };
+  MemoryUse memory_use() const;
   // ref: modeling/mask_decoder.py MaskDecoder.forward. embedding (1 or B, G, G, D).
   DecoderOutput decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const;
   // The ragged form: B prompts over several images, decoded in one pass (no loop over the images).

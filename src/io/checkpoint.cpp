@@ -1,6 +1,6 @@
 // PyTorch .pth checkpoints (zip archive + restricted unpickler), format detection, and the
 // helpers shared with safetensors.cpp.
-#include "io/checkpoint.h"
+#include "samfast/checkpoint.h"
 
 #include <algorithm>
 #include <cmath>
@@ -13,9 +13,9 @@
 #include "io/checkpoint_internal.h"
 #include "io/pickle.h"
 #include "io/printable.h"
-#include "io/safe_file.h"
 #include "io/zip.h"
 #include "samfast/error.h"
+#include "samfast/safe_file.h"
 
 namespace samfast {
 namespace detail {

@@ -20,8 +20,8 @@
 
 #include "io/exif.h"
 #include "io/printable.h"
-#include "io/safe_file.h"
 #include "samfast/error.h"
+#include "samfast/safe_file.h"
 
 // jpeglib.h needs size_t and FILE declared before it.
 #include <jpeglib.h>

@@ -1,4 +1,4 @@
-#include "io/npy.h"
+#include "samfast/npy.h"
 
 #include <algorithm>
 #include <cctype>
@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "io/printable.h"
-#include "io/safe_file.h"
 #include "samfast/error.h"
+#include "samfast/safe_file.h"
 
 namespace samfast {
 

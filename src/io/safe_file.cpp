@@ -1,4 +1,4 @@
-#include "io/safe_file.h"
+#include "samfast/safe_file.h"
 
 #include <fcntl.h>
 #include <signal.h>

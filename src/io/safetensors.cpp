@@ -7,11 +7,11 @@
 #include <set>
 #include <utility>
 
-#include "io/checkpoint.h"
 #include "io/checkpoint_internal.h"
 #include "io/printable.h"
-#include "io/safe_file.h"
+#include "samfast/checkpoint.h"
 #include "samfast/error.h"
+#include "samfast/safe_file.h"
 
 namespace samfast {
 namespace {

@@ -6,7 +6,7 @@
 #include "backend/backend.h"
 #include "backend/ops.h"
 #include "core/rng.h"
-#include "io/checkpoint.h"
+#include "samfast/checkpoint.h"
 #include "samfast/error.h"
 #include "samfast/model.h"
 
@@ -87,6 +87,13 @@ const Tensor& Model::hw(const std::string& name) const {
 
 Tensor Model::download(const Tensor& x) const { return ops_->download(x); }
 
+Tensor Model::upload(const Tensor& host) const { return ops_->upload(host); }
+
+Model::MemoryUse Model::memory_use() const {
+  const Ops::MemoryUse use = ops_->memory_use();
+  return {use.weights, use.weights_filled, use.graph_arena, use.graphs_in_arena};
+}
+
 Tensor Model::postprocess_masks(const Tensor& low_res, std::pair<int, int> input_size,
                                 std::pair<int, int> original_size, bool binarize, bool to_host) const {
   Tensor masks = ops_->postprocess_masks(low_res, cfg_.img_size, input_size, original_size, binarize);
@@ -112,7 +119,7 @@ Model::MemoryPlan Model::plan_memory(int64_t batch, int64_t prompts) const {
     decode_masks(batch == 1 ? embeddings : ops_->gather(embeddings, {0}), encode_prompts(p), true);
   }
   synchronize();
-  const Ops::MemoryUse use = ops_->memory_use();
+  const MemoryUse use = memory_use();
   return {use.weights, use.graph_arena, peak_memory_bytes()};
 }
 

@@ -5,8 +5,8 @@
 #include <sstream>
 #include <vector>
 
-#include "io/checkpoint.h"
 #include "io/zip.h"
+#include "samfast/checkpoint.h"
 #include "samfast/error.h"
 
 namespace {

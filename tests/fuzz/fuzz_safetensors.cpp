@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "io/checkpoint.h"
+#include "samfast/checkpoint.h"
 #include "samfast/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -8,9 +8,9 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "io/npy.h"
 #include "pipeline/transforms.h"
 #include "samfast/image.h"
+#include "samfast/npy.h"
 #include "samfast/predictor.h"
 
 using namespace samfast;

@@ -15,9 +15,9 @@
 #include <new>
 #include <sstream>
 
-#include "io/checkpoint.h"
 #include "io/pickle.h"
 #include "io/zip.h"
+#include "samfast/checkpoint.h"
 #include "samfast/error.h"
 
 namespace samfast {

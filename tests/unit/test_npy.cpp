@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "io/npy.h"
 #include "samfast/error.h"
+#include "samfast/npy.h"
 
 namespace samfast {
 namespace {

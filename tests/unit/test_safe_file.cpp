@@ -1,6 +1,6 @@
 // io/safe_file: atomic writes, refusal of non-regular targets and inputs, staged outputs that appear
 // together or not at all, temporaries of dead runs, and the output folder's lock.
-#include "io/safe_file.h"
+#include "samfast/safe_file.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>

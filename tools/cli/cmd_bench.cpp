@@ -9,20 +9,21 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
-#include "backend/ops.h"
 #include "commands.h"
-#include "pipeline/transforms.h"
+#include "options.h"
 #include "samfast/error.h"
 #include "samfast/gpu_trace.h"
 #include "samfast/image.h"
 #include "samfast/mask_generator.h"
 #include "samfast/predictor.h"
+#include "samfast/transforms.h"
 
 namespace samfast::cli {
 namespace {
 
 struct Args {
-  std::string checkpoint, model = "vit_b", image;
+  WeightsChoice weights;
+  std::string image;
   int runs = 3, prompts = 16, batch = 1;
   ModelOptions options;
   bool amg = false;  // segment everything instead
@@ -132,7 +133,7 @@ int run_amg_bench(const Args& a, const Model& model) {
 int run_bench(const Args& a) {
   if (!a.trace.empty() && std::filesystem::exists(a.trace))
     throw Error("--trace " + a.trace + " exists: remove it or name a new file");
-  Model model = load_or_synthesize(a.checkpoint, a.model, 0, a.options);
+  Model model = load_model(a.weights, a.options);
   if (!a.trace.empty() && model.device() == "cpu")
     throw Error("--trace records GPU work, and this model runs on the CPU (" +
                 (model.backend_note().empty() ? std::string("--device cpu") : model.backend_note()) + ")");
@@ -157,7 +158,7 @@ int run_bench(const Args& a) {
   for (int b = 0; b < a.batch; ++b) std::copy(one.data, one.data + one.numel(), batch.data + b * one.numel());
   // On the device before the clock starts, as the anchor's input tensor is (uploading a batch of 8
   // takes ~100 MB over PCIe: a cost of where images come from, not of the encoder).
-  batch = model.backend().upload(batch);
+  batch = model.upload(batch);
 
   // The decoder work of segment-anything-fast's measurement: P prompts through the prompt encoder,
   // the mask decoder and post-processing to the original size, masks left on the device.
@@ -217,7 +218,7 @@ int run_bench(const Args& a) {
   finish_trace(trace, a.trace, a.runs, "timed runs", traced);
   // (The ragged decode holds all B x P prompts' masks at once: its peak is reported apart.)
   const int64_t peak = model.peak_memory_bytes();
-  const Ops::MemoryUse mem = model.backend().memory_use();
+  const Model::MemoryUse mem = model.memory_use();
   const Tensor embeddings = model.encode_image(batch);
   for (int r = -1; r <= a.runs; ++r) {
     const double t0 = now_ms();
@@ -249,7 +250,7 @@ int run_bench(const Args& a) {
                       {"peak_gib_ragged", model.peak_memory_bytes() / double(1 << 30)},
                       {"weights_gib", mem.weights / double(1 << 30)},
                       {"graph_arena_gib", mem.graph_arena / double(1 << 30)},
-                      {"graph_arena_gib_ragged", model.backend().memory_use().graph_arena / double(1 << 30)}};
+                      {"graph_arena_gib_ragged", model.memory_use().graph_arena / double(1 << 30)}};
   if (!traced.is_null()) j.update(traced);
   std::cout << "samfast bench: " << j["model"].get<std::string>() << " on " << device_summary(model) << ", batch " << a.batch << ", " << a.prompts << " prompts/image, median of "
             << a.runs << " runs\n"
@@ -273,8 +274,7 @@ int run_bench(const Args& a) {
 Runner add_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Throughput and latency of the image encoder and the mask decoder");
   auto a = std::make_shared<Args>();
-  cmd->add_option("--checkpoint", a->checkpoint, "checkpoint; omitted: synthetic weights")->check(CLI::ExistingFile);
-  cmd->add_option("--model", a->model, "model for synthetic weights")->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
+  add_weights_options(cmd, a->weights);
   cmd->add_option("--image", a->image, "image to use (default: a 1024x1024 synthetic picture)");
   cmd->add_option("--runs", a->runs, "timed runs after two warm-ups")->check(CLI::Range(1, 1000));
   cmd->add_option("--prompts", a->prompts, "single-point multimask prompts decoded per image")->check(CLI::Range(1, 4096));
@@ -283,10 +283,7 @@ Runner add_bench(CLI::App& app) {
                   "write a Chrome/Perfetto trace of the timed runs' GPU kernels and copies to this new file (needs CUPTI)");
   cmd->add_flag("--amg", a->amg, "segment everything: seconds per image of the automatic mask generator");
   cmd->add_option("--images", a->images, "--amg: more images (each timed --runs times)");
-  cmd->add_option("--points-per-side", a->gen.points_per_side, "--amg: points along one side")->capture_default_str();
-  cmd->add_option("--points-per-batch", a->gen.points_per_batch, "--amg: points decoded together")->capture_default_str();
-  cmd->add_option("--pred-iou-thresh", a->gen.pred_iou_thresh, "--amg: predicted-IoU filter")->capture_default_str();
-  cmd->add_option("--stability-score-thresh", a->gen.stability_score_thresh, "--amg: stability filter")->capture_default_str();
+  add_generator_options(cmd, a->gen);  // (used with --amg)
   cmd->add_option("--output-mode", a->gen.output_mode, "--amg: binary_mask, coco_rle or uncompressed_rle")
       ->check(CLI::IsMember({"binary_mask", "coco_rle", "uncompressed_rle"}));
   add_backend_options(cmd, a->options);

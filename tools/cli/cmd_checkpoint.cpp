@@ -3,9 +3,10 @@
 #include <iostream>
 
 #include "commands.h"
-#include "io/checkpoint.h"
-#include "io/safe_file.h"
+#include "options.h"
+#include "samfast/checkpoint.h"
 #include "samfast/error.h"
+#include "samfast/safe_file.h"
 
 namespace samfast::cli {
 

@@ -22,12 +22,13 @@
 #include <set>
 
 #include "commands.h"
-#include "io/safe_file.h"
+#include "options.h"
 #include "samfast/error.h"
 #include "samfast/image.h"
 #include "samfast/mask_generator.h"
 #include "samfast/overlay.h"
 #include "samfast/rle.h"
+#include "samfast/safe_file.h"
 
 namespace samfast::cli {
 namespace {
@@ -175,8 +176,8 @@ nlohmann::ordered_json records_json(const std::vector<MaskRecord>& masks, const 
 }
 
 struct Args {
-  std::string checkpoint, model = "vit_b", input, output, output_mode = "binary_mask";
-  uint64_t seed = 0;
+  WeightsChoice weights;
+  std::string input, output, output_mode = "binary_mask";
   bool overlay = false, overwrite = false;
   std::string exif = "apply";
   MaskGeneratorOptions gen;
@@ -249,7 +250,7 @@ int run_everything(Args a) {
   // Everything that can be refused is refused before the output folder is made or the model loads.
   a.gen.output_mode = a.output_mode;
   MaskGenerator::validate(a.gen);
-  if (!a.checkpoint.empty()) require_regular_file(a.checkpoint, "checkpoint");
+  if (!a.weights.checkpoint.empty()) require_regular_file(a.weights.checkpoint, "checkpoint");
   const std::vector<fs::path> inputs = list_inputs(a.input);
   const fs::path out_dir(a.output);
   check_output_folder(out_dir, "--output");
@@ -296,7 +297,7 @@ int run_everything(Args a) {
     while (from < inputs.size() && plan[from] != Plan::Run) ++from;
     return from;
   };
-  Model model = load_or_synthesize(a.checkpoint, a.model, a.seed, a.options);
+  Model model = load_model(a.weights, a.options);
   const MaskGenerator generator(model, a.gen);
 
   // The next image is decoded, resized and normalized on another thread while this one runs.
@@ -381,31 +382,14 @@ int run_everything(Args a) {
 Runner add_everything(CLI::App& app) {
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("everything", "Segment everything: masks for a whole image (or a folder) from a point grid");
-  cmd->add_option("--checkpoint", a->checkpoint, "SAM checkpoint (.pth or .safetensors); without it, random weights")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--model", a->model, "model for synthetic weights when no --checkpoint: vit_b, vit_l, vit_h, tiny")
-      ->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
-  cmd->add_option("--seed", a->seed, "seed of the synthetic weights")->check(CLI::NonNegativeNumber);
+  add_weights_options(cmd, a->weights);
   cmd->add_option("--input", a->input, "an image, a folder of images, or a glob pattern (quote it)")->required();
   cmd->add_option("--output", a->output, "output folder (created if missing)")->required();
   cmd->add_option("--output-mode", a->output_mode, "binary_mask (PNGs + metadata.csv), coco_rle or uncompressed_rle (JSON)")
       ->check(CLI::IsMember({"binary_mask", "coco_rle", "uncompressed_rle"}));
   cmd->add_flag("--overlay", a->overlay, "also write NAME.overlay.png with every mask coloured over the image");
   cmd->add_flag("--overwrite", a->overwrite, "redo images whose outputs exist (default: skip them, resuming a run)");
-  MaskGeneratorOptions& g = a->gen;
-  cmd->add_option("--points-per-side", g.points_per_side, "points sampled along one side of the image")->capture_default_str();
-  cmd->add_option("--points-per-batch", g.points_per_batch, "points decoded together (memory against speed)")->capture_default_str();
-  cmd->add_option("--pred-iou-thresh", g.pred_iou_thresh, "keep masks whose predicted IoU is above this")->capture_default_str();
-  cmd->add_option("--stability-score-thresh", g.stability_score_thresh, "keep masks at least this stable")->capture_default_str();
-  cmd->add_option("--stability-score-offset", g.stability_score_offset, "logit offset of the stability score")->capture_default_str();
-  cmd->add_option("--box-nms-thresh", g.box_nms_thresh, "box IoU above which duplicates are removed")->capture_default_str();
-  cmd->add_option("--crop-n-layers", g.crop_n_layers, "layers of image crops (0: the whole image only)")->capture_default_str();
-  cmd->add_option("--crop-nms-thresh", g.crop_nms_thresh, "box IoU for removing duplicates between crops")->capture_default_str();
-  cmd->add_option("--crop-overlap-ratio", g.crop_overlap_ratio, "overlap of neighbouring crops")->capture_default_str();
-  cmd->add_option("--crop-n-points-downscale-factor", g.crop_n_points_downscale_factor,
-                  "points per side shrink by this factor in each crop layer")->capture_default_str();
-  cmd->add_option("--min-mask-region-area", g.min_mask_region_area,
-                  "remove islands and holes smaller than this many pixels (0: off)")->capture_default_str();
+  add_generator_options(cmd, a->gen);
   add_exif_option(cmd, a->exif);
   add_backend_options(cmd, a->options);
   return [a] { return run_everything(*a); };

@@ -7,12 +7,13 @@
 #include <sstream>
 
 #include "commands.h"
-#include "io/npy.h"
-#include "io/safe_file.h"
+#include "options.h"
 #include "samfast/error.h"
 #include "samfast/image.h"
+#include "samfast/npy.h"
 #include "samfast/overlay.h"
 #include "samfast/predictor.h"
+#include "samfast/safe_file.h"
 
 namespace samfast::cli {
 namespace {
@@ -42,9 +43,9 @@ std::vector<float> parse_numbers(const std::string& text, const std::string& fla
 }
 
 struct Args {
-  std::string checkpoint, model = "vit_b", image, box, mask_input, out;
+  WeightsChoice weights;
+  std::string image, box, mask_input, out;
   std::vector<std::string> points;
-  uint64_t seed = 0;
   bool multimask = false, overwrite = false;
   std::string exif = "apply";
   ModelOptions options;
@@ -83,7 +84,7 @@ int run_segment(const Args& a) {
   Image img = read_image(a.image, kMaxImagePixels, exif_choice(a.exif));  // before the model: a bad image fails fast
   Predictor::check_prompt(prompt, img.height, img.width);
   double t0 = now_ms();
-  Model model = load_or_synthesize(a.checkpoint, a.model, a.seed, a.options);
+  Model model = load_model(a.weights, a.options);
   double t1 = now_ms();
   Predictor predictor(model);
   predictor.set_image(img);
@@ -123,7 +124,7 @@ int run_segment(const Args& a) {
       {"image", a.image},
       {"width", W},
       {"height", H},
-      {"checkpoint", a.checkpoint.empty() ? "synthetic (random weights: masks are meaningless)" : a.checkpoint},
+      {"checkpoint", a.weights.checkpoint.empty() ? "synthetic (random weights: masks are meaningless)" : a.weights.checkpoint},
       {"model", model.config().name()},
       {"device", model.device()},
       {"precision", model.precision()},
@@ -143,11 +144,7 @@ int run_segment(const Args& a) {
 Runner add_segment(CLI::App& app) {
   auto* cmd = app.add_subcommand("segment", "Segment an image from point / box / mask prompts");
   auto a = std::make_shared<Args>();
-  cmd->add_option("--checkpoint", a->checkpoint, "SAM checkpoint (.pth or .safetensors); omitted: synthetic random weights")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--model", a->model, "model for synthetic weights when no checkpoint is given")
-      ->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
-  cmd->add_option("--seed", a->seed, "seed for synthetic weights")->check(CLI::NonNegativeNumber);
+  add_weights_options(cmd, a->weights);
   cmd->add_option("--image", a->image, "input image (JPEG, PNG, ...)")->required();
   cmd->add_option("--point", a->points, "x,y[,label] in image pixels; label 1 = foreground (default), 0 = background");
   cmd->add_option("--box", a->box, "x0,y0,x1,y1 in image pixels");

@@ -9,7 +9,7 @@
 
 namespace samfast {
 
-// Writes atomically (io/safe_file.h); the stream form is for outputs written together with others.
+// Writes atomically (samfast/safe_file.h); the stream form is for outputs written together with others.
 void write_npy(const std::string& path, const Tensor& t);
 void write_npy(std::ostream& out, const Tensor& t);
 // Reads a little-endian float32 (or float64, converted) C-order array of at most 2^30 elements.
