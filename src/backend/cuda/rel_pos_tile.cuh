@@ -1,4 +1,4 @@
-// The attention tile of the image encoder's rel_pos_attention, shared by its kernels (attention.cu,
+// The attention tile of the image encoder's rel_pos_attention, shared by its kernels (rel_pos_attention.cu,
 // and the Hopper kernel in rel_pos_attention_sm90.cu): where a window's (or the global grid's) tokens
 // live in the (B, H, W, 3C) qkv tensor, found by index arithmetic (no partition copies).
 #pragma once
