@@ -9,6 +9,7 @@
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/mma.cuh"
 
 namespace samfast {
 namespace {
@@ -281,12 +282,10 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int
   }
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    switch (hd) {
-      case 16: launch_mha<T, 16>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads, q_step, kv_step); break;
-      case 32: launch_mha<T, 32>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads, q_step, kv_step); break;
-      case 64: launch_mha<T, 64>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads, q_step, kv_step); break;
-      default: throw Error("attention: head dim " + std::to_string(hd) + " is not built (16, 32 and 64 are)");
-    }
+    cuda::with_head_dim<16, 32, 64>(hd, "attention", [&](auto HD) {
+      launch_mha<T, decltype(HD)::value>(*ctx_, q.data, k.data, v.data, out.data, B, (int)Nq, (int)Nk, (int)D, heads,
+                                         q_step, kv_step);
+    });
   };
   SAMFAST_DISPATCH(dt_, T, run(T{}));
   return out;

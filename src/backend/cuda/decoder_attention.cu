@@ -25,18 +25,19 @@
 namespace samfast {
 namespace {
 
+using cuda::acc_to_a;
 using cuda::cp_async16;
 using cuda::cp_async_commit;
 using cuda::cp_async_wait;
 using cuda::cp_async_wait_all;
 using cuda::from_f32;
-using cuda::ldmatrix_x4;
 using cuda::ldmatrix_x4_trans;
 using cuda::mma16;
 using cuda::pack16;
 using cuda::quad_row_stats;
 using cuda::unpack16;
 using cuda::to_f32;
+using cuda::warp_tile_abt;
 
 void check(bool ok, const char* op, const std::string& what) {
   if (!ok) throw Error(std::string(op) + ": " + what);
@@ -255,21 +256,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
 
     // Scores S (16 x NC) = X K^T.
     float s[NT][4];
-#pragma unroll
-    for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-    const H* kbase = sK + ((lane / 16) * 8 + lane % 8) * LDS + ((lane / 8) & 1) * 8;
-#pragma unroll 4
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t af[4];
-      ldmatrix_x4(af, sXw + (lane % 16) * LDS + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t kf[4];
-        ldmatrix_x4(kf, kbase + np * 16 * LDS + kk * 16);
-        mma16<H>(s[2 * np], af, kf[0], kf[1]);
-        mma16<H>(s[2 * np + 1], af, kf[2], kf[3]);
-      }
-    }
+    warp_tile_abt<H, D, NC>(s, sXw, LDS, sK, LDS, lane);
     // Softmax per head over its KP / 8 n-tiles (rows gr and gr + 8 of the warp's 16).
 #pragma unroll
     for (int h = 0; h < kMmaHeads; ++h) {
@@ -307,12 +294,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
     // P as the A operand of O = P V (two n-tiles per k-step).
     uint32_t pf[NT / 2][4];
 #pragma unroll
-    for (int ks = 0; ks < NT / 2; ++ks) {
-      pf[ks][0] = pack16<H>(s[2 * ks][0], s[2 * ks][1]);
-      pf[ks][1] = pack16<H>(s[2 * ks][2], s[2 * ks][3]);
-      pf[ks][2] = pack16<H>(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-      pf[ks][3] = pack16<H>(s[2 * ks + 1][2], s[2 * ks + 1][3]);
-    }
+    for (int ks = 0; ks < NT / 2; ++ks) acc_to_a<H>(pf[ks], s[2 * ks], s[2 * ks + 1]);
     // O = P V + bias + residual in two halves of 128 channels, rounded to H into the warp's rows
     // of sX (x is no longer needed), as the unfused GEMM would store it for the LayerNorm. The row
     // sums and sums of squares for the LayerNorm come from the same registers: a thread holds 64 of

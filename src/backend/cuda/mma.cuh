@@ -1,12 +1,16 @@
-// Tensor-core building blocks shared by the attention kernels (sm_80+ instructions: mma.sync
-// m16n8k16 bf16 or fp16 with fp32 accumulation, ldmatrix, cp.async). The 16-bit storage type H of a
+// Tensor-core building blocks of the CUDA kernels (sm_80+ instructions: mma.sync m16n8k16 bf16 or
+// fp16 with fp32 accumulation, ldmatrix, cp.async; Hopper's wgmma), the warp-level tile products
+// built from them, and the head-dim switch of the attention ops. The 16-bit storage type H of a
 // kernel (__nv_bfloat16 or __half) picks the instruction: mma16<H>, pack16<H>, wgmma16<H, ...>.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <string>
 #include <type_traits>
+
+#include "samfast/error.h"
 
 namespace samfast::cuda {
 
@@ -110,6 +114,45 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Warp tiles (m16n8 accumulators: c[n] holds rows gr and gr + 8, columns 8 n + 2 tq and + 1, of a
+// warp's 16 x N tile, with gr = lane / 4, tq = lane % 4).
+
+// c (16 x N) = a (16 x K) x b^T (b: N x K), both H in shared memory with row strides lda and ldb
+// elements (padded rows: ldmatrix without bank conflicts); K and N multiples of 16. Each ldmatrix.x4
+// of b feeds two n-tiles: lanes 0-7 / 8-15 address the two 8-column halves of a k-step of n-tile
+// 2 np, lanes 16-31 those of 2 np + 1.
+template <class H, int K, int N>
+__device__ __forceinline__ void warp_tile_abt(float (&c)[N / 8][4], const H* a, int lda, const H* b, int ldb,
+                                              int lane) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+  const H* b_lane = b + ((lane / 16) * 8 + lane % 8) * ldb + ((lane / 8) & 1) * 8;
+#pragma unroll 4
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t af[4];
+    ldmatrix_x4(af, a + (lane % 16) * lda + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      uint32_t bf[4];
+      ldmatrix_x4(bf, b_lane + np * 16 * ldb + kk * 16);
+      mma16<H>(c[2 * np], af, bf[0], bf[1]);
+      mma16<H>(c[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// Two accumulator n-tiles (columns [16 ks, 16 ks + 16) of a 16 x N result) rounded to H as the A
+// fragment of k-step ks of the next product: the m16n8 accumulator layout is the m16n8k16 A layout,
+// so a result chains into the next MMA in registers (P in flash attention).
+template <class H>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack16<H>(c0[0], c0[1]);
+  a[1] = pack16<H>(c0[2], c0[3]);
+  a[2] = pack16<H>(c1[0], c1[1]);
+  a[3] = pack16<H>(c1[2], c1[3]);
+}
+
 // Hopper's warpgroup MMA (sm_90a only: callers compile these under __CUDA_ARCH_FEAT_SM90_ALL).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // Shared-memory matrix descriptor without swizzle: the matrix is made of 8 x 16-byte core matrices,
@@ -187,5 +230,18 @@ __device__ __forceinline__ void wgmma16(float (&d)[N / 2], const uint32_t (&a)[4
     wgmma_bf16<N, TRANS_B>(d, a, b, accumulate);
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// ---------------------------------------------------------------------------------------------
+// The head dims an attention op is built for (host code): f(std::integral_constant<int, HD>{}) for
+// the HD of HDs equal to hd; any other hd is an Error naming op and the built ones ("rel_pos_attention:
+// head dim 48 is not built (32, 64 and 80 are)"). One instantiation of the op's kernels per HD.
+template <int... HDs, class F>
+void with_head_dim(int64_t hd, const char* op, F&& f) {
+  if (((hd == HDs && (f(std::integral_constant<int, HDs>{}), true)) || ...)) return;
+  std::string built;
+  int i = 0;
+  ((built += (i++ == 0 ? "" : i == int(sizeof...(HDs)) ? " and " : ", ") + std::to_string(HDs)), ...);
+  throw Error(std::string(op) + ": head dim " + std::to_string(hd) + " is not built (" + built + " are)");
+}
 
 }  // namespace samfast::cuda

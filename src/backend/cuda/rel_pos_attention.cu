@@ -24,6 +24,7 @@
 namespace samfast {
 namespace {
 
+using cuda::acc_to_a;
 using cuda::cp_async16;
 using cuda::cp_async_wait_all;
 using cuda::ex2;
@@ -354,12 +355,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2) rel_pos_attention_mma(RelPosAr
       if (ks >= np_end) break;  // empty slots: P is 0 there
       uint32_t pa[MT][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        pa[mt][0] = pack16<H>(s[mt][2 * ks][0], s[mt][2 * ks][1]);
-        pa[mt][1] = pack16<H>(s[mt][2 * ks][2], s[mt][2 * ks][3]);
-        pa[mt][2] = pack16<H>(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
-        pa[mt][3] = pack16<H>(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
-      }
+      for (int mt = 0; mt < MT; ++mt) acc_to_a<H>(pa[mt], s[mt][2 * ks], s[mt][2 * ks + 1]);
       const int mi = lane / 8, key = ks * 16 + (mi & 1) * 8 + lane % 8;
 #pragma unroll
       for (int dp = 0; dp < HD / 16; ++dp) {
@@ -468,13 +464,9 @@ Tensor CudaOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, con
                      heads, (int)th, (int)tw, (int)nww, 1.0f / std::sqrt((float)hd)};
   const int64_t windows = B * nwh * nww;
   const int nwin = (int)(nwh * nww);
-  switch (hd) {
-    case 32: launch_rel_pos<32>(*ctx_, dt_, a, windows, nwin); break;
-    case 64: launch_rel_pos<64>(*ctx_, dt_, a, windows, nwin); break;
-    case 80: launch_rel_pos<80>(*ctx_, dt_, a, windows, nwin); break;
-    default:
-      throw Error("rel_pos_attention: head dim " + std::to_string(hd) + " is not built (32, 64 and 80 are)");
-  }
+  cuda::with_head_dim<32, 64, 80>(hd, "rel_pos_attention", [&](auto HD) {
+    launch_rel_pos<decltype(HD)::value>(*ctx_, dt_, a, windows, nwin);
+  });
   return out;
 }
 

@@ -718,13 +718,8 @@ void rel_pos_attention_wgmma(const CudaContext& ctx, DType dt, const RelPosArgs&
                              int nwin) {
   auto run = [&](auto tag) {
     using H = decltype(tag);
-    switch (head_dim) {
-      case 32: launch<H, 32>(ctx, a, windows, nwin); break;
-      case 64: launch<H, 64>(ctx, a, windows, nwin); break;
-      case 80: launch<H, 80>(ctx, a, windows, nwin); break;
-      default:
-        throw Error("rel_pos_attention: head dim " + std::to_string(head_dim) + " is not built (32, 64 and 80 are)");
-    }
+    with_head_dim<32, 64, 80>(head_dim, "rel_pos_attention",
+                              [&](auto hd) { launch<H, decltype(hd)::value>(ctx, a, windows, nwin); });
   };
   if (dt == DType::BF16)
     run(__nv_bfloat16{});

@@ -20,15 +20,15 @@
 namespace samfast {
 namespace {
 
+using cuda::acc_to_a;
 using cuda::cp_async16;
 using cuda::cp_async_commit;
 using cuda::cp_async_wait;
 using cuda::cp_async_wait_all;
+using cuda::from_f32;
 using cuda::gelu_erf_fast;
 using cuda::ldmatrix_x4;
-using cuda::from_f32;
 using cuda::mma16;
-using cuda::pack16;
 using cuda::quad_row_stats;
 using cuda::to_f32;
 
@@ -108,7 +108,8 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> 
     const int r0 = tile * kRows + warp * 16;
     cp_async_wait<0>();
     __syncwarp();
-    // (1) ConvTranspose #1 for sub-pixel s1: 16 x C1.
+    // (1) ConvTranspose #1 for sub-pixel s1: 16 x C1. (The product of mma.cuh's warp_tile_abt, written
+    // out: through the helper this kernel compiles to differently scheduled code, not yet measured.)
     float c1[kC1 / 8][4];
 #pragma unroll
     for (int n = 0; n < kC1 / 8; ++n) c1[n][0] = c1[n][1] = c1[n][2] = c1[n][3] = 0.f;
@@ -147,12 +148,7 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> 
       }
     uint32_t a2[kC1 / 16][4];
 #pragma unroll
-    for (int ks = 0; ks < kC1 / 16; ++ks) {
-      a2[ks][0] = pack16<H>(c1[2 * ks][0], c1[2 * ks][1]);
-      a2[ks][1] = pack16<H>(c1[2 * ks][2], c1[2 * ks][3]);
-      a2[ks][2] = pack16<H>(c1[2 * ks + 1][0], c1[2 * ks + 1][1]);
-      a2[ks][3] = pack16<H>(c1[2 * ks + 1][2], c1[2 * ks + 1][3]);
-    }
+    for (int ks = 0; ks < kC1 / 16; ++ks) acc_to_a<H>(a2[ks], c1[2 * ks], c1[2 * ks + 1]);
     // (2) ConvTranspose #2: 16 x (s2, c2), + bias, GELU, as the A operand of (3).
     float c2[4 * kC2 / 8][4];
 #pragma unroll
@@ -174,10 +170,7 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> 
       for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) g[j][e] = gelu_erf_fast(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
-      a3[ks][0] = pack16<H>(g[0][0], g[0][1]);
-      a3[ks][1] = pack16<H>(g[0][2], g[0][3]);
-      a3[ks][2] = pack16<H>(g[1][0], g[1][1]);
-      a3[ks][3] = pack16<H>(g[1][2], g[1][3]);
+      acc_to_a<H>(a3[ks], g[0], g[1]);
     }
     // (3) Hypernetwork product: 16 x (s2, m).
     float c3[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
