@@ -29,6 +29,30 @@ struct GemmPlan {
   cublasLtMatmulAlgo_t algo{};
   bool has_algo = false;  // false: cuBLASLt offers nothing for this shape; cublasGemmEx is used
 };
+
+// The plans of the GEMMs run so far, one per key (all a plan depends on: storage type, shape,
+// strides, epilogue, alignment), for the 16-bit / fp32 GEMMs and the fp8 ones alike (gemm.cu). It
+// owns the plans' descriptors.
+class GemmPlanCache {
+ public:
+  using Key = std::array<int64_t, 16>;
+  GemmPlanCache() = default;
+  GemmPlanCache(const GemmPlanCache&) = delete;
+  GemmPlanCache& operator=(const GemmPlanCache&) = delete;
+  ~GemmPlanCache() { clear(); }
+
+  // The plan for key; make() makes it on the key's first use.
+  template <class Make>
+  const GemmPlan& get(const Key& key, Make make) {
+    auto it = plans_.find(key);
+    if (it == plans_.end()) it = plans_.emplace(key, make()).first;
+    return it->second;
+  }
+  void clear();  // destroys every plan's descriptors
+
+ private:
+  std::map<Key, GemmPlan> plans_;
+};
 }  // namespace cuda
 
 // Everything a CudaOps needs on its device: no globals.
@@ -52,7 +76,7 @@ struct CudaContext {
   size_t max_smem_per_block = 0;  // opt-in limit of dynamic shared memory
   std::shared_ptr<cuda::DevicePool> pool;
   std::shared_ptr<cuda::PinnedPool> pinned = std::make_shared<cuda::PinnedPool>();  // download buffers
-  std::map<std::array<int64_t, 16>, cuda::GemmPlan> gemm_plans;  // cuBLASLt heuristics, per shape
+  cuda::GemmPlanCache gemm_plans;  // cuBLASLt descriptors and algorithms, per shape
 };
 
 class CudaOps final : public Ops {

@@ -46,12 +46,7 @@ CudaContext::~CudaContext() {
   // No throwing here: release what exists, in reverse order.
   cudaSetDevice(device);
   if (stream) cudaStreamSynchronize(stream);
-  for (auto& [key, p] : gemm_plans) {
-    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
-    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
-    if (p.c) cublasLtMatrixLayoutDestroy(p.c);
-    if (p.desc) cublasLtMatmulDescDestroy(p.desc);
-  }
+  gemm_plans.clear();
   if (workspace) cudaFree(workspace);
   if (lt) cublasLtDestroy(lt);
   if (cublas) cublasDestroy(cublas);
@@ -59,6 +54,17 @@ CudaContext::~CudaContext() {
 }
 
 namespace cuda {
+
+void GemmPlanCache::clear() {
+  for (auto& [key, p] : plans_) {
+    if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+    if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+    if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+    if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+  }
+  plans_.clear();
+}
+
 namespace {
 
 cudaDataType_t cuda_type(DType t) {
@@ -170,6 +176,24 @@ void pick_algo(CudaContext& ctx, GemmPlan& p, uint32_t align, double flops, bool
     if (const cublasLtMatmulAlgo_t* best = fastest_algo(ctx, algos, run)) p.algo = *best;
 }
 
+// A new plan (the one place plans are made, for every GEMM of the cache): a matmul descriptor with
+// fp32 compute and scale, op(first operand) ta, the second not transposed, the epilogue epi; then
+// configure(p) adds the layouts and the GEMM's own attributes, and pick_algo its algorithm
+// (run(p, algo) runs the plan's GEMM on the call's operands).
+template <class Configure, class Run>
+GemmPlan new_plan(CudaContext& ctx, cublasOperation_t ta, cublasLtEpilogue_t epi, uint32_t align, double flops,
+                  bool c_is_input, Configure configure, Run run) {
+  GemmPlan p;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t tb = CUBLAS_OP_N;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+  configure(p);
+  pick_algo(ctx, p, align, flops, c_is_input, [&](const cublasLtMatmulAlgo_t& algo) { return run(p, algo); });
+  return p;
+}
+
 }  // namespace
 
 void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
@@ -189,32 +213,25 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
   const cublasLtEpilogue_t epi = epilogue_of(bias != nullptr, epi_act);
   int64_t align = std::min({alignment(A), alignment(B), alignment(C), c_in ? alignment(c_in) : 256,
                             bias ? alignment(bias) : 256});
-  const std::array<int64_t, 16> key{(int64_t)dt, b_transposed, M, N, K, lda, ldb, ldc, batch, sA, sB, sC,
-                                    (int64_t)epi, c_in != nullptr, align, f32_out};
+  const GemmPlanCache::Key key{(int64_t)dt, b_transposed, M, N, K, lda, ldb, ldc, batch, sA, sB, sC,
+                              (int64_t)epi, c_in != nullptr, align, f32_out};
   const cudaDataType_t t = cuda_type(dt), tc = f32_out ? CUDA_R_32F : t;
   const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
   auto matmul = [&](const GemmPlan& p, const cublasLtMatmulAlgo_t& algo) {
     return cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &algo,
                           ctx.workspace, ctx.workspace_bytes, ctx.stream);
   };
-  auto it = ctx.gemm_plans.find(key);
-  if (it == ctx.gemm_plans.end()) {
-    GemmPlan p;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t ta = b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, tb = CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    p.a = b_transposed ? make_layout(t, K, N, ldb, batch, sB) : make_layout(t, N, K, ldb, batch, sB);
-    p.b = make_layout(t, K, M, lda, batch, sA);
-    p.c = make_layout(tc, N, M, ldc, batch, sC);
-    if (bias)
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    pick_algo(ctx, p, static_cast<uint32_t>(align), 2.0 * M * N * K * batch, C == c_in,
-              [&](const cublasLtMatmulAlgo_t& algo) { return matmul(p, algo); });
-    it = ctx.gemm_plans.emplace(key, p).first;
-  }
-  const GemmPlan& p = it->second;
+  const GemmPlan& p = ctx.gemm_plans.get(key, [&] {
+    auto configure = [&](GemmPlan& plan) {
+      plan.a = b_transposed ? make_layout(t, K, N, ldb, batch, sB) : make_layout(t, N, K, ldb, batch, sB);
+      plan.b = make_layout(t, K, M, lda, batch, sA);
+      plan.c = make_layout(tc, N, M, ldc, batch, sC);
+      if (bias)
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    };
+    return new_plan(ctx, b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, epi, static_cast<uint32_t>(align),
+                    2.0 * M * N * K * batch, C == c_in, configure, matmul);
+  });
   if (p.has_algo) {
     if (bias)
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
@@ -310,36 +327,33 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
   const void* c_in = post ? nullptr : residual;
   const cublasLtEpilogue_t epi = epilogue_of(bias != nullptr, post ? Act::None : act);
   // (-1 where gemm()'s keys have the storage type: the fp8 plans apart from the 16-bit ones)
-  const std::array<int64_t, 16> key{-1, 0, M, N, K, 0, 0, 0, 1, 0, 0, 0, (int64_t)epi, c_in != nullptr, 0, 0};
+  const GemmPlanCache::Key key{-1, 0, M, N, K, 0, 0, 0, 1, 0, 0, 0, (int64_t)epi, c_in != nullptr, 0, 0};
   const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
   auto matmul = [&](const GemmPlan& p, const cublasLtMatmulAlgo_t& algo) {
     return cublasLtMatmul(ctx.lt, p.desc, &alpha, W, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &algo,
                           ctx.workspace, ctx.workspace_bytes, ctx.stream);
   };
-  auto it = ctx.gemm_plans.find(key);
-  if (it == ctx.gemm_plans.end()) {
-    GemmPlan p;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    const cudaDataType_t bias_type = CUDA_R_16BF;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
-    const cublasLtMatmulMatrixScale_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec, sizeof vec));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof vec));
-    // The heuristic looks at the scale (and bias) pointers: without them it offers no fp8 kernel.
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
-    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    p.a = make_layout(CUDA_R_8F_E4M3, K, N, K, 1, 0);
-    p.b = make_layout(CUDA_R_8F_E4M3, K, M, K, 1, 0);
-    p.c = make_layout(CUDA_R_16BF, N, M, N, 1, 0);
-    pick_algo(ctx, p, 0, 2.0 * M * N * K, C == c_in, [&](const cublasLtMatmulAlgo_t& algo) { return matmul(p, algo); });
-    it = ctx.gemm_plans.emplace(key, p).first;
-  }
-  const GemmPlan& p = it->second;
+  const GemmPlan& p = ctx.gemm_plans.get(key, [&] {
+    auto configure = [&](GemmPlan& plan) {
+      const cudaDataType_t bias_type = CUDA_R_16BF;
+      CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
+      const cublasLtMatmulMatrixScale_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec, sizeof vec));
+      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof vec));
+      // The heuristic looks at the scale (and bias) pointers: without them it offers no fp8 kernel.
+      CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
+      CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
+      if (bias)
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+      plan.a = make_layout(CUDA_R_8F_E4M3, K, N, K, 1, 0);
+      plan.b = make_layout(CUDA_R_8F_E4M3, K, M, K, 1, 0);
+      plan.c = make_layout(CUDA_R_16BF, N, M, N, 1, 0);
+    };
+    return new_plan(ctx, CUBLAS_OP_T, epi, 0, 2.0 * M * N * K, C == c_in, configure, matmul);
+  });
   if (!p.has_algo)
     throw Error("fp8 GEMM (" + std::to_string(M) + " x " + std::to_string(N) + " x " + std::to_string(K) +
                 "): cuBLASLt has no kernel for it on this GPU; use --precision bf16");
