@@ -125,9 +125,8 @@ std::vector<cublasLtMatmulAlgo_t> heuristic_algos(CudaContext& ctx, const GemmPl
 }
 
 // Whether a new plan's candidates are timed on its first call (large products only, and never while
-// the stream is being captured into a CUDA graph, which forbids the synchronisation). The heuristic's
-// first choice was not the fastest for some of vit_b's shapes (H200, 2026-12-01: vit_b batch 8
-// 334 -> 338 img/s; vit_h unchanged). SAMFAST_GEMM_TUNE=0 turns it off.
+// the stream is being captured into a CUDA graph, which forbids the synchronisation): the heuristic's
+// first choice is not the fastest for some of vit_b's shapes. SAMFAST_GEMM_TUNE=0 turns it off.
 bool tune_allowed(CudaContext& ctx, double flops) {
   static const bool enabled = [] {
     const char* v = std::getenv("SAMFAST_GEMM_TUNE");
@@ -252,8 +251,8 @@ namespace {
 
 // One block a row, the row held in registers (kChunks 16-byte chunks a thread): its largest
 // magnitude (a block reduction), then the row scaled to fp8's range (448) and rounded to nearest,
-// saturating. One read of the input (a first version read each row twice and was memory-bound at
-// ~40 us for vit_h's 32768 x 1280 activations).
+// saturating. One read of the input: the kernel is memory-bound, and a second read of each row is a
+// second pass over the activations.
 constexpr int kQuantThreads = 128, kQuantMaxChunks = 8;  // rows of up to 8192 values
 
 template <int kChunks>
@@ -379,8 +378,7 @@ void check(bool ok, const char* op, const std::string& what) {
 // col (B*Ho*Wo, Cin*kh*kw) with columns ordered (ci, ky, kx), as the PyTorch weight (Cout, Cin, kh, kw).
 // A thread writes the kw consecutive columns (ci, ky, 0..kw-1) of one row: its index arithmetic (in I:
 // 32-bit when the tensors allow, as 64-bit divisions cost tens of instructions) is paid once per kw
-// values, not per value as when a thread moved one element (the patch embedding's im2col of one
-// image took ~55 us on an H200 that way, for 6 MB).
+// values, not per value as when a thread moves one element.
 template <class T, class I>
 __global__ void im2col_kernel(const T* __restrict x, T* __restrict col, I rows, I H, I W, I Cin, I kh, I kw, I Ho,
                               I Wo, I stride, I pad) {
@@ -407,8 +405,7 @@ __global__ void im2col_kernel(const T* __restrict x, T* __restrict col, I rows, 
 // Cin consecutive channels of x (NHWC), and a thread writes 16 bytes: one 16-byte load when Cin is a
 // multiple of the vector width (the neck's 3x3 convolution), else V values gathered with incremental
 // indices (the patch embedding's Cin = 3). The weight is permuted to match (permute_conv_weight).
-// (The (ci, ky, kx) kernel above wrote 2 bytes at a time: ~30 us for the patch embedding's 6 MB of
-// one image on an H200, and as long for the neck's 19 MB.)
+// (The (ci, ky, kx) kernel above writes 2 bytes at a time.)
 template <class T>
 __global__ void im2col_vec_kernel(const T* __restrict x, T* __restrict col, int rows, int H, int W, int Cin, int kw,
                                   int K, int Ho, int Wo, int stride, int pad) {

@@ -16,14 +16,14 @@ namespace {
 
 constexpr int kTileX = 32, kTileY = 8;
 // Planes per block of the post-processing: every plane of a batch has the same sample positions, so a
-// block computes its tile's once for several planes (one block per tile and plane spent more time on
-// the positions and on block starts than on the pixels: 48 planes of 1024x1024 on an H200, 0.45 ->
-// 0.31 ms with 8 planes a block; with the 3-column loads below, 98 us with 8, 95 with 16, 88 with 48).
+// block computes its tile's once for several planes (one block per tile and plane spends more time on
+// the positions and on block starts than on the pixels; of 8, 16 and 48 planes a block, 48 is the
+// fastest).
 constexpr int kPlanesPerBlock = 48;
 
 // A thread takes kPx neighbouring pixels of a row (one 4-byte store of 0/1 bytes, or 16 bytes of fp32,
-// when the row width allows; one byte a thread before: 48 planes of 1024x1024 took ~90-120 us on an
-// H200, several times the time of writing them).
+// when the row width allows; with one byte a thread the kernel took several times the time of
+// writing its output).
 constexpr int kPx = 4;
 
 template <class T, class Out>
@@ -40,8 +40,7 @@ __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* _
   const int64_t p0 = int64_t(blockIdx.z) * kPlanesPerBlock, p1 = min(planes, p0 + kPlanesPerBlock);
   // SAM's case (S = 4 L, the second resize the identity: an image whose longest side is S): a
   // thread's kPx = 4 pixels x = 4 K .. 4 K + 3 mix low-res columns K - 1 .. K + 1 only, so it reads
-  // those 3 columns of its 2 rows once and picks the taps from them (6 loads a plane instead of 16:
-  // 48 planes of 1024x1024 on an H200, 106 -> 98 us).
+  // those 3 columns of its 2 rows once and picks the taps from them (6 loads a plane instead of 16).
   const bool four = whole && t.stage2_identity && S == 4 * L;  // (the same for the whole block)
   Axis q[kPx];
   int c0 = 0;

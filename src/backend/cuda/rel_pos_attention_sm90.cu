@@ -1,53 +1,22 @@
-// rel_pos_attention (bf16 or fp16: H) on Hopper: the flash-attention kernel of attention.cu with both products
-// on warpgroup MMAs (wgmma, sm_90a). Same algorithm, tile geometry and relative-position terms; what
-// changes is where the operands come from. With mma.sync each warp reads every K and V fragment of a
-// 64-key block from shared memory for its own 32 query rows (ldmatrix); a wgmma reads its B operand
-// (K, V, or a table chunk) once for a warpgroup's 64 query rows, on Hopper's full-rate tensor-core
-// path (vit_b global block at batch 8 on an H200: 2.47 ms, 167 TFLOP/s, against 3.0 ms for the
-// 16-rows-a-warp mma.sync kernel). Q and P stay in registers as the A operand (the m16n8k16 A
-// layout per warp, as in attention.cu), and the accumulators have the m16n8 layout per warp: the
-// softmax code is the same.
+// rel_pos_attention (bf16 or fp16: H) on Hopper: the flash-attention kernel of rel_pos_attention.cu with
+// both products on warpgroup MMAs (wgmma, sm_90a). Same algorithm, tile geometry and relative-position
+// terms; what changes is where the operands come from. With mma.sync each warp reads every K and V
+// fragment of a 64-key block from shared memory for its own 32 query rows (ldmatrix); a wgmma reads its
+// B operand (K, V, or a table chunk) once for a warpgroup's 64 query rows, on Hopper's full-rate
+// tensor-core path. Q and P stay in registers as the A operand (the m16n8k16 A layout per warp, as in
+// rel_pos_attention.cu), and the accumulators have the m16n8 layout per warp: the softmax code is the
+// same.
 //   Windowed attention (tiles at most 16 x 16) runs in the persistent rel_pos_window_kernel further
 // down, built from the same pieces; what follows describes the per-block kernel (global attention).
 //   Block: 2 warpgroups x 64 queries; 64 key slots per step (key row ky at slots [ky 2^KWL,
 //   ky 2^KWL + tw), KWL a template parameter). K, V and the table chunks sit in shared memory as
 //   8 x 16-byte core matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts
 //   below), filled by cp.async; the queries go straight to registers.
-//   Measured (H200, batch 1, traces, 2026-12-01): vit_b global 227-232 us (~225
-//   TFLOP/s), windowed 39 us a launch; vit_h global 315-322 us, windowed 58 us (237.6 / 41.8 /
-//   346.1 / 60.7 us before these changes: the loader's set-up kept out of the loop, tree
-//   reductions, 32-row products). Until 2026-12-01 ptxas had serialized every wgmma (C7520, see the
-//   kernel) and the kernel ran 337 / 52 / 465 / 75 us: what was measured about it before (no
-//   gain from fewer instructions per score, nor from splitting the keys of batch-1 global attention
-//   in two) was measured on that serialized kernel.
-//   Tried and not kept (ncu: latency-bound, issue slots ~37% busy at 2 blocks of 8 warps an SM):
-//   - P V(b) left running into step b + 1 (V in three tiles): vit_b global 230 -> 228 us, vit_h
-//     windowed 58 -> 60 us, and a spill.
-//   - FA3's intra-warpgroup overlap for global attention: one block an SM (registers for two steps'
-//     scores), Q K(b + 1)^T and P(b) V(b) issued together, the softmax of step b + 1 under P(b) V(b),
-//     loads two steps ahead: vit_b 226 -> 234 us, vit_h 321 -> 376 us. With two warps a scheduler
-//     the softmax's latencies show (ncu: 5 cycles between a warp's instructions). ptxas needed
-//     persuading: it hoisted the next step's barrier (and a proxy fence) above the softmax and waits
-//     for every wgmma before a barrier, which undid the overlap until a shared-memory store of the
-//     row sums pinned the barrier behind it.
-//   - FA3's whole structure for global attention (branch wip/ws-attention, commit c0e9ca4): a
-//     producer warpgroup (40 registers) filling a 4-stage K/V ring by cp.async behind full / empty
-//     mbarriers, two consumer warpgroups (232 registers) tied by no block barrier, each with its own
-//     relative-position terms; plain, with the intra-warpgroup overlap, and with ping-pong between
-//     the consumers. Correct (the attention tests pass in all three), not faster: batch 1, vit_b
-//     global 228 -> 248 / 217 / 216 us, vit_h 325 -> 381 / 337 / 335 us; batch 8 with ping-pong,
-//     vit_b 1614 -> 1690 us a launch, vit_h 2659 -> 2806 us (ncu, vit_h: 2.9 warps a scheduler,
-//     0.46 eligible, 9.5 cycles between a warp's instructions).
-//   - Row sums of P by the tensor cores (a column of ones in V, N = 72, V's column chunks 1 KiB
-//     apart): vit_b global 227 -> 287 us.
-//   - rel_w read as 8-byte pairs (330 -> 316 instructions a step), lazy rescaling for head dim 64:
-//     no change within noise.
-//   - rel_w by the tensor cores (2026-12-01): [q | rel_w / scale] . [k | one-hot of
-//     the key's column] as more k-steps of Q K^T (rel_w of each warpgroup's queries in shared memory as
-//     the A operand, a constant one-hot B), so that a score costs no shared-memory read of rel_w and
-//     two instructions fewer: correct (tests and parity as before), not faster. vit_h at batch 8:
-//     windowed 12.6 -> 14.2 ms a batch, global 12.35 -> 12.18 ms; encoder 96.4 -> 94.4 img/s; vit_b
-//     458.9 -> 456.3.
+//   Tried and not kept, as no faster (the kernel is latency-bound):
+//   P V(b) left running into step b + 1; FA3's intra-warpgroup overlap (Q K(b + 1)^T issued with
+//   P(b) V(b)); FA3's whole structure (a producer warpgroup filling a K/V ring behind mbarriers, two
+//   consumer warpgroups, with or without ping-pong); row sums of P by the tensor cores; rel_w read as
+//   8-byte pairs; lazy rescaling for head dim 64; rel_w by the tensor cores as more k-steps of Q K^T.
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -458,8 +427,8 @@ __host__ __device__ constexpr int th_pad(int th) {
 
 // No wgmma sits in a divergent path (a warpgroup without queries computes on zero rows and stores
 // nothing; the last step's P V covers all its slots, P and V being zero past the keys): otherwise ptxas
-// waits for every wgmma before issuing the next (its C7520 "wgmma serialization" warning), which it
-// did here until 2026-12-01. The relative-position terms of slots that hold no key (columns tw ..
+// waits for every wgmma before issuing the next (its C7520 "wgmma serialization" warning). The
+// relative-position terms of slots that hold no key (columns tw ..
 // 2^KWL - 1, rows th .. th_pad - 1) are -inf in shared memory, so a score is q.k scale + rel_h + rel_w
 // with no bounds test, and all its shared-memory offsets but the step's key row are compile-time
 // constants.
@@ -475,8 +444,8 @@ template <class H, int HD, int KWL>
 __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(RelPosArgs a, int nwin) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kw = 1 << KWL;
-  // Lazy rescaling measured on an H200: vit_h (head dim 80) global 377 -> 330 us, windowed 61 -> 58 us;
-  // vit_b (64) 229 -> 245 us, so only for head dims above 64.
+  // Lazy rescaling (softmax_step) saves time at head dim 80 (vit_h) and costs time at 64 (vit_b): only
+  // for head dims above 64.
   constexpr bool kLazyRescale = HD > 64;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   H* const tiles = reinterpret_cast<H*>(smem_raw);  // T0..T3, kK x HD each
@@ -542,8 +511,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 }
 
 // Windowed attention (tiles at most 16 tokens on a side: a table has at most 31 rows, one chunk),
-// where a block's set-up had cost about as much as its 3.5 key steps (ncu, vit_h at batch 8: 40% of
-// the kernel's instructions came before the first step). A persistent kernel: one block an SM of QB
+// where a block's set-up costs about as much as its 3.5 key steps. A persistent kernel: one block an SM of QB
 // = 256 queries (4 warpgroups: a whole 14 x 14 window, so each K and V tile serves 4 warpgroups
 // instead of 2), each block taking a contiguous run of work items (window, head, QB query rows), and
 // what does not depend on the item done once a block: both tables loaded into tiles T4 and T5 for
@@ -553,11 +521,8 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 // first step issues the next item's queries (cp.async into shared memory, each warp its own 16 rows,
 // a commit group of their own), so no item waits on a round trip to memory before its
 // relative-position terms.
-//   Measured (H200, batch 8, 2026-12-01): encoder img/s vit_b 451.9 -> 457.6, vit_h
-// 95.1 -> 96.2 against the kernel above. Tried: the same with QB = 128 (two blocks an SM): 447 /
-// 94.3, slower than the kernel above; the kernel above with 64 queries a block (4 blocks an SM):
-// windowed launches 270 -> 490 us (vit_b), 403 -> 632 us (vit_h), global ones 1.5x slower; and
-// with 256 (global attention: 1609 -> 1672 us, 2704 -> 2782 us).
+//   Faster than the kernel above on windowed attention. Tried and slower: this kernel with QB = 128
+// (two blocks an SM), and the kernel above with 64 or 256 queries a block.
 template <class H, int HD, int KWL, int QB>
 __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPosArgs a, int nwin, int nitems) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
