@@ -1,9 +1,10 @@
 // Geometry and filtering helpers of the automatic mask generator: point grids, crop boxes, the
-// near-crop-edge filter, uncropping, stability scores and batched NMS. Each matches upstream to the
-// bit (same float64 / float32 arithmetic, same integer truncations, same tie-breaking).
+// near-crop-edge filter, uncropping and batched NMS (the stability score is in masks/stability.h).
+// Each matches upstream to the bit (same float64 / float32 arithmetic, same integer truncations,
+// same tie-breaking).
 // ref: segment_anything/utils/amg.py build_point_grid, build_all_layer_point_grids,
-//      generate_crop_boxes, is_box_near_crop_edge, uncrop_boxes_xyxy, uncrop_points,
-//      calculate_stability_score; torchvision/ops/boxes.py batched_nms (CPU nms kernel)
+//      generate_crop_boxes, is_box_near_crop_edge, uncrop_boxes_xyxy, uncrop_points;
+//      torchvision/ops/boxes.py batched_nms (CPU nms kernel)
 #pragma once
 #include <array>
 #include <cstdint>
@@ -41,16 +42,6 @@ std::vector<Point2f> uncrop_points(const std::vector<Point2f>& points, const Box
 // crop box's side but not within atol of the original image's (torch.isclose with rtol=0, float32).
 std::vector<uint8_t> is_box_near_crop_edge(const std::vector<BoxXyxyf>& boxes, const BoxXyxyi& crop_box,
                                            const BoxXyxyi& orig_box, double atol = 20.0);
-
-// One (h, w) mask of logits: {count(> high), count(> low)}, each row's count wrapped to int16 as
-// upstream sums rows (.sum(-1, dtype=torch.int16)), the rows then summed in int32.
-std::array<int32_t, 2> stability_counts(const float* mask, int h, int w, float high, float low);
-
-// masks: (n, h, w) logits. Per mask: count(> thr + off) / count(> thr - off) in float32, the
-// thresholds rounded to float32 and the per-row counts wrapped to int16 as upstream sums them.
-// A mask with an empty union gives NaN, as upstream's 0/0.
-std::vector<float> calculate_stability_score(const float* masks, int64_t n, int h, int w,
-                                             double mask_threshold, double threshold_offset);
 
 // torchvision.ops.batched_nms on CPU: NMS within each category (idxs), IoU > iou_threshold
 // suppresses. Returns the kept indices by descending score, equal scores in index order. Follows

@@ -13,11 +13,11 @@
 #include "backend/ops.h"
 #include "pipeline/amg_utils.h"
 #include "pipeline/small_regions.h"
-#include "pipeline/transforms.h"
 #include "samfast/error.h"
 #include "samfast/image.h"
 #include "samfast/predictor.h"
 #include "samfast/rle.h"
+#include "samfast/transforms.h"
 
 namespace samfast {
 namespace {

@@ -7,9 +7,9 @@
 #include <tuple>
 
 #include "backend/ops.h"
-#include "pipeline/transforms.h"
 #include "samfast/error.h"
 #include "samfast/image.h"
+#include "samfast/transforms.h"
 
 namespace samfast {
 

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "masks/stability.h"
 #include "pipeline/amg_utils.h"
 #include "pipeline/small_regions.h"
 #include "samfast/error.h"

@@ -8,10 +8,10 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "pipeline/transforms.h"
 #include "samfast/image.h"
 #include "samfast/npy.h"
 #include "samfast/predictor.h"
+#include "samfast/transforms.h"
 
 using namespace samfast;
 

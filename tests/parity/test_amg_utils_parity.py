@@ -1,4 +1,5 @@
-"""Parity of the automatic mask generator's geometry helpers (src/pipeline/amg_utils.h) with
+"""Parity of the automatic mask generator's geometry helpers (src/pipeline/amg_utils.h, and
+src/masks/stability.h) with
 upstream segment_anything/utils/amg.py and torchvision.ops.batched_nms, on random inputs with fixed
 seeds: point grids, crop boxes, uncropping and near-edge flags exactly, stability scores within 1e-6,
 NMS kept indices exactly.

@@ -1,7 +1,7 @@
-"""Parity of the RLE utilities (src/pipeline/rle.h) with what upstream's automatic mask generator
-runs: amg.mask_to_rle_pytorch (uncompressed counts), amg.area_from_rle, amg.batched_mask_to_box
-through amg.box_xyxy_to_xywh (the record's bbox), and pycocotools.mask.encode for the compressed
-counts string, which must match byte for byte.
+"""Parity of the RLE utilities (include/samfast/rle.h, src/masks/rle.cpp) with what upstream's
+automatic mask generator runs: amg.mask_to_rle_pytorch (uncompressed counts), amg.area_from_rle,
+amg.batched_mask_to_box through amg.box_xyxy_to_xywh (the record's bbox), and
+pycocotools.mask.encode for the compressed counts string, which must match byte for byte.
 
 Needs the built helper: SAMFAST_BIN is the build directory, the helper is $SAMFAST_BIN/tests/rle_tool.
 """

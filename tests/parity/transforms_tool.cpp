@@ -14,9 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "pipeline/transforms.h"
+#include "masks/upsample.h"
 #include "samfast/error.h"
 #include "samfast/image.h"
+#include "samfast/transforms.h"
 
 namespace {
 

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "masks/stability.h"
 #include "pipeline/amg_utils.h"
 #include "samfast/error.h"
 

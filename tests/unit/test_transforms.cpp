@@ -4,9 +4,10 @@
 
 #include <cmath>
 
-#include "pipeline/transforms.h"
+#include "masks/upsample.h"
 #include "samfast/error.h"
 #include "samfast/overlay.h"
+#include "samfast/transforms.h"
 
 namespace samfast {
 namespace {

@@ -4,7 +4,7 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
-#include "pipeline/transforms.h"
+#include "masks/upsample.h"
 #include "samfast/error.h"
 
 namespace samfast {

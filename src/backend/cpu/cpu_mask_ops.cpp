@@ -6,8 +6,8 @@
 
 #include "backend/cpu/cpu_ops.h"
 #include "backend/mask_checks.h"
-#include "pipeline/amg_utils.h"
-#include "pipeline/transforms.h"
+#include "masks/stability.h"
+#include "masks/upsample.h"
 #include "samfast/error.h"
 
 namespace samfast {

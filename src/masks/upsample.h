@@ -1,11 +1,10 @@
-// Preprocessing and post-processing exactly as upstream SamPredictor does them: the public
-// ResizeLongestSide transforms (samfast/transforms.h) and the reference bilinear resampling.
-// ref: segment_anything/utils/transforms.py ResizeLongestSide, modeling/sam.py preprocess/postprocess_masks
+// Bilinear resizing of mask logits, bit-exact with upstream's torch interpolate: Sam.postprocess_masks
+// on the CPU. Below both the CPU backend (its postprocess_masks and mask-measure ops) and the pipeline.
+// ref: modeling/sam.py Sam.postprocess_masks
 #pragma once
 #include <utility>
 
 #include "samfast/tensor.h"
-#include "samfast/transforms.h"
 
 namespace samfast {
 
