@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "samfast/config.h"
+#include "samfast/precision.h"
 #include "samfast/tensor.h"
 
 namespace samfast {
@@ -16,11 +17,8 @@ namespace samfast {
 class Ops;
 
 struct ModelOptions {
-  std::string device = "auto";     // auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
-  // auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16, fp16 (GPU only), fp8 (GPU with fp8 tensor
-  // cores, compute capability 8.9+: bf16, with the image encoder blocks' Linear layers in fp8 E4M3,
-  // weights scaled per output channel and activations per token; not "no accuracy loss": measured)
-  std::string precision = "auto";
+  std::string device = "auto";  // auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
+  Precision precision = Precision::Auto;  // see samfast/precision.h
   // On a GPU, record the image encoder and the mask decoder as CUDA graphs (per batch and prompt
   // shape, at their second run) and replay them; false runs every kernel launch from the host.
   bool cuda_graphs = true;
@@ -61,7 +59,7 @@ class Model {
 
   const SamConfig& config() const { return cfg_; }
   const std::string& device() const { return device_; }        // "cpu" or "cuda:0 (NVIDIA H100 ...)"
-  const std::string& precision() const { return precision_; }  // "fp32", "bf16", "fp16" or "fp8"
+  Precision precision() const { return precision_; }  // what Auto became: FP32 on the CPU, BF16 on a GPU
   // Non-empty when the backend differs from what was asked, e.g. "no CUDA GPU found: running on the CPU".
   const std::string& backend_note() const { return backend_note_; }
   int64_t parameter_count() const;
@@ -132,7 +130,8 @@ class Model {
   std::vector<std::pair<std::string, Tensor>> tensors_;
   std::map<std::string, Tensor> host_by_name_, by_name_;
   std::shared_ptr<Ops> ops_;
-  std::string device_, precision_, backend_note_;
+  std::string device_, backend_note_;
+  Precision precision_ = Precision::FP32;
   Tensor dense_pe_host_, dense_pe_;
 };
 

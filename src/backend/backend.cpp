@@ -11,14 +11,6 @@
 namespace samfast {
 namespace {
 
-DType parse_precision(const std::string& p) {
-  if (p == "fp32") return DType::F32;
-  if (p == "bf16") return DType::BF16;
-  if (p == "fp16") return DType::F16;
-  if (p == "fp8") return DType::BF16;  // bf16 storage; the encoder blocks' Linear layers in fp8
-  throw Error("unknown precision '" + p + "': expected fp32, bf16, fp16, fp8 or auto");
-}
-
 // Number of usable CUDA GPUs, and why there are none.
 int cuda_devices(std::string* why) {
 #ifdef SAMFAST_WITH_CUDA
@@ -39,11 +31,10 @@ int cuda_devices(std::string* why) {
 
 }  // namespace
 
-Backend make_backend(const ModelOptions& options) {
+Backend make_backend(const BackendOptions& options) {
   const std::string& dev = options.device;
   if (dev != "auto" && dev != "cpu" && dev != "cuda" && dev.rfind("cuda:", 0) != 0)
     throw Error("unknown device '" + dev + "': expected auto, cpu, cuda or cuda:N");
-  if (options.precision != "auto") parse_precision(options.precision);
   Backend b;
   std::string why;
   const int gpus = dev == "cpu" ? 0 : cuda_devices(&why);
@@ -59,8 +50,8 @@ Backend make_backend(const ModelOptions& options) {
       if (index < 0 || index >= gpus)
         throw Error("device " + dev + " does not exist: " + std::to_string(gpus) + " CUDA GPU(s) found");
     }
-    b.precision = options.precision == "auto" ? "bf16" : options.precision;
-    auto ops = std::make_shared<CudaOps>(index, parse_precision(b.precision), options.cuda_graphs, b.precision == "fp8");
+    b.precision = options.precision == Precision::Auto ? Precision::BF16 : options.precision;
+    auto ops = std::make_shared<CudaOps>(index, b.precision, options.cuda_graphs);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, index);
     b.device = "cuda:" + std::to_string(index) + " (" + prop.name + ")";
@@ -69,12 +60,12 @@ Backend make_backend(const ModelOptions& options) {
 #endif
   }
   if (dev == "cuda" || dev.rfind("cuda:", 0) == 0) throw Error("device " + dev + " requested, but " + why);
-  if (options.precision != "auto" && options.precision != "fp32")
-    throw Error("precision " + options.precision + " needs a CUDA GPU; the CPU backend computes in fp32");
+  if (options.precision != Precision::Auto && options.precision != Precision::FP32)
+    throw Error("precision " + to_string(options.precision) + " needs a CUDA GPU; the CPU backend computes in fp32");
   if (dev == "auto" && why != "this build has no CUDA backend") b.note = why + ": running on the CPU";
   b.ops = std::make_shared<CpuOps>();
   b.device = "cpu";
-  b.precision = "fp32";
+  b.precision = Precision::FP32;
   return b;
 }
 

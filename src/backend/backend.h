@@ -4,20 +4,27 @@
 #include <string>
 
 #include "backend/ops.h"
-#include "samfast/model.h"
+#include "samfast/precision.h"
 
 namespace samfast {
 
+// What make_backend is asked for (src/model fills it from the public ModelOptions).
+struct BackendOptions {
+  std::string device = "auto";  // auto, cpu, cuda or cuda:N
+  Precision precision = Precision::Auto;
+  bool cuda_graphs = true;  // on a GPU, record and replay CUDA graphs (Ops::run_recorded)
+};
+
 struct Backend {
   std::shared_ptr<Ops> ops;
-  std::string device;     // "cpu" or "cuda:N (GPU name)"
-  std::string precision;  // "fp32", "bf16" or "fp16"
-  std::string note;       // set when the choice differs from what was asked (e.g. no GPU: CPU)
+  std::string device;                      // "cpu" or "cuda:N (GPU name)"
+  Precision precision = Precision::FP32;   // never Auto: what it became
+  std::string note;                        // set when the choice differs from what was asked (e.g. no GPU: CPU)
 };
 
 // device "auto" takes the first CUDA GPU if there is one and the CPU otherwise (with a note);
-// "cuda" or "cuda:N" requires that GPU; "cpu" the CPU. precision "auto" is bf16 on a GPU and fp32
+// "cuda" or "cuda:N" requires that GPU; "cpu" the CPU. precision Auto is BF16 on a GPU and FP32
 // on the CPU, which computes in fp32 only. Throws samfast::Error for an impossible request.
-Backend make_backend(const ModelOptions& options);
+Backend make_backend(const BackendOptions& options);
 
 }  // namespace samfast

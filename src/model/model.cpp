@@ -49,7 +49,7 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
   Model m;
   m.cfg_ = infer_config(shapes);
   m.tensors_ = std::move(tensors);
-  Backend backend = make_backend(options);
+  Backend backend = make_backend({.device = options.device, .precision = options.precision, .cuda_graphs = options.cuda_graphs});
   m.ops_ = backend.ops;
   m.device_ = backend.device;
   m.precision_ = backend.precision;

@@ -39,7 +39,7 @@ class CudaGraphsTest : public ::testing::TestWithParam<DType> {
 };
 
 TEST_P(CudaGraphsTest, ReplaysWithNewInputs) {
-  CudaOps gpu(0, GetParam());
+  CudaOps gpu(0, precision_of(GetParam()));
   const Tensor w = gpu.upload(random_host({48, 32}, 1)), b = gpu.upload(random_host({48}, 2));
   const Tensor g = gpu.upload(random_host({48}, 3)), beta = gpu.upload(random_host({48}, 4));
   int calls = 0;
@@ -73,7 +73,7 @@ TEST_P(CudaGraphsTest, ReplaysWithNewInputs) {
 }
 
 TEST_P(CudaGraphsTest, UnrecordableRunsEagerly) {
-  CudaOps gpu(0, GetParam());
+  CudaOps gpu(0, precision_of(GetParam()));
   int calls = 0;
   const Ops::Computation fn = [&](const std::vector<Tensor>& in) {
     ++calls;
@@ -93,7 +93,7 @@ TEST_P(CudaGraphsTest, UnrecordableRunsEagerly) {
 // gives the eager result, and outputs handed out earlier stay intact; a larger graph replaces the
 // arena and the graphs recorded on the old one record again at their next run.
 TEST_P(CudaGraphsTest, GraphsShareOneArena) {
-  CudaOps gpu(0, GetParam());
+  CudaOps gpu(0, precision_of(GetParam()));
   const Tensor w = gpu.upload(random_host({64, 32}, 1)), b = gpu.upload(random_host({64}, 2));
   const Tensor g = gpu.upload(random_host({64}, 3)), beta = gpu.upload(random_host({64}, 4));
   const Ops::Computation fn = [&](const std::vector<Tensor>& in) {
@@ -131,7 +131,7 @@ TEST_P(CudaGraphsTest, GraphsShareOneArena) {
 TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
   const SamConfig cfg = SamConfig::preset("tiny");
   const auto tensors = Model::synthetic_tensors(cfg, 7);
-  const std::string prec = GetParam() == DType::F32 ? "fp32" : GetParam() == DType::BF16 ? "bf16" : "fp16";
+  const Precision prec = precision_of(GetParam());
   const Model graphs = Model::from_tensors(tensors, {.device = "cuda", .precision = prec, .cuda_graphs = true});
   const Model eager = Model::from_tensors(tensors, {.device = "cuda", .precision = prec, .cuda_graphs = false});
   const int S = cfg.img_size;
@@ -166,7 +166,7 @@ TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
 TEST_P(CudaGraphsTest, PlannedMemoryHoldsForRealImages) {
   const SamConfig cfg = SamConfig::preset("tiny");
   const auto tensors = Model::synthetic_tensors(cfg, 9);
-  const std::string prec = GetParam() == DType::F32 ? "fp32" : GetParam() == DType::BF16 ? "bf16" : "fp16";
+  const Precision prec = precision_of(GetParam());
   const Model planned = Model::from_tensors(tensors, {.device = "cuda", .precision = prec});
   const Model plain = Model::from_tensors(tensors, {.device = "cuda", .precision = prec});
   const Model::MemoryPlan plan = planned.plan_memory(2, 5);

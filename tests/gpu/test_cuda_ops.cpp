@@ -34,7 +34,7 @@ class CudaOpsTest : public ::testing::TestWithParam<DType> {
  protected:
   void SetUp() override {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
-    gpu = std::make_unique<CudaOps>(0, GetParam());
+    gpu = std::make_unique<CudaOps>(0, precision_of(GetParam()));
   }
   // A 16-bit precision (bf16 or fp16): inputs rounded to it, bf16's tolerances (fp16 has more
   // mantissa, less range; the random inputs here stay far inside it).
@@ -469,10 +469,10 @@ TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
   if (major * 10 + minor < 89) {
-    EXPECT_THROW(CudaOps(0, DType::BF16, true, true), Error);
+    EXPECT_THROW(CudaOps(0, Precision::FP8), Error);
     GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped (the backend refuses fp8, checked)";
   }
-  CudaOps gpu(0, DType::BF16, true, true);
+  CudaOps gpu(0, Precision::FP8);
   CpuOps cpu;
   Rng rng{77};
   auto rand = [&](Shape s, float lo, float hi) {

@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
     const std::string out = argv[4];
     ModelOptions options;
     options.device = argc > 5 ? argv[5] : "cpu";
-    options.precision = argc > 6 ? argv[6] : "fp32";
+    options.precision = parse_precision(argc > 6 ? argv[6] : "fp32");
     Model model = Model::load(argv[1], options);
     Image img = read_image(argv[2]);
     const int S = model.config().img_size;

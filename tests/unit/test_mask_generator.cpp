@@ -86,7 +86,7 @@ MaskGeneratorOptions keep_all(int crop_n_layers) {
 // Built once: the tests below only read it.
 const Model& tiny_model() {
   static const Model model = Model::from_tensors(Model::synthetic_tensors(SamConfig::preset("tiny"), 3),
-                                                 {.device = "cpu", .precision = "fp32"});
+                                                 {.device = "cpu", .precision = Precision::FP32});
   return model;
 }
 

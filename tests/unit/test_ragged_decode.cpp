@@ -36,7 +36,7 @@ Tensor rows_of(const Tensor& x, const std::vector<int64_t>& rows) {
 
 TEST(RaggedDecode, MatchesOneDecodePerImage) {
   const SamConfig cfg = SamConfig::preset("tiny");
-  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = "fp32"});
+  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = Precision::FP32});
   const int S = cfg.img_size;
   const Tensor embeddings = model.encode_image(random_host({3, 3, S, S}, 5, -2.f, 2.f));  // 3 images
   // 7 prompts (1 foreground + 1 background point each): 3 of image 2, 1 of image 0, 3 of image 1, interleaved.
@@ -77,7 +77,7 @@ TEST(RaggedDecode, MatchesOneDecodePerImage) {
 
 TEST(RaggedDecode, RejectsBadImageIndices) {
   const SamConfig cfg = SamConfig::preset("tiny");
-  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = "fp32"});
+  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = Precision::FP32});
   const Tensor embeddings = model.encode_image(random_host({2, 3, cfg.img_size, cfg.img_size}, 5, -2.f, 2.f));
   PromptBatch p;
   p.points = random_host({2, 1, 2}, 9, 0.f, 10.f);
@@ -107,7 +107,7 @@ double max_abs_diff(const Tensor& a, const Tensor& b) {
 
 TEST(MultiImagePredictor, MatchesOnePredictorPerImage) {
   const SamConfig cfg = SamConfig::preset("tiny");
-  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = "fp32"});
+  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = Precision::FP32});
   const std::vector<Image> images = {random_image(30, 44, 1), random_image(50, 21, 2)};  // different sizes
   Predictor many(model);
   many.set_images(images);

@@ -104,7 +104,7 @@ int run_amg_bench(const Args& a, const Model& model) {
   const double sec = median(secs);
   nlohmann::json j = {{"amg", true},
                       {"device", model.device()},
-                      {"precision", model.precision()},
+                      {"precision", to_string(model.precision())},
                       {"cuda_graphs", a.options.cuda_graphs && model.device() != "cpu"},
                       {"model", model.config().name()},
                       {"points_per_side", a.gen.points_per_side},
@@ -231,7 +231,7 @@ int run_bench(const Args& a) {
   const double img_s = a.batch / ((enc + a.batch * dec) / 1000.0), enc_img_s = a.batch / (enc / 1000.0);
   const double img_s_ragged = a.batch / ((enc + a.batch * dec_ragged) / 1000.0);
   nlohmann::json j = {{"device", model.device()},
-                      {"precision", model.precision()},
+                      {"precision", to_string(model.precision())},
                       {"cuda_graphs", a.options.cuda_graphs && model.device() != "cpu"},
                       {"model", model.config().name()},
                       {"batch", a.batch},

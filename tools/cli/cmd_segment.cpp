@@ -127,7 +127,7 @@ int run_segment(const Args& a) {
       {"checkpoint", a.weights.checkpoint.empty() ? "synthetic (random weights: masks are meaningless)" : a.weights.checkpoint},
       {"model", model.config().name()},
       {"device", model.device()},
-      {"precision", model.precision()},
+      {"precision", to_string(model.precision())},
       {"multimask_output", a.multimask},
       {"best_mask", best},
       {"masks", masks},

@@ -20,6 +20,13 @@ namespace samfast::cuda {
   throw Error(std::string("CUDA backend (") + file + ":" + std::to_string(line) + "): " + what);
 }
 
+// A launch reached with a storage type that has no kernel (uint8 masks, fp8 weights): a caller's bug,
+// reported rather than run on bytes of another type.
+[[noreturn]] inline void no_kernel_for(const char* file, int line, DType dt) {
+  fail(file, line, std::string("no kernel for storage type ") +
+                       (dt == DType::U8 ? "uint8" : dt == DType::F8E4M3 ? "fp8 E4M3" : "unknown"));
+}
+
 }  // namespace samfast::cuda
 
 #define CUDA_CHECK(expr)                                                                    \
@@ -80,18 +87,20 @@ inline unsigned blocks_for(int64_t n, int threads) {
 
 }  // namespace samfast::cuda
 
-// Launches kernel<float>, kernel<__nv_bfloat16> or kernel<__half> by dtype.
-#define SAMFAST_DISPATCH(dt, T, ...)      \
-  do {                                    \
-    if ((dt) == DType::F32) {             \
-      using T = float;                    \
-      __VA_ARGS__;                        \
-    } else if ((dt) == DType::BF16) {     \
-      using T = __nv_bfloat16;            \
-      __VA_ARGS__;                        \
-    } else {                              \
-      using T = __half;                   \
-      __VA_ARGS__;                        \
-    }                                     \
+// Launches kernel<float>, kernel<__nv_bfloat16> or kernel<__half> by dtype; throws for another.
+#define SAMFAST_DISPATCH(dt, T, ...)                             \
+  do {                                                           \
+    if ((dt) == DType::F32) {                                    \
+      using T = float;                                           \
+      __VA_ARGS__;                                               \
+    } else if ((dt) == DType::BF16) {                            \
+      using T = __nv_bfloat16;                                   \
+      __VA_ARGS__;                                               \
+    } else if ((dt) == DType::F16) {                             \
+      using T = __half;                                          \
+      __VA_ARGS__;                                               \
+    } else {                                                     \
+      ::samfast::cuda::no_kernel_for(__FILE__, __LINE__, (dt));  \
+    }                                                            \
   } while (0)
 

@@ -18,6 +18,7 @@
 #include "backend/cuda/cuda_memory.h"
 #include "backend/cuda/graph.h"
 #include "backend/ops.h"
+#include "samfast/precision.h"
 
 namespace samfast {
 
@@ -81,10 +82,10 @@ struct CudaContext {
 
 class CudaOps final : public Ops {
  public:
-  // precision: DType::F32, DType::BF16 or DType::F16 (the storage type of activations and weights).
+  // precision: FP32, BF16 or FP16, the storage type of activations and weights; or FP8: BF16 storage
+  // with prepare_bulk_linear quantising to fp8 E4M3 (compute capability 8.9+).
   // graphs: record and replay run_recorded computations as CUDA graphs (graph.h).
-  // fp8_bulk (bf16 only): prepare_bulk_linear quantises to fp8 E4M3 (compute capability 8.9+).
-  CudaOps(int device, DType precision, bool graphs = true, bool fp8_bulk = false);
+  CudaOps(int device, Precision precision, bool graphs = true);
 
   // A weight of dtype F8E4M3 (from prepare_bulk_linear) runs the fp8 GEMM: x is quantised per row
   // (token) on the fly, y = bf16.
@@ -135,7 +136,7 @@ class CudaOps final : public Ops {
                                    const Computation& fn) override;
 
   CudaContext& context() const { return *ctx_; }
-  DType precision() const { return dt_; }
+  DType precision() const { return dt_; }  // the storage type
   // An uninitialised device tensor in the backend's precision (or `dtype`), from the pool.
   Tensor empty(Shape shape) const { return empty(std::move(shape), dt_); }
   Tensor empty(Shape shape, DType dtype) const;

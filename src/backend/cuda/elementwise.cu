@@ -13,15 +13,26 @@ using cuda::from_f32;
 using cuda::gelu;
 using cuda::to_f32;
 
-CudaOps::CudaOps(int device, DType precision, bool graphs, bool fp8_bulk)
+namespace {
+// The storage type of activations and weights at a precision (fp8: the bulk Linear layers' weights
+// alone are fp8, beside bf16).
+DType storage_type(Precision precision) {
+  switch (precision) {
+    case Precision::FP32: return DType::F32;
+    case Precision::BF16: return DType::BF16;
+    case Precision::FP16: return DType::F16;
+    case Precision::FP8: return DType::BF16;
+    default: throw Error("CUDA backend: precision " + to_string(precision) + " is not a number format");
+  }
+}
+}  // namespace
+
+CudaOps::CudaOps(int device, Precision precision, bool graphs)
     : ctx_(std::make_shared<CudaContext>(device)),
-      dt_(precision),
-      fp8_bulk_(fp8_bulk),
+      dt_(storage_type(precision)),
+      fp8_bulk_(precision == Precision::FP8),
       graphs_(graphs ? std::make_unique<cuda::GraphCache>() : nullptr) {
-  if (precision != DType::F32 && precision != DType::BF16 && precision != DType::F16)
-    throw Error("CUDA backend: precision must be fp32, bf16 or fp16");
-  if (fp8_bulk && precision != DType::BF16) throw Error("CUDA backend: fp8 layers run beside bf16 only");
-  if (fp8_bulk && ctx_->cc_major * 10 + ctx_->cc_minor < 89)
+  if (fp8_bulk_ && ctx_->cc_major * 10 + ctx_->cc_minor < 89)
     throw Error("precision fp8 needs fp8 tensor cores (compute capability 8.9 or newer); this GPU has " +
                 std::to_string(ctx_->cc_major) + "." + std::to_string(ctx_->cc_minor) + ": use bf16");
 }

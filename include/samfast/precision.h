@@ -1,0 +1,21 @@
+// The number format a model computes in, and its names (as the command line and reports write them).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace samfast {
+
+// Auto: bf16 on a GPU, fp32 on the CPU (which computes in fp32 only). FP16: GPU only. FP8: a GPU
+// with fp8 tensor cores (compute capability 8.9+): bf16, with the image encoder blocks' Linear
+// layers in fp8 E4M3, weights scaled per output channel and activations per token; not "no
+// accuracy loss": measured.
+enum class Precision { Auto, FP32, BF16, FP16, FP8 };
+
+// "auto", "fp32", "bf16", "fp16" or "fp8" -> Precision; throws samfast::Error naming the valid names.
+Precision parse_precision(const std::string& name);
+// The name parse_precision reads back.
+std::string to_string(Precision precision);
+// Every name parse_precision takes, "auto" first.
+const std::vector<std::string>& precision_names();
+
+}  // namespace samfast
