@@ -2,6 +2,7 @@
 // Layout convention: activations are channel-last, e.g. image tokens (B, H, W, C) and decoder
 // tokens (B, N, C); weights keep PyTorch's layouts ((out, in) for Linear, (out, in, kh, kw) for Conv2d,
 // (in, out, kh, kw) for ConvTranspose2d) so that a checkpoint's tensors are used as stored.
+// Each op's argument contract is checked by backend/op_checks.h, which every backend calls.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -157,11 +158,6 @@ class Ops {
     int64_t weights = 0, weights_filled = 0, graph_arena = 0, graphs_in_arena = 0;
   };
   virtual MemoryUse memory_use() const { return {}; }
-
- protected:
-  // Throws unless the arguments of upscale_masks fit together.
-  static void check_upscale(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w,
-                            const Tensor& ln_b, const Tensor& w2, const Tensor& b2, const Tensor& hyper);
 };
 
 }  // namespace samfast

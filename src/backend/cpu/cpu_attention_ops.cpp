@@ -45,16 +45,11 @@ void add_row_bias(float* __restrict seg, const float* __restrict rw, float rh, i
 Tensor CpuOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                                  const Tensor& rel_pos_w, int heads, int window) {
   // ref: modeling/image_encoder.py Attention.forward, add_decomposed_rel_pos, window_partition
+  check_rel_pos_attention(qkv, qkv_bias, rel_pos_h, rel_pos_w, heads, window);
   const int64_t B = qkv.dim(0), H = qkv.dim(1), W = qkv.dim(2), C = qkv.dim(3) / 3, hd = C / heads;
   const int64_t th = window > 0 ? window : H, tw = window > 0 ? window : W;  // tile (window) size
   const int64_t nwh = (H + th - 1) / th, nww = (W + tw - 1) / tw, T = th * tw;
   const int64_t n_qblocks = (T + kQueryBlock - 1) / kQueryBlock;
-  if (qkv.dim(3) != 3 * C || C % heads != 0 || qkv_bias.numel() != 3 * C)
-    throw Error("rel_pos_attention: qkv " + shape_str(qkv.shape) + " with " + std::to_string(heads) + " heads");
-  if (rel_pos_h.dim(0) != 2 * th - 1 || rel_pos_w.dim(0) != 2 * tw - 1 || rel_pos_h.dim(1) != hd)
-    throw Error("rel_pos_attention: relative-position tables " + shape_str(rel_pos_h.shape) + ", " +
-                shape_str(rel_pos_w.shape) + " do not fit a " + std::to_string(th) + "x" + std::to_string(tw) +
-                " attention tile with head dim " + std::to_string(hd));
   const float scale = 1.0f / std::sqrt((float)hd);
   const bool tiled = th != H || tw != W;  // windows (with padding) need a gather; global does not
   Tensor out = Tensor::empty({B, H, W, C});
@@ -105,10 +100,8 @@ Tensor CpuOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, cons
 Tensor CpuOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) {
   // ref: modeling/transformer.py Attention.forward (after the projections)
   // A batch of 1 in q, or in k and v, is shared by every item of the other's batch.
+  check_attention(q, k, v, heads);
   const int64_t B = std::max(q.dim(0), k.dim(0)), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1), hd = D / heads;
-  if ((q.dim(0) != B && q.dim(0) != 1) || (k.dim(0) != B && k.dim(0) != 1) || v.dim(0) != k.dim(0) || k.dim(2) != D ||
-      v.dim(2) != D || v.dim(1) != Nk || D % heads)
-    throw Error("attention: q " + shape_str(q.shape) + ", k " + shape_str(k.shape) + ", v " + shape_str(v.shape));
   const int64_t q_step = q.dim(0) == 1 ? 0 : 1, kv_step = k.dim(0) == 1 ? 0 : 1;
   const float inv_sqrt = std::sqrt((float)hd);
   const int64_t n_qblocks = (Nq + kQueryBlock - 1) / kQueryBlock;
@@ -131,13 +124,8 @@ Tensor CpuOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int 
 Tensor CpuOps::image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
                                         const Tensor& bias, const Tensor& residual, const Tensor& ln_w,
                                         const Tensor& ln_b, float eps, int heads) {
+  check_image_to_token_attention(x, k, kb, v, bias, residual, ln_w, ln_b, heads);
   const int64_t B = k.dim(0), N = k.dim(1), T = x.dim(1), D = x.dim(2), HN = heads * N;
-  if (x.ndim() != 3 || k.ndim() != 3 || heads <= 0 || k.dim(2) != heads * D || v.shape != k.shape ||
-      kb.numel() != B * HN || (x.dim(0) != B && x.dim(0) != 1) || residual.ndim() != 3 ||
-      (residual.dim(0) != B && residual.dim(0) != 1) || residual.dim(1) != T || residual.dim(2) != D ||
-      bias.numel() != D || ln_w.numel() != D || ln_b.numel() != D)
-    throw Error("image_to_token_attention: x " + shape_str(x.shape) + ", k " + shape_str(k.shape) + ", kb " +
-                shape_str(kb.shape) + ", v " + shape_str(v.shape) + ", residual " + shape_str(residual.shape));
   const int64_t x_step = x.dim(0) == 1 ? 0 : 1, r_step = residual.dim(0) == 1 ? 0 : 1;
   const int64_t n_blocks = (T + kQueryBlock - 1) / kQueryBlock;
   Tensor out = Tensor::empty({B, T, D});

@@ -41,9 +41,8 @@ void softmax_rows(float* x, int64_t rows, int64_t cols) {
 }  // namespace cpu
 
 Tensor CpuOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) {
-  const int64_t C = x.dim(-1), rows = x.numel() / C;
-  if (w.numel() != C || b.numel() != C)
-    throw Error("layer_norm: input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  check_layer_norm(x, w, b);
+  const int64_t C = x.dim(-1), rows = C ? x.numel() / C : 0;
   Tensor y = Tensor::empty(x.shape);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) cpu::layer_norm_row(x.data + r * C, y.data + r * C, C, w.data, b.data, eps);
@@ -52,9 +51,8 @@ Tensor CpuOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, flo
 }
 
 Tensor CpuOps::add(const Tensor& a, const Tensor& b) {
+  check_add(a, b);
   const int64_t n = a.numel(), m = b.numel();
-  if (m == 0 || n % m != 0)
-    throw Error("add: cannot broadcast " + shape_str(b.shape) + " onto " + shape_str(a.shape));
   Tensor y = Tensor::empty(a.shape);
   const int64_t chunk = m >= 4096 ? m : 4096 / m * m;  // whole copies of b, big enough to split
 #pragma omp parallel for schedule(static) if (n > 65536)
@@ -70,6 +68,7 @@ Tensor CpuOps::add(const Tensor& a, const Tensor& b) {
 }
 
 Tensor CpuOps::nchw_to_nhwc(const Tensor& x) {
+  check_4d(x, "nchw_to_nhwc", "(B, C, H, W)");
   const int64_t B = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   Tensor y = Tensor::empty({B, H, W, C});
 #pragma omp parallel for collapse(2) schedule(static)
@@ -81,6 +80,7 @@ Tensor CpuOps::nchw_to_nhwc(const Tensor& x) {
 }
 
 Tensor CpuOps::nhwc_to_nchw(const Tensor& x) {
+  check_4d(x, "nhwc_to_nchw", "(B, H, W, C)");
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
   Tensor y = Tensor::empty({B, C, H, W});
 #pragma omp parallel for collapse(2) schedule(static)
@@ -93,6 +93,7 @@ Tensor CpuOps::nhwc_to_nchw(const Tensor& x) {
 
 Tensor CpuOps::postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                  std::pair<int, int> original_size, bool binarize) {
+  check_postprocess_masks(low_res, img_size, input_size, original_size);
   Tensor masks = samfast::postprocess_masks(low_res, img_size, input_size, original_size);
   if (!binarize) return masks;
   Tensor bits = Tensor::empty(masks.shape, DType::U8);
@@ -110,9 +111,8 @@ Tensor CpuOps::upload(const Tensor& host) {
 }
 
 Tensor CpuOps::slice(const Tensor& x, int64_t first, int64_t count) {
+  check_slice(x, first, count);
   const int64_t B = x.dim(0), N = x.dim(1), inner = x.numel() / std::max<int64_t>(1, B * N);
-  if (first < 0 || count < 0 || first + count > N)
-    throw Error("slice [" + std::to_string(first) + ", " + std::to_string(first + count) + ") of " + shape_str(x.shape));
   Shape s = x.shape;
   s[1] = count;
   Tensor y = Tensor::empty(s);
@@ -122,12 +122,10 @@ Tensor CpuOps::slice(const Tensor& x, int64_t first, int64_t count) {
 }
 
 Tensor CpuOps::concat(const std::vector<Tensor>& xs) {
-  const int64_t B = xs.at(0).dim(0), inner = xs[0].numel() / std::max<int64_t>(1, B * xs[0].dim(1));
+  check_concat(xs);
+  const int64_t B = xs[0].dim(0), inner = xs[0].numel() / std::max<int64_t>(1, B * xs[0].dim(1));
   int64_t N = 0;
-  for (const Tensor& x : xs) {
-    if (x.dim(0) != B || x.numel() != B * x.dim(1) * inner) throw Error("concat: mismatched " + shape_str(x.shape));
-    N += x.dim(1);
-  }
+  for (const Tensor& x : xs) N += x.dim(1);
   Shape s = xs[0].shape;
   s[1] = N;
   Tensor y = Tensor::empty(s);
@@ -141,7 +139,7 @@ Tensor CpuOps::concat(const std::vector<Tensor>& xs) {
 }
 
 Tensor CpuOps::expand_batch(const Tensor& x, int64_t batch) {
-  if (x.dim(0) != 1) throw Error("expand_batch: expected a batch of 1, got " + shape_str(x.shape));
+  check_expand_batch(x, batch);
   Shape s = x.shape;
   s[0] = batch;
   Tensor y = Tensor::empty(s);

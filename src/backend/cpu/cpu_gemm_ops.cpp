@@ -30,15 +30,9 @@ void apply_act(float* x, int64_t n, Act act) {
 
 }  // namespace cpu
 
-namespace {
-void check(bool ok, const char* op, const std::string& what) {
-  if (!ok) throw Error(std::string(op) + ": " + what);
-}
-}  // namespace
-
 Tensor CpuOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) {
+  check_linear(x, w, b, residual);
   const int64_t in = w.dim(1), out = w.dim(0);
-  check(x.dim(-1) == in, "linear", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
   const int64_t rows = x.numel() / in;
   Shape ys = x.shape;
   ys.back() = out;
@@ -51,7 +45,6 @@ Tensor CpuOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act
   cpu::gemm(true, rows, out, in, 1.f, x.data, in, w.data, in, beta, y.data, out);
   cpu::apply_act(y.data, y.numel(), act);
   if (residual) {
-    check(residual->numel() == y.numel(), "linear", "residual shape " + shape_str(residual->shape));
     const int64_t n = y.numel();
     float* __restrict py = y.data;
     const float* __restrict pr = residual->data;
@@ -64,9 +57,9 @@ Tensor CpuOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act
 Tensor CpuOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) {
   // im2col with columns ordered (ci, ky, kx): the weight (Cout, Cin, kh, kw) is then a plain
   // (Cout, Cin*kh*kw) matrix, used as stored.
+  check_conv2d(x, w, stride, pad);
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3);
   const int64_t Cout = w.dim(0), kh = w.dim(2), kw = w.dim(3);
-  check(w.dim(1) == Cin, "conv2d", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
   const int64_t Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
   const int64_t K = Cin * kh * kw, rows = B * Ho * Wo;
   Tensor col = Tensor::empty({rows, K});
@@ -90,9 +83,8 @@ Tensor CpuOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor&
   // Kernel 2 / stride 2 never overlaps: out[2y+dy, 2x+dx, co] = b[co] + sum_ci x[y, x, ci] w[ci, co, dy, dx],
   // one GEMM (BHW, Cin) @ (Cin, 4*Cout) with the weight reordered to (ci, dy, dx, co) so that
   // each output pixel's channels come out contiguous, then a scatter of rows.
+  check_conv_transpose2x2(x, w, b);
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3), Cout = w.dim(1);
-  check(w.dim(0) == Cin && w.dim(2) == 2 && w.dim(3) == 2, "conv_transpose2x2",
-        "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
   Tensor wr = Tensor::empty({Cin, 4, Cout});
   for (int64_t ci = 0; ci < Cin; ++ci)
     for (int64_t co = 0; co < Cout; ++co)
@@ -115,8 +107,8 @@ Tensor CpuOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor&
 }
 
 Tensor CpuOps::bmm_nt(const Tensor& a, const Tensor& b) {
+  check_bmm_nt(a, b);
   const int64_t B = a.dim(0), M = a.dim(1), K = a.dim(2), N = b.dim(1);
-  check(b.dim(0) == B && b.dim(2) == K, "bmm_nt", shape_str(a.shape) + " vs " + shape_str(b.shape));
   Tensor y = Tensor::empty({B, M, N});
   for (int64_t i = 0; i < B; ++i)
     cpu::gemm(true, M, N, K, 1.f, a.data + i * M * K, K, b.data + i * N * K, K, 0.f, y.data + i * M * N, N);

@@ -5,7 +5,6 @@
 #include <string>
 
 #include "backend/cpu/cpu_ops.h"
-#include "backend/mask_checks.h"
 #include "masks/stability.h"
 #include "masks/upsample.h"
 #include "samfast/error.h"
@@ -51,7 +50,7 @@ std::vector<Rle> CpuOps::mask_rles(const Tensor& low_res, int img_size, std::pai
   const auto [h, w] = size;
   const auto [x0, y0] = offset_xy;
   const auto [H, W] = frame_size;
-  check_mask_frame(size, offset_xy, frame_size);
+  check_mask_frame(size, offset_xy, frame_size);  // (the planes' sizes: postprocess_masks checks them)
   std::vector<Rle> out(low_res.dim(0));
   std::vector<uint8_t> frame(size_t(H) * W, 0);
   for (int64_t i = 0; i < low_res.dim(0); ++i) {
@@ -67,15 +66,12 @@ std::vector<Rle> CpuOps::mask_rles(const Tensor& low_res, int img_size, std::pai
 }
 
 Tensor CpuOps::gather(const Tensor& x, const std::vector<int64_t>& select) {
+  check_gather(x, select);
   const int64_t n = x.dim(0), inner = n ? x.numel() / n : 0;
   Shape s = x.shape;
   s[0] = (int64_t)select.size();
   Tensor y = Tensor::empty(s);
-  for (size_t i = 0; i < select.size(); ++i) {
-    if (select[i] < 0 || select[i] >= n)
-      throw Error("gather: index " + std::to_string(select[i]) + " outside 0.." + std::to_string(n - 1));
-    std::memcpy(y.data + i * inner, x.data + select[i] * inner, sizeof(float) * inner);
-  }
+  for (size_t i = 0; i < select.size(); ++i) std::memcpy(y.data + i * inner, x.data + select[i] * inner, sizeof(float) * inner);
   return y;
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "backend/op_checks.h"
 #include "backend/ops.h"
 
 namespace samfast {

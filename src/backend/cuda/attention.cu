@@ -267,12 +267,9 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int
   expect(q, "attention", "q");
   expect(k, "attention", "k");
   expect(v, "attention", "v");
-  check(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3 && heads > 0, "attention", "q " + shape_str(q.shape));
+  check_attention(q, k, v, heads);
   // A batch of 1 in q, or in k and v, is shared by every item of the other's batch.
   const int64_t B = std::max(q.dim(0), k.dim(0)), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1), hd = D / heads;
-  check((q.dim(0) == B || q.dim(0) == 1) && (k.dim(0) == B || k.dim(0) == 1) && v.dim(0) == k.dim(0) && k.dim(2) == D &&
-            v.dim(2) == D && v.dim(1) == Nk && D % heads == 0 && Nk > 0,
-        "attention", "q " + shape_str(q.shape) + ", k " + shape_str(k.shape) + ", v " + shape_str(v.shape));
   const int q_step = q.dim(0) == 1 ? 0 : 1, kv_step = k.dim(0) == 1 ? 0 : 1;
   Tensor out = empty({B, Nq, D});
   if (out.numel() == 0) return out;

@@ -17,6 +17,7 @@
 
 #include "backend/cuda/cuda_memory.h"
 #include "backend/cuda/graph.h"
+#include "backend/op_checks.h"
 #include "backend/ops.h"
 #include "samfast/precision.h"
 

@@ -406,13 +406,8 @@ Tensor CudaOps::image_to_token_attention(const Tensor& x, const Tensor& k, const
                                          const Tensor& ln_b, float eps, int heads) {
   const char* op = "image_to_token_attention";
   for (const Tensor* t : {&x, &k, &kb, &v, &bias, &residual, &ln_w, &ln_b}) expect(*t, op, "input");
+  check_image_to_token_attention(x, k, kb, v, bias, residual, ln_w, ln_b, heads);
   const int64_t B = k.dim(0), N = k.dim(1), T = x.dim(1), D = x.dim(2);
-  check(x.ndim() == 3 && k.ndim() == 3 && heads > 0 && k.dim(2) == heads * D && v.shape == k.shape &&
-            kb.numel() == B * N * heads && (x.dim(0) == B || x.dim(0) == 1) && residual.ndim() == 3 &&
-            (residual.dim(0) == B || residual.dim(0) == 1) && residual.dim(1) == T && residual.dim(2) == D &&
-            bias.numel() == D && ln_w.numel() == D && ln_b.numel() == D,
-        op, "x " + shape_str(x.shape) + ", k " + shape_str(k.shape) + ", kb " + shape_str(kb.shape) + ", v " +
-                shape_str(v.shape) + ", residual " + shape_str(residual.shape));
   check(B <= 65535 && T < (int64_t(1) << 31) && N * heads < (1 << 20), op, "too many prompts or tokens");
   Tensor out = empty({B, T, D});
   if (out.numel() == 0) return out;

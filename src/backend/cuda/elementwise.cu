@@ -314,8 +314,8 @@ Tensor CudaOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, fl
   expect(x, "layer_norm", "input");
   expect(w, "layer_norm", "weight");
   expect(b, "layer_norm", "bias");
-  const int64_t C = x.dim(-1), rows = x.numel() / C;
-  check(w.numel() == C && b.numel() == C, "layer_norm", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  check_layer_norm(x, w, b);
+  const int64_t C = x.dim(-1), rows = C ? x.numel() / C : 0;
   Tensor y = empty(x.shape);
   if (rows == 0) return y;
   bool done = false;
@@ -338,8 +338,8 @@ Tensor CudaOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, fl
 Tensor CudaOps::add(const Tensor& a, const Tensor& b) {
   expect(a, "add", "a");
   expect(b, "add", "b");
+  check_add(a, b);
   const int64_t n = a.numel(), m = b.numel();
-  check(m > 0 && n % m == 0, "add", "cannot broadcast " + shape_str(b.shape) + " onto " + shape_str(a.shape));
   Tensor y = empty(a.shape);
   if (n == 0) return y;
   const bool small = n < (int64_t(1) << 31) - kThreads * int64_t(cuda::blocks_for(n, kThreads));
@@ -392,7 +392,7 @@ void transpose(CudaContext& ctx, DType dt, const void* x, void* y, int64_t batch
 
 Tensor CudaOps::nchw_to_nhwc(const Tensor& x) {
   expect(x, "nchw_to_nhwc", "input");
-  check(x.ndim() == 4, "nchw_to_nhwc", "expected (B, C, H, W), got " + shape_str(x.shape));
+  check_4d(x, "nchw_to_nhwc", "(B, C, H, W)");
   const int64_t B = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   Tensor y = empty({B, H, W, C});
   transpose(*ctx_, dt_, x.data, y.data, B, C, H * W);
@@ -401,7 +401,7 @@ Tensor CudaOps::nchw_to_nhwc(const Tensor& x) {
 
 Tensor CudaOps::nhwc_to_nchw(const Tensor& x) {
   expect(x, "nhwc_to_nchw", "input");
-  check(x.ndim() == 4, "nhwc_to_nchw", "expected (B, H, W, C), got " + shape_str(x.shape));
+  check_4d(x, "nhwc_to_nchw", "(B, H, W, C)");
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), C = x.dim(3);
   Tensor y = empty({B, C, H, W});
   transpose(*ctx_, dt_, x.data, y.data, B, H * W, C);
@@ -410,10 +410,8 @@ Tensor CudaOps::nhwc_to_nchw(const Tensor& x) {
 
 Tensor CudaOps::slice(const Tensor& x, int64_t first, int64_t count) {
   expect(x, "slice", "input");
-  check(x.ndim() >= 2, "slice", "expected (B, N, ...), got " + shape_str(x.shape));
+  check_slice(x, first, count);
   const int64_t B = x.dim(0), N = x.dim(1), inner = x.numel() / std::max<int64_t>(1, B * N);
-  check(first >= 0 && count >= 0 && first + count <= N, "slice",
-        "[" + std::to_string(first) + ", " + std::to_string(first + count) + ") of " + shape_str(x.shape));
   Shape s = x.shape;
   s[1] = count;
   Tensor y = empty(s);
@@ -425,15 +423,11 @@ Tensor CudaOps::slice(const Tensor& x, int64_t first, int64_t count) {
 }
 
 Tensor CudaOps::concat(const std::vector<Tensor>& xs) {
-  check(!xs.empty(), "concat", "no tensors");
+  check_concat(xs);
   for (const Tensor& x : xs) expect(x, "concat", "input");
   const int64_t B = xs[0].dim(0), inner = xs[0].numel() / std::max<int64_t>(1, B * xs[0].dim(1));
   int64_t N = 0;
-  for (const Tensor& x : xs) {
-    check(x.ndim() == xs[0].ndim() && x.dim(0) == B && x.numel() == B * x.dim(1) * inner, "concat",
-          "mismatched " + shape_str(x.shape) + " and " + shape_str(xs[0].shape));
-    N += x.dim(1);
-  }
+  for (const Tensor& x : xs) N += x.dim(1);
   Shape s = xs[0].shape;
   s[1] = N;
   Tensor y = empty(s);
@@ -451,7 +445,7 @@ Tensor CudaOps::concat(const std::vector<Tensor>& xs) {
 
 Tensor CudaOps::expand_batch(const Tensor& x, int64_t batch) {
   expect(x, "expand_batch", "input");
-  check(x.ndim() >= 1 && x.dim(0) == 1 && batch >= 0, "expand_batch", "expected a batch of 1, got " + shape_str(x.shape));
+  check_expand_batch(x, batch);
   Shape s = x.shape;
   s[0] = batch;
   Tensor y = empty(s);
@@ -552,15 +546,10 @@ Tensor CudaOps::postprocess_masks(const Tensor& low_res, int img_size, std::pair
                                   std::pair<int, int> original_size, bool binarize) {
   // ref: modeling/sam.py postprocess_masks: upsample to img_size (only the kept corner), crop, resize.
   expect(low_res, "postprocess_masks", "masks");
+  check_postprocess_masks(low_res, img_size, input_size, original_size);
   const auto [in_h, in_w] = input_size;
   const auto [orig_h, orig_w] = original_size;
-  check(low_res.ndim() == 4 && low_res.numel() > 0, "postprocess_masks",
-        "expected a non-empty (N, C, H, W) tensor, got " + shape_str(low_res.shape));
-  check(img_size > 0 && in_h > 0 && in_w > 0 && in_h <= img_size && in_w <= img_size && orig_h > 0 && orig_w > 0,
-        "postprocess_masks", "bad sizes: input " + std::to_string(in_h) + "x" + std::to_string(in_w) + ", original " +
-                                 std::to_string(orig_h) + "x" + std::to_string(orig_w) + ", image " + std::to_string(img_size));
   const int64_t B = low_res.dim(0), C = low_res.dim(1), planes = B * C;
-  check(low_res.dim(2) == low_res.dim(3), "postprocess_masks", "low-res masks must be square, got " + shape_str(low_res.shape));
   // Binary masks as bytes: a quarter of fp32's traffic on the way to the host (1500x2250, three
   // masks: 10 MB instead of 40 MB over PCIe).
   Tensor out = empty({B, C, orig_h, orig_w}, binarize ? DType::U8 : DType::F32);

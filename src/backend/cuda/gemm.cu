@@ -590,19 +590,13 @@ Tensor CudaOps::upload_weight(const Tensor& host, bool bulk) {
 Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) {
   expect(x, "linear", "input");
   if (w.dtype != DType::F8E4M3) expect(w, "linear", "weight");
-  check(w.ndim() == 2 && x.dim(-1) == w.dim(1), "linear", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
-  const int64_t in = w.dim(1), out = w.dim(0), rows = x.numel() / in;
-  if (b) {
-    expect(*b, "linear", "bias");
-    check(b->numel() == out, "linear", "bias " + shape_str(b->shape) + " for weight " + shape_str(w.shape));
-  }
+  if (b) expect(*b, "linear", "bias");
+  if (residual) expect(*residual, "linear", "residual");
+  check_linear(x, w, b, residual);
+  const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
   Shape ys = x.shape;
   ys.back() = out;
   Tensor y = empty(ys);
-  if (residual) {
-    expect(*residual, "linear", "residual");
-    check(residual->numel() == y.numel(), "linear", "residual shape " + shape_str(residual->shape));
-  }
   if (w.dtype == DType::F8E4M3) {  // the activations quantised per row, into a scratch buffer
     const size_t at = fp8_scale_offset(rows, in);
     Tensor xq = empty({static_cast<int64_t>(at + sizeof(float) * rows)}, DType::U8);
@@ -621,12 +615,10 @@ Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act ac
 Tensor CudaOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) {
   expect(x, "conv2d", "input");
   expect(w, "conv2d", "weight");
-  check(x.ndim() == 4 && w.ndim() == 4 && w.dim(1) == x.dim(3) && stride > 0 && pad >= 0, "conv2d",
-        "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  check_conv2d(x, w, stride, pad);
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3);
   const int64_t Cout = w.dim(0), kh = w.dim(2), kw = w.dim(3), K = Cin * kh * kw;
   const int64_t Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
-  check(Ho > 0 && Wo > 0, "conv2d", "kernel larger than input " + shape_str(x.shape));
   const Tensor w2 = w.view({Cout, K});
   if (kh == 1 && kw == 1 && stride == 1 && pad == 0) return linear(x, w2, b, Act::None, nullptr);
   const int64_t rows = B * Ho * Wo;
@@ -666,9 +658,7 @@ Tensor CudaOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor
   expect(x, "conv_transpose2x2", "input");
   expect(w, "conv_transpose2x2", "weight");
   expect(b, "conv_transpose2x2", "bias");
-  check(x.ndim() == 4 && w.ndim() == 4 && w.dim(0) == x.dim(3) && w.dim(2) == 2 && w.dim(3) == 2 &&
-            b.numel() == w.dim(1),
-        "conv_transpose2x2", "input " + shape_str(x.shape) + " vs weight " + shape_str(w.shape));
+  check_conv_transpose2x2(x, w, b);
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3), Cout = w.dim(1);
   Tensor tmp = empty({B * H * W, 4 * Cout});
   Tensor y = empty({B, 2 * H, 2 * W, Cout});
@@ -695,8 +685,7 @@ Tensor CudaOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor
 Tensor CudaOps::bmm_nt(const Tensor& a, const Tensor& b) {
   expect(a, "bmm_nt", "a");
   expect(b, "bmm_nt", "b");
-  check(a.ndim() == 3 && b.ndim() == 3 && b.dim(0) == a.dim(0) && b.dim(2) == a.dim(2), "bmm_nt",
-        shape_str(a.shape) + " vs " + shape_str(b.shape));
+  check_bmm_nt(a, b);
   const int64_t B = a.dim(0), M = a.dim(1), K = a.dim(2), N = b.dim(1);
   Tensor y = empty({B, M, N});
   cuda::gemm(*ctx_, dt_, true, M, N, K, a.data, K, b.data, K, y.data, N, nullptr, Act::None, nullptr, B, M * K, N * K,

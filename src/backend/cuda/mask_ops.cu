@@ -6,7 +6,6 @@
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/postprocess.h"
-#include "backend/mask_checks.h"
 
 namespace samfast {
 namespace {
@@ -100,6 +99,7 @@ std::vector<Rle> CudaOps::mask_rles(const Tensor& low_res, int img_size, std::pa
 }
 
 Tensor CudaOps::gather(const Tensor& x, const std::vector<int64_t>& select) {
+  check_gather(x, select);
   expect(x, "gather", "input");
   const int64_t n = x.dim(0), inner = n ? x.numel() / n : 0;
   Shape s = x.shape;
@@ -108,8 +108,6 @@ Tensor CudaOps::gather(const Tensor& x, const std::vector<int64_t>& select) {
   const size_t bytes = element_size(dt_) * inner;
   // Runs of consecutive indices become one copy each.
   for (size_t i = 0; i < select.size();) {
-    if (select[i] < 0 || select[i] >= n)
-      throw Error("gather: index " + std::to_string(select[i]) + " outside 0.." + std::to_string(n - 1));
     size_t j = i + 1;
     while (j < select.size() && select[j] == select[j - 1] + 1 && select[j] < n) ++j;
     CUDA_CHECK(cudaMemcpyAsync(y.ptr<char>() + bytes * i, x.ptr<char>() + bytes * select[i], bytes * (j - i),

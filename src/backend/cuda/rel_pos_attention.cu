@@ -443,19 +443,11 @@ Tensor CudaOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, con
   expect(qkv_bias, "rel_pos_attention", "qkv bias");
   expect(rel_pos_h, "rel_pos_attention", "rel_pos_h");
   expect(rel_pos_w, "rel_pos_attention", "rel_pos_w");
-  check(qkv.ndim() == 4 && heads > 0 && window >= 0, "rel_pos_attention", "qkv " + shape_str(qkv.shape));
+  check_rel_pos_attention(qkv, qkv_bias, rel_pos_h, rel_pos_w, heads, window);
   const int64_t B = qkv.dim(0), H = qkv.dim(1), W = qkv.dim(2), C = qkv.dim(3) / 3;
-  check(qkv.dim(3) == 3 * C && C % heads == 0 && qkv_bias.numel() == 3 * C, "rel_pos_attention",
-        "qkv " + shape_str(qkv.shape) + " with " + std::to_string(heads) + " heads");
   const int64_t hd = C / heads;
   const int64_t th = window > 0 ? window : H, tw = window > 0 ? window : W;
   const int64_t nwh = (H + th - 1) / th, nww = (W + tw - 1) / tw;
-  check(rel_pos_h.ndim() == 2 && rel_pos_w.ndim() == 2 && rel_pos_h.dim(0) == 2 * th - 1 &&
-            rel_pos_w.dim(0) == 2 * tw - 1 && rel_pos_h.dim(1) == hd && rel_pos_w.dim(1) == hd,
-        "rel_pos_attention",
-        "relative-position tables " + shape_str(rel_pos_h.shape) + ", " + shape_str(rel_pos_w.shape) +
-            " do not fit a " + std::to_string(th) + "x" + std::to_string(tw) + " attention tile with head dim " +
-            std::to_string(hd));
   check(th < 32768 && tw < 32768 && th * 2 * tw < (int64_t(1) << 30) && B * nwh * nww <= 65535 && heads <= 65535, "rel_pos_attention",
         "grid " + shape_str(qkv.shape) + " too large");
   Tensor out = empty({B, H, W, C});
