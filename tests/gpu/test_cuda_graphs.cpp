@@ -131,9 +131,10 @@ TEST_P(CudaGraphsTest, GraphsShareOneArena) {
 TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
   const SamConfig cfg = SamConfig::preset("tiny");
   const auto tensors = Model::synthetic_tensors(cfg, 7);
-  const Precision prec = precision_of(GetParam());
-  const Model graphs = Model::from_tensors(tensors, {.device = "cuda", .precision = prec, .cuda_graphs = true});
-  const Model eager = Model::from_tensors(tensors, {.device = "cuda", .precision = prec, .cuda_graphs = false});
+  const Precision precision = precision_of(GetParam());
+  const std::string prec = to_string(precision);
+  const Model graphs = Model::from_tensors(tensors, {.device = "cuda", .precision = precision, .cuda_graphs = true});
+  const Model eager = Model::from_tensors(tensors, {.device = "cuda", .precision = precision, .cuda_graphs = false});
   const int S = cfg.img_size;
   for (int image = 0; image < 4; ++image) {
     const Tensor pixels = random_host({1, 3, S, S}, 40 + image, -2.f, 2.f);
@@ -166,9 +167,10 @@ TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
 TEST_P(CudaGraphsTest, PlannedMemoryHoldsForRealImages) {
   const SamConfig cfg = SamConfig::preset("tiny");
   const auto tensors = Model::synthetic_tensors(cfg, 9);
-  const Precision prec = precision_of(GetParam());
-  const Model planned = Model::from_tensors(tensors, {.device = "cuda", .precision = prec});
-  const Model plain = Model::from_tensors(tensors, {.device = "cuda", .precision = prec});
+  const Precision precision = precision_of(GetParam());
+  const std::string prec = to_string(precision);
+  const Model planned = Model::from_tensors(tensors, {.device = "cuda", .precision = precision});
+  const Model plain = Model::from_tensors(tensors, {.device = "cuda", .precision = precision});
   const Model::MemoryPlan plan = planned.plan_memory(2, 5);
   EXPECT_GT(plan.weights, 0);
   EXPECT_GT(plan.graph_arena, 0);
