@@ -11,7 +11,8 @@ namespace {
 using testing::error_of;
 
 TEST(OpChecks, CpuBackendRefusesWhatDoesNotFit) {
-  CpuOps cpu;
+  CpuOps cpu_ops;
+  Ops& cpu = cpu_ops;  // the interface, with its default arguments
   const Tensor x = Tensor::zeros({2, 3, 4});
   EXPECT_EQ(error_of([&] { cpu.nchw_to_nhwc(x); }), "nchw_to_nhwc: expected (B, C, H, W), got (2, 3, 4)");
   EXPECT_EQ(error_of([&] { cpu.slice(x, 2, 2); }), "slice: [2, 4) of (2, 3, 4)");
