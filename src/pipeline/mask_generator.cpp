@@ -2,12 +2,15 @@
 // Same steps, same order, same arithmetic as upstream. What differs is where the work happens: the
 // filters run on per-mask numbers (IoU, stability counts, boxes) measured by the backend straight
 // from the low-res logits, so full-resolution masks are never stored, and only masks that survive
-// every filter and the per-crop NMS are run-length encoded.
+// every filter and the per-crop NMS are run-length encoded. generate, generate_masks, process_crop,
+// process_batch and postprocess_small_regions are upstream's methods of those names, in its order;
+// process_batch's first half (up to predict_torch) is decode_batch, so batches can run two deep.
 #include "samfast/mask_generator.h"
 
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <iterator>
 #include <string>
 
 #include "backend/ops.h"
@@ -113,6 +116,54 @@ CropBoxes plan_crops(const MaskGeneratorOptions& o, int H, int W) {
   return out;
 }
 
+// What the steps of one generate() call share: upstream's self (model, options, point grids), the
+// image and its size (orig_size), and where the time goes.
+struct Job {
+  const Model& model;
+  Ops& ops;
+  const MaskGeneratorOptions& o;
+  const std::vector<std::vector<Point2d>>& point_grids;  // one per crop layer, in [0, 1]^2
+  const Image& image;
+  const EncoderInput* prepared;  // the whole image prepared ahead, or null
+  int H, W;                      // orig_size
+  int S;                         // the encoder's input size (img_size)
+  int64_t L;                     // side of the low-res masks
+  // ref: model.mask_threshold (0.0); torch compares float32 logits with Python floats in float32.
+  float mask_thr, hi, lo;        // hi, lo: mask_thr +- stability_score_offset
+  GenerateTimings& t;
+};
+
+// One crop as the encoder saw it (upstream's crop_box and im_size, and the predictor's input size).
+struct CropFrame {
+  BoxXyxyi box;                    // x0, y0, x1, y1 in the image
+  int h = 0, w = 0;                // cropped_im_size
+  std::pair<int, int> input_size;  // (h, w) resized to the encoder's input
+};
+
+// One point batch whose decode is queued: its points (crop pixels), the decoder's output and the
+// predicted IoUs on their way to the host.
+struct QueuedBatch {
+  std::vector<Point2d> points;
+  DecoderOutput dec;
+  Ops::Later<Tensor> iou;  // (P, 3)
+};
+
+// The masks of one crop that passed the filters of their batch, with their low-res logits batch
+// by batch in the same order, until the crop's NMS picks those to run-length encode.
+struct CropMasks {
+  std::vector<Candidate> data;
+  std::vector<Tensor> planes;
+};
+
+// Upstream's methods of these names, defined after generate() in upstream's order.
+std::vector<Candidate> generate_masks(Job& job, const std::function<void(int, int)>& progress);
+std::vector<Candidate> process_crop(Job& job, const BoxXyxyi& crop_box, int crop_layer_idx);
+QueuedBatch decode_batch(const Job& job, const Predictor& predictor, const CropFrame& crop,
+                         std::vector<Point2d> points);
+void process_batch(const Job& job, const CropFrame& crop, const QueuedBatch& batch, const Tensor& iou_preds,
+                   const std::function<void()>& queue_next, CropMasks& out);
+void postprocess_small_regions(std::vector<Candidate>& data, int H, int W, int min_area, double nms_thresh);
+
 }  // namespace
 
 void MaskGenerator::validate(const MaskGeneratorOptions& p) {
@@ -174,6 +225,7 @@ MaskGenerator::MaskGenerator(const Model& model, MaskGeneratorOptions o) : model
                : p.point_grids;
 }
 
+// ref: SamAutomaticMaskGenerator.generate
 std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTimings* timings,
                                                 const EncoderInput* prepared,
                                                 const std::function<void(int, int)>& progress) const {
@@ -182,180 +234,19 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
   if (prepared && prepared->original_size != std::pair<int, int>{H, W})
     throw Error("generate: the prepared image is " + std::to_string(prepared->original_size.second) + "x" +
                 std::to_string(prepared->original_size.first) + ", the image " + std::to_string(W) + "x" + std::to_string(H));
-  const int64_t L = 4 * model_.config().grid();
-  Ops& ops = model_.backend();
   GenerateTimings t;
-  const CropBoxes crops = plan_crops(o, H, W);
-  // ref: model.mask_threshold (0.0); torch compares float32 logits with Python floats in float32.
-  const float mask_thr = 0.f, hi = float(0.0 + o.stability_score_offset), lo = float(0.0 - o.stability_score_offset);
+  Job job{model_, model_.backend(), o, grids_, rgb, prepared, H, W, S, 4 * model_.config().grid(),
+          /*mask_thr=*/0.f, float(0.0 + o.stability_score_offset), float(0.0 - o.stability_score_offset), t};
 
-  std::vector<Candidate> data;
-  for (size_t ci = 0; ci < crops.boxes.size(); ++ci) {  // ref: _process_crop
-    const BoxXyxyi& cb = crops.boxes[ci];
-    const int ch = cb[3] - cb[1], cw = cb[2] - cb[0];
-    auto t0 = std::chrono::steady_clock::now();
-    Predictor predictor(model_);
-    const bool whole = cb[0] == 0 && cb[1] == 0 && cb[2] == W && cb[3] == H;
-    EncoderInput own;
-    if (!(whole && prepared)) own = whole ? Predictor::prepare(rgb, S) : Predictor::prepare(crop_image(rgb, cb), S);
-    const EncoderInput& input = whole && prepared ? *prepared : own;
-    t.preprocess_ms += ms_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    predictor.set_image(input);
-    model_.synchronize();
-    t.encoder_ms += ms_since(t0);
-    const std::pair<int, int> input_size = predictor.input_size();
-    // ref: transform.apply_coords, then the prompt encoder's (x + 0.5) / S, in float64.
-    const double sx = double(input_size.second) / cw, sy = double(input_size.first) / ch;
+  // Generate masks
+  std::vector<Candidate> data = generate_masks(job, progress);
 
-    const auto& grid = grids_[size_t(crops.layer_idxs[ci])];
-    std::vector<Candidate> crop_data;
-    std::vector<Tensor> crop_planes;  // low-res logits of crop_data, batch by batch
-    // Point batches run two deep: the next batch's decode is queued before the host waits for this
-    // batch's numbers, so the GPU never idles while the host filters (results come in order).
-    struct InFlight {
-      std::vector<Point2d> points;
-      DecoderOutput dec;
-      Ops::Later<Tensor> iou;
-    };
-    std::deque<InFlight> in_flight;
-    size_t next_first = 0;
-    auto queue_batches = [&] {  // ref: _process_batch, up to the decoder
-      for (; in_flight.size() < 2 && next_first < grid.size(); next_first += size_t(o.points_per_batch)) {
-        const int64_t P = (int64_t)std::min(grid.size() - next_first, size_t(o.points_per_batch));
-        PromptBatch batch;
-        batch.points = Tensor::empty({P, 1, 2});
-        batch.labels = Tensor::empty({P, 1});
-        batch.points_normalized = true;
-        InFlight f;
-        f.points.resize(P);
-        for (int64_t i = 0; i < P; ++i) {
-          const auto& g = grid[next_first + size_t(i)];
-          f.points[i] = {g[0] * cw, g[1] * ch};  // points_for_image (crop pixels)
-          batch.points.data[2 * i] = float((f.points[i][0] * sx + 0.5) / S);
-          batch.points.data[2 * i + 1] = float((f.points[i][1] * sy + 0.5) / S);
-          batch.labels.data[i] = 1.f;
-        }
-        f.dec = predictor.decode(batch, /*multimask_output=*/true);
-        f.iou = ops.download_later(f.dec.iou);  // (P, 3)
-        in_flight.push_back(std::move(f));
-      }
-    };
-    t0 = std::chrono::steady_clock::now();
-    queue_batches();
-    while (!in_flight.empty()) {
-      const InFlight cur = std::move(in_flight.front());
-      in_flight.pop_front();
-      const Tensor iou = cur.iou();
-      const int64_t P = (int64_t)cur.points.size(), M = iou.dim(1);
-      t.decoder_ms += ms_since(t0);  // with batches overlapped: the time the host waited for decodes
-      t.candidates += P * M;
-      t0 = std::chrono::steady_clock::now();
+  // Filter small disconnected regions and holes in masks
+  const auto t0 = std::chrono::steady_clock::now();
+  if (o.min_mask_region_area > 0)
+    postprocess_small_regions(data, H, W, o.min_mask_region_area, std::max(o.box_nms_thresh, o.crop_nms_thresh));
 
-      std::vector<int64_t> keep;  // ref: iou_preds > pred_iou_thresh
-      for (int64_t k = 0; k < P * M; ++k)
-        if (!(o.pred_iou_thresh > 0) || iou.data[k] > float(o.pred_iou_thresh)) keep.push_back(k);
-      Tensor kept;
-      Ops::Later<Ops::MaskStats> stats;
-      if (!keep.empty()) {
-        const Tensor low = cur.dec.low_res_masks.view({P * M, L, L});
-        kept = (int64_t)keep.size() == P * M ? low : ops.gather(low, keep);
-        stats = ops.mask_stats(kept, S, input_size, {ch, cw}, mask_thr, hi, lo);
-      }
-      queue_batches();
-      if (keep.empty()) {
-        t.postprocess_ms += ms_since(t0);
-        t0 = std::chrono::steady_clock::now();
-        continue;
-      }
-      const Ops::MaskStats st = stats();
-      std::vector<BoxXyxyf> boxes;
-      for (const auto& b : st.box) boxes.push_back(to_float(BoxXyxyi{b[0], b[1], b[2], b[3]}));
-      const std::vector<uint8_t> near = is_box_near_crop_edge(boxes, cb, {0, 0, W, H});
-      std::vector<int64_t> survive;
-      for (size_t i = 0; i < keep.size(); ++i) {
-        const float stability = float(st.above_hi[i]) / float(st.above_lo[i]);  // ref: calculate_stability_score
-        if (o.stability_score_thresh > 0 && !(stability >= float(o.stability_score_thresh))) continue;
-        if (near[i]) continue;  // ref: ~is_box_near_crop_edge
-        Candidate c;
-        c.iou = iou.data[keep[i]], c.stability = stability;
-        c.point = cur.points[size_t(keep[i] / M)];
-        c.box = {st.box[i][0], st.box[i][1], st.box[i][2], st.box[i][3]};
-        crop_data.push_back(std::move(c));
-        survive.push_back((int64_t)i);
-      }
-      if (!survive.empty()) crop_planes.push_back(survive.size() == keep.size() ? kept : ops.gather(kept, survive));
-      t.postprocess_ms += ms_since(t0);
-      t0 = std::chrono::steady_clock::now();
-    }
-    if (!crop_data.empty()) {
-      t0 = std::chrono::steady_clock::now();
-      // ref: remove duplicates within this crop (boxes in crop coordinates, scored by predicted IoU)
-      std::vector<float> scores;
-      for (const Candidate& c : crop_data) scores.push_back(c.iou);
-      const std::vector<int64_t> keep = nms(boxes_of(crop_data), scores, o.box_nms_thresh);
-      filter(crop_data, keep);
-      Tensor planes = crop_planes[0];
-      if (crop_planes.size() > 1) {
-        std::vector<Tensor> rows;
-        for (const Tensor& p : crop_planes) rows.push_back(p.view({1, p.dim(0), L * L}));
-        planes = ops.concat(rows);
-      }
-      planes = ops.gather(planes.view({planes.numel() / (L * L), L, L}), keep);
-      std::vector<Rle> rles = ops.mask_rles(planes, S, input_size, {ch, cw}, mask_thr, {cb[0], cb[1]}, {H, W});
-      for (size_t i = 0; i < crop_data.size(); ++i) {  // ref: uncrop boxes, points and masks
-        Candidate& c = crop_data[i];
-        c.box = {c.box[0] + cb[0], c.box[1] + cb[1], c.box[2] + cb[0], c.box[3] + cb[1]};
-        c.point = {c.point[0] + cb[0], c.point[1] + cb[1]};
-        c.crop = cb;
-        c.rle = std::move(rles[i]);
-        data.push_back(std::move(c));
-      }
-      t.postprocess_ms += ms_since(t0);
-    }
-    if (progress) progress(int(ci) + 1, int(crops.boxes.size()));
-  }
-
-  auto t0 = std::chrono::steady_clock::now();
-  if (crops.boxes.size() > 1 && !data.empty()) {  // ref: remove duplicates between crops, preferring smaller crops
-    std::vector<float> scores;
-    for (const Candidate& c : data) scores.push_back(1.f / float((c.crop[2] - c.crop[0]) * (c.crop[3] - c.crop[1])));
-    filter(data, nms(boxes_of(data), scores, o.crop_nms_thresh));
-  }
-
-  if (o.min_mask_region_area > 0 && !data.empty()) {  // ref: postprocess_small_regions
-    const size_t n = data.size();
-    std::vector<float> scores(n);
-    std::vector<BoxXyxyi> reboxed(n);  // boxes of the cleaned masks; masks are rebuilt for the kept ones
-    auto clean = [&](const Rle& rle, bool& unchanged) {
-      std::vector<uint8_t> m = rle_to_mask(rle);
-      const bool holes = remove_small_regions(m, H, W, o.min_mask_region_area, /*holes=*/true);
-      const bool islands = remove_small_regions(m, H, W, o.min_mask_region_area, /*holes=*/false);
-      unchanged = !holes && !islands;
-      return m;
-    };
-#pragma omp parallel for schedule(dynamic)
-    for (size_t i = 0; i < n; ++i) {
-      bool unchanged = true;
-      const std::vector<uint8_t> m = clean(data[i].rle, unchanged);
-      const std::array<int, 4> b = mask_bbox_xywh(m.data(), H, W);
-      reboxed[i] = {b[0], b[1], b[0] + b[2], b[1] + b[3]};
-      scores[i] = unchanged ? 1.f : 0.f;  // NMS prefers masks that needed no change
-    }
-    const std::vector<int64_t> keep =
-        nms(reboxed, scores, std::max(o.box_nms_thresh, o.crop_nms_thresh));
-#pragma omp parallel for schedule(dynamic)
-    for (size_t k = 0; k < keep.size(); ++k) {
-      const size_t i = size_t(keep[k]);
-      if (scores[i] != 0.f) continue;
-      bool unchanged = true;
-      const std::vector<uint8_t> m = clean(data[i].rle, unchanged);
-      data[i].rle = mask_to_rle(m.data(), H, W);
-      data[i].box = reboxed[i];
-    }
-    filter(data, keep);
-  }
-
+  // Encode masks and write mask records
   std::vector<MaskRecord> records(data.size());
 #pragma omp parallel for schedule(dynamic)
   for (size_t i = 0; i < data.size(); ++i) {
@@ -377,4 +268,219 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
   return records;
 }
 
+namespace {
+
+// ref: SamAutomaticMaskGenerator._generate_masks. The crops one by one (progress after each), then
+// the duplicates between crops removed.
+std::vector<Candidate> generate_masks(Job& job, const std::function<void(int, int)>& progress) {
+  const CropBoxes crops = plan_crops(job.o, job.H, job.W);
+
+  // Iterate over image crops
+  std::vector<Candidate> data;
+  for (size_t ci = 0; ci < crops.boxes.size(); ++ci) {
+    std::vector<Candidate> crop_data = process_crop(job, crops.boxes[ci], crops.layer_idxs[ci]);
+    data.insert(data.end(), std::make_move_iterator(crop_data.begin()), std::make_move_iterator(crop_data.end()));
+    if (progress) progress(int(ci) + 1, int(crops.boxes.size()));
+  }
+
+  // Remove duplicate masks between crops
+  const auto t0 = std::chrono::steady_clock::now();
+  if (crops.boxes.size() > 1 && !data.empty()) {
+    // Prefer masks from smaller crops
+    std::vector<float> scores;
+    for (const Candidate& c : data) scores.push_back(1.f / float((c.crop[2] - c.crop[0]) * (c.crop[3] - c.crop[1])));
+    filter(data, nms(boxes_of(data), scores, job.o.crop_nms_thresh));
+  }
+  job.t.postprocess_ms += ms_since(t0);
+  return data;
+}
+
+// ref: SamAutomaticMaskGenerator._process_crop. Returns the crop's masks in the image's frame, run-length
+// encoded: only those that survive the crop's NMS are encoded.
+std::vector<Candidate> process_crop(Job& job, const BoxXyxyi& crop_box, int crop_layer_idx) {
+  GenerateTimings& t = job.t;
+  const int H = job.H, W = job.W;
+
+  // Crop the image and calculate embeddings (the whole image may come prepared)
+  auto t0 = std::chrono::steady_clock::now();
+  Predictor predictor(job.model);
+  const bool whole = crop_box[0] == 0 && crop_box[1] == 0 && crop_box[2] == W && crop_box[3] == H;
+  EncoderInput own;
+  if (!(whole && job.prepared))
+    own = whole ? Predictor::prepare(job.image, job.S) : Predictor::prepare(crop_image(job.image, crop_box), job.S);
+  const EncoderInput& input = whole && job.prepared ? *job.prepared : own;
+  t.preprocess_ms += ms_since(t0);
+  t0 = std::chrono::steady_clock::now();
+  predictor.set_image(input);
+  job.model.synchronize();
+  t.encoder_ms += ms_since(t0);
+  const CropFrame crop{crop_box, crop_box[3] - crop_box[1], crop_box[2] - crop_box[0], predictor.input_size()};
+
+  // Get points for this crop
+  std::vector<Point2d> points_for_image;
+  for (const Point2d& g : job.point_grids[size_t(crop_layer_idx)])
+    points_for_image.push_back({g[0] * crop.w, g[1] * crop.h});
+
+  // Generate masks for this crop in batches. They run two deep: the next batch's decode is queued
+  // before the host waits for this batch's numbers, so the GPU never idles while the host filters
+  // (results come in order).
+  CropMasks masks;
+  std::deque<QueuedBatch> in_flight;
+  size_t next_first = 0;
+  const size_t per_batch = size_t(job.o.points_per_batch);
+  auto queue_batches = [&] {  // ref: batch_iterator
+    for (; in_flight.size() < 2 && next_first < points_for_image.size(); next_first += per_batch) {
+      const size_t end = std::min(points_for_image.size(), next_first + per_batch);
+      in_flight.push_back(decode_batch(job, predictor, crop, {points_for_image.begin() + ptrdiff_t(next_first),
+                                                              points_for_image.begin() + ptrdiff_t(end)}));
+    }
+  };
+  t0 = std::chrono::steady_clock::now();
+  queue_batches();
+  while (!in_flight.empty()) {
+    const QueuedBatch batch = std::move(in_flight.front());
+    in_flight.pop_front();
+    const Tensor iou_preds = batch.iou();
+    t.decoder_ms += ms_since(t0);  // with batches overlapped: the time the host waited for decodes
+    t.candidates += int64_t(batch.points.size()) * iou_preds.dim(1);
+    t0 = std::chrono::steady_clock::now();
+    process_batch(job, crop, batch, iou_preds, queue_batches, masks);
+    t.postprocess_ms += ms_since(t0);
+    t0 = std::chrono::steady_clock::now();
+  }
+  if (masks.data.empty()) return {};
+
+  // Remove duplicates within this crop (boxes in crop coordinates, scored by predicted IoU)
+  t0 = std::chrono::steady_clock::now();
+  std::vector<Candidate>& data = masks.data;
+  std::vector<float> scores;
+  for (const Candidate& c : data) scores.push_back(c.iou);
+  const std::vector<int64_t> keep = nms(boxes_of(data), scores, job.o.box_nms_thresh);
+  filter(data, keep);
+
+  // Return to the original image frame: boxes, points, and the kept masks as RLEs (upstream's
+  // uncrop_masks + mask_to_rle_pytorch, done per batch there)
+  const int64_t L = job.L;
+  Tensor planes = masks.planes[0];
+  if (masks.planes.size() > 1) {
+    std::vector<Tensor> rows;
+    for (const Tensor& p : masks.planes) rows.push_back(p.view({1, p.dim(0), L * L}));
+    planes = job.ops.concat(rows);
+  }
+  planes = job.ops.gather(planes.view({planes.numel() / (L * L), L, L}), keep);
+  std::vector<Rle> rles = job.ops.mask_rles(planes, job.S, crop.input_size, {crop.h, crop.w}, job.mask_thr,
+                                            {crop_box[0], crop_box[1]}, {H, W});
+  for (size_t i = 0; i < data.size(); ++i) {
+    Candidate& c = data[i];
+    c.box = {c.box[0] + crop_box[0], c.box[1] + crop_box[1], c.box[2] + crop_box[0], c.box[3] + crop_box[1]};
+    c.point = {c.point[0] + crop_box[0], c.point[1] + crop_box[1]};
+    c.crop = crop_box;
+    c.rle = std::move(rles[i]);
+  }
+  t.postprocess_ms += ms_since(t0);
+  return std::move(data);
+}
+
+// ref: SamAutomaticMaskGenerator._process_batch, up to predict_torch: the points (crop pixels) as
+// single-point prompts to the decoder. Returns once the decode is queued.
+QueuedBatch decode_batch(const Job& job, const Predictor& predictor, const CropFrame& crop,
+                         std::vector<Point2d> points) {
+  // ref: transform.apply_coords, then the prompt encoder's (x + 0.5) / S, in float64.
+  const double sx = double(crop.input_size.second) / crop.w, sy = double(crop.input_size.first) / crop.h;
+  const int64_t P = (int64_t)points.size();
+  PromptBatch in;
+  in.points = Tensor::empty({P, 1, 2});
+  in.labels = Tensor::empty({P, 1});
+  in.points_normalized = true;
+  for (int64_t i = 0; i < P; ++i) {
+    in.points.data[2 * i] = float((points[size_t(i)][0] * sx + 0.5) / job.S);
+    in.points.data[2 * i + 1] = float((points[size_t(i)][1] * sy + 0.5) / job.S);
+    in.labels.data[i] = 1.f;
+  }
+  QueuedBatch batch;
+  batch.points = std::move(points);
+  batch.dec = predictor.decode(in, /*multimask_output=*/true);
+  batch.iou = job.ops.download_later(batch.dec.iou);
+  return batch;
+}
+
+// ref: SamAutomaticMaskGenerator._process_batch, after predict_torch: the filters by predicted IoU,
+// stability score and boxes near the crop's edges, on the numbers the backend measures from the
+// low-res logits (full-resolution masks are not made here). The survivors join `out`. queue_next
+// is called once the measures are queued, so that the next batches decode while the host waits.
+void process_batch(const Job& job, const CropFrame& crop, const QueuedBatch& batch, const Tensor& iou_preds,
+                   const std::function<void()>& queue_next, CropMasks& out) {
+  const MaskGeneratorOptions& o = job.o;
+  const int64_t P = (int64_t)batch.points.size(), M = iou_preds.dim(1), L = job.L;
+
+  // Filter by predicted IoU
+  std::vector<int64_t> keep;
+  for (int64_t k = 0; k < P * M; ++k)
+    if (!(o.pred_iou_thresh > 0) || iou_preds.data[k] > float(o.pred_iou_thresh)) keep.push_back(k);
+  Tensor kept;
+  Ops::Later<Ops::MaskStats> stats;
+  if (!keep.empty()) {  // stability counts and boxes of the thresholded masks
+    const Tensor low = batch.dec.low_res_masks.view({P * M, L, L});
+    kept = (int64_t)keep.size() == P * M ? low : job.ops.gather(low, keep);
+    stats = job.ops.mask_stats(kept, job.S, crop.input_size, {crop.h, crop.w}, job.mask_thr, job.hi, job.lo);
+  }
+  queue_next();
+  if (keep.empty()) return;
+  const Ops::MaskStats st = stats();
+
+  // Calculate stability score, filter by it, and filter boxes that touch crop boundaries
+  std::vector<BoxXyxyf> boxes;
+  for (const auto& b : st.box) boxes.push_back(to_float(BoxXyxyi{b[0], b[1], b[2], b[3]}));
+  const std::vector<uint8_t> near = is_box_near_crop_edge(boxes, crop.box, {0, 0, job.W, job.H});
+  std::vector<int64_t> survive;
+  for (size_t i = 0; i < keep.size(); ++i) {
+    const float stability = float(st.above_hi[i]) / float(st.above_lo[i]);  // ref: calculate_stability_score
+    if (o.stability_score_thresh > 0 && !(stability >= float(o.stability_score_thresh))) continue;
+    if (near[i]) continue;  // ref: ~is_box_near_crop_edge
+    Candidate c;
+    c.iou = iou_preds.data[keep[i]], c.stability = stability;
+    c.point = batch.points[size_t(keep[i] / M)];
+    c.box = {st.box[i][0], st.box[i][1], st.box[i][2], st.box[i][3]};
+    out.data.push_back(std::move(c));
+    survive.push_back((int64_t)i);
+  }
+  if (!survive.empty()) out.planes.push_back(survive.size() == keep.size() ? kept : job.ops.gather(kept, survive));
+}
+
+// ref: SamAutomaticMaskGenerator.postprocess_small_regions. Removes small disconnected regions and
+// holes, then reruns box NMS to remove new duplicates; only the kept masks that changed are re-encoded.
+void postprocess_small_regions(std::vector<Candidate>& data, int H, int W, int min_area, double nms_thresh) {
+  if (data.empty()) return;
+  const size_t n = data.size();
+  std::vector<float> scores(n);
+  std::vector<BoxXyxyi> reboxed(n);  // boxes of the cleaned masks; masks are rebuilt for the kept ones
+  auto clean = [&](const Rle& rle, bool& unchanged) {
+    std::vector<uint8_t> m = rle_to_mask(rle);
+    const bool holes = remove_small_regions(m, H, W, min_area, /*holes=*/true);
+    const bool islands = remove_small_regions(m, H, W, min_area, /*holes=*/false);
+    unchanged = !holes && !islands;
+    return m;
+  };
+#pragma omp parallel for schedule(dynamic)
+  for (size_t i = 0; i < n; ++i) {
+    bool unchanged = true;
+    const std::vector<uint8_t> m = clean(data[i].rle, unchanged);
+    const std::array<int, 4> b = mask_bbox_xywh(m.data(), H, W);
+    reboxed[i] = {b[0], b[1], b[0] + b[2], b[1] + b[3]};
+    scores[i] = unchanged ? 1.f : 0.f;  // NMS prefers masks that needed no change
+  }
+  const std::vector<int64_t> keep = nms(reboxed, scores, nms_thresh);
+#pragma omp parallel for schedule(dynamic)
+  for (size_t k = 0; k < keep.size(); ++k) {
+    const size_t i = size_t(keep[k]);
+    if (scores[i] != 0.f) continue;
+    bool unchanged = true;
+    const std::vector<uint8_t> m = clean(data[i].rle, unchanged);
+    data[i].rle = mask_to_rle(m.data(), H, W);
+    data[i].box = reboxed[i];
+  }
+  filter(data, keep);
+}
+
+}  // namespace
 }  // namespace samfast
