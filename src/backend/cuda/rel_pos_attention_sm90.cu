@@ -12,11 +12,8 @@
 //   ky 2^KWL + tw), KWL a template parameter). K, V and the table chunks sit in shared memory as
 //   8 x 16-byte core matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts
 //   below), filled by cp.async; the queries go straight to registers.
-//   Tried and not kept, as no faster (the kernel is latency-bound):
-//   P V(b) left running into step b + 1; FA3's intra-warpgroup overlap (Q K(b + 1)^T issued with
-//   P(b) V(b)); FA3's whole structure (a producer warpgroup filling a K/V ring behind mbarriers, two
-//   consumer warpgroups, with or without ping-pong); row sums of P by the tensor cores; rel_w read as
-//   8-byte pairs; lazy rescaling for head dim 64; rel_w by the tensor cores as more k-steps of Q K^T.
+//   The kernel is latency-bound; the other structures tried (FA3's overlap and warp specialisation
+//   among them) are listed in BENCHMARKS.md, "Tried and not kept".
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -521,8 +518,8 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 // first step issues the next item's queries (cp.async into shared memory, each warp its own 16 rows,
 // a commit group of their own), so no item waits on a round trip to memory before its
 // relative-position terms.
-//   Faster than the kernel above on windowed attention. Tried and slower: this kernel with QB = 128
-// (two blocks an SM), and the kernel above with 64 or 256 queries a block.
+//   Faster than the kernel above on windowed attention (other block sizes: BENCHMARKS.md, "Tried and
+// not kept").
 template <class H, int HD, int KWL, int QB>
 __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPosArgs a, int nwin, int nitems) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
