@@ -473,6 +473,26 @@ def test_control_characters_in_names_are_escaped(samfast, tmp_path):
     assert "\x1b" not in p.stderr and "\x07" not in p.stderr and "\\x1b" in p.stderr
 
 
+def test_control_characters_in_image_names_are_escaped_in_the_report(samfast, tiny, tmp_path):
+    """A name from a folder listing reaches the terminal escaped: it can neither recolour nor
+    retitle it nor forge a report line; its output folder keeps the real name."""
+    data = tmp_path / "data"
+    data.mkdir()
+    small_jpeg(data / "a\x1b[31mred.jpg")
+    (data / "b\x1b]0;pwned\x07\nc.jpg").write_bytes(b"not a jpeg")  # a FAILED line names it too
+    (data / "c\u009b31m.jpg").write_bytes(b"not a jpeg")  # C1 CSI, as UTF-8
+    out = tmp_path / "out"
+    p = run_everything(samfast, tiny, data, out)
+    assert p.returncode == 1, (p.stdout, p.stderr)  # two unreadable images
+    text = p.stdout + p.stderr
+    for raw in ("\x1b", "\x07", "\u009b"):
+        assert raw not in text, (raw, text)
+    assert "a\\x1b[31mred.jpg" in p.stderr and "b\\x1b]0;pwned\\x07\\x0ac.jpg" in p.stderr, p.stderr
+    assert "\\xc2\\x9b31m.jpg" in p.stderr, p.stderr
+    assert len([l for l in p.stderr.splitlines() if "FAILED" in l]) == 2, p.stderr
+    assert (out / "a\x1b[31mred").is_dir()
+
+
 def npy_with_header(shape_text):
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape_text + ", }"
     header += " " * (64 - (10 + len(header) + 1) % 64) + "\n"

@@ -322,7 +322,7 @@ int run_everything(Args a) {
     const std::string tag = "[" + std::to_string(k + 1) + "/" + std::to_string(inputs.size()) + "] " + in.filename().string();
     auto report = [&](const std::string& line) {
       if (tty) std::cerr << "\r\033[K";
-      std::cerr << tag << ": " << line << "\n";
+      std::cerr << for_terminal(tag + ": " + line) << "\n";
     };
     if (plan[k] == Plan::Refused) {
       report("FAILED: " + why[k]);
@@ -345,7 +345,7 @@ int run_everything(Args a) {
       auto progress = [&](int crops_done, int crops_total) {
         if (crops_total < 2 || crops_done == crops_total || now_ms() - last_note < 2000) return;
         last_note = now_ms();
-        std::cerr << (tty ? "\r\033[K" : "") << tag << ": crop " << crops_done << "/" << crops_total << (tty ? "" : "\n")
+        std::cerr << (tty ? "\r\033[K" : "") << for_terminal(tag) << ": crop " << crops_done << "/" << crops_total << (tty ? "" : "\n")
                   << std::flush;
       };
       const std::vector<MaskRecord> masks = generator.generate(loaded.img, &tm, &loaded.input, progress);
@@ -361,7 +361,7 @@ int run_everything(Args a) {
         char bar[256];
         std::snprintf(bar, sizeof bar, "\r\033[K[%zu/%zu] %3d%%  %.2f img/s  ETA %s  %s: %s", k + 1, inputs.size(),
                       int(100.0 * double(k + 1) / double(inputs.size())), rate, fmt_duration(double(left) / rate).c_str(),
-                      in.filename().string().c_str(), line);
+                      for_terminal(in.filename().string()).c_str(), line);
         std::cerr << bar << std::flush;
       } else {
         report(line);

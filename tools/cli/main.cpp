@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "options.h"
 #include "samfast/error.h"
 
 int main(int argc, char** argv) {
@@ -22,10 +23,10 @@ int main(int argc, char** argv) {
     if (argc > 1 && argv[1][0] != '-' && app.get_subcommands().empty()) {
       std::string names;
       for (const CLI::App* sub : app.get_subcommands({})) names += (names.empty() ? "" : ", ") + sub->get_name();
-      std::cerr << "samfast: unknown command '" << argv[1] << "' (commands: " << names << "; see samfast --help)\n";
+      std::cerr << "samfast: unknown command '" << for_terminal(argv[1]) << "' (commands: " << names << "; see samfast --help)\n";
       return 2;
     }
-    std::cerr << "samfast: " << e.what() << " (see samfast --help)\n";
+    std::cerr << "samfast: " << for_terminal(e.what()) << " (see samfast --help)\n";
     return 2;
   }
   try {
@@ -38,7 +39,7 @@ int main(int argc, char** argv) {
       if (n == "everything") return everything();
     }
   } catch (const std::exception& e) {
-    std::cerr << "samfast: error: " << e.what() << "\n";
+    std::cerr << "samfast: error: " << for_terminal(e.what()) << "\n";
     return 1;
   }
   return 1;

@@ -16,6 +16,29 @@ std::string device_summary(const Model& m) {
   return m.device() + ", " + to_string(m.precision()) + (m.backend_note().empty() ? "" : " (" + m.backend_note() + ")");
 }
 
+std::string for_terminal(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  auto escape = [&out](unsigned char c) {
+    static const char* hex = "0123456789abcdef";
+    out += "\\x";
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  };
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) {
+      escape(c);
+    } else if (c == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(s[i + 1]) <= 0x9f) {  // U+0080..U+009F: C1 controls (CSI among them)
+      escape(c), escape(static_cast<unsigned char>(s[++i]));
+    } else {
+      out += char(c);
+    }
+  }
+  return out;
+}
+
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }

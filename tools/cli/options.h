@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 #include "samfast/image.h"
 #include "samfast/mask_generator.h"
@@ -44,5 +45,11 @@ void check_output_folder(const std::filesystem::path& dir, const std::string& fl
 std::string device_summary(const Model& m);
 
 double now_ms();
+
+// `s` for a terminal line: control characters (C0, DEL, and C1 as UTF-8 encodes them) escaped as
+// "\x1b", everything else (backslashes, UTF-8 names) as it is. File names from a folder listing
+// and messages that quote them pass through it, so a crafted name cannot move the cursor, recolour
+// or retitle the terminal, or forge a line of the report.
+std::string for_terminal(std::string_view s);
 
 }  // namespace samfast::cli
