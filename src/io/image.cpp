@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <system_error>
@@ -258,17 +259,26 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
       throw Error(too_many_pixels(path, size->first, size->second, max_pixels));
     throw Error(path + " is not a readable image: " + reason);
   }
+  // stb's header parse gives a top-down BMP's height with its stored sign (negative); its decoder
+  // gives the size.
+  if (h < 0 && h != std::numeric_limits<int>::min()) h = -h;
+  if (w <= 0 || h <= 0)
+    throw Error(path + " is not a readable image: its header gives a size of " + std::to_string(w) + "x" + std::to_string(h));
   const int64_t pixels = int64_t(w) * h;
   if (pixels > max_pixels) throw Error(too_many_pixels(path, w, h, max_pixels));
 
   // Always ask for 3 channels: stb converts gray, gray+alpha and RGBA to RGB (alpha dropped).
-  stbi_uc* data = stbi_load(path.c_str(), &w, &h, &channels, 3);
+  const int header_w = w, header_h = h;
+  std::unique_ptr<stbi_uc, void (*)(void*)> data(stbi_load(path.c_str(), &w, &h, &channels, 3), &stbi_image_free);
   if (!data) throw Error("image " + path + " is corrupt or truncated: " + stbi_failure_reason());
+  // The pixels copied below are the decoder's, so their size must be the one checked above.
+  if (w != header_w || h != header_h)
+    throw Error(path + " is not a readable image: its header says " + std::to_string(header_w) + "x" +
+                std::to_string(header_h) + " and its pixels are " + std::to_string(w) + "x" + std::to_string(h));
   Image img;
   img.height = h;
   img.width = w;
-  img.rgb.assign(data, data + size_t(pixels) * 3);
-  stbi_image_free(data);
+  img.rgb.assign(data.get(), data.get() + size_t(pixels) * 3);
   return img;
 }
 

@@ -103,6 +103,39 @@ TEST_F(ImageIo, TextFileNamedJpg) {
   expect_read_error(path("notes.jpg"), "is not a readable image");
 }
 
+// A BMP stored top-down (negative height in its header), 2x2: stb's header parse reports the height
+// as negative; read_image takes its size from the decoder and checks it against the header's.
+TEST_F(ImageIo, TopDownBmp) {
+  std::string bmp = "BM";
+  auto u32 = [&bmp](uint32_t v) { for (int i = 0; i < 4; ++i) bmp += char(v >> (8 * i)); };
+  auto u16 = [&bmp](uint16_t v) { bmp += char(v & 255), bmp += char(v >> 8); };
+  u32(54 + 16), u32(0), u32(54);                     // file size, reserved, pixel offset
+  u32(40), u32(2), u32(uint32_t(-2)), u16(1), u16(24);  // info header: 2 wide, -2 high (top-down), 24 bpp
+  u32(0), u32(16), u32(2835), u32(2835), u32(0), u32(0);
+  const std::string rows[2] = {std::string("\x00\x00\xff\x00\xff\x00\0\0", 8),   // top: red, green (BGR)
+                               std::string("\xff\x00\x00\xff\xff\xff\0\0", 8)};  // bottom: blue, white
+  write_bytes(path("top_down.bmp"), bmp + rows[0] + rows[1]);
+  const Image img = read_image(path("top_down.bmp"));
+  ASSERT_EQ(img.height, 2);
+  ASSERT_EQ(img.width, 2);
+  EXPECT_EQ(img.rgb, (std::vector<uint8_t>{255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255}));
+
+  // The fuzzer's case: a top-down BMP far wider than its data. Never a read outside the decoder's
+  // pixels (it used to copy a negative size's worth); read or refused, either way with the decoder's size.
+  std::string wide_bmp;
+  for (const char* h = "424dae000000000000003600000028000000" "79f60600fdffffff0100180000000000"
+                       "780000ffc40e0000000000ff0005ff"; *h; h += 2)
+    wide_bmp += char(std::stoi(std::string(h, 2), nullptr, 16));
+  write_bytes(path("wide.bmp"), wide_bmp + std::string(31, '\x1e') + "\xff\xff\xff");
+  try {
+    const Image wide = read_image(path("wide.bmp"));
+    EXPECT_EQ(wide.rgb.size(), size_t(wide.height) * wide.width * 3);
+    EXPECT_EQ(wide.height, 3);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not a readable image"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(ImageIo, TruncatedJpeg) {
   const Image img = noise(64, 96);
   ASSERT_TRUE(stbi_write_jpg(path("full.jpg").c_str(), img.width, img.height, 3, img.rgb.data(), 90));
