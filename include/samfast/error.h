@@ -9,6 +9,12 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The input was refused: a prompt outside the image, an option out of range, an image of the wrong
+// shape, a name that is not a precision. (Python: ValueError.)
+struct InvalidArgument : Error {
+  using Error::Error;
+};
+
 // The device could not give the memory asked for (the message names the bytes; the model adds which
 // stage and batch size asked).
 struct OutOfMemory : Error {

@@ -19,6 +19,9 @@ Image resize_pil_bilinear(const Image& in, int out_h, int out_w);
 
 // Image (already resized) -> (1, 3, S, S) fp32: (x - mean) / std, zero-padded bottom/right to S.
 Tensor normalize_and_pad(const Image& img, int size);
+// The same for an image already resized and held as host fp32 (1, 3, H, W) or (3, H, W) values in
+// 0..255, as upstream's set_torch_image takes it (Sam.preprocess).
+Tensor normalize_and_pad(const Tensor& image, int size);
 
 // Point coordinates (x, y) in the original image -> coordinates in the resized image (upstream
 // computes this in float64, then casts to float32).

@@ -35,7 +35,7 @@ Precision parse_precision(const std::string& name) {
   const std::vector<std::string>& names = precision_names();
   for (size_t i = 0; i < names.size(); ++i)
     expected += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
-  throw Error("unknown precision '" + name + "': expected " + expected);
+  throw InvalidArgument("unknown precision '" + name + "': expected " + expected);
 }
 
 std::string to_string(Precision precision) {

@@ -69,6 +69,9 @@ std::vector<size_t> nms(const std::vector<BoxXyxyf>& boxes, const std::vector<fl
 }  // namespace
 
 std::vector<Point2d> build_point_grid(int n_per_side) {
+  // (upstream divides by zero at 0; 4096 a side is 16M points, past any crop's use)
+  if (n_per_side < 1 || n_per_side > 4096)
+    throw InvalidArgument("build_point_grid: n_per_side must be 1..4096, not " + std::to_string(n_per_side));
   const double offset = 1.0 / (2.0 * n_per_side);
   const std::vector<double> side = linspace(offset, 1.0 - offset, n_per_side);
   std::vector<Point2d> points;
@@ -80,6 +83,9 @@ std::vector<Point2d> build_point_grid(int n_per_side) {
 
 std::vector<std::vector<Point2d>> build_all_layer_point_grids(int n_per_side, int n_layers,
                                                               int scale_per_layer) {
+  if (n_layers < 0 || n_layers > 16 || (n_layers > 0 && scale_per_layer < 1))
+    throw InvalidArgument("build_all_layer_point_grids: n_layers must be 0..16 and scale_per_layer at least 1, not " +
+                          std::to_string(n_layers) + " and " + std::to_string(scale_per_layer));
   std::vector<std::vector<Point2d>> grids;
   int64_t scale = 1;  // scale_per_layer ** i, an exact integer as in Python
   for (int i = 0; i <= n_layers; ++i, scale *= scale_per_layer)

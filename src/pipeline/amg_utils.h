@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "samfast/amg.h"
+
 namespace samfast {
 
 using Point2f = std::array<float, 2>;   // (x, y)
@@ -17,13 +19,7 @@ using Point2d = std::array<double, 2>;  // (x, y), float64 as numpy holds upstre
 using BoxXyxyf = std::array<float, 4>;  // (x0, y0, x1, y1)
 using BoxXyxyi = std::array<int, 4>;
 
-// n_per_side^2 points evenly spaced in [0,1]x[0,1], x fastest: point (r, c) = (v[c], v[r]) with
-// v = np.linspace(1/(2n), 1 - 1/(2n), n) in float64, as upstream keeps them.
-std::vector<Point2d> build_point_grid(int n_per_side);
-
-// One grid per layer 0..n_layers; layer i has int(n_per_side / scale_per_layer^i) points a side.
-std::vector<std::vector<Point2d>> build_all_layer_point_grids(int n_per_side, int n_layers,
-                                                              int scale_per_layer);
+// build_point_grid and build_all_layer_point_grids: in the public samfast/amg.h.
 
 struct CropBoxes {
   std::vector<BoxXyxyi> boxes;  // first the whole image, then layer by layer

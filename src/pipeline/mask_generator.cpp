@@ -72,7 +72,7 @@ std::vector<BoxXyxyi> boxes_of(const std::vector<Candidate>& c) {
 }
 
 void require(bool ok, const std::string& what) {
-  if (!ok) throw Error("mask generator: " + what);
+  if (!ok) throw InvalidArgument("mask generator: " + what);
 }
 
 // Bounds on crops, which upstream does not have. Every crop is an encoder pass, and layer i has
@@ -232,7 +232,7 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
   const MaskGeneratorOptions& o = options_;
   const int H = rgb.height, W = rgb.width, S = model_.config().img_size;
   if (prepared && prepared->original_size != std::pair<int, int>{H, W})
-    throw Error("generate: the prepared image is " + std::to_string(prepared->original_size.second) + "x" +
+    throw InvalidArgument("generate: the prepared image is " + std::to_string(prepared->original_size.second) + "x" +
                 std::to_string(prepared->original_size.first) + ", the image " + std::to_string(W) + "x" + std::to_string(H));
   GenerateTimings t;
   Job job{model_, model_.backend(), o, grids_, rgb, prepared, H, W, S, 4 * model_.config().grid(),

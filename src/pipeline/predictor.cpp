@@ -15,11 +15,11 @@ namespace samfast {
 
 EncoderInput Predictor::prepare(const Image& rgb, int S) {
   if (rgb.height <= 0 || rgb.width <= 0 || (int64_t)rgb.rgb.size() != (int64_t)rgb.height * rgb.width * 3)
-    throw Error("set_image: expected an RGB image, got " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) +
+    throw InvalidArgument("set_image: expected an RGB image, got " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) +
                 " with " + std::to_string(rgb.rgb.size()) + " bytes");
   auto [h, w] = preprocess_shape(rgb.height, rgb.width, S);
   if (h == 0 || w == 0)
-    throw Error("image " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) + " is too thin: resized to " +
+    throw InvalidArgument("image " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) + " is too thin: resized to " +
                 std::to_string(S) + " on its long side it would be " + std::to_string(w) + "x" + std::to_string(h));
   return {normalize_and_pad(resize_pil_bilinear(rgb, h, w), S), {rgb.height, rgb.width}, {h, w}};
 }
@@ -36,10 +36,10 @@ void Predictor::set_images(const std::vector<Image>& rgbs) {
 
 void Predictor::set_images(const std::vector<EncoderInput>& inputs) {
   const int64_t S = model_.config().img_size, plane = 3 * S * S;
-  if (inputs.empty()) throw Error("set_images: no images");
+  if (inputs.empty()) throw InvalidArgument("set_images: no images");
   for (const EncoderInput& in : inputs)
     if (in.image.ndim() != 4 || in.image.dim(0) != 1 || in.image.dim(1) != 3 || in.image.dim(2) != S || in.image.dim(3) != S)
-      throw Error("set_image: the prepared image " + shape_str(in.image.shape) + " is not for a " + std::to_string(S) +
+      throw InvalidArgument("set_image: the prepared image " + shape_str(in.image.shape) + " is not for a " + std::to_string(S) +
                   "-pixel encoder");
   Tensor batch = inputs.size() == 1 ? inputs[0].image : Tensor::empty({(int64_t)inputs.size(), 3, S, S});
   if (inputs.size() > 1)
@@ -53,7 +53,7 @@ void Predictor::set_images(const std::vector<EncoderInput>& inputs) {
 
 size_t Predictor::checked(int image) const {
   if (image < 0 || image >= image_count())
-    throw Error("image " + std::to_string(image) + " was not set (" + std::to_string(image_count()) + " image" +
+    throw InvalidArgument("image " + std::to_string(image) + " was not set (" + std::to_string(image_count()) + " image" +
                 (image_count() == 1 ? "" : "s") + " set)");
   return (size_t)image;
 }
@@ -78,23 +78,23 @@ void Predictor::check(const Prompt& p) const {
 void Predictor::check_prompt(const Prompt& p, int H, int W, int64_t L) {
   auto inside = [&](float x, float y) { return std::isfinite(x) && std::isfinite(y) && x >= 0 && y >= 0 && x <= W && y <= H; };
   if (p.points.size() != p.labels.size())
-    throw Error("prompt has " + std::to_string(p.points.size()) + " points but " + std::to_string(p.labels.size()) + " labels");
+    throw InvalidArgument("prompt has " + std::to_string(p.points.size()) + " points but " + std::to_string(p.labels.size()) + " labels");
   for (size_t i = 0; i < p.points.size(); ++i) {
     if (!inside(p.points[i][0], p.points[i][1]))
-      throw Error("point (" + std::to_string(p.points[i][0]) + ", " + std::to_string(p.points[i][1]) +
+      throw InvalidArgument("point (" + std::to_string(p.points[i][0]) + ", " + std::to_string(p.points[i][1]) +
                   ") lies outside the " + std::to_string(W) + "x" + std::to_string(H) + " image");
     if (p.labels[i] < -1 || p.labels[i] > 1)
-      throw Error("point label " + std::to_string(p.labels[i]) + " is not 1 (foreground), 0 (background) or -1 (ignore)");
+      throw InvalidArgument("point label " + std::to_string(p.labels[i]) + " is not 1 (foreground), 0 (background) or -1 (ignore)");
   }
   if (p.box) {
     const auto& b = *p.box;
     if (!inside(b[0], b[1]) || !inside(b[2], b[3]) || b[2] < b[0] || b[3] < b[1])
-      throw Error("box (" + std::to_string(b[0]) + ", " + std::to_string(b[1]) + ", " + std::to_string(b[2]) + ", " +
+      throw InvalidArgument("box (" + std::to_string(b[0]) + ", " + std::to_string(b[1]) + ", " + std::to_string(b[2]) + ", " +
                   std::to_string(b[3]) + ") must have x0 <= x1, y0 <= y1 and lie inside the " + std::to_string(W) + "x" +
                   std::to_string(H) + " image");
   }
   if (p.mask_input.defined() && (p.mask_input.numel() != L * L || p.mask_input.dtype != DType::F32 || !p.mask_input.on_host()))
-    throw Error("mask input must be (1, " + std::to_string(L) + ", " + std::to_string(L) + ") fp32 low-res logits on the host, got " +
+    throw InvalidArgument("mask input must be (1, " + std::to_string(L) + ", " + std::to_string(L) + ") fp32 low-res logits on the host, got " +
                 shape_str(p.mask_input.shape) + (p.mask_input.dtype == DType::U8 ? " of uint8 (a binary mask)" : ""));
 }
 

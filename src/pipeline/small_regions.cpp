@@ -72,7 +72,7 @@ int label_components(const std::vector<uint8_t>& on, int h, int w, std::vector<i
 
 bool remove_small_regions(std::vector<uint8_t>& mask, int h, int w, double area_thresh, bool holes) {
   if (h < 0 || w < 0 || mask.size() != size_t(h) * size_t(w))
-    throw Error("remove_small_regions: a " + std::to_string(w) + "x" + std::to_string(h) + " mask needs " +
+    throw InvalidArgument("remove_small_regions: a " + std::to_string(w) + "x" + std::to_string(h) + " mask needs " +
                 std::to_string(int64_t(h) * w) + " bytes, got " + std::to_string(mask.size()));
   // ref: working_mask = (correct_holes ^ mask): holes are components of the background.
   std::vector<uint8_t> working(mask.size());

@@ -18,7 +18,7 @@ std::string size_str(int h, int w) { return std::to_string(h) + "x" + std::to_st
 
 std::pair<int, int> preprocess_shape(int oldh, int oldw, int long_side) {
   if (oldh <= 0 || oldw <= 0 || long_side <= 0)
-    throw Error("preprocess_shape: image size " + size_str(oldh, oldw) + " and long side " +
+    throw InvalidArgument("preprocess_shape: image size " + size_str(oldh, oldw) + " and long side " +
                 std::to_string(long_side) + " must be positive");
   // Same float64 arithmetic and int(x + 0.5) rounding as ResizeLongestSide.get_preprocess_shape.
   const double scale = long_side * 1.0 / std::max(oldh, oldw);
@@ -133,10 +133,10 @@ std::vector<uint8_t> pil_vertical(const uint8_t* in, int width, int row0, const 
 
 Image resize_pil_bilinear(const Image& in, int out_h, int out_w) {
   if (in.height <= 0 || in.width <= 0 || in.rgb.size() != size_t(in.height) * in.width * 3)
-    throw Error("resize_pil_bilinear: input image " + size_str(in.height, in.width) + " has " +
+    throw InvalidArgument("resize_pil_bilinear: input image " + size_str(in.height, in.width) + " has " +
                 std::to_string(in.rgb.size()) + " bytes, expected height*width*3 > 0");
   if (out_h <= 0 || out_w <= 0)
-    throw Error("resize_pil_bilinear: output size " + size_str(out_h, out_w) + " must be positive");
+    throw InvalidArgument("resize_pil_bilinear: output size " + size_str(out_h, out_w) + " must be positive");
   Image out;
   out.height = out_h;
   out.width = out_w;
@@ -164,14 +164,15 @@ Image resize_pil_bilinear(const Image& in, int out_h, int out_w) {
 
 // ---------------------------------------------------------------------------------------------
 
+// ref: modeling/sam.py Sam.pixel_mean / pixel_std (float32 buffers).
+constexpr float kMean[3] = {123.675f, 116.28f, 103.53f};
+constexpr float kStd[3] = {58.395f, 57.12f, 57.375f};
+
 Tensor normalize_and_pad(const Image& img, int size) {
   if (img.height <= 0 || img.width <= 0 || img.height > size || img.width > size ||
       img.rgb.size() != size_t(img.height) * img.width * 3)
-    throw Error("normalize_and_pad: image " + size_str(img.height, img.width) + " (" +
+    throw InvalidArgument("normalize_and_pad: image " + size_str(img.height, img.width) + " (" +
                 std::to_string(img.rgb.size()) + " bytes) does not fit in " + size_str(size, size));
-  // ref: modeling/sam.py Sam.pixel_mean / pixel_std (float32 buffers).
-  constexpr float kMean[3] = {123.675f, 116.28f, 103.53f};
-  constexpr float kStd[3] = {58.395f, 57.12f, 57.375f};
   Tensor t = Tensor::zeros({1, 3, size, size});
 #pragma omp parallel for collapse(2) schedule(static)
   for (int c = 0; c < 3; ++c) {
@@ -182,6 +183,23 @@ Tensor normalize_and_pad(const Image& img, int size) {
       for (int x = 0; x < img.width; ++x) dst[x] = (static_cast<float>(src[3 * x]) - kMean[c]) / kStd[c];
     }
   }
+  return t;
+}
+
+Tensor normalize_and_pad(const Tensor& image, int size) {
+  const bool chw = image.ndim() == 3, nchw = image.ndim() == 4 && image.dim(0) == 1;
+  if (!(chw || nchw) || image.dim(-3) != 3 || image.dim(-2) <= 0 || image.dim(-1) <= 0 || image.dim(-2) > size ||
+      image.dim(-1) > size || !image.on_host() || image.dtype != DType::F32)
+    throw InvalidArgument("normalize_and_pad: expected a host fp32 (1, 3, H, W) image with H, W <= " +
+                          std::to_string(size) + ", got " + shape_str(image.shape));
+  const int64_t h = image.dim(-2), w = image.dim(-1);
+  Tensor t = Tensor::zeros({1, 3, size, size});
+  for (int c = 0; c < 3; ++c)
+    for (int64_t y = 0; y < h; ++y) {
+      const float* src = image.data + (c * h + y) * w;
+      float* dst = t.data + (int64_t(c) * size + y) * size;
+      for (int64_t x = 0; x < w; ++x) dst[x] = (src[x] - kMean[c]) / kStd[c];
+    }
   return t;
 }
 

@@ -19,7 +19,9 @@ TEST(AmgUtils, PointGridIsEvenlySpacedXFastest) {
   ASSERT_EQ(g.size(), 16u);
   EXPECT_EQ(g[1], (Point2d{0.375, 0.125}));
   EXPECT_EQ(g[14], (Point2d{0.625, 0.875}));
-  EXPECT_TRUE(build_point_grid(0).empty());
+  EXPECT_THROW(build_point_grid(0), InvalidArgument);  // (upstream divides by zero)
+  EXPECT_THROW(build_all_layer_point_grids(4, 3, 2), InvalidArgument);  // layer 3: int(4 / 8) = 0 points
+  EXPECT_THROW(build_all_layer_point_grids(4, -1, 2), InvalidArgument);
 }
 
 TEST(AmgUtils, LayerGridsShrinkByScale) {
