@@ -1,0 +1,64 @@
+"""Fixtures of the Python package's tests: the package built in $SAMFAST_BIN/python, the parity
+suite's synthetic checkpoint and upstream oracle, test images as RGB arrays."""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location("parity_conftest", Path(__file__).parents[1] / "parity" / "conftest.py")
+parity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(parity)
+IMAGES, upstream_sam = parity.IMAGES, parity.upstream_sam  # (also for the parity modules imported here)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with a message without one)")
+
+
+@pytest.fixture(scope="session")
+def samfast_pkg():
+    """The samfast package built in the build tree ($SAMFAST_BIN/python, as ctest runs these tests),
+    or the installed one when SAMFAST_BIN is not set (a wheel on the GPU machine)."""
+    bin_dir = os.environ.get("SAMFAST_BIN")
+    if bin_dir:
+        package = Path(bin_dir) / "python"
+        if not (package / "samfast").is_dir():
+            pytest.skip(f"{package}/samfast not built (configure with -DSAMFAST_PYTHON_MODULE=ON)")
+        sys.path.insert(0, str(package))
+    try:
+        import samfast
+    except ImportError as e:
+        pytest.skip(f"samfast is not importable ({e}): run these tests through ctest, or install the package")
+    return samfast
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(samfast_pkg, tmp_path_factory):
+    """A synthetic tiny checkpoint, saved by torch.save as upstream's official files are."""
+    import torch
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    model = samfast_pkg._samfast.Model.synthetic("tiny", 7, device="cpu")
+    torch.save({name: torch.from_numpy(a.copy()) for name, a in model.state_arrays()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def upstream(tiny_checkpoint):
+    """Upstream's Sam for the tiny checkpoint (fp32, CPU)."""
+    return parity.upstream_sam(tiny_checkpoint)
+
+
+def rgb(name):
+    from PIL import Image
+    return np.array(Image.open(IMAGES / name).convert("RGB"))
+
+
+def cuda_available():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,265 @@
+"""samfast.SamPredictor against upstream's SamPredictor on the same synthetic checkpoint and images
+(CPU, fp32): DESIGN.md's thresholds (masks equal but where upstream's logit is within 1e-3 of 0,
+low-res logits within 1e-4 relative, scores within 1e-4), through the call patterns of the code that
+uses it (samgeo, Grounded-SAM, autodistill)."""
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import parity, rgb
+
+CASES = {
+    "point": dict(point_coords=[[400, 260]], point_labels=[1]),
+    "points_single": dict(point_coords=[[400, 260], [100, 100]], point_labels=[1, 0], multimask_output=False),
+    "box": dict(box=[100, 100, 500, 400]),
+    "point_box_single": dict(point_coords=[[300, 200]], point_labels=[1], box=[50, 60, 700, 500], multimask_output=False),
+    "logits": dict(point_coords=[[400, 260]], point_labels=[1], return_logits=True),
+}
+
+
+def as_arrays(kw):
+    out = dict(kw)
+    for k in ("point_coords", "point_labels", "box"):
+        if k in out:
+            out[k] = np.array(out[k])
+    return out
+
+
+def upstream_predict(pred, **kw):
+    import torch
+    with torch.no_grad():
+        masks, scores, low = pred.predict(**kw)
+        logits = pred.predict(**{**kw, "return_logits": True})[0]
+    return masks, scores, low, logits
+
+
+def assert_same(ours, theirs, what=""):
+    masks, scores, low = ours
+    t_masks, t_scores, t_low, t_logits = theirs
+    assert masks.shape == t_masks.shape and masks.dtype == t_masks.dtype, f"{what}: {masks.shape} {masks.dtype}"
+    assert scores.dtype == t_scores.dtype == np.float32 and low.dtype == t_low.dtype == np.float32, what
+    assert np.abs(scores - t_scores).max() <= 1e-4, f"{what}: scores {scores} vs {t_scores}"
+    assert parity.max_rel_err(low, t_low) <= 1e-4, f"{what}: low-res logits"
+    if masks.dtype == bool:
+        differ = masks != t_masks
+        assert np.all(np.abs(t_logits[differ]) <= 1e-3), f"{what}: {differ.sum()} mask pixels differ"
+    else:
+        assert parity.max_rel_err(masks, t_masks) <= 1e-4, f"{what}: mask logits"
+
+
+@pytest.fixture(scope="module")
+def predictors(samfast_pkg, tiny_checkpoint, upstream):
+    from segment_anything import SamPredictor as UpstreamPredictor
+    image = rgb("dog.jpg")
+    ours = samfast_pkg.SamPredictor(samfast_pkg.load(tiny_checkpoint, device="cpu"))
+    ours.set_image(image)
+    theirs = UpstreamPredictor(upstream)
+    theirs.set_image(image)
+    return ours, theirs, image
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_predict_matches_upstream(predictors, case):
+    ours, theirs, _ = predictors
+    kw = as_arrays(CASES[case])
+    assert_same(ours.predict(**kw), upstream_predict(theirs, **kw), case)
+
+
+def test_mask_input_round_trip(predictors):
+    """The best low-res mask fed back with a second point, as upstream's notebook does."""
+    ours, theirs, _ = predictors
+    kw = as_arrays(CASES["point"])
+    _, scores, low = ours.predict(**kw)
+    best = low[np.argmax(scores)][None]
+    kw2 = dict(point_coords=np.array([[400, 260], [420, 300]]), point_labels=np.array([1, 1]), mask_input=best,
+               multimask_output=False)
+    assert_same(ours.predict(**kw2), upstream_predict(theirs, **kw2), "mask_input")
+
+
+def test_state_matches_upstream(predictors):
+    import torch
+    ours, theirs, image = predictors
+    assert ours.is_image_set and ours.original_size == theirs.original_size == image.shape[:2]
+    assert ours.input_size == theirs.input_size
+    emb = ours.get_image_embedding()
+    assert isinstance(emb, torch.Tensor) and tuple(emb.shape) == (1, 256, 64, 64)
+    assert parity.max_rel_err(emb.numpy(), theirs.get_image_embedding().numpy()) <= 1e-4
+    assert ours.features.shape == theirs.features.shape
+
+
+def test_samgeo_pattern(samfast_pkg, predictors):
+    """samgeo's SamGeoPredictor: a subclass that sets model and transform without calling
+    SamPredictor.__init__, then calls predict with six positional arguments."""
+    from samfast.utils.transforms import ResizeLongestSide
+    ours, theirs, image = predictors
+
+    class SamGeoPredictor(samfast_pkg.SamPredictor):
+        def __init__(self, sam_model):
+            self.model = sam_model
+            self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+
+        def set_image(self, image):
+            super(SamGeoPredictor, self).set_image(image)
+
+        def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True,
+                    return_logits=False):
+            return super(SamGeoPredictor, self).predict(point_coords, point_labels, box, mask_input, multimask_output,
+                                                        return_logits)
+
+    geo = SamGeoPredictor(ours.model)
+    geo.set_image(image)
+    box = np.array([100, 100, 500, 400])
+    assert_same(geo.predict(None, None, box, None, True, False), upstream_predict(theirs, box=box), "samgeo")
+
+
+def test_grounded_sam_pattern(predictors):
+    """Grounded-SAM: boxes from a detector through transform.apply_boxes_torch, predict_torch with
+    no points and multimask_output=False, results as torch tensors."""
+    import torch
+    ours, theirs, image = predictors
+    boxes = torch.tensor([[100.0, 100.0, 500.0, 400.0], [300.0, 150.0, 700.0, 520.0]])
+    ours_out = ours.predict_torch(point_coords=None, point_labels=None,
+                                  boxes=ours.transform.apply_boxes_torch(boxes, image.shape[:2]).to(ours.device),
+                                  multimask_output=False)
+    with torch.no_grad():
+        kw = dict(point_coords=None, point_labels=None, boxes=theirs.transform.apply_boxes_torch(boxes, image.shape[:2]),
+                  multimask_output=False)
+        t_masks, t_iou, t_low = theirs.predict_torch(**kw)
+        t_logits = theirs.predict_torch(**kw, return_logits=True)[0]
+    masks, iou, low = ours_out
+    assert all(isinstance(t, torch.Tensor) for t in ours_out)
+    assert masks.dtype == torch.bool and tuple(masks.shape) == (2, 1) + image.shape[:2]
+    differ = (masks != t_masks).numpy()
+    assert np.all(np.abs(t_logits.numpy()[differ]) <= 1e-3), f"{differ.sum()} mask pixels differ"
+    assert torch.abs(iou - t_iou).max() <= 1e-4
+    assert parity.max_rel_err(low.numpy(), t_low.numpy()) <= 1e-4
+
+
+def test_predict_torch_points(predictors):
+    """predict_torch with a batch of points (BxNx2 in the input frame) and labels."""
+    import torch
+    ours, theirs, image = predictors
+    pts = torch.tensor([[[400.0, 260.0]], [[100.0, 300.0]], [[700.0, 50.0]]])
+    labels = torch.ones(3, 1)
+    kw = dict(point_coords=ours.transform.apply_coords_torch(pts, image.shape[:2]), point_labels=labels)
+    masks, iou, low = ours.predict_torch(**kw)
+    with torch.no_grad():
+        t_masks, t_iou, t_low = theirs.predict_torch(**kw)
+    assert tuple(masks.shape) == tuple(t_masks.shape) == (3, 3) + image.shape[:2]
+    assert torch.abs(iou - t_iou).max() <= 1e-4
+    assert parity.max_rel_err(low.numpy(), t_low.numpy()) <= 1e-4
+
+
+def test_autodistill_pattern(predictors):
+    """autodistill: predict(box=..., multimask_output=False) (no points), the best mask by score."""
+    ours, theirs, _ = predictors
+    box = np.array([120, 80, 560, 450])
+    masks, scores, _ = ours.predict(box=box, multimask_output=False)
+    t = upstream_predict(theirs, box=box, multimask_output=False)
+    assert masks.shape[0] == 1 and np.argmax(scores) == np.argmax(t[1])
+    assert_same((masks, scores, _), t, "autodistill")
+
+
+def test_set_torch_image_matches_set_image(samfast_pkg, predictors, upstream):
+    """set_torch_image on transform.apply_image's output, as upstream's notebooks do."""
+    import torch
+    from segment_anything import SamPredictor as UpstreamPredictor
+    ours, _, image = predictors
+    other = samfast_pkg.SamPredictor(ours.model)
+    resized = other.transform.apply_image(image)
+    tensor = torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None, :, :, :]
+    other.set_torch_image(tensor, image.shape[:2])
+    up = UpstreamPredictor(upstream)
+    with torch.no_grad():
+        up.set_torch_image(torch.as_tensor(up.transform.apply_image(image)).permute(2, 0, 1).contiguous()[None], image.shape[:2])
+    assert np.array_equal(resized, up.transform.apply_image(image)), "apply_image: PIL's resize, bit for bit"
+    kw = as_arrays(CASES["point"])
+    assert_same(other.predict(**kw), upstream_predict(up, **kw), "set_torch_image")
+
+
+def test_bgr_and_mask_threshold(samfast_pkg, predictors):
+    ours, _, image = predictors
+    other = samfast_pkg.SamPredictor(ours.model)
+    other.set_image(np.ascontiguousarray(image[..., ::-1]), image_format="BGR")
+    kw = as_arrays(CASES["point"])
+    masks, scores, low = other.predict(**kw)
+    ref_masks, ref_scores, _ = ours.predict(**kw)
+    assert np.array_equal(masks, ref_masks) and np.array_equal(scores, ref_scores)
+    logits = ours.predict(**kw, return_logits=True)[0]
+    ours.model.mask_threshold = 0.05
+    try:
+        assert np.array_equal(ours.predict(**kw)[0], logits > 0.05)
+    finally:
+        ours.model.mask_threshold = 0.0
+
+
+def test_errors(samfast_pkg, predictors):
+    ours, _, image = predictors
+    fresh = samfast_pkg.SamPredictor(ours.model)
+    with pytest.raises(RuntimeError, match="set_image"):
+        fresh.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
+    with pytest.raises(ValueError, match="outside"):
+        ours.predict(point_coords=np.array([[5000, 1]]), point_labels=np.array([1]))
+    with pytest.raises(ValueError, match="point_labels"):
+        ours.predict(point_coords=np.array([[1, 1]]))
+    with pytest.raises(ValueError, match="mask input"):
+        ours.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]), mask_input=np.zeros((1, 64, 64)))
+    with pytest.raises(ValueError, match="uint8"):
+        fresh.set_image(image.astype(np.float32))
+    with pytest.raises(ValueError, match="image_format"):
+        fresh.set_image(image, image_format="RGBA")
+    with pytest.raises(FileNotFoundError):
+        samfast_pkg.load("/nonexistent/sam.pth")
+    with pytest.raises(ValueError, match="precision"):
+        samfast_pkg.load(ours.model._checkpoint or "x", precision="fp7")
+
+
+def test_batch_beyond_upstream(samfast_pkg, predictors):
+    """set_images + predict_batch: each prompt's result is predict's on its image alone."""
+    ours, _, dog = predictors
+    truck = rgb("truck.jpg")
+    many = samfast_pkg.SamPredictor(ours.model)
+    many.set_images([dog, truck])
+    prompts = [dict(point_coords=np.array([[400, 260]]), point_labels=np.array([1]), image=0),
+               dict(box=np.array([100, 100, 600, 500]), image=1),
+               dict(point_coords=np.array([[200, 100], [50, 50]]), point_labels=np.array([1, 0]), image=1)]
+    results = many.predict_batch(prompts)
+    single = samfast_pkg.SamPredictor(ours.model)
+    for image, idx in ((dog, [0]), (truck, [1, 2])):
+        single.set_image(image)
+        for i in idx:
+            kw = {k: v for k, v in prompts[i].items() if k != "image"}
+            # (a batch of images runs the encoder's matrix products in another blocking: fp32 rounding)
+            assert_same(results[i], single.predict(**kw) + (single.predict(**kw, return_logits=True)[0],), f"prompt {i}")
+
+
+def test_threads_share_a_model(samfast_pkg, predictors):
+    """Several threads, each with its own predictor on one model: each gets what it gets alone."""
+    ours, _, dog = predictors
+    images = [dog, rgb("truck.jpg"), rgb("groceries.jpg"), dog]
+    kw = as_arrays(CASES["point_box_single"])
+    expected = []
+    for image in images:
+        ours_alone = samfast_pkg.SamPredictor(ours.model)
+        ours_alone.set_image(image)
+        expected.append(ours_alone.predict(**kw))
+    results, errors = [None] * len(images), []
+
+    def work(i):
+        try:
+            p = samfast_pkg.SamPredictor(ours.model)
+            for _ in range(2):
+                p.set_image(images[i])
+                results[i] = p.predict(**kw)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    for got, want in zip(results, expected):
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

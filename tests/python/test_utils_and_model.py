@@ -1,0 +1,133 @@
+"""samfast.utils (amg helpers, ResizeLongestSide) equal to upstream's; the model handle
+(load_state_dict as samgeo loads weights, .to, state_dict); numpy use with torch absent."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES, rgb
+
+
+def test_amg_helpers_equal_upstream(samfast_pkg):
+    import torch
+    from segment_anything.utils import amg as up
+    from samfast.utils import amg
+    rng = np.random.default_rng(3)
+    masks = rng.random((3, 37, 53)) > 0.6
+    masks[1] = False
+    ours = amg.mask_to_rle_pytorch(torch.from_numpy(masks))
+    theirs = up.mask_to_rle_pytorch(torch.from_numpy(masks))
+    assert ours == theirs
+    for o in ours:
+        assert np.array_equal(amg.rle_to_mask(o), up.rle_to_mask(o)) and amg.area_from_rle(o) == up.area_from_rle(o)
+        assert amg.coco_encode_rle(o) == up.coco_encode_rle(o)
+    for args in ((32, 0, 1), (16, 2, 2), (5, 1, 3)):
+        for g, u in zip(amg.build_all_layer_point_grids(*args), up.build_all_layer_point_grids(*args), strict=True):
+            assert g.dtype == u.dtype and np.array_equal(g, u)
+    blob = np.zeros((40, 50), bool)
+    blob[5:30, 5:30] = True
+    blob[10:13, 10:13] = False  # a hole of 9
+    blob[35:37, 40:42] = True   # an island of 4
+    for mode in ("holes", "islands"):
+        for thresh in (5, 10, 100):
+            o_mask, o_changed = amg.remove_small_regions(blob, thresh, mode)
+            u_mask, u_changed = up.remove_small_regions(blob, thresh, mode)
+            assert o_changed == u_changed and np.array_equal(o_mask, u_mask), (mode, thresh)
+    with pytest.raises(ValueError):
+        amg.remove_small_regions(blob, 5, "everything")
+
+
+def test_resize_longest_side_equals_upstream(samfast_pkg):
+    import torch
+    from segment_anything.utils.transforms import ResizeLongestSide as Up
+    from samfast.utils.transforms import ResizeLongestSide
+    ours, theirs = ResizeLongestSide(1024), Up(1024)
+    image = rgb("groceries.jpg")
+    assert np.array_equal(ours.apply_image(image), theirs.apply_image(image))
+    coords = np.array([[10, 20], [333.3, 444.4]])
+    boxes = np.array([[1, 2, 300, 400]])
+    assert np.array_equal(ours.apply_coords(coords, (480, 640)), theirs.apply_coords(coords, (480, 640)))
+    assert np.array_equal(ours.apply_boxes(boxes, (480, 640)), theirs.apply_boxes(boxes, (480, 640)))
+    t = torch.tensor(boxes, dtype=torch.float)
+    assert torch.equal(ours.apply_boxes_torch(t, (480, 640)), theirs.apply_boxes_torch(t, (480, 640)))
+    for size in ((480, 640), (1, 5000), (1000, 999)):
+        assert ours.get_preprocess_shape(*size, 1024) == theirs.get_preprocess_shape(*size, 1024)
+
+
+def test_load_state_dict_like_samgeo(samfast_pkg, tiny_checkpoint):
+    """Weights loaded into a built model from torch.load's dict (strict) and from numpy arrays."""
+    import torch
+    sd = torch.load(tiny_checkpoint, map_location="cpu")
+    reference = samfast_pkg.load(tiny_checkpoint, device="cpu")
+    sam = samfast_pkg.Sam(model_type=None, device="cpu")
+    result = sam.load_state_dict(sd, strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    image = rgb("dog.jpg")
+    kw = dict(point_coords=np.array([[400, 260]]), point_labels=np.array([1]))
+    outputs = []
+    for model in (reference, sam):
+        p = samfast_pkg.SamPredictor(model)
+        p.set_image(image)
+        outputs.append(p.predict(**kw))
+    assert all(np.array_equal(a, b) for a, b in zip(*outputs))
+    # numpy arrays and strict=False: a missing key keeps its weights, an unknown one is reported
+    arrays = {k: v.numpy() for k, v in sd.items()}
+    kept = arrays.pop("mask_decoder.iou_token.weight")
+    result = sam.load_state_dict({**arrays, "extra.weight": np.zeros(3)}, strict=False)
+    assert result.missing_keys == ["mask_decoder.iou_token.weight"] and result.unexpected_keys == ["extra.weight"]
+    assert np.array_equal(sam.state_dict()["mask_decoder.iou_token.weight"], kept)
+    with pytest.raises(RuntimeError):  # strict: a missing tensor is refused, naming it
+        sam.load_state_dict(arrays, strict=True)
+
+
+def test_numpy_use_without_torch(samfast_pkg, tiny_checkpoint):
+    """import, load, predict and generate with torch made unimportable: torch is optional."""
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any import of torch now fails
+import numpy as np, samfast
+sam = samfast.sam_model_registry["vit_b"]  # (the registry needs no torch either)
+sam = samfast.load({str(tiny_checkpoint)!r}, device="cpu")
+assert sam.device == "cpu"
+p = samfast.SamPredictor(sam)
+image = samfast.read_image({str(IMAGES / "dog.jpg")!r})
+p.set_image(image)
+masks, scores, low = p.predict(point_coords=np.array([[400, 260]]), point_labels=np.array([1]))
+assert masks.shape == (3,) + image.shape[:2] and masks.dtype == bool
+assert p.get_image_embedding().shape == (1, 256, 64, 64)
+records = samfast.SamAutomaticMaskGenerator(sam, points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0).generate(image)
+assert len(records) > 0
+try:
+    p.predict_torch(None, None)
+except ImportError as e:
+    assert "torch" in str(e)
+else:
+    raise AssertionError("predict_torch without torch should say torch is needed")
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_to_device_and_help(samfast_pkg, tiny_checkpoint):
+    sam = samfast_pkg.load(tiny_checkpoint, device="cpu")
+    assert sam.to("cpu") is sam and sam.to(device="cpu").cpu() is sam and str(sam.device) == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        sam.to("tpu")
+    assert "Calculates" in samfast_pkg.SamPredictor.set_image.__doc__
+    assert samfast_pkg._samfast.Predictor.predict.__doc__
+    stub = os.path.join(os.path.dirname(samfast_pkg.__file__), "_samfast.pyi")
+    assert "class Predictor" in open(stub).read()
+
+
+def test_example_script_runs(samfast_pkg):
+    """examples/python_predict.py end to end on a synthetic vit_b (CPU)."""
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python_predict.py")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)))
+    out = subprocess.run([sys.executable, example, "--device", "cpu", "--points-per-side", "4",
+                          "--image", str(IMAGES / "dog.jpg")], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "point: (3, 534, 800)" in out.stdout and "everything:" in out.stdout and "crop 1/1" in out.stdout
