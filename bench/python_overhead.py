@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--image", required=True)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--blocks", type=int, default=5)
-    ap.add_argument("--generate-runs", type=int, default=3)
+    ap.add_argument("--generate-runs", type=int, default=10)
     a = ap.parse_args()
     sam = (samfast.load(a.checkpoint, a.device, a.precision) if a.checkpoint else
            samfast.Sam(model_type=a.model, device=a.device, precision=a.precision))

@@ -4,7 +4,7 @@ code written for upstream touches (.to, .eval, .device, mask_threshold, image_fo
 image_encoder.img_size, load_state_dict) and samfast's own device and precision options."""
 import os
 from types import SimpleNamespace
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 

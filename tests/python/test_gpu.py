@@ -1,7 +1,5 @@
 """The Python package on a CUDA GPU (skipped with a message without one): fp32 against upstream,
 bf16 against fp32, predict_torch's tensors left in device memory, predictors on threads."""
-import threading
-
 import numpy as np
 import pytest
 
@@ -28,7 +26,6 @@ PROMPTS = [dict(point_coords=np.array([[x, y]]), point_labels=np.array([1])) for
 
 
 def test_fp32_gpu_matches_upstream(gpu, tiny_checkpoint, upstream):
-    import torch
     from segment_anything import SamPredictor as UpstreamPredictor
     from test_predictor import assert_same, upstream_predict
     image = rgb("dog.jpg")
@@ -76,33 +73,9 @@ def test_predict_torch_stays_on_device(gpu, tiny_checkpoint):
 
 
 def test_threads_on_the_gpu(gpu, tiny_checkpoint):
-    sam = gpu.load(tiny_checkpoint, device="cuda")
+    from test_predictor import check_threads
     images = [rgb("dog.jpg"), rgb("truck.jpg"), rgb("groceries.jpg")] * 2
-    kw = PROMPTS[0]
-    expected = []
-    for image in images:
-        p = gpu.SamPredictor(sam)
-        p.set_image(image)
-        expected.append(p.predict(**kw))
-    results, errors = [None] * len(images), []
-
-    def work(i):
-        try:
-            p = gpu.SamPredictor(sam)
-            for _ in range(3):
-                p.set_image(images[i])
-                results[i] = p.predict(**kw)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors
-    for got, want in zip(results, expected):
-        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    check_threads(gpu, gpu.load(tiny_checkpoint, device="cuda"), images, PROMPTS[0], repeats=3)
 
 
 def test_generator_on_gpu_fp32_matches_upstream(gpu, tiny_checkpoint, upstream):

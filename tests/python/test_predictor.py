@@ -234,22 +234,19 @@ def test_batch_beyond_upstream(samfast_pkg, predictors):
             assert_same(results[i], single.predict(**kw) + (single.predict(**kw, return_logits=True)[0],), f"prompt {i}")
 
 
-def test_threads_share_a_model(samfast_pkg, predictors):
+def check_threads(samfast_pkg, sam, images, kw, repeats):
     """Several threads, each with its own predictor on one model: each gets what it gets alone."""
-    ours, _, dog = predictors
-    images = [dog, rgb("truck.jpg"), rgb("groceries.jpg"), dog]
-    kw = as_arrays(CASES["point_box_single"])
     expected = []
     for image in images:
-        ours_alone = samfast_pkg.SamPredictor(ours.model)
-        ours_alone.set_image(image)
-        expected.append(ours_alone.predict(**kw))
+        alone = samfast_pkg.SamPredictor(sam)
+        alone.set_image(image)
+        expected.append(alone.predict(**kw))
     results, errors = [None] * len(images), []
 
     def work(i):
         try:
-            p = samfast_pkg.SamPredictor(ours.model)
-            for _ in range(2):
+            p = samfast_pkg.SamPredictor(sam)
+            for _ in range(repeats):
                 p.set_image(images[i])
                 results[i] = p.predict(**kw)
         except Exception as e:  # noqa: BLE001  (reported below)
@@ -263,3 +260,9 @@ def test_threads_share_a_model(samfast_pkg, predictors):
     assert not errors and not any(t.is_alive() for t in threads), errors
     for got, want in zip(results, expected):
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_threads_share_a_model(samfast_pkg, predictors):
+    ours, _, dog = predictors
+    check_threads(samfast_pkg, ours.model, [dog, rgb("truck.jpg"), rgb("groceries.jpg"), dog],
+                  as_arrays(CASES["point_box_single"]), repeats=2)
