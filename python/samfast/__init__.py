@@ -5,13 +5,13 @@ return types are upstream's. torch is optional: it is imported only by the calls
 return torch tensors (predict_torch, set_torch_image, the *_torch transforms)."""
 from . import _samfast
 from .automatic_mask_generator import SamAutomaticMaskGenerator
-from .build_sam import Sam, build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, load, sam_model_registry
+from .build_sam import Sam, build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, load, sam_model_registry, synthetic
 from .predictor import SamPredictor
 
 read_image = _samfast.read_image
 
 __all__ = [
     "Sam", "SamAutomaticMaskGenerator", "SamPredictor", "build_sam", "build_sam_vit_b", "build_sam_vit_h",
-    "build_sam_vit_l", "load", "read_image", "sam_model_registry",
+    "build_sam_vit_l", "load", "read_image", "sam_model_registry", "synthetic",
 ]
 __version__ = "0.1.0"

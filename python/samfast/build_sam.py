@@ -20,12 +20,14 @@ class Sam:
     mask_threshold: float = 0.0
     image_format: str = "RGB"
 
-    def __init__(self, checkpoint=None, model_type=None, device="auto", precision="auto", cuda_graphs=True, seed=0):
+    def __init__(self, checkpoint=None, model_type=None, device="auto", precision="auto", cuda_graphs=True, seed=0,
+                 synthetic=None):
         if checkpoint is not None:
             checkpoint = os.fspath(checkpoint)
             if not os.path.isfile(checkpoint):
                 raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
         self._checkpoint, self._model_type, self._seed = checkpoint, model_type, seed
+        self._synthetic = synthetic or model_type or "vit_h"  # what random weights to make without a checkpoint
         self._device, self._precision, self._cuda_graphs = _device_name(device), precision, cuda_graphs
         if str(precision).lower() not in _samfast.precision_names():
             raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(_samfast.precision_names())}")
@@ -39,8 +41,8 @@ class Sam:
             if self._checkpoint is not None:
                 native = _samfast.Model.load(self._checkpoint, self._device, self._precision, self._cuda_graphs)
             else:  # upstream builds random weights when no checkpoint is given
-                native = _samfast.Model.synthetic(self._model_type or "vit_h", self._seed, self._device,
-                                                  self._precision, self._cuda_graphs)
+                native = _samfast.Model.synthetic(self._synthetic, self._seed, self._device, self._precision,
+                                                  self._cuda_graphs)
             self._set_native(native)
         return self._native
 
@@ -141,6 +143,12 @@ def load(checkpoint, device: str = "auto", precision: str = "auto", cuda_graphs:
     sam = Sam(checkpoint, None, device, precision, cuda_graphs)
     sam._native_model()
     return sam
+
+
+def synthetic(model_type: str = "vit_b", seed: int = 0, device: str = "auto", precision: str = "auto") -> Sam:
+    """A model with random weights in upstream's layout (vit_b, vit_l, vit_h or tiny): for tests and
+    benchmarks, its masks are meaningless."""
+    return Sam(None, None, device, precision, seed=seed, synthetic=model_type)
 
 
 def build_sam_vit_h(checkpoint=None, device="auto", precision="auto"):

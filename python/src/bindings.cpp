@@ -547,6 +547,19 @@ NB_MODULE(_samfast, m) {
       },
       "image"_a, "height"_a, "width"_a, "PIL's bilinear resize of an RGB uint8 image, bit-exact.");
   m.def(
+      "encode_png_gray",
+      [](ByteArray gray) {
+        if (gray.ndim() != 2) throw InvalidArgument("encode_png_gray: expected a (H, W) uint8 array");
+        std::string png;
+        {
+          nb::gil_scoped_release no_gil;
+          png = encode_png_gray((int)gray.shape(0), (int)gray.shape(1),
+                                std::vector<uint8_t>(gray.data(), gray.data() + gray.size()));
+        }
+        return nb::bytes(png.data(), png.size());
+      },
+      "gray"_a, "A (H, W) uint8 array as PNG bytes.");
+  m.def(
       "read_image",
       [](const std::string& path) {
         Image img;

@@ -1,0 +1,43 @@
+"""samfast-server: serve a checkpoint over HTTP (loopback unless told otherwise)."""
+import argparse
+import sys
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="samfast-server", description=__doc__)
+    ap.add_argument("--checkpoint", help=".pth or .safetensors SAM checkpoint (any type)")
+    ap.add_argument("--model", default=None, choices=["vit_b", "vit_l", "vit_h", "tiny"],
+                    help="without --checkpoint: a synthetic model of this type (random weights: meaningless masks)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 or fp8")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1 requests")
+    ap.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
+    ap.add_argument("--max-upload-mb", type=float, default=50.0)
+    ap.add_argument("--max-pixels", type=int, default=100_000_000)
+    ap.add_argument("--max-prompts", type=int, default=64, help="prompts per predict request")
+    ap.add_argument("--max-pending", type=int, default=64, help="requests computing or waiting; more get 503")
+    ap.add_argument("--cache-mb", type=float, default=2048.0, help="image embeddings kept (device memory and images)")
+    a = ap.parse_args(argv)
+    if not a.checkpoint and not a.model:
+        ap.error("give --checkpoint (or --model for a synthetic model)")
+
+    import uvicorn
+
+    import samfast
+    from .app import ServerConfig, create_app
+
+    sam = (samfast.load(a.checkpoint, a.device, a.precision) if a.checkpoint else
+           samfast.synthetic(a.model, device=a.device, precision=a.precision))
+    sam._native_model()  # (loaded before the first request)
+    config = ServerConfig(token=a.token, cors_origins=a.cors_origin, max_upload_bytes=int(a.max_upload_mb * 2**20),
+                          max_pixels=a.max_pixels, max_prompts=a.max_prompts, max_pending=a.max_pending,
+                          cache_bytes=int(a.cache_mb * 2**20))
+    app = create_app(sam, config)
+    print(f"samfast-server: {sam} on http://{a.host}:{a.port} (docs at /docs)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

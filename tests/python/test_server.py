@@ -1,0 +1,188 @@
+"""samfast.server against the library's own results (CPU, tiny synthetic checkpoint): upload, predict
+(PNG and COCO RLE, mask inputs), segment everything, the embedding .npy, health and metrics; bad input
+as JSON 4xx, never a 500; the samfast-server command on loopback."""
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES, rgb
+
+pytest.importorskip("fastapi", reason="the server needs fastapi (scripts/setup.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def sam(samfast_pkg, tiny_checkpoint):
+    return samfast_pkg.load(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(sam):
+    from fastapi.testclient import TestClient
+    from samfast.server import create_app
+    return TestClient(create_app(sam))
+
+
+@pytest.fixture(scope="module")
+def dog_id(client):
+    r = client.post("/v1/images", files={"file": ("dog.jpg", (IMAGES / "dog.jpg").read_bytes())})
+    assert r.status_code == 200, r.text
+    assert r.json()["width"] == 800 and r.json()["height"] == 534
+    return r.json()["id"]
+
+
+def png_mask(b64):
+    from PIL import Image
+    return np.array(Image.open(io.BytesIO(base64.b64decode(b64)))) > 0
+
+
+def test_predict_equals_the_library(samfast_pkg, sam, client, dog_id):
+    ref = samfast_pkg.SamPredictor(sam)
+    ref.set_image(rgb("dog.jpg"))
+    want_masks, want_scores, want_low = ref.predict(point_coords=np.array([[400, 260]]), point_labels=np.array([1]))
+    r = client.post(f"/v1/images/{dog_id}/predict", json={"points": [[400, 260]], "labels": [1],
+                                                           "return_low_res_logits": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert np.allclose(body["scores"], want_scores, atol=0, rtol=0)
+    assert len(body["masks"]) == 3
+    for m, want in zip(body["masks"], want_masks):
+        assert np.array_equal(png_mask(m["png"]), want)
+    low = np.load(io.BytesIO(base64.b64decode(body["low_res_logits"])))
+    assert np.array_equal(low, want_low[np.argmax(want_scores)][None])
+    # the low-res logits fed back, a box, COCO RLE out
+    r = client.post(f"/v1/images/{dog_id}/predict", json={"points": [[400, 260], [420, 300]], "labels": [1, 0],
+                                                           "box": [100, 100, 600, 500],
+                                                           "mask_input": body["low_res_logits"],
+                                                           "multimask_output": False, "format": "rle"})
+    assert r.status_code == 200, r.text
+    want = ref.predict(point_coords=np.array([[400, 260], [420, 300]]), point_labels=np.array([1, 0]),
+                       box=np.array([100, 100, 600, 500]), mask_input=low, multimask_output=False)
+    from samfast.utils.amg import coco_encode_rle, mask_to_rle_pytorch
+    assert [m["rle"] for m in r.json()["masks"]] == [coco_encode_rle(x) for x in mask_to_rle_pytorch(want[0])]
+
+
+def test_upload_forms_and_cache(client, dog_id):
+    data = (IMAGES / "dog.jpg").read_bytes()
+    r = client.post("/v1/images/base64", json={"image_base64": base64.b64encode(data).decode()})
+    assert r.status_code == 200 and r.json()["id"] == dog_id and r.json()["cached"] is True
+    metrics = client.get("/metrics").text
+    assert 'samfast_embedding_cache_total{result="hit"}' in metrics
+    assert 'samfast_requests_total{endpoint="/v1/images/base64",status="200"}' in metrics
+    assert "samfast_request_seconds_bucket" in metrics and "samfast_pending_requests" in metrics
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["device"] == "cpu" and health["images_cached"] >= 1
+
+
+def test_everything_and_embedding_equal_the_library(samfast_pkg, sam, client, dog_id):
+    opts = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    r = client.post(f"/v1/images/{dog_id}/everything", json=opts)
+    assert r.status_code == 200, r.text
+    want = samfast_pkg.SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **opts).generate(rgb("dog.jpg"))
+    assert r.json()["records"] == want and len(want) > 5
+    r = client.get(f"/v1/images/{dog_id}/embedding")
+    assert r.status_code == 200
+    emb = np.load(io.BytesIO(r.content))
+    ref = samfast_pkg.SamPredictor(sam)
+    ref.set_image(rgb("dog.jpg"))
+    assert emb.dtype == np.float32 and emb.shape == (1, 256, 64, 64)
+    assert np.array_equal(emb, np.asarray(ref.get_image_embedding()))
+
+
+@pytest.mark.parametrize("body,code,words", [
+    ({"points": [[4000, 260]], "labels": [1]}, 422, "outside"),
+    ({"points": [[10, 10]], "labels": [1, 0]}, 422, "label per point"),
+    ({"points": [[10, 10]]}, 422, "label per point"),
+    ({}, 422, "points, a box or a mask"),
+    ({"box": [1, 2, 3]}, 422, ""),
+    ({"points": [[1, 1]] * 65, "labels": [1] * 65}, 422, "limit"),
+    ({"mask_input": "not base64!", "points": [[1, 1]], "labels": [1]}, 422, "mask_input"),
+    ({"points": [[10, 10]], "labels": [1], "format": "svg"}, 422, ""),
+    ({"points": [["a", 10]], "labels": [1]}, 422, ""),
+])
+def test_bad_predict_requests(client, dog_id, body, code, words):
+    r = client.post(f"/v1/images/{dog_id}/predict", json=body)
+    assert r.status_code == code, r.text
+    assert words in str(r.json()["detail"])
+
+
+def test_bad_uploads_and_unknown_ids(sam, client):
+    from fastapi.testclient import TestClient
+    from samfast.server import ServerConfig, create_app
+    r = client.post("/v1/images", files={"file": ("x.jpg", b"not an image")})
+    assert r.status_code == 415 and "not a readable image" in r.json()["detail"]
+    assert client.post("/v1/images", files={"file": ("x.jpg", b"")}).status_code == 422
+    assert client.post("/v1/images/base64", json={"image_base64": "%%%"}).status_code == 422
+    r = client.post("/v1/images/" + "0" * 64 + "/predict", json={"points": [[1, 1]], "labels": [1]})
+    assert r.status_code == 404 and "upload it" in r.json()["detail"]
+    assert client.get("/v1/images/nope/embedding").status_code == 404
+    small = TestClient(create_app(sam, ServerConfig(max_upload_bytes=1000, max_pixels=100 * 100)))
+    assert small.post("/v1/images", files={"file": ("d.jpg", (IMAGES / "dog.jpg").read_bytes())}).status_code == 413
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 100)).save(buf, "PNG")
+    small = TestClient(create_app(sam, ServerConfig(max_pixels=100 * 100)))
+    r = small.post("/v1/images", files={"file": ("big.png", buf.getvalue())})
+    assert r.status_code == 413 and "200x100" in r.json()["detail"]
+
+
+def test_token_and_busy(sam):
+    from fastapi.testclient import TestClient
+    from samfast.server import ServerConfig, create_app
+    c = TestClient(create_app(sam, ServerConfig(token="s3cret")))
+    data = (IMAGES / "truck.jpg").read_bytes()
+    assert c.post("/v1/images", files={"file": ("t.jpg", data)}).status_code == 401
+    assert c.post("/v1/images", files={"file": ("t.jpg", data)},
+                  headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/health").status_code == 200  # (health and metrics stay open for probes)
+    ok = c.post("/v1/images", files={"file": ("t.jpg", data)}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    busy = TestClient(create_app(sam, ServerConfig(max_pending=0)))
+    r = busy.post("/v1/images", files={"file": ("t.jpg", data)})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def test_openapi_and_docs(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/images", "/v1/images/{image_id}/predict", "/v1/images/{image_id}/everything",
+            "/v1/images/{image_id}/embedding", "/health", "/metrics"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_command_on_loopback(samfast_pkg, tiny_checkpoint):
+    """samfast-server (python -m samfast.server) starts, serves on 127.0.0.1 only, and stops."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "samfast.server", "--checkpoint", str(tiny_checkpoint),
+                             "--device", "cpu", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.time() < deadline, "the server did not come up in 60 s"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=5) as r:
+            assert r.status == 200
+        lines = [c for c in os.popen(f"ss -ltn 2>/dev/null | grep ':{port} '").read().splitlines()]
+        assert all("127.0.0.1" in line for line in lines)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
