@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(cmake g++ pkg-config libopenblas-dev libstb-dev libjpeg62-turbo-dev nlohmann-json3-dev libcli11-dev
               libzip-dev libexif-dev libgtest-dev clang libclang-rt-14-dev python3-torch python3-torchvision python3-numpy
               python3-pil python3-pytest python3-pip python3-matplotlib python3-dev python3-venv
-              python3-fastapi python3-uvicorn python3-multipart python3-prometheus-client python3-httpx)
+              python3-fastapi python3-uvicorn python3-multipart python3-prometheus-client python3-httpx
+              chromium chromium-driver python3-selenium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

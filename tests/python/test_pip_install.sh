@@ -23,7 +23,8 @@ from samfast import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 assert "site-packages" in samfast.__file__, samfast.__file__
 package = os.path.dirname(samfast.__file__)
 assert any(f.startswith("libsamfast.so") for f in os.listdir(package)), os.listdir(package)
-assert os.path.exists(os.path.join(package, "_samfast.pyi")) and os.path.exists(os.path.join(package, "py.typed"))
+for f in ("_samfast.pyi", "py.typed", "server/static/index.html", "server/static/app.js"):
+    assert os.path.exists(os.path.join(package, f)), f"{f} is not in the wheel"
 try:
     import torch  # noqa: F401
     raise SystemExit("torch should not be in the fresh venv")

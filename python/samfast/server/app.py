@@ -1,4 +1,4 @@
-"""The HTTP API (FastAPI) over the Python package: upload an image once (its id is the content hash),
+"""The HTTP API (FastAPI) over the Python package, and the web page at / (static/): upload an image once (its id is the content hash),
 then predict on it (each click a decode), segment everything, or fetch its embedding. Embeddings
 stay in an LRU cache bounded in bytes, so a re-upload or a click on a known image never re-encodes.
 Bad input is a JSON error with a 4xx code; more work than max_pending is refused with 503 and
@@ -16,7 +16,7 @@ from typing import Dict, List, Literal, Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
@@ -220,6 +220,19 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
             cache_bytes.set(cache.used)
         h, w = entry.image.shape[:2]
         return ImageInfo(id=image_id, width=w, height=h, cached=cached, elapsed_ms=(time.perf_counter() - start) * 1e3)
+
+    static = os.path.join(os.path.dirname(__file__), "static")
+    page_files = {"app.js": "text/javascript"}  # (by name: no path from the request reaches the disk)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(os.path.join(static, "index.html"), media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def page_file(name: str):
+        if name not in page_files:
+            raise HTTPException(404, f"no page file {name}")
+        return FileResponse(os.path.join(static, name), media_type=page_files[name])
 
     @app.get("/health")
     def health():

@@ -1,0 +1,175 @@
+"""The web page in a real headless browser (Debian's chromium through chromedriver and Selenium)
+against the real server on loopback: open an image, click a point and compare the mask the page
+drew with the API's, pick another multimask output, drag a box, segment everything and hover.
+Screenshots go to $SAMFAST_SCREENSHOTS when set (the README's come from there)."""
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES
+from test_server import free_port, png_mask
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs python3-selenium")
+
+
+@pytest.fixture(scope="module")
+def server(samfast_pkg, tiny_checkpoint):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "samfast.server", "--checkpoint", str(tiny_checkpoint),
+                             "--device", "cpu", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "health", timeout=2).close()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "the server did not come up in 60 s"
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver_path = shutil.which("chromedriver")
+    if not driver_path or not shutil.which("chromium"):
+        pytest.skip("chromium and chromium-driver are not installed (scripts/setup.sh installs them)")
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    options.binary_location = shutil.which("chromium")
+    from selenium.webdriver.chrome.service import Service
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}; status: {driver.find_element('id', 'status').text}")
+
+
+READ_MASK = """const c = window.samfast.lastMask, d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let s = ''; for (let p = 3; p < d.length; p += 4) s += d[p] > 127 ? '1' : '0'; return [c.width, c.height, s];"""
+
+
+def page_mask(driver):
+    w, h, bits = driver.execute_script(READ_MASK)
+    return np.frombuffer(bits.encode(), np.uint8).reshape(h, w) == ord("1")
+
+
+def api_predict(url, image_id, body):
+    req = urllib.request.Request(f"{url}v1/images/{image_id}/predict", data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def shot(driver, name):
+    folder = os.environ.get("SAMFAST_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        driver.save_screenshot(os.path.join(folder, name))
+
+
+def click_at(driver, x, y, shift=False, click=True):
+    """A click (or only the pointer moved) at image pixel (x, y) of the displayed canvas."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    canvas = driver.find_element("id", "view")
+    w, h = driver.execute_script("return [window.samfast.width, window.samfast.height]")
+    rect = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", canvas)
+    dx, dy = x * rect[0] / w - rect[0] / 2, y * rect[1] / h - rect[1] / 2
+    chain = ActionChains(driver)
+    if shift:
+        chain = chain.key_down(Keys.SHIFT)
+    chain = chain.move_to_element_with_offset(canvas, int(dx), int(dy))
+    if click:
+        chain = chain.click()
+    if shift:
+        chain = chain.key_up(Keys.SHIFT)
+    chain.perform()
+
+
+def test_page_click_box_everything(server, browser, tmp_path):
+    driver = browser
+    driver.get(server)
+    wait_for(driver, "return document.getElementById('status').textContent.includes('on cpu')")
+    file_input = driver.find_element("id", "file")
+    driver.execute_script("arguments[0].hidden = false", file_input)
+    file_input.send_keys(str(IMAGES / "dog.jpg"))
+    wait_for(driver, "return window.samfast.id && window.samfast.width === 800")
+    image_id = driver.execute_script("return window.samfast.id")
+    shot(driver, "page_image.png")
+
+    # A click: the page's mask is the API's best mask for the same point.
+    click_at(driver, 400, 260)
+    wait_for(driver, "return window.samfast.lastMask && window.samfast.scores.length === 3")
+    points = driver.execute_script("return window.samfast.points")
+    assert len(points) == 1 and abs(points[0][0] - 400) < 3 and abs(points[0][1] - 260) < 3
+    api = api_predict(server, image_id, {"points": points, "labels": [1], "multimask_output": True})
+    best = int(np.argmax(api["scores"]))
+    assert driver.execute_script("return window.samfast.chosen") == best
+    assert np.array_equal(page_mask(driver), png_mask(api["masks"][best]["png"]))
+    shot(driver, "page_click.png")
+
+    # Another multimask output chosen by its radio button.
+    other = (best + 1) % 3
+    driver.find_elements("css selector", "#choices input")[other].click()
+    assert np.array_equal(page_mask(driver), png_mask(api["masks"][other]["png"]))
+
+    # A background click (shift) refines with two points and one mask.
+    requests = driver.execute_script("return window.samfast.requests")
+    click_at(driver, 150, 100, shift=True)
+    wait_for(driver, f"return window.samfast.requests > {requests} && window.samfast.scores.length === 1")
+    assert driver.execute_script("return window.samfast.labels") == [1, 0]
+
+    # Segment everything with the thresholds at 0 (random weights score low): one colour per record.
+    driver.find_element("id", "clear").click()
+    for field, value in (("pps", "4"), ("iou", "0"), ("stab", "0")):
+        box = driver.find_element("id", field)
+        box.clear()
+        box.send_keys(value)
+    driver.find_element("id", "everything").click()
+    n = wait_for(driver, "return window.samfast.records.length")
+    req = urllib.request.Request(f"{server}v1/images/{image_id}/everything", headers={"content-type": "application/json"},
+                                 data=json.dumps({"points_per_side": 4, "pred_iou_thresh": 0,
+                                                  "stability_score_thresh": 0}).encode())
+    with urllib.request.urlopen(req, timeout=120) as r:
+        assert n == len(json.loads(r.read())["records"])
+    # the page's label map: the first record's pixels decoded from its COCO RLE in JavaScript
+    first = driver.execute_script("""const s = window.samfast; let n = 0, at = -1;
+        s.labelMap.forEach((v, p) => { if (v === 1) { n++; if (at < 0) at = p; } });
+        return [n, s.records[0].area, at % s.width, Math.floor(at / s.width)];""")
+    assert 0 < first[0] <= first[1]
+    # hovering over one of its pixels highlights it (the pixel's centre, rounded to the screen)
+    inside = driver.execute_script("""const s = window.samfast, y0 = arguments[0];
+        const inside = (x, y) => { for (let j = 0; j < 9; j++) for (let i = 0; i < 9; i++)
+          if (s.labelMap[(y + j) * s.width + x + i] !== 1) return false; return true; };
+        for (let y = y0; y + 9 < s.height; y++) for (let x = 0; x + 9 < s.width; x++)
+          if (inside(x, y)) return [x + 4.5, y + 4.5];
+        return null;""", first[3])
+    assert inside, "the first record has no 9x9 block to hover over"
+    click_at(driver, *inside, click=False)
+    wait_for(driver, "return window.samfast.hover === 0")
+    shot(driver, "page_everything.png")
+    assert "everything:" in driver.find_element("id", "status").text
