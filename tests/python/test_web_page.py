@@ -110,6 +110,17 @@ def click_at(driver, x, y, shift=False, click=True):
     chain.perform()
 
 
+def drag(driver, start, end):
+    """A mouse drag between two image pixels of the displayed canvas."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    canvas = driver.find_element("id", "view")
+    w, h = driver.execute_script("return [window.samfast.width, window.samfast.height]")
+    rw, rh = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", canvas)
+    at = [(int(x * rw / w - rw / 2), int(y * rh / h - rh / 2)) for x, y in (start, end)]
+    (ActionChains(driver).move_to_element_with_offset(canvas, *at[0]).click_and_hold()
+     .move_to_element_with_offset(canvas, *at[1]).release().perform())
+
+
 def test_page_click_box_everything(server, browser, tmp_path):
     driver = browser
     driver.get(server)
@@ -142,6 +153,16 @@ def test_page_click_box_everything(server, browser, tmp_path):
     click_at(driver, 150, 100, shift=True)
     wait_for(driver, f"return window.samfast.requests > {requests} && window.samfast.scores.length === 1")
     assert driver.execute_script("return window.samfast.labels") == [1, 0]
+
+    # A dragged box: one mask, the API's for that box.
+    driver.find_element("id", "clear").click()
+    requests = driver.execute_script("return window.samfast.requests")
+    drag(driver, (100, 100), (500, 400))
+    wait_for(driver, f"return window.samfast.requests > {requests} && window.samfast.lastMask")
+    box = driver.execute_script("return window.samfast.box")
+    assert np.allclose(box, [100, 100, 500, 400], atol=3) and driver.execute_script("return window.samfast.points") == []
+    api = api_predict(server, image_id, {"box": box, "multimask_output": False})
+    assert np.array_equal(page_mask(driver), png_mask(api["masks"][0]["png"]))
 
     # Segment everything with the thresholds at 0 (random weights score low): one colour per record.
     driver.find_element("id", "clear").click()
