@@ -36,7 +36,9 @@ def main(argv=None):
                           cache_bytes=int(a.cache_mb * 2**20))
     app = create_app(sam, config)
     print(f"samfast-server: {sam} on http://{a.host}:{a.port} (docs at /docs)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    # (keep-alive longer than clients' pools keep idle connections, so that a pooled connection is not
+    # closed by the server just as a client sends on it: uvicorn's 5 s default races with that)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_keep_alive=75)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""A bounded load test of the real server on loopback (CPU, tiny model): many concurrent clients
+clicking on a warm image and uploading, for a fixed time. Every request succeeds or is refused with
+the documented 503 + Retry-After; the server's memory stays flat; p50 / p99 are printed."""
+import asyncio
+import io
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES
+from test_server import free_port
+
+httpx = pytest.importorskip("httpx", reason="the load test needs httpx (scripts/setup.sh installs it)")
+
+CLIENTS, SECONDS = 24, 12
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def small_jpeg(name, seed):
+    from PIL import Image
+    buf = io.BytesIO()
+    img = Image.open(IMAGES / name).convert("RGB").resize((320, 214))
+    Image.fromarray(np.array(img) ^ np.uint8(seed)).save(buf, "JPEG", quality=90)  # (a distinct image per seed)
+    return buf.getvalue()
+
+
+def test_concurrent_clients(samfast_pkg, tiny_checkpoint):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)), OMP_NUM_THREADS="2")
+    proc = subprocess.Popen([sys.executable, "-m", "samfast.server", "--checkpoint", str(tiny_checkpoint), "--device",
+                             "cpu", "--port", str(port), "--max-pending", "16", "--cache-mb", "64"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.time() < deadline
+                time.sleep(0.2)
+        results = asyncio.run(load(url, proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    codes, latencies, memory = results
+    bad = {c: n for c, n in codes.items() if c not in (200, 503)}
+    assert not bad, f"unexpected status codes: {bad}"
+    assert codes.get(200, 0) >= 10, codes
+    lat = np.array(latencies) * 1e3
+    print(f"load: {CLIENTS} clients, {SECONDS} s: {codes}, predict p50 {np.percentile(lat, 50):.0f} ms, "
+          f"p99 {np.percentile(lat, 99):.0f} ms; server RSS {memory[0]:.0f} -> {memory[1]:.0f} -> {memory[2]:.0f} MB")
+    # flat: the second half of the run adds little to the first's (the cache is bounded at 64 MB)
+    assert memory[2] - memory[1] < 64 + 0.25 * (memory[1] - memory[0]) + 32, memory
+
+
+async def load(url, pid):
+    images = [small_jpeg(n, s) for n in ("dog.jpg", "truck.jpg") for s in range(3)]
+    codes, latencies = {}, []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        r = await client.post("/v1/images", files={"file": ("warm.jpg", images[0])})
+        warm = r.json()["id"]
+        memory = [rss_mb(pid)]
+        stop = time.monotonic() + SECONDS
+
+        async def clicker(k):
+            rng = random.Random(k)
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                if k % 6 == 0:  # some clients upload (cached after the first time), the rest click
+                    r = await client.post("/v1/images", files={"file": ("i.jpg", rng.choice(images))})
+                else:
+                    body = {"points": [[rng.uniform(0, 320), rng.uniform(0, 214)]], "labels": [1], "format": "rle"}
+                    r = await client.post(f"/v1/images/{warm}/predict", json=body)
+                    if r.status_code == 200:
+                        latencies.append(time.perf_counter() - t0)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                if r.status_code == 503:
+                    assert r.headers.get("retry-after") == "1"
+                    await asyncio.sleep(0.05)
+
+        async def sample_memory():
+            await asyncio.sleep(SECONDS / 2)
+            memory.append(rss_mb(pid))
+
+        await asyncio.gather(sample_memory(), *(clicker(k) for k in range(CLIENTS)))
+        memory.append(rss_mb(pid))
+    return codes, latencies, memory
