@@ -2,8 +2,6 @@
 against the real server on loopback: open an image, click a point and compare the mask the page
 drew with the API's, pick another multimask output, drag a box, segment everything and hover.
 Screenshots go to $SAMFAST_SCREENSHOTS when set (the README's come from there)."""
-import base64
-import io
 import json
 import os
 import shutil
