@@ -2,6 +2,7 @@
 (PNG and COCO RLE, mask inputs), segment everything, the embedding .npy, health and metrics; bad input
 as JSON 4xx, never a 500; the samfast-server command on loopback."""
 import base64
+import contextlib
 import io
 import os
 import socket
@@ -162,27 +163,36 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_server_command_on_loopback(samfast_pkg, tiny_checkpoint):
-    """samfast-server (python -m samfast.server) starts, serves on 127.0.0.1 only, and stops."""
+@contextlib.contextmanager
+def running_server(samfast_pkg, checkpoint, *args, env=None):
+    """samfast-server (python -m samfast.server) on a free loopback port, up within 60 s, stopped after."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)))
-    proc = subprocess.Popen([sys.executable, "-m", "samfast.server", "--checkpoint", str(tiny_checkpoint),
-                             "--device", "cpu", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)), **(env or {}))
+    proc = subprocess.Popen([sys.executable, "-m", "samfast.server", "--checkpoint", str(checkpoint), "--device", "cpu",
+                             "--port", str(port), *args], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                with urllib.request.urlopen(url + "health", timeout=2) as r:
                     assert r.status == 200
                     break
             except OSError:
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.time() < deadline, "the server did not come up in 60 s"
                 time.sleep(0.2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=5) as r:
-            assert r.status == 200
-        lines = [c for c in os.popen(f"ss -ltn 2>/dev/null | grep ':{port} '").read().splitlines()]
-        assert all("127.0.0.1" in line for line in lines)
+        yield url, proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_server_command_on_loopback(samfast_pkg, tiny_checkpoint):
+    """samfast-server starts, serves on 127.0.0.1 only, and stops."""
+    with running_server(samfast_pkg, tiny_checkpoint) as (url, _):
+        with urllib.request.urlopen(url + "docs", timeout=5) as r:
+            assert r.status == 200
+        port = url.rsplit(":", 1)[1].strip("/")
+        lines = os.popen(f"ss -ltn 2>/dev/null | grep ':{port} '").read().splitlines()
+        assert all("127.0.0.1" in line for line in lines)

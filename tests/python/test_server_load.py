@@ -3,18 +3,14 @@ clicking on a warm image and uploading, for a fixed time. Every request succeeds
 the documented 503 + Retry-After; the server's memory stays flat; p50 / p99 are printed."""
 import asyncio
 import io
-import os
 import random
-import subprocess
-import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from conftest import IMAGES
-from test_server import free_port
+from test_server import running_server
 
 httpx = pytest.importorskip("httpx", reason="the load test needs httpx (scripts/setup.sh installs it)")
 
@@ -35,26 +31,9 @@ def small_jpeg(name, seed):
 
 
 def test_concurrent_clients(samfast_pkg, tiny_checkpoint):
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)), OMP_NUM_THREADS="2")
-    proc = subprocess.Popen([sys.executable, "-m", "samfast.server", "--checkpoint", str(tiny_checkpoint), "--device",
-                             "cpu", "--port", str(port), "--max-pending", "16", "--cache-mb", "64"],
-                            env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.time() < deadline
-                time.sleep(0.2)
-        results = asyncio.run(load(url, proc.pid))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with running_server(samfast_pkg, tiny_checkpoint, "--max-pending", "16", "--cache-mb", "64",
+                        env={"OMP_NUM_THREADS": "2"}) as (url, proc):
+        results = asyncio.run(load(url.rstrip("/"), proc.pid))
     codes, latencies, memory = results
     bad = {c: n for c, n in codes.items() if c not in (200, 503)}
     assert not bad, f"unexpected status codes: {bad}"

@@ -5,8 +5,6 @@ Screenshots go to $SAMFAST_SCREENSHOTS when set (the README's come from there)."
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -14,30 +12,15 @@ import numpy as np
 import pytest
 
 from conftest import IMAGES
-from test_server import free_port, png_mask
+from test_server import png_mask, running_server
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs python3-selenium")
 
 
 @pytest.fixture(scope="module")
 def server(samfast_pkg, tiny_checkpoint):
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(samfast_pkg.__file__)))
-    proc = subprocess.Popen([sys.executable, "-m", "samfast.server", "--checkpoint", str(tiny_checkpoint),
-                             "--device", "cpu", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "health", timeout=2).close()
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "the server did not come up in 60 s"
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with running_server(samfast_pkg, tiny_checkpoint) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
