@@ -301,6 +301,17 @@ NB_MODULE(_samfast, m) {
              return out;
            },
            "The weights as (name, float32 array) pairs sharing the model's host copy (read them, do not write).")
+      .def(
+          "memory_use",
+          [](const ModelHandle& h) {
+            const Model::MemoryUse use = h.model.memory_use();
+            nb::dict d;
+            d["weights"] = use.weights, d["weights_filled"] = use.weights_filled;
+            d["graph_arena"] = use.graph_arena, d["graphs_in_arena"] = use.graphs_in_arena;
+            d["peak"] = h.model.peak_memory_bytes();
+            return d;
+          },
+          "Device memory in bytes: the weights' allocation, the CUDA-graph arena, the peak so far (zeros on the CPU).")
       .def("synchronize", [](const ModelHandle& h) {
         Computing c(h);
         h.model.synchronize();

@@ -78,6 +78,7 @@ def test_upload_forms_and_cache(client, dog_id):
     assert 'samfast_embedding_cache_total{result="hit"}' in metrics
     assert 'samfast_requests_total{endpoint="/v1/images/base64",status="200"}' in metrics
     assert "samfast_request_seconds_bucket" in metrics and "samfast_pending_requests" in metrics
+    assert 'samfast_device_memory_bytes{kind="peak"} 0.0' in metrics  # (the CPU: no device memory)
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["device"] == "cpu" and health["images_cached"] >= 1
 

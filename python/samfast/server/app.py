@@ -132,6 +132,8 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     cache_hits = Counter("samfast_embedding_cache", "image uploads by whether their embedding was cached", ["result"],
                          registry=registry)
     cache_bytes = Gauge("samfast_embedding_cache_bytes", "bytes held by the embedding cache", registry=registry)
+    device_memory = Gauge("samfast_device_memory_bytes", "the model's device memory (0 on the CPU)", ["kind"],
+                          registry=registry)
 
     app = FastAPI(title="samfast", version="1", description="Segment Anything on samfast's engine: upload an "
                   "image once, then predict masks for clicks and boxes, or segment everything.")
@@ -241,6 +243,9 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
 
     @app.get("/metrics")
     def metrics():
+        for kind, value in native.memory_use().items():
+            if kind != "graphs_in_arena":
+                device_memory.labels(kind).set(value)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/images", response_model=ImageInfo, dependencies=[Depends(authorized)])
