@@ -65,7 +65,7 @@ class SamAutomaticMaskGenerator:
 
     def _generator(self):
         options = self._options(self.predictor.model._native_model())
-        key = (options[0],) + options[2:11] + (tuple(g.tobytes() for g in options[11]),) + options[12:]
+        key = options[:11] + (tuple(g.tobytes() for g in options[11]),) + options[12:]  # (arrays by value)
         if self._native is None or key != self._native_key:
             self._native, self._native_key = _samfast.MaskGenerator(*options), key
         return self._native

@@ -32,8 +32,7 @@ class Sam:
         if str(precision).lower() not in _samfast.precision_names():
             raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(_samfast.precision_names())}")
         self._native = None
-        img_size = 1024 if model_type in (None, "vit_b", "vit_l", "vit_h") else None
-        self.image_encoder = SimpleNamespace(img_size=img_size)
+        self.image_encoder = SimpleNamespace(img_size=1024)  # (the loaded model's own once it is loaded)
 
     # -- the engine's model, made on first use ----------------------------------------------------
     def _native_model(self):
