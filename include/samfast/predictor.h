@@ -46,6 +46,18 @@ class Predictor {
   void set_images(const std::vector<Image>& rgbs);
   void set_images(const std::vector<EncoderInput>& inputs);
   bool is_image_set() const { return embedding_.defined(); }
+  // One image of a set_images() batch as a predictor of its own (its embedding copied out), so that
+  // a cache can keep and drop the images of one encoder batch one by one.
+  Predictor select(int image) const;
+  // The images of several predictors of one model, in order, as one predictor (their embeddings
+  // copied together): prompts on all of them then decode in one ragged predict_batch, as a server
+  // does with the clicks of many clients on many images.
+  static Predictor join(const std::vector<const Predictor*>& parts);
+  // The embedding moved to host memory (its backend memory freed) and back; predict needs it on the
+  // backend. Host-held predictors are a cache's second tier: a later click costs an upload, not an encode.
+  void to_host();
+  void to_device();
+  bool on_device() const { return is_image_set() && !embedding_host_; }
   int image_count() const { return (int)original_sizes_.size(); }
   // (1, 256, G, G) like SamPredictor.get_image_embedding.
   Tensor image_embedding(int image = 0) const;
@@ -74,6 +86,7 @@ class Predictor {
   size_t checked(int image) const;  // image as an index, or an Error
   const Model& model_;
   Tensor embedding_;  // (I, G, G, 256) channel-last
+  bool embedding_host_ = false;  // embedding_ is a host fp32 copy (to_host)
   std::vector<std::pair<int, int>> original_sizes_, input_sizes_;  // (h, w) per image
 };
 

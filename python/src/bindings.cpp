@@ -152,6 +152,7 @@ nb::tuple prediction_tuple(const Prediction& r) { return nb::make_tuple(share(r.
 
 struct PredictorHandle {
   explicit PredictorHandle(ModelPtr m) : model(std::move(m)), predictor(model->model) {}
+  PredictorHandle(ModelPtr m, Predictor p) : model(std::move(m)), predictor(std::move(p)) {}
   ModelPtr model;
   Predictor predictor;
 };
@@ -317,6 +318,20 @@ NB_MODULE(_samfast, m) {
         h.model.synchronize();
       });
 
+  nb::class_<EncoderInput>(m, "PreparedImage", "An image resized, normalized and padded for the encoder (host memory).")
+      .def_prop_ro("original_size", [](const EncoderInput& in) { return in.original_size; })
+      .def_prop_ro("input_size", [](const EncoderInput& in) { return in.input_size; });
+  m.def(
+      "prepare_image",
+      [](const ModelHandle& h, ByteArray rgb) {
+        Image img = image_from(rgb);
+        nb::gil_scoped_release no_gil;  // (host work only: needs no model lock)
+        return Predictor::prepare(img, h.model.config().img_size);
+      },
+      "model"_a, "image"_a,
+      "The host half of set_image for an RGB (H, W, 3) uint8 image, run without the model's lock: "
+      "Predictor.set_prepared_images then runs the encoder on a batch of them.");
+
   nb::class_<PredictorHandle>(m, "Predictor", "Set an image once, then predict masks for prompts.")
       .def(nb::init<ModelPtr>(), "model"_a)
       .def(
@@ -350,6 +365,52 @@ NB_MODULE(_samfast, m) {
             p.predictor.set_images(imgs);
           },
           "images"_a, "Several RGB images through the encoder in one batch; prompts then name their image.")
+      .def(
+          "set_prepared_images",
+          [](PredictorHandle& p, const std::vector<const EncoderInput*>& inputs) {
+            std::vector<EncoderInput> batch;
+            for (const EncoderInput* in : inputs) batch.push_back(*in);  // (tensors shared, not copied)
+            Computing c(*p.model);
+            p.predictor.set_images(batch);
+          },
+          "images"_a, "Images from prepare_image through the encoder in one batch (a server's dynamic batch).")
+      .def(
+          "select",
+          [](const PredictorHandle& p, int image) {
+            Computing c(*p.model);
+            return PredictorHandle(p.model, p.predictor.select(image));
+          },
+          "image"_a, "One image of set_images as a predictor of its own (its embedding copied out).")
+      .def_static(
+          "join",
+          [](const std::vector<const PredictorHandle*>& parts) {
+            if (parts.empty()) throw InvalidArgument("join: no predictors");
+            std::vector<const Predictor*> ps;
+            for (const PredictorHandle* h : parts) {
+              if (h->model != parts[0]->model) throw InvalidArgument("join: the predictors belong to different models");
+              ps.push_back(&h->predictor);
+            }
+            Computing c(*parts[0]->model);
+            return PredictorHandle(parts[0]->model, Predictor::join(ps));
+          },
+          "predictors"_a,
+          "The images of several predictors, in order, as one predictor: prompts on all of them decode in one "
+          "ragged predict_batch.")
+      .def(
+          "to_host",
+          [](PredictorHandle& p) {
+            Computing c(*p.model);
+            p.predictor.to_host();
+          },
+          "Moves the image embedding to host memory (frees its device memory).")
+      .def(
+          "to_device",
+          [](PredictorHandle& p) {
+            Computing c(*p.model);
+            p.predictor.to_device();
+          },
+          "Moves a host-held image embedding back to the model's device (predict needs it there).")
+      .def_prop_ro("on_device", [](const PredictorHandle& p) { return p.predictor.on_device(); })
       .def_prop_ro("is_image_set", [](const PredictorHandle& p) { return p.predictor.is_image_set(); })
       .def_prop_ro("image_count", [](const PredictorHandle& p) { return p.predictor.image_count(); })
       .def("original_size", [](const PredictorHandle& p, int image) { return p.predictor.original_size(image); }, "image"_a = 0)

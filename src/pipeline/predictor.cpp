@@ -44,11 +44,46 @@ void Predictor::set_images(const std::vector<EncoderInput>& inputs) {
   Tensor batch = inputs.size() == 1 ? inputs[0].image : Tensor::empty({(int64_t)inputs.size(), 3, S, S});
   if (inputs.size() > 1)
     for (size_t i = 0; i < inputs.size(); ++i) std::memcpy(batch.data + i * plane, inputs[i].image.data, sizeof(float) * plane);
-  embedding_ = Tensor();  // a failed encode leaves no image set
+  embedding_ = Tensor(), embedding_host_ = false;  // a failed encode leaves no image set
   original_sizes_.clear(), input_sizes_.clear();
   Tensor embedding = model_.encode_image(batch);
   for (const EncoderInput& in : inputs) original_sizes_.push_back(in.original_size), input_sizes_.push_back(in.input_size);
   embedding_ = embedding;
+}
+
+Predictor Predictor::select(int image) const {
+  if (!on_device()) throw Error("select: the predictor has no image on the backend");
+  const size_t i = checked(image);
+  Predictor one(model_);
+  one.embedding_ = image_count() == 1 ? embedding_ : model_.backend().gather(embedding_, {(int64_t)i});
+  one.original_sizes_ = {original_sizes_[i]}, one.input_sizes_ = {input_sizes_[i]};
+  return one;
+}
+
+Predictor Predictor::join(const std::vector<const Predictor*>& parts) {
+  if (parts.empty()) throw InvalidArgument("join: no predictors");
+  Predictor all(parts[0]->model_);
+  std::vector<Tensor> flat;  // each (I_k, G, G, D) as (1, I_k * G * G * D): concat along dim 1 joins them whole
+  int64_t images = 0;
+  for (const Predictor* p : parts) {
+    if (&p->model_ != &all.model_) throw InvalidArgument("join: the predictors belong to different models");
+    if (!p->on_device()) throw InvalidArgument("join: a predictor has no image on the backend");
+    flat.push_back(p->embedding_.view({1, p->embedding_.numel()}));
+    images += p->embedding_.dim(0);
+    all.original_sizes_.insert(all.original_sizes_.end(), p->original_sizes_.begin(), p->original_sizes_.end());
+    all.input_sizes_.insert(all.input_sizes_.end(), p->input_sizes_.begin(), p->input_sizes_.end());
+  }
+  const Tensor& e = parts[0]->embedding_;
+  all.embedding_ = parts.size() == 1 ? e : all.model_.backend().concat(flat).view({images, e.dim(1), e.dim(2), e.dim(3)});
+  return all;
+}
+
+void Predictor::to_host() {
+  if (is_image_set() && !embedding_host_) embedding_ = model_.download(embedding_), embedding_host_ = true;
+}
+
+void Predictor::to_device() {
+  if (is_image_set() && embedding_host_) embedding_ = model_.upload(embedding_), embedding_host_ = false;
 }
 
 size_t Predictor::checked(int image) const {
@@ -61,7 +96,8 @@ size_t Predictor::checked(int image) const {
 Tensor Predictor::image_embedding(int image) const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before the embedding is read");
   const int64_t i = (int64_t)checked(image);
-  const Tensor e = model_.download(image_count() == 1 ? embedding_ : model_.backend().gather(embedding_, {i}));
+  const Tensor e = embedding_host_ ? embedding_.item(i).view({1, embedding_.dim(1), embedding_.dim(2), embedding_.dim(3)})
+                                   : model_.download(image_count() == 1 ? embedding_ : model_.backend().gather(embedding_, {i}));
   const int64_t G = e.dim(1), D = e.dim(3);
   Tensor out = Tensor::empty({1, D, G, G});
   for (int64_t i = 0; i < G * G; ++i)
@@ -71,6 +107,7 @@ Tensor Predictor::image_embedding(int image) const {
 
 void Predictor::check(const Prompt& p) const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before predict()");
+  if (embedding_host_) throw Error("the image embedding is in host memory: to_device() before predict()");
   const auto [H, W] = original_sizes_[checked(p.image)];
   check_prompt(p, H, W, 4 * model_.config().grid());
 }
@@ -100,6 +137,7 @@ void Predictor::check_prompt(const Prompt& p, int H, int W, int64_t L) {
 
 DecoderOutput Predictor::decode(const PromptBatch& prompts, bool multimask_output) const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before decode()");
+  if (embedding_host_) throw Error("the image embedding is in host memory: to_device() before decode()");
   if (image_count() != 1) throw Error("decode() takes one image; with several, use Model::decode_masks with image indices");
   return model_.decode_masks(embedding_, model_.encode_prompts(prompts), multimask_output);
 }

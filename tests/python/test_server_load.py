@@ -1,6 +1,7 @@
 """A bounded load test of the real server on loopback (CPU, tiny model): many concurrent clients
 clicking on a warm image and uploading, for a fixed time. Every request succeeds or is refused with
-the documented 503 + Retry-After; the server's memory stays flat; p50 / p99 are printed."""
+the documented 503 + Retry-After; the server's memory stays flat once warm (its buffer pools hold
+the sizes of each batch shape, and the batcher makes few shapes); p50 / p99 are printed."""
 import asyncio
 import io
 import random
@@ -14,7 +15,7 @@ from test_server import running_server
 
 httpx = pytest.importorskip("httpx", reason="the load test needs httpx (scripts/setup.sh installs it)")
 
-CLIENTS, SECONDS = 24, 12
+CLIENTS, SECONDS = 24, 18
 
 
 def rss_mb(pid):
@@ -41,8 +42,8 @@ def test_concurrent_clients(samfast_pkg, tiny_checkpoint):
     lat = np.array(latencies) * 1e3
     print(f"load: {CLIENTS} clients, {SECONDS} s: {codes}, predict p50 {np.percentile(lat, 50):.0f} ms, "
           f"p99 {np.percentile(lat, 99):.0f} ms; server RSS {memory[0]:.0f} -> {memory[1]:.0f} -> {memory[2]:.0f} MB")
-    # flat: the second half of the run adds little to the first's (the cache is bounded at 64 MB)
-    assert memory[2] - memory[1] < 64 + 0.25 * (memory[1] - memory[0]) + 32, memory
+    # flat: the last two thirds of the run add little to the first's (the cache is bounded at 64 MB)
+    assert memory[2] - memory[1] < 64 + 0.1 * (memory[1] - memory[0]), memory
 
 
 async def load(url, pid):
@@ -71,7 +72,7 @@ async def load(url, pid):
                     await asyncio.sleep(0.05)
 
         async def sample_memory():
-            await asyncio.sleep(SECONDS / 2)
+            await asyncio.sleep(SECONDS / 3)
             memory.append(rss_mb(pid))
 
         await asyncio.gather(sample_memory(), *(clicker(k) for k in range(CLIENTS)))

@@ -1,29 +1,32 @@
 """The HTTP API (FastAPI) over the Python package, and the web page at / (static/): upload an image once (its id is the content hash),
-then predict on it (each click a decode), segment everything, or fetch its embedding. Embeddings
-stay in an LRU cache bounded in bytes, so a re-upload or a click on a known image never re-encodes.
-Bad input is a JSON error with a 4xx code; more work than max_pending is refused with 503 and
-Retry-After instead of queueing without bound."""
+then predict on it (each click a decode), segment everything, or fetch its embedding. All model work
+runs on one thread (batcher.py): concurrent uploads share encoder batches and concurrent clicks one
+ragged decode. Embeddings stay in a two-tier cache bounded in bytes (cache.py), so a re-upload or a
+click on a known image never re-encodes. Bad input is a JSON error with a 4xx code; more work than
+max_pending is refused with 503 and Retry-After, and work past request_timeout_s answers 504."""
 import base64
+import concurrent.futures
+import contextlib
 import hashlib
 import io
 import os
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional
+from typing import List, Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field
 
 from .. import _samfast
 from ..automatic_mask_generator import SamAutomaticMaskGenerator
-from ..predictor import SamPredictor
 from ..utils.amg import coco_encode_rle, mask_to_rle_pytorch
+from .batcher import Batcher, Click
+from .cache import EmbeddingCache, Entry
+from .schemas import Base64Image, EverythingRequest, EverythingResponse, ImageInfo, PredictRequest, PredictResponse
 
 
 @dataclass
@@ -34,109 +37,55 @@ class ServerConfig:
     max_pixels: int = 100_000_000
     max_prompts: int = 64
     max_pending: int = 64                  # requests computing or waiting for the model
-    cache_bytes: int = 2 * 2**30           # embeddings and their images kept
+    request_timeout_s: float = 60.0        # waiting plus computing; past it: 504
+    device_cache_bytes: int = 2 * 2**30    # embeddings on the device
+    host_cache_bytes: int = 4 * 2**30      # images, and embeddings moved off the device
+    max_encode_batch: int = 8              # images in one encoder pass
+    max_batch_wait_ms: float = 5.0         # how long an upload waits for others to join its batch
     retry_after_s: int = 1
-
-
-class PredictRequest(BaseModel):
-    points: Optional[List[List[float]]] = Field(None, description="(x, y) in image pixels")
-    labels: Optional[List[int]] = Field(None, description="1 foreground, 0 background, one per point")
-    box: Optional[List[float]] = Field(None, min_items=4, max_items=4, description="x0, y0, x1, y1 in image pixels")
-    mask_input: Optional[str] = Field(None, description="base64 .npy of a (1, 256, 256) float32 low-res logits "
-                                                        "array, as low_res_logits of an earlier response")
-    multimask_output: bool = True
-    format: Literal["png", "rle"] = Field("png", description="png: base64 PNG per mask; rle: COCO RLE")
-    return_low_res_logits: bool = False
-
-
-class PredictResponse(BaseModel):
-    masks: List[Dict[str, object]]
-    scores: List[float]
-    low_res_logits: Optional[str] = None
-    elapsed_ms: float
-
-
-class EverythingRequest(BaseModel):
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-
-
-class ImageInfo(BaseModel):
-    id: str
-    width: int
-    height: int
-    cached: bool = Field(description="the embedding was already computed (no encoder pass)")
-    elapsed_ms: float
-
-
-class Base64Image(BaseModel):
-    image_base64: str
-
-
-class _Entry:
-    def __init__(self, predictor, image, nbytes):
-        self.predictor, self.image, self.nbytes = predictor, image, nbytes
-
-
-class EmbeddingCache:
-    """Predictors with their image set, least recently used dropped first past `capacity` bytes."""
-
-    def __init__(self, capacity):
-        self.capacity, self.used = capacity, 0
-        self._entries: "OrderedDict[str, _Entry]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
-
-    def put(self, key, entry):
-        with self._lock:
-            if key in self._entries:
-                self.used -= self._entries.pop(key).nbytes
-            self._entries[key] = entry
-            self.used += entry.nbytes
-            while self.used > self.capacity and len(self._entries) > 1:
-                self.used -= self._entries.popitem(last=False)[1].nbytes
-
-    def __len__(self):
-        return len(self._entries)
 
 
 def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     """The app for one model. sam: a samfast Sam (samfast.load(...))."""
     config = config or ServerConfig()
     native = sam._native_model()
-    embedding_bytes = 256 * 64 * 64 * (4 if native.precision == "fp32" else 2)
-    cache = EmbeddingCache(config.cache_bytes)
+    grid_values = 256 * (native.img_size // 16) ** 2
+    cache = EmbeddingCache(config.device_cache_bytes, config.host_cache_bytes,
+                           embedding_bytes=grid_values * (4 if native.precision == "fp32" else 2),
+                           host_embedding_bytes=grid_values * 4)
+    batcher = Batcher(config.max_encode_batch, config.max_batch_wait_ms / 1e3)
     pending = {"n": 0}
     pending_lock = threading.Lock()
+    encoding = {}  # image id -> the Future of its encode, so that concurrent uploads of one image encode it once
+    encoding_lock = threading.Lock()
 
     registry = CollectorRegistry()
     requests_total = Counter("samfast_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("samfast_request_seconds", "request latency", ["endpoint"], registry=registry,
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
     queue_depth = Gauge("samfast_pending_requests", "requests computing or waiting for the model", registry=registry)
+    batch_size = Histogram("samfast_batch_size", "requests per model pass", ["kind"], registry=registry,
+                           buckets=(1, 2, 4, 8, 16, 32, 64))
     cache_hits = Counter("samfast_embedding_cache", "image uploads by whether their embedding was cached", ["result"],
                          registry=registry)
-    cache_bytes = Gauge("samfast_embedding_cache_bytes", "bytes held by the embedding cache", registry=registry)
+    cache_bytes = Gauge("samfast_embedding_cache_bytes", "bytes held by the embedding cache", ["tier"],
+                        registry=registry)
+    cache_moves = Gauge("samfast_embedding_cache_moves", "embeddings moved between the cache's tiers or dropped",
+                        ["move"], registry=registry)
     device_memory = Gauge("samfast_device_memory_bytes", "the model's device memory (0 on the CPU)", ["kind"],
                           registry=registry)
 
-    app = FastAPI(title="samfast", version="1", description="Segment Anything on samfast's engine: upload an "
-                  "image once, then predict masks for clicks and boxes, or segment everything.")
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        import anyio.to_thread
+        # every pending request may wait on its result in a worker thread (the default allows 40)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max(40, config.max_pending + 8)
+        yield
+        batcher.close()
+
+    app = FastAPI(title="samfast", version="1", lifespan=lifespan,
+                  description="Segment Anything on samfast's engine: upload an image once, then predict masks for "
+                  "clicks and boxes, or segment everything.")
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
@@ -165,29 +114,44 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         if config.token and request.headers.get("authorization") != f"Bearer {config.token}":
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    class _Slot:
+    @contextlib.contextmanager
+    def slot():
         """A place among max_pending; none free answers 503 with Retry-After."""
-
-        def __enter__(self):
-            with pending_lock:
-                if pending["n"] >= config.max_pending:
-                    raise HTTPException(503, f"busy: {pending['n']} requests pending",
-                                        headers={"Retry-After": str(config.retry_after_s)})
-                pending["n"] += 1
-                queue_depth.set(pending["n"])
-
-        def __exit__(self, *exc):
+        with pending_lock:
+            if pending["n"] >= config.max_pending:
+                raise HTTPException(503, f"busy: {pending['n']} requests pending",
+                                    headers={"Retry-After": str(config.retry_after_s)})
+            pending["n"] += 1
+            queue_depth.set(pending["n"])
+        try:
+            yield
+        finally:
             with pending_lock:
                 pending["n"] -= 1
                 queue_depth.set(pending["n"])
 
-    def entry_of(image_id):
-        entry = cache.get(image_id)
-        if entry is None:
-            raise HTTPException(404, f"unknown image id {image_id[:16]}...: upload it to /v1/images first")
-        return entry
+    def result(future: concurrent.futures.Future, started: float):
+        """The batcher's answer, or 504 once the request has taken request_timeout_s."""
+        try:
+            return future.result(timeout=max(0.0, started + config.request_timeout_s - time.perf_counter()))
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # (skipped if still queued)
+            raise HTTPException(504, f"the request took more than {config.request_timeout_s:g} s") from None
 
-    def decode(data: bytes):
+    def record_batches():
+        for kind in ("encode", "decode"):
+            sizes, batcher.batches[kind] = batcher.batches[kind], []
+            for n in sizes:
+                batch_size.labels(kind).observe(n)
+
+    @contextlib.contextmanager
+    def entry_of(image_id):
+        with cache.use(image_id) as entry:
+            if entry is None:
+                raise HTTPException(404, f"unknown image id {image_id[:16]}...: upload it to /v1/images first")
+            yield entry
+
+    def decode_upload(data: bytes):
         if len(data) > config.max_upload_bytes:
             raise HTTPException(413, f"image of {len(data)} bytes is past the limit of {config.max_upload_bytes}")
         if not data:
@@ -206,21 +170,31 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
                                      f"{config.max_pixels}")
         return image
 
+    def encoded(image_id, image, future):
+        with encoding_lock:
+            encoding.pop(image_id, None)
+        if not future.cancelled() and future.exception() is None:
+            cache.put(image_id, Entry(future.result(), image))
+
     def add_image(data: bytes) -> ImageInfo:
         start = time.perf_counter()
         image_id = hashlib.sha256(data).hexdigest()
-        entry = cache.get(image_id)
-        cached = entry is not None
+        image = cache.get_image(image_id)
+        cached = image is not None
         cache_hits.labels("hit" if cached else "miss").inc()
         if not cached:
-            image = decode(data)
-            with _Slot():
-                predictor = SamPredictor(sam)
-                predictor.set_image(image)
-            entry = _Entry(predictor, image, embedding_bytes + image.nbytes)
-            cache.put(image_id, entry)
-            cache_bytes.set(cache.used)
-        h, w = entry.image.shape[:2]
+            image = decode_upload(data)
+            with slot():
+                with encoding_lock:
+                    future = encoding.get(image_id)
+                    if future is None:
+                        future = encoding[image_id] = batcher.encode(native, _samfast.prepare_image(native, image))
+                        # (cached when done even if this request has timed out: a retry is then a hit)
+                        future.add_done_callback(lambda f: encoded(image_id, image, f))
+                predictor = result(future, start)
+            cache.put(image_id, Entry(predictor, image))
+            record_batches()
+        h, w = image.shape[:2]
         return ImageInfo(id=image_id, width=w, height=h, cached=cached, elapsed_ms=(time.perf_counter() - start) * 1e3)
 
     static = os.path.join(os.path.dirname(__file__), "static")
@@ -246,6 +220,11 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         for kind, value in native.memory_use().items():
             if kind != "graphs_in_arena":
                 device_memory.labels(kind).set(value)
+        cache_bytes.labels("device").set(cache.device_used)
+        cache_bytes.labels("host").set(cache.host_used)
+        for move, n in cache.moves.items():
+            cache_moves.labels(move).set(n)
+        record_batches()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/images", response_model=ImageInfo, dependencies=[Depends(authorized)])
@@ -266,30 +245,15 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     @app.post("/v1/images/{image_id}/predict", response_model=PredictResponse, dependencies=[Depends(authorized)])
     def predict(image_id: str, body: PredictRequest):
         start = time.perf_counter()
-        entry = entry_of(image_id)
-        n_points = len(body.points or [])
-        if n_points > config.max_prompts:
-            raise HTTPException(422, f"{n_points} points are past the limit of {config.max_prompts}")
-        if (body.points is None) != (body.labels is None) or (body.labels is not None and len(body.labels) != n_points):
-            raise HTTPException(422, "give one label per point")
-        if body.points is None and body.box is None and body.mask_input is None:
-            raise HTTPException(422, "give points, a box or a mask input")
-        mask_input = None
-        if body.mask_input is not None:
-            try:
-                mask_input = np.load(io.BytesIO(base64.b64decode(body.mask_input, validate=True)), allow_pickle=False)
-            except ValueError as e:
-                raise HTTPException(422, f"mask_input is not a base64 .npy array: {e}") from None
-        with _Slot():
-            masks, scores, low_res = entry.predictor.predict(
-                point_coords=None if body.points is None else np.asarray(body.points, np.float32).reshape(-1, 2),
-                point_labels=None if body.labels is None else np.asarray(body.labels, np.int32),
-                box=None if body.box is None else np.asarray(body.box, np.float32),
-                mask_input=mask_input, multimask_output=body.multimask_output)
+        click = click_of(body)
+        with slot(), entry_of(image_id) as entry:
+            masks, scores, low_res = result(batcher.predict(entry.predictor, click), start)
         if body.format == "png":
             out = [{"png": base64.b64encode(_samfast.encode_png_gray(m.astype(np.uint8) * 255)).decode()} for m in masks]
-        else:
+        elif body.format == "rle":
             out = [{"rle": coco_encode_rle(r)} for r in mask_to_rle_pytorch(masks)]
+        else:
+            out = [{"polygons": polygons(m)} for m in masks]
         low = None
         if body.return_low_res_logits:
             buf = io.BytesIO()
@@ -298,25 +262,62 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         return PredictResponse(masks=out, scores=[float(s) for s in scores], low_res_logits=low,
                                elapsed_ms=(time.perf_counter() - start) * 1e3)
 
-    @app.post("/v1/images/{image_id}/everything", dependencies=[Depends(authorized)])
+    def click_of(body: PredictRequest) -> Click:
+        n_points = len(body.points or [])
+        if n_points > config.max_prompts:
+            raise HTTPException(422, f"{n_points} points are past the limit of {config.max_prompts}")
+        if (body.points is None) != (body.labels is None) or (body.labels is not None and len(body.labels) != n_points):
+            raise HTTPException(422, "give one label per point")
+        if any(len(p) != 2 for p in body.points or []):
+            raise HTTPException(422, "each point is [x, y]")
+        if body.points is None and body.box is None and body.mask_input is None:
+            raise HTTPException(422, "give points, a box or a mask input")
+        mask_input = None
+        if body.mask_input is not None:
+            try:
+                mask_input = np.load(io.BytesIO(base64.b64decode(body.mask_input, validate=True)), allow_pickle=False)
+            except (ValueError, EOFError, OSError) as e:
+                raise HTTPException(422, f"mask_input is not a base64 .npy array: {e}") from None
+            if mask_input.dtype != np.float32 or mask_input.shape != (1, native.low_res_size, native.low_res_size):
+                raise HTTPException(422, f"mask_input must be float32 (1, {native.low_res_size}, "
+                                         f"{native.low_res_size}), got {mask_input.dtype} {mask_input.shape}")
+        return Click(points=None if body.points is None else np.asarray(body.points, np.float32).reshape(-1, 2),
+                     labels=None if body.labels is None else np.asarray(body.labels, np.int32),
+                     box=None if body.box is None else np.asarray(body.box, np.float32),
+                     mask_input=mask_input, multimask_output=body.multimask_output)
+
+    @app.post("/v1/images/{image_id}/everything", response_model=EverythingResponse,
+              dependencies=[Depends(authorized)])
     def everything(image_id: str, body: EverythingRequest):
         start = time.perf_counter()
-        entry = entry_of(image_id)
+        image = cache.get_image(image_id)
+        if image is None:
+            raise HTTPException(404, f"unknown image id {image_id[:16]}...: upload it to /v1/images first")
         generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **body.dict())
-        with _Slot():
-            records = generator.generate(entry.image)
-        return {"records": records, "elapsed_ms": (time.perf_counter() - start) * 1e3}
+        with slot():
+            records = result(batcher.run(lambda: generator.generate(image)), start)
+        return EverythingResponse(records=records, elapsed_ms=(time.perf_counter() - start) * 1e3)
 
     @app.get("/v1/images/{image_id}/embedding", dependencies=[Depends(authorized)],
              responses={200: {"content": {"application/octet-stream": {}},
                               "description": "float32 .npy of shape (1, 256, 64, 64)"}})
     def embedding(image_id: str):
-        entry = entry_of(image_id)
-        with _Slot():
-            emb = entry.predictor._native.image_embedding(0)
+        start = time.perf_counter()
+        with slot(), entry_of(image_id) as entry:
+            emb = result(batcher.run(lambda: entry.predictor.image_embedding(0)), start)
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(emb, dtype=np.float32))
         return Response(buf.getvalue(), media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{image_id[:16]}.npy"'})
 
     return app
+
+
+def polygons(mask: np.ndarray) -> List[List[float]]:
+    """A binary mask's outer contours as COCO polygons [x0, y0, x1, y1, ...] (3 points or more)."""
+    try:
+        import cv2
+    except ImportError:
+        raise HTTPException(501, "polygon output needs OpenCV: pip install opencv-python-headless") from None
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]

@@ -18,7 +18,13 @@ def main(argv=None):
     ap.add_argument("--max-pixels", type=int, default=100_000_000)
     ap.add_argument("--max-prompts", type=int, default=64, help="prompts per predict request")
     ap.add_argument("--max-pending", type=int, default=64, help="requests computing or waiting; more get 503")
-    ap.add_argument("--cache-mb", type=float, default=2048.0, help="image embeddings kept (device memory and images)")
+    ap.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait and compute; then 504")
+    ap.add_argument("--cache-mb", type=float, default=2048.0, help="image embeddings kept in device memory")
+    ap.add_argument("--host-cache-mb", type=float, default=4096.0,
+                    help="images, and embeddings moved off the device, kept in host memory")
+    ap.add_argument("--max-batch", type=int, default=8, help="images in one encoder pass (dynamic batching)")
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0,
+                    help="how long an upload waits for others to join its encoder batch")
     a = ap.parse_args(argv)
     if not a.checkpoint and not a.model:
         ap.error("give --checkpoint (or --model for a synthetic model)")
@@ -33,7 +39,9 @@ def main(argv=None):
     sam._native_model()  # (loaded before the first request)
     config = ServerConfig(token=a.token, cors_origins=a.cors_origin, max_upload_bytes=int(a.max_upload_mb * 2**20),
                           max_pixels=a.max_pixels, max_prompts=a.max_prompts, max_pending=a.max_pending,
-                          cache_bytes=int(a.cache_mb * 2**20))
+                          request_timeout_s=a.timeout, device_cache_bytes=int(a.cache_mb * 2**20),
+                          host_cache_bytes=int(a.host_cache_mb * 2**20), max_encode_batch=a.max_batch,
+                          max_batch_wait_ms=a.batch_wait_ms)
     app = create_app(sam, config)
     print(f"samfast-server: {sam} on http://{a.host}:{a.port} (docs at /docs)", file=sys.stderr, flush=True)
     # (keep-alive longer than clients' pools keep idle connections, so that a pooled connection is not
