@@ -91,12 +91,13 @@ def test_generator_on_gpu_fp32_matches_upstream(gpu, tiny_checkpoint, upstream):
 
 
 def test_server_batches_on_the_gpu(gpu, tiny_checkpoint):
-    """The server's passes on the GPU (bf16): an encoder batch split into one predictor per image,
+    """The server's passes on the GPU (fp32, held tight; bf16 on the tiny random model is too noisy, as
+    test_bf16_against_fp32 says): an encoder batch split into one predictor per image,
     clicks on several images decoded in one ragged batch, an embedding to the host and back; each
     as the one-image path computes it."""
     from samfast import _samfast
     from samfast.server.batcher import Batcher, Click
-    native = gpu.load(tiny_checkpoint, device="cuda", precision="bf16")._native_model()
+    native = gpu.load(tiny_checkpoint, device="cuda", precision="fp32")._native_model()
     images = [rgb("dog.jpg"), rgb("truck.jpg"), rgb("groceries.jpg"), rgb("dog.jpg")[::2].copy()]
     batcher = Batcher(max_encode_batch=4, max_wait_s=5.0)
     got = [f.result(timeout=120) for f in [batcher.encode(native, _samfast.prepare_image(native, im)) for im in images]]
@@ -106,20 +107,20 @@ def test_server_batches_on_the_gpu(gpu, tiny_checkpoint):
         p = _samfast.Predictor(native)
         p.set_image(im)
         singles.append(p)
-    for p, q in zip(got, singles):  # (bf16: a batch of 4 and a batch of 1 may round differently)
-        assert parity.max_rel_err(p.image_embedding(0), q.image_embedding(0)) <= 2e-2
+    for p, q in zip(got, singles):  # (a batch of 4 and a batch of 1 may round differently)
+        assert parity.max_rel_err(p.image_embedding(0), q.image_embedding(0)) <= 1e-3
     clicks = [Click(np.array([[50 + 30 * k, 60 + 20 * k]], np.float32), np.array([1], np.int32), None, None, True)
               for k in range(4)]
     futures = [batcher.predict(got[k], c) for k, c in enumerate(clicks)]
     for k, (f, c) in enumerate(zip(futures, clicks)):
         masks, scores, low = f.result(timeout=120)
         want = got[k].predict(c.points, c.labels, None, None, True, False, 0)
-        assert np.allclose(scores, want[1], atol=2e-2) and min(iou(a, b) for a, b in zip(masks, want[0])) >= 0.99
+        assert np.allclose(scores, want[1], atol=1e-4) and min(iou(a, b) for a, b in zip(masks, want[0])) >= 0.999
     emb = got[0].image_embedding(0)
     got[0].to_host()
     assert not got[0].on_device and np.array_equal(got[0].image_embedding(0), emb)
     got[0].to_device()
     again = got[0].predict(clicks[0].points, clicks[0].labels, None, None, True, False, 0)
     want = singles[0].predict(clicks[0].points, clicks[0].labels, None, None, True, False, 0)
-    assert min(iou(a, b) for a, b in zip(again[0], want[0])) >= 0.95
+    assert min(iou(a, b) for a, b in zip(again[0], want[0])) >= 0.99
     batcher.close()

@@ -23,7 +23,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from .. import _samfast
 from ..automatic_mask_generator import SamAutomaticMaskGenerator
-from ..utils.amg import coco_encode_rle, mask_to_rle_pytorch
 from .batcher import Batcher, Click
 from .cache import EmbeddingCache, Entry
 from .schemas import Base64Image, EverythingRequest, EverythingResponse, ImageInfo, PredictRequest, PredictResponse
@@ -251,7 +250,8 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         if body.format == "png":
             out = [{"png": base64.b64encode(_samfast.encode_png_gray(m.astype(np.uint8) * 255)).decode()} for m in masks]
         elif body.format == "rle":
-            out = [{"rle": coco_encode_rle(r)} for r in mask_to_rle_pytorch(masks)]
+            out = [{"rle": {"size": list(m.shape), "counts": _samfast.mask_to_coco_rle(m.view(np.uint8))}}
+                   for m in masks]
         else:
             out = [{"polygons": polygons(m)} for m in masks]
         low = None
@@ -270,6 +270,8 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
             raise HTTPException(422, "give one label per point")
         if any(len(p) != 2 for p in body.points or []):
             raise HTTPException(422, "each point is [x, y]")
+        if body.box is not None and len(body.box) != 4:
+            raise HTTPException(422, "a box is [x0, y0, x1, y1]")
         if body.points is None and body.box is None and body.mask_input is None:
             raise HTTPException(422, "give points, a box or a mask input")
         mask_input = None
@@ -293,7 +295,8 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         image = cache.get_image(image_id)
         if image is None:
             raise HTTPException(404, f"unknown image id {image_id[:16]}...: upload it to /v1/images first")
-        generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **body.dict())
+        options = body.model_dump() if hasattr(body, "model_dump") else body.dict()  # (pydantic 2 or 1)
+        generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **options)
         with slot():
             records = result(batcher.run(lambda: generator.generate(image)), start)
         return EverythingResponse(records=records, elapsed_ms=(time.perf_counter() - start) * 1e3)

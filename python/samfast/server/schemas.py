@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 class PredictRequest(BaseModel):
     points: Optional[List[List[float]]] = Field(None, description="(x, y) in image pixels")
     labels: Optional[List[int]] = Field(None, description="1 foreground, 0 background, one per point")
-    box: Optional[List[float]] = Field(None, min_items=4, max_items=4, description="x0, y0, x1, y1 in image pixels")
+    box: Optional[List[float]] = Field(None, description="x0, y0, x1, y1 in image pixels (4 numbers)")
     mask_input: Optional[str] = Field(None, description="base64 .npy of a (1, 256, 256) float32 low-res logits "
                                                         "array, as low_res_logits of an earlier response")
     multimask_output: bool = True

@@ -1,0 +1,215 @@
+"""samfast-server on loopback, measured from client processes: predict clicks per second and p50/p99
+latency (end to end, HTTP included) with 1, 8 and 64 concurrent clients on a warm image; images per
+second when 16 clients upload distinct images at once against one client uploading in a loop (the
+gain of dynamic batching); segment-everything requests per second. Anchors from the same run, in
+this process before the server starts: the encoder's img/s at batch 8 (as `samfast bench` reports
+it) and one generate() through the module. Prints one JSON line per figure."""
+import argparse
+import asyncio
+import io
+import json
+import multiprocessing as mp
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+
+
+def distinct_jpegs(path, n, seed0):
+    from PIL import Image
+    base = np.array(Image.open(path).convert("RGB"))
+    out = []
+    for k in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(base ^ np.uint8(seed0 + k + 1)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def anchors(a):
+    import samfast
+    from samfast import _samfast
+    from PIL import Image
+    sam = samfast.load(a.checkpoint, a.device, a.precision) if a.checkpoint else \
+        samfast.synthetic(a.model, device=a.device, precision=a.precision)
+    native = sam._native_model()
+    image = np.array(Image.open(a.image).convert("RGB"))
+    prepared = [_samfast.prepare_image(native, image) for _ in range(8)]
+    p = _samfast.Predictor(native)
+    for _ in range(3):
+        p.set_prepared_images(prepared)
+    native.synchronize()
+    t0, runs = time.perf_counter(), 5
+    for _ in range(runs):
+        p.set_prepared_images(prepared)
+    native.synchronize()
+    encoder = 8 * runs / (time.perf_counter() - t0)
+    generator = samfast.SamAutomaticMaskGenerator(sam, points_per_side=a.points_per_side)
+    generator.generate(image)
+    t0 = time.perf_counter()
+    generator.generate(image)
+    generate_ms = (time.perf_counter() - t0) * 1e3
+    return {"encoder_img_s_batch8": encoder, "generate_ms": generate_ms}
+
+
+async def clicks_client(url, image_id, size, stop_at, seed, latencies):
+    import httpx
+    rng = random.Random(seed)
+    w, h = size
+    async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+        await c.get("/health")  # (connected before the start)
+        await asyncio.sleep(max(0.0, stop_at[0] - time.monotonic()))
+        while time.monotonic() < stop_at[1]:
+            body = {"points": [[rng.uniform(0, w - 1), rng.uniform(0, h - 1)]], "labels": [1], "format": "rle"}
+            t0 = time.perf_counter()
+            r = await c.post(f"/v1/images/{image_id}/predict", json=body)
+            assert r.status_code == 200, r.text
+            latencies.append(time.perf_counter() - t0)
+
+
+async def uploads_client(url, datas, times):
+    import httpx
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        for d in datas:
+            r = await c.post("/v1/images", files={"file": ("i.jpg", d)})
+            assert r.status_code == 200 and not r.json()["cached"], r.text
+            times.append(time.monotonic())
+
+
+def client_process(kind, url, args, n_clients, seed, stop_at, queue):
+    """n_clients concurrent loops in this process's event loop; their results to queue."""
+    out = []
+
+    async def main():
+        if kind == "clicks":
+            image_id, size = args
+            await asyncio.gather(*(clicks_client(url, image_id, size, stop_at, seed * 1000 + k, out)
+                                   for k in range(n_clients)))
+        else:
+            await asyncio.gather(*(uploads_client(url, datas, out) for datas in args))
+    try:
+        asyncio.run(main())
+        queue.put(out)
+    except BaseException as e:  # (the parent reports it rather than waiting for results)
+        queue.put(f"client process failed: {e!r}")
+        raise
+
+
+def in_processes(kind, url, per_process_args, clients_per_process, stop_at=(0.0, 0.0)):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=client_process, args=(kind, url, a, n, i, stop_at, queue))
+             for i, (a, n) in enumerate(zip(per_process_args, clients_per_process))]
+    for p in procs:
+        p.start()
+    results = []
+    for _ in procs:
+        got = queue.get(timeout=900)
+        if isinstance(got, str):
+            raise RuntimeError(got)
+        results += got
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post_json(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def upload(url, data):
+    import httpx
+    return httpx.post(url + "/v1/images", files={"file": ("i.jpg", data)}, timeout=300).json()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="vit_h")
+    ap.add_argument("--checkpoint", help="a SAM checkpoint (default: synthetic weights of --model: same timings)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--seconds", type=float, default=6.0, help="per click measurement")
+    ap.add_argument("--points-per-side", type=int, default=32, help="of the segment-everything requests")
+    ap.add_argument("--log", default=os.devnull, help="the server's stderr")
+    a = ap.parse_args()
+    emit = lambda **kv: print(json.dumps({"model": a.model, "precision": a.precision, **kv}), flush=True)
+    anchor = anchors(a)
+    emit(figure="anchors", **anchor)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    source = ["--checkpoint", a.checkpoint] if a.checkpoint else ["--model", a.model]
+    server = subprocess.Popen([sys.executable, "-m", "samfast.server", *source, "--device", a.device,
+                               "--precision", a.precision, "--port", str(port), "--max-pending", "1024",
+                               "--cache-mb", "16384", "--max-batch", "8", "--timeout", "600"], stderr=open(a.log, "w"))
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "the server did not start"
+                time.sleep(0.5)
+        from PIL import Image
+        w, h = Image.open(a.image).size
+        warm = upload(url, open(a.image, "rb").read())["id"]
+        # (the warm-up round records the CUDA graphs of each batch size)
+        for label, clients, seconds in (("warm-up", 64, 3.0), ("", 1, a.seconds), ("", 8, a.seconds),
+                                        ("", 64, a.seconds)):
+            processes = min(clients, 8)
+            split = [clients // processes + (i < clients % processes) for i in range(processes)]
+            begin = time.monotonic() + 8  # (the client processes start within it; CLOCK_MONOTONIC is system-wide)
+            stop = begin + seconds
+            lat = np.array(in_processes("clicks", url, [(warm, (w, h))] * processes, split, (begin, stop))) * 1e3
+            if label != "warm-up":
+                emit(figure="predict", clients=clients, clicks_per_s=len(lat) / seconds,
+                     p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)), requests=len(lat))
+
+        seed0 = 0  # (every image uploaded is new: 32 + 24 + 96 distinct images of 250)
+        for label, clients, per_client in (("warm-up", 16, 2), ("one client", 1, 24), ("16 clients", 16, 6)):
+            datas = distinct_jpegs(a.image, clients * per_client, seed0=seed0)
+            seed0 += len(datas)
+            chunks = [datas[i * per_client:(i + 1) * per_client] for i in range(clients)]
+            processes = min(clients, 8)
+            per_process = [chunks[i::processes] for i in range(processes)]
+            t0 = time.monotonic()
+            times = in_processes("uploads", url, per_process, [len(x) for x in per_process])
+            elapsed = max(times) - t0
+            if label != "warm-up":
+                rate = len(times) / elapsed
+                emit(figure="uploads", clients=clients, images=len(times), img_s=rate,
+                     vs_encoder_batch8=rate / anchor["encoder_img_s_batch8"])
+
+        options = {"points_per_side": a.points_per_side}
+        post_json(url + f"/v1/images/{warm}/everything", options)
+        t0, n = time.perf_counter(), 3
+        for _ in range(n):
+            records = post_json(url + f"/v1/images/{warm}/everything", options)["records"]
+        per = (time.perf_counter() - t0) / n
+        emit(figure="everything", req_s=1 / per, ms=per * 1e3, masks=len(records),
+             vs_generate=anchor["generate_ms"] / (per * 1e3))
+        metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        emit(figure="batch_sizes", lines=[l for l in metrics.splitlines()
+                                          if l.startswith("samfast_batch_size_") and ("_sum" in l or "_count" in l)])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
