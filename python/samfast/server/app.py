@@ -136,6 +136,9 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         except concurrent.futures.TimeoutError:
             future.cancel()  # (skipped if still queued)
             raise HTTPException(504, f"the request took more than {config.request_timeout_s:g} s") from None
+        except concurrent.futures.CancelledError:  # (an upload of the same image timed out while queued)
+            raise HTTPException(503, "the work was dropped when another request for it timed out: retry",
+                                headers={"Retry-After": str(config.retry_after_s)}) from None
 
     def record_batches():
         for kind in ("encode", "decode"):
