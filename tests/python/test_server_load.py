@@ -15,7 +15,7 @@ from test_server import running_server
 
 httpx = pytest.importorskip("httpx", reason="the load test needs httpx (scripts/setup.sh installs it)")
 
-CLIENTS, SECONDS = 24, 18
+CLIENTS, WARMUP, SECONDS = 24, 8, 18  # (the warm-up's answers count too; its memory growth is the pools')
 
 
 def rss_mb(pid):
@@ -40,10 +40,11 @@ def test_concurrent_clients(samfast_pkg, tiny_checkpoint):
     assert not bad, f"unexpected status codes: {bad}"
     assert codes.get(200, 0) >= 10, codes
     lat = np.array(latencies) * 1e3
-    print(f"load: {CLIENTS} clients, {SECONDS} s: {codes}, predict p50 {np.percentile(lat, 50):.0f} ms, "
+    print(f"load: {CLIENTS} clients, {WARMUP} + {SECONDS} s: {codes}, predict p50 {np.percentile(lat, 50):.0f} ms, "
           f"p99 {np.percentile(lat, 99):.0f} ms; server RSS {memory[0]:.0f} -> {memory[1]:.0f} -> {memory[2]:.0f} MB")
-    # flat: the last two thirds of the run add little to the first's (the cache is bounded at 64 MB)
-    assert memory[2] - memory[1] < 64 + 0.1 * (memory[1] - memory[0]), memory
+    # flat: after the warm-up and a third of the run, the rest adds little to what came before (the
+    # cache is bounded at 64 MB; the buffer pools take each batch shape's sizes once)
+    assert memory[2] - memory[1] < 64 + 0.25 * (memory[1] - memory[0]), memory
 
 
 async def load(url, pid):
@@ -53,7 +54,7 @@ async def load(url, pid):
         r = await client.post("/v1/images", files={"file": ("warm.jpg", images[0])})
         warm = r.json()["id"]
         memory = [rss_mb(pid)]
-        stop = time.monotonic() + SECONDS
+        stop = time.monotonic() + WARMUP + SECONDS
 
         async def clicker(k):
             rng = random.Random(k)
@@ -72,7 +73,7 @@ async def load(url, pid):
                     await asyncio.sleep(0.05)
 
         async def sample_memory():
-            await asyncio.sleep(SECONDS / 3)
+            await asyncio.sleep(WARMUP + SECONDS / 3)
             memory.append(rss_mb(pid))
 
         await asyncio.gather(sample_memory(), *(clicker(k) for k in range(CLIENTS)))
