@@ -2,7 +2,6 @@
 and concurrent clicks one ragged decode, with the library's results; a bad click fails alone; the
 two-tier embedding cache moves embeddings to the host and back and drops images past its bound;
 timeouts answer 504; polygon output is OpenCV's contours of the library's mask."""
-import base64
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor

@@ -52,7 +52,6 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     cache = EmbeddingCache(config.device_cache_bytes, config.host_cache_bytes,
                            embedding_bytes=grid_values * (4 if native.precision == "fp32" else 2),
                            host_embedding_bytes=grid_values * 4)
-    batcher = Batcher(config.max_encode_batch, config.max_batch_wait_ms / 1e3)
     pending = {"n": 0}
     pending_lock = threading.Lock()
     encoding = {}  # image id -> the Future of its encode, so that concurrent uploads of one image encode it once
@@ -65,6 +64,8 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     queue_depth = Gauge("samfast_pending_requests", "requests computing or waiting for the model", registry=registry)
     batch_size = Histogram("samfast_batch_size", "requests per model pass", ["kind"], registry=registry,
                            buckets=(1, 2, 4, 8, 16, 32, 64))
+    batcher = Batcher(config.max_encode_batch, config.max_batch_wait_ms / 1e3,
+                      on_pass=lambda kind, size: batch_size.labels(kind).observe(size))
     cache_hits = Counter("samfast_embedding_cache", "image uploads by whether their embedding was cached", ["result"],
                          registry=registry)
     cache_bytes = Gauge("samfast_embedding_cache_bytes", "bytes held by the embedding cache", ["tier"],
@@ -140,12 +141,6 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
             raise HTTPException(503, "the work was dropped when another request for it timed out: retry",
                                 headers={"Retry-After": str(config.retry_after_s)}) from None
 
-    def record_batches():
-        for kind in ("encode", "decode"):
-            sizes, batcher.batches[kind] = batcher.batches[kind], []
-            for n in sizes:
-                batch_size.labels(kind).observe(n)
-
     @contextlib.contextmanager
     def entry_of(image_id):
         with cache.use(image_id) as entry:
@@ -195,7 +190,6 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
                         future.add_done_callback(lambda f: encoded(image_id, image, f))
                 predictor = result(future, start)
             cache.put(image_id, Entry(predictor, image))
-            record_batches()
         h, w = image.shape[:2]
         return ImageInfo(id=image_id, width=w, height=h, cached=cached, elapsed_ms=(time.perf_counter() - start) * 1e3)
 
@@ -226,7 +220,6 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         cache_bytes.labels("host").set(cache.host_used)
         for move, n in cache.moves.items():
             cache_moves.labels(move).set(n)
-        record_batches()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/images", response_model=ImageInfo, dependencies=[Depends(authorized)])

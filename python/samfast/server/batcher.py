@@ -25,8 +25,11 @@ class Click:
 
 
 class Batcher:
-    def __init__(self, max_encode_batch: int = 8, max_wait_s: float = 0.005, max_decode_batch: int = 64):
+    def __init__(self, max_encode_batch: int = 8, max_wait_s: float = 0.005, max_decode_batch: int = 64,
+                 on_pass: Optional[Callable[[str, int], None]] = None):
+        """on_pass(kind, size) sees every encode and decode pass (the server's metrics)."""
         self.max_encode_batch, self.max_wait_s, self.max_decode_batch = max_encode_batch, max_wait_s, max_decode_batch
+        self._on_pass = on_pass
         self._encodes, self._decodes, self._other = deque(), deque(), deque()  # (arrival, future, work)
         self._cv = threading.Condition()
         self._closed = False
@@ -45,10 +48,6 @@ class Batcher:
     def run(self, fn: Callable[[], object]) -> Future:
         """Any other model work, after the clicks waiting before it."""
         return self._put(self._other, fn)
-
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._encodes) + len(self._decodes) + len(self._other)
 
     def close(self):
         with self._cv:
@@ -117,8 +116,13 @@ class Batcher:
                 if not f.done():
                     f.set_exception(e)
 
+    def _note_pass(self, kind, size):
+        self.batches[kind] = self.batches[kind][-99:] + [size]
+        if self._on_pass:
+            self._on_pass(kind, size)
+
     def _encode(self, works, futures):
-        self.batches["encode"] = self.batches["encode"][-99:] + [len(works)]
+        self._note_pass("encode", len(works))
         model = works[0][0]
         batch = _samfast.Predictor(model)
         batch.set_prepared_images([prepared for _, prepared in works])
@@ -138,7 +142,7 @@ class Batcher:
         for form, group in forms.items():
             while group:
                 n = 1 << (len(group).bit_length() - 1)
-                self.batches["decode"] = self.batches["decode"][-99:] + [n]
+                self._note_pass("decode", n)
                 self._decode_group(group[:n], form[0])
                 group = group[n:]
 

@@ -59,6 +59,8 @@ class EmbeddingCache:
             self._fit()
 
     def _fit(self):
+        if self.device_used <= self.device_capacity and self.host_used <= self.host_capacity:
+            return  # (the common case, on every click: no walk over the entries)
         # device tier: the least recently used embeddings not in use move to the host
         for key, entry in list(self._entries.items()):
             if self.device_used <= self.device_capacity:
