@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares, on this (GPU-less) machine, what a run on the lent GPU machine needs: a CUDA build of
 # samfast in build-dev/, its binaries, libsamfast.so and the non-CUDA shared libraries they load in .devbin/
-# (the GPU machine has the CUDA libraries but not OpenBLAS, libzip, libjpeg, libexif; found through RUNPATH),
+# (the GPU machine has the CUDA libraries but not OpenBLAS, libzip, libjpeg, libpng, libexif; found through RUNPATH),
 # packed into .whl/devbin.tar.xz, and the two upstream Python packages in .whl/pysrc (fetched code:
 # ignored by git, never committed).
 set -euo pipefail
@@ -14,7 +14,7 @@ cp "$B/samfast" .devbin/
 # (the CPU unit tests run here, not there: the carried folders must stay under 64 MiB)
 cp "$B/tests/parity_tool" "$B/tests/samfast_gpu_tests" .devbin/tests/
 for bin in .devbin/samfast .devbin/tests/*; do
-  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libsamfast|libopenblas|libgfortran|libquadmath|libgomp|libjpeg|libzip|libexif' || true
+  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libsamfast|libopenblas|libgfortran|libquadmath|libgomp|libjpeg|libpng|libzip|libexif' || true
 done | sort -u | while read -r lib; do cp -L "$lib" .devbin/lib/; done
 # The binaries find these through their RUNPATH, so nothing else on that machine (Python, torch) sees them.
 patchelf --set-rpath '$ORIGIN/lib' .devbin/samfast
