@@ -175,3 +175,45 @@ def test_page_click_box_everything(server, browser, tmp_path):
     wait_for(driver, "return window.samfast.hover === 0")
     shot(driver, "page_everything.png")
     assert "everything:" in driver.find_element("id", "status").text
+
+
+MASK_SUMMARY = """const c = window.samfast.lastMask, d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let n = 0, sx = 0, sy = 0;
+for (let p = 3, i = 0; p < d.length; p += 4, i++) if (d[p] > 127) { n++; sx += i % c.width; sy += Math.floor(i / c.width); }
+return [c.width, c.height, n, sx, sy];"""
+
+
+def test_page_on_a_large_photo(server, browser, tmp_path):
+    """A 4000x3000 photo (12 MP, as from a phone): uploaded, clicked, its full-size mask drawn and equal
+    to the API's (compared by area and pixel-coordinate sums: 12 MB of bits is too much to move through
+    WebDriver), and segment everything drawn."""
+    from PIL import Image
+    photo = tmp_path / "photo.jpg"
+    Image.open(IMAGES / "truck.jpg").convert("RGB").resize((4000, 3000), Image.BICUBIC).save(photo, quality=90)
+    driver = browser
+    driver.get(server)
+    wait_for(driver, "return document.getElementById('status').textContent.includes('on cpu')")
+    file_input = driver.find_element("id", "file")
+    driver.execute_script("arguments[0].hidden = false", file_input)
+    file_input.send_keys(str(photo))
+    wait_for(driver, "return window.samfast.id && window.samfast.width === 4000 && window.samfast.height === 3000", 120)
+    image_id = driver.execute_script("return window.samfast.id")
+
+    click_at(driver, 2100, 1500)
+    wait_for(driver, "return window.samfast.lastMask && window.samfast.scores.length === 3", 120)
+    points = driver.execute_script("return window.samfast.points")
+    api = api_predict(server, image_id, {"points": points, "labels": [1], "multimask_output": True})
+    mask = png_mask(api["masks"][driver.execute_script("return window.samfast.chosen")]["png"])
+    ys, xs = np.nonzero(mask)
+    assert 0 < len(xs) < mask.size
+    assert driver.execute_script(MASK_SUMMARY) == [4000, 3000, len(xs), int(xs.sum()), int(ys.sum())]
+
+    driver.find_element("id", "clear").click()
+    for field, value in (("pps", "4"), ("iou", "0"), ("stab", "0")):
+        box = driver.find_element("id", field)
+        box.clear()
+        box.send_keys(value)
+    driver.find_element("id", "everything").click()
+    wait_for(driver, "return window.samfast.records.length && window.samfast.overlay", 240)
+    assert driver.execute_script("return [window.samfast.overlay.width, window.samfast.overlay.height]") == [4000, 3000]
+    shot(driver, "page_large_photo.png")

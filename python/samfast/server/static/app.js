@@ -1,6 +1,6 @@
 // samfast's web page: plain JS over the /v1 API (no build step). The image is drawn scaled to fit;
-// prompts are sent in image pixels; masks come back at full size (PNG for clicks, COCO RLE for
-// "segment everything") and are drawn over the image. window.samfast exposes the state for tests.
+// prompts are sent in image pixels; masks come back at full size as COCO RLE (cheap to make and to
+// send for a large photo) and are drawn over the image. window.samfast exposes the state for tests.
 const $ = (id) => document.getElementById(id);
 const view = $("view"), ctx = view.getContext("2d");
 const state = { id: null, image: null, width: 0, height: 0, points: [], labels: [], box: null,
@@ -61,27 +61,23 @@ function imageXY(event) {
           Math.min(Math.max((event.clientY - r.top) * state.height / r.height, 0), state.height)];
 }
 
-async function loadMask(b64) {  // a PNG mask -> canvas of the image's size, opaque exactly where inside
-  const img = new Image();
-  img.src = `data:image/png;base64,${b64}`;
-  await img.decode();
-  const c = new OffscreenCanvas(img.width, img.height), g = c.getContext("2d");
-  g.drawImage(img, 0, 0);
-  const pixels = g.getImageData(0, 0, c.width, c.height), d = pixels.data;
-  for (let p = 0; p < d.length; p += 4) { d[p + 3] = d[p]; d[p] = d[p + 1] = d[p + 2] = 255; }
+function maskOf(rle) {  // a COCO RLE mask -> canvas of the image's size, opaque white exactly where inside
+  const c = new OffscreenCanvas(rle.size[1], rle.size[0]), g = c.getContext("2d");
+  const pixels = g.createImageData(c.width, c.height), d = pixels.data;
+  forEachInside(rle, (p) => { d[4 * p] = d[4 * p + 1] = d[4 * p + 2] = d[4 * p + 3] = 255; });
   g.putImageData(pixels, 0, 0);
   return c;
 }
 
 async function predict() {
   if (!state.points.length && !state.box) return clearPrompts();
-  const body = { multimask_output: state.points.length <= 1 && !state.box, format: "png" };
+  const body = { multimask_output: state.points.length <= 1 && !state.box, format: "rle" };
   if (state.points.length) { body.points = state.points; body.labels = state.labels; }
   if (state.box) body.box = state.box;
   try {
     const [r, ms] = await api(`v1/images/${state.id}/predict`, {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
-    state.masks = await Promise.all(r.masks.map((m) => loadMask(m.png)));
+    state.masks = r.masks.map((m) => maskOf(m.rle));
     state.scores = r.scores;
     state.chosen = r.scores.indexOf(Math.max(...r.scores));
     state.lastMask = state.masks[state.chosen];
