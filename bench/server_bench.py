@@ -49,12 +49,30 @@ def anchors(a):
         p.set_prepared_images(prepared)
     native.synchronize()
     encoder = 8 * runs / (time.perf_counter() - t0)
+    # What answering a click costs on this host (RLE of 3 masks and the JSON body) for the random
+    # weights' masks (noise: runs every few pixels) against one smooth disc as large as the image (a
+    # real object's outline: a few hundred runs), to tell the server's own time from the masks'.
+    p.set_prepared_images(prepared[:1])
+    masks = p.predict(np.array([[image.shape[1] / 2, image.shape[0] / 2]], np.float32), np.array([1], np.int32),
+                      None, None, True, False, 0)[0]
+    yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+    disc = (yy - image.shape[0] / 2) ** 2 + (xx - image.shape[1] / 2) ** 2 < (min(image.shape[:2]) / 3) ** 2
+    answer_ms = {}
+    for name, ms in (("random_weights", list(masks)), ("disc", [disc] * 3)):
+        t0 = time.perf_counter()
+        for _ in range(20):
+            body = json.dumps({"masks": [{"rle": {"size": list(m.shape), "counts": _samfast.mask_to_coco_rle(
+                m.view(np.uint8))}} for m in ms]})
+        answer_ms[name] = {"ms": (time.perf_counter() - t0) / 20 * 1e3, "bytes": len(body)}
     generator = samfast.SamAutomaticMaskGenerator(sam, points_per_side=a.points_per_side)
     generator.generate(image)
     t0 = time.perf_counter()
     generator.generate(image)
     generate_ms = (time.perf_counter() - t0) * 1e3
-    return {"encoder_img_s_batch8": encoder, "generate_ms": generate_ms}
+    import importlib.util
+    return {"encoder_img_s_batch8": encoder, "generate_ms": generate_ms, "click_answer": answer_ms,
+            "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+            "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"}
 
 
 async def clicks_client(url, image_id, size, stop_at, seed, latencies):
@@ -72,9 +90,11 @@ async def clicks_client(url, image_id, size, stop_at, seed, latencies):
             latencies.append(time.perf_counter() - t0)
 
 
-async def uploads_client(url, datas, times):
+async def uploads_client(url, datas, begin, times):
     import httpx
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        await c.get("/health")  # (connected before the start)
+        await asyncio.sleep(max(0.0, begin - time.monotonic()))
         for d in datas:
             r = await c.post("/v1/images", files={"file": ("i.jpg", d)})
             assert r.status_code == 200 and not r.json()["cached"], r.text
@@ -91,7 +111,7 @@ def client_process(kind, url, args, n_clients, seed, stop_at, queue):
             await asyncio.gather(*(clicks_client(url, image_id, size, stop_at, seed * 1000 + k, out)
                                    for k in range(n_clients)))
         else:
-            await asyncio.gather(*(uploads_client(url, datas, out) for datas in args))
+            await asyncio.gather(*(uploads_client(url, datas, stop_at[0], out) for datas in args))
     try:
         asyncio.run(main())
         queue.put(out)
@@ -128,6 +148,25 @@ def post_json(url, body):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.loads(r.read())
+
+
+def stage_totals(url):
+    """(sum, count) of each predict stage and pass-time series in /metrics: the server's own account of
+    where a click's time goes (differences between two readings cover the requests in between)."""
+    out = {}
+    for line in urllib.request.urlopen(url + "/metrics", timeout=10).read().decode().splitlines():
+        for series in ("samfast_predict_stage_seconds", "samfast_upload_stage_seconds", "samfast_pass_seconds",
+                       "samfast_request_seconds"):
+            for part in ("_sum", "_count"):
+                if line.startswith(series + part + "{"):
+                    key = series.replace("samfast_", "") + line[line.index("{"):line.rindex("}") + 1]
+                    out.setdefault(key, [0.0, 0.0])[part == "_count"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def stage_means_ms(before, after):
+    return {k: round((v[0] - before.get(k, (0, 0))[0]) / (v[1] - before.get(k, (0, 0))[1]) * 1e3, 3)
+            for k, v in after.items() if v[1] > before.get(k, (0, 0))[1]}
 
 
 def upload(url, data):
@@ -175,25 +214,29 @@ def main():
             split = [clients // processes + (i < clients % processes) for i in range(processes)]
             begin = time.monotonic() + 8  # (the client processes start within it; CLOCK_MONOTONIC is system-wide)
             stop = begin + seconds
+            before = stage_totals(url)
             lat = np.array(in_processes("clicks", url, [(warm, (w, h))] * processes, split, (begin, stop))) * 1e3
             if label != "warm-up":
                 emit(figure="predict", clients=clients, clicks_per_s=len(lat) / seconds,
-                     p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)), requests=len(lat))
+                     p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)), requests=len(lat),
+                     server_means_ms=stage_means_ms(before, stage_totals(url)))
 
-        seed0 = 0  # (every image uploaded is new: 32 + 24 + 96 distinct images of 250)
-        for label, clients, per_client in (("warm-up", 16, 2), ("one client", 1, 24), ("16 clients", 16, 6)):
+        seed0 = 0  # (every image uploaded is new: 32 + 24 + 192 distinct images of 255)
+        for label, clients, per_client in (("warm-up", 16, 2), ("one client", 1, 24), ("16 clients", 16, 12)):
             datas = distinct_jpegs(a.image, clients * per_client, seed0=seed0)
             seed0 += len(datas)
             chunks = [datas[i * per_client:(i + 1) * per_client] for i in range(clients)]
             processes = min(clients, 8)
             per_process = [chunks[i::processes] for i in range(processes)]
-            t0 = time.monotonic()
-            times = in_processes("uploads", url, per_process, [len(x) for x in per_process])
+            before = stage_totals(url)
+            t0 = time.monotonic() + 8  # (all start at once, the client processes started and connected)
+            times = in_processes("uploads", url, per_process, [len(x) for x in per_process], (t0, t0))
             elapsed = max(times) - t0
             if label != "warm-up":
                 rate = len(times) / elapsed
                 emit(figure="uploads", clients=clients, images=len(times), img_s=rate,
-                     vs_encoder_batch8=rate / anchor["encoder_img_s_batch8"])
+                     vs_encoder_batch8=rate / anchor["encoder_img_s_batch8"],
+                     server_means_ms=stage_means_ms(before, stage_totals(url)))
 
         options = {"points_per_side": a.points_per_side}
         post_json(url + f"/v1/images/{warm}/everything", options)

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(cmake g++ pkg-config libopenblas-dev libstb-dev libjpeg62-turbo-dev nlohmann-json3-dev libcli11-dev
+APT_PACKAGES=(cmake g++ pkg-config libopenblas-dev libstb-dev libjpeg62-turbo-dev libpng-dev nlohmann-json3-dev libcli11-dev
               libzip-dev libexif-dev libgtest-dev clang libclang-rt-14-dev python3-torch python3-torchvision python3-numpy
               python3-pil python3-pytest python3-pip python3-matplotlib python3-dev python3-venv
               python3-fastapi python3-uvicorn python3-multipart python3-prometheus-client python3-httpx
@@ -37,6 +37,15 @@ fi
 if ! /usr/bin/python3 -c "import nanobind" 2>/dev/null; then
   echo "setup: installing nanobind (the Python module's bindings) for /usr/bin/python3"
   /usr/bin/python3 -m pip install -q --break-system-packages "nanobind>=2.0"
+fi
+
+# schemathesis (tests/python/test_server_schema.py) in a virtual environment of its own: its
+# libraries (hypothesis, jsonschema, requests, ...) are newer than those beside Debian's fastapi.
+SCHEMATHESIS=4.32.5
+if ! build/schemathesis-venv/bin/st --version 2>/dev/null | grep -q "version $SCHEMATHESIS"; then
+  echo "setup: installing schemathesis $SCHEMATHESIS into build/schemathesis-venv"
+  /usr/bin/python3 -m venv --clear build/schemathesis-venv
+  build/schemathesis-venv/bin/pip install -q "schemathesis==$SCHEMATHESIS"
 fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null

@@ -6,7 +6,7 @@
 # (vit_h bf16; SERVER_ONLY=1 runs only these). Everything is logged under $OUT.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-[ -d .devbin/lib ] || tar -xJf .whl/devbin.tar.xz  # OpenBLAS, libjpeg, libzip, libexif (not on that machine)
+[ -d .devbin/lib ] || tar -xJf .whl/devbin.tar.xz  # OpenBLAS, libjpeg, libpng, libzip, libexif (not on that machine)
 export LD_LIBRARY_PATH="$PWD/.devbin/lib:${LD_LIBRARY_PATH:-}" PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   .whl/wheels/*.whl .whl/pywheels/*.whl || exit 1
@@ -23,5 +23,12 @@ if [ -z "${SERVER_ONLY:-}" ]; then
 fi
 python3 -m pytest -q -rs -p no:cacheprovider tests/python/test_gpu.py tests/python/test_server.py \
   tests/python/test_server_batching.py 2>&1 | tee "$OUT/server_tests.log" | tail -8
-python3 bench/server_bench.py --model vit_h --device cuda --precision bf16 --image "$SAMFAST_TESTDATA/images/dog.jpg" \
-  --log "$OUT/server.log" 2>&1 | tee "$OUT/server_bench.jsonl" | grep '^{'
+# The server with uvicorn's pure-Python HTTP parser and asyncio loop, then with httptools and uvloop
+# (uvicorn[standard]; uvicorn takes them when importable).
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-std \
+  .whl/pywheels-std/*.whl || exit 1
+for std in "" /tmp/site-std; do
+  PYTHONPATH="${std:+$std:}$PYTHONPATH" python3 bench/server_bench.py --model vit_h --device cuda --precision bf16 \
+    --image "$SAMFAST_TESTDATA/images/dog.jpg" --log "$OUT/server${std:+_std}.log" 2>&1 \
+    | tee "$OUT/server_bench${std:+_std}.jsonl" | grep '^{'
+done

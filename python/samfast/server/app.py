@@ -9,6 +9,8 @@ import concurrent.futures
 import contextlib
 import hashlib
 import io
+import json
+import math
 import os
 import tempfile
 import threading
@@ -18,14 +20,15 @@ from typing import List, Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .. import _samfast
 from ..automatic_mask_generator import SamAutomaticMaskGenerator
 from .batcher import Batcher, Click
 from .cache import EmbeddingCache, Entry
-from .schemas import Base64Image, EverythingRequest, EverythingResponse, ImageInfo, PredictRequest, PredictResponse
+from .schemas import (Base64Image, Error, EverythingRequest, EverythingResponse, ImageInfo, PredictRequest,
+                      PredictResponse, Rejected)
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ServerConfig:
     max_upload_bytes: int = 50 * 2**20
     max_pixels: int = 100_000_000
     max_prompts: int = 64
+    max_everything_points: int = 65536     # grid points over every crop of one segment-everything request
     max_pending: int = 64                  # requests computing or waiting for the model
     request_timeout_s: float = 60.0        # waiting plus computing; past it: 504
     device_cache_bytes: int = 2 * 2**30    # embeddings on the device
@@ -64,8 +68,23 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     queue_depth = Gauge("samfast_pending_requests", "requests computing or waiting for the model", registry=registry)
     batch_size = Histogram("samfast_batch_size", "requests per model pass", ["kind"], registry=registry,
                            buckets=(1, 2, 4, 8, 16, 32, 64))
-    batcher = Batcher(config.max_encode_batch, config.max_batch_wait_ms / 1e3,
-                      on_pass=lambda kind, size: batch_size.labels(kind).observe(size))
+    pass_seconds = Histogram("samfast_pass_seconds", "the model thread's time per pass", ["kind"], registry=registry,
+                             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
+    # Where a click's time goes, to find what is not the model: wait (queued until its pass began),
+    # model (its pass, until the handler has the masks), respond (the masks to the response body).
+    predict_stage = Histogram("samfast_predict_stage_seconds", "a predict request's time by stage", ["stage"],
+                              registry=registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                                                          0.02, 0.05, 0.1, 0.25, 1))
+
+    upload_stage = Histogram("samfast_upload_stage_seconds", "an upload's time by stage (decode: the file to "
+                             "pixels; prepare: resized and normalized; wait: queued for its encoder pass; model: "
+                             "that pass)", ["stage"], registry=registry,
+                             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+
+    def on_pass(kind, size, seconds):
+        batch_size.labels(kind).observe(size)
+        pass_seconds.labels(kind).observe(seconds)
+    batcher = Batcher(config.max_encode_batch, config.max_batch_wait_ms / 1e3, on_pass=on_pass)
     cache_hits = Counter("samfast_embedding_cache", "image uploads by whether their embedding was cached", ["result"],
                          registry=registry)
     cache_bytes = Gauge("samfast_embedding_cache_bytes", "bytes held by the embedding cache", ["tier"],
@@ -86,20 +105,20 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     app = FastAPI(title="samfast", version="1", lifespan=lifespan,
                   description="Segment Anything on samfast's engine: upload an image once, then predict masks for "
                   "clicks and boxes, or segment everything.")
+    default_openapi = app.openapi
+    app.openapi = lambda: openapi_3_0_bounds(default_openapi())
+
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
+    def observe(scope, status, seconds):
+        route = scope.get("route")
         endpoint = route.path if route is not None else "unmatched"
-        requests_total.labels(endpoint, str(response.status_code)).inc()
-        latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+        requests_total.labels(endpoint, str(status)).inc()
+        latency.labels(endpoint).observe(seconds)
+    app.add_middleware(Measured, observe=observe)
 
     @app.exception_handler(ValueError)
     async def bad_input(request, e):
@@ -181,14 +200,26 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         cache_hits.labels("hit" if cached else "miss").inc()
         if not cached:
             image = decode_upload(data)
+            decoded = time.perf_counter()
+            upload_stage.labels("decode").observe(decoded - start)
             with slot():
                 with encoding_lock:
                     future = encoding.get(image_id)
-                    if future is None:
-                        future = encoding[image_id] = batcher.encode(native, _samfast.prepare_image(native, image))
-                        # (cached when done even if this request has timed out: a retry is then a hit)
-                        future.add_done_callback(lambda f: encoded(image_id, image, f))
+                if future is None:
+                    prepared = _samfast.prepare_image(native, image)  # (outside the lock: uploads prepare at once)
+                    submitted = time.perf_counter()
+                    upload_stage.labels("prepare").observe(submitted - decoded)
+                    with encoding_lock:
+                        future = encoding.get(image_id)  # (the same image may have come meanwhile)
+                        if future is None:
+                            future = encoding[image_id] = batcher.encode(native, prepared)
+                            future.submitted = submitted
+                            # (cached when done even if this request has timed out: a retry is then a hit)
+                            future.add_done_callback(lambda f: encoded(image_id, image, f))
                 predictor = result(future, start)
+            if hasattr(future, "began"):
+                upload_stage.labels("wait").observe(future.began - future.submitted)
+                upload_stage.labels("model").observe(time.perf_counter() - future.began)
             cache.put(image_id, Entry(predictor, image))
         h, w = image.shape[:2]
         return ImageInfo(id=image_id, width=w, height=h, cached=cached, elapsed_ms=(time.perf_counter() - start) * 1e3)
@@ -211,7 +242,7 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         return {"status": "ok", "device": native.device, "model": native.model_type, "precision": native.precision,
                 "images_cached": len(cache)}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics():
         for kind, value in native.memory_use().items():
             if kind != "graphs_in_arena":
@@ -220,14 +251,16 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         cache_bytes.labels("host").set(cache.host_used)
         for move, n in cache.moves.items():
             cache_moves.labels(move).set(n)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.post("/v1/images", response_model=ImageInfo, dependencies=[Depends(authorized)])
+    @app.post("/v1/images", response_model=ImageInfo, dependencies=[Depends(authorized)],
+              responses=errors(400, 401, 413, 415, 422, 503, 504))
     def upload(file: UploadFile = File(..., description="an image file (JPEG, PNG, BMP, ...)")):
         data = file.file.read(config.max_upload_bytes + 1)
         return add_image(data)
 
-    @app.post("/v1/images/base64", response_model=ImageInfo, dependencies=[Depends(authorized)])
+    @app.post("/v1/images/base64", response_model=ImageInfo, dependencies=[Depends(authorized)],
+              responses=errors(400, 401, 413, 415, 422, 503, 504))
     def upload_base64(body: Base64Image):
         if len(body.image_base64) > config.max_upload_bytes * 4 // 3 + 4:
             raise HTTPException(413, f"image past the limit of {config.max_upload_bytes} bytes")
@@ -237,12 +270,18 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
             raise HTTPException(422, "image_base64 is not valid base64") from None
         return add_image(data)
 
-    @app.post("/v1/images/{image_id}/predict", response_model=PredictResponse, dependencies=[Depends(authorized)])
+    @app.post("/v1/images/{image_id}/predict", response_model=PredictResponse, dependencies=[Depends(authorized)],
+              responses=errors(400, 401, 404, 422, 501, 503, 504))
     def predict(image_id: str, body: PredictRequest):
         start = time.perf_counter()
         click = click_of(body)
         with slot(), entry_of(image_id) as entry:
-            masks, scores, low_res = result(batcher.predict(entry.predictor, click), start)
+            submitted = time.perf_counter()
+            future = batcher.predict(entry.predictor, click)
+            masks, scores, low_res = result(future, start)
+        answered = time.perf_counter()
+        predict_stage.labels("wait").observe(future.began - submitted)
+        predict_stage.labels("model").observe(answered - future.began)
         if body.format == "png":
             out = [{"png": base64.b64encode(_samfast.encode_png_gray(m.astype(np.uint8) * 255)).decode()} for m in masks]
         elif body.format == "rle":
@@ -255,8 +294,13 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
             buf = io.BytesIO()
             np.save(buf, low_res[np.argmax(scores)][None])
             low = base64.b64encode(buf.getvalue()).decode()
-        return PredictResponse(masks=out, scores=[float(s) for s in scores], low_res_logits=low,
-                               elapsed_ms=(time.perf_counter() - start) * 1e3)
+        # (the body as JSON at once: a model's validation and encoding would walk the masks' long strings;
+        # json.dumps escaping to ASCII is twice as fast as JSONResponse's UTF-8 on them)
+        reply = Response(json.dumps({"masks": out, "scores": [finite(s) for s in scores], "low_res_logits": low,
+                                     "elapsed_ms": (time.perf_counter() - start) * 1e3}, allow_nan=False),
+                         media_type="application/json")
+        predict_stage.labels("respond").observe(time.perf_counter() - answered)
+        return reply
 
     def click_of(body: PredictRequest) -> Click:
         n_points = len(body.points or [])
@@ -285,21 +329,28 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
                      mask_input=mask_input, multimask_output=body.multimask_output)
 
     @app.post("/v1/images/{image_id}/everything", response_model=EverythingResponse,
-              dependencies=[Depends(authorized)])
+              dependencies=[Depends(authorized)], responses=errors(400, 401, 404, 422, 503, 504))
     def everything(image_id: str, body: EverythingRequest):
         start = time.perf_counter()
         image = cache.get_image(image_id)
         if image is None:
             raise HTTPException(404, f"unknown image id {image_id[:16]}...: upload it to /v1/images first")
         options = body.model_dump() if hasattr(body, "model_dump") else body.dict()  # (pydantic 2 or 1)
+        points = everything_points(options)
+        if points > config.max_everything_points:
+            raise HTTPException(422, f"{points} grid points over every crop are past the limit of "
+                                     f"{config.max_everything_points}: fewer points_per_side or crop layers")
         generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **options)
         with slot():
             records = result(batcher.run(lambda: generator.generate(image)), start)
+        for r in records:
+            r["predicted_iou"], r["stability_score"] = finite(r["predicted_iou"]), finite(r["stability_score"])
         return EverythingResponse(records=records, elapsed_ms=(time.perf_counter() - start) * 1e3)
 
     @app.get("/v1/images/{image_id}/embedding", dependencies=[Depends(authorized)],
-             responses={200: {"content": {"application/octet-stream": {}},
-                              "description": "float32 .npy of shape (1, 256, 64, 64)"}})
+             response_class=Response,
+             responses={**errors(401, 404, 503, 504), 200: {"content": {"application/octet-stream": {}},
+                                                            "description": "float32 .npy of shape (1, 256, 64, 64)"}})
     def embedding(image_id: str):
         start = time.perf_counter()
         with slot(), entry_of(image_id) as entry:
@@ -310,6 +361,66 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
                         headers={"Content-Disposition": f'attachment; filename="{image_id[:16]}.npy"'})
 
     return app
+
+
+class Measured:
+    """ASGI middleware: observe(scope, status, seconds) after each HTTP request, the time until its
+    answer is sent. (Plain ASGI: FastAPI's @app.middleware("http") runs each request through extra
+    tasks and streams, which cost a click more than its decode.)"""
+
+    def __init__(self, app, observe):
+        self.app, self.observe = app, observe
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.observe(scope, status[0], time.perf_counter() - start)
+
+
+def everything_points(options) -> int:
+    """The prompts a segment-everything request decodes: each crop layer's grid over its crops."""
+    return sum((options["points_per_side"] // options["crop_n_points_downscale_factor"] ** i) ** 2 * 4 ** i
+               for i in range(options["crop_n_layers"] + 1))
+
+
+def errors(*codes):
+    """The error answers an operation documents: {"detail": sentence}; a 422 may be FastAPI's list."""
+    return {c: {"model": Rejected if c == 422 else Error} for c in codes}
+
+
+def openapi_3_0_bounds(spec):
+    """pydantic 1 writes an exclusive bound as a number (newer JSON Schema); OpenAPI 3.0 wants it as
+    a boolean beside maximum/minimum. The spec, fixed in place."""
+    def fix(node):
+        if isinstance(node, dict):
+            for exclusive, bound in (("exclusiveMaximum", "maximum"), ("exclusiveMinimum", "minimum")):
+                value = node.get(exclusive)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    node[bound], node[exclusive] = value, True
+            for v in node.values():
+                fix(v)
+        elif isinstance(node, list):
+            for v in node:
+                fix(v)
+    if spec.get("openapi", "").startswith("3.0"):
+        fix(spec)
+    return spec
+
+
+def finite(x: float) -> Optional[float]:
+    """JSON has no NaN or infinity: null for them (a stability score with stability_score_offset 0
+    over an empty mask is 0/0, as upstream computes it)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def polygons(mask: np.ndarray) -> List[List[float]]:

@@ -26,8 +26,9 @@ class Click:
 
 class Batcher:
     def __init__(self, max_encode_batch: int = 8, max_wait_s: float = 0.005, max_decode_batch: int = 64,
-                 on_pass: Optional[Callable[[str, int], None]] = None):
-        """on_pass(kind, size) sees every encode and decode pass (the server's metrics)."""
+                 on_pass: Optional[Callable[[str, int, float], None]] = None):
+        """on_pass(kind, size, seconds) sees every encode and decode pass and its time (the server's
+        metrics). Each future gets `began`, the perf_counter() when its pass started."""
         self.max_encode_batch, self.max_wait_s, self.max_decode_batch = max_encode_batch, max_wait_s, max_decode_batch
         self._on_pass = on_pass
         self._encodes, self._decodes, self._other = deque(), deque(), deque()  # (arrival, future, work)
@@ -104,6 +105,9 @@ class Batcher:
         items = [(t, f, w) for t, f, w in items if f.set_running_or_notify_cancel()]
         if not items:
             return
+        began = time.perf_counter()
+        for _, f, _ in items:
+            f.began = began
         try:
             if kind == "other":
                 items[0][1].set_result(items[0][2]())
@@ -116,16 +120,20 @@ class Batcher:
                 if not f.done():
                     f.set_exception(e)
 
-    def _note_pass(self, kind, size):
+    def _note_pass(self, kind, size, began):
         self.batches[kind] = self.batches[kind][-99:] + [size]
         if self._on_pass:
-            self._on_pass(kind, size)
+            self._on_pass(kind, size, time.perf_counter() - began)
 
     def _encode(self, works, futures):
-        self._note_pass("encode", len(works))
+        began = time.perf_counter()
         model = works[0][0]
         batch = _samfast.Predictor(model)
         batch.set_prepared_images([prepared for _, prepared in works])
+        # Waiting for the device here lets the uploads that come meanwhile gather into the next batch
+        # (returning at launch, each pass took the one upload waiting: batches of 1 under 16 clients).
+        model.synchronize()
+        self._note_pass("encode", len(works), began)
         for i, f in enumerate(futures):
             f.set_result(batch if len(works) == 1 else batch.select(i))
 
@@ -141,9 +149,9 @@ class Batcher:
             forms.setdefault(form, []).append((w, f))
         for form, group in forms.items():
             while group:
-                n = 1 << (len(group).bit_length() - 1)
-                self._note_pass("decode", n)
+                n, began = 1 << (len(group).bit_length() - 1), time.perf_counter()
                 self._decode_group(group[:n], form[0])
+                self._note_pass("decode", n, began)
                 group = group[n:]
 
     @staticmethod

@@ -17,6 +17,8 @@ def main(argv=None):
     ap.add_argument("--max-upload-mb", type=float, default=50.0)
     ap.add_argument("--max-pixels", type=int, default=100_000_000)
     ap.add_argument("--max-prompts", type=int, default=64, help="prompts per predict request")
+    ap.add_argument("--max-everything-points", type=int, default=65536,
+                    help="grid points over every crop of one segment-everything request")
     ap.add_argument("--max-pending", type=int, default=64, help="requests computing or waiting; more get 503")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait and compute; then 504")
     ap.add_argument("--cache-mb", type=float, default=2048.0, help="image embeddings kept in device memory")
@@ -39,6 +41,7 @@ def main(argv=None):
     sam._native_model()  # (loaded before the first request)
     config = ServerConfig(token=a.token, cors_origins=a.cors_origin, max_upload_bytes=int(a.max_upload_mb * 2**20),
                           max_pixels=a.max_pixels, max_prompts=a.max_prompts, max_pending=a.max_pending,
+                          max_everything_points=a.max_everything_points,
                           request_timeout_s=a.timeout, device_cache_bytes=int(a.cache_mb * 2**20),
                           host_cache_bytes=int(a.host_cache_mb * 2**20), max_encode_batch=a.max_batch,
                           max_batch_wait_ms=a.batch_wait_ms)

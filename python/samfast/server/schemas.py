@@ -1,41 +1,47 @@
 """The API's request and response bodies (pydantic: validated on the way in, described in /openapi.json)."""
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, confloat, conint
+
+Number = Union[StrictInt, StrictFloat]  # (no "1" or true for a number: pydantic 1 would take them)
+
+
+def bounded(**bounds):
+    return Union[conint(strict=True, **bounds), confloat(strict=True, **bounds)]
 
 
 class PredictRequest(BaseModel):
-    points: Optional[List[List[float]]] = Field(None, description="(x, y) in image pixels")
-    labels: Optional[List[int]] = Field(None, description="1 foreground, 0 background, one per point")
-    box: Optional[List[float]] = Field(None, description="x0, y0, x1, y1 in image pixels (4 numbers)")
-    mask_input: Optional[str] = Field(None, description="base64 .npy of a (1, 256, 256) float32 low-res logits "
+    points: Optional[List[List[Number]]] = Field(None, description="(x, y) in image pixels")
+    labels: Optional[List[conint(strict=True, ge=-1, le=1)]] = Field(None, description="1 foreground, 0 background, one per point")
+    box: Optional[List[Number]] = Field(None, description="x0, y0, x1, y1 in image pixels (4 numbers)")
+    mask_input: Optional[StrictStr] = Field(None, description="base64 .npy of a (1, 256, 256) float32 low-res logits "
                                                         "array, as low_res_logits of an earlier response")
-    multimask_output: bool = True
+    multimask_output: StrictBool = True
     format: Literal["png", "rle", "polygon"] = Field(
         "png", description="png: base64 PNG per mask; rle: COCO RLE; polygon: COCO polygons (outer contours, "
                            "[x0, y0, x1, y1, ...] each, as OpenCV's findContours traces them)")
-    return_low_res_logits: bool = False
+    return_low_res_logits: StrictBool = False
 
 
 class PredictResponse(BaseModel):
     masks: List[Dict[str, object]]
-    scores: List[float]
+    scores: List[Optional[float]] = Field(description="predicted IoU per mask (null if not finite)")
     low_res_logits: Optional[str] = None
     elapsed_ms: float
 
 
 class EverythingRequest(BaseModel):
-    points_per_side: int = Field(32, ge=1, le=128)
-    points_per_batch: int = Field(64, ge=1, le=1024)
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = Field(0.7, ge=0, le=1)
-    crop_n_layers: int = Field(0, ge=0, le=3)
-    crop_nms_thresh: float = Field(0.7, ge=0, le=1)
-    crop_overlap_ratio: float = Field(512 / 1500, ge=0, lt=1)
-    crop_n_points_downscale_factor: int = Field(1, ge=1, le=16)
-    min_mask_region_area: int = Field(0, ge=0)
+    points_per_side: conint(strict=True, ge=1, le=128) = 32
+    points_per_batch: conint(strict=True, ge=1, le=256) = 64  # (the masks of a batch at 1024x1024 are in memory at once)
+    pred_iou_thresh: Number = 0.88
+    stability_score_thresh: Number = 0.95
+    stability_score_offset: Number = 1.0
+    box_nms_thresh: bounded(ge=0, le=1) = 0.7
+    crop_n_layers: conint(strict=True, ge=0, le=3) = 0
+    crop_nms_thresh: bounded(ge=0, le=1) = 0.7
+    crop_overlap_ratio: bounded(ge=0, lt=1) = 512 / 1500
+    crop_n_points_downscale_factor: conint(strict=True, ge=1, le=16) = 1
+    min_mask_region_area: conint(strict=True, ge=0, le=2**31 - 1) = 0
 
 
 class EverythingResponse(BaseModel):
@@ -53,4 +59,19 @@ class ImageInfo(BaseModel):
 
 
 class Base64Image(BaseModel):
-    image_base64: str
+    image_base64: StrictStr
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: List[Union[str, int]]
+    msg: str
+    type: str
+
+
+class Rejected(BaseModel):
+    """422: the server's own checks give a sentence, FastAPI's validation of the body a list."""
+    detail: Union[str, List[FieldError]]
