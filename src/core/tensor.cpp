@@ -36,7 +36,9 @@ class BufferPool {
     return static_cast<float*>(p);
   }
   void put(float* p, size_t bytes) {
-    if (!cache_.keep(p, bytes)) std::free(p);
+    SizeCache::Buffers evicted;
+    if (!cache_.keep(p, bytes, evicted)) std::free(p);
+    for (auto& [q, n] : evicted) std::free(q);
   }
 
  private:

@@ -7,6 +7,28 @@
 
 namespace samfast::cuda {
 
+namespace {
+
+// A quarter of the device's memory for freed buffers: far above what the passes of a few shapes
+// keep (those stay cached), while a server that sees images of ever new sizes stops growing there.
+size_t cache_limit(int device) {
+  int prev = 0;
+  size_t free_b = 0, total_b = 0;
+  if (cudaGetDevice(&prev) != cudaSuccess) return SIZE_MAX;
+  cudaSetDevice(device);
+  const cudaError_t err = cudaMemGetInfo(&free_b, &total_b);
+  cudaSetDevice(prev);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return SIZE_MAX;
+  }
+  return total_b / 4;
+}
+
+}  // namespace
+
+DevicePool::DevicePool(int device) : device_(device), cache_(cache_limit(device)) {}
+
 DevicePool::~DevicePool() {
   release_cached();
   if (arena_) cudaFree(arena_);  // (no throw)
@@ -92,7 +114,19 @@ void DevicePool::put(void* p, size_t bytes) {
     return;
   }
   in_use_ -= bytes;
-  cache_.keep(p, bytes);  // no limit: always kept
+  keep(p, bytes);
+}
+
+void DevicePool::keep(void* p, size_t bytes) {
+  SizeCache::Buffers evicted;
+  // (no cudaFree while a graph is traced or recorded: the frees wait for the next keep after it)
+  if (!cache_.keep(p, bytes, evicted, !recording_ && mode_ == Mode::Normal)) evicted.emplace_back(p, bytes);
+  if (evicted.empty()) return;
+  int prev = 0;
+  cudaGetDevice(&prev);
+  cudaSetDevice(device_);
+  for (auto& [q, n] : evicted) cudaFree(q);  // (waits for the device: rare, only when new sizes come)
+  cudaSetDevice(prev);
 }
 
 void DevicePool::begin_recording() {
@@ -114,7 +148,7 @@ void DevicePool::release_recorded(const Buffers& buffers) {
   for (const auto& [p, bytes] : buffers) {
     graph_owned_.erase(p);
     graph_bytes_ -= bytes;
-    cache_.keep(p, bytes);
+    keep(p, bytes);
   }
 }
 
@@ -193,7 +227,9 @@ void* PinnedPool::get(size_t bytes) {
 
 void PinnedPool::put(void* p, size_t bytes) {
   bytes = DevicePool::rounded(bytes == 0 ? 1 : bytes);
-  if (!cache_.keep(p, bytes)) cudaFreeHost(p);
+  SizeCache::Buffers evicted;
+  if (!cache_.keep(p, bytes, evicted)) cudaFreeHost(p);
+  for (auto& [q, n] : evicted) cudaFreeHost(q);
 }
 
 }  // namespace samfast::cuda

@@ -1,6 +1,6 @@
 // Device memory pool of the CUDA backend: freed buffers are kept by exact size and handed out again
 // (a forward pass asks for the same sizes for every image, so after the first one no cudaMalloc
-// runs and nothing synchronises the device). All users of one pool run on one stream, so reusing a
+// runs and nothing synchronises the device), up to a quarter of the device's memory. All users of one pool run on one stream, so reusing a
 // buffer as soon as its last tensor is dropped is ordered after every kernel that read it.
 #pragma once
 #include <algorithm>
@@ -24,7 +24,7 @@ struct ArenaMismatch : Error {
 
 class DevicePool {
  public:
-  explicit DevicePool(int device) : device_(device) {}
+  explicit DevicePool(int device);
   ~DevicePool();
   DevicePool(const DevicePool&) = delete;
   DevicePool& operator=(const DevicePool&) = delete;
@@ -71,6 +71,7 @@ class DevicePool {
     return p >= arena_ && p < static_cast<const char*>(arena_) + arena_bytes_;
   }
   void* device_malloc(size_t bytes);  // cudaMalloc, retried after release_cached(); OutOfMemory
+  void keep(void* p, size_t bytes);   // into the cache, freeing what the cache's limit evicts
   void note_peak() { peak_ = std::max(peak_, in_use_ + cache_.cached_bytes() + graph_bytes_ + arena_bytes_); }
 
   int device_;
