@@ -19,9 +19,6 @@ ls .whl/pywheels/pycocotools-*.whl >/dev/null 2>&1 || python3 -m pip download -q
 ls .whl/pywheels/fastapi-*.whl >/dev/null 2>&1 || python3 -m pip download -q --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl/pywheels \
   fastapi uvicorn python-multipart prometheus-client httpx
-# uvicorn's C HTTP parser and event loop (uvicorn[standard]), apart: bench/gpu/python.sh measures with and without
-ls .whl/pywheels-std/httptools-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
-  --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl/pywheels-std httptools uvloop
 [ -f .whl/devbin.tar.xz ] || SAMFAST_BUILD_DIR="${SAMFAST_BUILD_DIR:-build}" bash bench/gpu/prepare.sh
 du -sh .whl/wheels/*.whl
 echo "carry [\".whl\"] and run bench/gpu/python.sh"

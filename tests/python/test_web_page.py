@@ -102,13 +102,29 @@ def drag(driver, start, end):
      .move_to_element_with_offset(canvas, *at[1]).release().perform())
 
 
-def test_page_click_box_everything(server, browser, tmp_path):
-    driver = browser
+def open_page_with(driver, server, image_path):
+    """The page loaded and an image file chosen in its file input."""
     driver.get(server)
     wait_for(driver, "return document.getElementById('status').textContent.includes('on cpu')")
     file_input = driver.find_element("id", "file")
     driver.execute_script("arguments[0].hidden = false", file_input)
-    file_input.send_keys(str(IMAGES / "dog.jpg"))
+    file_input.send_keys(str(image_path))
+
+
+def press_everything(driver):
+    """Clicks cleared, then segment everything on a 4x4 grid with the thresholds at 0 (random weights
+    score low)."""
+    driver.find_element("id", "clear").click()
+    for field, value in (("pps", "4"), ("iou", "0"), ("stab", "0")):
+        box = driver.find_element("id", field)
+        box.clear()
+        box.send_keys(value)
+    driver.find_element("id", "everything").click()
+
+
+def test_page_click_box_everything(server, browser, tmp_path):
+    driver = browser
+    open_page_with(driver, server, IMAGES / "dog.jpg")
     wait_for(driver, "return window.samfast.id && window.samfast.width === 800")
     image_id = driver.execute_script("return window.samfast.id")
     shot(driver, "page_image.png")
@@ -146,12 +162,7 @@ def test_page_click_box_everything(server, browser, tmp_path):
     assert np.array_equal(page_mask(driver), png_mask(api["masks"][0]["png"]))
 
     # Segment everything with the thresholds at 0 (random weights score low): one colour per record.
-    driver.find_element("id", "clear").click()
-    for field, value in (("pps", "4"), ("iou", "0"), ("stab", "0")):
-        box = driver.find_element("id", field)
-        box.clear()
-        box.send_keys(value)
-    driver.find_element("id", "everything").click()
+    press_everything(driver)
     n = wait_for(driver, "return window.samfast.records.length")
     req = urllib.request.Request(f"{server}v1/images/{image_id}/everything", headers={"content-type": "application/json"},
                                  data=json.dumps({"points_per_side": 4, "pred_iou_thresh": 0,
@@ -191,11 +202,7 @@ def test_page_on_a_large_photo(server, browser, tmp_path):
     photo = tmp_path / "photo.jpg"
     Image.open(IMAGES / "truck.jpg").convert("RGB").resize((4000, 3000), Image.BICUBIC).save(photo, quality=90)
     driver = browser
-    driver.get(server)
-    wait_for(driver, "return document.getElementById('status').textContent.includes('on cpu')")
-    file_input = driver.find_element("id", "file")
-    driver.execute_script("arguments[0].hidden = false", file_input)
-    file_input.send_keys(str(photo))
+    open_page_with(driver, server, photo)
     wait_for(driver, "return window.samfast.id && window.samfast.width === 4000 && window.samfast.height === 3000", 120)
     image_id = driver.execute_script("return window.samfast.id")
 
@@ -208,12 +215,7 @@ def test_page_on_a_large_photo(server, browser, tmp_path):
     assert 0 < len(xs) < mask.size
     assert driver.execute_script(MASK_SUMMARY) == [4000, 3000, len(xs), int(xs.sum()), int(ys.sum())]
 
-    driver.find_element("id", "clear").click()
-    for field, value in (("pps", "4"), ("iou", "0"), ("stab", "0")):
-        box = driver.find_element("id", field)
-        box.clear()
-        box.send_keys(value)
-    driver.find_element("id", "everything").click()
+    press_everything(driver)
     wait_for(driver, "return window.samfast.records.length && window.samfast.overlay", 240)
     assert driver.execute_script("return [window.samfast.overlay.width, window.samfast.overlay.height]") == [4000, 3000]
     shot(driver, "page_large_photo.png")
