@@ -30,7 +30,7 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 pids=()
 for target in "${targets[@]}"; do
   "$cxx" "${flags[@]}" -fsanitize=fuzzer,address,undefined "$root/tests/fuzz/fuzz_$target.cpp" "${objects[@]}" \
-    -lzip -lz -ljpeg -lexif -o "$build/fuzz_$target" &
+    -lzip -lpng -lz -ljpeg -lexif -o "$build/fuzz_$target" &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
