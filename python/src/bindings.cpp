@@ -588,6 +588,18 @@ NB_MODULE(_samfast, m) {
       },
       "mask"_a, "A (H, W) mask as the counts string of COCO's compressed RLE (pycocotools' encode).");
   m.def(
+      "masks_to_coco_rle",
+      [](ByteArray masks) {
+        if (masks.ndim() != 3) throw InvalidArgument("masks_to_coco_rle: expected (N, H, W) masks");
+        std::vector<std::string> out;
+        {
+          nb::gil_scoped_release no_gil;
+          out = masks_to_coco_strings(masks.data(), (int)masks.shape(0), (int)masks.shape(1), (int)masks.shape(2));
+        }
+        return out;
+      },
+      "masks"_a, "(N, H, W) masks as their COCO RLE counts strings, computed on several threads.");
+  m.def(
       "rle_to_mask",
       [](std::vector<uint32_t> counts, int h, int w) { return bool_mask(rle_to_mask(Rle{h, w, std::move(counts)}), h, w); },
       "counts"_a, "height"_a, "width"_a);

@@ -42,8 +42,12 @@ void Predictor::set_images(const std::vector<EncoderInput>& inputs) {
       throw InvalidArgument("set_image: the prepared image " + shape_str(in.image.shape) + " is not for a " + std::to_string(S) +
                   "-pixel encoder");
   Tensor batch = inputs.size() == 1 ? inputs[0].image : Tensor::empty({(int64_t)inputs.size(), 3, S, S});
-  if (inputs.size() > 1)
-    for (size_t i = 0; i < inputs.size(); ++i) std::memcpy(batch.data + i * plane, inputs[i].image.data, sizeof(float) * plane);
+  // (copied on several threads: 96 MB for a batch of 8, ahead of every encoder pass of a server)
+  if (inputs.size() > 1) {
+#pragma omp parallel for
+    for (int64_t i = 0; i < (int64_t)inputs.size(); ++i)
+      std::memcpy(batch.data + i * plane, inputs[size_t(i)].image.data, sizeof(float) * plane);
+  }
   embedding_ = Tensor(), embedding_host_ = false;  // a failed encode leaves no image set
   original_sizes_.clear(), input_sizes_.clear();
   Tensor embedding = model_.encode_image(batch);

@@ -4,6 +4,7 @@ runs on one thread (batcher.py): concurrent uploads share encoder batches and co
 ragged decode. Embeddings stay in a two-tier cache bounded in bytes (cache.py), so a re-upload or a
 click on a known image never re-encodes. Bad input is a JSON error with a 4xx code; more work than
 max_pending is refused with 503 and Retry-After, and work past request_timeout_s answers 504."""
+import asyncio
 import base64
 import concurrent.futures
 import contextlib
@@ -20,6 +21,7 @@ from typing import List, Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -129,7 +131,7 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
         return JSONResponse(status_code=503, content={"detail": f"out of device memory: {e}"},
                             headers={"Retry-After": str(config.retry_after_s)})
 
-    def authorized(request: Request):
+    async def authorized(request: Request):  # (async: checked in the event loop, no thread hop)
         if config.token and request.headers.get("authorization") != f"Bearer {config.token}":
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
@@ -272,23 +274,37 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
 
     @app.post("/v1/images/{image_id}/predict", response_model=PredictResponse, dependencies=[Depends(authorized)],
               responses=errors(400, 401, 404, 422, 501, 503, 504))
-    def predict(image_id: str, body: PredictRequest):
+    async def predict(image_id: str, body: PredictRequest):
+        # In the event loop: a click's own work is small, and the hops between threads (each taking
+        # the GIL) were most of a click's time. What may wait goes to the thread pool: bringing an
+        # embedding back from the host tier, and PNG or polygon answers.
         start = time.perf_counter()
         click = click_of(body)
-        with slot(), entry_of(image_id) as entry:
-            submitted = time.perf_counter()
-            future = batcher.predict(entry.predictor, click)
-            masks, scores, low_res = result(future, start)
+        click.rle = body.format == "rle"
+        with slot():
+            entry = cache.pin(image_id, wait=False) or await run_in_threadpool(cache.pin, image_id)
+            if entry is None:
+                raise HTTPException(404, f"unknown image id {image_id[:16]}...: upload it to /v1/images first")
+            try:
+                submitted = time.perf_counter()
+                future = batcher.predict(entry.predictor, click)
+                masks, scores, low_res = await awaited(future, start)
+            finally:
+                cache.unpin(entry)
         answered = time.perf_counter()
         predict_stage.labels("wait").observe(future.began - submitted)
         predict_stage.labels("model").observe(answered - future.began)
-        if body.format == "png":
-            out = [{"png": base64.b64encode(_samfast.encode_png_gray(m.astype(np.uint8) * 255)).decode()} for m in masks]
-        elif body.format == "rle":
-            out = [{"rle": {"size": list(m.shape), "counts": _samfast.mask_to_coco_rle(m.view(np.uint8))}}
-                   for m in masks]
+        size = list(entry.image.shape[:2])
+        if click.rle:  # (the strings came from the model thread)
+            reply = predict_answer([{"rle": {"size": size, "counts": c}} for c in masks], scores, low_res, body, start)
         else:
-            out = [{"polygons": polygons(m)} for m in masks]
+            reply = await run_in_threadpool(lambda: predict_answer(
+                [{"png": base64.b64encode(_samfast.encode_png_gray(m.astype(np.uint8) * 255)).decode()}
+                 if body.format == "png" else {"polygons": polygons(m)} for m in masks], scores, low_res, body, start))
+        predict_stage.labels("respond").observe(time.perf_counter() - answered)
+        return reply
+
+    def predict_answer(masks, scores, low_res, body: PredictRequest, start) -> Response:
         low = None
         if body.return_low_res_logits:
             buf = io.BytesIO()
@@ -296,11 +312,19 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
             low = base64.b64encode(buf.getvalue()).decode()
         # (the body as JSON at once: a model's validation and encoding would walk the masks' long strings;
         # json.dumps escaping to ASCII is twice as fast as JSONResponse's UTF-8 on them)
-        reply = Response(json.dumps({"masks": out, "scores": [finite(s) for s in scores], "low_res_logits": low,
-                                     "elapsed_ms": (time.perf_counter() - start) * 1e3}, allow_nan=False),
-                         media_type="application/json")
-        predict_stage.labels("respond").observe(time.perf_counter() - answered)
-        return reply
+        return Response(json.dumps({"masks": masks, "scores": [finite(s) for s in scores], "low_res_logits": low,
+                                    "elapsed_ms": (time.perf_counter() - start) * 1e3}, allow_nan=False),
+                        media_type="application/json")
+
+    async def awaited(future: concurrent.futures.Future, started: float):
+        """result() for the event loop: the batcher's answer, or 504 once the request has taken
+        request_timeout_s (and its work is dropped if still queued)."""
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future),
+                                          max(0.0, started + config.request_timeout_s - time.perf_counter()))
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise HTTPException(504, f"the request took more than {config.request_timeout_s:g} s") from None
 
     def click_of(body: PredictRequest) -> Click:
         n_points = len(body.points or [])

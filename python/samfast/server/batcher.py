@@ -22,6 +22,7 @@ class Click:
     box: Optional[np.ndarray]         # (4,) float32
     mask_input: Optional[np.ndarray]  # (1, L, L) float32
     multimask_output: bool
+    rle: bool = False                 # answer the masks as COCO RLE strings (made in the model thread)
 
 
 class Batcher:
@@ -43,7 +44,8 @@ class Batcher:
         return self._put(self._encodes, (model, prepared))
 
     def predict(self, predictor, click: Click) -> "Future[tuple]":
-        """(masks, scores, low-res logits) for a click on a predictor's image (on the device)."""
+        """(masks, scores, low-res logits) for a click on a predictor's image (on the device); the
+        masks as COCO RLE strings if click.rle."""
         return self._put(self._decodes, (predictor, click))
 
     def run(self, fn: Callable[[], object]) -> Future:
@@ -171,9 +173,16 @@ class Batcher:
             # One bad prompt fails its batch: each alone, so that the error reaches its own request.
             for (p, c), f in group:
                 try:
-                    f.set_result(p.predict(c.points, c.labels, c.box, c.mask_input, multimask, False, 0))
+                    f.set_result(answer(c, p.predict(c.points, c.labels, c.box, c.mask_input, multimask, False, 0)))
                 except Exception as e:
                     f.set_exception(e)
             return
-        for (_, f), r in zip(group, results):
-            f.set_result(r)
+        for ((_, c), f), r in zip(group, results):
+            f.set_result(answer(c, r))
+
+
+def answer(click: Click, result):
+    """A click's result as its request takes it: RLE strings made here, a click's masks on several
+    threads at once with the GIL released, leave each request thread only the JSON to write."""
+    masks, scores, low_res = result
+    return (_samfast.masks_to_coco_rle(masks.view(np.uint8)) if click.rle else masks), scores, low_res

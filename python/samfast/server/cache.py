@@ -31,23 +31,40 @@ class EmbeddingCache:
     @contextmanager
     def use(self, key):
         """The entry of `key` with its embedding on the device for the duration, or None if unknown."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                if not entry.predictor.on_device:
-                    entry.predictor.to_device()
-                    self.moves["to_device"] += 1
-                    self.device_used += self.embedding_bytes
-                    self.host_used -= self.host_embedding_bytes
-                entry.pins += 1
-                self._fit()
+        entry = self.pin(key)
         try:
             yield entry
         finally:
-            if entry is not None:
-                with self._lock:
-                    entry.pins -= 1
+            self.unpin(entry)
+
+    def pin(self, key, wait: bool = True) -> Optional[Entry]:
+        """The entry of `key` with its embedding on the device until unpin(entry), or None if unknown.
+        With wait False (an event loop's call) it also gives None, at once, where it would wait: for
+        another thread's move between the tiers, or to move this embedding itself."""
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
+            entry = self._entries.get(key)
+            if entry is None or (not wait and not entry.predictor.on_device):
+                return None
+            self._entries.move_to_end(key)
+            if not entry.predictor.on_device:
+                entry.predictor.to_device()
+                self.moves["to_device"] += 1
+                self.device_used += self.embedding_bytes
+                self.host_used -= self.host_embedding_bytes
+                entry.pins += 1
+                self._fit()  # (room on the device for it: others may move to the host)
+            else:
+                entry.pins += 1
+            return entry
+        finally:
+            self._lock.release()
+
+    def unpin(self, entry: Optional[Entry]):
+        if entry is not None:
+            with self._lock:
+                entry.pins -= 1
 
     def put(self, key, entry: Entry):
         with self._lock:
