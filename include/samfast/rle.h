@@ -28,9 +28,15 @@ std::vector<uint8_t> rle_to_mask(const Rle& rle);
 // before it from the fourth on, in little-endian 5-bit groups with 0x20 as the "more" bit, plus 48.
 std::string rle_to_coco_string(const Rle& rle);
 
-// The compressed counts strings of n row-major (H, W) masks stored one after another (a predict's
-// masks), computed on several threads at once: a server answering clicks in COCO RLE.
-std::vector<std::string> masks_to_coco_strings(const uint8_t* masks, int n, int height, int width);
+// A row-major (H, W) mask somewhere in memory (any non-zero byte is inside).
+struct MaskView {
+  const uint8_t* data = nullptr;
+  int height = 0, width = 0;
+};
+
+// The compressed counts strings of many masks of any sizes (the clicks of a server's decode pass),
+// computed on several threads at once.
+std::vector<std::string> masks_to_coco_strings(const std::vector<MaskView>& masks);
 
 // Inverse of rle_to_coco_string (rleFrString). Throws Error on a character outside '0'..'o', a
 // count cut off mid-way, a count outside 0..2^32-1, or counts that do not sum to h*w.

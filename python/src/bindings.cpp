@@ -589,16 +589,28 @@ NB_MODULE(_samfast, m) {
       "mask"_a, "A (H, W) mask as the counts string of COCO's compressed RLE (pycocotools' encode).");
   m.def(
       "masks_to_coco_rle",
-      [](ByteArray masks) {
-        if (masks.ndim() != 3) throw InvalidArgument("masks_to_coco_rle: expected (N, H, W) masks");
-        std::vector<std::string> out;
+      [](const std::vector<ByteArray>& batches) {
+        std::vector<MaskView> views;
+        for (const ByteArray& b : batches) {
+          if (b.ndim() != 3) throw InvalidArgument("masks_to_coco_rle: expected (N, H, W) masks");
+          const size_t plane = b.shape(1) * b.shape(2);
+          for (size_t i = 0; i < b.shape(0); ++i) views.push_back({b.data() + i * plane, (int)b.shape(1), (int)b.shape(2)});
+        }
+        std::vector<std::string> flat;
         {
           nb::gil_scoped_release no_gil;
-          out = masks_to_coco_strings(masks.data(), (int)masks.shape(0), (int)masks.shape(1), (int)masks.shape(2));
+          flat = masks_to_coco_strings(views);
+        }
+        std::vector<std::vector<std::string>> out;
+        size_t k = 0;
+        for (const ByteArray& b : batches) {
+          out.emplace_back(flat.begin() + k, flat.begin() + k + b.shape(0));
+          k += b.shape(0);
         }
         return out;
       },
-      "masks"_a, "(N, H, W) masks as their COCO RLE counts strings, computed on several threads.");
+      "masks"_a,
+      "Each (N, H, W) array of masks as its N COCO RLE counts strings; all the masks on several threads at once.");
   m.def(
       "rle_to_mask",
       [](std::vector<uint32_t> counts, int h, int w) { return bool_mask(rle_to_mask(Rle{h, w, std::move(counts)}), h, w); },

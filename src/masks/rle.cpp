@@ -191,18 +191,16 @@ std::string rle_to_coco_string(const Rle& rle) {
   return s;
 }
 
-std::vector<std::string> masks_to_coco_strings(const uint8_t* masks, int n, int height, int width) {
-  const uint64_t plane = check_size(height, width, "masks_to_coco_strings");
-  if (n < 0) throw Error("masks_to_coco_strings: " + std::to_string(n) + " masks");
-  if (n > 0 && plane > 0 && !masks) throw Error("masks_to_coco_strings: masks pointer is null");
-  std::vector<std::string> out(static_cast<size_t>(n));
-  std::vector<std::string> errors(static_cast<size_t>(n));
+std::vector<std::string> masks_to_coco_strings(const std::vector<MaskView>& masks) {
+  const int64_t n = (int64_t)masks.size();
+  std::vector<std::string> out(masks.size()), errors(masks.size());
 #pragma omp parallel for schedule(dynamic)
-  for (int i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     try {  // (no exception may leave an OpenMP region)
-      out[size_t(i)] = rle_to_coco_string(mask_to_rle(masks + size_t(i) * plane, height, width));
+      const MaskView& m = masks[size_t(i)];
+      out[size_t(i)] = rle_to_coco_string(mask_to_rle(m.data, m.height, m.width));
     } catch (const std::exception& e) {
-      errors[size_t(i)] = e.what();
+      errors[size_t(i)] = std::string("masks_to_coco_strings: mask ") + std::to_string(i) + ": " + e.what();
     }
   }
   for (const std::string& e : errors)

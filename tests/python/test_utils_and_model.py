@@ -134,15 +134,17 @@ def test_example_script_runs(samfast_pkg):
 
 
 def test_coco_rle_of_many_masks_equals_pycocotools(samfast_pkg):
-    """masks_to_coco_rle (the server's click answers, several threads at once) gives each mask's
-    counts string as pycocotools encodes it: noise, empty, full, a disc, ragged sizes."""
+    """masks_to_coco_rle (a server's decode pass answered, every mask on several threads at once) gives
+    each mask's counts string as pycocotools encodes it: noise, empty, full, a disc; three sizes at once."""
     coco = pytest.importorskip("pycocotools.mask", reason="scripts/setup.sh installs pycocotools")
-    rng = np.random.default_rng(3)
+    rng, batches = np.random.default_rng(3), []
     for h, w in ((37, 53), (534, 800), (1, 9)):
         yy, xx = np.mgrid[:h, :w]
         masks = np.stack([rng.random((h, w)) < 0.5, np.zeros((h, w), bool), np.ones((h, w), bool),
                           (yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (h / 3) ** 2] * 3)
-        got = samfast_pkg._samfast.masks_to_coco_rle(masks.view(np.uint8))
-        want = [coco.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode() for m in masks]
-        assert got == want
-    assert samfast_pkg._samfast.masks_to_coco_rle(np.zeros((0, 4, 4), np.uint8)) == []
+        batches.append(masks)
+    got = samfast_pkg._samfast.masks_to_coco_rle([m.view(np.uint8) for m in batches])
+    assert got == [[coco.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode() for m in masks]
+                   for masks in batches]
+    assert samfast_pkg._samfast.masks_to_coco_rle([np.zeros((0, 4, 4), np.uint8)]) == [[]]
+    assert samfast_pkg._samfast.masks_to_coco_rle([]) == []

@@ -173,16 +173,21 @@ class Batcher:
             # One bad prompt fails its batch: each alone, so that the error reaches its own request.
             for (p, c), f in group:
                 try:
-                    f.set_result(answer(c, p.predict(c.points, c.labels, c.box, c.mask_input, multimask, False, 0)))
+                    f.set_result(answers([c], [p.predict(c.points, c.labels, c.box, c.mask_input, multimask, False,
+                                                         0)])[0])
                 except Exception as e:
                     f.set_exception(e)
             return
-        for ((_, c), f), r in zip(group, results):
-            f.set_result(answer(c, r))
+        for (_, f), r in zip(group, answers([c for (_, c), _ in group], results)):
+            f.set_result(r)
 
 
-def answer(click: Click, result):
-    """A click's result as its request takes it: RLE strings made here, a click's masks on several
-    threads at once with the GIL released, leave each request thread only the JSON to write."""
-    masks, scores, low_res = result
-    return (_samfast.masks_to_coco_rle(masks.view(np.uint8)) if click.rle else masks), scores, low_res
+def answers(clicks, results):
+    """The clicks' results as their requests take them: the RLE strings of every mask of the pass
+    made here at once (on several threads, GIL released) leave each request only the JSON to write."""
+    rle = [i for i, c in enumerate(clicks) if c.rle]
+    strings = _samfast.masks_to_coco_rle([results[i][0].view(np.uint8) for i in rle]) if rle else []
+    results = list(results)
+    for i, s in zip(rle, strings):
+        results[i] = (s, *results[i][1:])
+    return results
