@@ -7,12 +7,14 @@ Number = Union[StrictInt, StrictFloat]  # (no "1" or true for a number: pydantic
 
 
 def bounded(**bounds):
+    """A Number within bounds (ge, le, lt, ...)."""
     return Union[conint(strict=True, **bounds), confloat(strict=True, **bounds)]
 
 
 class PredictRequest(BaseModel):
     points: Optional[List[List[Number]]] = Field(None, description="(x, y) in image pixels")
-    labels: Optional[List[conint(strict=True, ge=-1, le=1)]] = Field(None, description="1 foreground, 0 background, one per point")
+    labels: Optional[List[conint(strict=True, ge=-1, le=1)]] = Field(
+        None, description="1 foreground, 0 background, one per point")
     box: Optional[List[Number]] = Field(None, description="x0, y0, x1, y1 in image pixels (4 numbers)")
     mask_input: Optional[StrictStr] = Field(None, description="base64 .npy of a (1, 256, 256) float32 low-res logits "
                                                         "array, as low_res_logits of an earlier response")
@@ -32,7 +34,7 @@ class PredictResponse(BaseModel):
 
 class EverythingRequest(BaseModel):
     points_per_side: conint(strict=True, ge=1, le=128) = 32
-    points_per_batch: conint(strict=True, ge=1, le=256) = 64  # (the masks of a batch at 1024x1024 are in memory at once)
+    points_per_batch: conint(strict=True, ge=1, le=256) = 64  # (a batch's masks are in memory at 1024x1024)
     pred_iou_thresh: Number = 0.88
     stability_score_thresh: Number = 0.95
     stability_score_offset: Number = 1.0
