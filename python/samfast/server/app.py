@@ -77,6 +77,7 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     predict_stage = Histogram("samfast_predict_stage_seconds", "a predict request's time by stage", ["stage"],
                               registry=registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01,
                                                           0.02, 0.05, 0.1, 0.25, 1))
+    waited, modelled, responded = (predict_stage.labels(stage) for stage in ("wait", "model", "respond"))
 
     upload_stage = Histogram("samfast_upload_stage_seconds", "an upload's time by stage (decode: the file to "
                              "pixels; prepare: resized and normalized; wait: queued for its encoder pass; model: "
@@ -107,8 +108,13 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
     app = FastAPI(title="samfast", version="1", lifespan=lifespan,
                   description="Segment Anything on samfast's engine: upload an image once, then predict masks for "
                   "clicks and boxes, or segment everything.")
-    default_openapi = app.openapi
-    app.openapi = lambda: openapi_3_0_bounds(default_openapi())
+    default_openapi = app.openapi  # (builds app.openapi_schema once, then returns it)
+
+    def openapi():
+        if app.openapi_schema is None:
+            openapi_3_0_bounds(default_openapi())
+        return app.openapi_schema
+    app.openapi = openapi
 
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -292,8 +298,8 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
             finally:
                 cache.unpin(entry)
         answered = time.perf_counter()
-        predict_stage.labels("wait").observe(future.began - submitted)
-        predict_stage.labels("model").observe(answered - future.began)
+        waited.observe(future.began - submitted)
+        modelled.observe(answered - future.began)
         size = list(entry.image.shape[:2])
         if click.rle:  # (the strings came from the model thread)
             reply = predict_answer([{"rle": {"size": size, "counts": c}} for c in masks], scores, low_res, body, start)
@@ -301,7 +307,7 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
             reply = await run_in_threadpool(lambda: predict_answer(
                 [{"png": base64.b64encode(_samfast.encode_png_gray(m.astype(np.uint8) * 255)).decode()}
                  if body.format == "png" else {"polygons": polygons(m)} for m in masks], scores, low_res, body, start))
-        predict_stage.labels("respond").observe(time.perf_counter() - answered)
+        responded.observe(time.perf_counter() - answered)
         return reply
 
     def predict_answer(masks, scores, low_res, body: PredictRequest, start) -> Response:
