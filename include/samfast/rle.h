@@ -42,6 +42,11 @@ std::vector<std::string> masks_to_coco_strings(const std::vector<MaskView>& mask
 // count cut off mid-way, a count outside 0..2^32-1, or counts that do not sum to h*w.
 Rle coco_string_to_rle(const std::string& s, int height, int width);
 
+// Label Studio's brush RLE of a row-major (H, W) mask (any non-zero byte is inside, drawn as 255 in
+// all four RGBA channels): the bytes of label_studio_converter.brush.mask2rle(mask * 255), which its
+// decode_rle reads back as H*W*4 values. Throws Error past 2^30 pixels (the format's 32-bit length).
+std::vector<uint8_t> mask_to_label_studio_rle(const uint8_t* mask, int height, int width);
+
 // Pixels inside: the sum of the odd-indexed counts (upstream area_from_rle).
 int64_t rle_area(const Rle& rle);
 

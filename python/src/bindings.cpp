@@ -612,6 +612,18 @@ NB_MODULE(_samfast, m) {
       "masks"_a,
       "Each (N, H, W) array of masks as its N COCO RLE counts strings; all the masks on several threads at once.");
   m.def(
+      "mask_to_label_studio_rle",
+      [](ByteArray mask) {
+        if (mask.ndim() != 2) throw InvalidArgument("mask_to_label_studio_rle: expected a (H, W) mask");
+        std::vector<uint8_t> rle;
+        {
+          nb::gil_scoped_release no_gil;
+          rle = mask_to_label_studio_rle(mask.data(), (int)mask.shape(0), (int)mask.shape(1));
+        }
+        return nb::bytes(reinterpret_cast<const char*>(rle.data()), rle.size());
+      },
+      "mask"_a, "A (H, W) mask (non-zero inside) as Label Studio's brush RLE bytes (label_studio_converter's mask2rle).");
+  m.def(
       "rle_to_mask",
       [](std::vector<uint32_t> counts, int h, int w) { return bool_mask(rle_to_mask(Rle{h, w, std::move(counts)}), h, w); },
       "counts"_a, "height"_a, "width"_a);
