@@ -678,13 +678,15 @@ NB_MODULE(_samfast, m) {
       "gray"_a, "A (H, W) uint8 array as PNG bytes.");
   m.def(
       "read_image",
-      [](const std::string& path) {
+      [](const std::string& path, bool exif_orientation) {
         Image img;
         {
           nb::gil_scoped_release no_gil;
-          img = read_image(path);
+          img = read_image(path, kMaxImagePixels, exif_orientation ? ExifOrientation::apply : ExifOrientation::ignore);
         }
         return rgb_array(std::move(img));
       },
-      "path"_a, "An image file as RGB (H, W, 3) uint8 (JPEG EXIF orientation applied, as cv2.imread).");
+      "path"_a, "exif_orientation"_a = true,
+      "An image file as RGB (H, W, 3) uint8; a JPEG's EXIF orientation applied (as cv2.imread) unless "
+      "exif_orientation is False (as PIL's Image.open).");
 }

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .. import _samfast
-from .core import Core, ServerConfig, everything_points, finite  # noqa: F401 (ServerConfig: the package's name)
+from .core import Core, ServerConfig, base64_file, finite  # noqa: F401 (ServerConfig: the package's name)
 from .schemas import (Base64Image, Error, EverythingRequest, EverythingResponse, ImageInfo, PredictRequest,
                       PredictResponse, Rejected)
 
@@ -185,18 +185,6 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
 
     include_tools(app, core)
     return app
-
-
-def base64_file(text: str, max_bytes: int, name: str) -> bytes:
-    """A base64 string's bytes (a data: URI's too), or the 413/422 that says why not."""
-    if text.startswith("data:") and "," in text[:256]:
-        text = text.split(",", 1)[1]
-    if len(text) > max_bytes * 4 // 3 + 4:
-        raise HTTPException(413, f"{name} is past the limit of {max_bytes} bytes")
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        raise HTTPException(422, f"{name} is not valid base64") from None
 
 
 class Measured:

@@ -5,6 +5,7 @@ uploads share encoder batches and concurrent clicks one ragged decode. Embedding
 cache bounded in bytes (cache.py), so a re-upload or a click on a known image never re-encodes.
 More work than max_pending is refused with 503 and Retry-After; work past request_timeout_s answers 504."""
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import hashlib
@@ -140,8 +141,9 @@ class Core:
                 raise HTTPException(404, f"unknown image id {image_id[:16]}...: upload it first")
             yield entry
 
-    def decode_file(self, data: bytes) -> np.ndarray:
-        """An image file's pixels (HxWx3 uint8 RGB), or the 4xx that says why not."""
+    def decode_file(self, data: bytes, exif_orientation: bool = True) -> np.ndarray:
+        """An image file's pixels (HxWx3 uint8 RGB; a JPEG's EXIF orientation applied unless told
+        not to, as PIL's Image.open does not), or the 4xx that says why not."""
         if len(data) > self.config.max_upload_bytes:
             raise HTTPException(413, f"image of {len(data)} bytes is past the limit of {self.config.max_upload_bytes}")
         if not data:
@@ -152,7 +154,7 @@ class Core:
             with open(path, "wb") as f:
                 f.write(data)
             try:
-                image = _samfast.read_image(path)
+                image = _samfast.read_image(path, exif_orientation)
             except RuntimeError as e:
                 raise HTTPException(415, str(e).replace(path, "the upload")) from None
         self.check_pixels(image.shape[0], image.shape[1])
@@ -162,9 +164,11 @@ class Core:
         if height * width > self.config.max_pixels:
             raise HTTPException(413, f"image of {width}x{height} pixels is past the limit of {self.config.max_pixels}")
 
-    def add_image(self, data: bytes) -> Added:
-        """An image file, decoded and encoded unless known (its id is the file's SHA-256)."""
-        return self._add(hashlib.sha256(data).hexdigest(), lambda: self.decode_file(data))
+    def add_image(self, data: bytes, exif_orientation: bool = True) -> Added:
+        """An image file, decoded and encoded unless known (its id is the file's SHA-256, and a
+        mark where the EXIF orientation is not applied)."""
+        return self._add(hashlib.sha256(data).hexdigest() + ("" if exif_orientation else "-noexif"),
+                         lambda: self.decode_file(data, exif_orientation))
 
     def add_pixels(self, image: np.ndarray) -> Added:
         """HxWx3 uint8 RGB pixels, encoded unless known (the id hashes the shape and the pixels)."""
@@ -283,6 +287,18 @@ class Core:
         for r in records:
             r["predicted_iou"], r["stability_score"] = finite(r["predicted_iou"]), finite(r["stability_score"])
         return records
+
+
+def base64_file(text: str, max_bytes: int, name: str) -> bytes:
+    """A base64 string's bytes (a data: URI's too), or the 413/422 that says why not."""
+    if text.startswith("data:") and "," in text[:256]:
+        text = text.split(",", 1)[1]
+    if len(text) > max_bytes * 4 // 3 + 4:
+        raise HTTPException(413, f"{name} is past the limit of {max_bytes} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise HTTPException(422, f"{name} is not valid base64") from None
 
 
 def everything_points(options) -> int:
