@@ -62,3 +62,19 @@ def cuda_available():
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def venv_command(venv: str, command: str, override: str) -> str:
+    """A command of a virtual environment that scripts/setup.sh makes in the build tree for a test's
+    client (its libraries would clash with Debian's beside fastapi): $override if set, else
+    <venv>/bin/<command> in $SAMFAST_BIN, then in the source's build/; the test is skipped without it."""
+    here = Path(__file__).resolve().parent
+    candidates = [os.environ.get(override)]
+    if os.environ.get("SAMFAST_BIN"):
+        candidates.append(Path(os.environ["SAMFAST_BIN"]) / venv / "bin" / command)
+    source = Path(os.environ.get("SAMFAST_SOURCE_DIR", here.parents[1]))
+    candidates.append(source / "build" / venv / "bin" / command)
+    for c in candidates:
+        if c and os.access(c, os.X_OK):
+            return str(c)
+    pytest.skip(f"{venv} is not installed: scripts/setup.sh puts it in build/{venv} (or set {override})")

@@ -8,15 +8,14 @@ import os
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from conftest import venv_command
 from test_server import running_server
 
 pytest.importorskip("fastapi", reason="the server needs fastapi (scripts/setup.sh installs it)")
 
-HERE = Path(__file__).resolve().parent
 EXAMPLES = 50     # per operation and phase: 30-45 s of requests here, so that CI's busy cores stay in bounds
 SEED = 20261203   # (the same requests every run; a failure names its seed and test case)
 TIME_LIMIT = 270  # seconds for the whole run, a hard stop past which the test fails
@@ -31,18 +30,7 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "415", "42
 
 
 def schemathesis_cli():
-    """The st command of schemathesis: $SAMFAST_SCHEMATHESIS, else the virtual environment that
-    scripts/setup.sh makes in the build tree ($SAMFAST_BIN, then the source's build/)."""
-    candidates = [os.environ.get("SAMFAST_SCHEMATHESIS")]
-    if os.environ.get("SAMFAST_BIN"):
-        candidates.append(Path(os.environ["SAMFAST_BIN"]) / "schemathesis-venv" / "bin" / "st")
-    source = Path(os.environ.get("SAMFAST_SOURCE_DIR", HERE.parents[1]))
-    candidates.append(source / "build" / "schemathesis-venv" / "bin" / "st")
-    for c in candidates:
-        if c and os.access(c, os.X_OK):
-            return str(c)
-    pytest.skip("schemathesis is not installed: scripts/setup.sh puts it in build/schemathesis-venv "
-                "(or set SAMFAST_SCHEMATHESIS to an st command)")
+    return venv_command("schemathesis-venv", "st", "SAMFAST_SCHEMATHESIS")
 
 
 def test_openapi_schema_holds(samfast_pkg, tiny_checkpoint, tmp_path):

@@ -14,7 +14,7 @@ import binascii
 
 from fastapi import HTTPException, Request
 
-from . import cvat
+from . import cvat, isat, xanylabeling
 
 
 def token_check(token):
@@ -39,4 +39,5 @@ def token_check(token):
 
 def include_tools(app, core):
     authorized = token_check(core.config.token)
-    app.include_router(cvat.router(core, authorized))
+    for tool in (cvat, isat, xanylabeling):
+        app.include_router(tool.router(core, authorized))
