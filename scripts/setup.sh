@@ -19,25 +19,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if ! /usr/bin/python3 -c "import segment_anything" 2>/dev/null; then
-  echo "setup: installing upstream segment_anything (test oracle) for /usr/bin/python3"
-  /usr/bin/python3 -m pip install -q --break-system-packages --no-deps segment_anything
-fi
-if ! /usr/bin/python3 -c "import pycocotools" 2>/dev/null; then
-  echo "setup: installing pycocotools (RLE test oracle) for /usr/bin/python3"
-  /usr/bin/python3 -m pip install -q --break-system-packages pycocotools
-fi
-
-if ! /usr/bin/python3 -c "import cv2" 2>/dev/null; then
-  # Upstream's min_mask_region_area (a generator parity case) calls OpenCV; 4.10 still fits Debian's numpy 1.x.
-  echo "setup: installing opencv-python-headless (oracle for small-region removal) for /usr/bin/python3"
-  /usr/bin/python3 -m pip install -q --break-system-packages --no-deps "opencv-python-headless==4.10.0.84"
-fi
-
-if ! /usr/bin/python3 -c "import nanobind" 2>/dev/null; then
-  echo "setup: installing nanobind (the Python module's bindings) for /usr/bin/python3"
-  /usr/bin/python3 -m pip install -q --break-system-packages "nanobind>=2.0"
-fi
+# pip_for_python3 MODULE WHAT PIP-ARGS...: a PyPI package for /usr/bin/python3, unless MODULE imports.
+pip_for_python3() {
+  local module=$1 what=$2
+  shift 2
+  /usr/bin/python3 -c "import $module" 2>/dev/null && return 0
+  echo "setup: installing $what for /usr/bin/python3"
+  /usr/bin/python3 -m pip install -q --break-system-packages "$@"
+}
+pip_for_python3 segment_anything "upstream segment_anything (test oracle)" --no-deps segment_anything
+pip_for_python3 pycocotools "pycocotools (RLE test oracle)" pycocotools
+# Upstream's min_mask_region_area (a generator parity case) calls OpenCV; 4.10 still fits Debian's numpy 1.x.
+pip_for_python3 cv2 "opencv-python-headless (oracle for small-region removal)" --no-deps "opencv-python-headless==4.10.0.84"
+pip_for_python3 nanobind "nanobind (the Python module's bindings)" "nanobind>=2.0"
+# ISAT's answer is an embedding as JSON lists of numbers: orjson writes one in 0.05 s, json in 1 s.
+pip_for_python3 orjson "orjson (the server's ISAT answers)" orjson
+# Label Studio's own brush RLE decoder, the oracle of the Label Studio tests (numpy and PIL are all
+# brush.py needs; the converter's other formats' dependencies are left out).
+pip_for_python3 label_studio_converter.brush "label-studio-converter (oracle for Label Studio's RLE)" --no-deps \
+  "label-studio-converter==0.0.59"
 
 # schemathesis (tests/python/test_server_schema.py) in a virtual environment of its own: its
 # libraries (hypothesis, jsonschema, requests, ...) are newer than those beside Debian's fastapi.
@@ -46,6 +46,28 @@ if ! build/schemathesis-venv/bin/st --version 2>/dev/null | grep -q "version $SC
   echo "setup: installing schemathesis $SCHEMATHESIS into build/schemathesis-venv"
   /usr/bin/python3 -m venv --clear build/schemathesis-venv
   build/schemathesis-venv/bin/pip install -q "schemathesis==$SCHEMATHESIS"
+fi
+
+# X-AnyLabeling's own client (tests/python/test_tools_xanylabeling.py) in a virtual environment of
+# its own, beside Debian's numpy and OpenCV: its Qt (PyQt6) and the few libraries its import needs.
+XANYLABELING=4.2.1
+if ! build/xanylabeling-venv/bin/python -c "import importlib.metadata as m, PyQt6
+assert m.version('x-anylabeling-cvhub') == '$XANYLABELING'" 2>/dev/null; then
+  echo "setup: installing x-anylabeling-cvhub $XANYLABELING into build/xanylabeling-venv"
+  /usr/bin/python3 -m venv --clear --system-site-packages build/xanylabeling-venv
+  build/xanylabeling-venv/bin/pip install -q --no-deps "x-anylabeling-cvhub==$XANYLABELING"
+  build/xanylabeling-venv/bin/pip install -q "PyQt6>=6.6,<6.10" "PyQt6-Qt6>=6.6,<6.10" termcolor natsort \
+    importlib_metadata markdown jsonlines json_repair qimage2ndarray tqdm
+fi
+
+# Label Studio itself (tests/python/test_tools_labelstudio.py runs one on loopback and connects samfast
+# as its ML backend), in a virtual environment of its own: about 1 GB of Django and its libraries.
+LABEL_STUDIO=1.23.2
+if ! build/labelstudio-venv/bin/python -c "import importlib.metadata as m
+assert m.version('label-studio') == '$LABEL_STUDIO'" 2>/dev/null; then
+  echo "setup: installing label-studio $LABEL_STUDIO into build/labelstudio-venv"
+  /usr/bin/python3 -m venv --clear build/labelstudio-venv
+  build/labelstudio-venv/bin/pip install -q "label-studio==$LABEL_STUDIO"
 fi
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null

@@ -11,24 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import IMAGES
+from test_server import client, sam  # noqa: F401 (fixtures: the tiny model and its app)
 
 pytest.importorskip("fastapi", reason="the server needs fastapi (scripts/setup.sh installs it)")
 
 # The headers CVAT's LambdaGateway sends the dashboard (views.py _http and invoke, dashboard mode).
 NUCLIO_HEADERS = {"x-nuclio-project-name": "cvat", "x-nuclio-function-namespace": "nuclio",
                   "x-nuclio-invoke-via": "domain-name", "X-Nuclio-Invoke-Timeout": "120s"}
-
-
-@pytest.fixture(scope="module")
-def sam(samfast_pkg, tiny_checkpoint):
-    return samfast_pkg.load(tiny_checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def client(sam):
-    from fastapi.testclient import TestClient
-    from samfast.server import create_app
-    return TestClient(create_app(sam))
 
 
 def frame_of(name):

@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from .. import _samfast
 from .core import Core, ServerConfig, base64_file, finite  # noqa: F401 (ServerConfig: the package's name)
-from .schemas import (Base64Image, Error, EverythingRequest, EverythingResponse, ImageInfo, PredictRequest,
-                      PredictResponse, Rejected)
+from .schemas import (Base64Image, EverythingRequest, EverythingResponse, ImageInfo, PredictRequest,
+                      PredictResponse, errors)
 
 
 def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
@@ -208,11 +208,6 @@ class Measured:
             await self.app(scope, receive, send_and_note)
         finally:
             self.observe(scope, status[0], time.perf_counter() - start)
-
-
-def errors(*codes):
-    """The error answers an operation documents: {"detail": sentence}; a 422 may be FastAPI's list."""
-    return {c: {"model": Rejected if c == 422 else Error} for c in codes}
 
 
 def openapi_3_0_bounds(spec):

@@ -1,5 +1,6 @@
 """samfast-server: serve a checkpoint over HTTP (loopback unless told otherwise)."""
 import argparse
+import os
 import sys
 
 
@@ -27,6 +28,11 @@ def main(argv=None):
     ap.add_argument("--max-batch", type=int, default=8, help="images in one encoder pass (dynamic batching)")
     ap.add_argument("--batch-wait-ms", type=float, default=5.0,
                     help="how long an upload waits for others to join its encoder batch")
+    ap.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"),
+                    help="Label Studio's address, for its task images when it has not said it (its ML backend "
+                         "setup does); default $LABEL_STUDIO_URL")
+    ap.add_argument("--label-studio-api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
+                    help="a Label Studio access token for those images; default $LABEL_STUDIO_API_KEY")
     a = ap.parse_args(argv)
     if not a.checkpoint and not a.model:
         ap.error("give --checkpoint (or --model for a synthetic model)")
@@ -44,7 +50,8 @@ def main(argv=None):
                           max_everything_points=a.max_everything_points,
                           request_timeout_s=a.timeout, device_cache_bytes=int(a.cache_mb * 2**20),
                           host_cache_bytes=int(a.host_cache_mb * 2**20), max_encode_batch=a.max_batch,
-                          max_batch_wait_ms=a.batch_wait_ms)
+                          max_batch_wait_ms=a.batch_wait_ms, label_studio_url=a.label_studio_url,
+                          label_studio_api_key=a.label_studio_api_key)
     app = create_app(sam, config)
     print(f"samfast-server: {sam} on http://{a.host}:{a.port} (docs at /docs)", file=sys.stderr, flush=True)
     # (keep-alive longer than clients' pools keep idle connections, so that a pooled connection is not

@@ -77,3 +77,8 @@ class FieldError(BaseModel):
 class Rejected(BaseModel):
     """422: the server's own checks give a sentence, FastAPI's validation of the body a list."""
     detail: Union[str, List[FieldError]]
+
+
+def errors(*codes):
+    """The error answers an operation documents: {"detail": sentence}; a 422 may be FastAPI's list."""
+    return {c: {"model": Rejected if c == 422 else Error} for c in codes}

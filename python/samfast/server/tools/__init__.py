@@ -14,7 +14,7 @@ import binascii
 
 from fastapi import HTTPException, Request
 
-from . import cvat, isat, xanylabeling
+from . import cvat, isat, labelstudio, xanylabeling
 
 
 def token_check(token):
@@ -39,5 +39,5 @@ def token_check(token):
 
 def include_tools(app, core):
     authorized = token_check(core.config.token)
-    for tool in (cvat, isat, xanylabeling):
+    for tool in (cvat, isat, labelstudio, xanylabeling):
         app.include_router(tool.router(core, authorized))

@@ -26,10 +26,10 @@ from typing import List, Optional
 import numpy as np
 from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, StrictStr
+from pydantic import BaseModel, Field, StrictStr
 
 from ..core import base64_file
-from ..schemas import Number
+from ..schemas import Number, errors
 
 EMBEDDING_FUNCTION = "pth-facebookresearch-sam-vit-h"  # (the id cvat-ui's SAM plugin looks for)
 MASK_FUNCTION = "samfast-sam-mask"
@@ -39,8 +39,8 @@ class Invocation(BaseModel):
     image: StrictStr
     pos_points: List[List[Number]] = []
     neg_points: List[List[Number]] = []
-    obj_bbox: Optional[List[List[Number]]] = None
-    threshold: Optional[Number] = None  # (sent by CVAT when its request had one; SAM has no use for it)
+    obj_bbox: Optional[List[List[Number]]] = Field(None, nullable=True)
+    threshold: Optional[Number] = Field(None, nullable=True)  # (sent by CVAT when its request had one; unused)
 
 
 def functions(core):
@@ -68,18 +68,18 @@ def functions(core):
 def router(core, authorized) -> APIRouter:
     r = APIRouter(tags=["CVAT (nuclio dashboard)"], dependencies=[Depends(authorized)])
 
-    @r.get("/api/functions")
+    @r.get("/api/functions", responses=errors(401))
     def list_functions():
         return functions(core)
 
-    @r.get("/api/functions/{function_name}")
+    @r.get("/api/functions/{function_name}", responses=errors(401, 404))
     def get_function(function_name: str):
         found = functions(core).get(function_name)
         if found is None:
             raise HTTPException(404, f"no function {function_name}")
         return found
 
-    @r.post("/api/function_invocations")
+    @r.post("/api/function_invocations", responses=errors(400, 401, 404, 413, 415, 422, 503, 504))
     async def invoke(body: Invocation, x_nuclio_function_name: str = Header(...)):
         if x_nuclio_function_name not in (EMBEDDING_FUNCTION, MASK_FUNCTION):
             raise HTTPException(404, f"no function {x_nuclio_function_name}")

@@ -13,6 +13,8 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException
 from fastapi.responses import Response
 
+from ..schemas import errors
+
 # The official checkpoints' file names, as ISAT's model zoo names them (ISAT/segment_any/model_zoo.py).
 OFFICIAL_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
 
@@ -32,12 +34,12 @@ def features_json(embedding: np.ndarray, original_size, input_size) -> bytes:
 def router(core, authorized) -> APIRouter:
     r = APIRouter(prefix="/api", tags=["ISAT"], dependencies=[Depends(authorized)])
 
-    @r.get("/info")
+    @r.get("/info", responses=errors(401))
     def info():
         return {"checkpoint": OFFICIAL_FILES.get(core.native.model_type, core.native.model_type),
                 "device": core.native.device, "dtype": "torch.float32"}
 
-    @r.post("/encode")
+    @r.post("/encode", responses=errors(400, 401, 413, 422, 503, 504))
     def encode(file: bytes = File(...), shape: str = Form(...), dtype: str = Form(...)):
         """An image's raw pixels (HxWx3 uint8, C order, as numpy's tobytes()) -> its embedding."""
         try:

@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, StrictStr
 
 from ..core import base64_file
+from ..schemas import errors
 
 MODEL_ID = "segment_anything"
 # The interactive widgets X-AnyLabeling shows for a SAM model (its auto_labeling.py reads these
@@ -56,17 +57,17 @@ def router(core, authorized) -> APIRouter:
         return {"status": "healthy", "models_loaded": 1,
                 "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")}
 
-    @r.get("/v1/models", dependencies=[Depends(authorized)])
+    @r.get("/v1/models", dependencies=[Depends(authorized)], responses=errors(401))
     def models():
         return {"success": True, "data": {MODEL_ID: model}}
 
-    @r.get("/v1/models/{model_id}/info", dependencies=[Depends(authorized)])
+    @r.get("/v1/models/{model_id}/info", dependencies=[Depends(authorized)], responses=errors(401))
     def info(model_id: str):
         if model_id != MODEL_ID:
             return failure("MODEL_NOT_FOUND", f"Model '{model_id}' not loaded")
         return {"success": True, "data": {"model_id": model_id, **model}}
 
-    @r.post("/v1/predict", dependencies=[Depends(authorized)])
+    @r.post("/v1/predict", dependencies=[Depends(authorized)], responses=errors(400, 401, 422, 501, 503, 504))
     async def predict(body: Prediction):
         start = time.perf_counter()
         if body.model != MODEL_ID:

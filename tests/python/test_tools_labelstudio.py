@@ -1,0 +1,237 @@
+"""Label Studio's ML backend (samfast.server.tools.labelstudio).
+
+- The brush RLE against label_studio_converter's own mask2rle, byte for byte.
+- The requests Label Studio 1.23.2 sent an ML backend (captured from a real run: health, setup with
+  its address and token, predict with a keypoint context) replayed against the server, with a
+  stand-in for Label Studio's file server: the brushlabels answer decodes, with Label Studio's own
+  decoder, to the library's mask.
+- End to end (when scripts/setup.sh has made build/labelstudio-venv): a real Label Studio on
+  loopback with a project (BrushLabels + smart KeyPointLabels and RectangleLabels), an uploaded
+  image and samfast connected as its ML backend through its own API; interactive predictions for a
+  keypoint and a rectangle; the brush annotation Label Studio stores decodes to samfast's mask.
+ref: HumanSignal/label-studio label_studio/ml/models.py, api_connector.py, ml/api.py
+     (interactive-annotating); label-studio-ml-backend examples/segment_anything_model/model.py"""
+import base64
+import contextlib
+import http.server
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import IMAGES, rgb, venv_command
+from test_server import free_port, running_server
+
+brush = pytest.importorskip("label_studio_converter.brush",
+                            reason="Label Studio's RLE oracle needs label-studio-converter (scripts/setup.sh)")
+requests = pytest.importorskip("requests")
+
+LABEL_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="brush" toName="image">
+    <Label value="Dog" background="#FF0000"/>
+  </BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true">
+    <Label value="Dog" smart="true" background="#00FF00" showInline="true"/>
+  </KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true">
+    <Label value="Dog" background="#0000FF" showInline="true"/>
+  </RectangleLabels>
+</View>"""
+
+
+def keypoint(x, y, positive=True, width=800, height=534):
+    """A smart keypoint as Label Studio's editor sends it in the interactive context."""
+    return {"original_width": width, "original_height": height, "image_rotation": 0,
+            "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": ["Dog"]}, "is_positive": positive,
+            "id": secrets.token_hex(3), "from_name": "kp", "to_name": "image", "type": "keypointlabels",
+            "origin": "manual"}
+
+
+def rectangle(x, y, w, h, width=800, height=534):
+    return {"original_width": width, "original_height": height, "image_rotation": 0,
+            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["Dog"]},
+            "id": secrets.token_hex(3), "from_name": "rect", "to_name": "image", "type": "rectanglelabels",
+            "origin": "manual"}
+
+
+def expected_mask(samfast_pkg, checkpoint, name, context):
+    """The library's mask for a context, read as the SAM example reads it (integer pixels, multimask off)."""
+    ref = samfast_pkg.SamPredictor(samfast_pkg.load(checkpoint, device="cpu"))
+    image = rgb(name)
+    ref.set_image(image)
+    h, w = image.shape[:2]
+    points = [[int(c["value"]["x"] * w / 100), int(c["value"]["y"] * h / 100)] for c in context
+              if c["type"] == "keypointlabels"]
+    labels = [int(c["is_positive"]) for c in context if c["type"] == "keypointlabels"]
+    box = None
+    for c in context:
+        if c["type"] == "rectanglelabels":
+            v = c["value"]
+            x, y = v["x"] * w / 100, v["y"] * h / 100
+            box = np.array([int(x), int(y), int(x + v["width"] * w / 100), int(y + v["height"] * h / 100)])
+    masks, scores, _ = ref.predict(point_coords=np.array(points) if points else None,
+                                   point_labels=np.array(labels) if labels else None, box=box,
+                                   multimask_output=False)
+    return masks[0], float(scores[0])
+
+
+def decoded(result, height, width):
+    """A brushlabels result's mask, by label_studio_converter's decode_rle (a pixel is inside where alpha is)."""
+    assert result["type"] == "brushlabels" and result["value"]["format"] == "rle"
+    return brush.decode_rle(result["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 0
+
+
+def test_brush_rle_is_label_studios(samfast_pkg):
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:700, :900]
+    for mask in [np.zeros((3, 5), bool), np.ones((300, 300), bool), rng.random((37, 53)) > 0.5,
+                 (yy - 300) ** 2 + (xx - 400) ** 2 < 250 ** 2, np.ones((1, 2), bool), np.ones((200, 400), bool)]:
+        ours = samfast_pkg._samfast.mask_to_label_studio_rle(mask.view(np.uint8))
+        assert list(ours) == brush.mask2rle(mask.astype(np.uint8) * 255)
+
+
+@contextlib.contextmanager
+def file_host(token, files):
+    """A stand-in for Label Studio's file server: GET path -> bytes with 'Authorization: Token T'."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.headers.get("Authorization") == f"Token {token}" and self.path in files
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            if ok:
+                self.wfile.write(files[self.path])
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_captured_requests_replayed(samfast_pkg, tiny_checkpoint):
+    """The requests of a real Label Studio 1.23.2 run (scripts, tasks and headers as it sent them)."""
+    from fastapi.testclient import TestClient
+    from samfast.server import ServerConfig, create_app
+    client = TestClient(create_app(samfast_pkg.load(tiny_checkpoint, device="cpu"), ServerConfig(token="s3cret")))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()}  # (its basic-auth setting)
+    token, path = "6cfaaf640ac1491333cad7228e806c8c9045c669", "/data/upload/1/67d83ba6-dog.jpg"
+    assert client.get("/labelstudio/health").json()["status"] == "UP"
+    with file_host(token, {path: (IMAGES / "dog.jpg").read_bytes()}) as hostname:
+        setup = {"project": "1.1796358466", "schema": LABEL_CONFIG, "hostname": hostname, "access_token": token,
+                 "extra_params": None}
+        assert client.post("/labelstudio/setup", json=setup).status_code == 401
+        r = client.post("/labelstudio/setup", json=setup, headers=auth)
+        assert r.status_code == 200 and r.json()["model_version"]
+        task = {"id": 1, "annotations": [], "file_upload": "67d83ba6-dog.jpg", "drafts": [], "predictions": [],
+                "data": {"image": path}, "meta": {}, "created_at": "2026-12-04T04:27:47.330190Z",
+                "updated_at": "2026-12-04T04:27:47.330222Z", "allow_skip": True, "inner_id": 1,
+                "total_annotations": 0, "cancelled_annotations": 0, "total_predictions": 0, "comment_count": 0,
+                "unresolved_comment_count": 0, "last_comment_updated_at": None, "project": 1,
+                "updated_by": None, "comment_authors": []}
+        for context in ([keypoint(50.0, 55.0)], [keypoint(50.0, 55.0), keypoint(15.2, 10.7, positive=False),
+                                                 rectangle(20.0, 20.0, 40.0, 50.0)]):
+            body = {"tasks": [task], "project": "1.1796358466", "label_config": LABEL_CONFIG,
+                    "params": {"login": None, "password": None, "context": {"result": context}}}
+            r = client.post("/labelstudio/predict", json=body, headers=auth)
+            assert r.status_code == 200, r.text
+            prediction = r.json()["results"][0]
+            result = prediction["result"][0]
+            assert (result["from_name"], result["to_name"], result["value"]["brushlabels"]) == ("brush", "image", ["Dog"])
+            want, score = expected_mask(samfast_pkg, tiny_checkpoint, "dog.jpg", context)
+            assert np.array_equal(decoded(result, 534, 800), want) and want.any()
+            assert result["score"] == pytest.approx(score, abs=1e-6) == prediction["score"]
+        # no interaction yet (the batch "retrieve predictions"): nothing predicted
+        r = client.post("/labelstudio/predict", json={**body, "params": {"context": None}}, headers=auth)
+        assert r.json()["results"] == []
+        # an image elsewhere than Label Studio is not fetched
+        elsewhere = {**body, "tasks": [{**task, "data": {"image": "http://169.254.169.254/latest"}}]}
+        r = client.post("/labelstudio/predict", json=elsewhere, headers=auth)
+        assert r.status_code == 422 and "Label Studio only" in r.json()["detail"]
+
+
+class LabelStudio:
+    """A fresh Label Studio on loopback (its first user and legacy token from the environment),
+    stopped with its process group."""
+
+    def __init__(self, label_studio, data_dir, token):
+        self.port, self.token = free_port(), token
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        env.update({"LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": "test@example.com",
+                    "LABEL_STUDIO_PASSWORD": "test12345", "LABEL_STUDIO_USER_TOKEN": token,
+                    "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+                    "ML_BLOCK_LOCAL_IP": "false",  # (1.23 refuses ML backends on 127.0.0.1 by default)
+                    "SSRF_PROTECTION_ENABLED": "false", "COLLECT_ANALYTICS": "false", "DJANGO_DB": "sqlite",
+                    # (nothing off loopback: no version check on PyPI, no error reports)
+                    "LATEST_VERSION_CHECK": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""})
+        self.log = open(data_dir / "label_studio.log", "w")
+        self.proc = subprocess.Popen([label_studio, "start", "--no-browser", "--internal-host", "127.0.0.1",
+                                      "--port", str(self.port)], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    def wait(self, seconds):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"Label Studio exited: see {self.log.name}"
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f"Label Studio did not come up in {seconds} s: see {self.log.name}")
+
+    def api(self, method, path, **kw):
+        r = self.session.request(method, self.url + path, timeout=120, **kw)
+        assert r.status_code < 400, f"{method} {path}: {r.status_code} {r.text[:500]}"
+        return r.json() if r.content else None
+
+    def stop(self):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.log.close()
+
+
+def test_label_studio_end_to_end(samfast_pkg, tiny_checkpoint, tmp_path):
+    label_studio = venv_command("labelstudio-venv", "label-studio", "SAMFAST_LABEL_STUDIO")
+    ls = LabelStudio(label_studio, tmp_path, secrets.token_hex(20))
+    try:
+        with running_server(samfast_pkg, tiny_checkpoint, "--token", "s3cret") as (samfast_url, _):
+            ls.wait(240)
+            project = ls.api("POST", "/api/projects", json={"title": "samfast", "label_config": LABEL_CONFIG})["id"]
+            with open(IMAGES / "dog.jpg", "rb") as f:
+                ls.api("POST", f"/api/projects/{project}/import", files={"file": ("dog.jpg", f, "image/jpeg")})
+            tasks = ls.api("GET", f"/api/tasks?project={project}")
+            task = (tasks["tasks"] if isinstance(tasks, dict) else tasks)[0]["id"]
+            # samfast as the project's ML backend, with basic auth (the token as the password)
+            backend = ls.api("POST", "/api/ml", json={
+                "url": samfast_url + "labelstudio", "project": project, "is_interactive": True, "title": "samfast",
+                "auth_method": "BASIC_AUTH", "basic_auth_user": "ls", "basic_auth_pass": "s3cret"})
+            assert backend["state"] == "CO", backend  # (connected: its health and setup answered)
+            for context in ([keypoint(50.0, 55.0)], [rectangle(20.0, 20.0, 40.0, 50.0)]):
+                # what Label Studio's editor asks for a smart-tool interaction
+                answer = ls.api("POST", f"/api/ml/{backend['id']}/interactive-annotating",
+                                json={"task": task, "context": {"result": context}})
+                result = answer["data"]["result"][0]
+                want, _ = expected_mask(samfast_pkg, tiny_checkpoint, "dog.jpg", context)
+                assert np.array_equal(decoded(result, 534, 800), want) and want.any()
+            # the brush mask kept as an annotation, read back from Label Studio
+            saved = ls.api("POST", f"/api/tasks/{task}/annotations", json={"result": [result]})
+            stored = ls.api("GET", f"/api/annotations/{saved['id']}")["result"][0]
+            assert np.array_equal(decoded(stored, 534, 800), want)
+    finally:
+        ls.stop()
