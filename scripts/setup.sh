@@ -56,8 +56,23 @@ assert m.version('x-anylabeling-cvhub') == '$XANYLABELING'" 2>/dev/null; then
   echo "setup: installing x-anylabeling-cvhub $XANYLABELING into build/xanylabeling-venv"
   /usr/bin/python3 -m venv --clear --system-site-packages build/xanylabeling-venv
   build/xanylabeling-venv/bin/pip install -q --no-deps "x-anylabeling-cvhub==$XANYLABELING"
-  build/xanylabeling-venv/bin/pip install -q "PyQt6>=6.6,<6.10" "PyQt6-Qt6>=6.6,<6.10" termcolor natsort \
-    importlib_metadata markdown jsonlines json_repair qimage2ndarray tqdm
+  build/xanylabeling-venv/bin/pip install -q "PyQt6==6.9.1" "PyQt6-Qt6==6.9.2" "termcolor==3.3.0" "natsort==8.4.0" \
+    "importlib_metadata==10.2.0" "Markdown==3.11.3" "jsonlines==4.0.0" "json_repair==0.64.6" \
+    "qimage2ndarray==1.10.0" "tqdm==4.70.1"
+fi
+
+# ISAT's own client (tests/python/test_tools_isat.py) in a virtual environment of its own, beside
+# Debian's torch, numpy and OpenCV: isat-sam without its requirements (they pull a CUDA torch of
+# several GB) and what importing its main window needs, pinned.
+ISAT=1.5.2
+if ! build/isat-venv/bin/python -c "import importlib.metadata as m, PyQt5
+assert m.version('isat-sam') == '$ISAT'" 2>/dev/null; then
+  echo "setup: installing isat-sam $ISAT into build/isat-venv"
+  /usr/bin/python3 -m venv --clear --system-site-packages build/isat-venv
+  build/isat-venv/bin/pip install -q --no-deps "isat-sam==$ISAT" "PyQt5==5.15.11" "PyQt5-Qt5==5.15.19" \
+    "PyQt5_sip==12.20.1" "imgviz==2.1.0" "cmap==0.8.0" "scikit-image==0.26.0" "lazy-loader==0.6" \
+    "pydicom==3.0.2" "hydra-core==1.3.8" "omegaconf==2.4.0" "antlr4-python3-runtime==4.9.3" "tqdm==4.70.1" \
+    "shapely==2.2.0" "fuzzywuzzy==0.18.0"
 fi
 
 # Label Studio itself (tests/python/test_tools_labelstudio.py runs one on loopback and connects samfast

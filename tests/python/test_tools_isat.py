@@ -1,14 +1,18 @@
-"""ISAT's remote SAM backend (samfast.server.tools.isat) on a live server, sent the request ISAT's
-client sends (requests, multipart of the raw pixels), answered with the features ISAT decodes
-itself: equal to the library's embedding, with upstream's original and input sizes.
+"""ISAT's remote SAM backend (samfast.server.tools.isat) on a live server: ISAT's own client code
+(isat-sam, in build/isat-venv) and the request it sends reproduced (requests, multipart of the raw
+pixels) get the features ISAT decodes itself: equal to the library's embedding, with upstream's
+original and input sizes.
 ref: yatengLG/ISAT_with_segment_anything ISAT/widgets/mainwindow.py SegAnyThread.sam_encoder,
      ISAT/widgets/remote_sam_dialog.py"""
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import rgb
+from conftest import IMAGES, rgb, venv_command
 from test_server import running_server
 
 requests = pytest.importorskip("requests", reason="ISAT's client sends its requests with requests")
@@ -51,3 +55,19 @@ def test_bad_encodes(server):
     assert encode(server, image[:10]).status_code == 200
     r = encode(server, image[:10], shape="11,800,3")
     assert r.status_code == 422 and "bytes" in r.json()["detail"]
+
+
+def test_isat_client(samfast_pkg, tiny_checkpoint, server, tmp_path):
+    python = venv_command("isat-venv", "python", "SAMFAST_ISAT_PYTHON")
+    host, port = server.split("//")[1].split(":")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    client = Path(__file__).resolve().parent / "clients" / "isat_client.py"
+    done = subprocess.run([python, str(client), host, port, str(IMAGES / "truck.jpg"), str(tmp_path / "got.npz")],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "got.npz")
+    ref = samfast_pkg.SamPredictor(samfast_pkg.load(tiny_checkpoint, device="cpu"))
+    ref.set_image(rgb("truck.jpg"))
+    assert got["features"].dtype == np.float32 and np.array_equal(got["features"], ref.get_image_embedding())
+    assert list(got["original_size"]) == list(ref.original_size) and list(got["input_size"]) == list(ref.input_size)
