@@ -1,6 +1,7 @@
 """samfast.server against the library's own results (CPU, tiny synthetic checkpoint): upload, predict
 (PNG and COCO RLE, mask inputs), segment everything, the embedding .npy, health and metrics; bad input
-as JSON 4xx, never a 500; the samfast-server command on loopback."""
+as JSON 4xx, never a 500; the samfast-server command on loopback. The API's tests run twice: on the
+app in this process, and on samfast-server --workers 2 (front-end processes before a model process)."""
 import base64
 import contextlib
 import io
@@ -24,11 +25,17 @@ def sam(samfast_pkg, tiny_checkpoint):
     return samfast_pkg.load(tiny_checkpoint, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def client(sam):
-    from fastapi.testclient import TestClient
-    from samfast.server import create_app
-    return TestClient(create_app(sam))
+@pytest.fixture(scope="module", params=["one process", "front ends"])
+def client(request, samfast_pkg, tiny_checkpoint, sam):
+    if request.param == "one process":
+        from fastapi.testclient import TestClient
+        from samfast.server import create_app
+        yield TestClient(create_app(sam))
+        return
+    import httpx
+    with running_server(samfast_pkg, tiny_checkpoint, "--workers", "2") as (url, _):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            yield c
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +204,47 @@ def test_server_command_on_loopback(samfast_pkg, tiny_checkpoint):
         port = url.rsplit(":", 1)[1].strip("/")
         lines = os.popen(f"ss -ltn 2>/dev/null | grep ':{port} '").read().splitlines()
         assert all("127.0.0.1" in line for line in lines)
+
+
+def front_ends_of(pid):
+    """The server's front-end processes (multiprocessing's spawned children; not its resource tracker)."""
+    out = []
+    for child in os.popen(f"pgrep -P {pid}").read().split():
+        with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"spawn_main" in f.read():
+                out.append(int(child))
+    return out
+
+
+def test_front_ends_replaced_and_stopped(samfast_pkg, tiny_checkpoint):
+    """With --workers 2: every new connection (whichever front end takes it) reaches the one model
+    and its cache; a front end that dies is replaced; stopping the server stops them all."""
+    import httpx
+    with running_server(samfast_pkg, tiny_checkpoint, "--workers", "2") as (url, proc):
+        image_id = httpx.post(url + "v1/images", files={"file": ("t.jpg", (IMAGES / "truck.jpg").read_bytes())},
+                              timeout=60).json()["id"]
+        for _ in range(6):  # (a new connection each)
+            r = httpx.post(url + f"v1/images/{image_id}/predict", json={"points": [[50, 60]], "labels": [1]}, timeout=60)
+            assert r.status_code == 200, r.text
+        front_ends = front_ends_of(proc.pid)
+        assert len(front_ends) == 2, front_ends
+        victim = front_ends[0]
+        os.kill(victim, 9)
+        deadline = time.time() + 60
+        while victim in front_ends_of(proc.pid) or len(front_ends_of(proc.pid)) < 2:
+            assert time.time() < deadline, "the front end was not replaced"
+            time.sleep(0.2)
+        for _ in range(4):
+            r = httpx.post(url + f"v1/images/{image_id}/predict", json={"points": [[50, 60]], "labels": [1]}, timeout=60)
+            assert r.status_code == 200, r.text
+        metrics = httpx.get(url + "metrics").text  # (the front ends' request counts summed, and the model's)
+        count = [l for l in metrics.splitlines()
+                 if l.startswith('samfast_requests_total{endpoint="/v1/images/{image_id}/predict",status="200"}')]
+        assert count and float(count[0].split()[-1]) >= 10, count
+        assert "samfast_pass_seconds_count" in metrics
+        left = front_ends_of(proc.pid) + [proc.pid]
+    for pid in left:
+        deadline = time.time() + 30
+        while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+            assert time.time() < deadline, f"process {pid} did not stop"
+            time.sleep(0.2)

@@ -1,3 +1,4 @@
 from .cli import main
 
-main()
+if __name__ == "__main__":  # (not when a spawned front end imports this as its parent's main)
+    main()

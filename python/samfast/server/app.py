@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from .. import _samfast
 from .core import Core, ServerConfig, base64_file, finite  # noqa: F401 (ServerConfig: the package's name)
@@ -22,22 +22,25 @@ from .schemas import (Base64Image, EverythingRequest, EverythingResponse, ImageI
                       PredictResponse, errors)
 
 
-def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
-    """The app for one model. sam: a samfast Sam (samfast.load(...))."""
+def create_app(sam=None, config: Optional[ServerConfig] = None, core=None) -> FastAPI:
+    """The app for one model. sam: a samfast Sam (samfast.load(...)); or core: the Core it serves
+    (remote.RemoteCore in a front-end process before a model process)."""
     from .tools import include_tools
     config = config or ServerConfig()
+    core = core or Core(sam, config)
+    # The requests' own metrics, in the process that answers them (with front-end processes, each
+    # writes its own and /metrics sums them: prometheus_client's multiprocess mode).
     registry = CollectorRegistry()
-    core = Core(sam, config, registry)
-    native, cache = core.native, core.cache
     requests_total = Counter("samfast_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("samfast_request_seconds", "request latency", ["endpoint"], registry=registry,
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-    cache_bytes = Gauge("samfast_embedding_cache_bytes", "bytes held by the embedding cache", ["tier"],
-                        registry=registry)
-    cache_moves = Gauge("samfast_embedding_cache_moves", "embeddings moved between the cache's tiers or dropped",
-                        ["move"], registry=registry)
-    device_memory = Gauge("samfast_device_memory_bytes", "the model's device memory (0 on the CPU)", ["kind"],
-                          registry=registry)
+    responded = Histogram("samfast_predict_respond_seconds", "a predict request's time from its masks to its "
+                          "response body", registry=registry,
+                          buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -86,8 +89,8 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
 
     def image_info(data: bytes) -> ImageInfo:
         added = core.add_image(data)
-        h, w = added.image.shape[:2]
-        return ImageInfo(id=added.id, width=w, height=h, cached=added.cached, elapsed_ms=added.elapsed_ms)
+        return ImageInfo(id=added.id, width=added.width, height=added.height, cached=added.cached,
+                         elapsed_ms=added.elapsed_ms)
 
     static = os.path.join(os.path.dirname(__file__), "static")
     page_files = {"app.js": "text/javascript"}  # (by name: no path from the request reaches the disk)
@@ -104,19 +107,11 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "device": native.device, "model": native.model_type, "precision": native.precision,
-                "images_cached": len(cache)}
+        return core.health()
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics():
-        for kind, value in native.memory_use().items():
-            if kind != "graphs_in_arena":
-                device_memory.labels(kind).set(value)
-        cache_bytes.labels("device").set(cache.device_used)
-        cache_bytes.labels("host").set(cache.host_used)
-        for move, n in cache.moves.items():
-            cache_moves.labels(move).set(n)
-        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(generate_latest(registry) + core.metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.post("/v1/images", response_model=ImageInfo, dependencies=[Depends(authorized)],
               responses=errors(400, 401, 413, 415, 422, 503, 504))
@@ -141,16 +136,16 @@ def create_app(sam, config: Optional[ServerConfig] = None) -> FastAPI:
                 raise HTTPException(422, f"mask_input is not a base64 .npy array: {e}") from None
         click = core.click(body.points, body.labels, body.box, mask_input, body.multimask_output)
         click.rle = body.format == "rle"
-        masks, scores, low_res, image = await core.predict(image_id, click, start)
+        masks, scores, low_res, size = await core.predict(image_id, click, start, body.return_low_res_logits)
         answered = time.perf_counter()
-        size = list(image.shape[:2])
+        size = list(size)
         if click.rle:  # (the strings came from the model thread)
             reply = predict_answer([{"rle": {"size": size, "counts": c}} for c in masks], scores, low_res, body, start)
         else:
             reply = await run_in_threadpool(lambda: predict_answer(
                 [{"png": base64.b64encode(_samfast.encode_png_gray(m.astype(np.uint8) * 255)).decode()}
                  if body.format == "png" else {"polygons": polygons(m)} for m in masks], scores, low_res, body, start))
-        core.responded.observe(time.perf_counter() - answered)
+        responded.observe(time.perf_counter() - answered)
         return reply
 
     def predict_answer(masks, scores, low_res, body: PredictRequest, start) -> Response:

@@ -13,6 +13,9 @@ def main(argv=None):
     ap.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 or fp8")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="HTTP processes; with more than one, they hand the model's work to one model process "
+                         "(for many concurrent clients: each click's HTTP work then runs beside the others')")
     ap.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1 requests")
     ap.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
     ap.add_argument("--max-upload-mb", type=float, default=50.0)
@@ -36,6 +39,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if not a.checkpoint and not a.model:
         ap.error("give --checkpoint (or --model for a synthetic model)")
+    if a.workers < 1:
+        ap.error("--workers is 1 or more")
 
     import uvicorn
 
@@ -52,8 +57,12 @@ def main(argv=None):
                           host_cache_bytes=int(a.host_cache_mb * 2**20), max_encode_batch=a.max_batch,
                           max_batch_wait_ms=a.batch_wait_ms, label_studio_url=a.label_studio_url,
                           label_studio_api_key=a.label_studio_api_key)
+    front_ends = f", {a.workers} HTTP processes" if a.workers > 1 else ""
+    print(f"samfast-server: {sam} on http://{a.host}:{a.port} (docs at /docs{front_ends})", file=sys.stderr, flush=True)
+    if a.workers > 1:
+        from .remote import serve
+        return serve(sam, config, a.host, a.port, a.workers)
     app = create_app(sam, config)
-    print(f"samfast-server: {sam} on http://{a.host}:{a.port} (docs at /docs)", file=sys.stderr, flush=True)
     # (keep-alive longer than clients' pools keep idle connections, so that a pooled connection is not
     # closed by the server just as a client sends on it: uvicorn's 5 s default races with that)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_keep_alive=75)

@@ -20,7 +20,7 @@ from typing import List, Optional
 import numpy as np
 from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .. import _samfast
 from ..automatic_mask_generator import SamAutomaticMaskGenerator
@@ -49,17 +49,71 @@ class ServerConfig:
 
 @dataclass
 class Added:
-    """An image the cache holds: its id (content hash), its pixels, and whether it was known."""
+    """An image the cache holds: its id (content hash), its size, and whether it was known."""
     id: str
-    image: np.ndarray
+    height: int
+    width: int
     cached: bool
     elapsed_ms: float
 
 
-class Core:
-    def __init__(self, sam, config: ServerConfig, registry: CollectorRegistry):
+@dataclass
+class ModelInfo:
+    """What the routes say of the model (a front-end process has this, not the model)."""
+    device: str
+    model_type: str
+    precision: str
+    img_size: int
+    low_res_size: int
+
+    @classmethod
+    def of(cls, native):
+        return cls(native.device, native.model_type, native.precision, native.img_size, native.low_res_size)
+
+
+class Checks:
+    """The checks of a request's prompts and image size that need no model: done where the request
+    arrives, in a front-end process too (remote.py). Needs self.config and self.native."""
+
+    def check_pixels(self, height: int, width: int):
+        if height * width > self.config.max_pixels:
+            raise HTTPException(413, f"image of {width}x{height} pixels is past the limit of {self.config.max_pixels}")
+
+    def click(self, points=None, labels=None, box=None, mask_input=None, multimask_output=True) -> Click:
+        """A Click from a request's prompts (lists or arrays; points (x, y) and a box (x0, y0, x1, y1)
+        in image pixels), or the 422 that says what is wrong with them."""
+        n_points = 0 if points is None else len(points)
+        if n_points > self.config.max_prompts:
+            raise HTTPException(422, f"{n_points} points are past the limit of {self.config.max_prompts}")
+        if (points is None) != (labels is None) or (labels is not None and len(labels) != n_points):
+            raise HTTPException(422, "give one label per point")
+        if points is not None and any(len(p) != 2 for p in points):
+            raise HTTPException(422, "each point is [x, y]")
+        if box is not None and len(box) != 4:
+            raise HTTPException(422, "a box is [x0, y0, x1, y1]")
+        if points is None and box is None and mask_input is None:
+            raise HTTPException(422, "give points, a box or a mask input")
+        low = self.native.low_res_size
+        if mask_input is not None and (mask_input.dtype != np.float32 or mask_input.shape != (1, low, low)):
+            raise HTTPException(422, f"mask_input must be float32 (1, {low}, {low}), got {mask_input.dtype} "
+                                     f"{mask_input.shape}")
+        try:
+            coords = [np.asarray(v, np.float64).ravel() for v in (points, box) if v is not None]
+        except (OverflowError, ValueError, TypeError):
+            coords = [np.array([np.inf])]
+        if not all(np.isfinite(c).all() for c in coords):
+            raise HTTPException(422, "points and boxes must be finite numbers")
+        return Click(points=None if points is None else np.asarray(points, np.float32).reshape(-1, 2),
+                     labels=None if labels is None else np.asarray(labels, np.int32),
+                     box=None if box is None else np.asarray(box, np.float32),
+                     mask_input=mask_input, multimask_output=multimask_output)
+
+
+class Core(Checks):
+    def __init__(self, sam, config: ServerConfig):
         self.sam, self.config = sam, config
         self.native = native = sam._native_model()
+        self.registry = registry = CollectorRegistry()
         grid_values = 256 * (native.img_size // 16) ** 2
         self.cache = EmbeddingCache(config.device_cache_bytes, config.host_cache_bytes,
                                     embedding_bytes=grid_values * (4 if native.precision == "fp32" else 2),
@@ -77,17 +131,24 @@ class Core:
                                  registry=registry, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
                                                              0.2, 0.5, 1, 2))
         # Where a click's time goes, to find what is not the model: wait (queued until its pass began),
-        # model (its pass, until the handler has the masks), respond (the masks to the response body).
+        # model (its pass, until the handler has the masks); the app observes respond (the masks to the
+        # response body), in the process that answers the request.
         predict_stage = Histogram("samfast_predict_stage_seconds", "a predict request's time by stage", ["stage"],
                                   registry=registry, buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01,
                                                               0.02, 0.05, 0.1, 0.25, 1))
-        self._waited, self._modelled, self.responded = (predict_stage.labels(s) for s in ("wait", "model", "respond"))
+        self._waited, self._modelled = (predict_stage.labels(s) for s in ("wait", "model"))
         self._upload_stage = Histogram(
             "samfast_upload_stage_seconds", "an upload's time by stage (decode: the file to pixels; prepare: "
             "resized and normalized; wait: queued for its encoder pass; model: that pass)", ["stage"],
             registry=registry, buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
         self._cache_hits = Counter("samfast_embedding_cache", "image uploads by whether their embedding was cached",
                                    ["result"], registry=registry)
+        self._cache_bytes = Gauge("samfast_embedding_cache_bytes", "bytes held by the embedding cache", ["tier"],
+                                  registry=registry)
+        self._cache_moves = Gauge("samfast_embedding_cache_moves", "embeddings moved between the cache's tiers or "
+                                  "dropped", ["move"], registry=registry)
+        self._device_memory = Gauge("samfast_device_memory_bytes", "the model's device memory (0 on the CPU)",
+                                    ["kind"], registry=registry)
 
         def on_pass(kind, size, seconds):
             batch_size.labels(kind).observe(size)
@@ -96,6 +157,26 @@ class Core:
 
     def close(self):
         self.batcher.close()
+
+    def health(self) -> dict:
+        native = self.native
+        return {"status": "ok", "device": native.device, "model": native.model_type, "precision": native.precision,
+                "images_cached": len(self.cache)}
+
+    def metrics(self) -> bytes:
+        """The model's metrics (passes, stages, cache, device memory) in Prometheus' text format."""
+        for kind, value in self.native.memory_use().items():
+            if kind != "graphs_in_arena":
+                self._device_memory.labels(kind).set(value)
+        self._cache_bytes.labels("device").set(self.cache.device_used)
+        self._cache_bytes.labels("host").set(self.cache.host_used)
+        for move, n in self.cache.moves.items():
+            self._cache_moves.labels(move).set(n)
+        return generate_latest(self.registry)
+
+    def known(self, image_id: str) -> bool:
+        """Whether the cache holds the image (a click on it needs no upload)."""
+        return self.cache.get_image(image_id) is not None
 
     @contextlib.contextmanager
     def slot(self):
@@ -160,10 +241,6 @@ class Core:
         self.check_pixels(image.shape[0], image.shape[1])
         return image
 
-    def check_pixels(self, height: int, width: int):
-        if height * width > self.config.max_pixels:
-            raise HTTPException(413, f"image of {width}x{height} pixels is past the limit of {self.config.max_pixels}")
-
     def add_image(self, data: bytes, exif_orientation: bool = True) -> Added:
         """An image file, decoded and encoded unless known (its id is the file's SHA-256, and a
         mark where the EXIF orientation is not applied)."""
@@ -207,7 +284,7 @@ class Core:
                 self._upload_stage.labels("wait").observe(future.began - future.submitted)
                 self._upload_stage.labels("model").observe(time.perf_counter() - future.began)
             self.cache.put(image_id, Entry(predictor, image))
-        return Added(image_id, image, cached, (time.perf_counter() - start) * 1e3)
+        return Added(image_id, image.shape[0], image.shape[1], cached, (time.perf_counter() - start) * 1e3)
 
     def _encoded(self, image_id, image, future):
         with self._encoding_lock:
@@ -215,9 +292,9 @@ class Core:
         if not future.cancelled() and future.exception() is None:
             self.cache.put(image_id, Entry(future.result(), image))
 
-    async def predict(self, image_id: str, click: Click, started: float):
-        """(masks, scores, low-res logits, image) of a click on a known image: masks as COCO RLE
-        strings if click.rle, else HxW bool arrays. In the event loop: a click's own work is small,
+    async def predict(self, image_id: str, click: Click, started: float, low_res: bool = True):
+        """(masks, scores, low-res logits (None unless low_res), (height, width)) of a click on a
+        known image: masks as COCO RLE strings if click.rle, else HxW bool arrays. In the event loop: a click's own work is small,
         and the hops between threads (each taking the GIL) were most of a click's time; bringing an
         embedding back from the host tier goes to the thread pool."""
         with self.slot():
@@ -227,41 +304,12 @@ class Core:
             try:
                 submitted = time.perf_counter()
                 future = self.batcher.predict(entry.predictor, click)
-                masks, scores, low_res = await self.awaited(future, started)
+                masks, scores, logits = await self.awaited(future, started)
             finally:
                 self.cache.unpin(entry)
         self._waited.observe(future.began - submitted)
         self._modelled.observe(time.perf_counter() - future.began)
-        return masks, scores, low_res, entry.image
-
-    def click(self, points=None, labels=None, box=None, mask_input=None, multimask_output=True) -> Click:
-        """A Click from a request's prompts (lists or arrays; points (x, y) and a box (x0, y0, x1, y1)
-        in image pixels), or the 422 that says what is wrong with them."""
-        n_points = 0 if points is None else len(points)
-        if n_points > self.config.max_prompts:
-            raise HTTPException(422, f"{n_points} points are past the limit of {self.config.max_prompts}")
-        if (points is None) != (labels is None) or (labels is not None and len(labels) != n_points):
-            raise HTTPException(422, "give one label per point")
-        if points is not None and any(len(p) != 2 for p in points):
-            raise HTTPException(422, "each point is [x, y]")
-        if box is not None and len(box) != 4:
-            raise HTTPException(422, "a box is [x0, y0, x1, y1]")
-        if points is None and box is None and mask_input is None:
-            raise HTTPException(422, "give points, a box or a mask input")
-        low = self.native.low_res_size
-        if mask_input is not None and (mask_input.dtype != np.float32 or mask_input.shape != (1, low, low)):
-            raise HTTPException(422, f"mask_input must be float32 (1, {low}, {low}), got {mask_input.dtype} "
-                                     f"{mask_input.shape}")
-        try:
-            coords = [np.asarray(v, np.float64).ravel() for v in (points, box) if v is not None]
-        except (OverflowError, ValueError, TypeError):
-            coords = [np.array([np.inf])]
-        if not all(np.isfinite(c).all() for c in coords):
-            raise HTTPException(422, "points and boxes must be finite numbers")
-        return Click(points=None if points is None else np.asarray(points, np.float32).reshape(-1, 2),
-                     labels=None if labels is None else np.asarray(labels, np.int32),
-                     box=None if box is None else np.asarray(box, np.float32),
-                     mask_input=mask_input, multimask_output=multimask_output)
+        return masks, scores, logits if low_res else None, entry.image.shape[:2]
 
     def embedding(self, image_id: str) -> np.ndarray:
         """The image embedding as upstream's get_image_embedding() gives it: float32 (1, 256, 64, 64)."""

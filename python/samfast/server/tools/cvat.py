@@ -102,7 +102,7 @@ async def mask_answer(core, added, body: Invocation):
             raise HTTPException(422, "obj_bbox is [[x0, y0], [x1, y1]]")
         box = [*body.obj_bbox[0], *body.obj_bbox[1]]
     click = core.click(points or None, labels or None, box, None, False)
-    masks, _, _, _ = await core.predict(added.id, click, time.perf_counter())
+    masks, _, _, _ = await core.predict(added.id, click, time.perf_counter(), False)
     mask = masks[0]
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:

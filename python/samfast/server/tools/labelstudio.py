@@ -94,7 +94,7 @@ def router(core, authorized) -> APIRouter:
         if not isinstance(url, str):
             raise HTTPException(422, f"the task has no image under data.{data_key}")
         image_id = known.get(url)
-        if image_id is None or core.cache.get_image(image_id) is None:
+        if image_id is None or not core.known(image_id):
             data = await run_in_threadpool(download, url, projects.get(body.project or ""), core)
             image_id = (await run_in_threadpool(core.add_image, data)).id
             known[url] = image_id
@@ -103,12 +103,12 @@ def router(core, authorized) -> APIRouter:
         known.move_to_end(url)
         points, labels, box, label = prompts_of(prompts)
         click = core.click(points or None, labels or None, box, None, False)
-        masks, scores, _, image = await core.predict(image_id, click, start)
+        masks, scores, _, (height, width) = await core.predict(image_id, click, start, False)
         mask = masks[0]
         rle = list(_samfast.mask_to_label_studio_rle(mask.view("uint8")))
         score = float(scores[0])
         result = {"id": uuid.uuid4().hex[:10], "from_name": brush, "to_name": image_tag,
-                  "original_width": int(image.shape[1]), "original_height": int(image.shape[0]), "image_rotation": 0,
+                  "original_width": int(width), "original_height": int(height), "image_rotation": 0,
                   "value": {"format": "rle", "rle": rle, "brushlabels": [label] if label else []},
                   "score": score, "type": "brushlabels", "readonly": False}
         return {"results": [{"result": [result], "model_version": version, "score": score}],

@@ -95,7 +95,7 @@ def router(core, authorized) -> APIRouter:
             return failure("INVALID_IMAGE", str(e.detail))
         multimask = bool(params.get("multimask_output", False))
         clicks = [core.click(points or None, labels or None, box, None, multimask) for box in boxes or [None]]
-        answers = await asyncio.gather(*(core.predict(added.id, c, start) for c in clicks))
+        answers = await asyncio.gather(*(core.predict(added.id, c, start, False) for c in clicks))
         epsilon = float(params.get("epsilon_factor", 0.001))
         shapes = []
         for masks, scores, _, _ in answers:
