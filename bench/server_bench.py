@@ -31,6 +31,20 @@ def distinct_jpegs(path, n, seed0):
     return out
 
 
+def blocky_checkpoint(model, path):
+    """Synthetic weights whose mask upscaling repeats each of the 64x64 embedding's cells over its
+    4x4 low-res pixels (16x16 image pixels at 1024): masks in blocks of 16 pixels, ~10 KB of RLE each
+    on an 800x534 image against ~65 KB for the random weights' noise (a real object's mask: a few KB).
+    The model's work is unchanged; saved as a .pth (torch)."""
+    import torch
+    from samfast import _samfast
+    state = {k: v.copy() for k, v in _samfast.Model.synthetic(model, 11, device="cpu").state_arrays()}
+    for k in ("mask_decoder.output_upscaling.0.weight", "mask_decoder.output_upscaling.3.weight"):
+        state[k] = np.repeat(np.repeat(state[k][:, :, :1, :1], 2, 2), 2, 3).copy()
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
 def anchors(a):
     import samfast
     from samfast import _samfast
@@ -155,11 +169,12 @@ def stage_totals(url):
     where a click's time goes (differences between two readings cover the requests in between)."""
     out = {}
     for line in urllib.request.urlopen(url + "/metrics", timeout=10).read().decode().splitlines():
-        for series in ("samfast_predict_stage_seconds", "samfast_upload_stage_seconds", "samfast_pass_seconds",
-                       "samfast_request_seconds"):
+        for series in ("samfast_predict_stage_seconds", "samfast_predict_respond_seconds",
+                       "samfast_upload_stage_seconds", "samfast_pass_seconds", "samfast_request_seconds"):
             for part in ("_sum", "_count"):
-                if line.startswith(series + part + "{"):
-                    key = series.replace("samfast_", "") + line[line.index("{"):line.rindex("}") + 1]
+                if line.startswith(series + part + "{") or line.startswith(series + part + " "):
+                    key = series.replace("samfast_", "") + (line[line.index("{"):line.rindex("}") + 1]
+                                                            if "{" in line else "")
                     out.setdefault(key, [0.0, 0.0])[part == "_count"] = float(line.rsplit(" ", 1)[1])
     return out
 
@@ -184,8 +199,17 @@ def main():
     ap.add_argument("--seconds", type=float, default=6.0, help="per click measurement")
     ap.add_argument("--points-per-side", type=int, default=32, help="of the segment-everything requests")
     ap.add_argument("--log", default=os.devnull, help="the server's stderr")
+    ap.add_argument("--workers", type=int, default=1, help="the server's HTTP processes (samfast-server --workers)")
+    ap.add_argument("--blocky-masks", action="store_true",
+                    help="synthetic weights with masks in 16-pixel blocks, not noise (see blocky_checkpoint)")
+    ap.add_argument("--clicks-only", action="store_true", help="no uploads or segment-everything figures")
     a = ap.parse_args()
-    emit = lambda **kv: print(json.dumps({"model": a.model, "precision": a.precision, **kv}), flush=True)
+    mask_kind = "blocky" if a.blocky_masks else ("noise" if not a.checkpoint else "checkpoint")
+    emit = lambda **kv: print(json.dumps({"model": a.model, "precision": a.precision, "workers": a.workers,
+                                          "mask_kind": mask_kind, **kv}), flush=True)
+    if a.blocky_masks:
+        import tempfile
+        a.checkpoint = blocky_checkpoint(a.model, os.path.join(tempfile.mkdtemp(), f"{a.model}-blocky.pth"))
     anchor = anchors(a)
     emit(figure="anchors", **anchor)
 
@@ -194,7 +218,8 @@ def main():
     source = ["--checkpoint", a.checkpoint] if a.checkpoint else ["--model", a.model]
     server = subprocess.Popen([sys.executable, "-m", "samfast.server", *source, "--device", a.device,
                                "--precision", a.precision, "--port", str(port), "--max-pending", "1024",
-                               "--cache-mb", "16384", "--max-batch", "8", "--timeout", "600"], stderr=open(a.log, "w"))
+                               "--cache-mb", "16384", "--max-batch", "8", "--timeout", "600", "--workers", str(a.workers)],
+                              stderr=open(a.log, "a"))
     try:
         deadline = time.time() + 300
         while True:
@@ -222,7 +247,8 @@ def main():
                      server_means_ms=stage_means_ms(before, stage_totals(url)))
 
         seed0 = 0  # (every image uploaded is new: 32 + 24 + 192 distinct images of 255)
-        for label, clients, per_client in (("warm-up", 16, 2), ("one client", 1, 24), ("16 clients", 16, 12)):
+        for label, clients, per_client in (() if a.clicks_only else
+                                           (("warm-up", 16, 2), ("one client", 1, 24), ("16 clients", 16, 12))):
             datas = distinct_jpegs(a.image, clients * per_client, seed0=seed0)
             seed0 += len(datas)
             chunks = [datas[i * per_client:(i + 1) * per_client] for i in range(clients)]
@@ -238,6 +264,8 @@ def main():
                      vs_encoder_batch8=rate / anchor["encoder_img_s_batch8"],
                      server_means_ms=stage_means_ms(before, stage_totals(url)))
 
+        if a.clicks_only:
+            return
         options = {"points_per_side": a.points_per_side}
         post_json(url + f"/v1/images/{warm}/everything", options)
         t0, n = time.perf_counter(), 3

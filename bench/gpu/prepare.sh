@@ -6,6 +6,7 @@
 # ignored by git, never committed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+command -v patchelf >/dev/null || { echo "prepare.sh needs patchelf (apt-get install patchelf)"; exit 1; }
 B="${SAMFAST_BUILD_DIR:-build-dev}"  # e.g. SAMFAST_BUILD_DIR=build to reuse scripts/setup.sh's CUDA build
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DSAMFAST_CUDA=ON >/dev/null
 cmake --build "$B" -j"$(nproc)" --target samfast_cli parity_tool samfast_gpu_tests

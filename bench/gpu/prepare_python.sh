@@ -16,9 +16,9 @@ CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$PY312" -m pip wheel . --no-deps -w .whl/
 ls .whl/pywheels/pycocotools-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl/pywheels pycocotools
 # The server's dependencies (that machine has no fastapi, uvicorn, ... and no internet), for bench/server_bench.py.
-ls .whl/pywheels/fastapi-*.whl >/dev/null 2>&1 || python3 -m pip download -q --only-binary=:all: \
+ls .whl/pywheels/httptools-*.whl >/dev/null 2>&1 || python3 -m pip download -q --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 -d .whl/pywheels \
-  fastapi uvicorn python-multipart prometheus-client httpx
+  fastapi uvicorn python-multipart prometheus-client httpx httptools uvloop
 [ -f .whl/devbin.tar.xz ] || SAMFAST_BUILD_DIR="${SAMFAST_BUILD_DIR:-build}" bash bench/gpu/prepare.sh
 du -sh .whl/wheels/*.whl
 echo "carry [\".whl\"] and run bench/gpu/python.sh"

@@ -3,7 +3,8 @@
 # built here (for that machine's Python 3.12) into /tmp/site, then the Python package's tests there
 # (GPU cases and the CPU parity suite, against upstream on that machine's torch) and
 # bench/python_overhead.py for vit_b and vit_h, then the server's tests and bench/server_bench.py
-# (vit_h bf16; SERVER_ONLY=1 runs only these). Everything is logged under $OUT.
+# (vit_h bf16; SERVER_ONLY=1 runs only these). Everything is logged under $OUT. The whole script takes
+# longer than one device call may: SERVER_ONLY=1 and SERVER_RUNS split it.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 [ -d .devbin/lib ] || tar -xJf .whl/devbin.tar.xz  # OpenBLAS, libjpeg, libpng, libzip, libexif (not on that machine)
@@ -23,5 +24,11 @@ if [ -z "${SERVER_ONLY:-}" ]; then
 fi
 python3 -m pytest -q -rs -p no:cacheprovider tests/python/test_gpu.py tests/python/test_server.py \
   tests/python/test_server_batching.py 2>&1 | tee "$OUT/server_tests.log" | tail -8
-python3 bench/server_bench.py --model vit_h --device cuda --precision bf16 --image "$SAMFAST_TESTDATA/images/dog.jpg" \
-  --log "$OUT/server.log" 2>&1 | tee "$OUT/server_bench.jsonl" | grep '^{'
+# Each run a server of its own: one HTTP process, then eight before one model process (--workers);
+# SERVER_RUNS='--workers 8 --blocky-masks --clicks-only|...' for others (see bench/server_bench.py).
+IFS='|' read -ra runs <<< "${SERVER_RUNS:---workers 1|--workers 8}"
+for run in "${runs[@]}"; do
+  # shellcheck disable=SC2086
+  python3 bench/server_bench.py --model vit_h --device cuda --precision bf16 --image "$SAMFAST_TESTDATA/images/dog.jpg" \
+    --log "$OUT/server.log" $run 2>&1 | tee -a "$OUT/server_bench.jsonl" | grep '^{'
+done
