@@ -90,7 +90,11 @@ def main():
             got["samfast low-res, upstream resize"] = (resized > up.mask_threshold).cpu().numpy()
             theirs.features = fp32_emb
             with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.device == "cuda"):  # (cpu: a check of the script)
-                got["upstream bf16 decoder"] = theirs.predict(**kw)[0]
+                # (predict_torch: predict() turns the bf16 scores to numpy, which numpy cannot hold)
+                coords = torch.as_tensor(theirs.transform.apply_coords(pts, theirs.original_size), dtype=torch.float,
+                                         device=a.device)[None]
+                labels = torch.as_tensor(kw["point_labels"], dtype=torch.int, device=a.device)[None]
+                got["upstream bf16 decoder"] = theirs.predict_torch(coords, labels)[0][0].cpu().numpy()
             theirs.features = bf16_enc_emb
             got["upstream bf16 encoder"] = theirs.predict(**kw)[0]
             for v in variants:

@@ -226,6 +226,11 @@ def serve(sam, config: ServerConfig, host: str, port: int, workers: int):
             process.join(10)
         server.close()
     try:
+        import uvloop  # (the event loop that carries every frame: uvicorn's choice for the front ends too)
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    try:
         asyncio.run(run())
     finally:
         core.close()
