@@ -6,7 +6,7 @@ prompt (three points, multimask), each variant's masks against upstream fp32 on 
   upstream decoder, samfast emb     samfast's bf16 embedding through upstream's fp32 decoder
   samfast low-res, upstream resize  samfast bf16's low-res logits resized by upstream (fp32)
   upstream bf16 decoder             upstream fp32 embedding, decoder under torch.autocast(bf16)
-  upstream bf16 encoder             encoder under autocast(bf16), decoder fp32 (PyTorch's bf16 reference)
+  upstream bf16 encoder             encoder under autocast(bf16), decoder fp32
 
 Prints one JSON line per variant: mean and minimum mask IoU over all masks, and per image.
 Needs a CUDA GPU, torch and upstream segment_anything beside samfast."""
