@@ -1,9 +1,15 @@
 """The API's request and response bodies (pydantic: validated on the way in, described in /openapi.json)."""
 from typing import Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, confloat, conint
+from pydantic import VERSION, BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, confloat, conint
 
 Number = Union[StrictInt, StrictFloat]  # (no "1" or true for a number: pydantic 1 would take them)
+
+
+def nullable():
+    """A field that may be absent or null (annotation tools send null for what they do not have): an
+    Optional says so in pydantic 2's schema; pydantic 1's needs OpenAPI 3.0's nullable."""
+    return Field(None) if VERSION.startswith("2") else Field(None, nullable=True)
 
 
 def bounded(**bounds):

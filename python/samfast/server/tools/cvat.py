@@ -26,10 +26,10 @@ from typing import List, Optional
 import numpy as np
 from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, StrictStr
+from pydantic import BaseModel, StrictStr
 
 from ..core import base64_file
-from ..schemas import Number, errors
+from ..schemas import Number, errors, nullable
 
 EMBEDDING_FUNCTION = "pth-facebookresearch-sam-vit-h"  # (the id cvat-ui's SAM plugin looks for)
 MASK_FUNCTION = "samfast-sam-mask"
@@ -39,8 +39,8 @@ class Invocation(BaseModel):
     image: StrictStr
     pos_points: List[List[Number]] = []
     neg_points: List[List[Number]] = []
-    obj_bbox: Optional[List[List[Number]]] = Field(None, nullable=True)
-    threshold: Optional[Number] = Field(None, nullable=True)  # (sent by CVAT when its request had one; unused)
+    obj_bbox: Optional[List[List[Number]]] = nullable()
+    threshold: Optional[Number] = nullable()  # (sent by CVAT when its request had one; unused)
 
 
 def functions(core):

@@ -23,14 +23,11 @@ from typing import Any, Dict, List, Optional
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, StrictStr
+from pydantic import BaseModel, StrictStr
 
 from ... import _samfast
-from ..schemas import errors
+from ..schemas import errors, nullable
 
-
-def nullable():
-    return Field(None, nullable=True)  # (Label Studio sends null for what it does not have)
 
 
 class Setup(BaseModel):  # (and "schema", the label config, which /predict sends again)
