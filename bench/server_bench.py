@@ -184,6 +184,49 @@ def stage_means_ms(before, after):
             for k, v in after.items() if v[1] > before.get(k, (0, 0))[1]}
 
 
+def memory_readings(url, pid):
+    """The model's device memory kinds and cache bytes from /metrics, the GPU's used memory as
+    nvidia-smi reports it, and the model process's RSS (MB)."""
+    out = {}
+    for line in urllib.request.urlopen(url + "/metrics", timeout=10).read().decode().splitlines():
+        if line.startswith(("samfast_device_memory_bytes{", "samfast_embedding_cache_bytes{")):
+            out[line.split("{")[1].split("}")[0].split('"')[1] + ("" if "device_memory" in line else "_cache")] = \
+                round(float(line.rsplit(" ", 1)[1]) / 2**20, 1)
+    try:
+        used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:  # (no GPU)
+        used = []
+    out["gpu_used"] = float(used[0]) if used else None
+    with open(f"/proc/{pid}/status") as f:
+        out["rss"] = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+    return out
+
+
+def memory_rounds(url, pid, image_path, sizes, rounds):
+    """Rounds of the same uploads and clicks on images of `sizes` sizes (200 to 4000 pixels a side):
+    the first round encodes them, the later ones find them cached and click again. What the model
+    holds should not grow after the first round (buffers per size are bounded)."""
+    from PIL import Image
+    base = Image.open(image_path).convert("RGB")
+    rng = random.Random(1)
+    files = []
+    for _ in range(sizes):
+        w, h = rng.randint(200, 4000), rng.randint(200, 4000)
+        buf = io.BytesIO()
+        base.resize((w, h)).save(buf, "JPEG", quality=85)
+        files.append((w, h, buf.getvalue()))
+    readings = [memory_readings(url, pid)]
+    for _ in range(rounds):
+        for w, h, data in files:
+            image_id = upload(url, data)["id"]
+            for _ in range(2):
+                post_json(url + f"/v1/images/{image_id}/predict",
+                          {"points": [[rng.uniform(0, w - 1), rng.uniform(0, h - 1)]], "labels": [1], "format": "rle"})
+        readings.append(memory_readings(url, pid))
+    return readings
+
+
 def upload(url, data):
     import httpx
     return httpx.post(url + "/v1/images", files={"file": ("i.jpg", data)}, timeout=300).json()
@@ -203,6 +246,8 @@ def main():
     ap.add_argument("--blocky-masks", action="store_true",
                     help="synthetic weights with masks in 16-pixel blocks, not noise (see blocky_checkpoint)")
     ap.add_argument("--clicks-only", action="store_true", help="no uploads or segment-everything figures")
+    ap.add_argument("--memory-sizes", type=int, default=0,
+                    help="then rounds of uploads and clicks on images of this many sizes, with the memory after each")
     a = ap.parse_args()
     mask_kind = "blocky" if a.blocky_masks else ("noise" if not a.checkpoint else "checkpoint")
     emit = lambda **kv: print(json.dumps({"model": a.model, "precision": a.precision, "workers": a.workers,
@@ -264,6 +309,9 @@ def main():
                      vs_encoder_batch8=rate / anchor["encoder_img_s_batch8"],
                      server_means_ms=stage_means_ms(before, stage_totals(url)))
 
+        if a.memory_sizes:
+            emit(figure="memory_mb", sizes=a.memory_sizes,
+                 after_each_round=memory_rounds(url, server.pid, a.image, a.memory_sizes, 4))
         if a.clicks_only:
             return
         options = {"points_per_side": a.points_per_side}

@@ -26,7 +26,7 @@ python3 -m pytest -q -rs -p no:cacheprovider tests/python/test_gpu.py tests/pyth
   tests/python/test_server_batching.py 2>&1 | tee "$OUT/server_tests.log" | tail -8
 # Each run a server of its own: one HTTP process, then eight before one model process (--workers);
 # SERVER_RUNS='--workers 8 --blocky-masks --clicks-only|...' for others (see bench/server_bench.py).
-IFS='|' read -ra runs <<< "${SERVER_RUNS:---workers 1|--workers 8}"
+IFS="|" read -ra runs <<< "${SERVER_RUNS:---workers 1|--workers 8 --memory-sizes 30}"
 for run in "${runs[@]}"; do
   # shellcheck disable=SC2086
   python3 bench/server_bench.py --model vit_h --device cuda --precision bf16 --image "$SAMFAST_TESTDATA/images/dog.jpg" \
