@@ -18,9 +18,9 @@ from test_server import running_server
 requests = pytest.importorskip("requests", reason="ISAT's client sends its requests with requests")
 
 
-@pytest.fixture(scope="module")
-def server(samfast_pkg, tiny_checkpoint):
-    with running_server(samfast_pkg, tiny_checkpoint) as (url, _):
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one process", "front ends"])
+def server(request, samfast_pkg, tiny_checkpoint):
+    with running_server(samfast_pkg, tiny_checkpoint, "--workers", request.param) as (url, _):
         yield url.rstrip("/")
 
 

@@ -210,7 +210,8 @@ def test_label_studio_end_to_end(samfast_pkg, tiny_checkpoint, tmp_path):
     label_studio = venv_command("labelstudio-venv", "label-studio", "SAMFAST_LABEL_STUDIO")
     ls = LabelStudio(label_studio, tmp_path, secrets.token_hex(20))
     try:
-        with running_server(samfast_pkg, tiny_checkpoint, "--token", "s3cret") as (samfast_url, _):
+        # (with front-end processes: the replay above covers the one-process server)
+        with running_server(samfast_pkg, tiny_checkpoint, "--token", "s3cret", "--workers", "2") as (samfast_url, _):
             ls.wait(240)
             project = ls.api("POST", "/api/projects", json={"title": "samfast", "label_config": LABEL_CONFIG})["id"]
             with open(IMAGES / "dog.jpg", "rb") as f:
@@ -226,6 +227,7 @@ def test_label_studio_end_to_end(samfast_pkg, tiny_checkpoint, tmp_path):
                 # what Label Studio's editor asks for a smart-tool interaction
                 answer = ls.api("POST", f"/api/ml/{backend['id']}/interactive-annotating",
                                 json={"task": task, "context": {"result": context}})
+                assert "data" in answer, answer
                 result = answer["data"]["result"][0]
                 want, _ = expected_mask(samfast_pkg, tiny_checkpoint, "dog.jpg", context)
                 assert np.array_equal(decoded(result, 534, 800), want) and want.any()

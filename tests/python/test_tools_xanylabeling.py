@@ -18,9 +18,9 @@ cv2 = pytest.importorskip("cv2", reason="polygons need OpenCV (scripts/setup.sh 
 CLIENT = Path(__file__).resolve().parent / "clients" / "xanylabeling_client.py"
 
 
-@pytest.fixture(scope="module")
-def server(samfast_pkg, tiny_checkpoint):
-    with running_server(samfast_pkg, tiny_checkpoint, "--token", "s3cret") as (url, _):
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one process", "front ends"])
+def server(request, samfast_pkg, tiny_checkpoint):
+    with running_server(samfast_pkg, tiny_checkpoint, "--token", "s3cret", "--workers", request.param) as (url, _):
         yield url + "xanylabeling"
 
 

@@ -6,6 +6,7 @@ cache bounded in bytes (cache.py), so a re-upload or a click on a known image ne
 More work than max_pending is refused with 503 and Retry-After; work past request_timeout_s answers 504."""
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -122,6 +123,7 @@ class Core(Checks):
         self._pending_lock = threading.Lock()
         self._encoding = {}  # image id -> the Future of its encode, so that concurrent uploads of one image encode it once
         self._encoding_lock = threading.Lock()
+        self._remembered = collections.OrderedDict()  # see remember()
 
         self.queue_depth = Gauge("samfast_pending_requests", "requests computing or waiting for the model",
                                  registry=registry)
@@ -174,8 +176,20 @@ class Core(Checks):
             self._cache_moves.labels(move).set(n)
         return generate_latest(self.registry)
 
-    def known(self, image_id: str) -> bool:
-        """Whether the cache holds the image (a click on it needs no upload)."""
+    async def remember(self, key: str, value):
+        """Keeps a client's settings (Label Studio's address for a project, say) where every front end
+        finds them (recall); the oldest go past 4096 keys."""
+        self._remembered[key] = value
+        self._remembered.move_to_end(key)
+        while len(self._remembered) > 4096:
+            self._remembered.popitem(last=False)
+
+    async def recall(self, key: str):
+        return self._remembered.get(key)
+
+    async def known(self, image_id: str) -> bool:
+        """Whether the cache holds the image (a click on it needs no upload). (async: asked in the
+        event loop before a click, as RemoteCore asks the model process)"""
         return self.cache.get_image(image_id) is not None
 
     @contextlib.contextmanager

@@ -26,8 +26,8 @@ from .core import Checks, Core, ModelInfo, ServerConfig
 HEADER = struct.Struct("<Q")
 # The Core methods a front end calls, and whether each is a coroutine function (awaited in the model
 # process's event loop) or blocking (run on its threads).
-METHODS = {"predict": True, "add_image": False, "add_pixels": False, "embedding": False, "everything": False,
-           "known": False, "health": False, "metrics": False}
+METHODS = {"predict": True, "known": True, "remember": True, "recall": True, "add_image": False, "add_pixels": False,
+           "embedding": False, "everything": False, "health": False, "metrics": False}
 
 
 def frame(obj) -> bytes:
@@ -160,8 +160,14 @@ class RemoteCore(Checks):
     def everything(self, image_id, options):
         return self._blocking("everything", image_id, options)
 
-    def known(self, image_id):
-        return self._blocking("known", image_id)
+    async def known(self, image_id):
+        return await self.call("known", image_id)
+
+    async def remember(self, key, value):
+        return await self.call("remember", key, value)
+
+    async def recall(self, key):
+        return await self.call("recall", key)
 
     def health(self):
         return self._blocking("health")

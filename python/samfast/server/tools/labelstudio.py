@@ -61,7 +61,6 @@ def brush_target(label_config: str):
 def router(core, authorized) -> APIRouter:
     r = APIRouter(prefix="/labelstudio", tags=["Label Studio ML backend"])
     version = f"samfast-{core.native.model_type}"
-    projects: Dict[str, Dict[str, str]] = {}  # Label Studio's project key -> its address and access token
     known: "OrderedDict[str, str]" = OrderedDict()  # an image URL -> its image id (a click skips the download)
 
     @r.get("/health")
@@ -70,9 +69,10 @@ def router(core, authorized) -> APIRouter:
         return {"status": "UP", "model_class": "samfast", "model_version": version}
 
     @r.post("/setup", dependencies=[Depends(authorized)], responses=errors(400, 401, 422))
-    def setup(body: Setup):
-        if body.project and body.hostname:
-            projects[body.project] = {"hostname": body.hostname, "access_token": body.access_token or ""}
+    async def setup(body: Setup):
+        if body.project and body.hostname:  # (its address and token, for its task images: see download)
+            await core.remember("labelstudio-project:" + body.project,
+                                {"hostname": body.hostname, "access_token": body.access_token or ""})
         return {"model_version": version}
 
     @r.post("/webhook", dependencies=[Depends(authorized)], status_code=201, responses=errors(401))
@@ -91,8 +91,9 @@ def router(core, authorized) -> APIRouter:
         if not isinstance(url, str):
             raise HTTPException(422, f"the task has no image under data.{data_key}")
         image_id = known.get(url)
-        if image_id is None or not core.known(image_id):
-            data = await run_in_threadpool(download, url, projects.get(body.project or ""), core)
+        if image_id is None or not await core.known(image_id):
+            project = await core.recall("labelstudio-project:" + (body.project or ""))
+            data = await run_in_threadpool(download, url, project, core)
             image_id = (await run_in_threadpool(core.add_image, data)).id
             known[url] = image_id
             while len(known) > 4096:
