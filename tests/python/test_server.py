@@ -248,3 +248,18 @@ def test_front_ends_replaced_and_stopped(samfast_pkg, tiny_checkpoint):
         while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
             assert time.time() < deadline, f"process {pid} did not stop"
             time.sleep(0.2)
+
+
+def test_front_ends_stop_with_the_model_process(samfast_pkg, tiny_checkpoint):
+    """A model process killed outright (no chance to stop its front ends): they see its socket close
+    and stop too, rather than holding the port with nothing behind it."""
+    with running_server(samfast_pkg, tiny_checkpoint, "--workers", "2") as (url, proc):
+        front_ends = front_ends_of(proc.pid)
+        assert len(front_ends) == 2
+        os.kill(proc.pid, 9)
+        proc.wait(timeout=30)
+        for pid in front_ends:
+            deadline = time.time() + 30
+            while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+                assert time.time() < deadline, f"front end {pid} outlived its model process"
+                time.sleep(0.2)

@@ -47,13 +47,15 @@ def create_app(sam=None, config: Optional[ServerConfig] = None, core=None) -> Fa
         import anyio.to_thread
         # every pending request may wait on its result in a worker thread (the default allows 40)
         anyio.to_thread.current_default_thread_limiter().total_tokens = max(40, config.max_pending + 8)
+        await core.open()
         yield
         core.close()
 
-    app = FastAPI(title="samfast", version="1", lifespan=lifespan,
+    app = FastAPI(title="samfast", version="1",
                   description="Segment Anything on samfast's engine: upload an image once, then predict masks for "
                   "clicks and boxes, or segment everything.")
     app.state.core = core
+    app.router.lifespan_context = lifespan  # (FastAPI(lifespan=) is 0.93's; Debian's 0.92 would ignore it)
     default_openapi = app.openapi  # (builds app.openapi_schema once, then returns it)
 
     def openapi():

@@ -157,6 +157,9 @@ class Core(Checks):
             pass_seconds.labels(kind).observe(seconds)
         self.batcher = Batcher(config.max_encode_batch, config.max_batch_wait_ms / 1e3, on_pass=on_pass)
 
+    async def open(self):
+        """(Nothing to open: the model is loaded. RemoteCore connects here.)"""
+
     def close(self):
         self.batcher.close()
 

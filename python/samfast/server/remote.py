@@ -99,6 +99,7 @@ class RemoteCore(Checks):
         self.path, self.config, self.native = path, config, native
         self._writer = None
         self._connected = None
+        self._gone = False  # (the model process has closed the socket)
         self._waiting = {}  # request id -> its future
         self._ids = itertools.count()
 
@@ -115,6 +116,7 @@ class RemoteCore(Checks):
                     future.set_result((ok, value))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        self._gone = True
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(HTTPException(503, "the model process has stopped"))
@@ -122,10 +124,21 @@ class RemoteCore(Checks):
         print("samfast-server: the model process has stopped; this front end stops", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGTERM)  # (uvicorn's graceful stop)
 
+    async def open(self):
+        """Connects at the app's start, so that a front end notices its model process ending (the
+        socket closes) even before its first request, and stops with it."""
+        await self.call("health")
+
     async def call(self, method: str, *args):
         if self._connected is None:
             self._connected = asyncio.ensure_future(self._connect())
-        await asyncio.shield(self._connected)
+        try:
+            await asyncio.shield(self._connected)
+        except OSError as e:
+            self._connected = None  # (the next request tries again)
+            raise HTTPException(503, f"the model process is not reachable: {e}") from None
+        if self._gone:
+            raise HTTPException(503, "the model process has stopped")
         request_id = next(self._ids)
         future = self._waiting[request_id] = asyncio.get_running_loop().create_future()
         self._writer.write(frame((request_id, method, args)))
