@@ -7,10 +7,13 @@ prompt (three points, multimask), each variant's masks against upstream fp32 on 
   samfast low-res, upstream resize  samfast bf16's low-res logits resized by upstream (fp32)
   upstream bf16 decoder             upstream fp32 embedding, decoder under torch.autocast(bf16)
   upstream bf16 encoder             encoder under autocast(bf16), decoder fp32
+  upstream bf16 decoder, P in fp32  as upstream bf16 decoder, but its part P (the two-way transformer,
+                                    the output upscaling, the hypernetwork MLPs) in fp32
 
 Prints one JSON line per variant: mean and minimum mask IoU over all masks, and per image.
 Needs a CUDA GPU, torch and upstream segment_anything beside samfast."""
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -41,6 +44,39 @@ def images(folder):
     return out
 
 
+DECODER_PARTS = ("transformer", "output_upscaling", "output_hypernetworks_mlps")
+
+
+@contextlib.contextmanager
+def in_fp32(module):
+    """module's forward out of autocast, on fp32 inputs, while in the block."""
+    forward = module.forward
+
+    def fp32_forward(*args, **kw):
+        with torch.autocast("cuda", enabled=False):
+            return forward(*[x.float() if torch.is_tensor(x) and x.is_floating_point() else x for x in args], **kw)
+    module.forward = fp32_forward
+    try:
+        yield
+    finally:
+        module.forward = forward
+
+
+def autocast_masks(predictor, pts, labels, device, fp32_part=None):
+    """Upstream's decoder under autocast(bf16) (fp32_part of it in fp32), its masks (through
+    predict_torch: predict() turns the bf16 scores to numpy, which numpy cannot hold)."""
+    decoder = predictor.model.mask_decoder
+    part = [] if fp32_part is None else getattr(decoder, fp32_part)
+    modules = list(part) if isinstance(part, torch.nn.ModuleList) else [part] if fp32_part else []
+    with contextlib.ExitStack() as stack, torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        for m in modules:  # (cpu: a check of the script)
+            stack.enter_context(in_fp32(m))
+        coords = torch.as_tensor(predictor.transform.apply_coords(pts, predictor.original_size), dtype=torch.float,
+                                 device=device)[None]
+        return predictor.predict_torch(coords, torch.as_tensor(labels, dtype=torch.int, device=device)[None])[0][0] \
+            .cpu().numpy()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="vit_b")
@@ -61,7 +97,8 @@ def main():
     up.load_state_dict(state)
     theirs = SamPredictor(up.to(a.device).eval())
     variants = ["samfast bf16", "upstream decoder, samfast emb", "samfast low-res, upstream resize",
-                "upstream bf16 decoder", "upstream bf16 encoder"]
+                "upstream bf16 decoder", "upstream bf16 encoder"] + \
+        [f"upstream bf16 decoder, {part} in fp32" for part in DECODER_PARTS]
     ious = {v: {} for v in variants}
     emb_err = {}
     for name, image in list(images(a.images).items())[:a.limit or None]:
@@ -89,12 +126,10 @@ def main():
             resized = up.postprocess_masks(low_t[None], theirs.input_size, theirs.original_size)[0]
             got["samfast low-res, upstream resize"] = (resized > up.mask_threshold).cpu().numpy()
             theirs.features = fp32_emb
-            with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.device == "cuda"):  # (cpu: a check of the script)
-                # (predict_torch: predict() turns the bf16 scores to numpy, which numpy cannot hold)
-                coords = torch.as_tensor(theirs.transform.apply_coords(pts, theirs.original_size), dtype=torch.float,
-                                         device=a.device)[None]
-                labels = torch.as_tensor(kw["point_labels"], dtype=torch.int, device=a.device)[None]
-                got["upstream bf16 decoder"] = theirs.predict_torch(coords, labels)[0][0].cpu().numpy()
+            got["upstream bf16 decoder"] = autocast_masks(theirs, pts, kw["point_labels"], a.device)
+            for part in DECODER_PARTS:
+                got[f"upstream bf16 decoder, {part} in fp32"] = autocast_masks(theirs, pts, kw["point_labels"],
+                                                                                a.device, part)
             theirs.features = bf16_enc_emb
             got["upstream bf16 encoder"] = theirs.predict(**kw)[0]
             for v in variants:
