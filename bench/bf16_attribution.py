@@ -7,8 +7,7 @@ prompt (three points, multimask), each variant's masks against upstream fp32 on 
   samfast low-res, upstream resize  samfast bf16's low-res logits resized by upstream (fp32)
   upstream bf16 decoder             upstream fp32 embedding, decoder under torch.autocast(bf16)
   upstream bf16 encoder             encoder under autocast(bf16), decoder fp32
-  upstream bf16 decoder, P in fp32  as upstream bf16 decoder, but its part P (the two-way transformer,
-                                    the output upscaling, the hypernetwork MLPs) in fp32
+  upstream bf16 decoder, ...        as upstream bf16 decoder, one part otherwise (DECODER_VARIANTS)
 
 Prints one JSON line per variant: mean and minimum mask IoU over all masks, and per image.
 Needs a CUDA GPU, torch and upstream segment_anything beside samfast."""
@@ -44,33 +43,48 @@ def images(folder):
     return out
 
 
-DECODER_PARTS = ("transformer", "output_upscaling", "output_hypernetworks_mlps")
+# Variants of upstream's bf16 decoder: (submodule path, attribute, "fp32" or "bf16") to run otherwise.
+DECODER_VARIANTS = {
+    "transformer in fp32": [("mask_decoder.transformer", "forward", "fp32")],
+    "output_upscaling in fp32": [("mask_decoder.output_upscaling", "forward", "fp32")],
+    "output_hypernetworks_mlps in fp32": [(f"mask_decoder.output_hypernetworks_mlps.{i}", "forward", "fp32")
+                                          for i in range(4)],
+    "upsampling to the image in fp32": [("", "postprocess_masks", "fp32")],
+    "only the transformer in bf16": [("mask_decoder", "predict_masks", "fp32"),
+                                     ("mask_decoder.transformer", "forward", "bf16")],
+}
+
+
+def floats(x):
+    if torch.is_tensor(x) and x.is_floating_point():
+        return x.float()
+    return type(x)(floats(v) for v in x) if isinstance(x, (tuple, list)) else x
 
 
 @contextlib.contextmanager
-def in_fp32(module):
-    """module's forward out of autocast, on fp32 inputs, while in the block."""
-    forward = module.forward
+def patched(obj, name, mode):
+    """obj.name run in fp32 (autocast off, fp32 inputs) or under autocast(bf16) (fp32 outputs), while in the block."""
+    original = getattr(obj, name)
 
-    def fp32_forward(*args, **kw):
-        with torch.autocast("cuda", enabled=False):
-            return forward(*[x.float() if torch.is_tensor(x) and x.is_floating_point() else x for x in args], **kw)
-    module.forward = fp32_forward
+    def run(*args, **kw):
+        if mode == "fp32":
+            args, kw = floats(args), {k: floats(v) for k, v in kw.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            out = original(*args, **kw)
+        return floats(out) if mode == "bf16" else out
+    setattr(obj, name, run)
     try:
         yield
     finally:
-        module.forward = forward
+        delattr(obj, name)  # (the class's method again)
 
 
-def autocast_masks(predictor, pts, labels, device, fp32_part=None):
-    """Upstream's decoder under autocast(bf16) (fp32_part of it in fp32), its masks (through
-    predict_torch: predict() turns the bf16 scores to numpy, which numpy cannot hold)."""
-    decoder = predictor.model.mask_decoder
-    part = [] if fp32_part is None else getattr(decoder, fp32_part)
-    modules = list(part) if isinstance(part, torch.nn.ModuleList) else [part] if fp32_part else []
+def autocast_masks(predictor, pts, labels, device, variant=None):
+    """Upstream's decoder under autocast(bf16) (parts of it otherwise: DECODER_VARIANTS), its masks
+    (through predict_torch: predict() turns the bf16 scores to numpy, which numpy cannot hold)."""
     with contextlib.ExitStack() as stack, torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-        for m in modules:  # (cpu: a check of the script)
-            stack.enter_context(in_fp32(m))
+        for path, name, mode in DECODER_VARIANTS.get(variant, []):  # (cpu: a check of the script)
+            stack.enter_context(patched(predictor.model.get_submodule(path), name, mode))
         coords = torch.as_tensor(predictor.transform.apply_coords(pts, predictor.original_size), dtype=torch.float,
                                  device=device)[None]
         return predictor.predict_torch(coords, torch.as_tensor(labels, dtype=torch.int, device=device)[None])[0][0] \
@@ -98,7 +112,7 @@ def main():
     theirs = SamPredictor(up.to(a.device).eval())
     variants = ["samfast bf16", "upstream decoder, samfast emb", "samfast low-res, upstream resize",
                 "upstream bf16 decoder", "upstream bf16 encoder"] + \
-        [f"upstream bf16 decoder, {part} in fp32" for part in DECODER_PARTS]
+        [f"upstream bf16 decoder, {v}" for v in DECODER_VARIANTS]
     ious = {v: {} for v in variants}
     emb_err = {}
     for name, image in list(images(a.images).items())[:a.limit or None]:
@@ -127,9 +141,8 @@ def main():
             got["samfast low-res, upstream resize"] = (resized > up.mask_threshold).cpu().numpy()
             theirs.features = fp32_emb
             got["upstream bf16 decoder"] = autocast_masks(theirs, pts, kw["point_labels"], a.device)
-            for part in DECODER_PARTS:
-                got[f"upstream bf16 decoder, {part} in fp32"] = autocast_masks(theirs, pts, kw["point_labels"],
-                                                                                a.device, part)
+            for v in DECODER_VARIANTS:
+                got[f"upstream bf16 decoder, {v}"] = autocast_masks(theirs, pts, kw["point_labels"], a.device, v)
             theirs.features = bf16_enc_emb
             got["upstream bf16 encoder"] = theirs.predict(**kw)[0]
             for v in variants:
