@@ -8,6 +8,7 @@ prompt (three points, multimask), each variant's masks against upstream fp32 on 
   upstream bf16 decoder             upstream fp32 embedding, decoder under torch.autocast(bf16)
   upstream bf16 encoder             encoder under autocast(bf16), decoder fp32
   upstream bf16 decoder, ...        as upstream bf16 decoder, one part otherwise (DECODER_VARIANTS)
+  upstream tf32 decoder             upstream fp32 embedding, decoder in fp32 on TF32 tensor cores
 
 Prints one JSON line per variant: mean and minimum mask IoU over all masks, and per image.
 Needs a CUDA GPU, torch and upstream segment_anything beside samfast."""
@@ -99,6 +100,9 @@ def main():
     ap.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
     ap.add_argument("--device", default="cuda", help="cuda; cpu (samfast fp32) only checks the script")
     a = ap.parse_args()
+    # fp32 as fp32 (as the GPU parity has it): torch lets cuDNN's convolutions (the patch embedding, the
+    # neck, the decoder's upscaling) run on TF32 by default
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     rng = np.random.default_rng(0)
     native = samfast._samfast.Model.synthetic(a.model, 11, device="cpu")
     state = {k: torch.from_numpy(v.copy()) for k, v in native.state_arrays()}
@@ -111,7 +115,7 @@ def main():
     up.load_state_dict(state)
     theirs = SamPredictor(up.to(a.device).eval())
     variants = ["samfast bf16", "upstream decoder, samfast emb", "samfast low-res, upstream resize",
-                "upstream bf16 decoder", "upstream bf16 encoder"] + \
+                "upstream bf16 decoder", "upstream bf16 encoder", "upstream tf32 decoder"] + \
         [f"upstream bf16 decoder, {v}" for v in DECODER_VARIANTS]
     ious = {v: {} for v in variants}
     emb_err = {}
@@ -145,6 +149,10 @@ def main():
                 got[f"upstream bf16 decoder, {v}"] = autocast_masks(theirs, pts, kw["point_labels"], a.device, v)
             theirs.features = bf16_enc_emb
             got["upstream bf16 encoder"] = theirs.predict(**kw)[0]
+            theirs.features = fp32_emb
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            got["upstream tf32 decoder"] = theirs.predict(**kw)[0]
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             for v in variants:
                 ious[v].setdefault(name, []).extend(iou(x, y) for x, y in zip(got[v], want))
     for v in variants:
