@@ -176,9 +176,8 @@ class LabelStudio:
         self.log = open(data_dir / "label_studio.log", "w")
         self.proc = subprocess.Popen([label_studio, "start", "--no-browser", "--internal-host", "127.0.0.1",
                                       "--port", str(self.port)], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {token}"
+                                     stderr=subprocess.STDOUT, process_group=0)  # (stop() signals the group)
+        self.headers = {"Authorization": f"Token {token}"}
 
     def wait(self, seconds):
         deadline = time.time() + seconds
@@ -191,7 +190,7 @@ class LabelStudio:
         raise AssertionError(f"Label Studio did not come up in {seconds} s: see {self.log.name}")
 
     def api(self, method, path, **kw):
-        r = self.session.request(method, self.url + path, timeout=120, **kw)
+        r = requests.request(method, self.url + path, headers=self.headers, timeout=120, **kw)
         assert r.status_code < 400, f"{method} {path}: {r.status_code} {r.text[:500]}"
         return r.json() if r.content else None
 
