@@ -216,6 +216,14 @@ def front_ends_of(pid):
     return out
 
 
+def wait_until_gone(pid, message):
+    """Until the process has exited (gone, or a zombie its killed parent left unreaped), 30 s at most."""
+    deadline = time.time() + 30
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        assert time.time() < deadline, message
+        time.sleep(0.2)
+
+
 def test_front_ends_replaced_and_stopped(samfast_pkg, tiny_checkpoint):
     """With --workers 2: every new connection (whichever front end takes it) reaches the one model
     and its cache; a front end that dies is replaced; stopping the server stops them all."""
@@ -244,10 +252,7 @@ def test_front_ends_replaced_and_stopped(samfast_pkg, tiny_checkpoint):
         assert "samfast_pass_seconds_count" in metrics
         left = front_ends_of(proc.pid) + [proc.pid]
     for pid in left:
-        deadline = time.time() + 30
-        while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
-            assert time.time() < deadline, f"process {pid} did not stop"
-            time.sleep(0.2)
+        wait_until_gone(pid, f"process {pid} did not stop")
 
 
 def test_front_ends_stop_with_the_model_process(samfast_pkg, tiny_checkpoint):
@@ -259,7 +264,4 @@ def test_front_ends_stop_with_the_model_process(samfast_pkg, tiny_checkpoint):
         os.kill(proc.pid, 9)
         proc.wait(timeout=30)
         for pid in front_ends:
-            deadline = time.time() + 30
-            while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
-                assert time.time() < deadline, f"front end {pid} outlived its model process"
-                time.sleep(0.2)
+            wait_until_gone(pid, f"front end {pid} outlived its model process")

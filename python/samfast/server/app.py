@@ -37,10 +37,11 @@ def create_app(sam=None, config: Optional[ServerConfig] = None, core=None) -> Fa
     responded = Histogram("samfast_predict_respond_seconds", "a predict request's time from its masks to its "
                           "response body", registry=registry,
                           buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
+    exposed = registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        exposed = CollectorRegistry()
+        multiprocess.MultiProcessCollector(exposed)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -113,7 +114,7 @@ def create_app(sam=None, config: Optional[ServerConfig] = None, core=None) -> Fa
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics():
-        return Response(generate_latest(registry) + core.metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Response(generate_latest(exposed) + core.metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.post("/v1/images", response_model=ImageInfo, dependencies=[Depends(authorized)],
               responses=errors(400, 401, 413, 415, 422, 503, 504))
