@@ -113,13 +113,14 @@ if [[ " $steps " == *" trace "* ]]; then
   # vit_h bf16 at batch 8 (each timed run: a batch-1 set_image and predicts, the batch-8 encoder, 8
   # decodes of 16 prompts), kernels by name and launch grid.
   export LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/cuda/extras/CUPTI/lib64:${LD_LIBRARY_PATH:-}"  # (libcupti)
-  for m in vit_b vit_h; do
-    rm -f "$OUT/trace_$m.json"
-    .devbin/samfast bench --model "$m" --device cuda --precision bf16 --batch 8 --prompts 16 --runs 2 \
-      --trace "$OUT/trace_$m.json" >/dev/null 2>&1
-    echo "== $m bf16, batch 8, per timed run" | tee -a "$OUT/trace_summary.txt"
-    python3 bench/gpu/trace_summary.py "$OUT/trace_$m.json" --runs 2 --top 25 --split | tee -a "$OUT/trace_summary.txt"
-  done
+  # TRACE_PRECISIONS="bf16 fp8" traces each precision (default bf16).
+  for p in ${TRACE_PRECISIONS:-bf16}; do for m in vit_b vit_h; do
+    rm -f "$OUT/trace_${m}_$p.json"
+    .devbin/samfast bench --model "$m" --device cuda --precision "$p" --batch 8 --prompts 16 --runs 2 \
+      --trace "$OUT/trace_${m}_$p.json" >/dev/null 2>&1
+    echo "== $m $p, batch 8, per timed run" | tee -a "$OUT/trace_summary.txt"
+    python3 bench/gpu/trace_summary.py "$OUT/trace_${m}_$p.json" --runs 2 --top 25 --split | tee -a "$OUT/trace_summary.txt"
+  done; done
 fi
 if [[ " $steps " == *" profile "* ]]; then
   # Per-kernel GPU time of a vit_b bf16 run (batch 1: encoder forwards and 16-prompt decodes), and of
