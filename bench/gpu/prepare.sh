@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares, on this (GPU-less) machine, what a run on the lent GPU machine needs: a CUDA build of
 # samfast in build-dev/, its binaries, libsamfast.so and the non-CUDA shared libraries they load in .devbin/
-# (the GPU machine has the CUDA libraries but not OpenBLAS, libzip, libjpeg, libpng, libexif; found through RUNPATH),
+# (the GPU machine has the CUDA libraries but not oneDNN, libzip, libjpeg, libpng, libexif; found through RUNPATH),
 # packed into .whl/devbin.tar.xz, and the two upstream Python packages in .whl/pysrc (fetched code:
 # ignored by git, never committed).
 set -euo pipefail
@@ -15,19 +15,19 @@ cp "$B/samfast" .devbin/
 # (the CPU unit tests run here, not there: the carried folders must stay under 64 MiB)
 cp "$B/tests/parity_tool" "$B/tests/samfast_gpu_tests" .devbin/tests/
 for bin in .devbin/samfast .devbin/tests/*; do
-  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libsamfast|libopenblas|libgfortran|libquadmath|libgomp|libjpeg|libpng|libzip|libexif' || true
+  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libsamfast|libdnnl|libgomp|libjpeg|libpng|libzip|libexif' || true
 done | sort -u | while read -r lib; do cp -L "$lib" .devbin/lib/; done
 # The binaries find these through their RUNPATH, so nothing else on that machine (Python, torch) sees them.
 patchelf --set-rpath '$ORIGIN/lib' .devbin/samfast
 for bin in .devbin/tests/*; do patchelf --set-rpath '$ORIGIN/../lib' "$bin"; done
-for lib in .devbin/lib/*; do patchelf --set-rpath '$ORIGIN' "$lib"; done  # openblas -> gfortran, quadmath
+for lib in .devbin/lib/*; do patchelf --set-rpath '$ORIGIN' "$lib"; done
 # Symbols are not needed there, and the carried folders must stay under the 64 MiB a call may carry.
 strip --strip-unneeded .devbin/samfast .devbin/tests/* .devbin/lib/*
 du -sh .devbin
 [ -d .whl/pysrc/segment_anything ] || echo "note: put segment_anything and segment_anything_fast under .whl/pysrc (see bench/gpu/README)"
 cp ../shared/bench/anchor_bench.py .whl/anchor_bench.py
 mkdir -p .whl/testdata && cp -r ../shared/testdata/images .whl/testdata/  # ../shared does not travel
-# .devbin (OpenBLAS alone is 37 MB) no longer fits the 64 MiB a call may carry: it travels
+# .devbin (oneDNN alone is ~40 MB) may not fit the 64 MiB a call may carry: it travels
 # compressed inside .whl (~9 MB); run.sh unpacks it there.
 tar -cf - .devbin | xz -6 -T"$(nproc)" > .whl/devbin.tar.xz
 du -sh .whl/devbin.tar.xz

@@ -2,8 +2,6 @@
 // OpenMP threads, each with a single-threaded GEMM: the many small windows of the image encoder
 // keep both cores busy, and a block of at most kQueryBlock query rows keeps the scores of global
 // attention (kQueryBlock x 4096) in L2 instead of streaming a 64 MB matrix through memory.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,14 +15,12 @@ namespace {
 
 constexpr int64_t kQueryBlock = 128;
 
-// Runs fn(item) for item in [0, n) on OpenMP threads with OpenBLAS pinned to one thread meanwhile.
+// Runs fn(item) for item in [0, n) on OpenMP threads (a GEMM inside a parallel region runs on its
+// calling thread alone: oneDNN does not nest).
 template <class Fn>
 void parallel_items(int64_t n, Fn&& fn) {
-  const int blas_threads = openblas_get_num_threads();
-  openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) fn(i);
-  openblas_set_num_threads(blas_threads);
 }
 
 float dot(const float* a, const float* b, int64_t n) {

@@ -1,8 +1,9 @@
 // GEMM-shaped ops of the CPU backend: Linear, convolutions (im2col + GEMM), batched matmul.
-#include <cblas.h>
+#include <dnnl.h>
 
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "backend/cpu/cpu_ops.h"
 #include "samfast/error.h"
@@ -13,8 +14,14 @@ namespace cpu {
 void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, (int)M, (int)N,
-              (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+  // oneDNN picks its kernels from the CPU's instruction sets (AVX2, AVX-512, ...), where OpenBLAS
+  // 0.3.21 picks them from a table of CPU models and falls back to SSE3 on one it does not know (a
+  // new CPU or a VM's generic model: 5-7x slower); and it threads on the OpenMP pool the rest of the
+  // backend uses. Row-major, like cblas.
+  const dnnl_status_t status = dnnl_sgemm('N', b_transposed ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (status != dnnl_success)
+    throw Error("CPU GEMM (" + std::to_string(M) + " x " + std::to_string(N) + " x " + std::to_string(K) +
+                ") failed in oneDNN: status " + std::to_string((int)status));
 }
 
 void apply_act(float* x, int64_t n, Act act) {

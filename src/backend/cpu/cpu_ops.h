@@ -1,4 +1,4 @@
-// fp32 CPU backend: GEMMs through OpenBLAS (cblas_sgemm), elementwise work on OpenMP threads.
+// fp32 CPU backend: GEMMs through oneDNN (dnnl_sgemm), elementwise work on OpenMP threads.
 // The reference path: exact against upstream in fp32 (same math, summation order aside).
 #pragma once
 #include <bit>
