@@ -8,9 +8,12 @@ Steps timed, as a SAM user meets them: set_image (resize, normalize, pad, image 
 (one point, multimask, masks at the picture's own size). Each implementation runs in a process of its
 own per round, rounds interleaved; a round's figure is the median of its predicts (after one warm-up)
 and its one set_image; the table gives the median over rounds.
+With --everything: segment everything at default options instead (upstream's
+SamAutomaticMaskGenerator.generate against `samfast bench --amg`), seconds per image.
 
 Usage: python3 bench/cpu_peers.py --checkpoint vit_b.pth --model vit_b --samfast build/samfast
          [--image dog.jpg] [--threads 2] [--rounds 3] [--predicts 10] [--only upstream,onnxruntime,samfast]
+         [--everything]
 Needs Debian's python3-torch, segment_anything (scripts/setup.sh installs both) and onnxruntime
 (pip install onnxruntime; in a venv made with --system-site-packages to reach torch).
 """
@@ -125,7 +128,31 @@ def samfast(args):
     return r["set_image_ms"] / 1000, [r["predict_1_prompt_ms"] / 1000], "samfast"
 
 
+def upstream_everything(args):
+    import numpy as np
+    import torch
+    from PIL import Image
+    from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+
+    torch.set_num_threads(args.threads)
+    img = np.asarray(Image.open(args.image).convert("RGB"))
+    gen = SamAutomaticMaskGenerator(sam_model_registry[args.model](checkpoint=args.checkpoint).eval())
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        masks = gen.generate(img)
+    return time.perf_counter() - t0, len(masks), "torch %s" % torch.__version__
+
+
+def samfast_everything(args):
+    out = subprocess.run([args.samfast, "bench", "--amg", "--checkpoint", args.checkpoint, "--device", "cpu", "--image",
+                          args.image, "--runs", "1"], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return r["seconds_per_image"], r["per_image"][0]["masks"], "samfast"
+
+
 IMPLS = {"upstream": upstream, "onnxruntime": onnxruntime, "samfast": samfast}
+EVERYTHING = {"upstream": upstream_everything, "samfast": samfast_everything}
 
 
 def main():
@@ -137,17 +164,22 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--predicts", type=int, default=10)
-    ap.add_argument("--only", default="upstream,onnxruntime,samfast")
+    ap.add_argument("--only", default=None, help="default: upstream,onnxruntime,samfast (--everything: upstream,samfast)")
+    ap.add_argument("--everything", action="store_true", help="segment everything (default options) instead")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # (a child process: one implementation, one round)
     ap.add_argument("--onnx-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one and args.everything:
+        seconds, masks, version = EVERYTHING[args.one](args)
+        print(json.dumps({"impl": args.one, "version": version, "seconds": seconds, "masks": masks}))
+        return
     if args.one:
         set_image, predicts, version = IMPLS[args.one](args)
         print(json.dumps({"impl": args.one, "version": version, "set_image_ms": 1000 * set_image,
                           "predict_ms": 1000 * statistics.median(predicts), "predict_min_ms": 1000 * min(predicts),
                           "predict_max_ms": 1000 * max(predicts)}))
         return
-    impls = args.only.split(",")
+    impls = (args.only or ("upstream,samfast" if args.everything else "upstream,onnxruntime,samfast")).split(",")
     with tempfile.TemporaryDirectory(prefix="samfast-onnx-") as folder:
         if "onnxruntime" in impls:
             t0 = time.perf_counter()
@@ -158,15 +190,21 @@ def main():
             for impl in impls:
                 cmd = [sys.executable, __file__, "--one", impl, "--onnx-dir", folder] + [
                     f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                    if k not in ("one", "onnx_dir", "only") and v is not None]
+                    if k not in ("one", "onnx_dir", "only", "everything") and v is not None] + (
+                    ["--everything"] if args.everything else [])
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
                     sys.exit(f"{impl} failed:\n{out.stderr[-2000:]}")
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 rows[impl].append(row)
-                print(f"round {r + 1} {impl}: set_image {row['set_image_ms']:.0f} ms, predict {row['predict_ms']:.1f} ms",
-                      file=sys.stderr)
+                print(f"round {r + 1} {impl}: " + (f"{row['seconds']:.1f} s, {row['masks']} masks" if args.everything else
+                      f"set_image {row['set_image_ms']:.0f} ms, predict {row['predict_ms']:.1f} ms"), file=sys.stderr)
     for impl, rs in rows.items():
+        if args.everything:
+            print(json.dumps({"impl": impl, "version": rs[0]["version"], "model": args.model, "threads": args.threads,
+                              "rounds": args.rounds, "everything_s": round(statistics.median(x["seconds"] for x in rs), 2),
+                              "masks": rs[0]["masks"]}))
+            continue
         med = lambda k: statistics.median(x[k] for x in rs)  # noqa: E731
         print(json.dumps({"impl": impl, "version": rs[0]["version"], "model": args.model, "threads": args.threads,
                           "rounds": args.rounds, "set_image_ms": round(med("set_image_ms"), 1),

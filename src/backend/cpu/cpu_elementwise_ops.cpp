@@ -25,12 +25,20 @@ void softmax_row(float* __restrict row, int64_t n) {
 }
 
 void layer_norm_row(const float* in, float* out, int64_t C, const float* w, const float* b, float eps) {
-  double mean = 0, var = 0;  // double accumulation: no drift over thousands of channels
-  for (int64_t c = 0; c < C; ++c) mean += in[c];
-  mean /= C;
-  for (int64_t c = 0; c < C; ++c) var += (in[c] - mean) * (in[c] - mean);
+  // Double accumulation (no drift over thousands of channels), in SIMD lanes: a serial double sum
+  // is a chain of dependent adds, and LayerNorm's rows were 15% of segment everything's time.
+  double sum = 0, var = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < C; ++c) sum += in[c];
+  const double mean = sum / C;
+#pragma omp simd reduction(+ : var)
+  for (int64_t c = 0; c < C; ++c) {
+    const double d = in[c] - mean;
+    var += d * d;
+  }
   var /= C;
   const float m = (float)mean, rstd = (float)(1.0 / std::sqrt(var + eps));
+#pragma omp simd
   for (int64_t c = 0; c < C; ++c) out[c] = (in[c] - m) * rstd * w[c] + b[c];
 }
 

@@ -1,5 +1,8 @@
 // Mask measures of the automatic mask generator on the CPU: each plane is upsampled to full
-// resolution one at a time (bounded memory whatever the number of masks), then measured or encoded.
+// resolution, then measured or encoded, a plane per OpenMP thread at a time (bounded memory whatever
+// the number of masks; the upsampling's own parallel loops then run on their calling thread). Whole
+// planes a thread, not rows: a plane's counts and box are serial loops, and a few thousand planes of
+// segment everything keep every core busy.
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -28,6 +31,7 @@ Ops::Later<Ops::MaskStats> CpuOps::mask_stats(const Tensor& low_res, int img_siz
   const auto [h, w] = size;
   MaskStats s;
   s.above_hi.resize(n), s.above_lo.resize(n), s.box.resize(n);
+#pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) {
     const Tensor m = full_plane(low_res, i, img_size, input_size, size);
     const auto [inter, uni] = stability_counts(m.data, h, w, hi, lo);
@@ -52,7 +56,10 @@ std::vector<Rle> CpuOps::mask_rles(const Tensor& low_res, int img_size, std::pai
   const auto [H, W] = frame_size;
   check_mask_frame(size, offset_xy, frame_size);  // (the planes' sizes: postprocess_masks checks them)
   std::vector<Rle> out(low_res.dim(0));
-  std::vector<uint8_t> frame(size_t(H) * W, 0);
+#pragma omp parallel
+  {
+  std::vector<uint8_t> frame(size_t(H) * W, 0);  // (zeros outside the plane's place: written only inside it)
+#pragma omp for schedule(dynamic, 1)
   for (int64_t i = 0; i < low_res.dim(0); ++i) {
     const Tensor m = full_plane(low_res, i, img_size, input_size, size);
     for (int r = 0; r < h; ++r) {
@@ -61,6 +68,7 @@ std::vector<Rle> CpuOps::mask_rles(const Tensor& low_res, int img_size, std::pai
       for (int c = 0; c < w; ++c) dst[c] = src[c] > thr;
     }
     out[i] = mask_to_rle(frame.data(), H, W);
+  }
   }
   return out;
 }
