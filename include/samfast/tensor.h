@@ -25,9 +25,10 @@ inline int64_t numel_of(const Shape& s) {
 }
 
 enum class Device { CPU, CUDA };
-enum class DType { F32, BF16, F16, U8, F8E4M3 };  // F8E4M3: device-only quantised weights (--precision fp8)
+// F8E4M3, I8: quantised weights of a backend (--precision fp8 on a GPU, int8 on the CPU)
+enum class DType { F32, BF16, F16, U8, F8E4M3, I8 };
 inline size_t element_size(DType t) {
-  return t == DType::F32 ? 4 : t == DType::U8 || t == DType::F8E4M3 ? 1 : 2;
+  return t == DType::F32 ? 4 : t == DType::U8 || t == DType::F8E4M3 || t == DType::I8 ? 1 : 2;
 }
 
 struct Tensor {

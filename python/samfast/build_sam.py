@@ -15,7 +15,7 @@ from ._torch import host_float32, torch_or_none
 class Sam:
     """A SAM model. The weights are loaded on first use (so that .to(device) or load_state_dict
     right after building costs no second load) onto `device` ("auto": a CUDA GPU when there is one,
-    else the CPU) in `precision` ("auto": bf16 on a GPU, fp32 on the CPU; or fp32, bf16, fp16, fp8)."""
+    else the CPU) in `precision` ("auto": bf16 on a GPU, fp32 on the CPU; or fp32, bf16, fp16, fp8 on a GPU, int8 on the CPU)."""
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"

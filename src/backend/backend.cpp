@@ -60,12 +60,14 @@ Backend make_backend(const BackendOptions& options) {
 #endif
   }
   if (dev == "cuda" || dev.rfind("cuda:", 0) == 0) throw Error("device " + dev + " requested, but " + why);
-  if (options.precision != Precision::Auto && options.precision != Precision::FP32)
-    throw Error("precision " + to_string(options.precision) + " needs a CUDA GPU; the CPU backend computes in fp32");
+  const bool int8 = options.precision == Precision::INT8;
+  if (options.precision != Precision::Auto && options.precision != Precision::FP32 && !int8)
+    throw Error("precision " + to_string(options.precision) +
+                " needs a CUDA GPU; the CPU backend computes in fp32 (or int8: --precision int8)");
   if (dev == "auto" && why != "this build has no CUDA backend") b.note = why + ": running on the CPU";
-  b.ops = std::make_shared<CpuOps>();
+  b.ops = std::make_shared<CpuOps>(int8);
   b.device = "cpu";
-  b.precision = Precision::FP32;
+  b.precision = int8 ? Precision::INT8 : Precision::FP32;
   return b;
 }
 

@@ -9,12 +9,13 @@ namespace samfast {
 namespace {
 
 // The one list of precisions and their names.
-constexpr std::array<std::pair<Precision, const char*>, 5> kNames{{
+constexpr std::array<std::pair<Precision, const char*>, 6> kNames{{
     {Precision::Auto, "auto"},
     {Precision::FP32, "fp32"},
     {Precision::BF16, "bf16"},
     {Precision::FP16, "fp16"},
     {Precision::FP8, "fp8"},
+    {Precision::INT8, "int8"},
 }};
 
 }  // namespace

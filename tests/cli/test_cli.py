@@ -139,6 +139,10 @@ def test_device_choice_is_explicit_and_reported(samfast, tiny, tmp_path):
     assert "precision bf16 needs a CUDA GPU" in one_error_line(samfast(
         "segment", "--checkpoint", tiny, "--image", DOG, "--point", "1,1", "--device", "cpu", "--precision", "bf16",
         "--out", tmp_path / "b"))
+    # int8 is the CPU's quantised mode (tests/parity/test_cpu_int8_parity.py measures it)
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--device", "cpu",
+                "--precision", "int8", "--out", tmp_path / "i")
+    assert p.returncode == 0, p.stderr
 
 
 def test_bench_graphs_and_trace_options(samfast, tiny, tmp_path):

@@ -84,3 +84,25 @@ def max_rel_err(ours, ref):
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     assert ours.shape == ref.shape, f"shape {ours.shape} vs upstream {ref.shape}"
     return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def prompts_for(w, h, n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        if i % 3 == 2:
+            x0, y0 = rng.uniform(0, w * 0.6), rng.uniform(0, h * 0.6)
+            out.append({"points": [], "labels": [], "box": [x0, y0, x0 + rng.uniform(20, w * 0.4), y0 + rng.uniform(20, h * 0.4)],
+                        "multimask": False, "mask_input": None})
+        else:
+            out.append({"points": [[float(rng.uniform(0, w)), float(rng.uniform(0, h))]], "labels": [1], "box": None,
+                        "multimask": i % 2 == 0, "mask_input": None})
+    return out
+
+
+def mask_ious(ours, ref):
+    out = []
+    for a, b in zip(ours > 0, ref > 0):
+        union = np.logical_or(a, b).sum()
+        out.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
+    return out

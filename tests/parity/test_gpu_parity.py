@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, make_checkpoint, max_rel_err, upstream_sam
+from conftest import IMAGES, make_checkpoint, mask_ious, max_rel_err, prompts_for, upstream_sam
 
 
 def gpu_available():
@@ -26,20 +26,6 @@ def gpu_available():
 
 
 pytestmark = pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU: GPU parity tests skipped")
-
-
-def prompts_for(w, h, n=24, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        if i % 3 == 2:
-            x0, y0 = rng.uniform(0, w * 0.6), rng.uniform(0, h * 0.6)
-            out.append({"points": [], "labels": [], "box": [x0, y0, x0 + rng.uniform(20, w * 0.4), y0 + rng.uniform(20, h * 0.4)],
-                        "multimask": False, "mask_input": None})
-        else:
-            out.append({"points": [[float(rng.uniform(0, w)), float(rng.uniform(0, h))]], "labels": [1], "box": None,
-                        "multimask": i % 2 == 0, "mask_input": None})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +48,6 @@ def pytorch_bf16_embedding(ckpt, sam, rgb, pred):
     x = sam.preprocess(torch.as_tensor(pred.transform.apply_image(rgb), device="cuda").permute(2, 0, 1).contiguous()[None])
     with torch.no_grad():
         return fast.image_encoder(x.to(torch.bfloat16)).float()
-
-
-def mask_ious(ours, ref):
-    out = []
-    for a, b in zip(ours > 0, ref > 0):
-        union = np.logical_or(a, b).sum()
-        out.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
-    return out
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "fp8"])

@@ -57,8 +57,8 @@ void add_backend_options(CLI::App* cmd, ModelOptions& options) {
   cmd->add_option("--device", options.device, "auto (a CUDA GPU if there is one), cpu, cuda or cuda:N");
   cmd->add_option_function<std::string>(
          "--precision", [&options](const std::string& p) { options.precision = parse_precision(p); },
-         "auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16, fp16, or fp8 (bf16 with the image encoder's "
-         "Linear layers in fp8: faster, less exact)")
+         "auto (bf16 on a GPU, fp32 on the CPU), fp32, bf16, fp16, fp8 (a GPU: bf16 with the image encoder's "
+         "Linear layers in fp8: faster, less exact), or int8 (the CPU: fp32 with those layers in int8: faster, less exact)")
       ->check(CLI::IsMember(precision_names()));
   cmd->add_flag_callback("--no-graphs", [&options] { options.cuda_graphs = false; },
                          "on a GPU, launch every kernel from the host instead of replaying CUDA graphs of the encoder and decoder");

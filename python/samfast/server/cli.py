@@ -10,7 +10,7 @@ def main(argv=None):
     ap.add_argument("--model", default=None, choices=["vit_b", "vit_l", "vit_h", "tiny"],
                     help="without --checkpoint: a synthetic model of this type (random weights: meaningless masks)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16 or fp8")
+    ap.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16, fp8 (GPU) or int8 (CPU)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--workers", type=int, default=1,

@@ -1,6 +1,10 @@
 // GEMM-shaped ops of the CPU backend: Linear, convolutions (im2col + GEMM), batched matmul.
 #include <dnnl.h>
 
+#include <algorithm>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <vector>
+
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -35,10 +39,90 @@ void apply_act(float* x, int64_t n, Act act) {
   }
 }
 
+void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float amax = 0.f;
+#pragma omp simd reduction(max : amax)
+    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(xr[c]));
+    const float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
+    int8_t* qr = q + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) qr[c] = static_cast<int8_t>(std::nearbyint(std::clamp(xr[c] * inv, -127.f, 127.f)));
+    scale[r] = s;
+  }
+}
+
 }  // namespace cpu
+
+Tensor CpuOps::prepare_bulk_linear(const Tensor& w) {
+  if (!int8_bulk_) return w;
+  if (w.ndim() != 2 || w.dtype != DType::F32)
+    throw Error("prepare_bulk_linear: expected an fp32 (out, in) weight, got " + shape_str(w.shape));
+  const int64_t out = w.dim(0), in = w.dim(1);
+  // One allocation: the int8 values (out, in), then the per-output-channel scales.
+  Tensor q = Tensor::empty({int64_t(cpu::int8_scale_offset(out, in) + sizeof(float) * out)}, DType::U8);
+  cpu::quantize_rows_int8(w.data, out, in, q.ptr<int8_t>(), reinterpret_cast<float*>(q.ptr<char>() + cpu::int8_scale_offset(out, in)));
+  q.shape = w.shape;
+  q.dtype = DType::I8;
+  return q;
+}
+
+// y = act((x_q W_q^T) * s_x[row] * s_w[col] + b) (+ residual): the activations quantised per row on
+// the fly, the int8 product on oneDNN's int8 kernels (VNNI where the CPU has it) with the weights'
+// scales applied as its output scales, the rows' scales with the bias in the epilogue below.
+Tensor CpuOps::linear_int8(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) {
+  const int64_t in = w.dim(1), out = w.dim(0), rows = x.numel() / in;
+  std::vector<int8_t> xq(static_cast<size_t>(rows * in));
+  std::vector<float> xs(static_cast<size_t>(rows));
+  cpu::quantize_rows_int8(x.data, rows, in, xq.data(), xs.data());
+  Shape ys = x.shape;
+  ys.back() = out;
+  Tensor y = Tensor::empty(ys);
+  using dnnl::memory;
+  const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const memory::desc src({rows, in}, memory::data_type::s8, memory::format_tag::ab);
+  const memory::desc wei({in, out}, memory::data_type::s8, memory::format_tag::ba);  // (out, in) as stored
+  const memory::desc dst({rows, out}, memory::data_type::f32, memory::format_tag::ab);
+  const memory::desc scales({out}, memory::data_type::f32, memory::format_tag::a);
+  dnnl::primitive_attr attr;
+  attr.set_output_scales(1 << 1, {DNNL_RUNTIME_F32_VAL});  // one scale per output column
+  try {
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, engine);
+    float* w_scale = reinterpret_cast<float*>(w.ptr<char>() + cpu::int8_scale_offset(out, in));
+    dnnl::matmul(pd).execute(stream, {{DNNL_ARG_SRC, memory(src, engine, xq.data())},
+                                      {DNNL_ARG_WEIGHTS, memory(wei, engine, w.data)},
+                                      {DNNL_ARG_DST, memory(dst, engine, y.data)},
+                                      {DNNL_ARG_ATTR_OUTPUT_SCALES, memory(scales, engine, w_scale)}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    throw Error("CPU int8 GEMM (" + std::to_string(rows) + " x " + std::to_string(out) + " x " + std::to_string(in) +
+                ") failed in oneDNN: " + e.what());
+  }
+  const float* bias = b ? b->data : nullptr;
+  const float* res = residual ? residual->data : nullptr;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* __restrict yr = y.data + r * out;
+    const float s = xs[size_t(r)];
+#pragma omp simd
+    for (int64_t c = 0; c < out; ++c) yr[c] = yr[c] * s + (bias ? bias[c] : 0.f);
+  }
+  cpu::apply_act(y.data, y.numel(), act);  // (on the whole tensor: per row, its loop would not vectorize)
+  if (res) {
+    const int64_t n = y.numel();
+    float* __restrict py = y.data;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) py[i] += res[i];
+  }
+  return y;
+}
 
 Tensor CpuOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) {
   check_linear(x, w, b, residual);
+  if (w.dtype == DType::I8) return linear_int8(x, w, b, act, residual);
   const int64_t in = w.dim(1), out = w.dim(0);
   const int64_t rows = x.numel() / in;
   Shape ys = x.shape;

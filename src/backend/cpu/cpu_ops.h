@@ -12,6 +12,10 @@ namespace samfast {
 
 class CpuOps final : public Ops {
  public:
+  // int8_bulk: the image encoder blocks' Linear layers in int8 (prepare_bulk_linear quantises their
+  // weights; linear() then quantises activations per row and multiplies on oneDNN's int8 kernels).
+  explicit CpuOps(bool int8_bulk = false) : int8_bulk_(int8_bulk) {}
+  Tensor prepare_bulk_linear(const Tensor& w) override;
   Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) override;
   Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
@@ -39,6 +43,10 @@ class CpuOps final : public Ops {
   Tensor expand_batch(const Tensor& x, int64_t batch) override;
   Tensor upload(const Tensor& host) override;  // the same tensor (after checking it is fp32)
   Tensor download(const Tensor& x) override { return x; }
+
+ private:
+  Tensor linear_int8(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual);
+  bool int8_bulk_;
 };
 
 namespace cpu {
@@ -46,6 +54,11 @@ namespace cpu {
 void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void apply_act(float* x, int64_t n, Act act);
+// Symmetric int8 rows: q[r, c] = round(x[r, c] / s[r]), s[r] = max_c |x[r, c]| / 127 (1 for a zero
+// row). The weights' per-output-channel quantization and the activations' per-token one.
+void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale);
+// Where the per-row scales of an I8 weight (out, in) begin in its allocation: after the values, 64-byte aligned.
+inline size_t int8_scale_offset(int64_t out, int64_t in) { return (size_t(out * in) + 63) / 64 * 64; }
 
 // exp and erf written so that `#pragma omp simd` loops vectorize them (libm's calls would not):
 // exp by Cody-Waite range reduction and a degree-6 polynomial (about 1 ulp); erf by Abramowitz &

@@ -22,6 +22,9 @@ DType storage_type(Precision precision) {
     case Precision::BF16: return DType::BF16;
     case Precision::FP16: return DType::F16;
     case Precision::FP8: return DType::BF16;
+    case Precision::INT8:
+      throw Error("precision int8 runs on the CPU only (on Hopper GPUs cuBLASLt's int8 GEMMs are slower than "
+                  "bf16, BENCHMARKS.md): on a GPU use fp8 or bf16");
     default: throw Error("CUDA backend: precision " + to_string(precision) + " is not a number format");
   }
 }
