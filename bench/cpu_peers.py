@@ -29,15 +29,24 @@ import time
 POINT = (400, 260)  # on dog.jpg's dog; any point inside the picture does
 
 
-def upstream(args):
+def upstream_model(args):
+    """upstream's model on args.threads threads, and the picture as an RGB array."""
     import numpy as np
     import torch
     from PIL import Image
-    from segment_anything import SamPredictor, sam_model_registry
+    from segment_anything import sam_model_registry
 
     torch.set_num_threads(args.threads)
-    img = np.asarray(Image.open(args.image).convert("RGB"))
-    pred = SamPredictor(sam_model_registry[args.model](checkpoint=args.checkpoint).eval())
+    return sam_model_registry[args.model](checkpoint=args.checkpoint).eval(), np.asarray(Image.open(args.image).convert("RGB"))
+
+
+def upstream(args):
+    import numpy as np
+    import torch
+    from segment_anything import SamPredictor
+
+    sam, img = upstream_model(args)
+    pred = SamPredictor(sam)
     with torch.inference_mode():
         t0 = time.perf_counter()
         pred.set_image(img)
@@ -129,14 +138,11 @@ def samfast(args):
 
 
 def upstream_everything(args):
-    import numpy as np
     import torch
-    from PIL import Image
-    from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+    from segment_anything import SamAutomaticMaskGenerator
 
-    torch.set_num_threads(args.threads)
-    img = np.asarray(Image.open(args.image).convert("RGB"))
-    gen = SamAutomaticMaskGenerator(sam_model_registry[args.model](checkpoint=args.checkpoint).eval())
+    sam, img = upstream_model(args)
+    gen = SamAutomaticMaskGenerator(sam)
     with torch.inference_mode():
         t0 = time.perf_counter()
         masks = gen.generate(img)

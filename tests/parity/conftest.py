@@ -106,3 +106,21 @@ def mask_ious(ours, ref):
         union = np.logical_or(a, b).sum()
         out.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
     return out
+
+
+def run_parity_tool(bin_dir, checkpoint, rgb, prompts, tmp_path, device, precision):
+    """samfast's parity_tool on one picture and its prompts: embedding.npy, p{k}_masks.npy, p{k}_iou.npy in tmp_path."""
+    import json
+    from PIL import Image
+    Image.fromarray(rgb).save(tmp_path / "image.png")
+    (tmp_path / "prompts.json").write_text(json.dumps({"prompts": prompts}))
+    subprocess.run([str(bin_dir / "tests" / "parity_tool"), checkpoint, tmp_path / "image.png", tmp_path / "prompts.json",
+                    tmp_path, device, precision], check=True)
+
+
+def upstream_predict(pred, p):
+    """upstream SamPredictor.predict on one prompts_for() prompt, logits returned."""
+    return pred.predict(point_coords=np.array(p["points"], np.float32) if p["points"] else None,
+                        point_labels=np.array(p["labels"]) if p["points"] else None,
+                        box=np.array(p["box"], np.float32) if p["box"] else None,
+                        multimask_output=p["multimask"], return_logits=True)

@@ -5,14 +5,12 @@ upstream segment_anything in fp32 on the CPU. A quantised mode is measured, not 
 (embedding relative L2 above 0.1, mean mask IoU below 0.9), as the GPU parity does for fp8. The fp32
 path stays exact: tests/parity/test_model_parity.py. Random weights have no outlier channels, so these
 figures cannot show what real checkpoints' activations do to int8: measure on your data."""
-import json
-import subprocess
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, make_checkpoint, mask_ious, prompts_for, require_upstream, upstream_sam
+from conftest import (IMAGES, make_checkpoint, mask_ious, prompts_for, require_upstream, run_parity_tool,
+                      upstream_predict, upstream_sam)
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +27,8 @@ def test_cpu_int8_against_upstream_fp32(model, tmp_path, tiny_checkpoint, vit_b_
     pred = SamPredictor(upstream_sam(ckpt))
     name = "dog.jpg"  # (one image: vit_b's fp32 encoder takes ~30 s on a CI core pair)
     rgb = np.array(Image.open(IMAGES / name).convert("RGB"))
-    h, w = rgb.shape[:2]
-    Image.fromarray(rgb).save(tmp_path / "image.png")
-    prompts = prompts_for(w, h)
-    (tmp_path / "prompts.json").write_text(json.dumps({"prompts": prompts}))
-    subprocess.run([str(bin_dir / "tests" / "parity_tool"), ckpt, tmp_path / "image.png", tmp_path / "prompts.json",
-                    tmp_path, "cpu", "int8"], check=True)
+    prompts = prompts_for(rgb.shape[1], rgb.shape[0])
+    run_parity_tool(bin_dir, ckpt, rgb, prompts, tmp_path, "cpu", "int8")
     with torch.no_grad():
         pred.set_image(rgb)
         ref_emb = pred.features.numpy()
@@ -42,11 +36,7 @@ def test_cpu_int8_against_upstream_fp32(model, tmp_path, tiny_checkpoint, vit_b_
         rel_l2 = float(np.linalg.norm(emb - ref_emb) / np.linalg.norm(ref_emb))
         ious, iou_err = [], 0.0
         for k, p in enumerate(prompts):
-            masks, iou, _ = pred.predict(
-                point_coords=np.array(p["points"], np.float32) if p["points"] else None,
-                point_labels=np.array(p["labels"]) if p["points"] else None,
-                box=np.array(p["box"], np.float32) if p["box"] else None,
-                multimask_output=p["multimask"], return_logits=True)
+            masks, iou, _ = upstream_predict(pred, p)
             iou_err = max(iou_err, float(np.abs(np.load(tmp_path / f"p{k}_iou.npy") - iou).max()))
             ious += mask_ious(np.load(tmp_path / f"p{k}_masks.npy"), masks)
     print(f"[{model} cpu int8] {name}: embedding rel L2 {rel_l2:.2e}; mask IoU mean {np.mean(ious):.4f} "

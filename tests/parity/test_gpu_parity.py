@@ -6,7 +6,6 @@ IoU against upstream fp32 over many point and box prompts >= 0.99 for vit_b. The
 has many logits near 0, so its IoU is printed beside the IoU that the PyTorch bf16 encoder gives
 (upstream's decoder on that embedding) rather than held to 0.99. Figures are printed for the record.
 Skipped (with a message) where there is no CUDA GPU, e.g. on CI."""
-import json
 import shutil
 import subprocess
 
@@ -14,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, make_checkpoint, mask_ious, max_rel_err, prompts_for, upstream_sam
+from conftest import (IMAGES, make_checkpoint, mask_ious, max_rel_err, prompts_for, run_parity_tool, upstream_predict,
+                      upstream_sam)
 
 
 def gpu_available():
@@ -62,12 +62,8 @@ def test_cuda_matches_upstream_on_gpu(model, precision, tmp_path, tiny_checkpoin
     pred = SamPredictor(sam)
     for name in ["dog.jpg", "groceries.jpg", "truck.jpg"]:
         rgb = np.array(Image.open(IMAGES / name).convert("RGB"))
-        h, w = rgb.shape[:2]
-        Image.fromarray(rgb).save(tmp_path / "image.png")
-        prompts = prompts_for(w, h)
-        (tmp_path / "prompts.json").write_text(json.dumps({"prompts": prompts}))
-        subprocess.run([str(bin_dir / "tests" / "parity_tool"), ckpt, tmp_path / "image.png", tmp_path / "prompts.json",
-                        tmp_path, "cuda", precision], check=True)
+        prompts = prompts_for(rgb.shape[1], rgb.shape[0])
+        run_parity_tool(bin_dir, ckpt, rgb, prompts, tmp_path, "cuda", precision)
         with torch.no_grad():
             pred.set_image(rgb)
             ref_emb = pred.features.float().cpu().numpy()
@@ -78,22 +74,14 @@ def test_cuda_matches_upstream_on_gpu(model, precision, tmp_path, tiny_checkpoin
             base_l2 = None if base_emb is None else float(np.linalg.norm(base_emb.cpu().numpy() - ref_emb) / np.linalg.norm(ref_emb))
             ious, base_ious, iou_err = [], [], 0.0
             for k, p in enumerate(prompts):
-                masks, iou, _ = pred.predict(
-                    point_coords=np.array(p["points"], np.float32) if p["points"] else None,
-                    point_labels=np.array(p["labels"]) if p["points"] else None,
-                    box=np.array(p["box"], np.float32) if p["box"] else None,
-                    multimask_output=p["multimask"], return_logits=True)
+                masks, iou, _ = upstream_predict(pred, p)
                 ours = np.load(tmp_path / f"p{k}_masks.npy")
                 iou_err = max(iou_err, float(np.abs(np.load(tmp_path / f"p{k}_iou.npy") - iou).max()))
                 ious += mask_ious(ours, masks)
                 if base_emb is not None:  # upstream's decoder on the PyTorch bf16 embedding
                     features = pred.features
                     pred.features = base_emb
-                    base_masks, _, _ = pred.predict(
-                        point_coords=np.array(p["points"], np.float32) if p["points"] else None,
-                        point_labels=np.array(p["labels"]) if p["points"] else None,
-                        box=np.array(p["box"], np.float32) if p["box"] else None,
-                        multimask_output=p["multimask"], return_logits=True)
+                    base_masks, _, _ = upstream_predict(pred, p)
                     pred.features = features
                     base_ious += mask_ious(base_masks, masks)
                 if precision == "fp32":
