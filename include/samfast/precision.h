@@ -5,7 +5,7 @@
 
 namespace samfast {
 
-// Auto: bf16 on a GPU, fp32 on the CPU (which computes in fp32 only). FP16: GPU only. FP8: a GPU
+// Auto: bf16 on a GPU, fp32 on the CPU. BF16, FP16: GPU only. FP8: a GPU
 // with fp8 tensor cores (compute capability 8.9+): bf16, with the image encoder blocks' Linear
 // layers in fp8 E4M3, weights scaled per output channel and activations per token; not "no
 // accuracy loss": measured. INT8: the CPU only: fp32, with the image encoder blocks' Linear layers

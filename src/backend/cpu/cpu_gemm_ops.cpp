@@ -2,12 +2,11 @@
 #include <dnnl.h>
 
 #include <algorithm>
-#include <oneapi/dnnl/dnnl.hpp>
-#include <vector>
-
 #include <cmath>
 #include <cstring>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <string>
+#include <vector>
 
 #include "backend/cpu/cpu_ops.h"
 #include "samfast/error.h"
