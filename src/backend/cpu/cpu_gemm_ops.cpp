@@ -1,8 +1,10 @@
 // GEMM-shaped ops of the CPU backend: Linear, convolutions (im2col + GEMM), batched matmul.
 #include <dnnl.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
@@ -13,6 +15,37 @@
 
 namespace samfast {
 namespace cpu {
+namespace {
+
+// The threads of a GEMM called outside a parallel region: one count for the process
+// (OMP_NUM_THREADS as given, else every core), not the calling thread's OpenMP setting. oneDNN splits
+// a GEMM's K among its threads for some shapes, so its sums, and then a mask's boundary pixels, would
+// depend on which thread called: PyTorch sets the thread that imports it to one OpenMP thread, and a
+// server's worker thread and that thread gave different masks for one image.
+int gemm_threads() {
+  static const int n = [] {
+    const char* env = std::getenv("OMP_NUM_THREADS");
+    const int given = env ? std::atoi(env) : 0;  // ("4,2": the outer level's count)
+    return given > 0 ? given : omp_get_num_procs();
+  }();
+  return n;
+}
+
+// gemm_threads() for the calling thread while it lives (inside a parallel region oneDNN runs on the
+// calling thread alone, whatever the setting).
+struct GemmThreads {
+  const int caller = omp_get_max_threads(), threads = omp_in_parallel() ? caller : gemm_threads();
+  GemmThreads() {
+    if (threads != caller) omp_set_num_threads(threads);
+  }
+  ~GemmThreads() {
+    if (threads != caller) omp_set_num_threads(caller);
+  }
+  GemmThreads(const GemmThreads&) = delete;
+  GemmThreads& operator=(const GemmThreads&) = delete;
+};
+
+}  // namespace
 
 void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -21,7 +54,11 @@ void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const
   // 0.3.21 picks them from a table of CPU models and falls back to SSE3 on one it does not know (a
   // new CPU or a VM's generic model: 5-7x slower); and it threads on the OpenMP pool the rest of the
   // backend uses. Row-major, like cblas.
-  const dnnl_status_t status = dnnl_sgemm('N', b_transposed ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  dnnl_status_t status;
+  {
+    const GemmThreads fixed;
+    status = dnnl_sgemm('N', b_transposed ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
   if (status != dnnl_success)
     throw Error("CPU GEMM (" + std::to_string(M) + " x " + std::to_string(N) + " x " + std::to_string(K) +
                 ") failed in oneDNN: status " + std::to_string((int)status));
@@ -91,6 +128,7 @@ Tensor CpuOps::linear_int8(const Tensor& x, const Tensor& w, const Tensor* b, Ac
   try {
     const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, engine);
     float* w_scale = reinterpret_cast<float*>(w.ptr<char>() + cpu::int8_scale_offset(out, in));
+    const cpu::GemmThreads fixed;
     dnnl::matmul(pd).execute(stream, {{DNNL_ARG_SRC, memory(src, engine, xq.data())},
                                       {DNNL_ARG_WEIGHTS, memory(wei, engine, w.data)},
                                       {DNNL_ARG_DST, memory(dst, engine, y.data)},
