@@ -15,11 +15,11 @@ namespace {
 
 constexpr int64_t kQueryBlock = 128;
 
-// Runs fn(item) for item in [0, n) on OpenMP threads (a GEMM inside a parallel region runs on its
-// calling thread alone: oneDNN does not nest).
+// Runs fn(item) for item in [0, n) on cpu::threads() OpenMP threads (a GEMM inside a parallel region
+// runs on its calling thread alone: oneDNN does not nest).
 template <class Fn>
 void parallel_items(int64_t n, Fn&& fn) {
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for num_threads(cpu::threads()) schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) fn(i);
 }
 

@@ -15,14 +15,8 @@
 
 namespace samfast {
 namespace cpu {
-namespace {
 
-// The threads of a GEMM called outside a parallel region: one count for the process
-// (OMP_NUM_THREADS as given, else every core), not the calling thread's OpenMP setting. oneDNN splits
-// a GEMM's K among its threads for some shapes, so its sums, and then a mask's boundary pixels, would
-// depend on which thread called: PyTorch sets the thread that imports it to one OpenMP thread, and a
-// server's worker thread and that thread gave different masks for one image.
-int gemm_threads() {
+int threads() {
   static const int n = [] {
     const char* env = std::getenv("OMP_NUM_THREADS");
     const int given = env ? std::atoi(env) : 0;  // ("4,2": the outer level's count)
@@ -31,15 +25,17 @@ int gemm_threads() {
   return n;
 }
 
-// gemm_threads() for the calling thread while it lives (inside a parallel region oneDNN runs on the
+namespace {
+
+// threads() for the calling thread while it lives (inside a parallel region oneDNN runs on the
 // calling thread alone, whatever the setting).
 struct GemmThreads {
-  const int caller = omp_get_max_threads(), threads = omp_in_parallel() ? caller : gemm_threads();
+  const int caller = omp_get_max_threads(), n = omp_in_parallel() ? caller : threads();
   GemmThreads() {
-    if (threads != caller) omp_set_num_threads(threads);
+    if (n != caller) omp_set_num_threads(n);
   }
   ~GemmThreads() {
-    if (threads != caller) omp_set_num_threads(caller);
+    if (n != caller) omp_set_num_threads(caller);
   }
   GemmThreads(const GemmThreads&) = delete;
   GemmThreads& operator=(const GemmThreads&) = delete;

@@ -50,6 +50,13 @@ class CpuOps final : public Ops {
 };
 
 namespace cpu {
+// The backend's thread count, one for the process: OMP_NUM_THREADS as given, else every core; not the
+// calling thread's OpenMP setting. oneDNN splits a GEMM's K among its threads for some shapes, so its
+// sums, and then a mask's boundary pixels, would depend on which thread called: PyTorch sets the
+// thread that imports it to one OpenMP thread, and such a thread and a server's worker thread gave
+// different masks for one image. GEMMs outside a parallel region and the attention's parallel work
+// items run on this count.
+int threads();
 // C (M, N) = alpha * A (M, K) @ op(B) + beta * C, row-major; B is (N, K) when b_transposed.
 void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
