@@ -1,7 +1,8 @@
 """SamAutomaticMaskGenerator with upstream's options, defaults and records, over the library's
 MaskGenerator (the whole pipeline, crops and filters included, runs in C++)."""
 import os
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -75,20 +76,61 @@ class SamAutomaticMaskGenerator:
         array, or an RLE dict per output_mode), area, bbox (XYWH), predicted_iou, point_coords,
         stability_score and crop_box. progress, if given, is called with (crops done, crops) after
         each crop; Ctrl-C stops the image between crops."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"generate expects an (H, W, 3) uint8 image, got {image.shape} of {image.dtype}")
-        records, self.last_timings = self._generator().generate(np.ascontiguousarray(image), progress)
+        image = np.ascontiguousarray(self._checked(image))
+        records, self.last_timings = self._generator().generate(image, progress)
         return records
 
     def generate_many(self, images: Iterable[Any],
                       progress: Optional[Callable[[int, Any], None]] = None) -> Iterator[List[Dict[str, Any]]]:
         """Beyond upstream: records for each of many images (arrays, or paths to image files read as
-        RGB), yielded one image at a time so that a folder's masks are never all held at once.
+        RGB), yielded one image at a time so that a folder's masks are never all held at once. The
+        next image is read, resized and normalized on another thread while this one computes.
         progress, if given, is called with (index, image) before each image."""
-        for i, image in enumerate(images):
+        for i, (image, outcome) in enumerate(self.generate_each(images)):
             if progress is not None:
                 progress(i, image)
+            if isinstance(outcome, Exception):
+                raise outcome
+            yield outcome
+
+    def generate_each(self, images: Iterable[Any]) -> Iterator[Tuple[Any, Union[List[Dict[str, Any]], Exception]]]:
+        """Beyond upstream: (image, its records) for each of many images as generate_many makes them,
+        or (image, the exception) where one image fails (unreadable, too small for the crops asked
+        for, too large for the device's memory), so that a batch goes on past it. Ctrl-C and other interruptions are raised."""
+        generator = self._generator()
+        model = self.predictor.model._native_model()
+
+        def load(image):
             if isinstance(image, (str, os.PathLike)):
                 image = _samfast.read_image(os.fspath(image))
-            yield self.generate(image)
+            image = np.ascontiguousarray(self._checked(image))
+            return image, _samfast.prepare_image(model, image)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="samfast-prepare") as pool:
+            for image, loading in _one_ahead(pool, images, load):
+                try:
+                    pixels, prepared = loading.result()
+                    records, self.last_timings = generator.generate(pixels, None, prepared)
+                    yield image, records
+                except (RuntimeError, ValueError, OSError, MemoryError) as e:
+                    yield image, e
+
+    @staticmethod
+    def _checked(image) -> np.ndarray:
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"generate expects an (H, W, 3) uint8 image, got {image.shape} of {image.dtype}")
+        return image
+
+
+def _one_ahead(pool: Executor, items: Iterable[Any], work: Callable[[Any], Any]) -> Iterator[Tuple[Any, Future]]:
+    """(item, future of work(item)) for each item, with the next item's work already submitted to
+    pool when one is handed out."""
+    pending = None
+    for item in items:
+        future = pool.submit(work, item)
+        if pending is not None:
+            yield pending
+        pending = (item, future)
+    if pending is not None:
+        yield pending

@@ -521,8 +521,10 @@ NB_MODULE(_samfast, m) {
           GENERATOR_ARGS, "The constructor's checks of the options, without a model.")
       .def(
           "generate",
-          [](GeneratorHandle& g, ByteArray rgb, std::function<void(int, int)> progress) {
+          [](GeneratorHandle& g, ByteArray rgb, std::function<void(int, int)> progress, const EncoderInput* prepared) {
             Image img = image_from(rgb);
+            if (prepared && prepared->original_size != std::pair<int, int>{img.height, img.width})
+              throw InvalidArgument("generate: the prepared image is of another size than the image");
             // Between crops: the caller's progress, and Ctrl-C (a KeyboardInterrupt stops the image).
             auto between_crops = [&](int done, int total) {
               nb::gil_scoped_acquire gil;
@@ -533,7 +535,7 @@ NB_MODULE(_samfast, m) {
             GenerateTimings timings;
             {
               Computing c(*g.model);
-              records = g.generator.generate(img, &timings, nullptr, between_crops);
+              records = g.generator.generate(img, &timings, prepared, between_crops);
             }
             nb::list out;
             for (MaskRecord& r : records) out.append(record_dict(r, g.generator.options().output_mode));
@@ -543,8 +545,9 @@ NB_MODULE(_samfast, m) {
             t["candidates"] = timings.candidates;
             return nb::make_tuple(out, t);
           },
-          "image"_a, "progress"_a.none() = nb::none(),
-          "Records in upstream's order and form, and where the time went.");
+          "image"_a, "progress"_a.none() = nb::none(), "prepared"_a.none() = nb::none(),
+          "Records in upstream's order and form, and where the time went. prepared, if given, is "
+          "prepare_image of this image, made ahead (on another thread while the previous image computes).");
 
   // The C++ side of bench/python_overhead.py: the same call as predict / generate, repeated in a C++
   // loop, so that the Python layer's cost is measured against the library's in one process.

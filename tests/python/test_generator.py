@@ -156,3 +156,26 @@ def test_registry(samfast_pkg, tiny_checkpoint):
         sam.model_type
     with pytest.raises(FileNotFoundError):
         reg["vit_h"](checkpoint="/nonexistent/sam_vit_h_4b8939.pth")
+
+
+def test_generate_many_and_each(samfast_pkg, models, tmp_path):
+    """generate_many over paths and arrays (the next image prepared on another thread) gives
+    generate's records for each; generate_each reports a broken image and goes on past it."""
+    ours_model, _ = models
+    gen = samfast_pkg.SamAutomaticMaskGenerator(ours_model, output_mode="coco_rle", **SURVIVE)
+    names = ["dog.jpg", "groceries.jpg", "truck.jpg"]
+    one_by_one = [gen.generate(rgb(n)) for n in names]
+    assert all(len(r) > 0 for r in one_by_one)
+    seen = []
+    many = list(gen.generate_many([str(IMAGES / names[0]), rgb(names[1]), IMAGES / names[2]],
+                                  progress=lambda i, image: seen.append(i)))
+    assert many == one_by_one and seen == [0, 1, 2]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((IMAGES / "dog.jpg").read_bytes()[:4000])
+    each = list(gen.generate_each([str(broken), rgb(names[1]), np.zeros((5, 5), np.uint8), rgb(names[2])]))
+    assert [item for item, _ in each][0] == str(broken)
+    assert isinstance(each[0][1], RuntimeError) and "Premature end of JPEG" in str(each[0][1])
+    assert each[1][1] == one_by_one[1] and each[3][1] == one_by_one[2]
+    assert isinstance(each[2][1], ValueError) and "(H, W, 3) uint8" in str(each[2][1])
+    with pytest.raises(RuntimeError, match="Premature end"):
+        list(gen.generate_many([rgb(names[0]), str(broken)]))

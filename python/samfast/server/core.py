@@ -11,8 +11,6 @@ import concurrent.futures
 import contextlib
 import hashlib
 import math
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .. import _samfast
 from ..automatic_mask_generator import SamAutomaticMaskGenerator
+from ..decode import decode_image
 from .batcher import Batcher, Click
 from .cache import EmbeddingCache, Entry
 
@@ -246,15 +245,10 @@ class Core(Checks):
             raise HTTPException(413, f"image of {len(data)} bytes is past the limit of {self.config.max_upload_bytes}")
         if not data:
             raise HTTPException(422, "empty image")
-        # The library's decoder reads files (EXIF orientation, PNG checks, pixel limit before allocating).
-        with tempfile.TemporaryDirectory(prefix="samfast-upload-") as d:
-            path = os.path.join(d, "image")
-            with open(path, "wb") as f:
-                f.write(data)
-            try:
-                image = _samfast.read_image(path, exif_orientation)
-            except RuntimeError as e:
-                raise HTTPException(415, str(e).replace(path, "the upload")) from None
+        try:
+            image = decode_image(data, exif_orientation, "the upload")
+        except ValueError as e:
+            raise HTTPException(415, str(e)) from None
         self.check_pixels(image.shape[0], image.shape[1])
         return image
 
