@@ -85,6 +85,16 @@ assert m.version('label-studio') == '$LABEL_STUDIO'" 2>/dev/null; then
   build/labelstudio-venv/bin/pip install -q "label-studio==$LABEL_STUDIO"
 fi
 
+# Ray Data (tests/ray: samfast-dataset and samfast.ray on a local Ray) in a virtual environment of its
+# own: its pyarrow, pandas and numpy are newer than Debian's.
+RAY=2.60.0
+if ! build/ray-venv/bin/python -c "import importlib.metadata as m, pyarrow
+assert m.version('ray') == '$RAY'" 2>/dev/null; then
+  echo "setup: installing ray[data] $RAY into build/ray-venv"
+  /usr/bin/python3 -m venv --clear build/ray-venv
+  build/ray-venv/bin/pip install -q "ray[data]==$RAY"
+fi
+
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
 # The build tree's package for /usr/bin/python3 (as `pip install -e` would): a .pth file naming build/python.

@@ -1,0 +1,341 @@
+"""samfast-dataset: segment everything over many images with Ray Data, on this machine (a local Ray
+started here) or a Ray cluster (--address, or RAY_ADDRESS), with the same command.
+
+Output folder:
+  images/part-K.parquet  one row per image: image_id, path, error ("" when fine), width, height,
+                         num_masks, seconds (its time in the actor). An image listed here is done.
+  masks/part-K.parquet   one row per mask (--format parquet or both): image_id, mask_index,
+                         height, width, counts (COCO RLE), area, bbox, predicted_iou,
+                         stability_score, point_coords, crop_box (samfast.ray.mask_rows)
+  json/ID.json           the image's records (--format json or both), as
+                         `samfast everything --output-mode coco_rle` writes them
+  options.json           what the results were made with; a later run must ask for the same
+Each batch's files are written under temporary names and renamed into place, the images part last:
+a run that dies leaves whole batches, and the next run skips the images listed and redoes the rest.
+An image that cannot be read is an error row, never a failed job; a crashed actor is restarted by
+Ray and its batch run again, which rewrites the same files (named after the batch's images)."""
+import argparse
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Dict, Iterable, List, Optional
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".pgm", ".ppm", ".pnm"}  # (as the CLI's)
+TEMP_PREFIX = ".samfast-tmp-"
+LOCK_NAME = ".samfast-dataset.lock"
+GENERATOR_FLAGS = {  # samfast everything's (amg.py's) flags: name -> type
+    "points_per_side": int, "points_per_batch": int, "pred_iou_thresh": float, "stability_score_thresh": float,
+    "stability_score_offset": float, "box_nms_thresh": float, "crop_n_layers": int, "crop_nms_thresh": float,
+    "crop_overlap_ratio": float, "crop_n_points_downscale_factor": int, "min_mask_region_area": int,
+}
+GENERATOR_DEFAULTS = {"points_per_side": 32, "points_per_batch": 64, "pred_iou_thresh": 0.88,
+                      "stability_score_thresh": 0.95, "stability_score_offset": 1.0, "box_nms_thresh": 0.7,
+                      "crop_n_layers": 0, "crop_nms_thresh": 0.7, "crop_overlap_ratio": 512 / 1500,
+                      "crop_n_points_downscale_factor": 1, "min_mask_region_area": 0}
+
+
+class UsageError(Exception):
+    """A request refused before any work, with the reason for the user."""
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def output_name(path: str) -> str:
+    """An image's id from its file name, as `samfast everything` (amg.py) names its outputs."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def list_images(spec: str) -> List[str]:
+    """A folder's image files (by extension, not recursive), a glob's matches, or one file; sorted."""
+    if os.path.isdir(spec):
+        found = [os.path.join(spec, n) for n in os.listdir(spec)
+                 if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and not os.path.isdir(os.path.join(spec, n))]
+        if not found:
+            raise UsageError(f"--input {spec}: the folder holds no image files (.jpg, .png, ...)")
+    elif any(c in spec for c in "*?[") and not os.path.lexists(spec):
+        found = [p for p in glob.glob(spec) if not os.path.isdir(p)]
+        if not found:
+            raise UsageError(f"--input {spec}: no files match the pattern")
+    elif os.path.lexists(spec):
+        found = [spec]
+    else:
+        raise UsageError(f"--input {spec}: no such file or folder")
+    return sorted(found)
+
+
+def is_parquet(paths: List[str]) -> bool:
+    return all(p.endswith(".parquet") for p in paths)
+
+
+def unsafe_id(image_id: str, json_files: bool) -> str:
+    """Why image_id cannot name its outputs ("" if it can)."""
+    if not image_id:
+        return "its id is empty"
+    if json_files and (image_id in (".", "..") or "/" in image_id or "\0" in image_id or image_id.startswith(TEMP_PREFIX)):
+        return f"its id {image_id!r} cannot name a JSON file (rename it, or --format parquet)"
+    return ""
+
+
+def path_rows(paths: List[str], done: set, json_files: bool) -> List[Dict[str, str]]:
+    """The rows to compute: an id per file (an error where it cannot name outputs or is another
+    file's), images already done left out."""
+    rows, seen = [], {}
+    for p in paths:
+        image_id = output_name(p)
+        error = unsafe_id(image_id, json_files)
+        if not error and image_id in seen:
+            error = f"its id {image_id!r} is taken by {seen[image_id]} (rename one)"
+        seen.setdefault(image_id, p)
+        if image_id not in done:
+            rows.append({"image_id": image_id, "path": os.path.abspath(p), "error": error})
+    return rows
+
+
+# -- the output folder -----------------------------------------------------------------------------
+def part_name(image_ids: Iterable[str]) -> str:
+    """A batch's file name: the same for the same images, so a retried batch rewrites its files."""
+    h = hashlib.sha256()
+    for i in image_ids:
+        h.update(i.encode("utf-8", "surrogatepass") + b"\0")
+    return "part-" + h.hexdigest()[:24] + ".parquet"
+
+
+def write_atomically(path: str, write) -> None:
+    tmp = os.path.join(os.path.dirname(path), TEMP_PREFIX + f"{os.getpid()}-" + os.path.basename(path))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def write_results(batch, output: str, formats: List[str]):
+    """For map_batches(batch_format="pyarrow") after SegmentEverything (a CPU task): the batch's
+    masks Parquet part, JSON files and, last, its images part. Returns the images rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .ray import mask_rows
+    ids = batch.column("image_id").to_pylist()
+    name = part_name(ids)
+    if "parquet" in formats:
+        masks = mask_rows(batch)
+        write_atomically(os.path.join(output, "masks", name), lambda p: pq.write_table(masks, p))
+    if "json" in formats:
+        for image_id, error, records in zip(ids, batch.column("error").to_pylist(), batch.column("records").to_pylist()):
+            if not error:
+                def dump(p, records=records):
+                    with open(p, "w", encoding="utf-8") as f:
+                        f.write(records)
+                write_atomically(os.path.join(output, "json", image_id + ".json"), dump)
+    images = batch.drop_columns(["records"])
+    images = images.select([c for c in ("image_id", "path", "error", "width", "height", "num_masks", "seconds")
+                            if c in images.column_names])
+    write_atomically(os.path.join(output, "images", name), lambda p: pq.write_table(images, p))
+    return images.select(["image_id", "error", "num_masks"]).cast(
+        pa.schema([("image_id", pa.string()), ("error", pa.string()), ("num_masks", pa.int32())]))
+
+
+def _flat(options: Dict, prefix: str = "") -> Dict:
+    out = {}
+    for k, v in options.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+class OutputFolder:
+    """The output folder of one run at a time (a lock held while the run lasts)."""
+
+    def __init__(self, path: str, options: Dict):
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        for sub in ("images", "masks", "json"):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        self._lock = open(os.path.join(path, LOCK_NAME), "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"--output {path}: another samfast-dataset run is using it") from None
+        recorded = os.path.join(path, "options.json")
+        if os.path.exists(recorded):
+            with open(recorded) as f:
+                before = json.load(f)
+            if before != options:
+                was, now = _flat(before), _flat(options)
+                changed = [f"{k} {was.get(k, '(none)')} there, {now.get(k, '(none)')} now"
+                           for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+                raise UsageError(f"--output {path} holds results made with other options ({'; '.join(changed)}): "
+                                 "give those again, or a new --output")
+        else:
+            write_atomically(recorded, lambda p: open(p, "w").write(json.dumps(options, indent=1, sort_keys=True)))
+        self._clean()
+
+    def _clean(self):
+        """Removes what a dead run left: temporaries, and masks parts whose images part never landed."""
+        images = set(os.listdir(os.path.join(self.path, "images")))
+        for sub in ("images", "masks", "json"):
+            folder = os.path.join(self.path, sub)
+            for name in os.listdir(folder):
+                if name.startswith(TEMP_PREFIX) or (sub == "masks" and name not in images):
+                    os.unlink(os.path.join(folder, name))
+
+    def done(self) -> set:
+        """Ids of the images whose results are here (errors included)."""
+        import pyarrow.parquet as pq
+        folder = os.path.join(self.path, "images")
+        parts = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet"))
+        return set(pq.read_table(parts, columns=["image_id"]).column("image_id").to_pylist()) if parts else set()
+
+
+# -- the pipeline ----------------------------------------------------------------------------------
+def not_done(batch, done: set):
+    """For map_batches on a Parquet input: the rows whose image_id is not in done."""
+    import pyarrow.compute as pc
+    return batch.filter(pc.invert(pc.is_in(batch.column("image_id"), value_set=_string_array(done))))
+
+
+def _string_array(values):
+    import pyarrow as pa
+    return pa.array(sorted(values), type=pa.string())
+
+
+def parquet_images(batch):
+    """For map_batches(batch_format="pyarrow"): a Parquet input's rows as image_id, bytes, error."""
+    import pyarrow as pa
+    names = batch.column_names
+    if "bytes" in names or "image" in names:
+        data = batch.column("bytes" if "bytes" in names else "image")
+    else:
+        raise ValueError(f"the Parquet input has no 'bytes' (or 'image') column of image files; its columns: {names}")
+    if "image_id" in names or "id" in names:
+        ids = batch.column("image_id" if "image_id" in names else "id").cast(pa.string())
+    elif "path" in names:
+        ids = pa.array([output_name(p) for p in batch.column("path").to_pylist()], pa.string())
+    else:
+        raise ValueError(f"the Parquet input has no 'image_id' (or 'id', or 'path') column; its columns: {names}")
+    return pa.table({"image_id": ids, "bytes": data, "error": pa.array([""] * len(ids), pa.string())})
+
+
+def run(a) -> int:
+    import ray
+
+    from . import ray as samfast_ray
+    from .automatic_mask_generator import SamAutomaticMaskGenerator
+    from .build_sam import Sam
+
+    generator_options = {k: getattr(a, k) for k in GENERATOR_FLAGS}
+    SamAutomaticMaskGenerator(Sam(), **generator_options)  # refuses bad options now (no model is loaded)
+    if a.checkpoint and not os.path.isfile(a.checkpoint):
+        raise UsageError(f"checkpoint not found: {a.checkpoint}")
+    formats = ["parquet", "json"] if a.format == "both" else [a.format]
+    inputs = list_images(a.input)
+    parquet_input = is_parquet(inputs)
+    weights = ({"checkpoint": os.path.abspath(a.checkpoint), "size": os.path.getsize(a.checkpoint)} if a.checkpoint
+               else {"model": a.model, "seed": a.seed})
+    folder = OutputFolder(a.output, {"weights": weights, "precision": a.precision, "generator": generator_options})
+    done = folder.done()
+
+    address = a.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:  # a local Ray; the actors' cores are counted beside a core for decoding and writing at least
+        ray.init(num_cpus=max(os.cpu_count() or 1, a.cpu_actors * a.cpus_per_actor + 1), include_dashboard=False)
+    cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = a.gpus if a.gpus is not None else cluster_gpus
+    if gpus > cluster_gpus:  # (the actors would wait for GPUs forever)
+        raise UsageError(f"--gpus {gpus}: the Ray cluster has {cluster_gpus} GPU(s)")
+    actors = gpus if gpus > 0 else a.cpu_actors
+    where = f"{gpus} GPU actor(s)" if gpus > 0 else f"{actors} CPU actor(s) of {a.cpus_per_actor} core(s)"
+
+    if parquet_input:
+        ds = ray.data.read_parquet(inputs).map_batches(parquet_images, batch_format="pyarrow")
+        if done:
+            ds = ds.map_batches(not_done, batch_format="pyarrow", fn_kwargs={"done": done})
+        total, skipped = None, len(done)
+    else:
+        rows = path_rows(inputs, done, "json" in formats)
+        total, skipped = len(rows), len(inputs) - len(rows)
+        if not rows:
+            print(f"samfast-dataset: all {len(inputs)} images are done in {a.output}")
+            return 0
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // a.batch_size, 4096)))
+    print(f"samfast-dataset: {total if total is not None else 'the new'} images of {a.input} on {where}"
+          f" ({skipped} already done in {a.output})", file=sys.stderr)
+    ds = ds.map_batches(samfast_ray.decode_images, batch_size=a.batch_size)
+    ds = ds.map_batches(samfast_ray.SegmentEverything, batch_size=a.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=actors),
+                        fn_constructor_kwargs={"checkpoint": weights.get("checkpoint"), "model": a.model,
+                                               "device": "cuda" if gpus > 0 else "cpu",
+                                               "seed": a.seed, "precision": a.precision, **generator_options},
+                        **samfast_ray.default_actor_options(1 if gpus > 0 else 0, a.cpus_per_actor, a.max_restarts))
+    ds = ds.map_batches(write_results, batch_format="pyarrow", batch_size=None,
+                        fn_kwargs={"output": folder.path, "formats": formats})
+
+    start, images, failed, masks = time.perf_counter(), 0, 0, 0
+    first = None  # (when the first results landed: the rate after it leaves Ray's and the actors' start out)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        if first is None:
+            first, images_at_first = time.perf_counter(), batch.num_rows
+        for image_id, error, n in zip(*(batch.column(c).to_pylist() for c in ("image_id", "error", "num_masks"))):
+            images += 1
+            masks += n
+            if error:
+                failed += 1
+                print(f"samfast-dataset: {image_id}: FAILED: {error}", file=sys.stderr)
+    end = time.perf_counter()
+    rate = f"{images / (end - start):.2f} images/s"
+    if first is not None and end > first and images > images_at_first:
+        rate += f", {(images - images_at_first) / (end - first):.2f} after the first results (the last {end - first:.1f} s)"
+    print(f"samfast-dataset: {images - failed} done ({masks} masks), {skipped} skipped (already done), {failed} failed "
+          f"in {end - start:.1f} s ({rate}); {a.output}")
+    return 1 if failed else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="samfast-dataset", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("everything", help="segment everything on each image (SamAutomaticMaskGenerator)")
+    e.add_argument("--input", required=True,
+                   help="a folder of images, a glob (quote it), an image, or Parquet file(s) with an image_id (or id, "
+                        "or path) column and a bytes (or image) column of image files")
+    e.add_argument("--output", required=True, help="output folder (created if missing; a run resumes in it)")
+    e.add_argument("--format", choices=["parquet", "json", "both"], default="parquet",
+                   help="masks as Parquet rows, one JSON per image, or both (default parquet)")
+    e.add_argument("--checkpoint", help="SAM checkpoint (.pth or .safetensors); omitted: synthetic random weights")
+    e.add_argument("--model", default="vit_b", help="synthetic model without --checkpoint: vit_b, vit_l, vit_h, tiny")
+    e.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
+    e.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16, fp8 (GPU) or int8 (CPU)")
+    e.add_argument("--gpus", type=int, default=None,
+                   help="GPU actors, one GPU each (default: every GPU of the Ray cluster; 0: CPU actors)")
+    e.add_argument("--cpu-actors", type=int, default=1, help="actors without a GPU (when there are no GPUs)")
+    e.add_argument("--cpus-per-actor", type=int, default=1, help="cores each actor reserves (its threads on the CPU)")
+    e.add_argument("--batch-size", type=int, default=16,
+                   help="images in one actor call, the unit a crash redoes (each call costs ~40 ms beside the images)")
+    e.add_argument("--max-restarts", type=int, default=-1, help="restarts of a crashed actor (-1: no limit)")
+    e.add_argument("--address", help="a Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray started here)")
+    for name, kind in GENERATOR_FLAGS.items():
+        e.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=GENERATOR_DEFAULTS[name],
+                       help=f"SamAutomaticMaskGenerator's {name} (default {GENERATOR_DEFAULTS[name]:g})")
+    a = ap.parse_args(argv)
+    for flag in ("batch_size", "cpus_per_actor", "cpu_actors"):
+        if getattr(a, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} is 1 or more")
+    if a.gpus is not None and a.gpus < 0:
+        ap.error("--gpus is 0 or more")
+    try:
+        return run(a)
+    except UsageError as err:
+        print(f"samfast-dataset: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as err:  # (bad generator options, a checkpoint that does not load)
+        print(f"samfast-dataset: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
