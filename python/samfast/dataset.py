@@ -26,6 +26,9 @@ from typing import Dict, Iterable, List, Optional
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".pgm", ".ppm", ".pnm"}  # (as the CLI's)
 TEMP_PREFIX = ".samfast-tmp-"
+# Images a Parquet part holds: parts of a few images would make a million-image run a folder of
+# 10^5 small files; more images a part are more to redo after a crash (~10 s of one GPU at 256).
+WRITE_BATCH = 256
 LOCK_NAME = ".samfast-dataset.lock"
 GENERATOR_FLAGS = {  # samfast everything's (amg.py's) flags: name -> type
     "points_per_side": int, "points_per_batch": int, "pred_iou_thresh": float, "stability_score_thresh": float,
@@ -272,7 +275,7 @@ def run(a) -> int:
                                                "device": "cuda" if gpus > 0 else "cpu",
                                                "seed": a.seed, "precision": a.precision, **generator_options},
                         **samfast_ray.default_actor_options(1 if gpus > 0 else 0, a.cpus_per_actor, a.max_restarts))
-    ds = ds.map_batches(write_results, batch_format="pyarrow", batch_size=None,
+    ds = ds.map_batches(write_results, batch_format="pyarrow", batch_size=max(a.batch_size, WRITE_BATCH),
                         fn_kwargs={"output": folder.path, "formats": formats})
 
     start, images, failed, masks = time.perf_counter(), 0, 0, 0
