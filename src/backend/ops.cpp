@@ -15,4 +15,9 @@ Tensor Ops::upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1
   return bmm_nt(hyper, x.view({B, H * W, x.dim(3)})).view({B, hyper.dim(1), H, W});
 }
 
+Tensor Ops::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
+                              const Tensor* b, Act act) {
+  return linear(layer_norm(x, ln_w, ln_b, eps), w, b, act);
+}
+
 }  // namespace samfast

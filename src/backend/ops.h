@@ -31,6 +31,11 @@ class Ops {
   // act(LayerNorm over the last dim). LayerNorm2d over channels is this op on channel-last data.
   virtual Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
                             Act act = Act::None) = 0;
+  // linear(layer_norm(x, ln_w, ln_b, eps), w, b, act): the encoder blocks' norm1 -> qkv and norm2 ->
+  // lin1. This default composes the two; a backend may fuse them (the CUDA one does for fp8 weights:
+  // the LayerNorm writes the quantised rows and their scales that the fp8 GEMM reads).
+  virtual Tensor layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
+                                   const Tensor* b, Act act = Act::None);
   // Conv2d on channel-last x (B, H, W, Cin) with w (Cout, Cin, kh, kw) -> (B, Ho, Wo, Cout).
   virtual Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) = 0;
   // ConvTranspose2d with kernel 2, stride 2: x (B, H, W, Cin), w (Cin, Cout, 2, 2) -> (B, 2H, 2W, Cout).

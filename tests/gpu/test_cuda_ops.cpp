@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -509,6 +510,38 @@ TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
   }
   // Shapes cuBLASLt's fp8 kernels do not take stay bf16.
   EXPECT_EQ(gpu.prepare_bulk_linear(gpu.upload(rand({40, 24}, -1.f, 1.f))).dtype, DType::BF16);
+}
+
+// The fused LayerNorm -> fp8 rows gives the bits of layer_norm then linear, at the encoders' widths
+// (vit_b, vit_l, vit_h) and one the fused kernel does not take (the composition then).
+TEST(CudaFp8, LayerNormLinearEqualsLayerNormThenLinear) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
+  int dev = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (major * 10 + minor < 89) GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped";
+  CudaOps gpu(0, Precision::FP8);
+  Rng rng{78};
+  auto rand = [&](Shape s, float lo, float hi) {
+    Tensor t = Tensor::empty(std::move(s));
+    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16_round(rng.uniform(lo, hi));
+    return t;
+  };
+  for (const int64_t C : {768, 1024, 1280, 1552}) {
+    const int64_t rows = 2 * 7 * 13, out = 3 * 256;
+    Tensor x = rand({2, 7, 13, C}, -3.f, 5.f), lw = rand({C}, 0.5f, 1.5f), lb = rand({C}, -0.2f, 0.2f);
+    for (int64_t i = 0; i < C; ++i) x.data[5 * C + i] = 1.f;  // a constant row: all zeros after the norm
+    const Tensor w = gpu.prepare_bulk_linear(gpu.upload(rand({out, C}, -0.1f, 0.1f))), b = gpu.upload(rand({out}, -1.f, 1.f));
+    ASSERT_EQ(w.dtype, DType::F8E4M3);
+    const Tensor xg = gpu.upload(x), lwg = gpu.upload(lw), lbg = gpu.upload(lb);
+    for (const Act act : {Act::None, Act::GELU}) {
+      const Tensor fused = gpu.download(gpu.layer_norm_linear(xg, lwg, lbg, 1e-6f, w, &b, act));
+      const Tensor apart = gpu.download(gpu.linear(gpu.layer_norm(xg, lwg, lbg, 1e-6f, Act::None), w, &b, act, nullptr));
+      ASSERT_EQ(fused.shape, (Shape{2, 7, 13, out}));
+      EXPECT_EQ(std::memcmp(fused.data, apart.data, sizeof(float) * rows * out), 0) << "C " << C;
+    }
+  }
 }
 
 }  // namespace

@@ -99,6 +99,8 @@ class CudaOps final : public Ops {
   void reserve_weights(size_t bytes) override;
   Tensor upload_weight(const Tensor& host, bool bulk) override;
   Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) override;
+  Tensor layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
+                           const Tensor* b, Act act) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
   Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) override;
   Tensor add(const Tensor& a, const Tensor& b) override;
@@ -149,6 +151,10 @@ class CudaOps final : public Ops {
   // The next `bytes` of the weights' allocation as a tensor (from the pool where it is full).
   Tensor weight_slot(Shape shape, DType dtype, size_t bytes);
   Tensor quantize_fp8(const Tensor& w, Tensor q);  // into q (fp8_bytes(w) bytes)
+  // y = act(xq . w^T + b) + residual for rows quantised into xq (fp8 values, then their scales at
+  // fp8_scale_offset) and a prepare_bulk_linear weight w.
+  void gemm_fp8_rows(const Tensor& xq, int64_t rows, const Tensor& w, const Tensor* b, Act act, const Tensor* residual,
+                     Tensor& y);
 
   std::shared_ptr<CudaContext> ctx_;
   DType dt_;
@@ -180,6 +186,11 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
 // = amax / 448 (1 for a row of zeros). K: fp8_row_length_ok (a multiple of 16, at most 8192).
 bool fp8_row_length_ok(int64_t K);
 void quantize_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t rows, int64_t K, void* q, float* scale);
+// The same rows and scales for LayerNorm(x) (x, w, b bf16, rows of C, 16-byte aligned): the values
+// quantize_rows_fp8 gives for layer_norm's bf16 output, in one kernel. C: layer_norm_fp8_ok.
+bool layer_norm_fp8_ok(int64_t C);
+void layer_norm_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b,
+                         int64_t rows, int64_t C, float eps, void* q, float* scale);
 
 // y (rows, cols) = act(y + bias) + residual in place; bias (cols) and residual (rows, cols) optional.
 void bias_act_residual(CudaContext& ctx, DType dt, void* y, int64_t rows, int64_t cols, const void* bias, Act act,

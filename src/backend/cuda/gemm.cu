@@ -297,7 +297,91 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_rows_fp8_kernel(const 
   }
 }
 
+// The encoder's LayerNorm straight into the fp8 GEMM's input (norm1 -> qkv, norm2 -> lin1): a warp a
+// row, kNV 16-byte chunks a lane in registers, the mean and variance as elementwise.cu's vectorised
+// LayerNorm sums them, each value rounded to bf16 as that LayerNorm writes it, then the row's amax
+// and its fp8 values and scale as quantize_rows_fp8_kernel makes them from those bf16 values: the
+// same numbers as the two kernels, without writing the bf16 rows out and reading them back.
+template <int kNV>
+__global__ void __launch_bounds__(256) layer_norm_rows_fp8_kernel(const __nv_bfloat16* __restrict__ x,
+                                                                  const __nv_bfloat16* __restrict__ w,
+                                                                  const __nv_bfloat16* __restrict__ b, int64_t rows,
+                                                                  int C, float eps, __nv_fp8x4_e4m3* __restrict__ q,
+                                                                  float* __restrict__ scale) {
+  const int lane = threadIdx.x % 32, nvec = C / 8;
+  const int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const bool active = row < rows;  // inactive lanes still join the shuffles
+  float v[kNV][8];
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < kNV; ++j) {
+    const int c = lane + j * 32;
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (active && c < nvec) raw = reinterpret_cast<const uint4*>(x + row * C)[c];
+    const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[j][k] = __bfloat162float(e[k]), s += v[j][k];
+  }
+  for (int o = 16; o; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  const float mean = s / C;
+  float var = 0.f;
+#pragma unroll
+  for (int j = 0; j < kNV; ++j)
+    if (lane + j * 32 < nvec)
+#pragma unroll
+      for (int k = 0; k < 8; ++k) var += (v[j][k] - mean) * (v[j][k] - mean);
+  for (int o = 16; o; o /= 2) var += __shfl_xor_sync(0xffffffffu, var, o);
+  const float rstd = rsqrtf(var / C + eps);
+  float amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < kNV; ++j) {
+    const int c = lane + j * 32;
+    if (!active || c >= nvec) continue;
+    const uint4 rw = reinterpret_cast<const uint4*>(w)[c], rb = reinterpret_cast<const uint4*>(b)[c];
+    const __nv_bfloat16* ew = reinterpret_cast<const __nv_bfloat16*>(&rw);
+    const __nv_bfloat16* eb = reinterpret_cast<const __nv_bfloat16*>(&rb);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      v[j][k] = __bfloat162float(__float2bfloat16_rn((v[j][k] - mean) * rstd * __bfloat162float(ew[k]) + __bfloat162float(eb[k])));
+      amax = fmaxf(amax, fabsf(v[j][k]));
+    }
+  }
+  for (int o = 16; o; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (!active) return;
+  const float inv = amax > 0.f ? 448.f / amax : 1.f;
+  if (lane == 0) scale[row] = amax > 0.f ? amax / 448.f : 1.f;
+  uint2* dst = reinterpret_cast<uint2*>(q + row * (C / 4));
+#pragma unroll
+  for (int j = 0; j < kNV; ++j) {
+    const int c = lane + j * 32;
+    if (c >= nvec) continue;
+    const float* f = v[j];
+    const __nv_fp8x4_e4m3 lo(make_float4(f[0] * inv, f[1] * inv, f[2] * inv, f[3] * inv));
+    const __nv_fp8x4_e4m3 hi(make_float4(f[4] * inv, f[5] * inv, f[6] * inv, f[7] * inv));
+    dst[c] = make_uint2(lo.__x, hi.__x);
+  }
+}
+
 }  // namespace
+
+bool layer_norm_fp8_ok(int64_t C) { return fp8_row_length_ok(C) && C / 8 <= 32 * 6; }
+
+void layer_norm_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b,
+                         int64_t rows, int64_t C, float eps, void* q, float* scale) {
+  if (!layer_norm_fp8_ok(C)) throw Error("layer_norm_rows_fp8: row length " + std::to_string(C) + " is not supported");
+  if (rows == 0) return;
+  const int threads = 256;
+  const unsigned grid = static_cast<unsigned>((rows * 32 + threads - 1) / threads);
+  auto* qq = static_cast<__nv_fp8x4_e4m3*>(q);
+  switch ((C / 8 + 31) / 32) {
+#define SAMFAST_LN_FP8_CASE(N) \
+  case N: layer_norm_rows_fp8_kernel<N><<<grid, threads, 0, ctx.stream>>>(x, w, b, rows, (int)C, eps, qq, scale); break;
+    SAMFAST_LN_FP8_CASE(1) SAMFAST_LN_FP8_CASE(2) SAMFAST_LN_FP8_CASE(3) SAMFAST_LN_FP8_CASE(4)
+    SAMFAST_LN_FP8_CASE(5) SAMFAST_LN_FP8_CASE(6)
+#undef SAMFAST_LN_FP8_CASE
+  }
+  CUDA_LAUNCH_CHECK();
+}
 
 bool fp8_row_length_ok(int64_t K) { return K % 16 == 0 && K <= 8 * kQuantThreads * kQuantMaxChunks; }
 
@@ -598,17 +682,45 @@ Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act ac
   ys.back() = out;
   Tensor y = empty(ys);
   if (w.dtype == DType::F8E4M3) {  // the activations quantised per row, into a scratch buffer
-    const size_t at = fp8_scale_offset(rows, in);
-    Tensor xq = empty({static_cast<int64_t>(at + sizeof(float) * rows)}, DType::U8);
-    float* xs = reinterpret_cast<float*>(xq.ptr<char>() + at);
+    Tensor xq = empty({static_cast<int64_t>(fp8_bytes(rows, in))}, DType::U8);
+    float* xs = reinterpret_cast<float*>(xq.ptr<char>() + fp8_scale_offset(rows, in));
     cuda::quantize_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), rows, in, xq.data, xs);
-    cuda::gemm_fp8(*ctx_, rows, out, in, xq.data, xs, w.data,
-                   reinterpret_cast<const float*>(w.ptr<char>() + fp8_scale_offset(out, in)), y.data,
-                   b ? b->data : nullptr, act, residual ? residual->data : nullptr);
+    gemm_fp8_rows(xq, rows, w, b, act, residual, y);
     return y;
   }
   cuda::gemm(*ctx_, dt_, true, rows, out, in, x.data, in, w.data, in, y.data, out, b ? b->data : nullptr, act,
              residual ? residual->data : nullptr);
+  return y;
+}
+
+void CudaOps::gemm_fp8_rows(const Tensor& xq, int64_t rows, const Tensor& w, const Tensor* b, Act act,
+                            const Tensor* residual, Tensor& y) {
+  const int64_t in = w.dim(1), out = w.dim(0);
+  cuda::gemm_fp8(*ctx_, rows, out, in, xq.data, reinterpret_cast<const float*>(xq.ptr<char>() + fp8_scale_offset(rows, in)),
+                 w.data, reinterpret_cast<const float*>(w.ptr<char>() + fp8_scale_offset(out, in)), y.data,
+                 b ? b->data : nullptr, act, residual ? residual->data : nullptr);
+}
+
+Tensor CudaOps::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
+                                  const Tensor* b, Act act) {
+  const int64_t C = x.ndim() ? x.dim(-1) : 0;
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data) % 16 == 0; };
+  if (w.dtype != DType::F8E4M3 || !cuda::layer_norm_fp8_ok(C) || !aligned(x) || !aligned(ln_w) || !aligned(ln_b))
+    return Ops::layer_norm_linear(x, ln_w, ln_b, eps, w, b, act);
+  expect(x, "layer_norm_linear", "input");
+  expect(ln_w, "layer_norm_linear", "LayerNorm weight");
+  expect(ln_b, "layer_norm_linear", "LayerNorm bias");
+  if (b) expect(*b, "layer_norm_linear", "bias");
+  check_layer_norm(x, ln_w, ln_b);
+  check_linear(x, w, b, nullptr);
+  const int64_t rows = x.numel() / C;
+  Shape ys = x.shape;
+  ys.back() = w.dim(0);
+  Tensor y = empty(ys);
+  Tensor xq = empty({static_cast<int64_t>(fp8_bytes(rows, C))}, DType::U8);
+  cuda::layer_norm_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), rows, C,
+                            eps, xq.data, reinterpret_cast<float*>(xq.ptr<char>() + fp8_scale_offset(rows, C)));
+  gemm_fp8_rows(xq, rows, w, b, act, nullptr, y);
   return y;
 }
 
