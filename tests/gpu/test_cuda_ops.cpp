@@ -463,13 +463,18 @@ Tensor fp8_rows(const Tensor& x) {
   return y;
 }
 
-TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
+// Whether the GPU has fp8 tensor cores (compute capability 8.9 or later).
+bool fp8_tensor_cores() {
   int dev = 0, major = 0, minor = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  if (major * 10 + minor < 89) {
+  return major * 10 + minor >= 89;
+}
+
+TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
+  if (!fp8_tensor_cores()) {
     EXPECT_THROW(CudaOps(0, Precision::FP8), Error);
     GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped (the backend refuses fp8, checked)";
   }
@@ -516,11 +521,7 @@ TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
 // (vit_b, vit_l, vit_h) and one the fused kernel does not take (the composition then).
 TEST(CudaFp8, LayerNormLinearEqualsLayerNormThenLinear) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
-  int dev = 0, major = 0, minor = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  if (major * 10 + minor < 89) GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped";
+  if (!fp8_tensor_cores()) GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped";
   CudaOps gpu(0, Precision::FP8);
   Rng rng{78};
   auto rand = [&](Shape s, float lo, float hi) {
