@@ -1,7 +1,7 @@
 """Segment everything over one folder through `samfast everything` (the CLI: one process per GPU,
 each on its share of the folder, CUDA_VISIBLE_DEVICES) and through `samfast-dataset everything`
 (Ray Data, one GPU actor per GPU), one after the other on the same machine, for each GPU count asked:
-images per second end to end and after the first results (model loads and Ray's start left out),
+images per second end to end and from the first image done to the last (model loads and Ray's start left out),
 the scaling against N times the one-GPU rate, and over that span each GPU's busy fraction and
 memory peak (nvidia-smi every 100 ms) and the host's CPU load (/proc/stat). One JSON line per run.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 SIZES = [(1800, 1200), (1500, 1000), (1024, 768), (2048, 1365), (1200, 1800), (1280, 720)]
 CLI_RESULT = r"\] img\d+\.jpg: \d+ masks in"
-RAY_SUMMARY = r"([\d.]+) after the first results \(the last ([\d.]+) s\)"
+RAY_SUMMARY = r"([\d.]+) from the first image done to the last \(([\d.]+) s\)"
 
 
 def make_one(args):

@@ -3,7 +3,8 @@ started here) or a Ray cluster (--address, or RAY_ADDRESS), with the same comman
 
 Output folder:
   images/part-K.parquet  one row per image: image_id, path, error ("" when fine), width, height,
-                         num_masks, seconds (its time in the actor). An image listed here is done.
+                         num_masks, seconds (its time in the actor), finished (when, Unix time).
+                         An image listed here is done.
   masks/part-K.parquet   one row per mask (--format parquet or both): image_id, mask_index,
                          height, width, counts (COCO RLE), area, bbox, predicted_iou,
                          stability_score, point_coords, crop_box (samfast.ray.mask_rows)
@@ -136,11 +137,12 @@ def write_results(batch, output: str, formats: List[str]):
                         f.write(records)
                 write_atomically(os.path.join(output, "json", image_id + ".json"), dump)
     images = batch.drop_columns(["records"])
-    images = images.select([c for c in ("image_id", "path", "error", "width", "height", "num_masks", "seconds")
-                            if c in images.column_names])
+    images = images.select([c for c in ("image_id", "path", "error", "width", "height", "num_masks", "seconds",
+                                        "finished") if c in images.column_names])
     write_atomically(os.path.join(output, "images", name), lambda p: pq.write_table(images, p))
-    return images.select(["image_id", "error", "num_masks"]).cast(
-        pa.schema([("image_id", pa.string()), ("error", pa.string()), ("num_masks", pa.int32())]))
+    return images.select(["image_id", "error", "num_masks", "finished"]).cast(
+        pa.schema([("image_id", pa.string()), ("error", pa.string()), ("num_masks", pa.int32()),
+                   ("finished", pa.float64())]))
 
 
 def _flat(options: Dict, prefix: str = "") -> Dict:
@@ -279,10 +281,10 @@ def run(a) -> int:
                         fn_kwargs={"output": folder.path, "formats": formats})
 
     start, images, failed, masks = time.perf_counter(), 0, 0, 0
-    first = None  # (when the first results landed: the rate after it leaves Ray's and the actors' start out)
+    finished = []  # (when the actors finished each image: the rate between the first and the last leaves
+    #                 Ray's start, the model loads and the batching of the writes out)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        if first is None:
-            first, images_at_first = time.perf_counter(), batch.num_rows
+        finished += [t for t in batch.column("finished").to_pylist() if t]
         for image_id, error, n in zip(*(batch.column(c).to_pylist() for c in ("image_id", "error", "num_masks"))):
             images += 1
             masks += n
@@ -291,8 +293,9 @@ def run(a) -> int:
                 print(f"samfast-dataset: {image_id}: FAILED: {error}", file=sys.stderr)
     end = time.perf_counter()
     rate = f"{images / (end - start):.2f} images/s"
-    if first is not None and end > first and images > images_at_first:
-        rate += f", {(images - images_at_first) / (end - first):.2f} after the first results (the last {end - first:.1f} s)"
+    if len(finished) > 1 and max(finished) > min(finished):
+        span = max(finished) - min(finished)
+        rate += f", {(len(finished) - 1) / span:.2f} from the first image done to the last ({span:.1f} s)"
     print(f"samfast-dataset: {images - failed} done ({masks} masks), {skipped} skipped (already done), {failed} failed "
           f"in {end - start:.1f} s ({rate}); {a.output}")
     return 1 if failed else 0

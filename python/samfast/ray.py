@@ -84,7 +84,8 @@ def make_model(checkpoint: Optional[str] = None, model: str = "vit_b", device: s
 class SegmentEverything:
     """For map_batches with an actor pool: segment everything (SamAutomaticMaskGenerator, any of
     its options) on each row's "image". One row per image out: "error" ("" or why the image has no
-    result), "width", "height", "num_masks", "seconds" (the image's time in the actor) and
+    result), "width", "height", "num_masks", "seconds" (the image's time in the actor), "finished"
+    (when it was done: Unix time, 0 for a row that came with an error) and
     "records": the image's masks as upstream's coco_rle records in JSON, exactly what
     `samfast everything --output-mode coco_rle` writes for it. Other columns pass on, "image" is
     dropped. The next image is resized and normalized on another thread while one computes."""
@@ -100,7 +101,7 @@ class SegmentEverything:
         errors = [str(e) for e in batch["error"]] if "error" in batch else [""] * n
         images = batch["image"]
         width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
-        num_masks, seconds = np.zeros(n, np.int32), np.zeros(n, np.float64)
+        num_masks, seconds, finished = np.zeros(n, np.int32), np.zeros(n, np.float64), np.zeros(n, np.float64)
         records = [""] * n
         todo = [i for i in range(n) if not errors[i]]
         start = time.perf_counter()
@@ -112,10 +113,10 @@ class SegmentEverything:
                 num_masks[i] = len(outcome)
                 records[i] = json.dumps(outcome, separators=(",", ":"))
             now = time.perf_counter()
-            seconds[i], start = now - start, now
+            seconds[i], start, finished[i] = now - start, now, time.time()
         out = {k: v for k, v in batch.items() if k not in ("image", "error")}
         out.update(error=_strings(errors), width=width, height=height, num_masks=num_masks, seconds=seconds,
-                   records=_strings(records))
+                   finished=finished, records=_strings(records))
         return out
 
 
