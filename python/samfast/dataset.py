@@ -21,6 +21,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from typing import Dict, Iterable, List, Optional
@@ -31,6 +32,7 @@ TEMP_PREFIX = ".samfast-tmp-"
 # 10^5 small files; more images a part are more to redo after a crash (~10 s of one GPU at 256).
 WRITE_BATCH = 256
 LOCK_NAME = ".samfast-dataset.lock"
+SUBFOLDERS = ("images", "masks", "json")
 GENERATOR_FLAGS = {  # samfast everything's (amg.py's) flags: name -> type
     "points_per_side": int, "points_per_batch": int, "pred_iou_thresh": float, "stability_score_thresh": float,
     "stability_score_offset": float, "box_nms_thresh": float, "crop_n_layers": int, "crop_nms_thresh": float,
@@ -99,6 +101,9 @@ def path_rows(paths: List[str], done: set, json_files: bool) -> List[Dict[str, s
 
 
 # -- the output folder -----------------------------------------------------------------------------
+PART = re.compile(r"part-[0-9a-f]{24}\.parquet")
+
+
 def part_name(image_ids: Iterable[str]) -> str:
     """A batch's file name: the same for the same images, so a retried batch rewrites its files."""
     h = hashlib.sha256()
@@ -152,20 +157,29 @@ def _flat(options: Dict, prefix: str = "") -> Dict:
     return out
 
 
+def write_json(path: str, value) -> None:
+    def dump(p):
+        with open(p, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1, sort_keys=True)
+    write_atomically(path, dump)
+
+
 class OutputFolder:
-    """The output folder of one run at a time (a lock held while the run lasts)."""
+    """The output folder of one run at a time (a lock held while the run lasts). samfast-dataset
+    writes only its own files there and removes only its own (parts, temporaries); a folder that
+    holds something else is refused."""
 
     def __init__(self, path: str, options: Dict):
         self.path = path
-        os.makedirs(path, exist_ok=True)
-        for sub in ("images", "masks", "json"):
+        recorded = os.path.join(path, "options.json")
+        self._refuse_foreign(path, recorded)
+        for sub in SUBFOLDERS:
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         self._lock = open(os.path.join(path, LOCK_NAME), "a")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(f"--output {path}: another samfast-dataset run is using it") from None
-        recorded = os.path.join(path, "options.json")
         if os.path.exists(recorded):
             with open(recorded) as f:
                 before = json.load(f)
@@ -176,23 +190,47 @@ class OutputFolder:
                 raise UsageError(f"--output {path} holds results made with other options ({'; '.join(changed)}): "
                                  "give those again, or a new --output")
         else:
-            write_atomically(recorded, lambda p: open(p, "w").write(json.dumps(options, indent=1, sort_keys=True)))
+            write_json(recorded, options)
         self._clean()
 
+    @staticmethod
+    def _refuse_foreign(path: str, recorded: str):
+        """Refuses an output that samfast-dataset did not make: a file, a folder with something in
+        it but no options.json (beyond what a run that died before writing it leaves: the lock and
+        empty subfolders), subfolders that are links or files."""
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise UsageError(f"--output {path} exists and is not a folder")
+        if not os.path.isdir(path):
+            return
+
+        def left_by_us(name):
+            p = os.path.join(path, name)
+            return name == LOCK_NAME or name in SUBFOLDERS and os.path.isdir(p) and not os.path.islink(p) and \
+                not os.listdir(p)
+        if not os.path.isfile(recorded) and not all(map(left_by_us, os.listdir(path))):
+            raise UsageError(f"--output {path} holds files that are not samfast-dataset's (it has no options.json): "
+                             "give a new or empty folder")
+        for sub in SUBFOLDERS:
+            p = os.path.join(path, sub)
+            if os.path.islink(p) or os.path.lexists(p) and not os.path.isdir(p):
+                raise UsageError(f"--output {path}: {sub} is not a folder of samfast-dataset's (a link or a file)")
+
     def _clean(self):
-        """Removes what a dead run left: temporaries, and masks parts whose images part never landed."""
+        """Removes what a dead run left: its temporaries, and masks parts whose images part never
+        landed. Nothing else is touched."""
         images = set(os.listdir(os.path.join(self.path, "images")))
-        for sub in ("images", "masks", "json"):
+        for sub in SUBFOLDERS:
             folder = os.path.join(self.path, sub)
             for name in os.listdir(folder):
-                if name.startswith(TEMP_PREFIX) or (sub == "masks" and name not in images):
+                ours = name.startswith(TEMP_PREFIX) or (sub == "masks" and PART.fullmatch(name) and name not in images)
+                if ours and os.path.isfile(os.path.join(folder, name)) and not os.path.islink(os.path.join(folder, name)):
                     os.unlink(os.path.join(folder, name))
 
     def done(self) -> set:
         """Ids of the images whose results are here (errors included)."""
         import pyarrow.parquet as pq
         folder = os.path.join(self.path, "images")
-        parts = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet"))
+        parts = sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART.fullmatch(n))
         return set(pq.read_table(parts, columns=["image_id"]).column("image_id").to_pylist()) if parts else set()
 
 

@@ -124,10 +124,13 @@ def test_everything_crash_resume(ray_python, samfast_pkg, tiny_checkpoint, image
     (out / "json" / "dog.json").unlink()
     for sub in ("masks", "json", "images"):
         (out / sub / ".samfast-tmp-123-x").write_text("partial")
+    (out / "masks" / "notes.txt").write_text("the user's")  # (not samfast-dataset's: left alone)
     r = run_dataset(ray_python, samfast_pkg, *args)
     failing = len(set(redo) & {"broken", "notes"})
     assert r.returncode == (1 if failing else 0), r.stdout + r.stderr
     assert f"{len(redo) - failing} done" in r.stdout and f"{5 - len(redo)} skipped" in r.stdout, r.stdout
+    assert (out / "masks" / "notes.txt").read_text() == "the user's"
+    (out / "masks" / "notes.txt").unlink()
     check_output(ray_python, samfast_pkg, out, cli_results)
     assert not list(out.glob("*/.samfast-tmp-*"))
 
@@ -164,6 +167,12 @@ def test_refusals(ray_python, samfast_pkg, tiny_checkpoint, images, tmp_path):
     assert r.returncode == 2 and "checkpoint not found" in r.stderr, r.stderr
     r = run_dataset(ray_python, samfast_pkg, "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o4"))
     assert r.returncode == 2 and "no such file or folder" in r.stderr, r.stderr
+    theirs = tmp_path / "theirs"  # a folder of the user's: refused, and nothing in it touched
+    (theirs / "masks").mkdir(parents=True)
+    (theirs / "masks" / "keep.png").write_bytes(b"png")
+    r = run_dataset(ray_python, samfast_pkg, "--input", str(images), "--output", str(theirs))
+    assert r.returncode == 2 and "not samfast-dataset's" in r.stderr, r.stderr
+    assert sorted(p.name for p in theirs.rglob("*")) == ["keep.png", "masks"]
 
 
 def test_parquet_input(ray_python, samfast_pkg, tiny_checkpoint, cli_results, tmp_path):
