@@ -96,7 +96,8 @@ class SamAutomaticMaskGenerator:
     def generate_each(self, images: Iterable[Any]) -> Iterator[Tuple[Any, Union[List[Dict[str, Any]], Exception]]]:
         """Beyond upstream: (image, its records) for each of many images as generate_many makes them,
         or (image, the exception) where one image fails (unreadable, too small for the crops asked
-        for, too large for the device's memory), so that a batch goes on past it. Ctrl-C and other interruptions are raised."""
+        for, too large for the device's memory), so that a batch goes on past it. Ctrl-C and other
+        interruptions are raised."""
         generator = self._generator()
         model = self.predictor.model._native_model()
 
