@@ -137,10 +137,7 @@ def write_results(batch, output: str, formats: List[str]):
     if "json" in formats:
         for image_id, error, records in zip(ids, batch.column("error").to_pylist(), batch.column("records").to_pylist()):
             if not error:
-                def dump(p, records=records):
-                    with open(p, "w", encoding="utf-8") as f:
-                        f.write(records)
-                write_atomically(os.path.join(output, "json", image_id + ".json"), dump)
+                write_text(os.path.join(output, "json", image_id + ".json"), records)
     images = batch.drop_columns(["records"])
     images = images.select([c for c in ("image_id", "path", "error", "width", "height", "num_masks", "seconds",
                                         "finished") if c in images.column_names])
@@ -157,11 +154,11 @@ def _flat(options: Dict, prefix: str = "") -> Dict:
     return out
 
 
-def write_json(path: str, value) -> None:
-    def dump(p):
+def write_text(path: str, text: str) -> None:
+    def write(p):
         with open(p, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=1, sort_keys=True)
-    write_atomically(path, dump)
+            f.write(text)
+    write_atomically(path, write)
 
 
 class OutputFolder:
@@ -190,7 +187,7 @@ class OutputFolder:
                 raise UsageError(f"--output {path} holds results made with other options ({'; '.join(changed)}): "
                                  "give those again, or a new --output")
         else:
-            write_json(recorded, options)
+            write_text(recorded, json.dumps(options, indent=1, sort_keys=True))
         self._clean()
 
     @staticmethod
@@ -319,21 +316,23 @@ def run(a) -> int:
                         fn_kwargs={"output": folder.path, "formats": formats})
 
     start, images, failed, masks = time.perf_counter(), 0, 0, 0
-    finished = []  # (when the actors finished each image: the rate between the first and the last leaves
-    #                 Ray's start, the model loads and the batching of the writes out)
+    # When the actors finished the images (first, last, how many): the rate between the first and the
+    # last leaves Ray's start, the model loads and the batching of the writes out.
+    first, last, timed = float("inf"), 0.0, 0
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        finished += [t for t in batch.column("finished").to_pylist() if t]
-        for image_id, error, n in zip(*(batch.column(c).to_pylist() for c in ("image_id", "error", "num_masks"))):
+        for image_id, error, n, t in zip(*(batch.column(c).to_pylist()
+                                           for c in ("image_id", "error", "num_masks", "finished"))):
             images += 1
             masks += n
+            if t:
+                first, last, timed = min(first, t), max(last, t), timed + 1
             if error:
                 failed += 1
                 print(f"samfast-dataset: {image_id}: FAILED: {error}", file=sys.stderr)
     end = time.perf_counter()
     rate = f"{images / (end - start):.2f} images/s"
-    if len(finished) > 1 and max(finished) > min(finished):
-        span = max(finished) - min(finished)
-        rate += f", {(len(finished) - 1) / span:.2f} from the first image done to the last ({span:.1f} s)"
+    if timed > 1 and last > first:
+        rate += f", {(timed - 1) / (last - first):.2f} from the first image done to the last ({last - first:.1f} s)"
     print(f"samfast-dataset: {images - failed} done ({masks} masks), {skipped} skipped (already done), {failed} failed "
           f"in {end - start:.1f} s ({rate}); {a.output}")
     return 1 if failed else 0

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from . import _samfast
 from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .build_sam import Sam, load, synthetic
 from .decode import decode_image
@@ -57,7 +58,7 @@ def decode_images(batch: Batch, exif_orientation: bool = True) -> Batch:
                 if "bytes" in batch:
                     image = decode_image(bytes(batch["bytes"][i]), exif_orientation, f"image {batch['image_id'][i]}")
                 else:
-                    image = _read(str(batch["path"][i]), exif_orientation)
+                    image = _samfast.read_image(str(batch["path"][i]), exif_orientation)
             except (ValueError, OSError, RuntimeError) as e:
                 error = str(e) or type(e).__name__
         images.append(image)
@@ -65,11 +66,6 @@ def decode_images(batch: Batch, exif_orientation: bool = True) -> Batch:
     out = {k: v for k, v in batch.items() if k != "bytes"}
     out["image"], out["error"] = _images(images), _strings(errors)
     return out
-
-
-def _read(path: str, exif_orientation: bool) -> np.ndarray:
-    from . import _samfast
-    return _samfast.read_image(path, exif_orientation)
 
 
 def make_model(checkpoint: Optional[str] = None, model: str = "vit_b", device: str = "auto",
@@ -150,7 +146,6 @@ class SegmentPrompts:
                    boxes[p] if boxes is not None else None)
 
     def __call__(self, batch: Batch) -> Batch:
-        from . import _samfast
         n = len(batch["image_id"])
         errors = [str(e) for e in batch["error"]] if "error" in batch else [""] * n
         width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
