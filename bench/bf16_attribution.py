@@ -2,7 +2,8 @@
 upscaling to the image size. On one synthetic checkpoint (same weights in both), per image and
 prompt (three points, multimask), each variant's masks against upstream fp32 on the GPU:
 
-  samfast bf16                      the whole path in bf16
+  samfast bf16                      the encoder in bf16, the decoder in fp16 (the default)
+  samfast bf16, bf16 decoder        the whole path in bf16 (--decoder-precision bf16)
   upstream decoder, samfast emb     samfast's bf16 embedding through upstream's fp32 decoder
   samfast low-res, upstream resize  samfast bf16's low-res logits resized by upstream (fp32)
   upstream bf16 decoder             upstream fp32 embedding, decoder under torch.autocast(bf16)
@@ -109,12 +110,14 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "w.pth")
         torch.save(state, path)
-        ours = samfast.SamPredictor(samfast.load(path, device=a.device,
-                                                 precision="bf16" if a.device == "cuda" else "fp32"))
+        gpu = a.device == "cuda"
+        ours = samfast.SamPredictor(samfast.load(path, device=a.device, precision="bf16" if gpu else "fp32"))
+        ours_bf16 = samfast.SamPredictor(samfast.load(path, device=a.device, precision="bf16" if gpu else "fp32",
+                                                      decoder_precision="bf16" if gpu else "fp32"))
     up = sam_model_registry[a.model]()
     up.load_state_dict(state)
     theirs = SamPredictor(up.to(a.device).eval())
-    variants = ["samfast bf16", "upstream decoder, samfast emb", "samfast low-res, upstream resize",
+    variants = ["samfast bf16", "samfast bf16, bf16 decoder", "upstream decoder, samfast emb", "samfast low-res, upstream resize",
                 "upstream bf16 decoder", "upstream bf16 encoder", "upstream tf32 decoder"] + \
         [f"upstream bf16 decoder, {v}" for v in DECODER_VARIANTS]
     ious = {v: {} for v in variants}
@@ -122,6 +125,7 @@ def main():
     for name, image in list(images(a.images).items())[:a.limit or None]:
         h, w = image.shape[:2]
         ours.set_image(image)
+        ours_bf16.set_image(image)
         theirs.set_image(image)
         fp32_emb = theirs.features.clone()
         e = ours.get_image_embedding()
@@ -138,6 +142,7 @@ def main():
             want, _, _ = theirs.predict(**kw)
             got = {}
             got["samfast bf16"], _, low = ours.predict(**kw)
+            got["samfast bf16, bf16 decoder"] = ours_bf16.predict(**kw)[0]
             theirs.features = our_emb
             got["upstream decoder, samfast emb"] = theirs.predict(**kw)[0]
             low_t = torch.as_tensor(np.asarray(low), dtype=torch.float32).to(a.device)

@@ -3,7 +3,7 @@
 # makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [generic] [sanitize] [parity] [bench] [anchors] [compiled] [amg] [trace] [profile]
+#   bench/gpu/run.sh [tests] [generic] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [profile]
 #   (default: tests parity bench anchors; with bench and anchors (or compiled), ratios.py prints the multiples)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step.
 set -uo pipefail
@@ -62,6 +62,14 @@ if [[ " $steps " == *" bench "* ]]; then
     .devbin/samfast bench --model "$m" --device cuda --precision bf16 --batch 1 --prompts 16 --runs 10 \
       --image /tmp/photo.png 2>/dev/null | tail -1 | tee -a "$OUT/samfast_bench.jsonl"
   done
+fi
+if [[ " $steps " == *" decoder "* ]]; then
+  # The decoder's precision beside a bf16 (and fp8) image encoder: the default (fp16) against bf16,
+  # two interleaved rounds.
+  for round in 1 2; do for m in vit_b vit_h; do for p in bf16 fp8; do for d in auto bf16; do
+    .devbin/samfast bench --model "$m" --device cuda --precision "$p" --decoder-precision "$d" --batch 8 --prompts 16 \
+      --runs 5 2>/dev/null | tail -1 | tee -a "$OUT/decoder_bench.jsonl"
+  done; done; done; done
 fi
 if [[ " $steps " == *" anchors "* ]]; then
   for m in vit_b vit_h; do

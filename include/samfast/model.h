@@ -19,6 +19,10 @@ class Ops;
 struct ModelOptions {
   std::string device = "auto";  // auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
   Precision precision = Precision::Auto;  // see samfast/precision.h
+  // The prompt encoder's and mask decoder's number format on a GPU: Auto, FP32, BF16 or FP16. Auto
+  // is FP16 beside a BF16 or FP8 image encoder (bf16's 8-bit significand in the decoder costs the
+  // masks ~0.4 points of IoU against fp32, fp16 runs at the same speed), else the encoder's.
+  Precision decoder_precision = Precision::Auto;
   // On a GPU, record the image encoder and the mask decoder as CUDA graphs (per batch and prompt
   // shape, at their second run) and replay them; false runs every kernel launch from the host.
   bool cuda_graphs = true;
@@ -60,6 +64,7 @@ class Model {
   const SamConfig& config() const { return cfg_; }
   const std::string& device() const { return device_; }        // "cpu" or "cuda:0 (NVIDIA H100 ...)"
   Precision precision() const { return precision_; }  // what Auto became: FP32 on the CPU, BF16 on a GPU
+  Precision decoder_precision() const { return decoder_precision_; }  // never Auto
   // Non-empty when the backend differs from what was asked, e.g. "no CUDA GPU found: running on the CPU".
   const std::string& backend_note() const { return backend_note_; }
   int64_t parameter_count() const;
@@ -79,8 +84,10 @@ class Model {
                            bool binarize, bool to_host = true) const;
   // A backend tensor as a host fp32 tensor (uint8 masks stay uint8).
   Tensor download(const Tensor& x) const;
-  // A host tensor in backend memory, e.g. a batch of images for encode_image placed there before a timing.
+  // A host tensor in backend memory (the decoder's), e.g. an image embedding.
   Tensor upload(const Tensor& host) const;
+  // A batch of images for encode_image in the image encoder's memory, e.g. placed there before a timing.
+  Tensor upload_images(const Tensor& host) const;
   // Waits for the backend's queued work (GPU work is asynchronous; downloads wait by themselves).
   void synchronize() const;
   // Peak device memory held by the backend so far (0 on the CPU).
@@ -108,7 +115,8 @@ class Model {
   // all name one image decode as with that image's embedding alone.
   DecoderOutput decode_masks(const Tensor& embeddings, const std::vector<int64_t>& image_of_prompt,
                              const PromptEmbeddings& prompts, bool multimask_output) const;
-  // The backend the model runs on (for pipeline code that needs ops beyond the model's own).
+  // The backend the prompt encoder, the mask decoder and post-processing run on, and where image
+  // embeddings live (for pipeline code that needs ops beyond the model's own).
   Ops& backend() const { return *ops_; }
 
  private:
@@ -129,9 +137,10 @@ class Model {
   SamConfig cfg_;
   std::vector<std::pair<std::string, Tensor>> tensors_;
   std::map<std::string, Tensor> host_by_name_, by_name_;
-  std::shared_ptr<Ops> ops_;
+  std::shared_ptr<Ops> ops_;      // prompt encoder, mask decoder, post-processing
+  std::shared_ptr<Ops> enc_ops_;  // image encoder: ops_, or a sibling in another precision
   std::string device_, backend_note_;
-  Precision precision_ = Precision::FP32;
+  Precision precision_ = Precision::FP32, decoder_precision_ = Precision::FP32;
   Tensor dense_pe_host_, dense_pe_;
 };
 

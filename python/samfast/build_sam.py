@@ -15,13 +15,15 @@ from ._torch import host_float32, torch_or_none
 class Sam:
     """A SAM model. The weights are loaded on first use (so that .to(device) or load_state_dict
     right after building costs no second load) onto `device` ("auto": a CUDA GPU when there is one,
-    else the CPU) in `precision` ("auto": bf16 on a GPU, fp32 on the CPU; or fp32, bf16, fp16, fp8 on a GPU, int8 on the CPU)."""
+    else the CPU) in `precision` ("auto": bf16 on a GPU, fp32 on the CPU; or fp32, bf16, fp16, fp8 on a GPU, int8 on the CPU),
+    the prompt encoder and mask decoder in `decoder_precision` ("auto": fp16 beside bf16 or fp8, else
+    the same; or fp32, bf16, fp16 on a GPU)."""
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
 
     def __init__(self, checkpoint=None, model_type=None, device="auto", precision="auto", cuda_graphs=True, seed=0,
-                 synthetic=None):
+                 synthetic=None, decoder_precision="auto"):
         if checkpoint is not None:
             checkpoint = os.fspath(checkpoint)
             if not os.path.isfile(checkpoint):
@@ -29,8 +31,10 @@ class Sam:
         self._checkpoint, self._model_type, self._seed = checkpoint, model_type, seed
         self._synthetic = synthetic or model_type or "vit_h"  # what random weights to make without a checkpoint
         self._device, self._precision, self._cuda_graphs = _device_name(device), precision, cuda_graphs
-        if str(precision).lower() not in _samfast.precision_names():
-            raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(_samfast.precision_names())}")
+        self._decoder_precision = decoder_precision
+        for what, p in (("precision", precision), ("decoder precision", decoder_precision)):
+            if str(p).lower() not in _samfast.precision_names():
+                raise ValueError(f"unknown {what} {p!r}: expected one of {', '.join(_samfast.precision_names())}")
         self._native = None
         self.image_encoder = SimpleNamespace(img_size=1024)  # (the loaded model's own once it is loaded)
 
@@ -38,10 +42,11 @@ class Sam:
     def _native_model(self):
         if self._native is None:
             if self._checkpoint is not None:
-                native = _samfast.Model.load(self._checkpoint, self._device, self._precision, self._cuda_graphs)
+                native = _samfast.Model.load(self._checkpoint, self._device, self._precision, self._cuda_graphs,
+                                             self._decoder_precision)
             else:  # upstream builds random weights when no checkpoint is given
                 native = _samfast.Model.synthetic(self._synthetic, self._seed, self._device, self._precision,
-                                                  self._cuda_graphs)
+                                                  self._cuda_graphs, self._decoder_precision)
             self._set_native(native)
         return self._native
 
@@ -64,6 +69,10 @@ class Sam:
         return self._native_model().precision
 
     @property
+    def decoder_precision(self) -> str:
+        return self._native_model().decoder_precision
+
+    @property
     def model_type(self) -> str:
         return self._native_model().model_type
 
@@ -77,7 +86,7 @@ class Sam:
         if self._native is None:
             self._device = device
         elif device != "auto" and self._native.device.split(" ")[0] != (device + ":0" if device == "cuda" else device):
-            self._native = self._native.to_device(device, self._precision, self._cuda_graphs)
+            self._native = self._native.to_device(device, self._precision, self._cuda_graphs, self._decoder_precision)
             self._device = device
         return self
 
@@ -119,7 +128,8 @@ class Sam:
         for n in missing:
             names.append(n)
             arrays.append(np.ascontiguousarray(current[n]))
-        self._set_native(_samfast.Model.from_arrays(names, arrays, self._device, self._precision, self._cuda_graphs))
+        self._set_native(_samfast.Model.from_arrays(names, arrays, self._device, self._precision, self._cuda_graphs,
+                                                    self._decoder_precision))
         self._checkpoint = None
         return SimpleNamespace(missing_keys=missing, unexpected_keys=unexpected)
 
@@ -137,9 +147,10 @@ def _device_name(device) -> str:
     return name
 
 
-def load(checkpoint, device: str = "auto", precision: str = "auto", cuda_graphs: bool = True) -> Sam:
+def load(checkpoint, device: str = "auto", precision: str = "auto", cuda_graphs: bool = True,
+         decoder_precision: str = "auto") -> Sam:
     """A model from a .pth or .safetensors checkpoint of any SAM type (read off its shapes), loaded now."""
-    sam = Sam(checkpoint, None, device, precision, cuda_graphs)
+    sam = Sam(checkpoint, None, device, precision, cuda_graphs, decoder_precision=decoder_precision)
     sam._native_model()
     return sam
 

@@ -54,10 +54,12 @@ struct Computing {
   std::unique_lock<std::mutex> lock;
 };
 
-ModelOptions options_of(const std::string& device, const std::string& precision, bool cuda_graphs) {
+ModelOptions options_of(const std::string& device, const std::string& precision, bool cuda_graphs,
+                        const std::string& decoder_precision) {
   ModelOptions o;
   o.device = device;
   o.precision = parse_precision(precision);
+  o.decoder_precision = parse_precision(decoder_precision);
   o.cuda_graphs = cuda_graphs;
   return o;
 }
@@ -249,47 +251,53 @@ NB_MODULE(_samfast, m) {
   nb::class_<ModelHandle>(m, "Model", "A SAM model on one device (weights uploaded once).")
       .def_static(
           "load",
-          [](const std::string& path, const std::string& device, const std::string& precision, bool cuda_graphs) {
-            ModelOptions o = options_of(device, precision, cuda_graphs);
+          [](const std::string& path, const std::string& device, const std::string& precision, bool cuda_graphs,
+             const std::string& decoder_precision) {
+            ModelOptions o = options_of(device, precision, cuda_graphs, decoder_precision);
             nb::gil_scoped_release no_gil;
             return std::make_shared<ModelHandle>(Model::load(path, o));
           },
-          "path"_a, "device"_a = "auto", "precision"_a = "auto", "cuda_graphs"_a = true,
+          "path"_a, "device"_a = "auto", "precision"_a = "auto", "cuda_graphs"_a = true, "decoder_precision"_a = "auto",
           "Loads a .pth or .safetensors SAM checkpoint; the model type is read off its tensor shapes.")
       .def_static(
           "from_arrays",
           [](const std::vector<std::string>& names, const std::vector<FloatArray>& arrays, const std::string& device,
-             const std::string& precision, bool cuda_graphs) {
+             const std::string& precision, bool cuda_graphs, const std::string& decoder_precision) {
             if (names.size() != arrays.size()) throw InvalidArgument("from_arrays: names and arrays differ in count");
             std::vector<std::pair<std::string, Tensor>> tensors;
             for (size_t i = 0; i < names.size(); ++i) tensors.emplace_back(names[i], tensor_from(arrays[i]));
-            ModelOptions o = options_of(device, precision, cuda_graphs);
+            ModelOptions o = options_of(device, precision, cuda_graphs, decoder_precision);
             nb::gil_scoped_release no_gil;
             return std::make_shared<ModelHandle>(Model::from_tensors(std::move(tensors), o));
           },
-          "names"_a, "arrays"_a, "device"_a = "auto", "precision"_a = "auto", "cuda_graphs"_a = true,
+          "names"_a, "arrays"_a, "device"_a = "auto", "precision"_a = "auto", "cuda_graphs"_a = true, "decoder_precision"_a = "auto",
           "A model from named float32 arrays in upstream's state_dict layout (validated against the config "
           "their shapes imply).")
       .def_static(
           "synthetic",
-          [](const std::string& name, uint64_t seed, const std::string& device, const std::string& precision, bool cuda_graphs) {
-            ModelOptions o = options_of(device, precision, cuda_graphs);
+          [](const std::string& name, uint64_t seed, const std::string& device, const std::string& precision,
+             bool cuda_graphs, const std::string& decoder_precision) {
+            ModelOptions o = options_of(device, precision, cuda_graphs, decoder_precision);
             SamConfig cfg = SamConfig::preset(name);
             nb::gil_scoped_release no_gil;
             return std::make_shared<ModelHandle>(Model::from_tensors(Model::synthetic_tensors(cfg, seed), o));
           },
-          "name"_a, "seed"_a = 0, "device"_a = "auto", "precision"_a = "auto", "cuda_graphs"_a = true,
+          "name"_a, "seed"_a = 0, "device"_a = "auto", "precision"_a = "auto", "cuda_graphs"_a = true, "decoder_precision"_a = "auto",
           "Random weights in upstream's layout for vit_b, vit_l, vit_h or tiny: its masks are meaningless.")
       .def(
           "to_device",
-          [](const ModelHandle& h, const std::string& device, const std::string& precision, bool cuda_graphs) {
-            ModelOptions o = options_of(device, precision, cuda_graphs);
+          [](const ModelHandle& h, const std::string& device, const std::string& precision, bool cuda_graphs,
+             const std::string& decoder_precision) {
+            ModelOptions o = options_of(device, precision, cuda_graphs, decoder_precision);
             nb::gil_scoped_release no_gil;
             return std::make_shared<ModelHandle>(Model::from_tensors(h.model.tensors(), o));
           },
-          "device"_a, "precision"_a = "auto", "cuda_graphs"_a = true, "The same weights on another device or precision.")
+          "device"_a, "precision"_a = "auto", "cuda_graphs"_a = true, "decoder_precision"_a = "auto",
+          "The same weights on another device or precision.")
       .def_prop_ro("device", [](const ModelHandle& h) { return h.model.device(); })
       .def_prop_ro("precision", [](const ModelHandle& h) { return std::string(to_string(h.model.precision())); })
+      .def_prop_ro("decoder_precision",
+                   [](const ModelHandle& h) { return std::string(to_string(h.model.decoder_precision())); })
       .def_prop_ro("backend_note", [](const ModelHandle& h) { return h.model.backend_note(); })
       .def_prop_ro("model_type", [](const ModelHandle& h) { return h.model.config().name(); })
       .def_prop_ro("img_size", [](const ModelHandle& h) { return h.model.config().img_size; })

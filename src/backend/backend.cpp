@@ -29,6 +29,17 @@ int cuda_devices(std::string* why) {
 #endif
 }
 
+// The decoder's precision on a GPU for an image encoder in `encoder`: asked is Auto, fp32, bf16 or
+// fp16. Auto beside bf16 (or fp8, whose storage is bf16) is fp16: bf16's 8-bit significand in the
+// decoder costs the masks ~0.4 points of IoU against fp32 (BENCHMARKS.md), fp16 has TF32's 11 bits
+// at bf16's speed, and the decoder's values (LayerNorm'd tokens, logits) are far inside its range.
+Precision decoder_precision(Precision encoder, Precision asked) {
+  if (asked == Precision::Auto) return encoder == Precision::BF16 || encoder == Precision::FP8 ? Precision::FP16 : encoder;
+  if (asked != Precision::FP32 && asked != Precision::BF16 && asked != Precision::FP16)
+    throw Error("decoder precision " + to_string(asked) + ": expected auto, fp32, bf16 or fp16");
+  return asked;
+}
+
 }  // namespace
 
 Backend make_backend(const BackendOptions& options) {
@@ -51,11 +62,14 @@ Backend make_backend(const BackendOptions& options) {
         throw Error("device " + dev + " does not exist: " + std::to_string(gpus) + " CUDA GPU(s) found");
     }
     b.precision = options.precision == Precision::Auto ? Precision::BF16 : options.precision;
+    b.decoder_precision = decoder_precision(b.precision, options.decoder_precision);
     auto ops = std::make_shared<CudaOps>(index, b.precision, options.cuda_graphs);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, index);
     b.device = "cuda:" + std::to_string(index) + " (" + prop.name + ")";
-    b.ops = ops;
+    b.encoder_ops = ops;
+    const bool same = b.decoder_precision == b.precision || (b.precision == Precision::FP8 && b.decoder_precision == Precision::BF16);
+    b.ops = same ? ops : ops->sibling(b.decoder_precision);
     return b;
 #endif
   }
@@ -65,9 +79,13 @@ Backend make_backend(const BackendOptions& options) {
     throw Error("precision " + to_string(options.precision) +
                 " needs a CUDA GPU; the CPU backend computes in fp32 (or int8: --precision int8)");
   if (dev == "auto" && why != "this build has no CUDA backend") b.note = why + ": running on the CPU";
+  if (decoder_precision(Precision::FP32, options.decoder_precision) != Precision::FP32)
+    throw Error("decoder precision " + to_string(options.decoder_precision) + " needs a CUDA GPU; the CPU backend computes in fp32");
   b.ops = std::make_shared<CpuOps>(int8);
+  b.encoder_ops = b.ops;
   b.device = "cpu";
   b.precision = int8 ? Precision::INT8 : Precision::FP32;
+  b.decoder_precision = Precision::FP32;
   return b;
 }
 

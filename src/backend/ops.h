@@ -127,7 +127,9 @@ class Ops {
   virtual Tensor concat(const std::vector<Tensor>& xs) = 0;
   // x (1, ...) repeated to (batch, ...).
   virtual Tensor expand_batch(const Tensor& x, int64_t batch) = 0;
-  // Host fp32 tensor -> this backend's memory and compute precision (weights, prompts, images).
+  // Host fp32 tensor -> this backend's memory and compute precision (weights, prompts, images). A
+  // backend tensor comes back as it is, or, from another backend on the same device in another
+  // precision (the image encoder's, where the decoder computes in its own), converted.
   virtual Tensor upload(const Tensor& host) = 0;
   // This backend's tensor -> host fp32 tensor (waits for the work that produces x).
   virtual Tensor download(const Tensor& x) = 0;

@@ -7,16 +7,18 @@ namespace samfast {
 
 Tensor Model::encode_image(const Tensor& image, const std::function<void(int, const Tensor&)>& on_block) const {
   const SamConfig& c = cfg_;
-  Ops& ops = *ops_;
+  Ops& ops = *enc_ops_;
   if (image.ndim() != 4 || image.dim(1) != 3 || image.dim(2) != c.img_size || image.dim(3) != c.img_size)
     throw Error("encode_image: expected a (B, 3, " + std::to_string(c.img_size) + ", " + std::to_string(c.img_size) +
                 ") image, got " + shape_str(image.shape));
   try {
+    // The embedding goes to the decoder's backend (converted, where that computes in another
+    // precision: inside the recording, so that the copy is made in the graph's arena).
     if (!on_block)  // (the parity tests' per-block view needs the eager run)
       return ops.run_recorded("image_encoder", {image}, [&](const std::vector<Tensor>& in) {
-        return std::vector<Tensor>{encode_pixels(in[0], {})};
+        return std::vector<Tensor>{ops_->upload(encode_pixels(in[0], {}))};
       })[0];
-    return encode_pixels(ops.upload(image), on_block);
+    return ops_->upload(encode_pixels(ops.upload(image), on_block));
   } catch (const OutOfMemory& e) {  // say which batch asked for it
     throw OutOfMemory("image encoder at batch size " + std::to_string(image.dim(0)) + ": " + e.what());
   }
@@ -24,7 +26,7 @@ Tensor Model::encode_image(const Tensor& image, const std::function<void(int, co
 
 Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, const Tensor&)>& on_block) const {
   const SamConfig& c = cfg_;
-  Ops& ops = *ops_;
+  Ops& ops = *enc_ops_;
   const std::string e = "image_encoder.";
   Tensor x = ops.nchw_to_nhwc(pixels);                                                 // (B, S, S, 3)
   x = ops.conv2d(x, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"), c.patch_size, 0);

@@ -49,27 +49,38 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
   Model m;
   m.cfg_ = infer_config(shapes);
   m.tensors_ = std::move(tensors);
-  Backend backend = make_backend({.device = options.device, .precision = options.precision, .cuda_graphs = options.cuda_graphs});
+  Backend backend = make_backend({.device = options.device,
+                                  .precision = options.precision,
+                                  .decoder_precision = options.decoder_precision,
+                                  .cuda_graphs = options.cuda_graphs});
   m.ops_ = backend.ops;
+  m.enc_ops_ = backend.encoder_ops;
   m.device_ = backend.device;
   m.precision_ = backend.precision;
+  m.decoder_precision_ = backend.decoder_precision;
   m.backend_note_ = backend.note;
   for (const auto& [n, t] : m.tensors_) m.host_by_name_[n] = t;
   for (auto& [n, t] : m.folded_decoder_weights()) m.host_by_name_[n] = std::move(t);
   m.dense_pe_host_ = m.compute_dense_positional_encoding();
-  // Everything the backend keeps (host tensor, whether a bulk Linear weight, where it goes), in one
-  // allocation sized first.
+  // Everything a backend keeps (host tensor, whether a bulk Linear weight, where it goes), in one
+  // allocation a backend, sized first: the image encoder's weights on its backend, the rest on the
+  // decoder's.
   struct Upload {
     const Tensor* host;
     bool bulk;
     Tensor* dst;
   };
-  std::vector<Upload> uploads{{&m.dense_pe_host_, false, &m.dense_pe_}};
-  for (const auto& [n, t] : m.host_by_name_) uploads.push_back({&t, is_bulk_linear_weight(n), &m.by_name_[n]});
-  size_t bytes = 0;
-  for (const Upload& u : uploads) bytes += m.ops_->weight_bytes(*u.host, u.bulk);
-  m.ops_->reserve_weights(bytes);
-  for (const Upload& u : uploads) *u.dst = m.ops_->upload_weight(*u.host, u.bulk);
+  std::vector<Upload> encoder{}, decoder{{&m.dense_pe_host_, false, &m.dense_pe_}};
+  for (const auto& [n, t] : m.host_by_name_)
+    (n.starts_with("image_encoder.") ? encoder : decoder).push_back({&t, is_bulk_linear_weight(n), &m.by_name_[n]});
+  if (m.enc_ops_ == m.ops_) encoder.insert(encoder.end(), decoder.begin(), decoder.end()), decoder.clear();
+  for (auto [ops, uploads] : {std::pair{m.enc_ops_.get(), &encoder}, std::pair{m.ops_.get(), &decoder}}) {
+    if (uploads->empty()) continue;
+    size_t bytes = 0;
+    for (const Upload& u : *uploads) bytes += ops->weight_bytes(*u.host, u.bulk);
+    ops->reserve_weights(bytes);
+    for (const Upload& u : *uploads) *u.dst = ops->upload_weight(*u.host, u.bulk);
+  }
   return m;
 }
 
@@ -89,9 +100,16 @@ Tensor Model::download(const Tensor& x) const { return ops_->download(x); }
 
 Tensor Model::upload(const Tensor& host) const { return ops_->upload(host); }
 
+Tensor Model::upload_images(const Tensor& host) const { return enc_ops_->upload(host); }
+
 Model::MemoryUse Model::memory_use() const {
   const Ops::MemoryUse use = ops_->memory_use();
-  return {use.weights, use.weights_filled, use.graph_arena, use.graphs_in_arena};
+  MemoryUse out{use.weights, use.weights_filled, use.graph_arena, use.graphs_in_arena};
+  if (enc_ops_ != ops_) {  // (siblings share the graph arena)
+    const Ops::MemoryUse enc = enc_ops_->memory_use();
+    out.weights += enc.weights, out.weights_filled += enc.weights_filled;
+  }
+  return out;
 }
 
 Tensor Model::postprocess_masks(const Tensor& low_res, std::pair<int, int> input_size,

@@ -1,4 +1,5 @@
 // ref: segment_anything/modeling/prompt_encoder.py PromptEncoder, PositionEmbeddingRandom
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -98,7 +99,14 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
       throw Error("prompts: mask input must be (B, 1, " + std::to_string(4 * G) + ", " + std::to_string(4 * G) +
                   "); got " + shape_str(p.masks.shape));
     const std::string m = pe + "mask_downscaling.";
-    Tensor x = ops.upload(p.masks).view({B, 4 * G, 4 * G, 1});  // one channel: NCHW and NHWC coincide
+    Tensor masks = p.masks;
+    if (decoder_precision_ == Precision::FP16) {
+      // fp16 ends at 65504: a larger logit (a mask of 0 and 1e6, say) would become inf and the
+      // mask's embedding NaN. Past 1e4 the downscaling's LayerNorms see the same pattern anyway.
+      masks = Tensor::empty(p.masks.shape);
+      for (int64_t i = 0; i < masks.numel(); ++i) masks.data[i] = std::clamp(p.masks.data[i], -1e4f, 1e4f);
+    }
+    Tensor x = ops.upload(masks).view({B, 4 * G, 4 * G, 1});  // one channel: NCHW and NHWC coincide
     x = ops.conv2d(x, w(m + "0.weight"), &w(m + "0.bias"), 2, 0);
     x = ops.layer_norm(x, w(m + "1.weight"), w(m + "1.bias"), 1e-6f, Act::GELU);
     x = ops.conv2d(x, w(m + "3.weight"), &w(m + "3.bias"), 2, 0);

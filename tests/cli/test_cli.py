@@ -143,6 +143,14 @@ def test_device_choice_is_explicit_and_reported(samfast, tiny, tmp_path):
     p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--device", "cpu",
                 "--precision", "int8", "--out", tmp_path / "i")
     assert p.returncode == 0, p.stderr
+    # The decoder's own precision: fp32 (or auto) on the CPU, reported; 16-bit ones need a GPU.
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--device", "cpu",
+                "--decoder-precision", "fp32", "--out", tmp_path / "d")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "d" / "result.json").read_text())["decoder_precision"] == "fp32"
+    assert "decoder precision fp16 needs a CUDA GPU" in one_error_line(samfast(
+        "segment", "--checkpoint", tiny, "--image", DOG, "--point", "1,1", "--device", "cpu", "--decoder-precision", "fp16",
+        "--out", tmp_path / "f"))
 
 
 def test_bench_graphs_and_trace_options(samfast, tiny, tmp_path):

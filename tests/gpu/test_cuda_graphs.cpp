@@ -154,7 +154,7 @@ TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
       }
     }
   }
-  const Ops::MemoryUse mem = graphs.backend().memory_use();
+  const Model::MemoryUse mem = graphs.memory_use();
   EXPECT_GE(mem.graphs_in_arena, 3);  // the encoder, the decoder with and without multimask
   EXPECT_GT(mem.graph_arena, 0);
   EXPECT_GT(mem.weights, 0);

@@ -46,6 +46,7 @@ def test_bf16_against_fp32(gpu):
     results = {}
     for precision in ("fp32", "bf16"):
         p = gpu.SamPredictor(gpu.Sam(model_type="vit_b", device="cuda", precision=precision))
+        assert p.model.decoder_precision == ("fp16" if precision == "bf16" else "fp32")  # (the default beside bf16)
         p.set_image(image)
         results[precision] = [p.predict(**kw) for kw in PROMPTS]
     ious = [iou(a, b) for r32, r16 in zip(results["fp32"], results["bf16"]) for a, b in zip(r32[0], r16[0])]

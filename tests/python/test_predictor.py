@@ -213,6 +213,11 @@ def test_errors(samfast_pkg, predictors):
         samfast_pkg.load("/nonexistent/sam.pth")
     with pytest.raises(ValueError, match="precision"):
         samfast_pkg.load(ours.model._checkpoint or "x", precision="fp7")
+    with pytest.raises(ValueError, match="decoder precision"):
+        samfast_pkg.load(ours.model._checkpoint or "x", decoder_precision="fp7")
+    with pytest.raises(RuntimeError, match="decoder precision fp16 needs a CUDA GPU"):
+        samfast_pkg.load(ours.model._checkpoint, device="cpu", decoder_precision="fp16")
+    assert samfast_pkg.load(ours.model._checkpoint, device="cpu").decoder_precision == "fp32"
 
 
 def test_batch_beyond_upstream(samfast_pkg, predictors):

@@ -105,6 +105,7 @@ int run_amg_bench(const Args& a, const Model& model) {
   nlohmann::json j = {{"amg", true},
                       {"device", model.device()},
                       {"precision", to_string(model.precision())},
+                      {"decoder_precision", to_string(model.decoder_precision())},
                       {"cuda_graphs", a.options.cuda_graphs && model.device() != "cpu"},
                       {"model", model.config().name()},
                       {"points_per_side", a.gen.points_per_side},
@@ -158,7 +159,7 @@ int run_bench(const Args& a) {
   for (int b = 0; b < a.batch; ++b) std::copy(one.data, one.data + one.numel(), batch.data + b * one.numel());
   // On the device before the clock starts, as the anchor's input tensor is (uploading a batch of 8
   // takes ~100 MB over PCIe: a cost of where images come from, not of the encoder).
-  batch = model.upload(batch);
+  batch = model.upload_images(batch);
 
   // The decoder work of segment-anything-fast's measurement: P prompts through the prompt encoder,
   // the mask decoder and post-processing to the original size, masks left on the device.
@@ -232,6 +233,7 @@ int run_bench(const Args& a) {
   const double img_s_ragged = a.batch / ((enc + a.batch * dec_ragged) / 1000.0);
   nlohmann::json j = {{"device", model.device()},
                       {"precision", to_string(model.precision())},
+                      {"decoder_precision", to_string(model.decoder_precision())},
                       {"cuda_graphs", a.options.cuda_graphs && model.device() != "cpu"},
                       {"model", model.config().name()},
                       {"batch", a.batch},

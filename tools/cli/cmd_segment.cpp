@@ -128,6 +128,7 @@ int run_segment(const Args& a) {
       {"model", model.config().name()},
       {"device", model.device()},
       {"precision", to_string(model.precision())},
+      {"decoder_precision", to_string(model.decoder_precision())},
       {"multimask_output", a.multimask},
       {"best_mask", best},
       {"masks", masks},

@@ -87,6 +87,10 @@ class CudaOps final : public Ops {
   // with prepare_bulk_linear quantising to fp8 E4M3 (compute capability 8.9+).
   // graphs: record and replay run_recorded computations as CUDA graphs (graph.h).
   CudaOps(int device, Precision precision, bool graphs = true);
+  // Another CudaOps in `precision` on this one's device, stream, memory pool and graph cache: the
+  // model's prompt encoder and mask decoder beside an image encoder in another precision. Tensors
+  // pass between the two through upload().
+  std::shared_ptr<CudaOps> sibling(Precision precision) const;
 
   // A weight of dtype F8E4M3 (from prepare_bulk_linear) runs the fp8 GEMM: x is quantised per row
   // (token) on the fly, y = bf16.
@@ -127,10 +131,12 @@ class CudaOps final : public Ops {
   Tensor slice(const Tensor& x, int64_t first, int64_t count) override;
   Tensor concat(const std::vector<Tensor>& xs) override;
   Tensor expand_batch(const Tensor& x, int64_t batch) override;
+  // A host fp32 tensor, or a device tensor of a sibling in another precision (converted), in this
+  // backend's precision; a tensor of this backend as it is.
   Tensor upload(const Tensor& host) override;
   // Host fp32 tensor into an existing tensor of this backend with as many elements.
   void upload_into(const Tensor& host, const Tensor& dst);
-  Tensor download(const Tensor& x) override;  // x in the backend's precision or fp32
+  Tensor download(const Tensor& x) override;  // x of this backend or a sibling, or fp32, or uint8
   Later<Tensor> download_later(const Tensor& x) override;
   void synchronize() override;
   int64_t peak_memory_bytes() const override;
@@ -145,6 +151,7 @@ class CudaOps final : public Ops {
   Tensor empty(Shape shape, DType dtype) const;
 
  private:
+  CudaOps(std::shared_ptr<CudaContext> ctx, Precision precision, std::shared_ptr<cuda::GraphCache> graphs);
   // Throws unless t is a tensor of this backend (device memory, the backend's precision).
   void expect(const Tensor& t, const char* op, const char* name) const;
   bool fp8_weight(const Tensor& w) const;  // prepare_bulk_linear quantises w
@@ -161,7 +168,8 @@ class CudaOps final : public Ops {
   bool fp8_bulk_ = false;
   Tensor weights_;              // the weights' one allocation (U8)
   size_t weights_filled_ = 0;   // bytes of it handed out by upload_weight
-  std::unique_ptr<cuda::GraphCache> graphs_;  // null: --no-graphs (destroyed before ctx_)
+  // Shared with siblings: the graphs share the pool's one arena, so one cache must know them all.
+  std::shared_ptr<cuda::GraphCache> graphs_;  // null: --no-graphs (destroyed before ctx_)
 };
 
 namespace cuda {

@@ -31,13 +31,17 @@ DType storage_type(Precision precision) {
 }  // namespace
 
 CudaOps::CudaOps(int device, Precision precision, bool graphs)
-    : ctx_(std::make_shared<CudaContext>(device)),
-      dt_(storage_type(precision)),
-      fp8_bulk_(precision == Precision::FP8),
-      graphs_(graphs ? std::make_unique<cuda::GraphCache>() : nullptr) {
+    : CudaOps(std::make_shared<CudaContext>(device), precision, graphs ? std::make_shared<cuda::GraphCache>() : nullptr) {}
+
+CudaOps::CudaOps(std::shared_ptr<CudaContext> ctx, Precision precision, std::shared_ptr<cuda::GraphCache> graphs)
+    : ctx_(std::move(ctx)), dt_(storage_type(precision)), fp8_bulk_(precision == Precision::FP8), graphs_(std::move(graphs)) {
   if (fp8_bulk_ && ctx_->cc_major * 10 + ctx_->cc_minor < 89)
     throw Error("precision fp8 needs fp8 tensor cores (compute capability 8.9 or newer); this GPU has " +
                 std::to_string(ctx_->cc_major) + "." + std::to_string(ctx_->cc_minor) + ": use bf16");
+}
+
+std::shared_ptr<CudaOps> CudaOps::sibling(Precision precision) const {
+  return std::shared_ptr<CudaOps>(new CudaOps(ctx_, precision, graphs_));
 }
 
 std::vector<Tensor> CudaOps::run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
@@ -459,6 +463,20 @@ Tensor CudaOps::expand_batch(const Tensor& x, int64_t batch) {
 }
 
 Tensor CudaOps::upload(const Tensor& host) {
+  const bool floats = host.dtype == DType::F32 || host.dtype == DType::BF16 || host.dtype == DType::F16;
+  if (host.device == Device::CUDA && floats && host.dtype != dt_) {
+    // a sibling's tensor (the image encoder's embedding, bf16, for an fp16 decoder)
+    Tensor y = empty(host.shape);
+    const int64_t n = host.numel();
+    const unsigned blocks = cuda::blocks_for(n, kThreads);
+    if (n > 0)
+      SAMFAST_DISPATCH(host.dtype, From,
+                       SAMFAST_DISPATCH(dt_, To,
+                                        convert_kernel<From, To><<<blocks, kThreads, 0, ctx_->stream>>>(
+                                            host.ptr<From>(), y.ptr<To>(), n)));
+    CUDA_LAUNCH_CHECK();
+    return y;
+  }
   if (host.device == Device::CUDA) {
     expect(host, "upload", "tensor");
     return host;
@@ -496,7 +514,8 @@ void CudaOps::upload_into(const Tensor& host, const Tensor& y) {
 }
 
 Ops::Later<Tensor> CudaOps::download_later(const Tensor& x) {
-  if (x.dtype != DType::F32 && x.dtype != DType::U8) expect(x, "download", "tensor");
+  if (x.dtype != DType::F32 && x.dtype != DType::U8 && x.dtype != DType::BF16 && x.dtype != DType::F16)
+    expect(x, "download", "tensor");
   check(x.defined() && x.device == Device::CUDA, "download", "tensor " + shape_str(x.shape) + " is not on the GPU");
   // Into page-locked memory, which returns to its pool when the last view of it is dropped. Bytes
   // (binary masks) stay bytes; everything else becomes fp32.
