@@ -24,7 +24,9 @@ for lib in .devbin/lib/*; do patchelf --set-rpath '$ORIGIN' "$lib"; done
 # Symbols are not needed there, and the carried folders must stay under the 64 MiB a call may carry.
 strip --strip-unneeded .devbin/samfast .devbin/tests/* .devbin/lib/*
 du -sh .devbin
-[ -d .whl/pysrc/segment_anything ] || echo "note: put segment_anything and segment_anything_fast under .whl/pysrc (see bench/gpu/README)"
+for pkg in segment_anything segment_anything_fast; do  # (the anchors' packages: ../shared/bench/README.md)
+  [ -d ".whl/pysrc/$pkg" ] || echo "note: put $pkg (from its public repository) under .whl/pysrc for the anchors and parity"
+done
 cp ../shared/bench/anchor_bench.py .whl/anchor_bench.py
 mkdir -p .whl/testdata && cp -r ../shared/testdata/images .whl/testdata/  # ../shared does not travel
 # .devbin (oneDNN alone is ~40 MB) may not fit the 64 MiB a call may carry: it travels
