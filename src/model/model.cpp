@@ -1,5 +1,6 @@
 // Model loading, validation and synthetic weights.
 #include <cmath>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -63,23 +64,23 @@ Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, c
   for (auto& [n, t] : m.folded_decoder_weights()) m.host_by_name_[n] = std::move(t);
   m.dense_pe_host_ = m.compute_dense_positional_encoding();
   // Everything a backend keeps (host tensor, whether a bulk Linear weight, where it goes), in one
-  // allocation a backend, sized first: the image encoder's weights on its backend, the rest on the
-  // decoder's.
+  // allocation per backend, sized first: the image encoder's weights on its backend, the rest on the
+  // decoder's (one backend when they are the same).
   struct Upload {
     const Tensor* host;
     bool bulk;
     Tensor* dst;
   };
-  std::vector<Upload> encoder{}, decoder{{&m.dense_pe_host_, false, &m.dense_pe_}};
+  std::map<Ops*, std::vector<Upload>> uploads;
+  uploads[m.ops_.get()].push_back({&m.dense_pe_host_, false, &m.dense_pe_});
   for (const auto& [n, t] : m.host_by_name_)
-    (n.starts_with("image_encoder.") ? encoder : decoder).push_back({&t, is_bulk_linear_weight(n), &m.by_name_[n]});
-  if (m.enc_ops_ == m.ops_) encoder.insert(encoder.end(), decoder.begin(), decoder.end()), decoder.clear();
-  for (auto [ops, uploads] : {std::pair{m.enc_ops_.get(), &encoder}, std::pair{m.ops_.get(), &decoder}}) {
-    if (uploads->empty()) continue;
+    uploads[n.starts_with("image_encoder.") ? m.enc_ops_.get() : m.ops_.get()].push_back(
+        {&t, is_bulk_linear_weight(n), &m.by_name_[n]});
+  for (const auto& [ops, list] : uploads) {
     size_t bytes = 0;
-    for (const Upload& u : *uploads) bytes += ops->weight_bytes(*u.host, u.bulk);
+    for (const Upload& u : list) bytes += ops->weight_bytes(*u.host, u.bulk);
     ops->reserve_weights(bytes);
-    for (const Upload& u : *uploads) *u.dst = ops->upload_weight(*u.host, u.bulk);
+    for (const Upload& u : list) *u.dst = ops->upload_weight(*u.host, u.bulk);
   }
   return m;
 }
