@@ -118,6 +118,27 @@ void check_png_crcs(const std::string& path) {
   }
 }
 
+// stb_image's PNM reader (P5, P6) accumulates the header's numbers in an int without a bound, so
+// that "P5 99999999999 ..." overflows (undefined behaviour, found by the image fuzzer). Refuses a
+// header number of more than 9 digits before stb reads it; anything else is left to the decoder.
+void check_pnm_header(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  char magic[2];
+  if (!f.read(magic, 2) || magic[0] != 'P' || (magic[1] != '5' && magic[1] != '6')) return;
+  const auto space = [](int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
+  int c = f.get();
+  for (const char* what : {"width", "height", "maximum value"}) {
+    for (;;) {  // whitespace and # comments, as stb skips them
+      while (c != EOF && space(c)) c = f.get();
+      if (c != '#') break;
+      while (c != EOF && c != '\n' && c != '\r') c = f.get();
+    }
+    int digits = 0;
+    for (; c >= '0' && c <= '9'; c = f.get())
+      if (++digits > 9) throw Error(path + " is not a readable image: its PNM header's " + what + " has more than 9 digits");
+  }
+}
+
 // ---- JPEG through libjpeg ------------------------------------------------------------------------
 // libjpeg reports fatal errors through error_exit, which must not return; it is C code, so a C++
 // exception must not cross it: error_exit longjmps back into decode_jpeg, whose locals are all
@@ -250,6 +271,7 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
   }
   file.reset();
   check_png_crcs(path);
+  check_pnm_header(path);
 
   // Other formats: check the header first so that a huge image is rejected before any allocation.
   int w = 0, h = 0, channels = 0;

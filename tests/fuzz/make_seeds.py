@@ -2,7 +2,7 @@
 """Writes a few small, valid inputs into the folder given as argv[1], one corpus per fuzz target:
 checkpoint/ (whole .pth and .safetensors files, and bare data.pkl pickles), npy/ (.npy files),
 safetensors/ (a safetensors header, a NUL byte, then the data, as fuzz_safetensors.cpp reads it) and
-image/ (small JPEG, PNG, BMP and GIF files, JPEGs with EXIF orientations, made with PIL when it is
+image/ (small JPEG, PNG, BMP, GIF and PNM files, JPEGs with EXIF orientations, made with PIL when it is
 importable).
 
 safetensors and .npy seeds are built by hand, so they need nothing but Python; .pth seeds come
@@ -53,6 +53,9 @@ def write_image_seeds(folder):
     im.convert("RGBA").save(os.path.join(folder, "rgba.png"))
     im.save(os.path.join(folder, "rgb.bmp"))
     im.convert("P").save(os.path.join(folder, "palette.gif"))
+    im.save(os.path.join(folder, "rgb.ppm"))
+    im.convert("L").save(os.path.join(folder, "gray.pgm"))
+    write(os.path.join(folder, "pnm_overflow.pgm"), b"P55551555515" + b"\xff" * 40)  # (a header stb overflowed on)
     im.save(os.path.join(folder, "plain.jpg"), quality=80)
     im.convert("CMYK").save(os.path.join(folder, "cmyk.jpg"))
     im.save(os.path.join(folder, "progressive.jpg"), progressive=True)

@@ -239,6 +239,20 @@ TEST_F(ImageIo, PixelLimit) {
 }
 
 // stb_image ignores CRCs; read_image checks them, as PIL and libpng do.
+TEST_F(ImageIo, PnmHeaderNumbersPastAnIntAreRefused) {
+  // (stb_image would overflow an int reading them: the image fuzzer's find)
+  write_bytes(path("big.pgm"), "P55551555515\xff\xff\xff");
+  expect_read_error(path("big.pgm"), "its PNM header's width has more than 9 digits");
+  write_bytes(path("big.ppm"), "P6 # a comment\n4 3\n# another\n99999999999\n");
+  expect_read_error(path("big.ppm"), "its PNM header's maximum value has more than 9 digits");
+  const std::string ok = std::string("P6\n# 2x1\n2 1\n255\n") + std::string("\x01\x02\x03\x04\x05\x06", 6);
+  write_bytes(path("ok.ppm"), ok);
+  const Image img = read_image(path("ok.ppm"));
+  ASSERT_EQ(img.width, 2);
+  ASSERT_EQ(img.height, 1);
+  EXPECT_EQ(img.rgb, (std::vector<uint8_t>{1, 2, 3, 4, 5, 6}));
+}
+
 TEST_F(ImageIo, PngWithABadCrcIsRefused) {
   std::vector<uint8_t> gray(6 * 7);
   for (size_t i = 0; i < gray.size(); ++i) gray[i] = static_cast<uint8_t>(i * 5);
