@@ -56,7 +56,8 @@ class Model {
  public:
   // Loads a .pth (PyTorch zip) or .safetensors checkpoint; the config is inferred from its shapes.
   static Model load(const std::string& path, const ModelOptions& options = {});
-  // A model from named fp32 tensors (validated against the config inferred from them).
+  // A model from named fp32 tensors (validated against the config inferred from them; a tensor
+  // holding NaN or Inf is refused by name, as a checkpoint's is).
   static Model from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, const ModelOptions& options = {});
   // Random weights in upstream's parameter layout: masks from such a model are meaningless.
   static std::vector<std::pair<std::string, Tensor>> synthetic_tensors(const SamConfig& cfg, uint64_t seed);
@@ -121,6 +122,8 @@ class Model {
 
  private:
   Model() = default;
+  // from_tensors without the scan for NaN and Inf (load's readers check each tensor as they decode it).
+  static Model from_finite_tensors(std::vector<std::pair<std::string, Tensor>> tensors, const ModelOptions& options);
   const Tensor& w(const std::string& name) const;   // weight in backend memory
   const Tensor& hw(const std::string& name) const;  // weight on the host
   Tensor positional_encoding(const Tensor& coords01) const;  // (..., 2) in [0,1] -> (..., D)

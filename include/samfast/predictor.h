@@ -12,6 +12,11 @@
 namespace samfast {
 
 struct Prompt {
+  // At most kMaxPoints points: SAM is trained with a few clicks, the decoder's time and memory grow
+  // with the square of a prompt's tokens (3,000 points take ~4 s on two CPU cores, 100,000 would run
+  // for hours), and the GPU decoder keeps a prompt's tokens in shared memory (~870 fit in an H200's
+  // 227 KB a block, ~360 in the 99 KB of consumer GPUs).
+  static constexpr size_t kMaxPoints = 256;
   std::vector<std::array<float, 2>> points;  // (x, y) in original-image pixels
   std::vector<int> labels;                   // 1 foreground, 0 background, -1 ignored
   std::optional<std::array<float, 4>> box;   // x0, y0, x1, y1 in original-image pixels
@@ -65,21 +70,27 @@ class Predictor {
   std::pair<int, int> input_size(int image = 0) const { return input_sizes_.at(checked(image)); }
 
   // Throws samfast::Error for a prompt that predict() would refuse on an image of this size: points
-  // or a box outside it, bad labels, a mask_input that is not (1, L, L) fp32 on the host. Needs no
-  // model, so a client can check prompts before loading one (L: 256 for every SAM v1 model).
+  // or a box outside it, more than Prompt::kMaxPoints points, bad labels, a mask_input that is not
+  // (1, L, L) fp32 on the host. Needs no model, so a client can check prompts before loading one
+  // (L: 256 for every SAM v1 model).
   static void check_prompt(const Prompt& prompt, int height, int width, int64_t low_res_side = 256);
 
   // ref: SamPredictor.predict. Throws samfast::Error for prompts outside the image, bad labels,
   // a mask_input of the wrong shape, or no image set.
   Prediction predict(const Prompt& prompt, bool multimask_output = true, bool return_logits = false) const;
   // Many prompt sets for the current image. Prompts of the same form (point count, box, mask) are
-  // decoded together in one batch; results come back in the order given. The predictions of one
+  // decoded together, in batches of at most max_decode_batch() prompts; results come back in the
+  // order given. The predictions of one
   // batch are views into shared buffers (no copies): keeping one keeps its batch's buffers alive.
   std::vector<Prediction> predict_batch(const std::vector<Prompt>& prompts, bool multimask_output = true,
                                         bool return_logits = false) const;
   // Prompts already in input-size coordinates (upstream's predict_torch) -> backend tensors, no
   // post-processing and no host round trip. One image set.
   DecoderOutput decode(const PromptBatch& prompts, bool multimask_output) const;
+  // The largest decoder batch predict_batch runs: a decode's working memory grows with its prompts
+  // (~28 MB a prompt on the CPU in fp32, ~3 MB on a GPU in fp16), so that many prompts at once
+  // cannot exhaust memory; beyond ~32 on the CPU a larger batch is no faster a prompt.
+  int64_t max_decode_batch() const;
 
  private:
   void check(const Prompt& p) const;

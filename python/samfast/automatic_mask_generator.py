@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _samfast
 from .predictor import SamPredictor
-from .utils.amg import build_all_layer_point_grids
+from .utils.amg import _c_int, build_all_layer_point_grids
 
 
 class SamAutomaticMaskGenerator:
@@ -59,10 +59,12 @@ class SamAutomaticMaskGenerator:
 
     def _options(self, native_model):
         grids = [np.ascontiguousarray(g, dtype=np.float64) for g in self.point_grids]
-        return (native_model, 0, int(self.points_per_batch), float(self.pred_iou_thresh),
+        return (native_model, 0, _c_int("points_per_batch", self.points_per_batch), float(self.pred_iou_thresh),
                 float(self.stability_score_thresh), float(self.stability_score_offset), float(self.box_nms_thresh),
-                int(self.crop_n_layers), float(self.crop_nms_thresh), float(self.crop_overlap_ratio),
-                int(self.crop_n_points_downscale_factor), grids, int(self.min_mask_region_area), self.output_mode)
+                _c_int("crop_n_layers", self.crop_n_layers), float(self.crop_nms_thresh), float(self.crop_overlap_ratio),
+                _c_int("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor), grids,
+                # (an area past any image's pixel count removes every small region: the same as the largest int)
+                min(int(self.min_mask_region_area), 2**31 - 1), self.output_mode)
 
     def _generator(self):
         options = self._options(self.predictor.model._native_model())

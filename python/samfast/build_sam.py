@@ -12,6 +12,9 @@ from . import _samfast
 from ._torch import host_float32, torch_or_none
 
 
+_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "tiny")  # (tiny: random weights only, for tests)
+
+
 class Sam:
     """A SAM model. The weights are loaded on first use (so that .to(device) or load_state_dict
     right after building costs no second load) onto `device` ("auto": a CUDA GPU when there is one,
@@ -26,10 +29,15 @@ class Sam:
                  synthetic=None, decoder_precision="auto"):
         if checkpoint is not None:
             checkpoint = os.fspath(checkpoint)
-            if not os.path.isfile(checkpoint):
+            if not os.path.exists(checkpoint):
                 raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+            if not os.path.isfile(checkpoint):
+                raise ValueError(f"checkpoint {checkpoint} is not a regular file"
+                                 + (" but a folder" if os.path.isdir(checkpoint) else ""))
         self._checkpoint, self._model_type, self._seed = checkpoint, model_type, seed
         self._synthetic = synthetic or model_type or "vit_h"  # what random weights to make without a checkpoint
+        if checkpoint is None and self._synthetic not in _MODEL_TYPES:
+            raise ValueError(f"unknown model type {self._synthetic!r}: expected one of {', '.join(_MODEL_TYPES)}")
         self._device, self._precision, self._cuda_graphs = _device_name(device), precision, cuda_graphs
         self._decoder_precision = decoder_precision
         for what, p in (("precision", precision), ("decoder precision", decoder_precision)):

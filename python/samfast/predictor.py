@@ -110,6 +110,12 @@ class SamPredictor:
         point_labels, box, mask_input) and 'image' (which of set_images; 0 by default), decoded
         together; a list of predict's results in the same order."""
         p = self._require_image()
+        for i, d in enumerate(prompts):
+            if not isinstance(d, dict):
+                raise TypeError(f"prompt {i} is a {type(d).__name__}, not a dict of predict's keyword arguments")
+            unknown = sorted(map(str, set(d) - _BATCH_KEYS))
+            if unknown:
+                raise ValueError(f"prompt {i} has unknown keys {unknown}: expected some of {sorted(_BATCH_KEYS)}")
         parts = [_prompt(d.get("point_coords"), d.get("point_labels"), d.get("box"), d.get("mask_input")) for d in prompts]
         images = [int(d.get("image", 0)) for d in prompts]
         threshold = float(self.model.mask_threshold)
@@ -166,6 +172,9 @@ class SamPredictor:
         self.original_size = self.input_size = None
 
 
+_BATCH_KEYS = {"point_coords", "point_labels", "box", "mask_input", "image"}
+
+
 def _prompt(point_coords, point_labels, box, mask_input):
     """predict's arguments as the engine takes them: float32 / int32 arrays or None."""
     if point_coords is not None:
@@ -174,7 +183,11 @@ def _prompt(point_coords, point_labels, box, mask_input):
         coords = host_float32(point_coords)
         if coords.ndim != 2 or coords.shape[1] != 2:
             raise ValueError(f"point_coords must be (N, 2), got shape {coords.shape}")
-        labels = np.ascontiguousarray(host_float32(point_labels).reshape(-1), dtype=np.int32)
+        labels = host_float32(point_labels).reshape(-1)
+        if not np.all(np.isin(labels, (-1, 0, 1))):
+            bad = labels[~np.isin(labels, (-1, 0, 1))][0]
+            raise ValueError(f"point label {bad} is not 1 (foreground), 0 (background) or -1 (ignore)")
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
     else:
         coords = labels = None
     if box is not None:

@@ -7,6 +7,7 @@
 #include "backend/backend.h"
 #include "backend/ops.h"
 #include "core/rng.h"
+#include "io/checkpoint_internal.h"
 #include "samfast/checkpoint.h"
 #include "samfast/error.h"
 #include "samfast/model.h"
@@ -38,13 +39,19 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   tensors.reserve(sd.size());
   for (auto& [name, t] : sd) tensors.emplace_back(name, std::move(t.value));
   try {
-    return from_tensors(std::move(tensors), options);
+    return from_finite_tensors(std::move(tensors), options);
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
 }
 
 Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, const ModelOptions& options) {
+  for (const auto& [name, t] : tensors)
+    if (t.dtype == DType::F32 && t.on_host()) detail::check_finite(name, t.data, t.numel(), "weights");
+  return from_finite_tensors(std::move(tensors), options);
+}
+
+Model Model::from_finite_tensors(std::vector<std::pair<std::string, Tensor>> tensors, const ModelOptions& options) {
   std::vector<std::pair<std::string, Shape>> shapes;
   for (const auto& [n, t] : tensors) shapes.emplace_back(n, t.shape);
   Model m;

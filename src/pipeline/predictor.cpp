@@ -1,6 +1,7 @@
 // ref: segment_anything/predictor.py SamPredictor
 #include "samfast/predictor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -12,6 +13,14 @@
 #include "samfast/transforms.h"
 
 namespace samfast {
+namespace {
+
+void check_point_count(int64_t n) {
+  if (n > (int64_t)Prompt::kMaxPoints)
+    throw InvalidArgument("a prompt holds at most " + std::to_string(Prompt::kMaxPoints) + " points, got " + std::to_string(n));
+}
+
+}  // namespace
 
 EncoderInput Predictor::prepare(const Image& rgb, int S) {
   if (rgb.height <= 0 || rgb.width <= 0 || (int64_t)rgb.rgb.size() != (int64_t)rgb.height * rgb.width * 3)
@@ -118,6 +127,7 @@ void Predictor::check(const Prompt& p) const {
 
 void Predictor::check_prompt(const Prompt& p, int H, int W, int64_t L) {
   auto inside = [&](float x, float y) { return std::isfinite(x) && std::isfinite(y) && x >= 0 && y >= 0 && x <= W && y <= H; };
+  check_point_count((int64_t)p.points.size());
   if (p.points.size() != p.labels.size())
     throw InvalidArgument("prompt has " + std::to_string(p.points.size()) + " points but " + std::to_string(p.labels.size()) + " labels");
   for (size_t i = 0; i < p.points.size(); ++i) {
@@ -139,10 +149,15 @@ void Predictor::check_prompt(const Prompt& p, int H, int W, int64_t L) {
                 shape_str(p.mask_input.shape) + (p.mask_input.dtype == DType::U8 ? " of uint8 (a binary mask)" : ""));
 }
 
+int64_t Predictor::max_decode_batch() const {
+  return embedding_.defined() && embedding_.device == Device::CUDA ? 256 : 32;
+}
+
 DecoderOutput Predictor::decode(const PromptBatch& prompts, bool multimask_output) const {
   if (!is_image_set()) throw Error("an image must be set with set_image() before decode()");
   if (embedding_host_) throw Error("the image embedding is in host memory: to_device() before decode()");
   if (image_count() != 1) throw Error("decode() takes one image; with several, use Model::decode_masks with image indices");
+  if (prompts.points.defined() && prompts.points.ndim() == 3) check_point_count(prompts.points.dim(1));
   return model_.decode_masks(embedding_, model_.encode_prompts(prompts), multimask_output);
 }
 
@@ -155,14 +170,19 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
   for (const Prompt& p : prompts) check(p);
   const int S = model_.config().img_size;
   const int64_t L = 4 * model_.config().grid();
-  // Group prompts of the same form so that each group is one decoder batch.
+  // Group prompts of the same form, then cut each group into decoder batches of bounded size.
   std::map<std::tuple<size_t, bool, bool>, std::vector<size_t>> groups;
   for (size_t i = 0; i < prompts.size(); ++i)
     groups[{prompts[i].points.size(), prompts[i].box.has_value(), prompts[i].mask_input.defined()}].push_back(i);
+  std::vector<std::pair<std::tuple<size_t, bool, bool>, std::vector<size_t>>> batches;
+  const size_t most = (size_t)max_decode_batch();
+  for (const auto& [form, all] : groups)
+    for (size_t first = 0; first < all.size(); first += most)
+      batches.emplace_back(form, std::vector<size_t>(all.begin() + first, all.begin() + std::min(all.size(), first + most)));
 
   std::vector<Prediction> results(prompts.size());
   Ops& ops = model_.backend();
-  for (const auto& [form, idx] : groups) {
+  for (const auto& [form, idx] : batches) {
     const auto [n_points, has_box, has_mask] = form;
     const int64_t B = (int64_t)idx.size(), N = (int64_t)n_points;
     PromptBatch batch;
@@ -189,7 +209,7 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
       }
       if (has_mask) std::memcpy(batch.masks.data + b * L * L, p.mask_input.data, sizeof(float) * L * L);
     }
-    // One decode for the group, whatever images its prompts belong to.
+    // One decode for the batch, whatever images its prompts belong to.
     DecoderOutput dec = model_.decode_masks(embedding_, image_of, model_.encode_prompts(batch), multimask_output);
     const Tensor low_res = model_.download(dec.low_res_masks), iou = model_.download(dec.iou);
     for (int64_t b = 0; b < B; ++b) {  // views into the batch's tensors: no copies

@@ -67,6 +67,9 @@ def test_options_and_errors(samfast_pkg, models):
         gen(ours_model, output_mode="png")
     with pytest.raises(ValueError):
         gen(ours_model, points_per_batch=0)
+    with pytest.raises(ValueError, match="n_per_side 1000000000000 is out of range"):
+        gen(ours_model, points_per_side=10**12)
+    assert gen(ours_model, min_mask_region_area=10**12).min_mask_region_area == 10**12  # (means: every region)
     with pytest.raises(ValueError, match="uint8"):
         gen(ours_model).generate(np.zeros((4, 4), np.float32))
     # point_grids instead of points_per_side; options changed on the object take effect, as upstream's.
@@ -156,6 +159,10 @@ def test_registry(samfast_pkg, tiny_checkpoint):
         sam.model_type
     with pytest.raises(FileNotFoundError):
         reg["vit_h"](checkpoint="/nonexistent/sam_vit_h_4b8939.pth")
+    with pytest.raises(ValueError, match="not a regular file but a folder"):
+        reg["vit_h"](checkpoint=str(tiny_checkpoint.parent))
+    with pytest.raises(ValueError, match="unknown model type 'vit_x'"):
+        samfast_pkg.synthetic("vit_x")
 
 
 def test_generate_many_and_each(samfast_pkg, models, tmp_path):

@@ -149,6 +149,8 @@ def test_predict_torch_points(predictors):
     assert tuple(masks.shape) == tuple(t_masks.shape) == (3, 3) + image.shape[:2]
     assert torch.abs(iou - t_iou).max() <= 1e-4
     assert parity.max_rel_err(low.numpy(), t_low.numpy()) <= 1e-4
+    with pytest.raises(ValueError, match="at most 256 points, got 300"):
+        ours.predict_torch(torch.ones(1, 300, 2), torch.ones(1, 300))
 
 
 def test_autodistill_pattern(predictors):
@@ -205,6 +207,14 @@ def test_errors(samfast_pkg, predictors):
         ours.predict(point_coords=np.array([[1, 1]]))
     with pytest.raises(ValueError, match="mask input"):
         ours.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]), mask_input=np.zeros((1, 64, 64)))
+    with pytest.raises(ValueError, match="at most 256 points, got 257"):
+        ours.predict(point_coords=np.ones((257, 2)), point_labels=np.ones(257))
+    with pytest.raises(ValueError, match="point label 0.5 is not"):
+        ours.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([0.5]))
+    with pytest.raises(TypeError, match="prompt 1 is a tuple"):
+        ours.predict_batch([dict(box=np.array([1, 2, 3, 4])), ([1, 1], [1])])
+    with pytest.raises(ValueError, match=r"unknown keys \['point_coord'\]"):  # a typo would drop the points
+        ours.predict_batch([dict(point_coord=np.array([[1, 1]]), point_labels=np.array([1]))])
     with pytest.raises(ValueError, match="uint8"):
         fresh.set_image(image.astype(np.float32))
     with pytest.raises(ValueError, match="image_format"):

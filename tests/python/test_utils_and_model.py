@@ -80,6 +80,10 @@ def test_load_state_dict_like_samgeo(samfast_pkg, tiny_checkpoint):
     assert np.array_equal(sam.state_dict()["mask_decoder.iou_token.weight"], kept)
     with pytest.raises(RuntimeError):  # strict: a missing tensor is refused, naming it
         sam.load_state_dict(arrays, strict=True)
+    broken = {**arrays, "mask_decoder.iou_token.weight": np.full_like(kept, np.nan)}
+    with pytest.raises(RuntimeError, match="tensor mask_decoder.iou_token.weight has 256 non-finite values"):
+        sam.load_state_dict(broken, strict=True)
+    assert np.array_equal(sam.state_dict()["mask_decoder.iou_token.weight"], kept)  # (the model is unchanged)
 
 
 def test_numpy_use_without_torch(samfast_pkg, tiny_checkpoint):

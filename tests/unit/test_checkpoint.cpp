@@ -19,6 +19,7 @@
 #include "io/zip.h"
 #include "samfast/checkpoint.h"
 #include "samfast/error.h"
+#include "samfast/model.h"
 
 namespace samfast {
 namespace {
@@ -572,6 +573,15 @@ TEST(Checkpoint, NonFiniteWeightsAreRefused) {
   const std::string bf16 = R"({"b":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}})";
   expect_error([&] { load_safetensors_bytes(safetensors_file(bf16, u16_bytes({0xFF80, 0x3F80})), "checkpoint F"); },
                {"tensor b has 1 non-finite values"});
+}
+
+// Weights handed over in memory (Model::from_tensors: Python's load_state_dict) are checked as a file's are.
+TEST(Checkpoint, NonFiniteWeightsInMemoryAreRefused) {
+  auto tensors = Model::synthetic_tensors(SamConfig::preset("tiny"), 3);
+  const std::string name = tensors[7].first;
+  tensors[7].second.data[1] = std::numeric_limits<float>::quiet_NaN();
+  expect_error([&] { Model::from_tensors(tensors, {.device = "cpu"}); },
+               {"weights: tensor " + name + " has 1 non-finite values (NaN or Inf)"});
 }
 
 // Expects `f` to throw an Error whose message holds `escaped` and is one line with no escape

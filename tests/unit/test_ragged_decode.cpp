@@ -155,5 +155,40 @@ TEST(MultiImagePredictor, MatchesOnePredictorPerImage) {
   EXPECT_THROW(many.predict(bad), Error);
 }
 
+// More prompts of one form than one decoder batch takes: cut into batches, each prompt gets what it
+// gets alone, in the order given.
+TEST(MultiImagePredictor, BatchesBeyondTheDecoderBound) {
+  const SamConfig cfg = SamConfig::preset("tiny");
+  const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = Precision::FP32});
+  Predictor predictor(model);
+  predictor.set_image(random_image(30, 44, 1));
+  const int64_t most = predictor.max_decode_batch(), n = 2 * most + 3;
+  ASSERT_GE(most, 1);
+  std::vector<Prompt> prompts(n);
+  for (int64_t k = 0; k < n; ++k) prompts[k] = {{{(float)(k % 44), (float)(k % 30)}}, {1}, std::nullopt, {}, 0};
+  const std::vector<Prediction> got = predictor.predict_batch(prompts, true, true);
+  ASSERT_EQ((int64_t)got.size(), n);
+  for (int64_t k : {int64_t(0), most - 1, most, 2 * most, n - 1}) {
+    const Prediction want = predictor.predict(prompts[k], true, true);
+    EXPECT_LE(max_abs_diff(got[k].low_res_masks, want.low_res_masks), 1e-3) << "prompt " << k;
+    EXPECT_LE(max_abs_diff(got[k].iou, want.iou), 1e-4) << "prompt " << k;
+  }
+}
+
+TEST(MultiImagePredictor, RefusesMorePointsThanTheBound) {
+  Prompt p;
+  p.points.assign(Prompt::kMaxPoints, {1.f, 1.f});
+  p.labels.assign(Prompt::kMaxPoints, 1);
+  EXPECT_NO_THROW(Predictor::check_prompt(p, 10, 10));
+  p.points.push_back({1.f, 1.f});
+  p.labels.push_back(1);
+  try {
+    Predictor::check_prompt(p, 10, 10);
+    ADD_FAILURE() << "no error for " << p.points.size() << " points";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("at most 256 points, got 257"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace samfast

@@ -50,11 +50,20 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> Tup
     return (out if changed else np.asarray(mask)), changed
 
 
+def _c_int(name: str, value) -> int:
+    """An integer option as the engine takes it (a C int), or a ValueError naming it."""
+    number = int(value)
+    if not -2**31 <= number < 2**31:
+        raise ValueError(f"{name} {number} is out of range")
+    return number
+
+
 def build_point_grid(n_per_side: int) -> np.ndarray:
     """A 2D grid of points evenly spaced in [0, 1] x [0, 1]."""
-    return _samfast.build_all_layer_point_grids(int(n_per_side), 0, 1)[0]
+    return _samfast.build_all_layer_point_grids(_c_int("n_per_side", n_per_side), 0, 1)[0]
 
 
 def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> List[np.ndarray]:
     """Point grids for all crop layers."""
-    return _samfast.build_all_layer_point_grids(int(n_per_side), int(n_layers), int(scale_per_layer))
+    return _samfast.build_all_layer_point_grids(_c_int("n_per_side", n_per_side), _c_int("n_layers", n_layers),
+                                                _c_int("scale_per_layer", scale_per_layer))
