@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <string_view>
 #include <memory>
 #include <optional>
 #include <system_error>
@@ -120,7 +121,10 @@ void check_png_crcs(const std::string& path) {
 
 // stb_image's PNM reader (P5, P6) accumulates the header's numbers in an int without a bound, so
 // that "P5 99999999999 ..." overflows (undefined behaviour, found by the image fuzzer). Refuses a
-// header number of more than 9 digits before stb reads it; anything else is left to the decoder.
+// header number of more than 9 digits before stb reads it. And a maximum value other than 255:
+// stb reads 16-bit samples (maximum past 255) in the wrong byte order, and writes past its buffer
+// converting a 16-bit P5 to RGB (a heap overflow, found by the image fuzzer); below 255 it does not
+// scale the samples, where PIL does. Anything else is left to the decoder.
 void check_pnm_header(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   char magic[2];
@@ -133,9 +137,14 @@ void check_pnm_header(const std::string& path) {
       if (c != '#') break;
       while (c != EOF && c != '\n' && c != '\r') c = f.get();
     }
-    int digits = 0;
-    for (; c >= '0' && c <= '9'; c = f.get())
+    int digits = 0, value = 0;
+    for (; c >= '0' && c <= '9'; c = f.get()) {
       if (++digits > 9) throw Error(path + " is not a readable image: its PNM header's " + what + " has more than 9 digits");
+      value = value * 10 + (c - '0');
+    }
+    if (digits > 0 && std::string_view(what) == "maximum value" && value != 255)
+      throw Error(path + " is not a readable image: PNM with a maximum value of " + std::to_string(value) +
+                  " is not supported, only 8-bit samples (255): save it as 8-bit PNM, PNG or JPEG");
   }
 }
 

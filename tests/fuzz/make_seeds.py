@@ -56,6 +56,9 @@ def write_image_seeds(folder):
     im.save(os.path.join(folder, "rgb.ppm"))
     im.convert("L").save(os.path.join(folder, "gray.pgm"))
     write(os.path.join(folder, "pnm_overflow.pgm"), b"P55551555515" + b"\xff" * 40)  # (a header stb overflowed on)
+    # 16-bit samples: stb wrote past its buffer converting a 16-bit P5 to RGB
+    write(os.path.join(folder, "pnm_16bit.pgm"), b"P5\n7555\n2 \n7555\n2 \n\xff\xff\x00\x1f\"\xc2")
+    write(os.path.join(folder, "pnm_16bit.ppm"), b"P6\n2 1\n65535\n" + bytes(range(12)))
     im.save(os.path.join(folder, "plain.jpg"), quality=80)
     im.convert("CMYK").save(os.path.join(folder, "cmyk.jpg"))
     im.save(os.path.join(folder, "progressive.jpg"), progressive=True)

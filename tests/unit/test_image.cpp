@@ -239,12 +239,20 @@ TEST_F(ImageIo, PixelLimit) {
 }
 
 // stb_image ignores CRCs; read_image checks them, as PIL and libpng do.
-TEST_F(ImageIo, PnmHeaderNumbersPastAnIntAreRefused) {
+TEST_F(ImageIo, PnmHeadersStbWouldMisreadAreRefused) {
   // (stb_image would overflow an int reading them: the image fuzzer's find)
   write_bytes(path("big.pgm"), "P55551555515\xff\xff\xff");
   expect_read_error(path("big.pgm"), "its PNM header's width has more than 9 digits");
   write_bytes(path("big.ppm"), "P6 # a comment\n4 3\n# another\n99999999999\n");
   expect_read_error(path("big.ppm"), "its PNM header's maximum value has more than 9 digits");
+  // Maximum values other than 255: stb misreads 16-bit samples (byte order), overflows its buffer on
+  // a 16-bit P5 (the image fuzzer's find), and does not scale below 255 as PIL does.
+  write_bytes(path("g16.pgm"), std::string("P5\n7555\n2 \n7555\n2 \n\xff\xff\x00\x1f\"\xc2", 25));
+  expect_read_error(path("g16.pgm"), "PNM with a maximum value of 7555 is not supported");
+  write_bytes(path("c16.ppm"), std::string("P6\n1 1\n65535\n\x75\x30\x00\x64\xff\xff", 19));
+  expect_read_error(path("c16.ppm"), "PNM with a maximum value of 65535 is not supported");
+  write_bytes(path("m100.ppm"), std::string("P6 1 1 100\n\x32\x3c\x64", 14));
+  expect_read_error(path("m100.ppm"), "PNM with a maximum value of 100 is not supported");
   const std::string ok = std::string("P6\n# 2x1\n2 1\n255\n") + std::string("\x01\x02\x03\x04\x05\x06", 6);
   write_bytes(path("ok.ppm"), ok);
   const Image img = read_image(path("ok.ppm"));
