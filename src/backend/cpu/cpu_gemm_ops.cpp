@@ -60,15 +60,30 @@ void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const
                 ") failed in oneDNN: status " + std::to_string((int)status));
 }
 
+namespace {
+
+void relu_span(float* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
+}
+
+void gelu_span(float* __restrict x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + verf(x[i] * 0.70710678118654752f));
+}
+
+}  // namespace
+
 void apply_act(float* x, int64_t n, Act act) {
   if (act == Act::None) return;
-  if (act == Act::ReLU) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
-  } else {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + verf(x[i] * 0.70710678118654752f));
-  }
+  // Spans of 16K values, each a plain simd loop: GCC 12 compiled the erf of a combined
+  // `parallel for simd` to code 3-5x slower a value than the same loop in a function of its own
+  // (6.4 against 1.3 ns a GELU on one core, measured), and a small tensor is one span, no region.
+  void (*span)(float*, int64_t) = act == Act::ReLU ? relu_span : gelu_span;
+  constexpr int64_t kSpan = 16384;
+  if (n <= kSpan) return span(x, n);
+#pragma omp parallel for schedule(static) num_threads(std::min<int64_t>(threads(), (n + kSpan - 1) / kSpan))
+  for (int64_t first = 0; first < n; first += kSpan) span(x + first, std::min(kSpan, n - first));
 }
 
 void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale) {
@@ -143,7 +158,7 @@ Tensor CpuOps::linear_int8(const Tensor& x, const Tensor& w, const Tensor* b, Ac
 #pragma omp simd
     for (int64_t c = 0; c < out; ++c) yr[c] = yr[c] * s + (bias ? bias[c] : 0.f);
   }
-  cpu::apply_act(y.data, y.numel(), act);  // (on the whole tensor: per row, its loop would not vectorize)
+  cpu::apply_act(y.data, y.numel(), act);  // (on the whole tensor: one call, its spans shared by the threads)
   if (res) {
     const int64_t n = y.numel();
     float* __restrict py = y.data;

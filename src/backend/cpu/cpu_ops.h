@@ -29,6 +29,8 @@ class CpuOps final : public Ops {
   Tensor image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
                                   const Tensor& bias, const Tensor& residual, const Tensor& ln_w, const Tensor& ln_b,
                                   float eps, int heads) override;
+  Tensor upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w, const Tensor& ln_b,
+                       float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper) override;
   Tensor bmm_nt(const Tensor& a, const Tensor& b) override;
   Tensor postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                            std::pair<int, int> original_size, bool binarize) override;
@@ -67,7 +69,8 @@ void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, f
 // Where the per-row scales of an I8 weight (out, in) begin in its allocation: after the values, 64-byte aligned.
 inline size_t int8_scale_offset(int64_t out, int64_t in) { return (size_t(out * in) + 63) / 64 * 64; }
 
-// exp and erf written so that `#pragma omp simd` loops vectorize them (libm's calls would not):
+// exp and erf written so that `#pragma omp simd` loops vectorize them (libm's calls would not; GCC
+// needs -fno-trapping-math for the clamp and floorf, see CMakeLists.txt):
 // exp by Cody-Waite range reduction and a degree-6 polynomial (about 1 ulp); erf by Abramowitz &
 // Stegun 7.1.26 (abs error < 1.5e-7), the formula PyTorch's own vectorized CPU GELU uses.
 inline float vexp(float x) {
