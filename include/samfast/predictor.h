@@ -80,15 +80,15 @@ class Predictor {
   Prediction predict(const Prompt& prompt, bool multimask_output = true, bool return_logits = false) const;
   // Many prompt sets for the current image. Prompts of the same form (point count, box, mask) are
   // decoded together, in batches of at most max_decode_batch() prompts; results come back in the
-  // order given. The predictions of one
-  // batch are views into shared buffers (no copies): keeping one keeps its batch's buffers alive.
+  // order given. The predictions of one batch are views into shared buffers (no copies): keeping
+  // one keeps its batch's buffers alive.
   std::vector<Prediction> predict_batch(const std::vector<Prompt>& prompts, bool multimask_output = true,
                                         bool return_logits = false) const;
   // Prompts already in input-size coordinates (upstream's predict_torch) -> backend tensors, no
   // post-processing and no host round trip. One image set.
   DecoderOutput decode(const PromptBatch& prompts, bool multimask_output) const;
   // The largest decoder batch predict_batch runs: a decode's working memory grows with its prompts
-  // (~28 MB a prompt on the CPU in fp32, ~3 MB on a GPU in fp16), so that many prompts at once
+  // (tens of MB a prompt on the CPU in fp32, a few on a GPU in fp16), so that many prompts at once
   // cannot exhaust memory; beyond ~32 on the CPU a larger batch is no faster a prompt.
   int64_t max_decode_batch() const;
 

@@ -16,9 +16,9 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <string_view>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
