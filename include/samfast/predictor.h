@@ -13,9 +13,9 @@ namespace samfast {
 
 struct Prompt {
   // At most kMaxPoints points: SAM is trained with a few clicks, the decoder's time and memory grow
-  // with the square of a prompt's tokens (3,000 points take ~4 s on two CPU cores, 100,000 would run
-  // for hours), and the GPU decoder keeps a prompt's tokens in shared memory (~870 fit in an H200's
-  // 227 KB a block, ~360 in the 99 KB of consumer GPUs).
+  // with the square of a prompt's tokens (on two CPU cores 3,000 points take ~4 s, and 100,000 did
+  // not finish in 5 minutes), and the GPU decoder keeps a prompt's tokens in shared memory (~870
+  // fit in an H200's 227 KB a block, ~360 in the 99 KB of consumer GPUs).
   static constexpr size_t kMaxPoints = 256;
   std::vector<std::array<float, 2>> points;  // (x, y) in original-image pixels
   std::vector<int> labels;                   // 1 foreground, 0 background, -1 ignored
