@@ -184,9 +184,9 @@ def _prompt(point_coords, point_labels, box, mask_input):
         if coords.ndim != 2 or coords.shape[1] != 2:
             raise ValueError(f"point_coords must be (N, 2), got shape {coords.shape}")
         labels = host_float32(point_labels).reshape(-1)
-        if not np.all(np.isin(labels, (-1, 0, 1))):
-            bad = labels[~np.isin(labels, (-1, 0, 1))][0]
-            raise ValueError(f"point label {bad} is not 1 (foreground), 0 (background) or -1 (ignore)")
+        bad = labels[~np.isin(labels, (-1, 0, 1))]
+        if bad.size:
+            raise ValueError(f"point label {bad[0]} is not 1 (foreground), 0 (background) or -1 (ignore)")
         labels = np.ascontiguousarray(labels, dtype=np.int32)
     else:
         coords = labels = None

@@ -74,6 +74,15 @@ void gelu_span(float* __restrict x, int64_t n) {
 
 }  // namespace
 
+Tensor convt2x2_weight_rows(const Tensor& w) {
+  const int64_t Cin = w.dim(0), Cout = w.dim(1);
+  Tensor r = Tensor::empty({Cin, 4 * Cout});
+  for (int64_t ci = 0; ci < Cin; ++ci)
+    for (int64_t co = 0; co < Cout; ++co)
+      for (int64_t k = 0; k < 4; ++k) r.data[(ci * 4 + k) * Cout + co] = w.data[(ci * Cout + co) * 4 + k];
+  return r;
+}
+
 void apply_act(float* x, int64_t n, Act act) {
   if (act == Act::None) return;
   // Spans of 16K values, each a plain simd loop: GCC 12 compiled the erf of a combined
@@ -224,10 +233,7 @@ Tensor CpuOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor&
   // each output pixel's channels come out contiguous, then a scatter of rows.
   check_conv_transpose2x2(x, w, b);
   const int64_t B = x.dim(0), H = x.dim(1), W = x.dim(2), Cin = x.dim(3), Cout = w.dim(1);
-  Tensor wr = Tensor::empty({Cin, 4, Cout});
-  for (int64_t ci = 0; ci < Cin; ++ci)
-    for (int64_t co = 0; co < Cout; ++co)
-      for (int64_t k = 0; k < 4; ++k) wr.data[(ci * 4 + k) * Cout + co] = w.data[(ci * Cout + co) * 4 + k];
+  const Tensor wr = cpu::convt2x2_weight_rows(w);
   Tensor tmp = Tensor::empty({B * H * W, 4 * Cout});
   cpu::gemm(false, B * H * W, 4 * Cout, Cin, 1.f, x.data, Cin, wr.data, 4 * Cout, 0.f, tmp.data, 4 * Cout);
   Tensor y = Tensor::empty({B, 2 * H, 2 * W, Cout});

@@ -63,6 +63,9 @@ int threads();
 void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void apply_act(float* x, int64_t n, Act act);
+// A ConvTranspose2d 2x2 weight (Cin, Cout, 2, 2) as GEMM rows (Cin, 4 Cout), column (dy dx, co): a
+// pixel's four output sub-pixels come out of one GEMM row, each one's channels contiguous.
+Tensor convt2x2_weight_rows(const Tensor& w);
 // Symmetric int8 rows: q[r, c] = round(x[r, c] / s[r]), s[r] = max_c |x[r, c]| / 127 (1 for a zero
 // row). The weights' per-output-channel quantization and the activations' per-token one.
 void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scale);

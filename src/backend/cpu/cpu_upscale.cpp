@@ -15,17 +15,7 @@ Tensor CpuOps::upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor&
   check_upscale(keys, w1, b1, ln_w, ln_b, w2, b2, hyper);
   const int64_t B = keys.dim(0), G = keys.dim(1), Gw = keys.dim(2), D = keys.dim(3);
   const int64_t C1 = w1.dim(1), C2 = w2.dim(1), M = hyper.dim(1), H = 4 * G, W = 4 * Gw;
-  // The weights as (Cin, 4 Cout) with column (dy dx, co), as conv_transpose2x2 reorders them: a
-  // token's four sub-pixels come out of one GEMM row, each sub-pixel's channels contiguous.
-  auto reorder = [](const Tensor& w) {
-    const int64_t Cin = w.dim(0), Cout = w.dim(1);
-    Tensor r = Tensor::empty({Cin, 4 * Cout});
-    for (int64_t ci = 0; ci < Cin; ++ci)
-      for (int64_t co = 0; co < Cout; ++co)
-        for (int64_t k = 0; k < 4; ++k) r.data[ci * 4 * Cout + k * Cout + co] = w.data[(ci * Cout + co) * 4 + k];
-    return r;
-  };
-  const Tensor w1r = reorder(w1), w2r = reorder(w2);
+  const Tensor w1r = cpu::convt2x2_weight_rows(w1), w2r = cpu::convt2x2_weight_rows(w2);
   Tensor out = Tensor::empty({B, M, H, W});
   // One work item: prompt b, token row iy (Gw tokens). Inside the parallel region each GEMM runs on
   // its calling thread alone (cpu::gemm), so a prompt's sums do not depend on the thread count or on
