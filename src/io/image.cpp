@@ -18,7 +18,6 @@
 #include <limits>
 #include <memory>
 #include <optional>
-#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -130,22 +129,21 @@ void check_pnm_header(const std::string& path) {
   char magic[2];
   if (!f.read(magic, 2) || magic[0] != 'P' || (magic[1] != '5' && magic[1] != '6')) return;
   const auto space = [](int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; };
-  int c = f.get();
+  int c = f.get(), digits = 0, value = 0;
   for (const char* what : {"width", "height", "maximum value"}) {
     for (;;) {  // whitespace and # comments, as stb skips them
       while (c != EOF && space(c)) c = f.get();
       if (c != '#') break;
       while (c != EOF && c != '\n' && c != '\r') c = f.get();
     }
-    int digits = 0, value = 0;
-    for (; c >= '0' && c <= '9'; c = f.get()) {
+    for (digits = 0, value = 0; c >= '0' && c <= '9'; c = f.get()) {
       if (++digits > 9) throw Error(path + " is not a readable image: its PNM header's " + what + " has more than 9 digits");
       value = value * 10 + (c - '0');
     }
-    if (digits > 0 && std::string_view(what) == "maximum value" && value != 255)
-      throw Error(path + " is not a readable image: PNM with a maximum value of " + std::to_string(value) +
-                  " is not supported, only 8-bit samples (255): save it as 8-bit PNM, PNG or JPEG");
   }
+  if (digits > 0 && value != 255)  // (the last number read: the maximum value)
+    throw Error(path + " is not a readable image: PNM with a maximum value of " + std::to_string(value) +
+                " is not supported, only 8-bit samples (255): save it as 8-bit PNM, PNG or JPEG");
 }
 
 // ---- JPEG through libjpeg ------------------------------------------------------------------------
