@@ -30,10 +30,25 @@ float dot(const float* a, const float* b, int64_t n) {
   return acc;
 }
 
-// seg[x] += rh + rw[x]: one key row of the decomposed relative-position bias.
-void add_row_bias(float* __restrict seg, const float* __restrict rw, float rh, int64_t n) {
+// Scores s (nq, th * tw) of queries q0.. of a tile (rows of q ld apart) + the decomposed relative
+// position, then each row's softmax (ref: add_decomposed_rel_pos). rel_h, rel_w: th and tw floats.
+SAMFAST_CPU_CLONES void add_rel_pos_softmax(float* s, int64_t nq, int64_t q0, const float* q, int64_t ld, int64_t hd,
+                                            int64_t th, int64_t tw, const float* rel_pos_h, const float* rel_pos_w,
+                                            float* __restrict rel_h, float* __restrict rel_w) {
+  for (int64_t r = 0; r < nq; ++r) {
+    const int64_t t = q0 + r, qy = t / tw, qx = t % tw;
+    const float* qt = q + t * ld;
+    // With the unscaled q: rel_h[ky] = q . Rh[qy - ky + th - 1], rel_w[kx] = q . Rw[qx - kx + tw - 1]
+    for (int64_t ky = 0; ky < th; ++ky) rel_h[ky] = dot(qt, rel_pos_h + (qy - ky + th - 1) * hd, hd);
+    for (int64_t kx = 0; kx < tw; ++kx) rel_w[kx] = dot(qt, rel_pos_w + (qx - kx + tw - 1) * hd, hd);
+    float* row = s + r * th * tw;
+    for (int64_t ky = 0; ky < th; ++ky) {
+      float* __restrict seg = row + ky * tw;
 #pragma omp simd
-  for (int64_t x = 0; x < n; ++x) seg[x] += rh + rw[x];
+      for (int64_t x = 0; x < tw; ++x) seg[x] += rel_h[ky] + rel_w[x];
+    }
+    cpu::softmax_row(row, th * tw);
+  }
 }
 
 }  // namespace
@@ -74,16 +89,7 @@ Tensor CpuOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, cons
     std::vector<float> s(nq * T), o(nq * hd), rel_h(th), rel_w(tw);
     // s = (q * scale) k^T for this block of queries
     cpu::gemm(true, nq, T, hd, scale, q + q0 * ld, ld, k, ld, 0.f, s.data(), T);
-    for (int64_t r = 0; r < nq; ++r) {
-      const int64_t t = q0 + r, qy = t / tw, qx = t % tw;
-      const float* qt = q + t * ld;
-      // Decomposed relative position with the unscaled q: rel_h[ky] = q . Rh[qy - ky + th - 1]
-      for (int64_t ky = 0; ky < th; ++ky) rel_h[ky] = dot(qt, rel_pos_h.data + (qy - ky + th - 1) * hd, hd);
-      for (int64_t kx = 0; kx < tw; ++kx) rel_w[kx] = dot(qt, rel_pos_w.data + (qx - kx + tw - 1) * hd, hd);
-      float* row = s.data() + r * T;
-      for (int64_t ky = 0; ky < th; ++ky) add_row_bias(row + ky * tw, rel_w.data(), rel_h[ky], tw);
-      cpu::softmax_row(row, T);
-    }
+    add_rel_pos_softmax(s.data(), nq, q0, q, ld, hd, th, tw, rel_pos_h.data, rel_pos_w.data, rel_h.data(), rel_w.data());
     cpu::gemm(false, nq, hd, T, 1.f, s.data(), T, v, ld, 0.f, o.data(), hd);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t t = q0 + r, gy = wy * th + t / tw, gx = wx * tw + t % tw;

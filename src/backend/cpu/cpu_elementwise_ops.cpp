@@ -10,7 +10,7 @@
 namespace samfast {
 
 namespace cpu {
-void softmax_row(float* __restrict row, int64_t n) {
+SAMFAST_CPU_CLONES void softmax_row(float* __restrict row, int64_t n) {
   float mx = row[0];
 #pragma omp simd reduction(max : mx)
   for (int64_t c = 0; c < n; ++c) mx = row[c] > mx ? row[c] : mx;
@@ -24,7 +24,7 @@ void softmax_row(float* __restrict row, int64_t n) {
   for (int64_t c = 0; c < n; ++c) row[c] *= inv;
 }
 
-void layer_norm_row(const float* in, float* out, int64_t C, const float* w, const float* b, float eps) {
+SAMFAST_CPU_CLONES void layer_norm_row(const float* in, float* out, int64_t C, const float* w, const float* b, float eps) {
   // Double accumulation (no drift over thousands of channels), in SIMD lanes: a serial double sum
   // is a chain of dependent adds, and LayerNorm's rows were 15% of segment everything's time.
   double sum = 0, var = 0;
@@ -58,20 +58,25 @@ Tensor CpuOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, flo
   return y;
 }
 
+namespace {
+// y[o + i] = a[o + i] + b[i] for each whole copy o of b's m values in n.
+SAMFAST_CPU_CLONES void add_repeated(const float* __restrict a, const float* __restrict b, float* __restrict y, int64_t m,
+                                     int64_t n) {
+  for (int64_t o = 0; o < n; o += m) {
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) y[o + i] = a[o + i] + b[i];
+  }
+}
+}  // namespace
+
 Tensor CpuOps::add(const Tensor& a, const Tensor& b) {
   check_add(a, b);
   const int64_t n = a.numel(), m = b.numel();
   Tensor y = Tensor::empty(a.shape);
   const int64_t chunk = m >= 4096 ? m : 4096 / m * m;  // whole copies of b, big enough to split
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t start = 0; start < n; start += chunk) {
-    const float* __restrict pa = a.data + start;
-    float* __restrict py = y.data + start;
-    for (int64_t o = 0; o < chunk && start + o < n; o += m) {
-#pragma omp simd
-      for (int64_t i = 0; i < m; ++i) py[o + i] = pa[o + i] + b.data[i];
-    }
-  }
+  for (int64_t start = 0; start < n; start += chunk)
+    add_repeated(a.data + start, b.data, y.data + start, m, std::min(chunk, n - start));
   return y;
 }
 

@@ -62,12 +62,12 @@ void gemm(bool b_transposed, int64_t M, int64_t N, int64_t K, float alpha, const
 
 namespace {
 
-void relu_span(float* __restrict x, int64_t n) {
+SAMFAST_CPU_CLONES void relu_span(float* __restrict x, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
 }
 
-void gelu_span(float* __restrict x, int64_t n) {
+SAMFAST_CPU_CLONES void gelu_span(float* __restrict x, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + verf(x[i] * 0.70710678118654752f));
 }
