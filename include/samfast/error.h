@@ -15,6 +15,12 @@ struct InvalidArgument : Error {
   using Error::Error;
 };
 
+// An image file whose header gives more pixels than the reader's limit (found before it is decoded:
+// a server answers 413, not "not an image"). (Python: samfast.ImageTooLarge, a ValueError.)
+struct ImageTooLarge : InvalidArgument {
+  using InvalidArgument::InvalidArgument;
+};
+
 // The device could not give the memory asked for (the message names the bytes; the model adds which
 // stage and batch size asked).
 struct OutOfMemory : Error {

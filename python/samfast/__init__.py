@@ -9,9 +9,10 @@ from .build_sam import Sam, build_sam, build_sam_vit_b, build_sam_vit_h, build_s
 from .predictor import SamPredictor
 
 read_image = _samfast.read_image
+ImageTooLarge = _samfast.ImageTooLarge
 
 __all__ = [
-    "Sam", "SamAutomaticMaskGenerator", "SamPredictor", "build_sam", "build_sam_vit_b", "build_sam_vit_h",
+    "ImageTooLarge", "Sam", "SamAutomaticMaskGenerator", "SamPredictor", "build_sam", "build_sam_vit_b", "build_sam_vit_h",
     "build_sam_vit_l", "load", "read_image", "sam_model_registry", "synthetic",
 ]
 __version__ = "0.1.0"

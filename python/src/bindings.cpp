@@ -245,6 +245,9 @@ NB_MODULE(_samfast, m) {
       PyErr_SetString(PyExc_RuntimeError, e.what());
     }
   });
+  // (registered after the one above, so tried before it: an image past the pixel limit is a
+  // ValueError of its own, for a server's 413)
+  nb::exception<ImageTooLarge>(m, "ImageTooLarge", PyExc_ValueError);
 
   m.def("precision_names", [] { return std::vector<std::string>(precision_names().begin(), precision_names().end()); });
 
@@ -689,15 +692,18 @@ NB_MODULE(_samfast, m) {
       "gray"_a, "A (H, W) uint8 array as PNG bytes.");
   m.def(
       "read_image",
-      [](const std::string& path, bool exif_orientation) {
+      [](const std::string& path, bool exif_orientation, int64_t max_pixels) {
+        if (max_pixels <= 0) throw InvalidArgument("max_pixels must be positive, got " + std::to_string(max_pixels));
         Image img;
         {
           nb::gil_scoped_release no_gil;
-          img = read_image(path, kMaxImagePixels, exif_orientation ? ExifOrientation::apply : ExifOrientation::ignore);
+          img = read_image(path, std::min(max_pixels, kMaxImagePixels),
+                           exif_orientation ? ExifOrientation::apply : ExifOrientation::ignore);
         }
         return rgb_array(std::move(img));
       },
-      "path"_a, "exif_orientation"_a = true,
+      "path"_a, "exif_orientation"_a = true, "max_pixels"_a = kMaxImagePixels,
       "An image file as RGB (H, W, 3) uint8; a JPEG's EXIF orientation applied (as cv2.imread) unless "
-      "exif_orientation is False (as PIL's Image.open).");
+      "exif_orientation is False (as PIL's Image.open). An image of more than max_pixels pixels (at most "
+      "2^28) raises ImageTooLarge (a ValueError) from its header, before it is decoded.");
 }

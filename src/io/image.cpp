@@ -267,12 +267,12 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
       case JpegResult::ok:
         return exif == ExifOrientation::apply ? apply_orientation(img, exif_orientation(path)) : img;
       case JpegResult::too_many_pixels:
-        throw Error(too_many_pixels(path, w, h, max_pixels));
+        throw ImageTooLarge(too_many_pixels(path, w, h, max_pixels));
       case JpegResult::failed:
         // A header without a scan (or cut before it) still names its size when that is too large.
         if (w < 0)
           if (const auto size = sniff_size(path); size && size->first * size->second > max_pixels)
-            throw Error(too_many_pixels(path, size->first, size->second, max_pixels));
+            throw ImageTooLarge(too_many_pixels(path, size->first, size->second, max_pixels));
         throw Error(path + " is not a readable image: " + err.message);
     }
   }
@@ -285,7 +285,7 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
   if (!stbi_info(path.c_str(), &w, &h, &channels)) {
     const std::string reason = stbi_failure_reason();
     if (const auto size = sniff_size(path); size && size->first * size->second > max_pixels)
-      throw Error(too_many_pixels(path, size->first, size->second, max_pixels));
+      throw ImageTooLarge(too_many_pixels(path, size->first, size->second, max_pixels));
     throw Error(path + " is not a readable image: " + reason);
   }
   // stb's header parse gives a top-down BMP's height with its stored sign (negative); its decoder
@@ -294,7 +294,7 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
   if (w <= 0 || h <= 0)
     throw Error(path + " is not a readable image: its header gives a size of " + std::to_string(w) + "x" + std::to_string(h));
   const int64_t pixels = int64_t(w) * h;
-  if (pixels > max_pixels) throw Error(too_many_pixels(path, w, h, max_pixels));
+  if (pixels > max_pixels) throw ImageTooLarge(too_many_pixels(path, w, h, max_pixels));
 
   // Always ask for 3 channels: stb converts gray, gray+alpha and RGBA to RGB (alpha dropped).
   const int header_w = w, header_h = h;

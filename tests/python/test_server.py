@@ -115,8 +115,16 @@ def test_everything_and_embedding_equal_the_library(samfast_pkg, sam, client, do
     ({"mask_input": "not base64!", "points": [[1, 1]], "labels": [1]}, 422, "mask_input"),
     ({"points": [[10, 10]], "labels": [1], "format": "svg"}, 422, ""),
     ({"points": [["a", 10]], "labels": [1]}, 422, ""),
+    ({"points": [], "labels": []}, 422, "points, a box or a mask"),
+    ({"mask_input": (10**6, 10**6), "points": [[1, 1]], "labels": [1]}, 422, "(1, 256, 256)"),
+    ({"mask_input": (1, 256, 256), "points": [[1, 1]], "labels": [1]}, 422, "mask_input"),
 ])
 def test_bad_predict_requests(client, dog_id, body, code, words):
+    if isinstance(body.get("mask_input"), tuple):  # a .npy header alone, claiming that shape
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                                   "shape": body["mask_input"]})
+        body = {**body, "mask_input": base64.b64encode(buf.getvalue()).decode()}
     r = client.post(f"/v1/images/{dog_id}/predict", json=body)
     assert r.status_code == code, r.text
     assert words in str(r.json()["detail"])
@@ -139,7 +147,8 @@ def test_bad_uploads_and_unknown_ids(sam, client):
     Image.new("RGB", (200, 100)).save(buf, "PNG")
     small = TestClient(create_app(sam, ServerConfig(max_pixels=100 * 100)))
     r = small.post("/v1/images", files={"file": ("big.png", buf.getvalue())})
-    assert r.status_code == 413 and "200x100" in r.json()["detail"]
+    # (the decoder's words: refused from the header, before 200x100 pixels were decoded)
+    assert r.status_code == 413 and "200x100 = 20000 pixels, more than the limit of 10000" in r.json()["detail"]
 
 
 def test_token_and_busy(sam):

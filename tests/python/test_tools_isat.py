@@ -54,7 +54,10 @@ def test_bad_encodes(server):
     assert encode(server, image, dtype="float32").status_code == 422
     assert encode(server, image[:10]).status_code == 200
     r = encode(server, image[:10], shape="11,800,3")
-    assert r.status_code == 422 and "bytes" in r.json()["detail"]
+    assert r.status_code == 422 and "24000 bytes, not the 26400 bytes" in r.json()["detail"]
+    # (a longer upload is read no further than the shape's bytes: once it was held in memory whole)
+    r = encode(server, image, shape="10,800,3")
+    assert r.status_code == 422 and "more than the 24000 bytes" in r.json()["detail"]
 
 
 def test_isat_client(samfast_pkg, tiny_checkpoint, server, tmp_path):

@@ -3,6 +3,7 @@ client (x-anylabeling-cvhub's RemoteServer, in build/xanylabeling-venv: its Qt a
 apart from the server's) against a live server with a token: the model listed, the marks of a
 click and a box turned into polygons that fill samfast's masks, the user's shapes kept (replace
 false), a wrong token shown to the user."""
+import base64
 import json
 import os
 import subprocess
@@ -72,3 +73,24 @@ def test_client_click_and_boxes(samfast_pkg, tiny_checkpoint, server):
 def test_wrong_token_is_shown(server):
     got = run_client(server, "wrong", IMAGES / "dog.jpg", [{"type": "point", "data": [400, 260], "label": 1}])
     assert got["shapes"] == [] and any("401" in m for m in got["messages"])
+
+
+def test_bad_marks_are_refused(server):
+    import httpx
+    image = "data:image/jpeg;base64," + base64.b64encode((IMAGES / "dog.jpg").read_bytes()).decode()
+
+    def post(marks, **params):
+        return httpx.post(f"{server}/v1/predict", headers={"Token": "s3cret"}, timeout=120,
+                          json={"model": "segment_anything", "image": image, "params": {"marks": marks, **params}})
+    click = {"type": "point", "data": [400, 260], "label": 1}
+    for label in (None, {}, 2**40, 5):  # (2**40 once became 0, a background point)
+        r = post([{**click, "label": label}])
+        assert r.status_code == 422 and "label" in r.json()["detail"], (label, r.text)
+    for epsilon in ([1], -1, 1e308, float("nan"), "0.1"):
+        r = post([click], epsilon_factor=epsilon)
+        assert r.status_code == 422 and "epsilon_factor" in r.json()["detail"], (epsilon, r.text)
+    assert post([click], epsilon_factor=None).json()["success"]  # (null: the default)
+    # More rectangles than the server's pending requests once answered 503 on every retry.
+    rectangle = {"type": "rectangle", "data": [100, 90, 600, 500], "label": 1}
+    r = post([rectangle] * 17)
+    assert r.status_code == 422 and "17 rectangles are past the limit of 16" in r.json()["detail"]

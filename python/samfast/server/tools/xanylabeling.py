@@ -25,6 +25,9 @@ from ..core import base64_file
 from ..schemas import errors
 
 MODEL_ID = "segment_anything"
+# Rectangles in one request: each is a decode and a place among the server's pending requests, so
+# past max_pending a request could never get all it needs (503 on every retry).
+MAX_RECTANGLES = 16
 # The interactive widgets X-AnyLabeling shows for a SAM model (its auto_labeling.py reads these
 # names); the mask fineness slider sets epsilon_factor.
 WIDGETS = [{"name": n, "value": None} for n in ("button_add_point", "button_remove_point", "button_add_rect",
@@ -86,6 +89,15 @@ def router(core, authorized) -> APIRouter:
                 boxes.append(data)
         if not points and not boxes:
             return {"success": True, "data": {"shapes": [], "description": "", "replace": False}}
+        if any(label not in (0, 1) for label in labels):  # (None, {}, 2**40 or NaN would reach numpy)
+            raise HTTPException(422, "a point's label is 1 (inside) or 0 (outside)")
+        limit = min(MAX_RECTANGLES, core.config.max_pending)
+        if len(boxes) > limit:
+            raise HTTPException(422, f"{len(boxes)} rectangles are past the limit of {limit} a request")
+        epsilon = params.get("epsilon_factor")
+        epsilon = 0.001 if epsilon is None else epsilon
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon <= 1:
+            raise HTTPException(422, f"epsilon_factor is a number from 0 to 1, got {str(epsilon)[:40]}")
         try:
             data = base64_file(body.image, core.config.max_upload_bytes, "image")
             added = await run_in_threadpool(core.add_image, data)
@@ -96,7 +108,6 @@ def router(core, authorized) -> APIRouter:
         multimask = bool(params.get("multimask_output", False))
         clicks = [core.click(points or None, labels or None, box, None, multimask) for box in boxes or [None]]
         answers = await asyncio.gather(*(core.predict(added.id, c, start, False) for c in clicks))
-        epsilon = float(params.get("epsilon_factor", 0.001))
         shapes = []
         for masks, scores, _, _ in answers:
             best = int(np.argmax(scores)) if multimask else 0
