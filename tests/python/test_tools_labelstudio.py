@@ -5,6 +5,10 @@
   its address and token, predict with a keypoint context) replayed against the server, with a
   stand-in for Label Studio's file server: the brushlabels answer decodes, with Label Studio's own
   decoder, to the library's mask.
+- Hostile or broken input against stand-in hosts: addresses and redirects other than http(s)
+  refused (no file of samfast's own disk is read), the token kept on Label Studio's address, one
+  relative URL on two hosts giving each its own image, a trickling host answered 504 within
+  --timeout, images past the size limit, malformed tasks and contexts answered 422.
 - End to end (when scripts/setup.sh has made build/labelstudio-venv): a real Label Studio on
   loopback with a project (BrushLabels + smart KeyPointLabels and RectangleLabels), an uploaded
   image and samfast connected as its ML backend through its own API; interactive predictions for a
@@ -14,6 +18,7 @@ ref: HumanSignal/label-studio label_studio/ml/models.py, api_connector.py, ml/ap
 import base64
 import contextlib
 import http.server
+import io
 import os
 import secrets
 import signal
@@ -156,6 +161,223 @@ def test_captured_requests_replayed(samfast_pkg, tiny_checkpoint):
         elsewhere = {**body, "tasks": [{**task, "data": {"image": "http://169.254.169.254/latest"}}]}
         r = client.post("/labelstudio/predict", json=elsewhere, headers=auth)
         assert r.status_code == 422 and "Label Studio only" in r.json()["detail"]
+
+
+@contextlib.contextmanager
+def samfast_client(samfast_pkg, tiny_checkpoint, **config):
+    """The app on the tiny model, its lifespan run (server errors come back as 500s, not raised)."""
+    from fastapi.testclient import TestClient
+    from samfast.server import ServerConfig, create_app
+    app = create_app(samfast_pkg.load(tiny_checkpoint, device="cpu"), ServerConfig(**config))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def http_host(respond):
+    """A local HTTP server answering each GET by respond(handler); yields (its URL, the requests it
+    got as (path, Authorization header) pairs)."""
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            respond(self)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def serve(handler, status, body=b"", headers=()):
+    handler.send_response(status)
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def png(width, height):
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def click(client, project, image, context=None, **task):
+    body = {"tasks": [{"id": 1, "data": {"image": image}, **task}], "project": project,
+            "label_config": LABEL_CONFIG, "params": {"context": {"result": context or [keypoint(50.0, 50.0)]}}}
+    return client.post("/labelstudio/predict", json=body)
+
+
+def size_of(reply):
+    assert reply.status_code == 200, reply.text
+    result = reply.json()["results"][0]["result"][0]
+    return result["original_width"], result["original_height"]
+
+
+def test_addresses_other_than_http_are_refused(samfast_pkg, tiny_checkpoint):
+    """Label Studio's address from /setup or --label-studio-url is http(s) only: a file:// one had
+    samfast segment (and, by 415 or 502, tell the existence of) files of its own disk."""
+    local = str(IMAGES / "dog.jpg")
+    with samfast_client(samfast_pkg, tiny_checkpoint) as client:
+        for hostname in ("file://", "file:///", "FILE://localhost", "ftp://127.0.0.1", "data:,x", "gopher://h",
+                         "http://", "127.0.0.1:8080", "http://h/\r\nX: 1"):
+            r = client.post("/labelstudio/setup", json={"project": "F", "hostname": hostname})
+            assert r.status_code == 422 and "must be an http:// or https:// address" in r.json()["detail"], hostname
+        r = client.post("/labelstudio/setup", json={"project": "F", "hostname": "http://h:99999"})
+        assert r.status_code == 422 and "is not a URL" in r.json()["detail"]
+        r = click(client, "F", local)  # (nothing was remembered for the project)
+        assert r.status_code == 422 and "address is not known" in r.json()["detail"]
+    for address in ("file://", "ftp://127.0.0.1"):
+        with samfast_client(samfast_pkg, tiny_checkpoint, label_studio_url=address) as client:
+            for image in (local, "file://" + local):
+                r = click(client, None, image)
+                assert r.status_code == 422 and "must be an http:// or https:// address" in r.json()["detail"]
+    with http_host(lambda h: serve(h, 200, (IMAGES / "dog.jpg").read_bytes())) as (url, _):
+        with samfast_client(samfast_pkg, tiny_checkpoint, label_studio_url=url) as client:
+            r = click(client, None, "file://" + local)
+            assert r.status_code == 422 and "Label Studio only" in r.json()["detail"]
+
+
+def test_redirects_are_http_only_and_keep_the_token_home(samfast_pkg, tiny_checkpoint):
+    """Label Studio's redirects (a cloud storage's signed URL) are followed to http(s) only, and its
+    token goes to its own address only."""
+    dog = (IMAGES / "dog.jpg").read_bytes()
+    with http_host(lambda h: serve(h, 200, dog)) as (storage, storage_seen):
+        routes = {"/to-file": "file://" + str(IMAGES / "dog.jpg"), "/to-ftp": "ftp://127.0.0.1:9/dog.jpg",
+                  "/to-storage": storage + "/signed/dog.jpg", "/moved": "/dog.jpg"}
+
+        def label_studio(h):
+            if h.headers.get("Authorization") != "Token t0k":
+                serve(h, 401)
+            elif h.path in routes:
+                serve(h, 302, headers=[("Location", routes[h.path])])
+            else:
+                serve(h, 200 if h.path == "/dog.jpg" else 404, dog if h.path == "/dog.jpg" else b"")
+        with http_host(label_studio) as (url, seen), samfast_client(samfast_pkg, tiny_checkpoint) as client:
+            client.post("/labelstudio/setup", json={"project": "R", "hostname": url, "access_token": "t0k"})
+            for path in ("/to-file", "/to-ftp"):
+                r = click(client, "R", path)
+                assert r.status_code == 502, r.text
+            assert "http(s) redirects only" in click(client, "R", "/to-ftp").json()["detail"]
+            assert size_of(click(client, "R", "/to-storage")) == (800, 534)
+            assert storage_seen == [("/signed/dog.jpg", None)]  # (the storage did not get Label Studio's token)
+            assert size_of(click(client, "R", "/moved")) == (800, 534)  # (a redirect home keeps it)
+            assert seen[-1] == ("/dog.jpg", "Token t0k")
+
+
+def test_same_relative_url_on_two_hosts(samfast_pkg, tiny_checkpoint):
+    """Two Label Studio hosts (projects) with an image under one relative URL: each gets its own
+    image's mask, and a second click on either is answered without a download."""
+    big, small = (IMAGES / "dog.jpg").read_bytes(), png(96, 64)
+    with http_host(lambda h: serve(h, 200, big)) as (url_a, seen_a), \
+            http_host(lambda h: serve(h, 200, small)) as (url_b, seen_b), \
+            samfast_client(samfast_pkg, tiny_checkpoint) as client:
+        for project, url in (("A", url_a), ("B", url_b)):
+            client.post("/labelstudio/setup", json={"project": project, "hostname": url, "access_token": "t"})
+        for _ in range(2):
+            assert size_of(click(client, "A", "/img.jpg")) == (800, 534)
+            assert size_of(click(client, "B", "/img.jpg", [keypoint(50.0, 50.0, width=96, height=64)])) == (96, 64)
+        assert len(seen_a) == len(seen_b) == 1
+        # an absolute URL on host A names the same image as the relative one: no download either
+        assert size_of(click(client, "A", url_a + "/img.jpg")) == (800, 534) and len(seen_a) == 1
+
+
+def trickle(status_line_only):
+    """A host that sends one byte every 0.1 s, of its headers or of its body, for at most 20 s (so
+    that a server without a deadline still answers, late); .ended is set once it stops sending,
+    when samfast has dropped the connection."""
+    ended = threading.Event()
+
+    def respond(h):
+        try:
+            if status_line_only:
+                h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                pending = b"Content-Type: image/jpeg\r\n" * 10
+            else:
+                h.send_response(200)
+                h.send_header("Content-Length", "100000")
+                h.end_headers()
+                pending = b"\xff" * 200
+            for byte in pending:
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:  # (samfast shut the connection)
+            pass
+        finally:
+            ended.set()
+    return respond, ended
+
+
+@pytest.mark.parametrize("status_line_only", [False, True], ids=["body", "headers"])
+def test_slow_host_answered_within_the_timeout(samfast_pkg, tiny_checkpoint, status_line_only):
+    """A host trickling an image (a socket timeout bounds each read, not the download) is answered
+    504 within the server's --timeout (1 s here), and samfast drops the connection."""
+    respond, ended = trickle(status_line_only)
+    with http_host(respond) as (url, _), samfast_client(samfast_pkg, tiny_checkpoint, request_timeout_s=1.0,
+                                                         label_studio_url=url) as client:
+        start = time.monotonic()
+        r = click(client, None, "/slow.jpg")
+        took = time.monotonic() - start
+        assert r.status_code == 504 and "did not arrive from Label Studio within" in r.json()["detail"], r.text
+        assert 0.9 < took < 3.0, took
+        assert ended.wait(5), "samfast still holds the slow host's connection"
+
+
+def test_image_past_the_size_limit(samfast_pkg, tiny_checkpoint):
+    """An image past max_upload_bytes: 413, whether its length is declared or not."""
+    dog = (IMAGES / "dog.jpg").read_bytes()
+
+    def respond(h):
+        if h.path == "/declared.jpg":
+            serve(h, 200, dog)
+        else:  # (no Content-Length: the body ends with the connection)
+            h.send_response(200)
+            h.end_headers()
+            h.wfile.write(dog)
+    with http_host(respond) as (url, _), samfast_client(samfast_pkg, tiny_checkpoint, max_upload_bytes=50000,
+                                                         label_studio_url=url) as client:
+        for path in ("/declared.jpg", "/undeclared.jpg"):
+            r = click(client, None, path)
+            assert r.status_code == 413 and "past the limit of 50000" in r.json()["detail"], r.text
+
+
+def test_bad_requests_answer_4xx(samfast_pkg, tiny_checkpoint):
+    """Malformed tasks, contexts, coordinates and URLs: a 422 that says what is wrong, never a 500."""
+    dog = (IMAGES / "dog.jpg").read_bytes()
+    images = {"/img.jpg": dog, "/my%20dog.jpg": dog, "/caf%C3%A9.jpg": dog}
+    with http_host(lambda h: serve(h, 200 if h.path in images else 404, images.get(h.path, b""))) as (url, _), \
+            samfast_client(samfast_pkg, tiny_checkpoint, label_studio_url=url) as client:
+        def rejected(reply, says):
+            assert reply.status_code == 422 and says in reply.json()["detail"], reply.text
+
+        for data in (None, "x", [1]):
+            body = {"tasks": [{"data": data}], "label_config": LABEL_CONFIG,
+                    "params": {"context": {"result": [keypoint(50.0, 50.0)]}}}
+            rejected(client.post("/labelstudio/predict", json=body), "the task's data must be an object")
+        for result in (5, "x", {"x": 1}):
+            body = {"tasks": [{"data": {"image": "/img.jpg"}}], "label_config": LABEL_CONFIG,
+                    "params": {"context": {"result": result}}}
+            rejected(client.post("/labelstudio/predict", json=body), "params.context.result must be a list")
+        for x in (1e308, float("inf"), float("nan")):
+            rejected(click(client, None, "/img.jpg", [keypoint(x, 50.0)]), "is not a finite number")
+        rejected(click(client, None, "/img.jpg", [rectangle(10.0, 10.0, 1e308, 5.0)]), "is not a finite number")
+        rejected(click(client, None, "/img.jpg", ["kp"]), "is not a keypoint or a rectangle")
+        for image in ("/img.jpg?\r\nX-Injected: 1", "/img.jpg\n", "/img\x00.jpg"):
+            rejected(click(client, None, image), "has control characters")
+        # spaces and non-ASCII in a path are quoted, as Label Studio's own client (requests) does
+        assert size_of(click(client, None, "/my dog.jpg")) == (800, 534)
+        assert size_of(click(client, None, "/café.jpg")) == (800, 534)
 
 
 class LabelStudio:

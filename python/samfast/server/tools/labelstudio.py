@@ -8,19 +8,24 @@ URL) and the user's keypoints (x, y in percent of the image, is_positive) and re
 as the SAM example reads them (pixels truncated to integers, one box, multimask off). The answer is
 a brushlabels result in Label Studio's own RLE (mask_to_label_studio_rle) on the project's
 BrushLabels, labelled as the user's prompt was.
+
+Task images come from Label Studio's http(s) address only (see image_source, download), within the
+request's --timeout; an image is known by its absolute URL afterwards, so a click skips the download.
 ref: HumanSignal/label-studio-ml-backend label_studio_ml/api.py (routes, envelope),
      label_studio_ml/examples/segment_anything_model/model.py (predict, get_results);
      HumanSignal/label-studio label_studio/ml/models.py, api_connector.py (the requests)"""
+import asyncio
 import functools
+import math
+import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 import xml.etree.ElementTree as ElementTree
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import httpx
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, StrictStr
@@ -28,6 +33,9 @@ from pydantic import BaseModel, StrictStr
 from ... import _samfast
 from ..schemas import errors, nullable
 
+SCHEMES = ("http", "https")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+URL_SAFE = "!#$%&'()*+,/:;=?@[]~"  # (what requests leaves unquoted: spaces and non-ASCII get quoted)
 
 
 class Setup(BaseModel):  # (and "schema", the label config, which /predict sends again)
@@ -61,7 +69,11 @@ def brush_target(label_config: str):
 def router(core, authorized) -> APIRouter:
     r = APIRouter(prefix="/labelstudio", tags=["Label Studio ML backend"])
     version = f"samfast-{core.native.model_type}"
-    known: "OrderedDict[str, str]" = OrderedDict()  # an image URL -> its image id (a click skips the download)
+    # (the image's absolute URL, the token it is fetched with) -> its image id, so that a click skips
+    # the download. Keyed by the absolute URL: one relative URL names different files on different
+    # Label Studio hosts. A file replaced under the same URL keeps its old masks while its embedding
+    # stays cached (Label Studio names each upload afresh, so this takes a storage rewriting a file).
+    known: "OrderedDict[Tuple[str, str], str]" = OrderedDict()
 
     @r.get("/health")
     @r.get("/")
@@ -71,6 +83,7 @@ def router(core, authorized) -> APIRouter:
     @r.post("/setup", dependencies=[Depends(authorized)], responses=errors(400, 401, 422))
     async def setup(body: Setup):
         if body.project and body.hostname:  # (its address and token, for its task images: see download)
+            checked_address(body.hostname, "hostname")
             await core.remember("labelstudio-project:" + body.project,
                                 {"hostname": body.hostname, "access_token": body.access_token or ""})
         return {"model_version": version}
@@ -79,27 +92,30 @@ def router(core, authorized) -> APIRouter:
     def webhook():
         return {}  # (annotations are not used to train)
 
+    async def image_id_of(source: Tuple[str, str], start: float) -> str:
+        """The image id of a task's image (downloaded and added unless known)."""
+        image_id = known.get(source)
+        if image_id is None or not await core.known(image_id):
+            seconds = start + core.config.request_timeout_s - time.perf_counter()
+            data = await download(source[0], source[1], seconds, core.config)
+            image_id = (await run_in_threadpool(core.add_image, data)).id
+        known[source] = image_id
+        known.move_to_end(source)
+        while len(known) > 4096:
+            known.popitem(last=False)
+        return image_id
+
     @r.post("/predict", dependencies=[Depends(authorized)], responses=errors(400, 401, 413, 415, 422, 502, 503, 504))
     async def predict(body: PredictBody):
         start = time.perf_counter()
-        context = (body.params or {}).get("context") or {}
-        prompts = context.get("result") if isinstance(context, dict) else None
+        prompts = context_results(body.params)
         if not prompts or not body.tasks:
             return {"results": [], "model_version": version}  # (no interaction yet: no prediction)
         brush, image_tag, data_key = brush_target(body.label_config or "")
-        url = body.tasks[0].get("data", {}).get(data_key)
-        if not isinstance(url, str):
-            raise HTTPException(422, f"the task has no image under data.{data_key}")
-        image_id = known.get(url)
-        if image_id is None or not await core.known(image_id):
-            project = await core.recall("labelstudio-project:" + (body.project or ""))
-            data = await run_in_threadpool(download, url, project, core)
-            image_id = (await run_in_threadpool(core.add_image, data)).id
-            known[url] = image_id
-            while len(known) > 4096:
-                known.popitem(last=False)
-        known.move_to_end(url)
-        points, labels, box, label = prompts_of(prompts)
+        url = task_image(body.tasks[0], data_key)
+        points, labels, box, label = prompts_of(prompts)  # (checked before the image is fetched)
+        project = await core.recall("labelstudio-project:" + (body.project or ""))
+        image_id = await image_id_of(image_source(url, project, core.config), start)
         click = core.click(points or None, labels or None, box, None, False)
         masks, scores, _, (height, width) = await core.predict(image_id, click, start, False)
         mask = masks[0]
@@ -115,6 +131,27 @@ def router(core, authorized) -> APIRouter:
     return r
 
 
+def context_results(params: Optional[Dict[str, Any]]) -> Optional[list]:
+    """The results of the user's interaction (params.context.result), None without one."""
+    context = (params or {}).get("context") or {}
+    results = context.get("result") if isinstance(context, dict) else None
+    if results is not None and not isinstance(results, list):
+        raise HTTPException(422, "params.context.result must be a list of Label Studio results "
+                                 f"(keypoints, rectangles), got {type(results).__name__}")
+    return results
+
+
+def task_image(task: Dict[str, Any], data_key: str) -> str:
+    """The URL of a task's image, under data.<the Image's value>."""
+    data = task.get("data")
+    if not isinstance(data, dict):
+        raise HTTPException(422, f"the task's data must be an object (with its image under data.{data_key})")
+    url = data.get(data_key)
+    if not isinstance(url, str) or not url:
+        raise HTTPException(422, f"the task has no image under data.{data_key}")
+    return url
+
+
 def prompts_of(prompts):
     """SAM prompts from Label Studio's context results, as the SAM example reads them: keypoints and
     a rectangle in percent of original_width/height, to integer pixels; the label of the last one."""
@@ -123,42 +160,97 @@ def prompts_of(prompts):
         try:
             width, height = float(p["original_width"]), float(p["original_height"])
             value, kind = p["value"], p["type"]
-            x, y = float(value["x"]) * width / 100, float(value["y"]) * height / 100
+            x, y = pixels(value, "x", width), pixels(value, "y", height)
             label = (value.get(kind) or [None])[0]
             if kind == "keypointlabels":
                 points.append([int(x), int(y)])
                 labels.append(int(bool(p.get("is_positive", False))))
             elif kind == "rectanglelabels":
-                w, h = float(value["width"]) * width / 100, float(value["height"]) * height / 100
+                w, h = pixels(value, "width", width), pixels(value, "height", height)
                 box = [int(x), int(y), int(x + w), int(y + h)]
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise HTTPException(422, f"a context result is not a keypoint or a rectangle of Label Studio: {e!r}") \
                 from None
     return points, labels, box, label
 
 
-def download(url: str, project: Optional[Dict[str, str]], core) -> bytes:
-    """A task's image from Label Studio: a path on Label Studio's address (from /setup, else
-    --label-studio-url) with its access token, or an absolute URL on that address. Other hosts are
-    not fetched (the server would fetch whatever a request names)."""
-    config = core.config
+def pixels(value: Dict[str, Any], key: str, size: float) -> float:
+    """value[key], a percent of size, in pixels; a ValueError unless finite (int() of an infinity,
+    as 1e308 percent of a width overflows to, raises OverflowError)."""
+    result = float(value[key]) * size / 100
+    if not math.isfinite(result):
+        raise ValueError(f"{key} of {value[key]!r} percent of {size:g} pixels is not a finite number")
+    return result
+
+
+def checked_address(address: str, name: str) -> urllib.parse.SplitResult:
+    """Label Studio's address, split, or the 422 that says why samfast will not fetch from it: an
+    http(s) address only (a file:// one would have samfast read, and answer about, its own disk)."""
+    try:
+        parts = urllib.parse.urlsplit(address)
+        parts.port  # (raises ValueError for a port out of range)
+    except ValueError as e:
+        raise HTTPException(422, f"Label Studio's {name} {address!r} is not a URL: {e}") from None
+    if parts.scheme not in SCHEMES or not parts.hostname or CONTROL.search(address):
+        raise HTTPException(422, f"Label Studio's {name} must be an http:// or https:// address, got {address!r}")
+    return parts
+
+
+def image_source(url: str, project: Optional[Dict[str, str]], config) -> Tuple[str, str]:
+    """(the absolute URL, the token) a task's image is fetched with: a path on Label Studio's address
+    (from /setup, else --label-studio-url) or an absolute URL on that address. Other hosts are not
+    fetched (the server would fetch whatever a request names)."""
     base = (project or {}).get("hostname") or config.label_studio_url
-    token = (project or {}).get("access_token") or config.label_studio_api_key
+    token = (project or {}).get("access_token") or config.label_studio_api_key or ""
     if not base:
         raise HTTPException(422, "Label Studio's address is not known: connect the model again in Label Studio "
                                  "(its /setup names it), or start samfast-server with --label-studio-url")
-    full = urllib.parse.urljoin(base.rstrip("/") + "/", url)
-    origin = urllib.parse.urlsplit(base)
-    target = urllib.parse.urlsplit(full)
+    origin = checked_address(base, "address (its /setup hostname or --label-studio-url)")
+    if CONTROL.search(url):
+        raise HTTPException(422, f"the task's image URL {url!r} has control characters")
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(base.rstrip("/") + "/", url))
     if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
         raise HTTPException(422, f"the task's image is not on Label Studio ({base}): samfast fetches images from "
                                  "Label Studio only")
-    request = urllib.request.Request(full, headers={"Authorization": f"Token {token}"} if token else {})
+    quoted = target._replace(path=urllib.parse.quote(target.path, safe=URL_SAFE),
+                             query=urllib.parse.quote(target.query, safe=URL_SAFE), fragment="")
+    return urllib.parse.urlunsplit(quoted), token
+
+
+async def download(url: str, token: str, seconds: float, config) -> bytes:
+    """A task's image (url from image_source) with Label Studio's token, in at most `seconds` (else
+    504: a socket timeout bounds each read, not the whole download, and a host sending a byte every
+    few seconds would hold the request for days) and max_upload_bytes (else 413). In the event loop,
+    so that the deadline cancels the download wherever it is (connecting, headers, body) and closes
+    its connection. Label Studio's redirects (a cloud storage's signed URL) are followed, to http(s)
+    only, and httpx sends the token to Label Studio's own origin only."""
+    if seconds > 0:
+        try:
+            return await asyncio.wait_for(fetch(url, token, config.max_upload_bytes), seconds)
+        except asyncio.TimeoutError:
+            pass
+    raise HTTPException(504, f"the task's image {url} did not arrive from Label Studio within the request's "
+                             f"{config.request_timeout_s:g} s")
+
+
+async def fetch(url: str, token: str, max_bytes: int) -> bytes:
+    headers = {"Authorization": f"Token {token}"} if token else {}
     try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            data = reply.read(config.max_upload_bytes + 1)
-    except urllib.error.HTTPError as e:
-        raise HTTPException(502, f"Label Studio answered {e.code} for the task's image {url}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise HTTPException(502, f"could not fetch the task's image from Label Studio: {e}") from None
-    return data
+        async with httpx.AsyncClient(follow_redirects=True, timeout=None) as client:
+            async with client.stream("GET", url, headers=headers) as reply:
+                if reply.status_code != 200:
+                    raise HTTPException(502, f"Label Studio answered {reply.status_code} for the task's image {url}")
+                declared = reply.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise HTTPException(413, f"the task's image of {declared} bytes is past the limit of {max_bytes}")
+                data = bytearray()
+                async for chunk in reply.aiter_bytes():
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise HTTPException(413, f"the task's image is past the limit of {max_bytes} bytes")
+                return bytes(data)
+    except httpx.UnsupportedProtocol:  # (a redirect to file:, ftp:, ...)
+        raise HTTPException(502, f"Label Studio redirected the task's image {url} to an address that is not "
+                                 "http(s): samfast follows http(s) redirects only") from None
+    except (httpx.HTTPError, httpx.InvalidURL, OSError) as e:
+        raise HTTPException(502, f"could not fetch the task's image {url} from Label Studio: {e!r}") from None
