@@ -13,8 +13,10 @@ Output folder:
   options.json           what the results were made with; a later run must ask for the same
 Each batch's files are written under temporary names and renamed into place, the images part last:
 a run that dies leaves whole batches, and the next run skips the images listed and redoes the rest.
-An image that cannot be read is an error row, never a failed job; a crashed actor is restarted by
-Ray and its batch run again, which rewrites the same files (named after the batch's images)."""
+An image that cannot be read or written (its file, its id: empty, a path, a name too long, another
+image's) is an error row, never a failed job; the next run drops the error rows from their parts and
+redoes those images, so that an image is listed once. A crashed actor is restarted by Ray and its
+batch run again, which rewrites the same files (named after the batch's images)."""
 import argparse
 import fcntl
 import glob
@@ -24,6 +26,8 @@ import os
 import re
 import sys
 import time
+import uuid
+from collections import Counter
 from typing import Dict, Iterable, List, Optional
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".pgm", ".ppm", ".pnm"}  # (as the CLI's)
@@ -32,6 +36,7 @@ TEMP_PREFIX = ".samfast-tmp-"
 # 10^5 small files; more images a part are more to redo after a crash (~10 s of one GPU at 256).
 WRITE_BATCH = 256
 LOCK_NAME = ".samfast-dataset.lock"
+NAME_MAX = 255  # bytes in a file name (ext4, XFS, Btrfs, NFS, ...)
 SUBFOLDERS = ("images", "masks", "json")
 GENERATOR_FLAGS = {  # samfast everything's (amg.py's) flags: name -> type
     "points_per_side": int, "points_per_batch": int, "pred_iou_thresh": float, "stability_score_thresh": float,
@@ -77,26 +82,44 @@ def is_parquet(paths: List[str]) -> bool:
 
 
 def unsafe_id(image_id: str, json_files: bool) -> str:
-    """Why image_id cannot name its outputs ("" if it can)."""
+    """Why image_id cannot name its outputs ("" if it can): with JSON files, json/ID.json must be
+    one file name inside json/ (every input's ids are checked here, the Parquet's too)."""
     if not image_id:
         return "its id is empty"
-    if json_files and (image_id in (".", "..") or "/" in image_id or "\0" in image_id or image_id.startswith(TEMP_PREFIX)):
+    if not json_files:
+        return ""
+    if image_id in (".", "..") or "/" in image_id or "\0" in image_id or image_id.startswith(TEMP_PREFIX):
         return f"its id {image_id!r} cannot name a JSON file (rename it, or --format parquet)"
+    size = len((image_id + ".json").encode("utf-8", "surrogatepass"))
+    if size > NAME_MAX:
+        return (f"its id is too long to name a JSON file ({size} bytes with .json, the limit is {NAME_MAX}): "
+                "rename it, or --format parquet")
     return ""
 
 
+def as_text(path: str) -> str:
+    """path as valid UTF-8 text (Parquet's strings are): the bytes of a name that is not UTF-8,
+    which os.fsdecode keeps as surrogates, written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def path_rows(paths: List[str], done: set, json_files: bool) -> List[Dict[str, str]]:
-    """The rows to compute: an id per file (an error where it cannot name outputs or is another
-    file's), images already done left out."""
+    """The rows to compute: an id per file (an error where it cannot name outputs, is another
+    file's, or the path is not UTF-8), the images done left out."""
     rows, seen = [], {}
     for p in paths:
-        image_id = output_name(p)
-        error = unsafe_id(image_id, json_files)
+        path = os.path.abspath(p)
+        shown = as_text(path)
+        image_id = output_name(shown)
+        if shown != path:  # (the library's reader takes UTF-8 paths; nor could Parquet's strings hold it)
+            error = "its path is not valid UTF-8 (rename the file)"
+        else:
+            error = unsafe_id(image_id, json_files)
         if not error and image_id in seen:
             error = f"its id {image_id!r} is taken by {seen[image_id]} (rename one)"
-        seen.setdefault(image_id, p)
-        if image_id not in done:
-            rows.append({"image_id": image_id, "path": os.path.abspath(p), "error": error})
+        seen.setdefault(image_id, as_text(p))
+        if error or image_id not in done:  # (a known error is reported by each run, as a failed image is redone)
+            rows.append({"image_id": image_id, "path": shown, "error": error})
     return rows
 
 
@@ -113,7 +136,9 @@ def part_name(image_ids: Iterable[str]) -> str:
 
 
 def write_atomically(path: str, write) -> None:
-    tmp = os.path.join(os.path.dirname(path), TEMP_PREFIX + f"{os.getpid()}-" + os.path.basename(path))
+    # A short random temporary name: one made from the file's own name could pass NAME_MAX, and
+    # several nodes write to one shared folder.
+    tmp = os.path.join(os.path.dirname(path), TEMP_PREFIX + uuid.uuid4().hex)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -124,20 +149,22 @@ def write_atomically(path: str, write) -> None:
 
 def write_results(batch, output: str, formats: List[str]):
     """For map_batches(batch_format="pyarrow") after SegmentEverything (a CPU task): the batch's
-    masks Parquet part, JSON files and, last, its images part. Returns the images rows."""
+    JSON files, masks Parquet part and, last, its images part. An image whose JSON file cannot be
+    written becomes an error row (the others go on), before its masks would be listed. Returns the
+    images rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .ray import mask_rows
     ids = batch.column("image_id").to_pylist()
     name = part_name(ids)
+    if "json" in formats:
+        failures = write_json_files(os.path.join(output, "json"), ids, batch.column("error").to_pylist(),
+                                    batch.column("records").to_pylist())
+        batch = failed_rows(batch, failures)
     if "parquet" in formats:
         masks = mask_rows(batch)
         write_atomically(os.path.join(output, "masks", name), lambda p: pq.write_table(masks, p))
-    if "json" in formats:
-        for image_id, error, records in zip(ids, batch.column("error").to_pylist(), batch.column("records").to_pylist()):
-            if not error:
-                write_text(os.path.join(output, "json", image_id + ".json"), records)
     images = batch.drop_columns(["records"])
     images = images.select([c for c in ("image_id", "path", "error", "width", "height", "num_masks", "seconds",
                                         "finished") if c in images.column_names])
@@ -145,6 +172,39 @@ def write_results(batch, output: str, formats: List[str]):
     return images.select(["image_id", "error", "num_masks", "finished"]).cast(
         pa.schema([("image_id", pa.string()), ("error", pa.string()), ("num_masks", pa.int32()),
                    ("finished", pa.float64())]))
+
+
+def write_json_files(folder: str, ids: List[str], errors: List[str], records: List[str]) -> Dict[int, str]:
+    """Writes folder/ID.json for each row without an error; returns {row: why} for those that could
+    not be written (the id checked again here: no id names a file outside folder)."""
+    failures = {}
+    for k, (image_id, error, text) in enumerate(zip(ids, errors, records)):
+        if error:
+            continue
+        why = unsafe_id(image_id, json_files=True)
+        if not why:
+            try:
+                write_text(os.path.join(folder, image_id + ".json"), text)
+            except OSError as e:  # (the temporary's name in e would tell the user nothing)
+                why = f"its JSON file could not be written: {e.strerror or e}"
+        if why:
+            failures[k] = why
+    return failures
+
+
+def failed_rows(batch, failures: Dict[int, str]):
+    """batch (a pyarrow Table after SegmentEverything) with rows k of failures made error rows:
+    failures[k] their error, no masks."""
+    import pyarrow as pa
+    if not failures:
+        return batch
+    columns = {"error": [failures.get(k, e) for k, e in enumerate(batch.column("error").to_pylist())],
+               "records": [("" if k in failures else r) for k, r in enumerate(batch.column("records").to_pylist())],
+               "num_masks": [(0 if k in failures else n) for k, n in enumerate(batch.column("num_masks").to_pylist())]}
+    for column, values in columns.items():
+        i = batch.column_names.index(column)
+        batch = batch.set_column(i, column, pa.array(values, batch.schema.field(column).type))
+    return batch
 
 
 def _flat(options: Dict, prefix: str = "") -> Dict:
@@ -224,11 +284,35 @@ class OutputFolder:
                     os.unlink(os.path.join(folder, name))
 
     def done(self) -> set:
-        """Ids of the images whose results are here (errors included)."""
+        """Ids of the images whose results are here. The error rows are dropped from their parts
+        first, so that this run redoes those images (as `samfast everything` redoes failed ones)
+        and lists each once."""
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
         folder = os.path.join(self.path, "images")
-        parts = sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART.fullmatch(n))
-        return set(pq.read_table(parts, columns=["image_id"]).column("image_id").to_pylist()) if parts else set()
+        ids = set()
+        for name in sorted(n for n in os.listdir(folder) if PART.fullmatch(n)):
+            rows = pq.read_table(os.path.join(folder, name), columns=["image_id", "error"])
+            fine = pc.equal(rows.column("error"), "")
+            if not pc.all(fine).as_py():
+                self._drop_failed(name, fine)
+            ids.update(rows.filter(fine).column("image_id").to_pylist())
+        return ids
+
+    def _drop_failed(self, name: str, fine) -> None:
+        """Rewrites images part `name` with its fine rows alone; a part left empty goes, with its
+        masks part (error rows have no masks rows, so that part stays as it is otherwise). A run
+        that dies here leaves those images not done, which the next run redoes."""
+        import pyarrow.parquet as pq
+        images = os.path.join(self.path, "images", name)
+        kept = pq.read_table(images).filter(fine)
+        if kept.num_rows:
+            write_atomically(images, lambda p: pq.write_table(kept, p))
+            return
+        os.unlink(images)  # (the images part first: a masks part alone is a dead run's, which _clean removes)
+        masks = os.path.join(self.path, "masks", name)
+        if os.path.isfile(masks) and not os.path.islink(masks):
+            os.unlink(masks)
 
 
 # -- the pipeline ----------------------------------------------------------------------------------
@@ -243,21 +327,51 @@ def _string_array(values):
     return pa.array(sorted(values), type=pa.string())
 
 
-def parquet_images(batch):
-    """For map_batches(batch_format="pyarrow"): a Parquet input's rows as image_id, bytes, error."""
+def id_column(names: List[str]) -> str:
+    """The column of a Parquet input that names its images."""
+    for name in ("image_id", "id", "path"):
+        if name in names:
+            return name
+    raise ValueError(f"the Parquet input has no 'image_id' (or 'id', or 'path') column; its columns: {names}")
+
+
+def parquet_ids(table) -> List[str]:
+    """The ids of a Parquet input's rows (a table or batch of it): "" where null."""
+    import pyarrow as pa
+    column = id_column(table.column_names)
+    values = table.column(column).cast(pa.string()).to_pylist()
+    return [("" if v is None else output_name(v) if column == "path" else v) for v in values]
+
+
+def repeated_ids(paths: List[str]) -> Dict[str, int]:
+    """The ids that several rows of the Parquet files share, and how many: read (that column
+    alone) before the run, since each block of the pipeline sees its own rows only."""
+    import pyarrow.parquet as pq
+    counts = Counter()
+    for path in paths:
+        column = id_column(pq.read_schema(path).names)
+        counts.update(parquet_ids(pq.read_table(path, columns=[column])))
+    return {i: n for i, n in counts.items() if n > 1}
+
+
+def parquet_images(batch, json_files: bool = True, repeated: Optional[Dict[str, int]] = None):
+    """For map_batches(batch_format="pyarrow"): a Parquet input's rows as image_id, bytes, error;
+    an error where the id cannot name outputs (unsafe_id), is several rows' (`repeated`: which of
+    them came first is not known here, so none is computed), or the bytes are null."""
     import pyarrow as pa
     names = batch.column_names
     if "bytes" in names or "image" in names:
         data = batch.column("bytes" if "bytes" in names else "image")
     else:
         raise ValueError(f"the Parquet input has no 'bytes' (or 'image') column of image files; its columns: {names}")
-    if "image_id" in names or "id" in names:
-        ids = batch.column("image_id" if "image_id" in names else "id").cast(pa.string())
-    elif "path" in names:
-        ids = pa.array([output_name(p) for p in batch.column("path").to_pylist()], pa.string())
-    else:
-        raise ValueError(f"the Parquet input has no 'image_id' (or 'id', or 'path') column; its columns: {names}")
-    return pa.table({"image_id": ids, "bytes": data, "error": pa.array([""] * len(ids), pa.string())})
+    ids, repeated = parquet_ids(batch), repeated or {}
+    errors = []
+    for image_id, value in zip(ids, data.is_null().to_pylist()):
+        error = unsafe_id(image_id, json_files)
+        if not error and image_id in repeated:
+            error = f"its id {image_id!r} is given to {repeated[image_id]} rows of the input (ids must be unique)"
+        errors.append(error or ("its bytes are null (no image file)" if value else ""))
+    return pa.table({"image_id": pa.array(ids, pa.string()), "bytes": data, "error": pa.array(errors, pa.string())})
 
 
 def run(a) -> int:
@@ -278,6 +392,7 @@ def run(a) -> int:
                else {"model": a.model, "seed": a.seed})
     folder = OutputFolder(a.output, {"weights": weights, "precision": a.precision, "generator": generator_options})
     done = folder.done()
+    repeated = repeated_ids(inputs) if parquet_input else {}  # (before Ray starts: a Parquet without ids is refused)
 
     address = a.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -292,7 +407,9 @@ def run(a) -> int:
     where = f"{gpus} GPU actor(s)" if gpus > 0 else f"{actors} CPU actor(s) of {a.cpus_per_actor} core(s)"
 
     if parquet_input:
-        ds = ray.data.read_parquet(inputs).map_batches(parquet_images, batch_format="pyarrow")
+        ds = ray.data.read_parquet(inputs).map_batches(
+            parquet_images, batch_format="pyarrow",
+            fn_kwargs={"json_files": "json" in formats, "repeated": repeated})
         if done:
             ds = ds.map_batches(not_done, batch_format="pyarrow", fn_kwargs={"done": done})
         total, skipped = None, len(done)
@@ -328,7 +445,8 @@ def run(a) -> int:
                 first, last, timed = min(first, t), max(last, t), timed + 1
             if error:
                 failed += 1
-                print(f"samfast-dataset: {image_id}: FAILED: {error}", file=sys.stderr)
+                shown = image_id if image_id.isprintable() else repr(image_id)  # (a NUL, a newline: one line each)
+                print(f"samfast-dataset: {shown}: FAILED: {error}", file=sys.stderr)
     end = time.perf_counter()
     rate = f"{images / (end - start):.2f} images/s"
     if timed > 1 and last > first:

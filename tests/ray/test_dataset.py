@@ -1,7 +1,9 @@
 """samfast-dataset and samfast.ray on a local Ray (started by the command, two CPU actors) with the
 tiny synthetic checkpoint: results equal `samfast everything`'s on the same images, unreadable
 images become error rows, a crashed actor is restarted and its batch redone with every result
-written once, an interrupted batch is redone on the next run and a finished folder is skipped."""
+written once, an interrupted batch is redone on the next run, failed images are redone and finished
+ones skipped; ids that cannot name a file (or are several images') are error rows, never a file
+outside the output folder nor a failed job."""
 import json
 import os
 import shutil
@@ -126,18 +128,24 @@ def test_everything_crash_resume(ray_python, samfast_pkg, tiny_checkpoint, image
         (out / sub / ".samfast-tmp-123-x").write_text("partial")
     (out / "masks" / "notes.txt").write_text("the user's")  # (not samfast-dataset's: left alone)
     r = run_dataset(ray_python, samfast_pkg, *args)
-    failing = len(set(redo) & {"broken", "notes"})
-    assert r.returncode == (1 if failing else 0), r.stdout + r.stderr
-    assert f"{len(redo) - failing} done" in r.stdout and f"{5 - len(redo)} skipped" in r.stdout, r.stdout
+    failed = {"broken", "notes"}  # (redone by every run)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{len(set(redo) - failed)} done" in r.stdout and "2 failed" in r.stdout, r.stdout
+    assert f"{5 - len(set(redo) | failed)} skipped" in r.stdout, r.stdout
     assert (out / "masks" / "notes.txt").read_text() == "the user's"
     (out / "masks" / "notes.txt").unlink()
     check_output(ray_python, samfast_pkg, out, cli_results)
     assert not list(out.glob("*/.samfast-tmp-*"))
 
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    # Again: the finished images are skipped (their files untouched), the failed ones redone and
+    # still listed once (check_output).
+    before = {p: p.stat().st_mtime_ns for p in (out / "json").iterdir()}
     r = run_dataset(ray_python, samfast_pkg, *args)
-    assert r.returncode == 0 and "all 5 images are done" in r.stdout, r.stdout + r.stderr
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "0 done" in r.stdout and "3 skipped" in r.stdout and "2 failed" in r.stdout, r.stdout
+    assert "broken: FAILED" in r.stderr and "notes: FAILED" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in (out / "json").iterdir()} == before
+    check_output(ray_python, samfast_pkg, out, cli_results)
 
 
 def test_refusals(ray_python, samfast_pkg, tiny_checkpoint, images, tmp_path):
@@ -176,22 +184,111 @@ def test_refusals(ray_python, samfast_pkg, tiny_checkpoint, images, tmp_path):
 
 
 def test_parquet_input(ray_python, samfast_pkg, tiny_checkpoint, cli_results, tmp_path):
-    """Image files in a Parquet column (id, bytes), one of them not an image; JSON out."""
-    source = tmp_path / "images.parquet"
-    venv_python(ray_python, samfast_pkg, f"""
-        import pyarrow as pa, pyarrow.parquet as pq
-        dog = open({str(IMAGES / "dog.jpg")!r}, "rb").read()
-        pq.write_table(pa.table({{"id": ["dog", "junk"], "bytes": [dog, b"junk"]}}), {str(source)!r})""")
-    out = tmp_path / "out"
-    r = run_dataset(ray_python, samfast_pkg, "--input", str(source), "--output", str(out), "--checkpoint",
-                    str(tiny_checkpoint), "--gpus", "0", "--format", "json", *OPTIONS)
+    """Image files in a Parquet column (id, bytes), JSON out: one not an image, ids that would name
+    files outside the output folder (or none), an id of two rows, null bytes; all error rows, the
+    dog done. Run again with the junk repaired: the junk is done, the dog skipped, one row each."""
+    source, out = tmp_path / "images.parquet", tmp_path / "out"
+    victim = tmp_path / "victim.json"
+    victim.write_text("the user's")
+    hostile = ["../../escape", str(tmp_path / "victim"), "nul\0byte", "z" * 300, "same", "same", "nobytes"]
+
+    def run_with(junk):
+        venv_python(ray_python, samfast_pkg, f"""
+            import pyarrow as pa, pyarrow.parquet as pq
+            dog = open({str(IMAGES / "dog.jpg")!r}, "rb").read()
+            ids = ["dog", "junk"] + {hostile!r}
+            pq.write_table(pa.table({{"id": ids, "bytes": [dog, {junk}] + [dog] * 6 + [None]}}), {str(source)!r})""")
+        return run_dataset(ray_python, samfast_pkg, "--input", str(source), "--output", str(out), "--checkpoint",
+                           str(tiny_checkpoint), "--gpus", "0", "--format", "json", *OPTIONS)
+
+    r = run_with('b"junk"')
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "junk: FAILED" in r.stderr and "image junk is not a readable image" in r.stderr, r.stderr
+    assert "1 done" in r.stdout and "8 failed" in r.stdout, r.stdout
+    for message in ("junk: FAILED: image junk is not a readable image",
+                    "../../escape: FAILED: its id '../../escape' cannot name a JSON file",
+                    f"{tmp_path}/victim: FAILED: its id", "'nul\\x00byte': FAILED: its id 'nul\\x00byte' cannot name",
+                    "FAILED: its id is too long to name a JSON file (305 bytes with .json, the limit is 255)",
+                    "same: FAILED: its id 'same' is given to 2 rows of the input (ids must be unique)",
+                    "nobytes: FAILED: its bytes are null (no image file)"):
+        assert message in r.stderr, (message, r.stderr)
+    assert victim.read_text() == "the user's" and not (tmp_path / "escape.json").exists()
+    assert sorted(p.name for p in tmp_path.rglob("*.json")) == ["dog.json", "options.json", "victim.json"]
     assert json.loads((out / "json" / "dog.json").read_text()) == cli_results["dog"]
     assert not list((out / "masks").iterdir())
-    r = run_dataset(ray_python, samfast_pkg, "--input", str(source), "--output", str(out), "--checkpoint",
-                    str(tiny_checkpoint), "--gpus", "0", "--format", "json", *OPTIONS)
-    assert r.returncode == 0 and "0 done" in r.stdout and "2 skipped" in r.stdout, r.stdout + r.stderr
+
+    r = run_with("dog")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "1 done" in r.stdout and "1 skipped" in r.stdout and "7 failed" in r.stdout, r.stdout
+    assert "junk: FAILED" not in r.stderr and "same: FAILED" in r.stderr, r.stderr
+    assert json.loads((out / "json" / "junk.json").read_text()) == cli_results["dog"]
+    rows = read_parquet(ray_python, samfast_pkg, out / "images")
+    assert sorted(r["image_id"] for r in rows) == sorted(["dog", "junk"] + hostile)
+    assert {r["image_id"]: r["error"] for r in rows}["junk"] == ""
+
+
+def test_ids_and_writes(ray_python, samfast_pkg, tmp_path):
+    """The helpers where one image could fail the job or write outside the output folder (no Ray):
+    a file name that is not UTF-8 and one too long for json/ID.json are error rows, one of 244 bytes
+    is written (its temporary too is a legal name); decode_images makes any exception of one image
+    its error; a JSON file that cannot be written fails its image alone, without masks rows; the
+    next run's done() drops the error rows (redone), and a part of failures with its masks part."""
+    out = venv_python(ray_python, samfast_pkg, r"""
+        import json, os, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+        from samfast import dataset, ray as samfast_ray
+        folder = os.environ["FOLDER"]
+        os.makedirs(os.path.join(folder, "in"))
+        for name in (b"ok.png", b"bad\xff\xfename.png", b"x" * 240 + b".png", b"y" * 251 + b".png"):
+            open(os.path.join(folder.encode(), b"in", name), "wb").close()
+        listed = dataset.list_images(os.path.join(folder, "in"))
+        rows = {r["image_id"]: r for r in dataset.path_rows(listed, set(), json_files=True)}
+        assert rows[r"bad\xff\xfename"]["error"] == "its path is not valid UTF-8 (rename the file)", rows
+        assert rows[r"bad\xff\xfename"]["path"].endswith(r"in/bad\xff\xfename.png")
+        assert "too long to name a JSON file (256 bytes" in rows["y" * 251]["error"], rows
+        assert rows["ok"]["error"] == rows["x" * 240]["error"] == ""
+
+        dog = open(os.environ["DOG"], "rb").read()
+        decoded = samfast_ray.decode_images({"image_id": np.array(["none", "dog"], object),
+                                             "bytes": np.array([None, dog], object)})
+        assert decoded["error"][0].startswith("TypeError: ") and decoded["error"][1] == "", decoded["error"]
+        assert decoded["image"][1].ndim == 3
+        bad = os.path.join(folder, "in", os.fsdecode(b"bad\xff\xfename.png"))
+        decoded = samfast_ray.decode_images({"image_id": np.array(["bad"], object), "path": np.array([bad], object)})
+        assert decoded["error"][0].endswith(r"bad\xff\xfename.png: the path is not valid UTF-8 (rename the file)")
+
+        out = os.path.join(folder, "out")
+        output = dataset.OutputFolder(out, {})
+        os.makedirs(os.path.join(out, "json", "blocked.json"))  # (a folder where its JSON file goes)
+        record = {"segmentation": {"size": [2, 2], "counts": "04"}, "area": 4, "bbox": [0, 0, 2, 2],
+                  "predicted_iou": 0.9, "stability_score": 0.9, "point_coords": [[1.0, 1.0]], "crop_box": [0, 0, 2, 2]}
+
+        def batch(ids, errors):
+            n, fine = len(ids), [not e for e in errors]
+            return pa.table({"image_id": ids, "path": ids, "error": errors, "width": pa.array([2] * n, pa.int32()),
+                             "height": pa.array([2] * n, pa.int32()),
+                             "num_masks": pa.array([int(f) for f in fine], pa.int32()),
+                             "seconds": [0.1] * n, "finished": [1.0] * n,
+                             "records": [json.dumps([record]) if f else "" for f in fine]})
+
+        def parts():
+            return [len(os.listdir(os.path.join(out, sub))) for sub in ("images", "masks")]
+        long = "x" * 240
+        written = dataset.write_results(batch(["a", long, "blocked", "failed"], ["", "", "", "unreadable"]), out,
+                                        ["parquet", "json"])
+        errors = dict(zip(written.column("image_id").to_pylist(), written.column("error").to_pylist()))
+        assert errors == {"a": "", long: "", "blocked": "its JSON file could not be written: Is a directory",
+                          "failed": "unreadable"}, errors
+        assert sorted(os.listdir(os.path.join(out, "json"))) == ["a.json", "blocked.json", long + ".json"]
+        assert pq.read_table(os.path.join(out, "masks")).column("image_id").to_pylist() == ["a", long]
+        dataset.write_results(batch(["lost"], ["unreadable"]), out, ["parquet", "json"])
+        assert not [n for sub in dataset.SUBFOLDERS for n in os.listdir(os.path.join(out, sub))
+                    if n.startswith(dataset.TEMP_PREFIX)]
+        assert parts() == [2, 2]
+
+        assert output.done() == {"a", long}
+        assert pq.read_table(os.path.join(out, "images")).column("image_id").to_pylist() == ["a", long]
+        assert parts() == [1, 1]
+        print("checked")""", FOLDER=str(tmp_path), DOG=str(IMAGES / "dog.jpg"))
+    assert "checked" in out, out
 
 
 def test_segment_prompts_in_ray_data(ray_python, samfast_pkg, tiny_checkpoint):
