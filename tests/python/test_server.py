@@ -116,6 +116,7 @@ def test_everything_and_embedding_equal_the_library(samfast_pkg, sam, client, do
     ({"points": [[10, 10]], "labels": [1], "format": "svg"}, 422, ""),
     ({"points": [["a", 10]], "labels": [1]}, 422, ""),
     ({"points": [], "labels": []}, 422, "points, a box or a mask"),
+    ({"points": [[1e300, 10]], "labels": [1]}, 422, "finite numbers"),
     ({"mask_input": (10**6, 10**6), "points": [[1, 1]], "labels": [1]}, 422, "(1, 256, 256)"),
     ({"mask_input": (1, 256, 256), "points": [[1, 1]], "labels": [1]}, 422, "mask_input"),
 ])

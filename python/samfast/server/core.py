@@ -106,7 +106,7 @@ class Checks:
             coords = [np.asarray(v, np.float64).ravel() for v in (points, box) if v is not None]
         except (OverflowError, ValueError, TypeError):
             coords = [np.array([np.inf])]
-        if not all(np.isfinite(c).all() for c in coords):
+        if not all(np.isfinite(c).all() and (np.abs(c) < 1e30).all() for c in coords):  # (1e300: finite, but inf in float32)
             raise HTTPException(422, "points and boxes must be finite numbers")
         return Click(points=None if points is None else np.asarray(points, np.float32).reshape(-1, 2),
                      labels=None if labels is None else np.asarray(labels, np.int32),
