@@ -335,6 +335,14 @@ def id_column(names: List[str]) -> str:
     raise ValueError(f"the Parquet input has no 'image_id' (or 'id', or 'path') column; its columns: {names}")
 
 
+def bytes_column(names: List[str]) -> str:
+    """The column of a Parquet input that holds its image files."""
+    for name in ("bytes", "image"):
+        if name in names:
+            return name
+    raise ValueError(f"the Parquet input has no 'bytes' (or 'image') column of image files; its columns: {names}")
+
+
 def parquet_ids(table) -> List[str]:
     """The ids of a Parquet input's rows (a table or batch of it): "" where null."""
     import pyarrow as pa
@@ -349,7 +357,9 @@ def repeated_ids(paths: List[str]) -> Dict[str, int]:
     import pyarrow.parquet as pq
     counts = Counter()
     for path in paths:
-        column = id_column(pq.read_schema(path).names)
+        names = pq.read_schema(path).names
+        bytes_column(names)  # (a file without images is refused here, before Ray starts, too)
+        column = id_column(names)
         counts.update(parquet_ids(pq.read_table(path, columns=[column])))
     return {i: n for i, n in counts.items() if n > 1}
 
@@ -359,11 +369,7 @@ def parquet_images(batch, json_files: bool = True, repeated: Optional[Dict[str, 
     an error where the id cannot name outputs (unsafe_id), is several rows' (`repeated`: which of
     them came first is not known here, so none is computed), or the bytes are null."""
     import pyarrow as pa
-    names = batch.column_names
-    if "bytes" in names or "image" in names:
-        data = batch.column("bytes" if "bytes" in names else "image")
-    else:
-        raise ValueError(f"the Parquet input has no 'bytes' (or 'image') column of image files; its columns: {names}")
+    data = batch.column(bytes_column(batch.column_names))
     ids, repeated = parquet_ids(batch), repeated or {}
     errors = []
     for image_id, value in zip(ids, data.is_null().to_pylist()):
@@ -449,7 +455,7 @@ def run(a) -> int:
                 print(f"samfast-dataset: {shown}: FAILED: {error}", file=sys.stderr)
     end = time.perf_counter()
     rate = f"{images / (end - start):.2f} images/s"
-    if timed > 1 and last > first:
+    if timed > 1 and last - first >= 1:  # (over less than a second, batches finishing together say nothing)
         rate += f", {(timed - 1) / (last - first):.2f} from the first image done to the last ({last - first:.1f} s)"
     print(f"samfast-dataset: {images - failed} done ({masks} masks), {skipped} skipped (already done), {failed} failed "
           f"in {end - start:.1f} s ({rate}); {a.output}")

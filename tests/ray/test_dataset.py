@@ -287,6 +287,14 @@ def test_ids_and_writes(ray_python, samfast_pkg, tmp_path):
         assert output.done() == {"a", long}
         assert pq.read_table(os.path.join(out, "images")).column("image_id").to_pylist() == ["a", long]
         assert parts() == [1, 1]
+
+        # A Parquet input without image files is refused before Ray starts (it once failed inside it).
+        pq.write_table(pa.table({"image_id": ["a"], "pixels": [b"x"]}), os.path.join(folder, "no_bytes.parquet"))
+        try:
+            dataset.repeated_ids([os.path.join(folder, "no_bytes.parquet")])
+            raise AssertionError("a Parquet input without a bytes column was taken")
+        except ValueError as e:
+            assert "no 'bytes' (or 'image') column" in str(e), e
         print("checked")""", FOLDER=str(tmp_path), DOG=str(IMAGES / "dog.jpg"))
     assert "checked" in out, out
 
