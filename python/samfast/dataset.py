@@ -111,7 +111,7 @@ def path_rows(paths: List[str], done: set, json_files: bool) -> List[Dict[str, s
         path = os.path.abspath(p)
         shown = as_text(path)
         image_id = output_name(shown)
-        if shown != path:  # (the library's reader takes UTF-8 paths; nor could Parquet's strings hold it)
+        if shown != path:  # (the rows travel as Parquet, whose strings are UTF-8: the path could not)
             error = "its path is not valid UTF-8 (rename the file)"
         else:
             error = unsafe_id(image_id, json_files)

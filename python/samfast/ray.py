@@ -16,7 +16,6 @@ without failing the job. SegmentEverything and SegmentPrompts load the model onc
 GPU Ray gives it, else the CPU) and return one row per image; `samfast-dataset everything`
 (samfast.dataset) is the ready-made pipeline with resumable output."""
 import json
-import os
 import time
 from typing import Any, Dict, List, Optional
 
@@ -59,7 +58,7 @@ def decode_images(batch: Batch, exif_orientation: bool = True) -> Batch:
                 if "bytes" in batch:
                     image = decode_image(bytes(batch["bytes"][i]), exif_orientation, f"image {batch['image_id'][i]}")
                 else:
-                    image = _read_file(str(batch["path"][i]), exif_orientation)
+                    image = _samfast.read_image(str(batch["path"][i]), exif_orientation)
             except (ValueError, OSError, RuntimeError) as e:
                 error = str(e) or type(e).__name__
             except Exception as e:  # (anything else one image raises, e.g. a null "bytes": its row alone fails)
@@ -69,16 +68,6 @@ def decode_images(batch: Batch, exif_orientation: bool = True) -> Batch:
     out = {k: v for k, v in batch.items() if k != "bytes"}
     out["image"], out["error"] = _images(images), _strings(errors)
     return out
-
-
-def _read_file(path: str, exif_orientation: bool) -> np.ndarray:
-    """samfast.read_image, with a clear error for a path that is not UTF-8."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:  # (a name os.fsdecode kept as surrogates: the binding takes UTF-8 text)
-        raise ValueError(f"{os.fsencode(path).decode('utf-8', 'backslashreplace')}: the path is not valid UTF-8 "
-                         "(rename the file)") from None
-    return _samfast.read_image(path, exif_orientation)
 
 
 def make_model(checkpoint: Optional[str] = None, model: str = "vit_b", device: str = "auto",

@@ -4,6 +4,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/array.h>
+#include <nanobind/stl/filesystem.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -228,37 +229,48 @@ nb::dict record_dict(MaskRecord& r, const std::string& output_mode) {
   return d;
 }
 
+// Raises `type` with a message that may name a file whose name is not UTF-8 (a Linux name is bytes):
+// those bytes as \xNN, where PyErr_SetString would fail to decode the message and lose it.
+void set_error(PyObject* type, const char* what) {
+  PyObject* text = PyUnicode_DecodeUTF8(what, (Py_ssize_t)std::strlen(what), "backslashreplace");
+  if (!text) return;  // (out of memory: that error stays set)
+  PyErr_SetObject(type, text);
+  Py_DECREF(text);
+}
+
 }  // namespace
 
 NB_MODULE(_samfast, m) {
   m.doc() = "samfast's C++ engine (see the samfast package for segment_anything's names)";
 
-  // Errors: bad input -> ValueError, device memory -> MemoryError, anything else samfast -> RuntimeError.
+  // Errors: bad input -> ValueError (an image past the pixel limit: ImageTooLarge, a ValueError of its
+  // own, for a server's 413), device memory -> MemoryError, anything else samfast -> RuntimeError.
+  static PyObject* image_too_large = PyErr_NewException("samfast._samfast.ImageTooLarge", PyExc_ValueError, nullptr);
+  m.attr("ImageTooLarge") = nb::borrow(image_too_large);
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);
+    } catch (const ImageTooLarge& e) {
+      set_error(image_too_large, e.what());
     } catch (const InvalidArgument& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
+      set_error(PyExc_ValueError, e.what());
     } catch (const OutOfMemory& e) {
-      PyErr_SetString(PyExc_MemoryError, e.what());
+      set_error(PyExc_MemoryError, e.what());
     } catch (const Error& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what());
+      set_error(PyExc_RuntimeError, e.what());
     }
   });
-  // (registered after the one above, so tried before it: an image past the pixel limit is a
-  // ValueError of its own, for a server's 413)
-  nb::exception<ImageTooLarge>(m, "ImageTooLarge", PyExc_ValueError);
 
   m.def("precision_names", [] { return std::vector<std::string>(precision_names().begin(), precision_names().end()); });
 
   nb::class_<ModelHandle>(m, "Model", "A SAM model on one device (weights uploaded once).")
       .def_static(
           "load",
-          [](const std::string& path, const std::string& device, const std::string& precision, bool cuda_graphs,
+          [](const std::filesystem::path& path, const std::string& device, const std::string& precision, bool cuda_graphs,
              const std::string& decoder_precision) {
             ModelOptions o = options_of(device, precision, cuda_graphs, decoder_precision);
             nb::gil_scoped_release no_gil;
-            return std::make_shared<ModelHandle>(Model::load(path, o));
+            return std::make_shared<ModelHandle>(Model::load(path.string(), o));
           },
           "path"_a, "device"_a = "auto", "precision"_a = "auto", "cuda_graphs"_a = true, "decoder_precision"_a = "auto",
           "Loads a .pth or .safetensors SAM checkpoint; the model type is read off its tensor shapes.")
@@ -692,12 +704,12 @@ NB_MODULE(_samfast, m) {
       "gray"_a, "A (H, W) uint8 array as PNG bytes.");
   m.def(
       "read_image",
-      [](const std::string& path, bool exif_orientation, int64_t max_pixels) {
+      [](const std::filesystem::path& path, bool exif_orientation, int64_t max_pixels) {
         if (max_pixels <= 0) throw InvalidArgument("max_pixels must be positive, got " + std::to_string(max_pixels));
         Image img;
         {
           nb::gil_scoped_release no_gil;
-          img = read_image(path, std::min(max_pixels, kMaxImagePixels),
+          img = read_image(path.string(), std::min(max_pixels, kMaxImagePixels),
                            exif_orientation ? ExifOrientation::apply : ExifOrientation::ignore);
         }
         return rgb_array(std::move(img));

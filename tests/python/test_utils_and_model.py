@@ -168,3 +168,18 @@ def test_read_image_pixel_limit(samfast_pkg):
     with pytest.raises(ValueError, match="^the upload is not a readable image") as e:
         decode_image(b"not an image", name="the upload", max_pixels=1000)
     assert not isinstance(e.value, samfast_pkg.ImageTooLarge)
+
+
+def test_paths_that_are_not_utf8(samfast_pkg, tiny_checkpoint, tmp_path):
+    """A Linux file name is bytes: one that is not UTF-8 (os.fsdecode keeps it as surrogates) is
+    read, and named in errors with its bytes as \\xNN (they once raised TypeError, or lost the message)."""
+    import shutil
+    image = os.fsdecode(os.fsencode(str(tmp_path)) + b"/dog\xff.jpg")
+    checkpoint = os.fsdecode(os.fsencode(str(tmp_path)) + b"/tiny\xfe.pth")
+    shutil.copy(IMAGES / "dog.jpg", image)
+    shutil.copy(tiny_checkpoint, checkpoint)
+    assert np.array_equal(samfast_pkg.read_image(image), rgb("dog.jpg"))
+    predictor = samfast_pkg.SamPredictor(samfast_pkg.load(checkpoint, device="cpu"))
+    predictor.set_image(samfast_pkg.read_image(image))
+    with pytest.raises(RuntimeError, match=r"dog\\xfe\.jpg does not exist"):
+        samfast_pkg.read_image(os.fsdecode(os.fsencode(str(tmp_path)) + b"/dog\xfe.jpg"))

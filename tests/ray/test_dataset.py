@@ -252,8 +252,10 @@ def test_ids_and_writes(ray_python, samfast_pkg, tmp_path):
         assert decoded["error"][0].startswith("TypeError: ") and decoded["error"][1] == "", decoded["error"]
         assert decoded["image"][1].ndim == 3
         bad = os.path.join(folder, "in", os.fsdecode(b"bad\xff\xfename.png"))
+        with open(bad, "wb") as f:  # (in a pipeline of one's own, such a path is read)
+            f.write(dog)
         decoded = samfast_ray.decode_images({"image_id": np.array(["bad"], object), "path": np.array([bad], object)})
-        assert decoded["error"][0].endswith(r"bad\xff\xfename.png: the path is not valid UTF-8 (rename the file)")
+        assert decoded["error"][0] == "" and decoded["image"][0].shape == (534, 800, 3), decoded["error"]
 
         out = os.path.join(folder, "out")
         output = dataset.OutputFolder(out, {})
