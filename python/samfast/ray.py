@@ -169,6 +169,8 @@ class SegmentPrompts:
                 results[i] = json.dumps(out, separators=(",", ":"))
             except (ValueError, RuntimeError) as e:
                 errors[i] = str(e) or type(e).__name__
+            except Exception as e:  # (a row's prompts of another form, e.g. labels of None: that row alone fails)
+                errors[i] = f"{type(e).__name__}: {e}"
         out = {k: v for k, v in batch.items() if k not in ("image", "error")}
         out.update(error=_strings(errors), width=width, height=height, results=_strings(results))
         return out

@@ -326,3 +326,21 @@ def test_segment_prompts_in_ray_data(ray_python, samfast_pkg, tiny_checkpoint):
                 assert result["predicted_iou"] == float(scores[0])
         print("checked", sum(len(v) for v in got.values()))""", OMP_NUM_THREADS="1")  # (the actor's one core)
     assert "checked 4" in out, out
+
+
+def test_segment_prompts_bad_rows(ray_python, samfast_pkg, tiny_checkpoint):
+    """SegmentPrompts (called as Ray calls an actor, without Ray): a row whose prompts cannot be read
+    is that row's error, the others of the batch are answered."""
+    out = venv_python(ray_python, samfast_pkg, f"""
+        import json, numpy as np, samfast, samfast.ray
+        image = samfast.read_image({str(IMAGES / "dog.jpg")!r})
+        segment = samfast.ray.SegmentPrompts(checkpoint={str(tiny_checkpoint)!r}, device="cpu")
+        batch = {{"image_id": np.array(["none", "nan", "fine"], object), "image": [image] * 3,
+                  "point_coords": np.array([[[[400, 260]]], [[[400, 260]]], [[[400, 260]]]], object),
+                  "point_labels": np.array([None, [[float("nan")]], [[1]]], object)}}
+        out = segment(batch)
+        assert out["error"][0].startswith("TypeError: "), out["error"]
+        assert out["error"][1] and out["error"][2] == "", out["error"]
+        assert len(json.loads(out["results"][2])) == 1
+        print("checked")""", OMP_NUM_THREADS="1")
+    assert "checked" in out, out
