@@ -261,11 +261,12 @@ class Core(Checks):
             raise HTTPException(415, str(e)) from None
         return image
 
-    def add_image(self, data: bytes, exif_orientation: bool = True) -> Added:
+    def add_image(self, data: bytes, exif_orientation: bool = True, started: Optional[float] = None) -> Added:
         """An image file, decoded and encoded unless known (its id is the file's SHA-256, and a
-        mark where the EXIF orientation is not applied)."""
+        mark where the EXIF orientation is not applied). started: when the request began
+        (time.perf_counter()), if before this call: its request_timeout_s counts from then."""
         return self._add(hashlib.sha256(data).hexdigest() + ("" if exif_orientation else "-noexif"),
-                         lambda: self.decode_file(data, exif_orientation))
+                         lambda: self.decode_file(data, exif_orientation), started)
 
     def add_pixels(self, image: np.ndarray) -> Added:
         """HxWx3 uint8 RGB pixels, encoded unless known (the id hashes the shape and the pixels)."""
@@ -276,7 +277,7 @@ class Core(Checks):
         digest.update(np.ascontiguousarray(image).data)
         return self._add(digest.hexdigest(), lambda: image)
 
-    def _add(self, image_id: str, pixels) -> Added:
+    def _add(self, image_id: str, pixels, started: Optional[float] = None) -> Added:
         start = time.perf_counter()
         image = self.cache.get_image(image_id)
         cached = image is not None
@@ -300,7 +301,7 @@ class Core(Checks):
                             future.submitted = submitted
                             # (cached when done even if this request has timed out: a retry is then a hit)
                             future.add_done_callback(lambda f: self._encoded(image_id, image, f))
-                predictor = self.result(future, start)
+                predictor = self.result(future, start if started is None else started)
             if hasattr(future, "began"):
                 self._upload_stage.labels("wait").observe(future.began - future.submitted)
                 self._upload_stage.labels("model").observe(time.perf_counter() - future.began)

@@ -161,8 +161,8 @@ class RemoteCore(Checks):
         # (started: time.perf_counter(), CLOCK_MONOTONIC, the same clock in every process of a host)
         return await self.call("predict", image_id, click, started, low_res)
 
-    def add_image(self, data, exif_orientation=True):
-        return self._blocking("add_image", data, exif_orientation)
+    def add_image(self, data, exif_orientation=True, started=None):
+        return self._blocking("add_image", data, exif_orientation, started)
 
     def add_pixels(self, image):
         return self._blocking("add_pixels", image)

@@ -83,17 +83,18 @@ def router(core, authorized) -> APIRouter:
     async def invoke(body: Invocation, x_nuclio_function_name: str = Header(...)):
         if x_nuclio_function_name not in (EMBEDDING_FUNCTION, MASK_FUNCTION):
             raise HTTPException(404, f"no function {x_nuclio_function_name}")
+        start = time.perf_counter()
         data = base64_file(body.image, core.config.max_upload_bytes, "image")
-        added = await run_in_threadpool(core.add_image, data, False)
+        added = await run_in_threadpool(core.add_image, data, False, start)
         if x_nuclio_function_name == EMBEDDING_FUNCTION:
             embedding = await run_in_threadpool(core.embedding, added.id)
             return {"blob": base64.b64encode(embedding.astype("<f4").tobytes()).decode()}
-        return await mask_answer(core, added, body)
+        return await mask_answer(core, added, body, start)
 
     return r
 
 
-async def mask_answer(core, added, body: Invocation):
+async def mask_answer(core, added, body: Invocation, start: float):
     points = [p for p in body.pos_points] + [p for p in body.neg_points]
     labels = [1] * len(body.pos_points) + [0] * len(body.neg_points)
     box = None
@@ -102,7 +103,7 @@ async def mask_answer(core, added, body: Invocation):
             raise HTTPException(422, "obj_bbox is [[x0, y0], [x1, y1]]")
         box = [*body.obj_bbox[0], *body.obj_bbox[1]]
     click = core.click(points or None, labels or None, box, None, False)
-    masks, _, _, _ = await core.predict(added.id, click, time.perf_counter(), False)
+    masks, _, _, _ = await core.predict(added.id, click, start, False)
     mask = masks[0]
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:

@@ -98,7 +98,7 @@ def router(core, authorized) -> APIRouter:
         if image_id is None or not await core.known(image_id):
             seconds = start + core.config.request_timeout_s - time.perf_counter()
             data = await download(source[0], source[1], seconds, core.config)
-            image_id = (await run_in_threadpool(core.add_image, data)).id
+            image_id = (await run_in_threadpool(core.add_image, data, True, start)).id
         known[source] = image_id
         known.move_to_end(source)
         while len(known) > 4096:

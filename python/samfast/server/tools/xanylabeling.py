@@ -100,7 +100,7 @@ def router(core, authorized) -> APIRouter:
             raise HTTPException(422, f"epsilon_factor is a number from 0 to 1, got {str(epsilon)[:40]}")
         try:
             data = base64_file(body.image, core.config.max_upload_bytes, "image")
-            added = await run_in_threadpool(core.add_image, data)
+            added = await run_in_threadpool(core.add_image, data, True, start)
         except HTTPException as e:
             if e.status_code not in (413, 415, 422):
                 raise
