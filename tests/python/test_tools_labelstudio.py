@@ -330,7 +330,8 @@ def test_slow_host_answered_within_the_timeout(samfast_pkg, tiny_checkpoint, sta
         r = click(client, None, "/slow.jpg")
         took = time.monotonic() - start
         assert r.status_code == 504 and "did not arrive from Label Studio within" in r.json()["detail"], r.text
-        assert 0.9 < took < 3.0, took
+        # (the deadline's, not the host's ~20 s: the bound is loose so that a busy machine passes)
+        assert 0.9 < took < 15.0, took
         assert ended.wait(5), "samfast still holds the slow host's connection"
 
 
