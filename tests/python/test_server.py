@@ -216,6 +216,19 @@ def test_server_command_on_loopback(samfast_pkg, tiny_checkpoint):
         assert all("127.0.0.1" in line for line in lines)
 
 
+@pytest.mark.parametrize("flag,value,says", [("--max-pixels", "0", "1 or more"), ("--max-batch", "0", "1 or more"),
+                                              ("--timeout", "nan", "above 0"), ("--max-upload-mb", "-1", "above 0"),
+                                              ("--cache-mb", "-5", "0 or more"), ("--port", "70000", "at most 65535")])
+def test_server_command_refuses_bad_limits(samfast_pkg, capsys, flag, value, says):
+    """Limits that make no sense stop samfast-server at its start (--max-pixels 0 once answered every
+    upload 415, "max_pixels must be positive")."""
+    from samfast.server.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["--model", "tiny", flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{flag} is" in err and says in err, err
+
+
 def front_ends_of(pid):
     """The server's front-end processes (multiprocessing's spawned children; not its resource tracker)."""
     out = []

@@ -39,8 +39,18 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if not a.checkpoint and not a.model:
         ap.error("give --checkpoint (or --model for a synthetic model)")
-    if a.workers < 1:
-        ap.error("--workers is 1 or more")
+    for flag, value, least in (("--workers", a.workers, 1), ("--max-pixels", a.max_pixels, 1),
+                               ("--max-prompts", a.max_prompts, 1), ("--max-everything-points", a.max_everything_points, 1),
+                               ("--max-pending", a.max_pending, 1), ("--max-batch", a.max_batch, 1),
+                               ("--cache-mb", a.cache_mb, 0), ("--host-cache-mb", a.host_cache_mb, 0),
+                               ("--batch-wait-ms", a.batch_wait_ms, 0), ("--port", a.port, 0)):
+        if not value >= least:  # (NaN too)
+            ap.error(f"{flag} is {least} or more, got {value}")
+    for flag, value in (("--max-upload-mb", a.max_upload_mb), ("--timeout", a.timeout)):
+        if not 0 < value < float("inf"):
+            ap.error(f"{flag} is a number above 0, got {value}")
+    if a.port > 65535:
+        ap.error(f"--port is at most 65535, got {a.port}")
 
     import uvicorn
 
