@@ -372,11 +372,11 @@ def parquet_images(batch, json_files: bool = True, repeated: Optional[Dict[str, 
     data = batch.column(bytes_column(batch.column_names))
     ids, repeated = parquet_ids(batch), repeated or {}
     errors = []
-    for image_id, value in zip(ids, data.is_null().to_pylist()):
+    for image_id, null in zip(ids, data.is_null().to_pylist()):
         error = unsafe_id(image_id, json_files)
         if not error and image_id in repeated:
             error = f"its id {image_id!r} is given to {repeated[image_id]} rows of the input (ids must be unique)"
-        errors.append(error or ("its bytes are null (no image file)" if value else ""))
+        errors.append(error or ("its bytes are null (no image file)" if null else ""))
     return pa.table({"image_id": pa.array(ids, pa.string()), "bytes": data, "error": pa.array(errors, pa.string())})
 
 
