@@ -6,7 +6,7 @@
 //
 // Every image token expands independently: 4 sub-pixels s1 = (dy1, dx1) of C1 channels, each 4
 // sub-pixels s2 = (dy2, dx2) of C2 channels, each one value per mask. A block takes one s1 of a
-// run of 64-token tiles of one prompt; its warps take 16 tokens each through three tensor-core
+// run of 128-token tiles of one prompt; its 8 warps take 16 tokens each through three tensor-core
 // GEMMs chained in registers (accumulator layout = next A operand, as P in flash attention):
 //   (16 x D) x W1[s1] (D x C1) + b1 -> LayerNorm over C1 -> GELU  -> A (16 x C1)
 //   (16 x C1) x W2 (C1 x 4 C2) + b2 -> GELU                      -> A (16 x 4 C2)
@@ -24,7 +24,6 @@ using cuda::acc_to_a;
 using cuda::cp_async16;
 using cuda::cp_async_commit;
 using cuda::cp_async_wait;
-using cuda::cp_async_wait_all;
 using cuda::from_f32;
 using cuda::gelu_erf_fast;
 using cuda::ldmatrix_x4;
@@ -32,8 +31,17 @@ using cuda::mma16;
 using cuda::quad_row_stats;
 using cuda::to_f32;
 
-constexpr int kD = 256, kC1 = 64, kC2 = 32, kM = 4, kRows = 64, kThreads = 128;
-constexpr int kLd1 = kD + 8, kLd2 = kC1 + 8, kLd3 = 4 * kC2 + 8;  // padded smem rows (ldmatrix, no conflicts)
+// Occupancy decides this kernel's speed (its GEMM chain waits on each step): each warp streams its
+// rows' D values through a ring of kStages chunks of kChunk columns (cp.async, the next chunks in
+// flight while one is multiplied) rather than staging whole rows, so that a block's shared memory is
+// its sub-pixel's weights and small rings and two blocks (16 warps) fit an SM; the second GEMM, taken
+// in two halves of its columns, keeps a thread within the 128 registers that allows. (Against 4
+// warps a block staging whole 64-token tiles, 8 warps an SM: 132 -> 100 us for 16 prompts, H200.)
+constexpr int kD = 256, kC1 = 64, kC2 = 32, kM = 4, kWarps = 8, kThreads = 32 * kWarps, kRows = 16 * kWarps;
+constexpr int kChunk = 64, kChunks = kD / kChunk, kStages = 3;
+static_assert(kChunk == 64, "load_chunk: 8 lanes of 16 bytes a row");
+// padded smem rows (ldmatrix without bank conflicts)
+constexpr int kLd1 = kD + 8, kLd2 = kC1 + 8, kLd3 = 4 * kC2 + 8, kLdX = kChunk + 8;
 
 // wt[(s * Cout + co) * Cin + ci] = w[ci, co, dy, dx] with s = 2 dy + dx: per sub-pixel, rows of Cin.
 template <class H>
@@ -52,17 +60,17 @@ struct UpscaleArgs {
   float eps;
 };
 
-constexpr size_t kSmemBytes =
-    sizeof(uint16_t) * (kC1 * kLd1 + 4 * kC2 * kLd2 + 4 * kM * kLd3 + kRows * kLd1) + sizeof(float) * (3 * kC1 + kC2);
+constexpr size_t kSmemBytes = sizeof(uint16_t) * (kC1 * kLd1 + 4 * kC2 * kLd2 + 4 * kM * kLd3 + kWarps * kStages * 16 * kLdX) +
+                              sizeof(float) * (3 * kC1 + kC2);
 
 template <class H>
-__global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> a, int tiles_per_block) {
+__global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<H> a, int tiles_per_block) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   H* sW1 = reinterpret_cast<H*>(smem_raw);  // (C1 rows, D) of sub-pixel s1
   H* sW2 = sW1 + kC1 * kLd1;                 // (4 C2 rows = (s2, c2), C1)
   H* sH = sW2 + 4 * kC2 * kLd2;              // (4 M rows = (s2, m), 4 C2): hyper block diagonal
-  H* sX = sH + 4 * kM * kLd3;                // 16 token rows per warp
-  float* sB1 = reinterpret_cast<float*>(sX + kRows * kLd1);
+  H* sX = sH + 4 * kM * kLd3;                // per warp: kStages chunks of (16 token rows, kChunk)
+  float* sB1 = reinterpret_cast<float*>(sX + kWarps * kStages * 16 * kLdX);
   float *sLw = sB1 + kC1, *sLb = sLw + kC1, *sB2 = sLb + kC1;
   const int s1 = blockIdx.x, b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int gr = lane / 4, tq = lane % 4, G = a.G, T = G * G;
@@ -75,6 +83,7 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> 
     const int r = i / (kC1 / 8), c = i % (kC1 / 8);
     cp_async16(sW2 + r * kLd2 + c * 8, a.w2t + r * kC1 + c * 8, true);
   }
+  cp_async_commit();
   for (int i = tid; i < 4 * kM * 4 * kC2; i += kThreads) {
     const int n = i / (4 * kC2), k = i % (4 * kC2);  // n = (s2, m), k = (s2', c)
     const bool diag = n / kM == k / kC2;
@@ -82,51 +91,61 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> 
   }
   for (int i = tid; i < kC1; i += kThreads) sB1[i] = to_f32(a.b1[i]), sLw[i] = to_f32(a.ln_w[i]), sLb[i] = to_f32(a.ln_b[i]);
   for (int i = tid; i < kC2; i += kThreads) sB2[i] = to_f32(a.b2[i]);
-  cp_async_wait_all();
-  __syncthreads();  // weights visible; from here on each warp works alone
 
   const H* xg = a.keys + int64_t(b) * T * kD;
-  H* sXw = sX + warp * 16 * kLd1;
+  H* sXw = sX + warp * kStages * 16 * kLdX;
   const int L = 4 * G, dy1 = s1 / 2, dx1 = s1 % 2;
   H* outb = a.out + int64_t(b) * kM * L * L;
   const H* w1base = sW1 + ((lane / 16) * 8 + lane % 8) * kLd1 + ((lane / 8) & 1) * 8;
   const H* w2base = sW2 + ((lane / 16) * 8 + lane % 8) * kLd2 + ((lane / 8) & 1) * 8;
   const H* hbase = sH + ((lane / 16) * 8 + lane % 8) * kLd3 + ((lane / 8) & 1) * 8;
-  const int ntiles = (T + kRows - 1) / kRows, tile_end = min(ntiles, (blockIdx.y + 1) * tiles_per_block);
-  // This warp's 16 token rows of a tile, by cp.async (zeros past the last token).
-  auto load_rows = [&](int tile) {
-    const int r0 = tile * kRows + warp * 16;
-    for (int i = lane; i < 16 * (kD / 8); i += 32) {
-      const int r = i / (kD / 8), c = i % (kD / 8);
-      const bool ok = r0 + r < T;
-      cp_async16(sXw + r * kLd1 + c * 8, xg + (ok ? int64_t(r0 + r) * kD + c * 8 : 0), ok);
+  const int ntiles = (T + kRows - 1) / kRows, tile_begin = blockIdx.y * tiles_per_block;
+  const int tile_end = min(ntiles, tile_begin + tiles_per_block), nchunks = max(0, tile_end - tile_begin) * kChunks;
+  // Chunk i of this warp's rows (tile i / kChunks, columns (i % kChunks) kChunk..) into ring slot
+  // i % kStages, zeros past the last token; one cp.async group a chunk, empty past the last chunk.
+  auto load_chunk = [&](int i) {
+    if (i < nchunks) {
+      const int r0 = (tile_begin + i / kChunks) * kRows + warp * 16, c0 = (i % kChunks) * kChunk;
+      H* dst = sXw + (i % kStages) * 16 * kLdX + (lane % 8) * 8;  // a lane: 16 bytes of rows lane / 8 + 4 q
+#pragma unroll
+      for (int r = lane / 8; r < 16; r += 4) {
+        const bool ok = r0 + r < T;
+        cp_async16(dst + r * kLdX, xg + (ok ? int64_t(r0 + r) * kD + c0 + (lane % 8) * 8 : 0), ok);
+      }
     }
     cp_async_commit();
   };
-  if (blockIdx.y * tiles_per_block < tile_end) load_rows(blockIdx.y * tiles_per_block);
-  for (int tile = blockIdx.y * tiles_per_block; tile < tile_end; ++tile) {
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) load_chunk(i);
+  cp_async_wait<kStages - 1>();  // the weights' group (the oldest) has landed
+  __syncthreads();                // weights visible; from here on each warp works alone
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
     const int r0 = tile * kRows + warp * 16;
-    cp_async_wait<0>();
-    __syncwarp();
-    // (1) ConvTranspose #1 for sub-pixel s1: 16 x C1. (The product of mma.cuh's warp_tile_abt, written
-    // out: through the helper this kernel compiles to differently scheduled code, not yet measured.)
+    // (1) ConvTranspose #1 for sub-pixel s1: 16 x C1, chunk by chunk of D.
     float c1[kC1 / 8][4];
 #pragma unroll
     for (int n = 0; n < kC1 / 8; ++n) c1[n][0] = c1[n][1] = c1[n][2] = c1[n][3] = 0.f;
-#pragma unroll 4
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      uint32_t af[4];
-      ldmatrix_x4(af, sXw + (lane % 16) * kLd1 + kk * 16 + (lane / 16) * 8);
 #pragma unroll
-      for (int np = 0; np < kC1 / 16; ++np) {
-        uint32_t bf[4];
-        ldmatrix_x4(bf, w1base + np * 16 * kLd1 + kk * 16);
-        mma16<H>(c1[2 * np], af, bf[0], bf[1]);
-        mma16<H>(c1[2 * np + 1], af, bf[2], bf[3]);
+    for (int kc = 0; kc < kChunks; ++kc) {
+      const int i = (tile - tile_begin) * kChunks + kc;
+      cp_async_wait<kStages - 2>();  // chunk i has landed (this lane's part) ...
+      __syncwarp();                  // ... every lane's, and every lane is done with chunk i - 1
+      load_chunk(i + kStages - 1);   // into chunk i - 1's slot
+      const H* xs = sXw + (i % kStages) * 16 * kLdX + (lane % 16) * kLdX + (lane / 16) * 8;
+#pragma unroll
+      for (int kk = 0; kk < kChunk / 16; ++kk) {
+        uint32_t af[4];
+        ldmatrix_x4(af, xs + kk * 16);
+#pragma unroll
+        for (int np = 0; np < kC1 / 16; ++np) {
+          uint32_t bf[4];
+          ldmatrix_x4(bf, w1base + np * 16 * kLd1 + kc * kChunk + kk * 16);
+          mma16<H>(c1[2 * np], af, bf[0], bf[1]);
+          mma16<H>(c1[2 * np + 1], af, bf[2], bf[3]);
+        }
       }
     }
-    __syncwarp();  // sXw is read: the next tile's rows load while this one finishes
-    if (tile + 1 < tile_end) load_rows(tile + 1);
     if (r0 >= T) continue;
     // + bias, LayerNorm2d over C1 (a quad holds a row), GELU, as the A operand of (2).
     float sum[2] = {0.f, 0.f}, sq[2] = {0.f, 0.f};
@@ -149,37 +168,36 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> 
     uint32_t a2[kC1 / 16][4];
 #pragma unroll
     for (int ks = 0; ks < kC1 / 16; ++ks) acc_to_a<H>(a2[ks], c1[2 * ks], c1[2 * ks + 1]);
-    // (2) ConvTranspose #2: 16 x (s2, c2), + bias, GELU, as the A operand of (3).
-    float c2[4 * kC2 / 8][4];
-#pragma unroll
-    for (int n = 0; n < 4 * kC2 / 8; ++n) c2[n][0] = c2[n][1] = c2[n][2] = c2[n][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < kC1 / 16; ++ks)
-#pragma unroll
-      for (int np = 0; np < 4 * kC2 / 16; ++np) {
-        uint32_t bf[4];
-        ldmatrix_x4(bf, w2base + np * 16 * kLd2 + ks * 16);
-        mma16<H>(c2[2 * np], a2[ks], bf[0], bf[1]);
-        mma16<H>(c2[2 * np + 1], a2[ks], bf[2], bf[3]);
-      }
-    uint32_t a3[4 * kC2 / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < 4 * kC2 / 16; ++ks) {
-      float g[2][4];
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) g[j][e] = gelu_erf_fast(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
-      acc_to_a<H>(a3[ks], g[0], g[1]);
-    }
-    // (3) Hypernetwork product: 16 x (s2, m).
+    // (2) ConvTranspose #2 and (3) the hypernetwork product, in two halves h of the sub-pixels s2
+    // (2h and 2h + 1): 16 x (s2, c2) + bias, GELU, as the A operand of (3), whose product with the
+    // block diagonal is the 8 (s2, m) columns of n-tile h (the other half's rows of it are zeros).
     float c3[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-    for (int ks = 0; ks < 4 * kC2 / 16; ++ks) {
-      uint32_t bf[4];
-      ldmatrix_x4(bf, hbase + ks * 16);
-      mma16<H>(c3[0], a3[ks], bf[0], bf[1]);
-      mma16<H>(c3[1], a3[ks], bf[2], bf[3]);
+    for (int h = 0; h < 2; ++h) {
+      float c2[2 * kC2 / 8][4];
+#pragma unroll
+      for (int n = 0; n < 2 * kC2 / 8; ++n) c2[n][0] = c2[n][1] = c2[n][2] = c2[n][3] = 0.f;
+#pragma unroll
+      for (int ks = 0; ks < kC1 / 16; ++ks)
+#pragma unroll
+        for (int np = 0; np < 2 * kC2 / 16; ++np) {
+          uint32_t bf[4];
+          ldmatrix_x4(bf, w2base + (h * (2 * kC2 / 16) + np) * 16 * kLd2 + ks * 16);
+          mma16<H>(c2[2 * np], a2[ks], bf[0], bf[1]);
+          mma16<H>(c2[2 * np + 1], a2[ks], bf[2], bf[3]);
+        }
+#pragma unroll
+      for (int ks = 0; ks < 2 * kC2 / 16; ++ks) {
+        float g[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) g[j][e] = gelu_erf_fast(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
+        uint32_t a3[4], bf[4];
+        acc_to_a<H>(a3, g[0], g[1]);
+        ldmatrix_x4(bf, hbase + (h * (2 * kC2 / 16) + ks) * 16);
+        mma16<H>(c3[h], a3, bf[2 * h], bf[2 * h + 1]);
+      }
     }
 #pragma unroll
     for (int n = 0; n < 2; ++n)
@@ -192,6 +210,7 @@ __global__ void __launch_bounds__(kThreads) upscale_masks_kernel(UpscaleArgs<H> 
         outb[(int64_t(m) * L + py) * L + px] = from_f32<H>(c3[n][e]);
       }
   }
+  cp_async_wait<0>();  // (only empty groups can be left)
 }
 
 template <class H>
@@ -203,8 +222,10 @@ void launch_upscale(const CudaContext& ctx, const Tensor& keys, const Tensor& w1
                          w2t.ptr<H>(),  b2.ptr<H>(),  hyper.ptr<H>(), out.ptr<H>(), (int)G, eps};
   CUDA_CHECK(cudaFuncSetAttribute(upscale_masks_kernel<H>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
   const int64_t ntiles = (G * G + kRows - 1) / kRows;
-  // A few waves of blocks; each loads its sub-pixel's weights once for tiles_per_block tiles.
-  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, ntiles * 4 * B / (int64_t(ctx.sm_count) * 8)));
+  // About two waves of blocks (two resident an SM); each loads its sub-pixel's weights once for
+  // tiles_per_block tiles.
+  const int64_t waves = int64_t(ctx.sm_count) * 2 * 2;
+  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(ntiles, (ntiles * 4 * B + waves - 1) / waves));
   const dim3 grid(4, (unsigned)((ntiles + per - 1) / per), (unsigned)B);
   upscale_masks_kernel<H><<<grid, kThreads, kSmemBytes, ctx.stream>>>(a, (int)per);
   CUDA_LAUNCH_CHECK();
