@@ -25,60 +25,41 @@ constexpr int kPlanesPerBlock = 48;
 // when the row width allows; with one byte a thread the kernel took several times the time of
 // writing its output).
 constexpr int kPx = 4;
+// kFour: SAM's case (S = 4 L, the second resize the identity: an image whose longest side is S, and
+// W a multiple of kPx): a thread's kPx = 4 pixels x = 4 K .. 4 K + 3 mix low-res columns K - 1 .. K + 1
+// of two rows only, and a tile of kTileY rows and kTileX kPx columns a window of kWinRows x kWinCols
+// logits. The block copies that window of each of its planes to shared memory first, every load in
+// flight at once, and then writes the planes' pixels from there: the loop over planes is left with
+// stores alone. (A thread loading its own taps, plane after plane, waited on each plane's loads:
+// 96 us for 48 planes of 1024 x 1024 on an H200, ~500 GB/s of output.) A kernel of its own: the
+// general path's registers would lower its occupancy.
+constexpr int kWinRows = kTileY / 4 + 2, kWinCols = kTileX * kPx / 4 + 2, kWin = kWinRows * kWinCols;
 
-template <class T, class Out>
+template <class T, class Out, bool kFour>
 __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* __restrict__ low, int64_t planes, int L,
                                                                      int S, int in_h, int in_w, int H, int W,
                                                                      float thr, Out* __restrict__ out) {
   __shared__ TileAxes<kTileX * kPx, kTileY, kPx> t;
+  __shared__ float win[kFour ? kPlanesPerBlock * kWin : 1];
   const int bx = blockIdx.x * kTileX * kPx;
   t.fill(bx, blockIdx.y * kTileY, L, S, in_h, in_w, H, W);
   const int tx = threadIdx.x % kTileX, ty = threadIdx.x / kTileX;
   const int x = bx + tx * kPx, y = blockIdx.y * kTileY + ty;
+  const int64_t p0 = int64_t(blockIdx.z) * kPlanesPerBlock, p1 = min(planes, p0 + kPlanesPerBlock);
+  const int np = static_cast<int>(p1 - p0);
+  int ry0 = 0, cx0 = 0;  // the window's corner (kFour)
+  if constexpr (kFour) {
+    ry0 = t.row1[0][0].i0, cx0 = t.col1[t.slot(0)][0].i0;
+#pragma unroll 8
+    for (int i = threadIdx.x; i < np * kWin; i += blockDim.x) {
+      const int p = i / kWin, rr = i % kWin / kWinCols, cc = i % kWinCols;
+      win[i] = to_f32(low[(p0 + p) * L * L + min(ry0 + rr, L - 1) * L + min(cx0 + cc, L - 1)]);
+    }
+    __syncthreads();
+  }
   if (x >= W || y >= H) return;
   const bool whole = W % kPx == 0;  // then x + kPx <= W, and the row's kPx outputs are one aligned vector
-  const int64_t p0 = int64_t(blockIdx.z) * kPlanesPerBlock, p1 = min(planes, p0 + kPlanesPerBlock);
-  // SAM's case (S = 4 L, the second resize the identity: an image whose longest side is S): a
-  // thread's kPx = 4 pixels x = 4 K .. 4 K + 3 mix low-res columns K - 1 .. K + 1 only, so it reads
-  // those 3 columns of its 2 rows once and picks the taps from them (6 loads a plane instead of 16).
-  const bool four = whole && t.stage2_identity && S == 4 * L;  // (the same for the whole block)
-  Axis q[kPx];
-  int c0 = 0;
-  if (four) {
-#pragma unroll
-    for (int j = 0; j < kPx; ++j) q[j] = t.col1[t.slot(tx * kPx + j)][0];
-    c0 = q[0].i0;
-  }
-  for (int64_t plane = p0; plane < p1; ++plane) {
-    const T* src = low + plane * L * L;
-    Out* dst = out + (plane * H + y) * W + x;
-    Out v[kPx];
-    auto put = [&](int j, float f) {
-      if constexpr (std::is_same_v<Out, uint8_t>)
-        v[j] = f > thr;
-      else
-        v[j] = f;
-    };
-    if (four) {
-      const Axis& r = t.row1[ty][0];
-      float a[3], b[3];
-#pragma unroll
-      for (int k = 0; k < 3; ++k) {
-        const int c = min(c0 + k, L - 1);
-        a[k] = to_f32(src[r.i0 * L + c]), b[k] = to_f32(src[r.i1 * L + c]);
-      }
-      auto pick = [](const float (&f)[3], int k) { return k == 0 ? f[0] : k == 1 ? f[1] : f[2]; };
-#pragma unroll
-      for (int j = 0; j < kPx; ++j) {  // as TileAxes::sample computes it
-        const int k0 = q[j].i0 - c0, k1 = q[j].i1 - c0;
-        const float top = q[j].l0 * pick(a, k0) + q[j].l1 * pick(a, k1);
-        const float bottom = q[j].l0 * pick(b, k0) + q[j].l1 * pick(b, k1);
-        put(j, r.l0 * top + r.l1 * bottom);
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < kPx; ++j) put(j, whole || x + j < W ? t.sample(src, tx * kPx + j, ty, L) : 0.f);
-    }
+  auto store = [&](Out* dst, const Out (&v)[kPx]) {
     if (whole) {
       if constexpr (std::is_same_v<Out, uint8_t>)
         *reinterpret_cast<uchar4*>(dst) = make_uchar4(v[0], v[1], v[2], v[3]);
@@ -88,6 +69,38 @@ __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* _
 #pragma unroll
       for (int j = 0; j < kPx; ++j)
         if (x + j < W) dst[j] = v[j];
+    }
+  };
+  auto put = [&](float f) -> Out {
+    if constexpr (std::is_same_v<Out, uint8_t>)
+      return f > thr;
+    else
+      return f;
+  };
+  if constexpr (kFour) {
+    Axis q[kPx];  // columns relative to the window
+#pragma unroll
+    for (int j = 0; j < kPx; ++j) q[j] = t.col1[t.slot(tx * kPx + j)][0], q[j].i0 -= cx0, q[j].i1 -= cx0;
+    const Axis r = t.row1[ty][0];
+    const int ra = (r.i0 - ry0) * kWinCols, rb = (r.i1 - ry0) * kWinCols;
+    for (int p = 0; p < np; ++p) {
+      const float* w = win + p * kWin;
+      Out v[kPx];
+#pragma unroll
+      for (int j = 0; j < kPx; ++j) {  // as TileAxes::sample computes it
+        const float top = q[j].l0 * w[ra + q[j].i0] + q[j].l1 * w[ra + q[j].i1];
+        const float bottom = q[j].l0 * w[rb + q[j].i0] + q[j].l1 * w[rb + q[j].i1];
+        v[j] = put(r.l0 * top + r.l1 * bottom);
+      }
+      store(out + ((p0 + p) * H + y) * W + x, v);
+    }
+  } else {
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      const T* src = low + plane * L * L;
+      Out v[kPx];
+#pragma unroll
+      for (int j = 0; j < kPx; ++j) v[j] = put(whole || x + j < W ? t.sample(src, tx * kPx + j, ty, L) : 0.f);
+      store(out + (plane * H + y) * W + x, v);
     }
   }
 }
@@ -224,7 +237,10 @@ void launch_postprocess(const char* what, const T* low, int64_t planes, int L, i
   const dim3 grid(static_cast<unsigned>((W + kTileX * kPx - 1) / (kTileX * kPx)),
                   static_cast<unsigned>((H + kTileY - 1) / kTileY),
                   static_cast<unsigned>((planes + kPlanesPerBlock - 1) / kPlanesPerBlock));
-  postprocess_kernel<T, Out><<<grid, kTileX * kTileY, 0, stream>>>(low, planes, L, S, in_h, in_w, H, W, thr, out);
+  if (W % kPx == 0 && in_h == H && in_w == W && S == 4 * L)
+    postprocess_kernel<T, Out, true><<<grid, kTileX * kTileY, 0, stream>>>(low, planes, L, S, in_h, in_w, H, W, thr, out);
+  else
+    postprocess_kernel<T, Out, false><<<grid, kTileX * kTileY, 0, stream>>>(low, planes, L, S, in_h, in_w, H, W, thr, out);
   check_launch(what);
 }
 
