@@ -326,9 +326,11 @@ TEST_P(CudaOpsTest, UpscaleMasks) {
 TEST_P(CudaOpsTest, PostprocessMasks) {
   // 6 planes, and 50 (a kernel block takes 48 planes: a full block and a partial one); an original of
   // the input's size (the second resize is the identity, taken as a shortcut), also with SAM's 256x256
-  // low-res masks (S = 4 L: each thread's 4 pixels read 3 low-res columns)
-  for (const auto [B, C, orig_h, L] : {std::tuple<int64_t, int64_t, int, int64_t>{2, 3, 600, 64}, {10, 5, 600, 64},
-                                       {2, 3, 1024, 64}, {2, 3, 1024, 256}}) {
+  // low-res masks (S = 4 L: a block stages its tiles' low-res window); originals larger than the input
+  // (several pixels a staged cell, 8 planes a group) and much smaller (too many cells: pixel by pixel)
+  for (const auto [B, C, orig_h, L] :
+       {std::tuple<int64_t, int64_t, int, int64_t>{2, 3, 600, 64}, {10, 5, 600, 64}, {2, 3, 1024, 64},
+        {2, 3, 1024, 256}, {2, 3, 2000, 64}, {10, 5, 1500, 256}, {2, 3, 40, 64}}) {
     Tensor low = rand({B, C, L, L}, -4.f, 4.f);
     const std::pair<int, int> input{1024, 768}, original{orig_h, orig_h * 3 / 4};
     const std::string planes = " (" + std::to_string(B * C) + " planes of " + std::to_string(L) + "^2, to " +

@@ -34,13 +34,20 @@ constexpr int kPx = 4;
 // 96 us for 48 planes of 1024 x 1024 on an H200, ~500 GB/s of output.) A kernel of its own: the
 // general path's registers would lower its occupancy.
 constexpr int kWinRows = kTileY / 4 + 2, kWinCols = kTileX * kPx / 4 + 2, kWin = kWinRows * kWinCols;
+// Otherwise each output pixel mixes four pixels ("cells") of the cropped (S, S) upsampling, each of
+// those four logits: the block computes its tile's cells (the range of crop rows and columns its
+// pixels read) for up to kCellPlanes planes at once into shared memory, at most kCellBudget of them,
+// and then the pixels from there: 4 loads a cell instead of 16 a pixel (an original larger than the
+// input has several pixels a cell). A tile whose cells do not fit (an original much smaller than
+// the input) reads its taps pixel by pixel.
+constexpr int kCellBudget = 6144, kCellPlanes = 8;
 
 template <class T, class Out, bool kFour>
 __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* __restrict__ low, int64_t planes, int L,
                                                                      int S, int in_h, int in_w, int H, int W,
                                                                      float thr, Out* __restrict__ out) {
   __shared__ TileAxes<kTileX * kPx, kTileY, kPx> t;
-  __shared__ float win[kFour ? kPlanesPerBlock * kWin : 1];
+  __shared__ float win[kFour ? kPlanesPerBlock * kWin : kCellBudget];  // the window, or the cells
   const int bx = blockIdx.x * kTileX * kPx;
   t.fill(bx, blockIdx.y * kTileY, L, S, in_h, in_w, H, W);
   const int tx = threadIdx.x % kTileX, ty = threadIdx.x / kTileX;
@@ -57,7 +64,8 @@ __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* _
     }
     __syncthreads();
   }
-  if (x >= W || y >= H) return;
+  const bool inside = x < W && y < H;
+  if (kFour && !inside) return;
   const bool whole = W % kPx == 0;  // then x + kPx <= W, and the row's kPx outputs are one aligned vector
   auto store = [&](Out* dst, const Out (&v)[kPx]) {
     if (whole) {
@@ -95,12 +103,58 @@ __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* _
       store(out + ((p0 + p) * H + y) * W + x, v);
     }
   } else {
-    for (int64_t plane = p0; plane < p1; ++plane) {
-      const T* src = low + plane * L * L;
-      Out v[kPx];
+    // The tile's cells: crop rows lo_r.. and columns lo_c.. (monotonic axes: the last pixel's i1 is the
+    // largest), Rc a row.
+    const int y0 = blockIdx.y * kTileY;
+    const int lo_r = t.row2[0].i0, hi_r = t.row2[min(kTileY, H - y0) - 1].i1;
+    const int lo_c = t.col2[t.slot(0)].i0, hi_c = t.col2[t.slot(min(kTileX * kPx, W - bx) - 1)].i1;
+    const int Rc = hi_c - lo_c + 1, cells = (hi_r - lo_r + 1) * Rc;
+    const int G = t.stage2_identity ? 0 : min(np, min(kCellPlanes, kCellBudget / cells));
+    if (G == 0) {
+      if (!inside) return;
+      for (int64_t plane = p0; plane < p1; ++plane) {
+        const T* src = low + plane * L * L;
+        Out v[kPx];
 #pragma unroll
-      for (int j = 0; j < kPx; ++j) v[j] = put(whole || x + j < W ? t.sample(src, tx * kPx + j, ty, L) : 0.f);
-      store(out + (plane * H + y) * W + x, v);
+        for (int j = 0; j < kPx; ++j) v[j] = put(whole || x + j < W ? t.sample(src, tx * kPx + j, ty, L) : 0.f);
+        store(out + (plane * H + y) * W + x, v);
+      }
+      return;
+    }
+    for (int g0 = 0; g0 < np; g0 += G) {
+      const int ng = min(G, np - g0);
+      for (int k = threadIdx.x; k < cells; k += blockDim.x) {  // as TileAxes::sample computes a cell
+        const Axis r = resize_axis(L, S, lo_r + k / Rc), q = resize_axis(L, S, lo_c + k % Rc);
+#pragma unroll
+        for (int g = 0; g < kCellPlanes; ++g) {
+          if (g >= ng) break;
+          const T* src = low + (p0 + g0 + g) * L * L;
+          const float top = q.l0 * to_f32(src[r.i0 * L + q.i0]) + q.l1 * to_f32(src[r.i0 * L + q.i1]);
+          const float bottom = q.l0 * to_f32(src[r.i1 * L + q.i0]) + q.l1 * to_f32(src[r.i1 * L + q.i1]);
+          win[g * cells + k] = r.l0 * top + r.l1 * bottom;
+        }
+      }
+      __syncthreads();
+      if (inside) {
+        const Axis& ay = t.row2[ty];
+        const int ra = (ay.i0 - lo_r) * Rc - lo_c, rb = (ay.i1 - lo_r) * Rc - lo_c;
+        for (int g = 0; g < ng; ++g) {
+          const float* c = win + g * cells;
+          Out v[kPx];
+#pragma unroll
+          for (int j = 0; j < kPx; ++j) {
+            if (!whole && x + j >= W) {
+              v[j] = put(0.f);
+              continue;
+            }
+            const Axis& ax = t.col2[t.slot(tx * kPx + j)];
+            v[j] = put(ay.l0 * (ax.l0 * c[ra + ax.i0] + ax.l1 * c[ra + ax.i1]) +
+                       ay.l1 * (ax.l0 * c[rb + ax.i0] + ax.l1 * c[rb + ax.i1]));
+          }
+          store(out + ((p0 + g0 + g) * H + y) * W + x, v);
+        }
+      }
+      __syncthreads();  // the cells are read before the next planes' overwrite them
     }
   }
 }
