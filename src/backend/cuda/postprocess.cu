@@ -30,9 +30,8 @@ constexpr int kPx = 4;
 // of two rows only, and a tile of kTileY rows and kTileX kPx columns a window of kWinRows x kWinCols
 // logits. The block copies that window of each of its planes to shared memory first, every load in
 // flight at once, and then writes the planes' pixels from there: the loop over planes is left with
-// stores alone. (A thread loading its own taps, plane after plane, waited on each plane's loads:
-// 96 us for 48 planes of 1024 x 1024 on an H200, ~500 GB/s of output.) A kernel of its own: the
-// general path's registers would lower its occupancy.
+// stores alone (a thread loading its own taps, plane after plane, waits on each plane's loads). A
+// kernel of its own: the general path's registers would lower its occupancy.
 constexpr int kWinRows = kTileY / 4 + 2, kWinCols = kTileX * kPx / 4 + 2, kWin = kWinRows * kWinCols;
 // Otherwise each output pixel mixes four pixels ("cells") of the cropped (S, S) upsampling, each of
 // those four logits: the block computes its tile's cells (the range of crop rows and columns its
@@ -109,6 +108,7 @@ __global__ void __launch_bounds__(kTileX * kTileY) postprocess_kernel(const T* _
     const int lo_r = t.row2[0].i0, hi_r = t.row2[min(kTileY, H - y0) - 1].i1;
     const int lo_c = t.col2[t.slot(0)].i0, hi_c = t.col2[t.slot(min(kTileX * kPx, W - bx) - 1)].i1;
     const int Rc = hi_c - lo_c + 1, cells = (hi_r - lo_r + 1) * Rc;
+    // Planes whose cells fit at once (0: pixel by pixel).
     const int G = t.stage2_identity ? 0 : min(np, min(kCellPlanes, kCellBudget / cells));
     if (G == 0) {
       if (!inside) return;

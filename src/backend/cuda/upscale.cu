@@ -35,8 +35,7 @@ using cuda::to_f32;
 // rows' D values through a ring of kStages chunks of kChunk columns (cp.async, the next chunks in
 // flight while one is multiplied) rather than staging whole rows, so that a block's shared memory is
 // its sub-pixel's weights and small rings and two blocks (16 warps) fit an SM; the second GEMM, taken
-// in two halves of its columns, keeps a thread within the 128 registers that allows. (Against 4
-// warps a block staging whole 64-token tiles, 8 warps an SM: 132 -> 100 us for 16 prompts, H200.)
+// in two halves of its columns, keeps a thread within the 128 registers that allows.
 constexpr int kD = 256, kC1 = 64, kC2 = 32, kM = 4, kWarps = 8, kThreads = 32 * kWarps, kRows = 16 * kWarps;
 constexpr int kChunk = 64, kChunks = kD / kChunk, kStages = 3;
 static_assert(kChunk == 64, "load_chunk: 8 lanes of 16 bytes a row");
