@@ -157,7 +157,7 @@ std::vector<uint8_t> rle_to_mask(const Rle& rle) {
   uint64_t idx = 0;  // column-major index of the run's first pixel
   for (size_t k = 0; k < rle.counts.size(); ++k) {
     const uint32_t count = rle.counts[k];
-    if (k % 2 == 1) {
+    if (k % 2 == 1 && count > 0) {  // (a mask of height 0 has only empty runs: no idx % h then)
       int r = int(idx % h), c = int(idx / h);
       for (uint32_t j = 0; j < count; ++j) {
         mask[size_t(r) * w + c] = 1;

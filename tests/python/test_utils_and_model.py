@@ -39,6 +39,27 @@ def test_amg_helpers_equal_upstream(samfast_pkg):
         amg.remove_small_regions(blob, 5, "everything")
 
 
+def test_amg_helpers_on_empty_masks_and_bad_counts(samfast_pkg):
+    """Masks with no pixels (a 0-row mask decoded with zero-length runs divided by its height once)
+    give upstream's empty results; counts a 32-bit RLE cannot hold are a ValueError."""
+    import torch
+    from segment_anything.utils import amg as up
+    from samfast.utils import amg
+    for h, w in ((0, 5), (5, 0), (0, 0)):
+        # (upstream's mask_to_rle_pytorch raises IndexError on such masks; ours gives counts [0])
+        assert amg.mask_to_rle_pytorch(torch.zeros((1, h, w), dtype=torch.bool)) == [{"size": [h, w], "counts": [0]}]
+        for rle in ({"size": [h, w], "counts": [0]}, {"size": [h, w], "counts": [0, 0]},
+                    {"size": [h, w], "counts": [0, 0, 0]}):
+            ours, theirs = amg.rle_to_mask(rle), up.rle_to_mask(rle)
+            assert ours.shape == theirs.shape == (h, w), rle
+            assert amg.coco_encode_rle(rle) == up.coco_encode_rle(rle), rle
+    for counts in ([-1, 6], [2**32, 0]):
+        with pytest.raises(ValueError, match="outside 0..2"):
+            amg.rle_to_mask({"size": [1, 5], "counts": counts})
+        with pytest.raises(ValueError, match="outside 0..2"):
+            amg.coco_encode_rle({"size": [1, 5], "counts": counts})
+
+
 def test_resize_longest_side_equals_upstream(samfast_pkg):
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide as Up

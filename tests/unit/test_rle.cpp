@@ -101,6 +101,17 @@ TEST(RleDecode, RejectsCountsNotCoveringTheMask) {
   EXPECT_THROW(rle_to_mask(Rle{2, 2, {1, 2, 2}}), Error);
 }
 
+TEST(RleDecode, EmptyMasksDecodeWithEmptyRuns) {
+  // As upstream's rle_to_mask: a 0-row mask takes zero-length runs of either value (mask_to_rle
+  // writes {0} for it); a run of 1s of length 0 must not place its first pixel (idx % 0).
+  for (auto [h, w] : {std::pair{0, 5}, std::pair{5, 0}, std::pair{0, 0}}) {
+    EXPECT_TRUE(rle_to_mask(Rle{h, w, {0, 0}}).empty()) << h << "x" << w;
+    EXPECT_TRUE(rle_to_mask(Rle{h, w, {0, 0, 0}}).empty()) << h << "x" << w;
+    EXPECT_TRUE(rle_to_mask(mask_to_rle(nullptr, h, w)).empty()) << h << "x" << w;
+  }
+  EXPECT_EQ(rle_to_mask(Rle{1, 3, {0, 0, 1, 2}}), (std::vector<uint8_t>{0, 1, 1}));
+}
+
 TEST(RleCoco, KnownStringsFromPycocotools) {
   // Expected strings: pycocotools.mask.frPyObjects({"size": [h, w], "counts": counts}, h, w)["counts"].
   struct Case { int h, w; std::vector<uint32_t> counts; const char* s; };

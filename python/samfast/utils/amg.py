@@ -24,10 +24,19 @@ def mask_to_rle_pytorch(tensor) -> List[Dict[str, Any]]:
     return [{"size": [h, w], "counts": _samfast.mask_to_rle(m)} for m in masks]
 
 
+def _counts(rle: Dict[str, Any]) -> List[int]:
+    """An uncompressed RLE's counts as the engine takes them (32-bit), or a ValueError."""
+    counts = [int(c) for c in rle["counts"]]
+    bad = next((c for c in counts if not 0 <= c < 2**32), None)
+    if bad is not None:
+        raise ValueError(f"RLE count {bad} is outside 0..2^32-1")
+    return counts
+
+
 def rle_to_mask(rle: Dict[str, Any]) -> np.ndarray:
     """Uncompressed RLE -> (h, w) bool mask."""
     h, w = rle["size"]
-    return _samfast.rle_to_mask([int(c) for c in rle["counts"]], int(h), int(w))
+    return _samfast.rle_to_mask(_counts(rle), _c_int("height", h), _c_int("width", w))
 
 
 def area_from_rle(rle: Dict[str, Any]) -> int:
@@ -37,7 +46,7 @@ def area_from_rle(rle: Dict[str, Any]) -> int:
 def coco_encode_rle(uncompressed_rle: Dict[str, Any]) -> Dict[str, Any]:
     """Uncompressed RLE -> COCO's compressed form {"size": [h, w], "counts": str}, as pycocotools."""
     h, w = uncompressed_rle["size"]
-    counts = _samfast.rle_to_coco_string([int(c) for c in uncompressed_rle["counts"]], int(h), int(w))
+    counts = _samfast.rle_to_coco_string(_counts(uncompressed_rle), _c_int("height", h), _c_int("width", w))
     return {"size": [h, w], "counts": counts}
 
 
