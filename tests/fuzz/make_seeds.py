@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Writes a few small, valid inputs into the folder given as argv[1], one corpus per fuzz target:
 checkpoint/ (whole .pth and .safetensors files, and bare data.pkl pickles), npy/ (.npy files),
-safetensors/ (a safetensors header, a NUL byte, then the data, as fuzz_safetensors.cpp reads it) and
+safetensors/ (a safetensors header, a NUL byte, then the data, as fuzz_safetensors.cpp reads it),
 image/ (small JPEG, PNG, BMP, GIF and PNM files, JPEGs with EXIF orientations, made with PIL when it is
-importable).
+importable) and rle/ (a height byte, a width byte, then a COCO counts string).
 
 safetensors and .npy seeds are built by hand, so they need nothing but Python; .pth seeds come
 from torch.save when torch is importable (views, f16, bf16, a Parameter), since that is the format
@@ -88,6 +88,11 @@ def main():
     write(os.path.join(arrays, "scalar_v2.npy"), npy([], "<f4", struct.pack("<f", 7), version=2))
     write(os.path.join(arrays, "empty.npy"), npy([0, 5], "<f4", b""))
     write_image_seeds(os.path.join(out, "image"))
+    rles = os.path.join(out, "rle")
+    os.makedirs(rles, exist_ok=True)
+    # (strings from tests/unit/test_rle.cpp's pycocotools cases, sizes taken modulo 64 by the target)
+    for name, (h, w, s) in {"4x4": (4, 4, "31141O"), "whole": (8, 8, "0P2"), "empty": (0, 5, "00")}.items():
+        write(os.path.join(rles, name), bytes([h, w]) + s.encode())
     try:
         import torch
     except ImportError:
