@@ -215,6 +215,19 @@ def test_errors(samfast_pkg, predictors):
         ours.predict_batch([dict(box=np.array([1, 2, 3, 4])), ([1, 1], [1])])
     with pytest.raises(ValueError, match=r"unknown keys \['point_coord'\]"):  # a typo would drop the points
         ours.predict_batch([dict(point_coord=np.array([[1, 1]]), point_labels=np.array([1]))])
+    # NaN prompts and an empty batch: upstream gives NaN masks and fails inside its decoder.
+    nan_mask = np.full((1, 256, 256), np.nan, np.float32)
+    with pytest.raises(ValueError, match="mask input holds NaN or infinite"):
+        ours.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]), mask_input=nan_mask)
+    import torch
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ours.predict_torch(torch.full((1, 1, 2), float("nan")), torch.ones(1, 1))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ours.predict_torch(None, None, boxes=torch.tensor([[0.0, 0.0, float("inf"), 5.0]]))
+    for empty in (dict(point_coords=torch.zeros(0, 1, 2), point_labels=torch.ones(0, 1)),
+                  dict(point_coords=None, point_labels=None, boxes=torch.zeros(0, 4))):
+        with pytest.raises(ValueError, match="the batch holds no prompts"):
+            ours.predict_torch(**empty)
     with pytest.raises(ValueError, match="uint8"):
         fresh.set_image(image.astype(np.float32))
     with pytest.raises(ValueError, match="image_format"):
