@@ -48,11 +48,14 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
   // Upstream fails deep in its decoder on an empty batch and turns NaN prompts into NaN masks; both
   // are refused here with what is wrong (predict() has checked its prompts already, predict_torch not).
   if (B == 0) throw InvalidArgument("prompts: the batch holds no prompts (its first dimension is 0)");
-  auto finite = [](const Tensor& t) { return std::all_of(t.data, t.data + t.numel(), [](float v) { return std::isfinite(v); }); };
+  auto finite = [](const Tensor& t) {
+    return std::all_of(t.data, t.data + t.numel(), [](float v) { return std::isfinite(v); });
+  };
   if ((p.points.defined() && !finite(p.points)) || (p.labels.defined() && !finite(p.labels)) ||
       (p.boxes.defined() && !finite(p.boxes)))
     throw InvalidArgument("prompts: a point, label or box coordinate is NaN or infinite");
-  if (p.masks.defined() && !finite(p.masks)) throw InvalidArgument("prompts: the mask input holds NaN or infinite logits");
+  if (p.masks.defined() && !finite(p.masks))
+    throw InvalidArgument("prompts: the mask input holds NaN or infinite logits");
 
   // Sparse: points (padded with a not-a-point when there is no box), then the two box corners.
   const int64_t N = p.points.defined() ? p.points.dim(1) : 0;

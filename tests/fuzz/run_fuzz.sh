@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets for the readers of untrusted files (checkpoints, the safetensors
-# header, .npy arrays, images, COCO RLE strings) with clang (libFuzzer + ASan + UBSan), seeds a corpus for each with small
-# valid files, and fuzzes them one after another, splitting a bounded time between them.
+# header, .npy arrays, images, COCO RLE strings) with clang (libFuzzer + ASan + UBSan), seeds a
+# corpus for each with small valid files, and fuzzes them one after another, splitting a bounded
+# time between them.
 #   tests/fuzz/run_fuzz.sh [seconds=60, in all] [build dir=/tmp/samfast-fuzz]
 # Exits non-zero if a fuzzer finds a crash (the reproducer is left in the build dir).
 set -euo pipefail
