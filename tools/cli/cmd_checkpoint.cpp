@@ -53,7 +53,7 @@ Runner add_make_checkpoint(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "vit_b, vit_l, vit_h or tiny")->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
-  cmd->add_option("--seed", a->seed, "random seed")->check(CLI::NonNegativeNumber);
+  add_seed_option(cmd, a->seed, "random seed");
   cmd->add_option("--out", a->out, "output file: .pth (PyTorch zip) or .safetensors")->required();
   cmd->add_flag("--overwrite", a->overwrite, "replace an existing output file");
   return [a] {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <iostream>
@@ -109,7 +110,19 @@ void add_weights_options(CLI::App* cmd, WeightsChoice& w) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--model", w.model, "model for synthetic weights when no checkpoint is given: vit_b, vit_l, vit_h, tiny")
       ->check(CLI::IsMember({"vit_b", "vit_l", "vit_h", "tiny"}));
-  cmd->add_option("--seed", w.seed, "seed of the synthetic weights")->check(CLI::NonNegativeNumber);
+  add_seed_option(cmd, w.seed, "seed of the synthetic weights");
+}
+
+void add_seed_option(CLI::App* cmd, uint64_t& seed, const std::string& help) {
+  const CLI::Validator whole_number(
+      [](std::string& text) -> std::string {
+        uint64_t value = 0;
+        const char* end = text.data() + text.size();
+        const auto [stop, error] = std::from_chars(text.data(), end, value);
+        return error == std::errc() && stop == end && !text.empty() ? "" : "'" + text + "' is not a whole number 0..2^64-1";
+      },
+      "UINT64");
+  cmd->add_option("--seed", seed, help)->check(whole_number);
 }
 
 Model load_model(const WeightsChoice& w, const ModelOptions& options) {

@@ -19,6 +19,9 @@ struct WeightsChoice {
   uint64_t seed = 0;
 };
 void add_weights_options(CLI::App* cmd, WeightsChoice& weights);
+// --seed of synthetic weights: a whole number 0..2^64-1 (CLI11 alone saturates a larger one and
+// names a range up to 1.8e308 for a negative one).
+void add_seed_option(CLI::App* cmd, uint64_t& seed, const std::string& help);
 // The checkpoint if one is given, otherwise the synthetic model (with a loud warning on stderr that
 // masks from random weights are meaningless).
 Model load_model(const WeightsChoice& weights, const ModelOptions& options);
