@@ -148,8 +148,9 @@ void check_gather(const Tensor& x, const std::vector<int64_t>& select) {
 
 void check_slice(const Tensor& x, int64_t first, int64_t count) {
   check(x.ndim() >= 2, "slice", "expected (B, N, ...), got " + shape_str(x.shape));
-  check(first >= 0 && count >= 0 && first + count <= x.dim(1), "slice",
-        "[" + std::to_string(first) + ", " + std::to_string(first + count) + ") of " + shape_str(x.shape));
+  std::string range = "[";  // (not "[" + string&&, on which GCC 12 warns falsely)
+  range += std::to_string(first) + ", " + std::to_string(first + count) + ") of " + shape_str(x.shape);
+  check(first >= 0 && count >= 0 && first + count <= x.dim(1), "slice", range);
 }
 
 void check_concat(const std::vector<Tensor>& xs) {

@@ -44,7 +44,10 @@ std::string SamConfig::name() const {
 
 std::string SamConfig::describe() const {
   std::string g;
-  for (int i : global_attn_indexes) g += (g.empty() ? "" : ",") + std::to_string(i);
+  for (int i : global_attn_indexes) {  // (appended in two steps: GCC 12 warns falsely on "," + string&&)
+    g += g.empty() ? "" : ",";
+    g += std::to_string(i);
+  }
   return "model: " + name() + "\n" +
          "image encoder: img_size " + std::to_string(img_size) + ", patch " + std::to_string(patch_size) +
          ", embed_dim " + std::to_string(embed_dim) + ", depth " + std::to_string(depth) + ", heads " +
