@@ -556,6 +556,8 @@ def test_command_line_mistakes(samfast, tmp_path):
     assert_refused(p, "out of range")
     p = samfast("segment", "--image", IMAGES / "dog.jpg", "--point", "nan,3", "--out", tmp_path / "o")
     assert_refused(p, "not a finite number")
+    p = samfast("segment", "--image", IMAGES / "dog.jpg", "--point", "1,3", "--out", "")
+    assert_refused(p, "--out is empty: name a folder")  # (was "filesystem error: cannot make absolute path")
     for seed in ("-1", "99999999999999999999"):  # (the second once became 2^64-1 silently)
         p = samfast("make-checkpoint", "--model", "tiny", "--seed", seed, "--out", tmp_path / "x.pth")
         assert_refused(p, f"--seed: '{seed}' is not a whole number 0..2^64-1", status=2)

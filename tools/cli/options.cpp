@@ -89,6 +89,7 @@ void add_generator_options(CLI::App* cmd, MaskGeneratorOptions& g) {
 
 void check_output_folder(const std::filesystem::path& dir, const std::string& flag) {
   namespace fs = std::filesystem;
+  if (dir.empty()) throw Error(flag + " is empty: name a folder");
   const std::string named = flag + " " + dir.string();
   std::error_code ec;
   const fs::file_status st = fs::status(dir, ec);
