@@ -61,8 +61,10 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
   const int64_t N = p.points.defined() ? p.points.dim(1) : 0;
   if (p.points.defined() && (p.points.ndim() != 3 || p.points.dim(2) != 2 || !p.labels.defined() ||
                              p.labels.numel() != B * N))
-    throw Error("prompts: points must be (B, N, 2) with labels (B, N); got " + shape_str(p.points.shape));
-  if (p.boxes.defined() && p.boxes.numel() != B * 4) throw Error("prompts: boxes must be (B, 4); got " + shape_str(p.boxes.shape));
+    throw InvalidArgument("prompts: points must be (B, N, 2) with labels (B, N); got points " + shape_str(p.points.shape) +
+                          " and labels " + (p.labels.defined() ? shape_str(p.labels.shape) : std::string("none")));
+  if (p.boxes.defined() && p.boxes.numel() != B * 4)
+    throw InvalidArgument("prompts: boxes must be (B, 4) for B = " + std::to_string(B) + "; got " + shape_str(p.boxes.shape));
   const bool pad = p.points.defined() && !p.boxes.defined();
   const int64_t np = p.points.defined() ? N + (pad ? 1 : 0) : 0, nb = p.boxes.defined() ? 2 : 0;
   Tensor coords = Tensor::empty({B, np + nb, 2});
@@ -107,8 +109,8 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
   if (p.masks.defined()) {
     if (p.masks.ndim() != 4 || p.masks.dim(0) != B || p.masks.dim(1) != 1 || p.masks.dim(2) != 4 * G ||
         p.masks.dim(3) != 4 * G)
-      throw Error("prompts: mask input must be (B, 1, " + std::to_string(4 * G) + ", " + std::to_string(4 * G) +
-                  "); got " + shape_str(p.masks.shape));
+      throw InvalidArgument("prompts: mask input must be (B, 1, " + std::to_string(4 * G) + ", " + std::to_string(4 * G) +
+                            ") for B = " + std::to_string(B) + "; got " + shape_str(p.masks.shape));
     const std::string m = pe + "mask_downscaling.";
     Tensor masks = p.masks;
     if (decoder_precision_ == Precision::FP16) {

@@ -224,6 +224,13 @@ def test_errors(samfast_pkg, predictors):
         ours.predict_torch(torch.full((1, 1, 2), float("nan")), torch.ones(1, 1))
     with pytest.raises(ValueError, match="NaN or infinite"):
         ours.predict_torch(None, None, boxes=torch.tensor([[0.0, 0.0, float("inf"), 5.0]]))
+    # Batches that do not fit together are bad input too (ValueError, as the README promises).
+    with pytest.raises(ValueError, match=r"labels \(B, N\); got points \(2, 3, 2\) and labels \(2, 2\)"):
+        ours.predict_torch(torch.zeros(2, 3, 2), torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"boxes must be \(B, 4\) for B = 2; got \(3, 4\)"):
+        ours.predict_torch(torch.zeros(2, 1, 2), torch.ones(2, 1), boxes=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"for B = 2; got \(1, 1, 256, 256\)"):
+        ours.predict_torch(torch.zeros(2, 1, 2), torch.ones(2, 1), mask_input=torch.zeros(1, 1, 256, 256))
     for empty in (dict(point_coords=torch.zeros(0, 1, 2), point_labels=torch.ones(0, 1)),
                   dict(point_coords=None, point_labels=None, boxes=torch.zeros(0, 4))):
         with pytest.raises(ValueError, match="the batch holds no prompts"):
