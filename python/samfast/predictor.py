@@ -1,4 +1,5 @@
 """SamPredictor with upstream's names, arguments and return types, over the library's Predictor."""
+import operator
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -117,7 +118,7 @@ class SamPredictor:
             if unknown:
                 raise ValueError(f"prompt {i} has unknown keys {unknown}: expected some of {sorted(_BATCH_KEYS)}")
         parts = [_prompt(d.get("point_coords"), d.get("point_labels"), d.get("box"), d.get("mask_input")) for d in prompts]
-        images = [int(d.get("image", 0)) for d in prompts]
+        images = [_image_index(i, d.get("image", 0)) for i, d in enumerate(prompts)]
         threshold = float(self.model.mask_threshold)
         results = p.predict_batch([q[0] for q in parts], [q[1] for q in parts], [q[2] for q in parts],
                                   [q[3] for q in parts], images, multimask_output, return_logits or threshold != 0.0)
@@ -173,6 +174,14 @@ class SamPredictor:
 
 
 _BATCH_KEYS = {"point_coords", "point_labels", "box", "mask_input", "image"}
+
+
+def _image_index(prompt: int, value) -> int:
+    """A prompt's 'image' as an index: an integer (numpy's too), never 0.5 or "1" taken as one."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"prompt {prompt}: 'image' must be an integer index, not {value!r}") from None
 
 
 def _prompt(point_coords, point_labels, box, mask_input):

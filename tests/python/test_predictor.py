@@ -213,6 +213,10 @@ def test_errors(samfast_pkg, predictors):
         ours.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([0.5]))
     with pytest.raises(TypeError, match="prompt 1 is a tuple"):
         ours.predict_batch([dict(box=np.array([1, 2, 3, 4])), ([1, 1], [1])])
+    for index in (0.5, "0"):  # (0.5 was taken as image 0)
+        with pytest.raises(ValueError, match="'image' must be an integer index"):
+            ours.predict_batch([dict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]), image=index)])
+    assert len(ours.predict_batch([dict(box=np.array([1, 2, 3, 4]), image=np.int64(0))])) == 1
     with pytest.raises(ValueError, match=r"unknown keys \['point_coord'\]"):  # a typo would drop the points
         ours.predict_batch([dict(point_coord=np.array([[1, 1]]), point_labels=np.array([1]))])
     # NaN prompts and an empty batch: upstream gives NaN masks and fails inside its decoder.
