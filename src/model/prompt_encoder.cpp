@@ -46,7 +46,8 @@ PromptEmbeddings Model::encode_prompts(const PromptBatch& p) const {
   const std::string pe = "prompt_encoder.";
   auto embed_row = [&](const std::string& name) { return hw(pe + name + ".weight").data; };
   // Upstream fails deep in its decoder on an empty batch and turns NaN prompts into NaN masks; both
-  // are refused here with what is wrong (predict() has checked its prompts already, predict_torch not).
+  // are refused here with what is wrong (predict() checks its points and boxes itself; predict_torch's
+  // batches and every mask input meet their checks only here).
   if (B == 0) throw InvalidArgument("prompts: the batch holds no prompts (its first dimension is 0)");
   auto finite = [](const Tensor& t) {
     return std::all_of(t.data, t.data + t.numel(), [](float v) { return std::isfinite(v); });
