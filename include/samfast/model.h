@@ -134,7 +134,8 @@ class Model {
                               bool multimask_output) const;
   Tensor compute_dense_positional_encoding() const;
   // The mask decoder's cross attentions with their projections multiplied together (host fp32,
-  // named "<attention>.folded.*"; see mask_decoder.cpp).
+  // named "<attention>.folded.*"), and its output heads as one block-diagonal MLP
+  // ("mask_decoder.output_heads.*"); see mask_decoder.cpp.
   std::vector<std::pair<std::string, Tensor>> folded_decoder_weights() const;
 
   SamConfig cfg_;

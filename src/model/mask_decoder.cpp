@@ -87,6 +87,34 @@ std::vector<std::pair<std::string, Tensor>> Model::folded_decoder_weights() cons
     attn(t + "layers." + std::to_string(l) + ".cross_attn_image_to_token", false);
   }
   attn(t + "final_attn_token_to_image", true);
+
+  // The output heads (ref: MaskDecoder.predict_masks): the hypernetwork MLP of each mask token, and
+  // the IoU head when it is as deep (3 layers, as in every released model), as one MLP whose layers
+  // are block-diagonal: layer j's weight holds each head's layer j on the diagonal (tokens side by
+  // side in, outputs side by side out; the IoU head first). One GEMM a layer for all the heads
+  // instead of one a head, and the hypernetwork outputs come out as the (B, M, D / 8) the upscaling
+  // takes. The zero blocks add exact zeros.
+  const int64_t M = cfg_.num_multimask_outputs + 1, depth = 3;
+  std::vector<std::string> heads;
+  if (cfg_.iou_head_depth == depth) heads.push_back("mask_decoder.iou_prediction_head");
+  for (int64_t i = 0; i < M; ++i) heads.push_back("mask_decoder.output_hypernetworks_mlps." + std::to_string(i));
+  for (int64_t j = 0; j < depth; ++j) {
+    const std::string lj = ".layers." + std::to_string(j);
+    int64_t rows = 0, cols = 0;
+    for (const std::string& h : heads) rows += hw(h + lj + ".weight").dim(0), cols += hw(h + lj + ".weight").dim(1);
+    Tensor wd = Tensor::zeros({rows, cols}), bd = Tensor::empty({rows});
+    int64_t r0 = 0, c0 = 0;
+    for (const std::string& h : heads) {
+      const Tensor &wh = hw(h + lj + ".weight"), &bh = hw(h + lj + ".bias");
+      for (int64_t r = 0; r < wh.dim(0); ++r) {
+        std::memcpy(wd.data + (r0 + r) * cols + c0, wh.data + r * wh.dim(1), sizeof(float) * wh.dim(1));
+        bd.data[r0 + r] = bh.data[r];
+      }
+      r0 += wh.dim(0), c0 += wh.dim(1);
+    }
+    out.emplace_back("mask_decoder.output_heads" + lj + ".weight", wd);
+    out.emplace_back("mask_decoder.output_heads" + lj + ".bias", bd);
+  }
   return out;
 }
 
@@ -218,13 +246,18 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
     }
     return h;
   };
-  std::vector<Tensor> hyper;  // M x (B, 1, D/8)
-  for (int64_t i = 0; i < M; ++i)
-    hyper.push_back(mlp(md + "output_hypernetworks_mlps." + std::to_string(i), 3, ops.slice(queries, 1 + i, 1)));
+  // The heads as one block-diagonal MLP over their tokens side by side (folded_decoder_weights): the
+  // IoU head's M outputs first when it joins, then the hypernetworks' M x D/8.
+  const bool iou_joins = c.iou_head_depth == 3;
+  const int64_t token0 = iou_joins ? 0 : 1, ntokens = 1 + M - token0;
+  Tensor out_heads = mlp(md + "output_heads", 3, ops.slice(queries, token0, ntokens).view({B, ntokens * D}));
+  Tensor hyper = iou_joins ? ops.slice(out_heads, M, M * (D / 8)) : out_heads;
+  Tensor iou = iou_joins ? ops.slice(out_heads, 0, M)
+                         : mlp(md + "iou_prediction_head", c.iou_head_depth, ops.slice(queries, 0, 1)).view({B, M});
   const std::string up = md + "output_upscaling.";
   Tensor masks = ops.upscale_masks(keys.view({B, G, G, D}), w(up + "0.weight"), w(up + "0.bias"), w(up + "1.weight"),
-                                   w(up + "1.bias"), 1e-6f, w(up + "3.weight"), w(up + "3.bias"), ops.concat(hyper));
-  Tensor iou = mlp(md + "iou_prediction_head", c.iou_head_depth, ops.slice(queries, 0, 1)).view({B, M});
+                                   w(up + "1.bias"), 1e-6f, w(up + "3.weight"), w(up + "3.bias"),
+                                   hyper.view({B, M, D / 8}));
 
   // multimask: masks 1..M-1; otherwise mask 0 alone.
   const int64_t first = multimask_output ? 1 : 0, count = multimask_output ? M - 1 : 1;
