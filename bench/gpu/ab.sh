@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds side by side on the lent GPU machine, in one call: each name in $VARIANTS is a build packed
+# as .whl/devbin_<name>.tar.xz (here: bench/gpu/prepare.sh, then cp .whl/devbin.tar.xz
+# .whl/devbin_<name>.tar.xz; checking out another commit between them). For each build, the CUDA op
+# tests ($GTEST_FILTER, default all), then `samfast bench` in interleaved rounds (the builds one
+# after the other, $ROUNDS times, $AB_MODELS at $AB_PRECISION, batch 8, 16 prompts), and with
+# AB_TRACE=1 a kernel trace of vit_b each. Machines differ between calls by a few percent: compare
+# builds only within one call. Logs under $OUT.
+#   VARIANTS="base new" bash bench/gpu/ab.sh
+set -u
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+variants="${VARIANTS:?name the builds: VARIANTS=\"base new\"}"
+for v in $variants; do
+  [ -f ".whl/devbin_$v.tar.xz" ] || { echo "no .whl/devbin_$v.tar.xz"; exit 1; }
+  mkdir -p "/tmp/ab/$v" && tar -xJf ".whl/devbin_$v.tar.xz" -C "/tmp/ab/$v"
+done
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/device.txt"
+for v in $variants; do
+  "/tmp/ab/$v/.devbin/tests/samfast_gpu_tests" ${GTEST_FILTER:+--gtest_filter="$GTEST_FILTER"} > "$OUT/gpu_tests_$v.log" 2>&1
+  echo "$v: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/gpu_tests_$v.log" | tr '\n' ' ')"
+done
+summary() {  # the bench's JSON line, shortened
+  python3 -c "
+import json, sys
+j = json.loads(sys.stdin.read().strip().splitlines()[-1])
+print('$1 $2 round $3: img/s %.1f, encoder %.1f, decode of 16 %.3f ms, ragged %.1f, predict %.2f ms, peak %.3f GiB' % (
+    j['img_per_s'], j['encoder_img_per_s'], j['decode_prompts_ms'], j['img_per_s_ragged'],
+    j['predict_prompts_to_host_ms'], j['peak_gib']))"
+}
+for r in $(seq "${ROUNDS:-2}"); do
+  for m in ${AB_MODELS:-vit_b vit_h}; do
+    for v in $variants; do
+      "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda --precision "${AB_PRECISION:-bf16}" --batch 8 \
+        --prompts 16 --runs 5 2>/dev/null | summary "$v" "$m" "$r" | tee -a "$OUT/ab.txt"
+    done
+  done
+done
+if [ "${AB_TRACE:-0}" = 1 ]; then
+  export LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/cuda/extras/CUPTI/lib64:${LD_LIBRARY_PATH:-}"
+  for v in $variants; do
+    "/tmp/ab/$v/.devbin/samfast" bench --model vit_b --device cuda --precision "${AB_PRECISION:-bf16}" --batch 8 \
+      --prompts 16 --runs 2 --trace "$OUT/trace_$v.json" >/dev/null 2>&1
+    echo "== $v vit_b" >> "$OUT/trace_summary.txt"
+    python3 bench/gpu/trace_summary.py "$OUT/trace_$v.json" --runs 2 --top 40 --split >> "$OUT/trace_summary.txt"
+  done
+fi
