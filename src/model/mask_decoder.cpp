@@ -10,6 +10,8 @@
 
 namespace samfast {
 
+constexpr int kHypernetworkDepth = 3;  // ref: MaskDecoder's output_hypernetworks_mlps, MLP(..., 3)
+
 // The cross attentions' projections multiplied together, so that the decoder never projects the
 // G*G image tokens of every prompt (ref: modeling/transformer.py Attention). Per head h, with the
 // head's rows q_h, k_h, v_h of the q/k/v projections, its columns o_h of out_proj, and s = 1/sqrt(dh):
@@ -94,7 +96,7 @@ std::vector<std::pair<std::string, Tensor>> Model::folded_decoder_weights() cons
   // side in, outputs side by side out; the IoU head first). One GEMM a layer for all the heads
   // instead of one a head, and the hypernetwork outputs come out as the (B, M, D / 8) the upscaling
   // takes. The zero blocks add exact zeros.
-  const int64_t M = cfg_.num_multimask_outputs + 1, depth = 3;
+  const int64_t M = cfg_.num_multimask_outputs + 1, depth = kHypernetworkDepth;
   std::vector<std::string> heads;
   if (cfg_.iou_head_depth == depth) heads.push_back("mask_decoder.iou_prediction_head");
   for (int64_t i = 0; i < M; ++i) heads.push_back("mask_decoder.output_hypernetworks_mlps." + std::to_string(i));
@@ -248,9 +250,10 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
   };
   // The heads as one block-diagonal MLP over their tokens side by side (folded_decoder_weights): the
   // IoU head's M outputs first when it joins, then the hypernetworks' M x D/8.
-  const bool iou_joins = c.iou_head_depth == 3;
+  const bool iou_joins = c.iou_head_depth == kHypernetworkDepth;
   const int64_t token0 = iou_joins ? 0 : 1, ntokens = 1 + M - token0;
-  Tensor out_heads = mlp(md + "output_heads", 3, ops.slice(queries, token0, ntokens).view({B, ntokens * D}));
+  Tensor out_heads =
+      mlp(md + "output_heads", kHypernetworkDepth, ops.slice(queries, token0, ntokens).view({B, ntokens * D}));
   Tensor hyper = iou_joins ? ops.slice(out_heads, M, M * (D / 8)) : out_heads;
   Tensor iou = iou_joins ? ops.slice(out_heads, 0, M)
                          : mlp(md + "iou_prediction_head", c.iou_head_depth, ops.slice(queries, 0, 1)).view({B, M});
