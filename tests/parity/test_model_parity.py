@@ -104,3 +104,44 @@ def test_predictor_matches_upstream(name, tmp_path, tiny_checkpoint, bin_dir):
             # Only boundary pixels may differ: where upstream's logit is within 1e-3 of 0.
             assert np.all(np.abs(masks[differ]) <= 1e-3), \
                 f"prompt {k}: {differ.sum()} mask pixels differ, upstream logits up to {np.abs(masks[differ]).max():.2e}"
+
+
+def test_decoder_with_a_two_layer_iou_head(tmp_path, tiny_checkpoint, bin_dir):
+    """A checkpoint whose IoU head has 2 layers, not the 3 of the hypernetwork MLPs: samfast runs the
+    hypernetworks as one block-diagonal MLP and the IoU head on its own; upstream built to match."""
+    import torch
+    from segment_anything import SamPredictor
+    from segment_anything.modeling.mask_decoder import MLP
+
+    sd = torch.load(tiny_checkpoint, map_location="cpu")
+    head = "mask_decoder.iou_prediction_head.layers."
+    for part in ("weight", "bias"):  # layers 0, 2 -> 0, 1
+        del sd[f"{head}1.{part}"]
+        sd[f"{head}1.{part}"] = sd.pop(f"{head}2.{part}")
+    checkpoint = tmp_path / "iou2.pth"
+    torch.save(sd, checkpoint)
+    sam = upstream_sam(tiny_checkpoint)
+    d = sd[f"{head}0.weight"]
+    sam.mask_decoder.iou_prediction_head = MLP(d.shape[1], d.shape[0], sd[f"{head}1.weight"].shape[0], 2)
+    sam.load_state_dict(sd)
+    sam.eval()
+
+    rgb = np.array(Image.open(IMAGES / "dog.jpg").convert("RGB"))
+    h, w = rgb.shape[:2]
+    Image.fromarray(rgb).save(tmp_path / "image.png")
+    prompts = prompt_sets(w, h)[:4]
+    for p in prompts:
+        p["mask_input"] = None
+    (tmp_path / "prompts.json").write_text(json.dumps({"prompts": prompts}))
+    subprocess.run([str(bin_dir / "tests" / "parity_tool"), checkpoint, tmp_path / "image.png",
+                    tmp_path / "prompts.json", tmp_path], check=True)
+    pred = SamPredictor(sam)
+    with torch.no_grad():
+        pred.set_image(rgb)
+        for k, p in enumerate(prompts):
+            _, iou, low = pred.predict(point_coords=np.array(p["points"], np.float32) if p["points"] else None,
+                                       point_labels=np.array(p["labels"]) if p["points"] else None,
+                                       box=np.array(p["box"], np.float32) if p["box"] else None,
+                                       multimask_output=p["multimask"], return_logits=True)
+            assert max_rel_err(np.load(tmp_path / f"p{k}_low_res.npy"), low) <= 1e-4, f"prompt {k}: low-res logits"
+            assert np.abs(np.load(tmp_path / f"p{k}_iou.npy") - iou).max() <= 1e-4, f"prompt {k}: iou"
