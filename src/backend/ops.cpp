@@ -15,6 +15,15 @@ Tensor Ops::upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1
   return bmm_nt(hyper, x.view({B, H * W, x.dim(3)})).view({B, hyper.dim(1), H, W});
 }
 
+std::pair<Tensor, Tensor> Ops::image_to_token_attention_pe(const Tensor& x, const Tensor& k, const Tensor& kb,
+                                                           const Tensor& v, const Tensor& bias, const Tensor& residual,
+                                                           const Tensor& ln_w, const Tensor& ln_b, float eps, int heads,
+                                                           const Tensor& key_pe) {
+  Tensor out = image_to_token_attention(x, k, kb, v, bias, residual, ln_w, ln_b, eps, heads);
+  Tensor out_pe = add(out, key_pe);
+  return {out, out_pe};
+}
+
 Tensor Ops::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                               const Tensor* b, Act act) {
   return linear(layer_norm(x, ln_w, ln_b, eps), w, b, act);

@@ -67,6 +67,13 @@ class Ops {
   virtual Tensor image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
                                           const Tensor& bias, const Tensor& residual, const Tensor& ln_w,
                                           const Tensor& ln_b, float eps, int heads) = 0;
+  // The same, with its output + key_pe (1, T, D) beside it (the next attention's keys + PE): {out,
+  // out + key_pe}. This default adds; a backend may write both from one pass.
+  virtual std::pair<Tensor, Tensor> image_to_token_attention_pe(const Tensor& x, const Tensor& k, const Tensor& kb,
+                                                                const Tensor& v, const Tensor& bias,
+                                                                const Tensor& residual, const Tensor& ln_w,
+                                                                const Tensor& ln_b, float eps, int heads,
+                                                                const Tensor& key_pe);
   // MaskDecoder.predict_masks' output upscaling and hypernetwork product:
   //   x = GELU(LayerNorm2d(ConvTranspose2d_2x2(keys; w1, b1); ln_w, ln_b, eps))
   //   x = GELU(ConvTranspose2d_2x2(x; w2, b2)),  masks[b, m] = hyper[b, m] . x[b] per pixel.

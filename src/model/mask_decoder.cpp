@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <tuple>
 
 #include "backend/ops.h"
 #include "samfast/error.h"
@@ -210,6 +211,7 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
   // ref: TwoWayTransformer.forward / TwoWayAttentionBlock.forward
   const Tensor& query_pe = tokens;
   Tensor queries = tokens;
+  Tensor keys_pe;  // keys + key_pe, once an image-to-token attention has written it beside keys
   for (int l = 0; l < c.decoder_depth; ++l) {
     const std::string L = t + "layers." + std::to_string(l);
     if (l == 0) {  // skip_first_layer_pe: no positional term and no residual
@@ -220,7 +222,7 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
     }
     queries = norm(queries, L + ".norm1");
     // keys + key_pe serves both cross attentions: keys change only at the end of the layer.
-    const Tensor k = ops.add(keys, key_pe);
+    const Tensor k = keys_pe.defined() ? keys_pe : ops.add(keys, key_pe);
     Tensor q = ops.add(queries, query_pe);
     queries = norm(token_to_image(L + ".cross_attn_token_to_image", q, k, keys, queries), L + ".norm2");
     Tensor h = ops.linear(queries, w(L + ".mlp.lin1.weight"), &w(L + ".mlp.lin1.bias"), Act::ReLU);
@@ -231,11 +233,12 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
     Tensor kf = ops.linear(q, w(A + ".folded.k.weight"), &w(A + ".folded.k.bias"));
     Tensor kb = ops.linear(q, w(A + ".folded.kb.weight"), &w(A + ".folded.kb.bias"));
     Tensor vf = ops.linear(queries, w(A + ".folded.v.weight"), &w(A + ".folded.v.bias"));
-    keys = ops.image_to_token_attention(k, kf, kb, vf, w(A + ".out_proj.bias"), keys, w(L + ".norm4.weight"),
-                                        w(L + ".norm4.bias"), 1e-5f, (int)heads);
+    std::tie(keys, keys_pe) = ops.image_to_token_attention_pe(k, kf, kb, vf, w(A + ".out_proj.bias"), keys,
+                                                              w(L + ".norm4.weight"), w(L + ".norm4.bias"), 1e-5f,
+                                                              (int)heads, key_pe);
   }
   {
-    Tensor q = ops.add(queries, query_pe), k = ops.add(keys, key_pe);
+    Tensor q = ops.add(queries, query_pe), k = keys_pe.defined() ? keys_pe : ops.add(keys, key_pe);
     queries = norm(token_to_image(t + "final_attn_token_to_image", q, k, keys, queries), t + "norm_final_attn");
   }
   if (keys.dim(0) != B) keys = ops.expand_batch(keys, B);  // decoder_depth 0

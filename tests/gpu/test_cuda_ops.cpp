@@ -303,10 +303,16 @@ TEST_P(CudaOpsTest, ImageToTokenAttention) {
     const std::string name = "image_to_token B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " N " +
                              std::to_string(c.N) + " D " + std::to_string(c.D) + (c.x_shared ? " x shared" : "") +
                              (c.res_shared ? " res shared" : "");
+    const Tensor ref = cpu.image_to_token_attention(repeat(x, c.B), k, kb, v, bias, repeat(res, c.B), lw, lb, 1e-5f, c.heads);
     expect_close(gpu->image_to_token_attention(up(x), up(k), up(kb), up(v), up(bias), up(res), up(lw), up(lb), 1e-5f,
                                                c.heads),
-                 cpu.image_to_token_attention(repeat(x, c.B), k, kb, v, bias, repeat(res, c.B), lw, lb, 1e-5f, c.heads),
-                 name);
+                 ref, name);
+    // With the output + PE beside it (one kernel on the tensor-core path, an add otherwise).
+    Tensor pe = rand({1, c.T, c.D}, -1.f, 1.f);
+    const auto [y, y_pe] = gpu->image_to_token_attention_pe(up(x), up(k), up(kb), up(v), up(bias), up(res), up(lw),
+                                                           up(lb), 1e-5f, c.heads, up(pe));
+    expect_close(y, ref, name + " (with PE)");
+    expect_close(y_pe, cpu.add(gpu->download(y), pe), name + " + PE");
   }
 }
 

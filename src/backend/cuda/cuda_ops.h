@@ -116,6 +116,11 @@ class CudaOps final : public Ops {
   Tensor image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
                                   const Tensor& bias, const Tensor& residual, const Tensor& ln_w, const Tensor& ln_b,
                                   float eps, int heads) override;
+  // On the tensor-core path, out + key_pe written by the same kernel.
+  std::pair<Tensor, Tensor> image_to_token_attention_pe(const Tensor& x, const Tensor& k, const Tensor& kb,
+                                                        const Tensor& v, const Tensor& bias, const Tensor& residual,
+                                                        const Tensor& ln_w, const Tensor& ln_b, float eps, int heads,
+                                                        const Tensor& key_pe) override;
   Tensor upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1, const Tensor& ln_w, const Tensor& ln_b,
                        float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper) override;  // upscale.cu
   Tensor bmm_nt(const Tensor& a, const Tensor& b) override;
@@ -154,6 +159,11 @@ class CudaOps final : public Ops {
   CudaOps(std::shared_ptr<CudaContext> ctx, Precision precision, std::shared_ptr<cuda::GraphCache> graphs);
   // Throws unless t is a tensor of this backend (device memory, the backend's precision).
   void expect(const Tensor& t, const char* op, const char* name) const;
+  // image_to_token_attention; with key_pe and on the tensor-core path, also out + key_pe into
+  // *out_pe (left undefined otherwise).
+  Tensor image_to_token(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v, const Tensor& bias,
+                        const Tensor& residual, const Tensor& ln_w, const Tensor& ln_b, float eps, int heads,
+                        const Tensor* key_pe, Tensor* out_pe);
   bool fp8_weight(const Tensor& w) const;  // prepare_bulk_linear quantises w
   // The next `bytes` of the weights' allocation as a tensor (from the pool where it is full).
   Tensor weight_slot(Shape shape, DType dtype, size_t bytes);

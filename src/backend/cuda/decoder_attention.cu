@@ -129,7 +129,24 @@ struct I2tArgs {
   void* out;
   int T, N, D, heads, x_step, r_step;  // x_step / r_step: 0 when x / residual are shared (batch 1)
   float eps;
+  const void* pe = nullptr;  // (T, D): with out_pe, out + pe written too (tensor-core kernel only)
+  void* out_pe = nullptr;
 };
+
+// Eight 16-bit values a + b, each rounded once as ops.add rounds it.
+template <class H>
+__device__ __forceinline__ uint4 add8(uint4 a, uint4 b) {
+  const uint32_t* x = reinterpret_cast<const uint32_t*>(&a);
+  const uint32_t* y = reinterpret_cast<const uint32_t*>(&b);
+  uint4 r;
+  uint32_t* z = reinterpret_cast<uint32_t*>(&r);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 u = unpack16<H>(x[i]), v = unpack16<H>(y[i]);
+    z[i] = pack16<H>(u.x + v.x, u.y + v.y);
+  }
+  return r;
+}
 
 // The CUDA-core version: one warp per (prompt, token). Shared memory per warp: heads*N scores, D outputs.
 constexpr int kWarpKernelWarps = 8;
@@ -334,6 +351,14 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
         }
       }
     }
+    // The PE rows for out + pe, loaded now so that the LayerNorm below covers their latency.
+    uint4 pe_rows[16];
+    if (a.out_pe) {
+      const H* pg = static_cast<const H*>(a.pe);
+#pragma unroll
+      for (int r = 0; r < 16; ++r)
+        pe_rows[r] = r0 + r < T ? *reinterpret_cast<const uint4*>(pg + int64_t(r0 + r) * D + lane * 8) : make_uint4(0, 0, 0, 0);
+    }
     float mean[2], rstd[2];
     quad_row_stats(sum, sq, D, a.eps, mean, rstd);
     // Normalise in place (each thread its own values), then whole rows out, 16 bytes per lane.
@@ -349,9 +374,14 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
       }
     }
     __syncwarp();
-    for (int r = 0; r < 16 && r0 + r < T; ++r)
-      *reinterpret_cast<uint4*>(yg + int64_t(r0 + r) * D + lane * 8) =
-          *reinterpret_cast<const uint4*>(sXw + r * LDS + lane * 8);
+    H* ypg = static_cast<H*>(a.out_pe) + int64_t(b) * T * D;
+#pragma unroll
+    for (int r = 0; r < 16; ++r) {
+      if (r0 + r >= T) break;
+      const uint4 y = *reinterpret_cast<const uint4*>(sXw + r * LDS + lane * 8);
+      *reinterpret_cast<uint4*>(yg + int64_t(r0 + r) * D + lane * 8) = y;
+      if (a.out_pe) *reinterpret_cast<uint4*>(ypg + int64_t(r0 + r) * D + lane * 8) = add8<H>(y, pe_rows[r]);
+    }
     __syncwarp();  // the rows are read before a later tile's x overwrites them
   }
 }
@@ -404,6 +434,23 @@ void wide_head_attention(const CudaOps& ops, const Tensor& q, const Tensor& k, c
 Tensor CudaOps::image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
                                          const Tensor& bias, const Tensor& residual, const Tensor& ln_w,
                                          const Tensor& ln_b, float eps, int heads) {
+  return image_to_token(x, k, kb, v, bias, residual, ln_w, ln_b, eps, heads, nullptr, nullptr);
+}
+
+std::pair<Tensor, Tensor> CudaOps::image_to_token_attention_pe(const Tensor& x, const Tensor& k, const Tensor& kb,
+                                                               const Tensor& v, const Tensor& bias,
+                                                               const Tensor& residual, const Tensor& ln_w,
+                                                               const Tensor& ln_b, float eps, int heads,
+                                                               const Tensor& key_pe) {
+  Tensor out_pe;
+  Tensor out = image_to_token(x, k, kb, v, bias, residual, ln_w, ln_b, eps, heads, &key_pe, &out_pe);
+  if (!out_pe.defined()) out_pe = add(out, key_pe);  // (other paths: the default's add)
+  return {out, out_pe};
+}
+
+Tensor CudaOps::image_to_token(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v, const Tensor& bias,
+                               const Tensor& residual, const Tensor& ln_w, const Tensor& ln_b, float eps, int heads,
+                               const Tensor* key_pe, Tensor* out_pe) {
   const char* op = "image_to_token_attention";
   for (const Tensor* t : {&x, &k, &kb, &v, &bias, &residual, &ln_w, &ln_b}) expect(*t, op, "input");
   check_image_to_token_attention(x, k, kb, v, bias, residual, ln_w, ln_b, heads);
@@ -411,13 +458,18 @@ Tensor CudaOps::image_to_token_attention(const Tensor& x, const Tensor& k, const
   check(B <= 65535 && T < (int64_t(1) << 31) && N * heads < (1 << 20), op, "too many prompts or tokens");
   Tensor out = empty({B, T, D});
   if (out.numel() == 0) return out;
-  const I2tArgs a{x.data,   k.data,   kb.data, v.data,  bias.data,  residual.data, ln_w.data,
-                  ln_b.data, out.data, (int)T,  (int)N,  (int)D,     heads,         x.dim(0) == B && B > 1 ? 1 : 0,
-                  residual.dim(0) == B && B > 1 ? 1 : 0, eps};
+  I2tArgs a{x.data,   k.data,   kb.data, v.data,  bias.data,  residual.data, ln_w.data,
+            ln_b.data, out.data, (int)T,  (int)N,  (int)D,     heads,         x.dim(0) == B && B > 1 ? 1 : 0,
+            residual.dim(0) == B && B > 1 ? 1 : 0, eps};
   const bool tensor_cores = dt_ != DType::F32 && D == kMmaD && heads == kMmaHeads && N <= 16 &&
                             aligned16(x.data) && aligned16(k.data) && aligned16(v.data) && aligned16(residual.data) &&
                             aligned16(ln_w.data) && aligned16(ln_b.data) && aligned16(out.data);
   if (tensor_cores) {
+    if (key_pe && key_pe->shape == Shape{1, T, D} && aligned16(key_pe->data)) {
+      expect(*key_pe, op, "key_pe");
+      *out_pe = empty({B, T, D});
+      a.pe = key_pe->data, a.out_pe = out_pe->data;
+    }
     auto go = [&](auto tag) {
       using H = decltype(tag);
       if (N <= 8)
