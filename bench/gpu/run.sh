@@ -133,7 +133,8 @@ fi
 if [[ " $steps " == *" profile "* ]]; then
   # Per-kernel GPU time of a vit_b bf16 run (batch 1: encoder forwards and 16-prompt decodes), and of
   # vit_b and vit_h at batch 8; then ncu's full report of the encoder's attention kernel (windowed
-  # and global launches of vit_b at batch 8).
+  # and global launches of vit_b at batch 8), or of the kernels NCU_KERNELS names (an ncu -k filter,
+  # e.g. NCU_KERNELS='regex:i2t_mma|upscale_masks' for the decoder's).
   for spec in "vit_b 1" "vit_b 8" "vit_h 8"; do
     set -- $spec
     ncu --clock-control none --metrics gpu__time_duration.sum --csv .devbin/samfast bench --model "$1" --device cuda \
@@ -141,8 +142,9 @@ if [[ " $steps " == *" profile "* ]]; then
     echo "== $1 batch $2" | tee -a "$OUT/kernels.txt"
     python3 bench/gpu/kernel_summary.py 25 < "$OUT/ncu_$1_b$2.csv" | tee -a "$OUT/kernels.txt"
   done
-  ncu --clock-control none --set full -k regex:rel_pos_attention --launch-count 3 .devbin/samfast bench \
+  kernels="${NCU_KERNELS:-regex:rel_pos_attention}"
+  ncu --clock-control none --set full -k "$kernels" --launch-count 3 .devbin/samfast bench \
     --model vit_b --device cuda --precision bf16 --batch 8 --prompts 16 --runs 1 > "$OUT/ncu_attention.txt" 2>&1
-  grep -E "rel_pos_attention|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Shared Memory Configuration|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|L1/TEX Hit|Bank Conflicts" \
+  grep -E "${kernels#regex:}|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Shared Memory Configuration|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|L1/TEX Hit|Bank Conflicts" \
     "$OUT/ncu_attention.txt" | head -60
 fi
