@@ -3,7 +3,7 @@
 # makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [generic] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [profile]
+#   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [profile]
 #   (default: tests parity bench anchors; with bench and anchors (or compiled), ratios.py prints the multiples)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step.
 set -uo pipefail
@@ -28,6 +28,19 @@ if [[ " $steps " == *" generic "* ]]; then
   SAMFAST_GENERIC_KERNELS=1 SAMFAST_BIN="$PWD/.devbin" SAMFAST_SOURCE_DIR="$PWD" python3 -m pytest -q -s \
     tests/parity/test_gpu_parity.py -k "bf16 or fp16" 2>&1 | tee "$OUT/gpu_parity_generic.log" \
     | grep -E "\]|passed|failed|Error" | sed 's/^/generic: /' | tail -12
+fi
+if [[ " $steps " == *" smem "* ]]; then
+  # The kernel choices of GPUs with less shared memory a block than Hopper's 227 KB, on this GPU
+  # (SAMFAST_MAX_SMEM_PER_BLOCK, with the generic kernels): an A100's 166912 bytes, Ampere and Ada
+  # workstation GPUs' 101376. The CUDA op tests and the bf16 / fp16 parity cases at each.
+  for limit in 166912 101376; do
+    SAMFAST_GENERIC_KERNELS=1 SAMFAST_MAX_SMEM_PER_BLOCK=$limit .devbin/tests/samfast_gpu_tests \
+      > "$OUT/gpu_tests_smem_$limit.log" 2>&1
+    grep -E "^\[  (FAILED|PASSED|SKIPPED) |^\[  FAILED  \]|Failure" "$OUT/gpu_tests_smem_$limit.log" | sed "s/^/smem $limit: /" | head -20
+    SAMFAST_GENERIC_KERNELS=1 SAMFAST_MAX_SMEM_PER_BLOCK=$limit SAMFAST_BIN="$PWD/.devbin" SAMFAST_SOURCE_DIR="$PWD" \
+      python3 -m pytest -q -s tests/parity/test_gpu_parity.py -k "bf16 or fp16" 2>&1 | tee "$OUT/gpu_parity_smem_$limit.log" \
+      | grep -E "\]|passed|failed|Error" | sed "s/^/smem $limit: /" | tail -12
+  done
 fi
 if [[ " $steps " == *" sanitize "* ]]; then
   # One full forward (encoder, prompt encoder, decoder, post-processing) under memcheck, and the

@@ -75,7 +75,10 @@ struct CudaContext {
   // Hopper's own kernels (wgmma) where they exist: compute capability 9.x, unless the environment sets
   // SAMFAST_GENERIC_KERNELS=1 (then the kernels of other GPUs run, e.g. to test them on a Hopper GPU).
   bool hopper_kernels = false;
-  size_t max_smem_per_block = 0;  // opt-in limit of dynamic shared memory
+  // Opt-in limit of dynamic shared memory a block; the environment's SAMFAST_MAX_SMEM_PER_BLOCK
+  // (bytes) lowers it, so that a Hopper GPU (227 KB) runs the kernel choices of GPUs with less: an
+  // A100's 166912, Ampere and Ada workstation GPUs' 101376.
+  size_t max_smem_per_block = 0;
   std::shared_ptr<cuda::DevicePool> pool;
   std::shared_ptr<cuda::PinnedPool> pinned = std::make_shared<cuda::PinnedPool>();  // download buffers
   cuda::GemmPlanCache gemm_plans;  // cuBLASLt descriptors and algorithms, per shape

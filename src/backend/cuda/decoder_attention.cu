@@ -196,24 +196,28 @@ __global__ void __launch_bounds__(kWarpKernelWarps * 32) i2t_warp_kernel(I2tArgs
 }
 
 // The tensor-core version (H = bf16 or fp16, D 256, 8 heads, N <= KP key slots per head).
-// The block's warps share the prompt's keys and values (8 warps for 8 key slots per head, 4 for 16:
-// shared memory); each warp double-buffers its 16 token rows (the next rows load while the current
-// ones are computed).
+// The block's W warps share the prompt's keys and values; each warp double-buffers its 16 token rows
+// (the next rows load while the current ones are computed). W: as many as shared memory allows
+// (i2t_mma_warps).
 constexpr int kMmaD = 256, kMmaHeads = 8, kMmaLds = kMmaD + 8;
-template <int KP>
-constexpr int kMmaWarps = KP == 8 ? 8 : 4;
-template <int KP>
-constexpr int kMmaRows = 16 * kMmaWarps<KP>;
 
-template <int KP>
-size_t i2t_mma_smem() {
-  return sizeof(uint16_t) * (2 * kMmaHeads * KP + 2 * kMmaRows<KP>) * kMmaLds + sizeof(float) * (kMmaHeads * KP + 2 * kMmaD);
+template <int KP, int W>
+constexpr size_t i2t_mma_smem() {
+  return sizeof(uint16_t) * (2 * kMmaHeads * KP + 2 * 16 * W) * kMmaLds + sizeof(float) * (kMmaHeads * KP + 2 * kMmaD);
 }
 
-template <class H, int KP>
-__global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, int tiles_per_block) {
+// The warps a block of the tensor-core kernel gets: 8 for 8 key slots a head and 4 for 16 where
+// shared memory allows (Hopper's 227 KB a block), 4 for 8 slots in an A100's 163 KB; 0 where neither
+// fits (Ampere and Ada workstation GPUs' 99 KB): the CUDA-core kernel runs.
+int i2t_mma_warps(int64_t N, size_t max_smem) {
+  if (N <= 8) return i2t_mma_smem<8, 8>() <= max_smem ? 8 : i2t_mma_smem<8, 4>() <= max_smem ? 4 : 0;
+  return i2t_mma_smem<16, 4>() <= max_smem ? 4 : 0;
+}
+
+template <class H, int KP, int W>
+__global__ void __launch_bounds__(32 * W) i2t_mma_kernel(I2tArgs a, int tiles_per_block) {
   constexpr int NC = kMmaHeads * KP, D = kMmaD, LDS = kMmaLds, NT = NC / 8;  // score columns, n-tiles
-  constexpr int kRows = kMmaRows<KP>, kThreads = 32 * kMmaWarps<KP>;
+  constexpr int kRows = 16 * W, kThreads = 32 * W;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   H* sK = reinterpret_cast<H*>(smem_raw);  // slot (h, n) at row h KP + n
   H* sV = sK + NC * LDS;
@@ -386,17 +390,17 @@ __global__ void __launch_bounds__(32 * kMmaWarps<KP>) i2t_mma_kernel(I2tArgs a, 
   }
 }
 
-template <class H, int KP>
+template <class H, int KP, int W>
 void launch_i2t_mma(const CudaContext& ctx, const I2tArgs& a, int64_t B) {
-  const size_t smem = i2t_mma_smem<KP>();
-  CUDA_CHECK(cudaFuncSetAttribute(i2t_mma_kernel<H, KP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  const int64_t ntiles = (a.T + kMmaRows<KP> - 1) / kMmaRows<KP>;
+  constexpr size_t smem = i2t_mma_smem<KP, W>();
+  CUDA_CHECK(cudaFuncSetAttribute(i2t_mma_kernel<H, KP, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const int64_t ntiles = (a.T + 16 * W - 1) / (16 * W);
   // One wave (shared memory allows one block an SM): each block loads its prompt's keys and values
   // once and pipelines its tiles (a block of one tile would load keys, values and its only tile one
   // after the other).
   const int64_t per = std::max<int64_t>(1, (ntiles * B + ctx.sm_count - 1) / ctx.sm_count);
   const dim3 grid((unsigned)((ntiles + per - 1) / per), (unsigned)B);
-  i2t_mma_kernel<H, KP><<<grid, 32 * kMmaWarps<KP>, smem, ctx.stream>>>(a, (int)per);
+  i2t_mma_kernel<H, KP, W><<<grid, 32 * W, smem, ctx.stream>>>(a, (int)per);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -461,7 +465,8 @@ Tensor CudaOps::image_to_token(const Tensor& x, const Tensor& k, const Tensor& k
   I2tArgs a{x.data,   k.data,   kb.data, v.data,  bias.data,  residual.data, ln_w.data,
             ln_b.data, out.data, (int)T,  (int)N,  (int)D,     heads,         x.dim(0) == B && B > 1 ? 1 : 0,
             residual.dim(0) == B && B > 1 ? 1 : 0, eps};
-  const bool tensor_cores = dt_ != DType::F32 && D == kMmaD && heads == kMmaHeads && N <= 16 &&
+  const int warps = i2t_mma_warps(N, ctx_->max_smem_per_block);
+  const bool tensor_cores = dt_ != DType::F32 && D == kMmaD && heads == kMmaHeads && N <= 16 && warps > 0 &&
                             aligned16(x.data) && aligned16(k.data) && aligned16(v.data) && aligned16(residual.data) &&
                             aligned16(ln_w.data) && aligned16(ln_b.data) && aligned16(out.data);
   if (tensor_cores) {
@@ -472,10 +477,12 @@ Tensor CudaOps::image_to_token(const Tensor& x, const Tensor& k, const Tensor& k
     }
     auto go = [&](auto tag) {
       using H = decltype(tag);
-      if (N <= 8)
-        launch_i2t_mma<H, 8>(*ctx_, a, B);
+      if (N > 8)
+        launch_i2t_mma<H, 16, 4>(*ctx_, a, B);
+      else if (warps == 8)
+        launch_i2t_mma<H, 8, 8>(*ctx_, a, B);
       else
-        launch_i2t_mma<H, 16>(*ctx_, a, B);
+        launch_i2t_mma<H, 8, 4>(*ctx_, a, B);
     };
     if (dt_ == DType::BF16)
       go(__nv_bfloat16{});

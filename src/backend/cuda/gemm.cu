@@ -20,6 +20,13 @@
 namespace samfast {
 
 CudaContext::CudaContext(int dev) : device(dev) {
+  size_t smem_cap = SIZE_MAX;  // SAMFAST_MAX_SMEM_PER_BLOCK (see cuda_ops.h), read before anything is created
+  if (const char* cap = std::getenv("SAMFAST_MAX_SMEM_PER_BLOCK")) {
+    char* end = nullptr;
+    smem_cap = std::strtoull(cap, &end, 10);
+    if (end == cap || *end != '\0')
+      throw Error(std::string("SAMFAST_MAX_SMEM_PER_BLOCK: expected a number of bytes, got '") + cap + "'");
+  }
   int count = 0;
   CUDA_CHECK(cudaGetDeviceCount(&count));
   if (dev < 0 || dev >= count)
@@ -39,6 +46,7 @@ CudaContext::CudaContext(int dev) : device(dev) {
   int smem = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   max_smem_per_block = static_cast<size_t>(smem);
+  max_smem_per_block = std::min(max_smem_per_block, smem_cap);
   pool = std::make_shared<cuda::DevicePool>(dev);
 }
 

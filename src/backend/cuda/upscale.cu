@@ -240,7 +240,8 @@ Tensor CudaOps::upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor
                               const Tensor& ln_b, float eps, const Tensor& w2, const Tensor& b2, const Tensor& hyper) {
   for (const Tensor* t : {&keys, &w1, &b1, &ln_w, &ln_b, &w2, &b2, &hyper}) expect(*t, "upscale_masks", "input");
   check_upscale(keys, w1, b1, ln_w, ln_b, w2, b2, hyper);
-  if (dt_ == DType::F32 || !fits(keys, w1, w2, hyper))
+  // (the fused kernel's 112 KB of shared memory a block: not on Ampere and Ada workstation GPUs)
+  if (dt_ == DType::F32 || !fits(keys, w1, w2, hyper) || kSmemBytes > ctx_->max_smem_per_block)
     return Ops::upscale_masks(keys, w1, b1, ln_w, ln_b, eps, w2, b2, hyper);
   const int64_t B = keys.dim(0), G = keys.dim(1);
   if (B > 65535 || G > 4096) return Ops::upscale_masks(keys, w1, b1, ln_w, ln_b, eps, w2, b2, hyper);
