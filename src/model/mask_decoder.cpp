@@ -212,6 +212,7 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
   const Tensor& query_pe = tokens;
   Tensor queries = tokens;
   Tensor keys_pe;  // keys + key_pe, once an image-to-token attention has written it beside keys
+  auto keys_plus_pe = [&] { return keys_pe.defined() ? keys_pe : ops.add(keys, key_pe); };
   for (int l = 0; l < c.decoder_depth; ++l) {
     const std::string L = t + "layers." + std::to_string(l);
     if (l == 0) {  // skip_first_layer_pe: no positional term and no residual
@@ -222,7 +223,7 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
     }
     queries = norm(queries, L + ".norm1");
     // keys + key_pe serves both cross attentions: keys change only at the end of the layer.
-    const Tensor k = keys_pe.defined() ? keys_pe : ops.add(keys, key_pe);
+    const Tensor k = keys_plus_pe();
     Tensor q = ops.add(queries, query_pe);
     queries = norm(token_to_image(L + ".cross_attn_token_to_image", q, k, keys, queries), L + ".norm2");
     Tensor h = ops.linear(queries, w(L + ".mlp.lin1.weight"), &w(L + ".mlp.lin1.bias"), Act::ReLU);
@@ -238,7 +239,7 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
                                                               (int)heads, key_pe);
   }
   {
-    Tensor q = ops.add(queries, query_pe), k = keys_pe.defined() ? keys_pe : ops.add(keys, key_pe);
+    Tensor q = ops.add(queries, query_pe), k = keys_plus_pe();
     queries = norm(token_to_image(t + "final_attn_token_to_image", q, k, keys, queries), t + "norm_final_attn");
   }
   if (keys.dim(0) != B) keys = ops.expand_batch(keys, B);  // decoder_depth 0

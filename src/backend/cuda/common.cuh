@@ -80,6 +80,17 @@ __device__ __forceinline__ float gelu(float x) {
   return gelu_erf(x);
 }
 
+// The sum of two 16-byte vectors of T, element by element, each rounded once to T (ops.add's
+// rounding, which the kernels writing a sum beside their output must match).
+template <class T>
+__device__ __forceinline__ uint4 add_vec16(uint4 a, const uint4& b) {
+  T* ea = reinterpret_cast<T*>(&a);
+  const T* eb = reinterpret_cast<const T*>(&b);
+#pragma unroll
+  for (int k = 0; k < int(16 / sizeof(T)); ++k) ea[k] = from_f32<T>(to_f32(ea[k]) + to_f32(eb[k]));
+  return a;
+}
+
 inline unsigned blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < 65535 * 16 ? b : 65535 * 16);  // grid-stride loops cover the rest

@@ -133,21 +133,6 @@ struct I2tArgs {
   void* out_pe = nullptr;
 };
 
-// Eight 16-bit values a + b, each rounded once as ops.add rounds it.
-template <class H>
-__device__ __forceinline__ uint4 add8(uint4 a, uint4 b) {
-  const uint32_t* x = reinterpret_cast<const uint32_t*>(&a);
-  const uint32_t* y = reinterpret_cast<const uint32_t*>(&b);
-  uint4 r;
-  uint32_t* z = reinterpret_cast<uint32_t*>(&r);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 u = unpack16<H>(x[i]), v = unpack16<H>(y[i]);
-    z[i] = pack16<H>(u.x + v.x, u.y + v.y);
-  }
-  return r;
-}
-
 // The CUDA-core version: one warp per (prompt, token). Shared memory per warp: heads*N scores, D outputs.
 constexpr int kWarpKernelWarps = 8;
 
@@ -384,7 +369,7 @@ __global__ void __launch_bounds__(32 * W) i2t_mma_kernel(I2tArgs a, int tiles_pe
       if (r0 + r >= T) break;
       const uint4 y = *reinterpret_cast<const uint4*>(sXw + r * LDS + lane * 8);
       *reinterpret_cast<uint4*>(yg + int64_t(r0 + r) * D + lane * 8) = y;
-      if (a.out_pe) *reinterpret_cast<uint4*>(ypg + int64_t(r0 + r) * D + lane * 8) = add8<H>(y, pe_rows[r]);
+      if (a.out_pe) *reinterpret_cast<uint4*>(ypg + int64_t(r0 + r) * D + lane * 8) = cuda::add_vec16<H>(y, pe_rows[r]);
     }
     __syncwarp();  // the rows are read before a later tile's x overwrites them
   }

@@ -206,13 +206,8 @@ template <class T, class I>
 __global__ void add_vec_kernel(const T* __restrict a, const T* __restrict b, T* __restrict y, I nvec, I m) {
   constexpr int V = 16 / sizeof(T);
   for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < nvec; i += (I)gridDim.x * blockDim.x) {
-    uint4 ra = reinterpret_cast<const uint4*>(a)[i];
-    const uint4 rb = *reinterpret_cast<const uint4*>(b + (i * V) % m);
-    T* ea = reinterpret_cast<T*>(&ra);
-    const T* eb = reinterpret_cast<const T*>(&rb);
-#pragma unroll
-    for (int k = 0; k < V; ++k) ea[k] = from_f32<T>(to_f32(ea[k]) + to_f32(eb[k]));
-    reinterpret_cast<uint4*>(y)[i] = ra;
+    reinterpret_cast<uint4*>(y)[i] =
+        cuda::add_vec16<T>(reinterpret_cast<const uint4*>(a)[i], *reinterpret_cast<const uint4*>(b + (i * V) % m));
   }
 }
 
