@@ -24,6 +24,13 @@ std::pair<Tensor, Tensor> Ops::image_to_token_attention_pe(const Tensor& x, cons
   return {out, out_pe};
 }
 
+std::pair<Tensor, Tensor> Ops::layer_norm_pe(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                                             const Tensor& pe) {
+  Tensor y = layer_norm(x, w, b, eps);
+  Tensor y_pe = add(y, pe);
+  return {y, y_pe};
+}
+
 Tensor Ops::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                               const Tensor* b, Act act) {
   return linear(layer_norm(x, ln_w, ln_b, eps), w, b, act);

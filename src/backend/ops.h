@@ -31,6 +31,11 @@ class Ops {
   // act(LayerNorm over the last dim). LayerNorm2d over channels is this op on channel-last data.
   virtual Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
                             Act act = Act::None) = 0;
+  // {layer_norm(x, w, b, eps), that + pe}: the mask decoder's norms whose output the next attention
+  // also takes with the tokens' positional term; pe has x's shape or its trailing shape. This default
+  // adds; a backend may write both from one pass.
+  virtual std::pair<Tensor, Tensor> layer_norm_pe(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                                                  const Tensor& pe);
   // linear(layer_norm(x, ln_w, ln_b, eps), w, b, act): the encoder blocks' norm1 -> qkv and norm2 ->
   // lin1. This default composes the two; a backend may fuse them (the CUDA one does for fp8 weights:
   // the LayerNorm writes the quantised rows and their scales that the fp8 GEMM reads).

@@ -210,36 +210,41 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
 
   // ref: TwoWayTransformer.forward / TwoWayAttentionBlock.forward
   const Tensor& query_pe = tokens;
+  // {norm(x), norm(x) + query_pe}
+  auto norm_pe = [&](const Tensor& x, const std::string& n) {
+    return ops.layer_norm_pe(x, w(n + ".weight"), w(n + ".bias"), 1e-5f, query_pe);
+  };
   Tensor queries = tokens;
   Tensor keys_pe;  // keys + key_pe, once an image-to-token attention has written it beside keys
   auto keys_plus_pe = [&] { return keys_pe.defined() ? keys_pe : ops.add(keys, key_pe); };
+  // queries + query_pe from a layer's norm3: the image-to-token attention's queries, and the next
+  // layer's self-attention's (or the final attention's), the queries not changing in between.
+  Tensor queries_pe;
   for (int l = 0; l < c.decoder_depth; ++l) {
     const std::string L = t + "layers." + std::to_string(l);
-    if (l == 0) {  // skip_first_layer_pe: no positional term and no residual
+    if (l == 0)  // skip_first_layer_pe: no positional term and no residual
       queries = self_attend(L + ".self_attn", queries, queries, nullptr);
-    } else {
-      Tensor q = ops.add(queries, query_pe);
-      queries = self_attend(L + ".self_attn", q, queries, &queries);
-    }
-    queries = norm(queries, L + ".norm1");
+    else
+      queries = self_attend(L + ".self_attn", queries_pe, queries, &queries);
+    Tensor q;  // queries + query_pe
+    std::tie(queries, q) = norm_pe(queries, L + ".norm1");
     // keys + key_pe serves both cross attentions: keys change only at the end of the layer.
     const Tensor k = keys_plus_pe();
-    Tensor q = ops.add(queries, query_pe);
     queries = norm(token_to_image(L + ".cross_attn_token_to_image", q, k, keys, queries), L + ".norm2");
     Tensor h = ops.linear(queries, w(L + ".mlp.lin1.weight"), &w(L + ".mlp.lin1.bias"), Act::ReLU);
-    queries = norm(ops.linear(h, w(L + ".mlp.lin2.weight"), &w(L + ".mlp.lin2.bias"), Act::None, &queries), L + ".norm3");
+    std::tie(queries, queries_pe) =
+        norm_pe(ops.linear(h, w(L + ".mlp.lin2.weight"), &w(L + ".mlp.lin2.bias"), Act::None, &queries), L + ".norm3");
     // Image tokens attending to the prompt tokens (folded into per-prompt keys and values), + norm4.
     const std::string A = L + ".cross_attn_image_to_token";
-    q = ops.add(queries, query_pe);
-    Tensor kf = ops.linear(q, w(A + ".folded.k.weight"), &w(A + ".folded.k.bias"));
-    Tensor kb = ops.linear(q, w(A + ".folded.kb.weight"), &w(A + ".folded.kb.bias"));
+    Tensor kf = ops.linear(queries_pe, w(A + ".folded.k.weight"), &w(A + ".folded.k.bias"));
+    Tensor kb = ops.linear(queries_pe, w(A + ".folded.kb.weight"), &w(A + ".folded.kb.bias"));
     Tensor vf = ops.linear(queries, w(A + ".folded.v.weight"), &w(A + ".folded.v.bias"));
     std::tie(keys, keys_pe) = ops.image_to_token_attention_pe(k, kf, kb, vf, w(A + ".out_proj.bias"), keys,
                                                               w(L + ".norm4.weight"), w(L + ".norm4.bias"), 1e-5f,
                                                               (int)heads, key_pe);
   }
   {
-    Tensor q = ops.add(queries, query_pe), k = keys_plus_pe();
+    Tensor q = queries_pe.defined() ? queries_pe : ops.add(queries, query_pe), k = keys_plus_pe();
     queries = norm(token_to_image(t + "final_attn_token_to_image", q, k, keys, queries), t + "norm_final_attn");
   }
   if (keys.dim(0) != B) keys = ops.expand_batch(keys, B);  // decoder_depth 0
@@ -252,25 +257,23 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
     }
     return h;
   };
+  // multimask: masks 1..M-1; otherwise mask 0 alone. Only those are upscaled.
+  const int64_t first = multimask_output ? 1 : 0, count = multimask_output ? M - 1 : 1;
   // The heads as one block-diagonal MLP over their tokens side by side (folded_decoder_weights): the
   // IoU head's M outputs first when it joins, then the hypernetworks' M x D/8.
   const bool iou_joins = c.iou_head_depth == kHypernetworkDepth;
-  const int64_t token0 = iou_joins ? 0 : 1, ntokens = 1 + M - token0;
+  const int64_t token0 = iou_joins ? 0 : 1, ntokens = 1 + M - token0, hyper0 = iou_joins ? M : 0;
   Tensor out_heads =
       mlp(md + "output_heads", kHypernetworkDepth, ops.slice(queries, token0, ntokens).view({B, ntokens * D}));
-  Tensor hyper = iou_joins ? ops.slice(out_heads, M, M * (D / 8)) : out_heads;
-  Tensor iou = iou_joins ? ops.slice(out_heads, 0, M)
-                         : mlp(md + "iou_prediction_head", c.iou_head_depth, ops.slice(queries, 0, 1)).view({B, M});
-  const std::string up = md + "output_upscaling.";
-  Tensor masks = ops.upscale_masks(keys.view({B, G, G, D}), w(up + "0.weight"), w(up + "0.bias"), w(up + "1.weight"),
-                                   w(up + "1.bias"), 1e-6f, w(up + "3.weight"), w(up + "3.bias"),
-                                   hyper.view({B, M, D / 8}));
-
-  // multimask: masks 1..M-1; otherwise mask 0 alone.
-  const int64_t first = multimask_output ? 1 : 0, count = multimask_output ? M - 1 : 1;
   DecoderOutput out;
-  out.low_res_masks = ops.slice(masks, first, count);
-  out.iou = ops.slice(iou, first, count);
+  out.iou = ops.slice(iou_joins ? out_heads
+                                : mlp(md + "iou_prediction_head", c.iou_head_depth, ops.slice(queries, 0, 1)).view({B, M}),
+                      first, count);
+  const Tensor hyper = ops.slice(out_heads, hyper0 + first * (D / 8), count * (D / 8)).view({B, count, D / 8});
+  const std::string up = md + "output_upscaling.";
+  out.low_res_masks = ops.upscale_masks(keys.view({B, G, G, D}), w(up + "0.weight"), w(up + "0.bias"),
+                                        w(up + "1.weight"), w(up + "1.bias"), 1e-6f, w(up + "3.weight"),
+                                        w(up + "3.bias"), hyper);
   return out;
 }
 

@@ -137,6 +137,25 @@ TEST_P(CudaOpsTest, LayerNorm) {
   }
 }
 
+// The LayerNorm with its output + a positional term beside it (the decoder's norm1 and norm3): bit for
+// bit layer_norm then add, on the vectorised kernel (256 channels, pe of x's shape or one row of
+// it) and on the fallback (C=20: no whole 16-byte chunks in 16 bits).
+TEST_P(CudaOpsTest, LayerNormPe) {
+  for (const auto& [C, pe_rows] : {std::pair{256, 7}, std::pair{256, 1}, std::pair{20, 7}}) {
+    Tensor x = rand({3, 7, C}, -2.f, 3.f), w = rand({C}, 0.8f, 1.2f), b = rand({C}, -0.1f, 0.1f);
+    Tensor pe = pe_rows == 1 ? rand({C}) : rand({3, 7, C});
+    const auto [y, y_pe] = gpu->layer_norm_pe(up(x), up(w), up(b), 1e-5f, up(pe));
+    const Tensor ln = gpu->layer_norm(up(x), up(w), up(b), 1e-5f, Act::None);
+    const Tensor want = gpu->download(ln), want_pe = gpu->download(gpu->add(ln, up(pe)));
+    const Tensor got = gpu->download(y), got_pe = gpu->download(y_pe);
+    const std::string what = "layer_norm_pe C=" + std::to_string(C) + " pe rows " + std::to_string(pe_rows);
+    ASSERT_EQ(got.shape, want.shape) << what;
+    ASSERT_EQ(got_pe.shape, want_pe.shape) << what;
+    EXPECT_EQ(std::memcmp(got.data, want.data, sizeof(float) * want.numel()), 0) << what;
+    EXPECT_EQ(std::memcmp(got_pe.data, want_pe.data, sizeof(float) * want_pe.numel()), 0) << what << " + pe";
+  }
+}
+
 TEST_P(CudaOpsTest, Conv2d) {
   struct Case { const char* name; Shape x, w; bool bias; int stride, pad; };
   const Case cases[] = {
@@ -317,15 +336,32 @@ TEST_P(CudaOpsTest, ImageToTokenAttention) {
 }
 
 // The fused upscaling + hypernetwork product (bf16 and fp16; fp32 composes the unfused ops) against the
-// CPU's composition, on a full 64x64 grid and on a 20x20 grid that ends in a partial tile.
+// CPU's composition, on a full 64x64 grid and on a 20x20 grid that ends in a partial tile; with 3
+// and 1 of the 4 masks (as the decoder asks: multimask or not), in 16 bits bit for bit those planes
+// of the 4.
 TEST_P(CudaOpsTest, UpscaleMasks) {
   for (const int G : {64, 20}) {
-    const int B = 3;
+    const int B = 3, L = 4 * G;
     Tensor keys = rand({B, G, G, 256}, -2.f, 2.f), w1 = rand({256, 64, 2, 2}, -0.1f, 0.1f), b1 = rand({64}, -0.1f, 0.1f);
     Tensor lw = rand({64}, 0.5f, 1.5f), lb = rand({64}, -0.5f, 0.5f), w2 = rand({64, 32, 2, 2}, -0.2f, 0.2f);
     Tensor b2 = rand({32}, -0.1f, 0.1f), hyper = rand({B, 4, 32});
-    expect_close(gpu->upscale_masks(up(keys), up(w1), up(b1), up(lw), up(lb), 1e-6f, up(w2), up(b2), up(hyper)),
-                 cpu.upscale_masks(keys, w1, b1, lw, lb, 1e-6f, w2, b2, hyper), "upscale_masks G " + std::to_string(G));
+    const Tensor all = gpu->upscale_masks(up(keys), up(w1), up(b1), up(lw), up(lb), 1e-6f, up(w2), up(b2), up(hyper));
+    expect_close(all, cpu.upscale_masks(keys, w1, b1, lw, lb, 1e-6f, w2, b2, hyper), "upscale_masks G " + std::to_string(G));
+    const Tensor all_host = gpu->download(all);
+    for (const auto& [first, count] : {std::pair{1, 3}, std::pair{0, 1}}) {
+      Tensor part = Tensor::empty({B, count, 32});
+      for (int b = 0; b < B; ++b)
+        std::copy(hyper.data + (b * 4 + first) * 32, hyper.data + (b * 4 + first + count) * 32, part.data + b * count * 32);
+      const Tensor got_device = gpu->upscale_masks(up(keys), up(w1), up(b1), up(lw), up(lb), 1e-6f, up(w2), up(b2), up(part));
+      const std::string what = "upscale_masks G " + std::to_string(G) + ", masks " + std::to_string(first) + ".." +
+                               std::to_string(first + count - 1);
+      expect_close(got_device, cpu.upscale_masks(keys, w1, b1, lw, lb, 1e-6f, w2, b2, part), what);
+      if (!bf16()) continue;  // (fp32 composes the unfused ops, whose GEMM may sum in another order)
+      const Tensor got = gpu->download(got_device);
+      for (int b = 0; b < B; ++b)
+        EXPECT_EQ(std::memcmp(got.data + b * count * L * L, all_host.data + (b * 4 + first) * L * L,
+                              sizeof(float) * count * L * L), 0) << what << ", prompt " << b;
+    }
   }
 }
 

@@ -106,6 +106,8 @@ class CudaOps final : public Ops {
   void reserve_weights(size_t bytes) override;
   Tensor upload_weight(const Tensor& host, bool bulk) override;
   Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Act act) override;
+  std::pair<Tensor, Tensor> layer_norm_pe(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                                          const Tensor& pe) override;
   Tensor layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                            const Tensor* b, Act act) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;

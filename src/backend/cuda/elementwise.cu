@@ -115,10 +115,12 @@ __global__ void layer_norm_kernel(const T* __restrict x, const T* __restrict w, 
 // The vectorised LayerNorm: a group of G lanes per row (G = 32, or fewer for narrow rows so that no
 // lane idles: 8 lanes for the 64 channels of the decoder's upscaling), each holding NV 16-byte chunks
 // of the row in registers: one read and one write of memory, where the scalar kernel above read
-// each element three times with 2-byte accesses.
+// each element three times with 2-byte accesses. With pe (pe_rows rows, x's repeating over them),
+// also y + pe into y_pe, rounded as ops.add rounds it.
 template <class T, int G, int NV>
 __global__ void layer_norm_vec_kernel(const T* __restrict x, const T* __restrict w, const T* __restrict b,
-                                      T* __restrict y, int64_t rows, int C, float eps, Act act) {
+                                      T* __restrict y, int64_t rows, int C, float eps, Act act,
+                                      const T* __restrict pe, int64_t pe_rows, T* __restrict y_pe) {
   constexpr int kPer = 16 / sizeof(T);
   const int sub = threadIdx.x % G, nvec = C / kPer;
   const int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / G;
@@ -158,22 +160,27 @@ __global__ void layer_norm_vec_kernel(const T* __restrict x, const T* __restrict
     for (int k = 0; k < kPer; ++k)
       e[k] = from_f32<T>(apply<T>((v[j][k] - mean) * rstd * to_f32(ew[k]) + to_f32(eb[k]), act));
     reinterpret_cast<uint4*>(y + row * C)[c] = raw;
+    if (pe)
+      reinterpret_cast<uint4*>(y_pe + row * C)[c] =
+          cuda::add_vec16<T>(raw, reinterpret_cast<const uint4*>(pe + row % pe_rows * C)[c]);
   }
 }
 
 // Launches the vectorised LayerNorm when the row fits its shapes; false otherwise.
+// (pe: see layer_norm_vec_kernel; null for none.)
 template <class T>
 bool launch_layer_norm_vec(const T* x, const T* w, const T* b, T* y, int64_t rows, int C, float eps, Act act,
-                           cudaStream_t stream) {
+                           cudaStream_t stream, const T* pe = nullptr, int64_t pe_rows = 1, T* y_pe = nullptr) {
   constexpr int kPer = 16 / sizeof(T);
   const int nvec = C / kPer;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (C % kPer != 0 || nvec > 32 * 10 || !aligned(x) || !aligned(w) || !aligned(b) || !aligned(y)) return false;
+  if (pe && (!aligned(pe) || !aligned(y_pe))) return false;
   auto go = [&](auto g, auto nv) {
     constexpr int kG = decltype(g)::value, kNV = decltype(nv)::value;
     const int threads = 256;
     const unsigned blocks = static_cast<unsigned>((rows * kG + threads - 1) / threads);
-    layer_norm_vec_kernel<T, kG, kNV><<<blocks, threads, 0, stream>>>(x, w, b, y, rows, C, eps, act);
+    layer_norm_vec_kernel<T, kG, kNV><<<blocks, threads, 0, stream>>>(x, w, b, y, rows, C, eps, act, pe, pe_rows, y_pe);
     return true;
   };
   using std::integral_constant;
@@ -335,6 +342,26 @@ Tensor CudaOps::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, fl
                        x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), rows, (int)C, eps, act));
   CUDA_LAUNCH_CHECK();
   return y;
+}
+
+std::pair<Tensor, Tensor> CudaOps::layer_norm_pe(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                                                 const Tensor& pe) {
+  expect(x, "layer_norm_pe", "input");
+  expect(w, "layer_norm_pe", "weight");
+  expect(b, "layer_norm_pe", "bias");
+  expect(pe, "layer_norm_pe", "positional term");
+  check_layer_norm(x, w, b);
+  check_add(x, pe);
+  const int64_t C = x.dim(-1), rows = C ? x.numel() / C : 0;
+  if (rows == 0 || pe.numel() % C != 0) return Ops::layer_norm_pe(x, w, b, eps, pe);  // (pe not whole rows)
+  Tensor y = empty(x.shape), y_pe = empty(x.shape);
+  bool done = false;
+  SAMFAST_DISPATCH(dt_, T,
+                   done = launch_layer_norm_vec<T>(x.ptr<T>(), w.ptr<T>(), b.ptr<T>(), y.ptr<T>(), rows, (int)C, eps,
+                                                   Act::None, ctx_->stream, pe.ptr<T>(), pe.numel() / C, y_pe.ptr<T>()));
+  if (!done) return Ops::layer_norm_pe(x, w, b, eps, pe);
+  CUDA_LAUNCH_CHECK();
+  return {y, y_pe};
 }
 
 Tensor CudaOps::add(const Tensor& a, const Tensor& b) {

@@ -11,8 +11,10 @@
 //   (16 x D) x W1[s1] (D x C1) + b1 -> LayerNorm over C1 -> GELU  -> A (16 x C1)
 //   (16 x C1) x W2 (C1 x 4 C2) + b2 -> GELU                      -> A (16 x 4 C2)
 //   (16 x 4 C2) x Hyper (4 C2 x 4 M, block diagonal per s2)      -> 16 x (s2, m) mask values.
-// bf16 or fp16 (H) with D 256, C1 64, C2 32, M 4 (every SAM); other shapes and fp32 compose the
-// unfused ops.
+// bf16 or fp16 (H) with D 256, C1 64, C2 32 (every SAM) and up to 4 masks (the decoder asks for
+// the ones it returns: 3 of SAM's 4 with multimask output, else 1); the product always has 4 mask
+// columns, those past hyper's rows zero and not stored, so that the kernel is the same for every
+// count and no slice of its output follows. Other shapes and fp32 compose the unfused ops.
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/mma.cuh"
@@ -55,7 +57,8 @@ template <class H>
 struct UpscaleArgs {
   const H *keys, *w1t, *b1, *ln_w, *ln_b, *w2t, *b2, *hyper;
   H* out;
-  int G;  // image tokens G x G; masks 4G x 4G
+  int G;   // image tokens G x G; masks 4G x 4G
+  int Mh;  // masks asked for (hyper's rows, at most kM)
   float eps;
 };
 
@@ -86,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
   for (int i = tid; i < 4 * kM * 4 * kC2; i += kThreads) {
     const int n = i / (4 * kC2), k = i % (4 * kC2);  // n = (s2, m), k = (s2', c)
     const bool diag = n / kM == k / kC2;
-    sH[n * kLd3 + k] = diag ? a.hyper[(int64_t(b) * kM + n % kM) * kC2 + k % kC2] : from_f32<H>(0.f);
+    sH[n * kLd3 + k] = diag && n % kM < a.Mh ? a.hyper[(int64_t(b) * a.Mh + n % kM) * kC2 + k % kC2] : from_f32<H>(0.f);
   }
   for (int i = tid; i < kC1; i += kThreads) sB1[i] = to_f32(a.b1[i]), sLw[i] = to_f32(a.ln_w[i]), sLb[i] = to_f32(a.ln_b[i]);
   for (int i = tid; i < kC2; i += kThreads) sB2[i] = to_f32(a.b2[i]);
@@ -94,7 +97,7 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
   const H* xg = a.keys + int64_t(b) * T * kD;
   H* sXw = sX + warp * kStages * 16 * kLdX;
   const int L = 4 * G, dy1 = s1 / 2, dx1 = s1 % 2;
-  H* outb = a.out + int64_t(b) * kM * L * L;
+  H* outb = a.out + int64_t(b) * a.Mh * L * L;
   const H* w1base = sW1 + ((lane / 16) * 8 + lane % 8) * kLd1 + ((lane / 8) & 1) * 8;
   const H* w2base = sW2 + ((lane / 16) * 8 + lane % 8) * kLd2 + ((lane / 8) & 1) * 8;
   const H* hbase = sH + ((lane / 16) * 8 + lane % 8) * kLd3 + ((lane / 8) & 1) * 8;
@@ -205,6 +208,7 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
         const int t = r0 + gr + 8 * (e / 2);
         if (t >= T) continue;
         const int col = n * 8 + tq * 2 + (e & 1), s2 = col / kM, m = col % kM;
+        if (m >= a.Mh) continue;
         const int py = 4 * (t / G) + 2 * dy1 + s2 / 2, px = 4 * (t % G) + 2 * dx1 + s2 % 2;
         outb[(int64_t(m) * L + py) * L + px] = from_f32<H>(c3[n][e]);
       }
@@ -218,7 +222,7 @@ void launch_upscale(const CudaContext& ctx, const Tensor& keys, const Tensor& w1
                     const Tensor& hyper, const Tensor& out) {
   const int64_t B = keys.dim(0), G = keys.dim(1);
   const UpscaleArgs<H> a{keys.ptr<H>(), w1t.ptr<H>(), b1.ptr<H>(), ln_w.ptr<H>(), ln_b.ptr<H>(),
-                         w2t.ptr<H>(),  b2.ptr<H>(),  hyper.ptr<H>(), out.ptr<H>(), (int)G, eps};
+                         w2t.ptr<H>(),  b2.ptr<H>(),  hyper.ptr<H>(), out.ptr<H>(), (int)G, (int)hyper.dim(1), eps};
   CUDA_CHECK(cudaFuncSetAttribute(upscale_masks_kernel<H>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemBytes));
   const int64_t ntiles = (G * G + kRows - 1) / kRows;
   // About two waves of blocks (two resident an SM); each loads its sub-pixel's weights once for
@@ -231,7 +235,7 @@ void launch_upscale(const CudaContext& ctx, const Tensor& keys, const Tensor& w1
 }
 
 bool fits(const Tensor& keys, const Tensor& w1, const Tensor& w2, const Tensor& hyper) {
-  return keys.dim(3) == kD && w1.dim(1) == kC1 && w2.dim(1) == kC2 && hyper.dim(1) == kM;
+  return keys.dim(3) == kD && w1.dim(1) == kC1 && w2.dim(1) == kC2 && hyper.dim(1) <= kM;
 }
 
 }  // namespace
@@ -245,7 +249,7 @@ Tensor CudaOps::upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor
     return Ops::upscale_masks(keys, w1, b1, ln_w, ln_b, eps, w2, b2, hyper);
   const int64_t B = keys.dim(0), G = keys.dim(1);
   if (B > 65535 || G > 4096) return Ops::upscale_masks(keys, w1, b1, ln_w, ln_b, eps, w2, b2, hyper);
-  Tensor out = empty({B, kM, 4 * G, 4 * G});
+  Tensor out = empty({B, hyper.dim(1), 4 * G, 4 * G});
   if (out.numel() == 0) return out;
   Tensor w1t = empty({4 * kC1, kD}), w2t = empty({4 * kC2, kC1});
   auto go = [&](auto tag) {
