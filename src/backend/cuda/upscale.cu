@@ -10,11 +10,13 @@
 // GEMMs chained in registers (accumulator layout = next A operand, as P in flash attention):
 //   (16 x D) x W1[s1] (D x C1) + b1 -> LayerNorm over C1 -> GELU  -> A (16 x C1)
 //   (16 x C1) x W2 (C1 x 4 C2) + b2 -> GELU                      -> A (16 x 4 C2)
-//   (16 x 4 C2) x Hyper (4 C2 x 4 M, block diagonal per s2)      -> 16 x (s2, m) mask values.
+//   (16 x 4 C2) x Hyper (4 C2 x 4 M, block diagonal per s2)      -> 16 x (s2, m) mask values,
+// the product's 16 columns in the order (dy2, m, dx2): a thread's two accumulator columns are one
+// mask at two neighbouring pixels (one 4-byte store), and its quad's lane tq holds mask tq.
 // bf16 or fp16 (H) with D 256, C1 64, C2 32 (every SAM) and up to 4 masks (the decoder asks for
 // the ones it returns: 3 of SAM's 4 with multimask output, else 1); the product always has 4 mask
-// columns, those past hyper's rows zero and not stored, so that the kernel is the same for every
-// count and no slice of its output follows. Other shapes and fp32 compose the unfused ops.
+// columns, those past hyper's rows zero and not stored, so that no slice of the output follows.
+// Other shapes and fp32 compose the unfused ops.
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/mma.cuh"
@@ -30,6 +32,7 @@ using cuda::from_f32;
 using cuda::gelu_erf_fast;
 using cuda::ldmatrix_x4;
 using cuda::mma16;
+using cuda::pack16;
 using cuda::quad_row_stats;
 using cuda::to_f32;
 
@@ -87,9 +90,10 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
   }
   cp_async_commit();
   for (int i = tid; i < 4 * kM * 4 * kC2; i += kThreads) {
-    const int n = i / (4 * kC2), k = i % (4 * kC2);  // n = (s2, m), k = (s2', c)
-    const bool diag = n / kM == k / kC2;
-    sH[n * kLd3 + k] = diag && n % kM < a.Mh ? a.hyper[(int64_t(b) * a.Mh + n % kM) * kC2 + k % kC2] : from_f32<H>(0.f);
+    const int n = i / (4 * kC2), k = i % (4 * kC2);  // n = (dy2, m, dx2), k = (s2', c)
+    const int m = n / 2 % kM, s2 = n / (2 * kM) * 2 + n % 2;
+    const bool diag = s2 == k / kC2;
+    sH[n * kLd3 + k] = diag && m < a.Mh ? a.hyper[(int64_t(b) * a.Mh + m) * kC2 + k % kC2] : from_f32<H>(0.f);
   }
   for (int i = tid; i < kC1; i += kThreads) sB1[i] = to_f32(a.b1[i]), sLw[i] = to_f32(a.ln_w[i]), sLb[i] = to_f32(a.ln_b[i]);
   for (int i = tid; i < kC2; i += kThreads) sB2[i] = to_f32(a.b2[i]);
@@ -97,7 +101,7 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
   const H* xg = a.keys + int64_t(b) * T * kD;
   H* sXw = sX + warp * kStages * 16 * kLdX;
   const int L = 4 * G, dy1 = s1 / 2, dx1 = s1 % 2;
-  H* outb = a.out + int64_t(b) * a.Mh * L * L;
+  H* outm = a.out + (int64_t(b) * a.Mh + tq) * L * L;  // this thread's mask: tq (stored where tq < Mh)
   const H* w1base = sW1 + ((lane / 16) * 8 + lane % 8) * kLd1 + ((lane / 8) & 1) * 8;
   const H* w2base = sW2 + ((lane / 16) * 8 + lane % 8) * kLd2 + ((lane / 8) & 1) * 8;
   const H* hbase = sH + ((lane / 16) * 8 + lane % 8) * kLd3 + ((lane / 8) & 1) * 8;
@@ -171,8 +175,9 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
 #pragma unroll
     for (int ks = 0; ks < kC1 / 16; ++ks) acc_to_a<H>(a2[ks], c1[2 * ks], c1[2 * ks + 1]);
     // (2) ConvTranspose #2 and (3) the hypernetwork product, in two halves h of the sub-pixels s2
-    // (2h and 2h + 1): 16 x (s2, c2) + bias, GELU, as the A operand of (3), whose product with the
-    // block diagonal is the 8 (s2, m) columns of n-tile h (the other half's rows of it are zeros).
+    // (2h and 2h + 1, dy2 = h): 16 x (s2, c2) + bias, GELU, as the A operand of (3), whose product
+    // with the block diagonal is the 8 (m, dx2) columns of n-tile h (the other half's rows of it are
+    // zeros).
     float c3[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -201,16 +206,17 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
         mma16<H>(c3[h], a3, bf[2 * h], bf[2 * h + 1]);
       }
     }
+    // c3[dy2][2 i + dx2]: mask tq at token row gr + 8 i, sub-pixel (dy2, dx2)
+    if (tq < a.Mh)
 #pragma unroll
-    for (int n = 0; n < 2; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int t = r0 + gr + 8 * (e / 2);
+      for (int i = 0; i < 2; ++i) {
+        const int t = r0 + gr + 8 * i;
         if (t >= T) continue;
-        const int col = n * 8 + tq * 2 + (e & 1), s2 = col / kM, m = col % kM;
-        if (m >= a.Mh) continue;
-        const int py = 4 * (t / G) + 2 * dy1 + s2 / 2, px = 4 * (t % G) + 2 * dx1 + s2 % 2;
-        outb[(int64_t(m) * L + py) * L + px] = from_f32<H>(c3[n][e]);
+        const int ty = t / G, px = 4 * (t - ty * G) + 2 * dx1;  // (even: 4-byte aligned)
+        H* dst = outm + int64_t(4 * ty + 2 * dy1) * L + px;
+#pragma unroll
+        for (int dy2 = 0; dy2 < 2; ++dy2)
+          *reinterpret_cast<uint32_t*>(dst + dy2 * L) = pack16<H>(c3[dy2][2 * i], c3[dy2][2 * i + 1]);
       }
   }
   cp_async_wait<0>();  // (only empty groups can be left)
