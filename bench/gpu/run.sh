@@ -44,12 +44,13 @@ if [[ " $steps " == *" smem "* ]]; then
 fi
 if [[ " $steps " == *" sanitize "* ]]; then
   # One full forward (encoder, prompt encoder, decoder, post-processing) under memcheck, and the
-  # attention kernels under racecheck, on the tiny model; memcheck also on vit_b bf16.
-  for args in "--model tiny --precision bf16" "--model tiny --precision fp32" "--model tiny --precision fp8" \
-    "--model vit_b --precision bf16"; do
+  # attention kernels under racecheck, on the tiny model; memcheck also on vit_b bf16, and on one
+  # mask a prompt (the decoder upscales only the masks it returns).
+  for args in "--model tiny --precision bf16 --multimask" "--model tiny --precision fp32 --multimask" \
+    "--model tiny --precision fp8 --multimask" "--model vit_b --precision bf16 --multimask" "--model tiny --precision bf16"; do
     # shellcheck disable=SC2086
     compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/samfast segment $args --device cuda \
-      --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --multimask --out /tmp/sanitize --overwrite 2>&1 \
+      --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --out /tmp/sanitize --overwrite 2>&1 \
       | tail -1 | sed "s/^/memcheck $args: /" | tee -a "$OUT/sanitize.log"
   done
   # CUDA graphs with their buffers in the arena: the bench's warm-up records them, its runs replay them.
