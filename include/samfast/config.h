@@ -1,5 +1,6 @@
 // The model's shape: everything needed to build SAM, inferred from a checkpoint's tensor shapes.
 #pragma once
+#include <array>
 #include <string>
 #include <utility>
 #include <vector>
@@ -7,6 +8,11 @@
 #include "samfast/tensor.h"
 
 namespace samfast {
+
+// ref: modeling/sam.py Sam.pixel_mean / pixel_std (float32 buffers, the same in every SAM): the
+// image encoder's input is (rgb - mean) / std, zero-padded.
+inline constexpr std::array<float, 3> kPixelMean{123.675f, 116.28f, 103.53f};
+inline constexpr std::array<float, 3> kPixelStd{58.395f, 57.12f, 57.375f};
 
 struct SamConfig {
   // Image encoder (ref: modeling/image_encoder.py ImageEncoderViT)

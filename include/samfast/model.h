@@ -75,6 +75,12 @@ class Model {
   // image: host (B, 3, S, S) normalized and padded -> backend tensor (B, G, G, out_chans) channel-last.
   // on_block, if set, sees each block's output (B, G, G, E) as a backend tensor (parity tests).
   Tensor encode_image(const Tensor& image, const std::function<void(int, const Tensor&)>& on_block = {}) const;
+  // The same from the bytes of resized images, normalized and padded by the backend (the
+  // predictor's path: a GPU receives a quarter of the bytes, and the host does no float pass).
+  // rgb: host uint8 (B, S, S, 3), image b resized (resize_pil_bilinear) into its top-left (h_b, w_b)
+  // corner; extent: host uint8 (B, 2, S), extent[b, 0, y] = y < h_b, extent[b, 1, x] = x < w_b.
+  // Equal to encode_image of normalize_and_pad's tensors, value for value.
+  Tensor encode_rgb(const Tensor& rgb, const Tensor& extent) const;
   // ref: modeling/prompt_encoder.py PromptEncoder.forward
   PromptEmbeddings encode_prompts(const PromptBatch& prompts) const;
   // Host (1, G, G, D): the dense positional encoding of the embedding grid (get_dense_pe).
@@ -95,9 +101,9 @@ class Model {
   int64_t peak_memory_bytes() const;
   // Device memory for encoding `batch` images at a time and decoding `prompts` single-point
   // multimask prompts an image (as samfast bench does; other prompt shapes, and post-processing to
-  // the original size, take more): runs the encoder and the decoder on zeros until their CUDA
-  // graphs are recorded, so that the weights' allocation, the graph arena and the peak are made and
-  // known before the first image. Zeros on the CPU.
+  // the original size, take more): runs the encoder (on image bytes, as the predictor feeds it) and
+  // the decoder on zeros until their CUDA graphs are recorded, so that the weights' allocation, the
+  // graph arena and the peak are made and known before the first image. Zeros on the CPU.
   struct MemoryPlan {
     int64_t weights = 0, graph_arena = 0, peak = 0;
   };
@@ -127,7 +133,8 @@ class Model {
   const Tensor& w(const std::string& name) const;   // weight in backend memory
   const Tensor& hw(const std::string& name) const;  // weight on the host
   Tensor positional_encoding(const Tensor& coords01) const;  // (..., 2) in [0,1] -> (..., D)
-  // The encoder on an uploaded image (run_recorded's computation).
+  // The encoder on normalized, padded pixels in backend memory, channel-last (B, S, S, 3)
+  // (run_recorded's computation).
   Tensor encode_pixels(const Tensor& pixels, const std::function<void(int, const Tensor&)>& on_block) const;
   // The mask decoder on uploaded tokens (B, 1 + M + Ns, D) (run_recorded's computation).
   DecoderOutput decode_tokens(const Tensor& tokens, const Tensor& embedding, const Tensor& dense,

@@ -24,10 +24,13 @@ struct Prompt {
   int image = 0;                             // which image of set_images() (0 after set_image)
 };
 
-// An image resized (PIL-exact), normalized and padded for the encoder: the host half of set_image,
-// which can run on another thread while the GPU works on the previous image.
+// An image made ready for the encoder: the host half of set_image, which can run on another thread
+// while the GPU works on the previous image. prepare() gives the image resized (PIL-exact) to
+// input_size, as bytes: the backend normalizes and pads it (Model::encode_rgb). Or the encoder's
+// input itself, normalized and padded on the host (normalize_and_pad: an image given as floats).
 struct EncoderInput {
-  Tensor image;                                                 // host (1, 3, S, S)
+  Image resized;                                                // (input_size) uint8 RGB, or empty
+  Tensor image;                                                 // host (1, 3, S, S) fp32, or undefined
   std::pair<int, int> original_size{0, 0}, input_size{0, 0};  // (h, w)
 };
 

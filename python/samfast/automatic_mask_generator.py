@@ -86,7 +86,7 @@ class SamAutomaticMaskGenerator:
                       progress: Optional[Callable[[int, Any], None]] = None) -> Iterator[List[Dict[str, Any]]]:
         """Beyond upstream: records for each of many images (arrays, or paths to image files read as
         RGB), yielded one image at a time so that a folder's masks are never all held at once. The
-        next image is read, resized and normalized on another thread while this one computes.
+        next image is read and resized on another thread while this one computes.
         progress, if given, is called with (index, image) before each image."""
         for i, (image, outcome) in enumerate(self.generate_each(images)):
             if progress is not None:

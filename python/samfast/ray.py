@@ -86,7 +86,7 @@ class SegmentEverything:
     (when it was done: Unix time, 0 for a row that came with an error) and
     "records": the image's masks as upstream's coco_rle records in JSON, exactly what
     `samfast everything --output-mode coco_rle` writes for it. Other columns pass on, "image" is
-    dropped. The next image is resized and normalized on another thread while one computes."""
+    dropped. The next image is resized on another thread while one computes."""
 
     def __init__(self, checkpoint: Optional[str] = None, model: str = "vit_b", device: str = "auto",
                  precision: str = "auto", seed: int = 0, **generator_options: Any):

@@ -54,6 +54,15 @@ void check_4d(const Tensor& x, const char* op, const char* layout) {
   check(x.ndim() == 4, op, std::string("expected ") + layout + ", got " + shape_str(x.shape));
 }
 
+void check_normalize_rgb(const Tensor& rgb, const Tensor& extent) {
+  const bool ok = rgb.dtype == DType::U8 && extent.dtype == DType::U8 && rgb.ndim() == 4 && rgb.dim(1) == rgb.dim(2) &&
+                  rgb.dim(3) == 3 && extent.ndim() == 3 && extent.dim(0) == rgb.dim(0) && extent.dim(1) == 2 &&
+                  extent.dim(2) == rgb.dim(1);
+  check(ok, "normalize_rgb",
+        "expected uint8 pixels (B, S, S, 3) and extents (B, 2, S), got " + shape_str(rgb.shape) + " and " +
+            shape_str(extent.shape));
+}
+
 void check_rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                              const Tensor& rel_pos_w, int heads, int window) {
   const char* op = "rel_pos_attention";

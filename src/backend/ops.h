@@ -50,6 +50,13 @@ class Ops {
   // (B, C, H, W) -> (B, H, W, C) and back.
   virtual Tensor nchw_to_nhwc(const Tensor& x) = 0;
   virtual Tensor nhwc_to_nchw(const Tensor& x) = 0;
+  // The image encoder's input from the bytes of resized RGB images (ref: Sam.preprocess): rgb
+  // (B, S, S, 3) uint8, each image in its top-left corner; extent (B, 2, S) uint8, extent[b, 0, y]
+  // and extent[b, 1, x] 1 where row y and column x lie inside image b. -> (B, S, S, 3) channel-last:
+  // (rgb - mean) / std in fp32 (subtract, then divide, as torch) inside, 0 outside (upstream pads
+  // after normalising). Host inputs: a GPU receives a quarter of the bytes of the fp32 input.
+  virtual Tensor normalize_rgb(const Tensor& rgb, const Tensor& extent, const std::array<float, 3>& mean,
+                               const std::array<float, 3>& stdev) = 0;
 
   // Image-encoder attention with decomposed relative position (ref: modeling/image_encoder.py
   // Attention + window_partition). qkv (B, H, W, 3C) from the qkv Linear on unpadded tokens;

@@ -8,19 +8,38 @@ namespace samfast {
 Tensor Model::encode_image(const Tensor& image, const std::function<void(int, const Tensor&)>& on_block) const {
   const SamConfig& c = cfg_;
   Ops& ops = *enc_ops_;
-  if (image.ndim() != 4 || image.dim(1) != 3 || image.dim(2) != c.img_size || image.dim(3) != c.img_size)
+  if (image.ndim() != 4 || image.dim(1) != 3 || image.dim(2) != c.img_size || image.dim(3) != c.img_size ||
+      (image.on_host() && image.dtype != DType::F32))
     throw Error("encode_image: expected a (B, 3, " + std::to_string(c.img_size) + ", " + std::to_string(c.img_size) +
-                ") image, got " + shape_str(image.shape));
+                ") fp32 image, got " + shape_str(image.shape) + (image.dtype == DType::U8 ? " of uint8" : ""));
   try {
     // The embedding goes to the decoder's backend (converted, where that computes in another
     // precision: inside the recording, so that the copy is made in the graph's arena).
     if (!on_block)  // (the parity tests' per-block view needs the eager run)
       return ops.run_recorded("image_encoder", {image}, [&](const std::vector<Tensor>& in) {
-        return std::vector<Tensor>{ops_->upload(encode_pixels(in[0], {}))};
+        return std::vector<Tensor>{ops_->upload(encode_pixels(ops.nchw_to_nhwc(in[0]), {}))};
       })[0];
-    return ops_->upload(encode_pixels(ops.upload(image), on_block));
+    return ops_->upload(encode_pixels(ops.nchw_to_nhwc(ops.upload(image)), on_block));
   } catch (const OutOfMemory& e) {  // say which batch asked for it
     throw OutOfMemory("image encoder at batch size " + std::to_string(image.dim(0)) + ": " + e.what());
+  }
+}
+
+Tensor Model::encode_rgb(const Tensor& rgb, const Tensor& extent) const {
+  const int64_t S = cfg_.img_size;
+  if (rgb.ndim() != 4 || rgb.dim(1) != S || rgb.dim(2) != S || rgb.dim(3) != 3 || rgb.dtype != DType::U8 ||
+      !rgb.on_host() || extent.ndim() != 3 || extent.dim(0) != rgb.dim(0) || extent.dim(1) != 2 ||
+      extent.dim(2) != S || extent.dtype != DType::U8 || !extent.on_host())
+    throw Error("encode_rgb: expected host uint8 pixels (B, " + std::to_string(S) + ", " + std::to_string(S) +
+                ", 3) and extents (B, 2, " + std::to_string(S) + "), got " + shape_str(rgb.shape) + " and " +
+                shape_str(extent.shape));
+  Ops& ops = *enc_ops_;
+  try {
+    return ops.run_recorded("image_encoder rgb", {rgb, extent}, [&](const std::vector<Tensor>& in) {
+      return std::vector<Tensor>{ops_->upload(encode_pixels(ops.normalize_rgb(in[0], in[1], kPixelMean, kPixelStd), {}))};
+    })[0];
+  } catch (const OutOfMemory& e) {
+    throw OutOfMemory("image encoder at batch size " + std::to_string(rgb.dim(0)) + ": " + e.what());
   }
 }
 
@@ -28,8 +47,7 @@ Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, 
   const SamConfig& c = cfg_;
   Ops& ops = *enc_ops_;
   const std::string e = "image_encoder.";
-  Tensor x = ops.nchw_to_nhwc(pixels);                                                 // (B, S, S, 3)
-  x = ops.conv2d(x, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"), c.patch_size, 0);
+  Tensor x = ops.conv2d(pixels, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"), c.patch_size, 0);
   x = ops.add(x, w(e + "pos_embed"));                                                  // (B, G, G, E)
   for (int i = 0; i < c.depth; ++i) {
     const std::string b = e + "blocks." + std::to_string(i) + ".";

@@ -1,4 +1,5 @@
 // Model loading, validation and synthetic weights.
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
@@ -106,9 +107,19 @@ const Tensor& Model::hw(const std::string& name) const {
 
 Tensor Model::download(const Tensor& x) const { return ops_->download(x); }
 
-Tensor Model::upload(const Tensor& host) const { return ops_->upload(host); }
+namespace {
+// The model's tensor inputs are fp32 (a uint8 tensor is a binarized mask, not logits or pixels).
+const Tensor& fp32_input(const Tensor& t, const char* what) {
+  if (t.on_host() && t.dtype != DType::F32)
+    throw Error(std::string(what) + ": expected an fp32 host tensor, got " + shape_str(t.shape) +
+                (t.dtype == DType::U8 ? " of uint8" : " of another type"));
+  return t;
+}
+}  // namespace
 
-Tensor Model::upload_images(const Tensor& host) const { return enc_ops_->upload(host); }
+Tensor Model::upload(const Tensor& host) const { return ops_->upload(fp32_input(host, "upload")); }
+
+Tensor Model::upload_images(const Tensor& host) const { return enc_ops_->upload(fp32_input(host, "upload_images")); }
 
 Model::MemoryUse Model::memory_use() const {
   const Ops::MemoryUse use = ops_->memory_use();
@@ -135,13 +146,16 @@ Model::MemoryPlan Model::plan_memory(int64_t batch, int64_t prompts) const {
     throw Error("plan_memory: batch and prompts must be at least 1, not " + std::to_string(batch) + " and " +
                 std::to_string(prompts));
   const int64_t S = cfg_.img_size;
-  const Tensor pixels = Tensor::zeros({batch, 3, S, S});
+  // (the predictor's path: images as bytes, normalized by the backend)
+  Tensor rgb = Tensor::empty({batch, S, S, 3}, DType::U8), extent = Tensor::empty({batch, 2, S}, DType::U8);
+  std::fill_n(rgb.ptr<uint8_t>(), rgb.numel(), uint8_t(0));
+  std::fill_n(extent.ptr<uint8_t>(), extent.numel(), uint8_t(1));
   PromptBatch p;
   p.points = Tensor::empty({prompts, 1, 2});
   p.labels = Tensor::empty({prompts, 1});
   for (int64_t i = 0; i < prompts; ++i) p.points.data[2 * i] = p.points.data[2 * i + 1] = S / 2.f, p.labels.data[i] = 1.f;
   for (int run = 0; run < 2; ++run) {  // the first runs eagerly (its buffers traced), the second is recorded
-    const Tensor embeddings = encode_image(pixels);
+    const Tensor embeddings = encode_rgb(rgb, extent);
     decode_masks(batch == 1 ? embeddings : ops_->gather(embeddings, {0}), encode_prompts(p), true);
   }
   synchronize();

@@ -30,7 +30,10 @@ EncoderInput Predictor::prepare(const Image& rgb, int S) {
   if (h == 0 || w == 0)
     throw InvalidArgument("image " + std::to_string(rgb.width) + "x" + std::to_string(rgb.height) + " is too thin: resized to " +
                 std::to_string(S) + " on its long side it would be " + std::to_string(w) + "x" + std::to_string(h));
-  return {normalize_and_pad(resize_pil_bilinear(rgb, h, w), S), {rgb.height, rgb.width}, {h, w}};
+  EncoderInput in;
+  in.resized = resize_pil_bilinear(rgb, h, w);
+  in.original_size = {rgb.height, rgb.width}, in.input_size = {h, w};
+  return in;
 }
 
 void Predictor::set_image(const Image& rgb) { set_image(prepare(rgb, model_.config().img_size)); }
@@ -43,23 +46,69 @@ void Predictor::set_images(const std::vector<Image>& rgbs) {
   set_images(inputs);
 }
 
+namespace {
+
+bool has_bytes(const EncoderInput& in) { return !in.resized.rgb.empty(); }
+
+// Resized images as the bytes Model::encode_rgb takes: each in the top-left corner of an S x S
+// canvas (zeros elsewhere), and its rows' and columns' extents.
+std::pair<Tensor, Tensor> pack_rgb(const std::vector<EncoderInput>& inputs, int64_t S) {
+  const int64_t B = (int64_t)inputs.size();
+  Tensor rgb = Tensor::empty({B, S, S, 3}, DType::U8), extent = Tensor::empty({B, 2, S}, DType::U8);
+#pragma omp parallel for
+  for (int64_t b = 0; b < B; ++b) {
+    const Image& im = inputs[size_t(b)].resized;
+    uint8_t* canvas = rgb.ptr<uint8_t>() + b * S * S * 3;
+    const size_t row = size_t(im.width) * 3;
+    for (int64_t y = 0; y < S; ++y) {
+      uint8_t* dst = canvas + y * S * 3;
+      if (y < im.height) std::memcpy(dst, im.rgb.data() + y * row, row);
+      std::memset(dst + (y < im.height ? row : 0), 0, size_t(S) * 3 - (y < im.height ? row : 0));
+    }
+    uint8_t* ex = extent.ptr<uint8_t>() + b * 2 * S;
+    for (int64_t i = 0; i < S; ++i) ex[i] = i < im.height, ex[S + i] = i < im.width;
+  }
+  return {rgb, extent};
+}
+
+}  // namespace
+
 void Predictor::set_images(const std::vector<EncoderInput>& inputs) {
   const int64_t S = model_.config().img_size, plane = 3 * S * S;
   if (inputs.empty()) throw InvalidArgument("set_images: no images");
-  for (const EncoderInput& in : inputs)
-    if (in.image.ndim() != 4 || in.image.dim(0) != 1 || in.image.dim(1) != 3 || in.image.dim(2) != S || in.image.dim(3) != S)
-      throw InvalidArgument("set_image: the prepared image " + shape_str(in.image.shape) + " is not for a " + std::to_string(S) +
-                  "-pixel encoder");
-  Tensor batch = inputs.size() == 1 ? inputs[0].image : Tensor::empty({(int64_t)inputs.size(), 3, S, S});
-  // (copied on several threads: 96 MB for a batch of 8, ahead of every encoder pass of a server)
-  if (inputs.size() > 1) {
-#pragma omp parallel for
-    for (int64_t i = 0; i < (int64_t)inputs.size(); ++i)
-      std::memcpy(batch.data + i * plane, inputs[size_t(i)].image.data, sizeof(float) * plane);
+  for (const EncoderInput& in : inputs) {
+    if (has_bytes(in)) {
+      const Image& r = in.resized;
+      if (r.height <= 0 || r.width <= 0 || r.height > S || r.width > S ||
+          r.rgb.size() != size_t(r.height) * r.width * 3 || in.input_size != std::pair<int, int>{r.height, r.width})
+        throw InvalidArgument("set_image: the prepared image (" + std::to_string(r.width) + "x" + std::to_string(r.height) +
+                              ", " + std::to_string(r.rgb.size()) + " bytes) is not for a " + std::to_string(S) +
+                              "-pixel encoder");
+    } else if (in.image.ndim() != 4 || in.image.dim(0) != 1 || in.image.dim(1) != 3 || in.image.dim(2) != S ||
+               in.image.dim(3) != S || in.image.dtype != DType::F32) {
+      throw InvalidArgument("set_image: the prepared image " + shape_str(in.image.shape) + " is not for a " +
+                            std::to_string(S) + "-pixel encoder");
+    }
   }
   embedding_ = Tensor(), embedding_host_ = false;  // a failed encode leaves no image set
   original_sizes_.clear(), input_sizes_.clear();
-  Tensor embedding = model_.encode_image(batch);
+  Tensor embedding;
+  if (std::all_of(inputs.begin(), inputs.end(), has_bytes)) {
+    const auto [rgb, extent] = pack_rgb(inputs, S);
+    embedding = model_.encode_rgb(rgb, extent);
+  } else if (inputs.size() == 1) {
+    embedding = model_.encode_image(inputs[0].image);
+  } else {  // some came as floats: all as the encoder's fp32 input, normalized here
+    Tensor batch = Tensor::empty({(int64_t)inputs.size(), 3, S, S});
+    // (on several threads: 96 MB for a batch of 8, ahead of every encoder pass of a server)
+#pragma omp parallel for
+    for (int64_t i = 0; i < (int64_t)inputs.size(); ++i) {
+      const EncoderInput& in = inputs[size_t(i)];
+      const Tensor one = has_bytes(in) ? normalize_and_pad(in.resized, (int)S) : in.image;
+      std::memcpy(batch.data + i * plane, one.data, sizeof(float) * plane);
+    }
+    embedding = model_.encode_image(batch);
+  }
   for (const EncoderInput& in : inputs) original_sizes_.push_back(in.original_size), input_sizes_.push_back(in.input_size);
   embedding_ = embedding;
 }

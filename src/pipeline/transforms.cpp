@@ -6,6 +6,7 @@
 #include <cmath>
 #include <string>
 
+#include "samfast/config.h"
 #include "samfast/error.h"
 
 namespace samfast {
@@ -164,9 +165,6 @@ Image resize_pil_bilinear(const Image& in, int out_h, int out_w) {
 
 // ---------------------------------------------------------------------------------------------
 
-// ref: modeling/sam.py Sam.pixel_mean / pixel_std (float32 buffers).
-constexpr float kMean[3] = {123.675f, 116.28f, 103.53f};
-constexpr float kStd[3] = {58.395f, 57.12f, 57.375f};
 
 Tensor normalize_and_pad(const Image& img, int size) {
   if (img.height <= 0 || img.width <= 0 || img.height > size || img.width > size ||
@@ -180,7 +178,7 @@ Tensor normalize_and_pad(const Image& img, int size) {
       const uint8_t* src = img.rgb.data() + size_t(y) * img.width * 3 + c;
       float* dst = t.data + (size_t(c) * size + y) * size;
       // Subtract, then divide, in float32: the same two roundings as torch.
-      for (int x = 0; x < img.width; ++x) dst[x] = (static_cast<float>(src[3 * x]) - kMean[c]) / kStd[c];
+      for (int x = 0; x < img.width; ++x) dst[x] = (static_cast<float>(src[3 * x]) - kPixelMean[c]) / kPixelStd[c];
     }
   }
   return t;
@@ -198,7 +196,7 @@ Tensor normalize_and_pad(const Tensor& image, int size) {
     for (int64_t y = 0; y < h; ++y) {
       const float* src = image.data + (c * h + y) * w;
       float* dst = t.data + (int64_t(c) * size + y) * size;
-      for (int64_t x = 0; x < w; ++x) dst[x] = (src[x] - kMean[c]) / kStd[c];
+      for (int64_t x = 0; x < w; ++x) dst[x] = (src[x] - kPixelMean[c]) / kPixelStd[c];
     }
   return t;
 }

@@ -162,8 +162,9 @@ TEST_P(CudaGraphsTest, TinyModelEncoderAndDecoder) {
   EXPECT_EQ(eager.backend().memory_use().graph_arena, 0);
 }
 
-// Model::plan_memory: after it, real images at the planned batch and prompt count run within the
-// planned peak and arena (nothing more is allocated), with the results of a model that made no plan.
+// Model::plan_memory: after it, real images at the planned batch and prompt count, as the predictor
+// feeds them (bytes of images of any size, Model::encode_rgb), run within the planned peak and arena
+// (nothing more is allocated), with the results of a model that made no plan.
 TEST_P(CudaGraphsTest, PlannedMemoryHoldsForRealImages) {
   const SamConfig cfg = SamConfig::preset("tiny");
   const auto tensors = Model::synthetic_tensors(cfg, 9);
@@ -177,8 +178,12 @@ TEST_P(CudaGraphsTest, PlannedMemoryHoldsForRealImages) {
   EXPECT_GE(plan.peak, plan.weights + plan.graph_arena);
   const int S = cfg.img_size;
   for (int image = 0; image < 3; ++image) {
-    const Tensor pixels = random_host({2, 3, S, S}, 60 + image, -2.f, 2.f);
-    const Tensor e1 = planned.encode_image(pixels), e2 = plain.encode_image(pixels);
+    Tensor rgb = Tensor::empty({2, S, S, 3}, DType::U8), extent = Tensor::empty({2, 2, S}, DType::U8);
+    for (int64_t i = 0; i < rgb.numel(); ++i) rgb.ptr<uint8_t>()[i] = uint8_t((i * 2654435761u + image) >> 24);
+    for (int64_t b = 0; b < 2; ++b)  // (image b: S x S, then S - 100 (image + 1) wide)
+      for (int64_t i = 0; i < S; ++i)
+        extent.ptr<uint8_t>()[b * 2 * S + i] = 1, extent.ptr<uint8_t>()[(b * 2 + 1) * S + i] = i < S - b * 100 * (image + 1);
+    const Tensor e1 = planned.encode_rgb(rgb, extent), e2 = plain.encode_rgb(rgb, extent);
     expect_equal(planned.download(e1), plain.download(e2), prec + " embeddings " + std::to_string(image));
     for (int64_t b = 0; b < 2; ++b) {
       PromptBatch p;

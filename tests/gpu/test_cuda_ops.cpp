@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -153,6 +154,29 @@ TEST_P(CudaOpsTest, LayerNormPe) {
     ASSERT_EQ(got_pe.shape, want_pe.shape) << what;
     EXPECT_EQ(std::memcmp(got.data, want.data, sizeof(float) * want.numel()), 0) << what;
     EXPECT_EQ(std::memcmp(got_pe.data, want_pe.data, sizeof(float) * want_pe.numel()), 0) << what << " + pe";
+  }
+}
+
+// The encoder's input from image bytes: every value the CPU's fp32 one rounded once to the backend's
+// precision (the same subtraction and IEEE division), zeros outside each image's extent; from host
+// bytes and from bytes already on the GPU.
+TEST_P(CudaOpsTest, NormalizeRgb) {
+  const int B = 2, S = 40;
+  Tensor rgb = Tensor::empty({B, S, S, 3}, DType::U8), extent = Tensor::empty({B, 2, S}, DType::U8);
+  for (int64_t i = 0; i < rgb.numel(); ++i) rgb.ptr<uint8_t>()[i] = uint8_t(rng.uniform(0.f, 256.f));
+  const int h[B] = {40, 17}, w[B] = {23, 40};
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < S; ++i) extent.ptr<uint8_t>()[(b * 2) * S + i] = i < h[b], extent.ptr<uint8_t>()[(b * 2 + 1) * S + i] = i < w[b];
+  const std::array<float, 3> mean{123.675f, 116.28f, 103.53f}, stdev{58.395f, 57.12f, 57.375f};
+  const Tensor ref = cpu.normalize_rgb(rgb, extent, mean, stdev);
+  for (const bool on_gpu : {false, true}) {
+    const Tensor got = gpu->download(on_gpu ? gpu->normalize_rgb(gpu->upload(rgb), gpu->upload(extent), mean, stdev)
+                                            : gpu->normalize_rgb(rgb, extent, mean, stdev));
+    ASSERT_EQ(got.shape, ref.shape);
+    int64_t differ = 0, zeros = 0;
+    for (int64_t i = 0; i < ref.numel(); ++i) differ += got.data[i] != round(ref.data[i]), zeros += ref.data[i] == 0.f;
+    EXPECT_EQ(differ, 0) << (on_gpu ? "bytes on the GPU" : "host bytes");
+    EXPECT_EQ(zeros, 3 * (S * S - h[0] * w[0] + S * S - h[1] * w[1])) << "the padding";  // (no pixel value is the mean)
   }
 }
 

@@ -104,6 +104,26 @@ Tensor CpuOps::nhwc_to_nchw(const Tensor& x) {
   return y;
 }
 
+Tensor CpuOps::normalize_rgb(const Tensor& rgb, const Tensor& extent, const std::array<float, 3>& mean,
+                             const std::array<float, 3>& stdev) {
+  check_normalize_rgb(rgb, extent);
+  const int64_t B = rgb.dim(0), S = rgb.dim(1);
+  Tensor y = Tensor::empty({B, S, S, 3});
+  const uint8_t *px = rgb.ptr<uint8_t>(), *ex = extent.ptr<uint8_t>();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < S; ++r) {
+      const bool row = ex[(b * 2) * S + r] != 0;
+      const uint8_t* cols = ex + (b * 2 + 1) * S;
+      const uint8_t* src = px + (b * S + r) * S * 3;
+      float* dst = y.data + (b * S + r) * S * 3;
+      for (int64_t x = 0; x < S; ++x)
+        for (int c = 0; c < 3; ++c)
+          dst[3 * x + c] = row && cols[x] ? (static_cast<float>(src[3 * x + c]) - mean[c]) / stdev[c] : 0.f;
+    }
+  return y;
+}
+
 Tensor CpuOps::postprocess_masks(const Tensor& low_res, int img_size, std::pair<int, int> input_size,
                                  std::pair<int, int> original_size, bool binarize) {
   check_postprocess_masks(low_res, img_size, input_size, original_size);
@@ -118,8 +138,9 @@ Tensor CpuOps::postprocess_masks(const Tensor& low_res, int img_size, std::pair<
 }
 
 Tensor CpuOps::upload(const Tensor& host) {
-  // The CPU ops read fp32: a uint8 mask (a binarized prediction) is not a model input.
-  if (host.dtype != DType::F32) throw Error("upload: model inputs are fp32 host tensors, got " + shape_str(host.shape) + " of uint8");
+  // The CPU ops read fp32, and normalize_rgb uint8 pixels (Model::upload refuses uint8 masks).
+  if (host.dtype != DType::F32 && host.dtype != DType::U8)
+    throw Error("upload: model inputs are fp32 host tensors, got " + shape_str(host.shape) + " of another type");
   return host;
 }
 

@@ -23,6 +23,8 @@ class CpuOps final : public Ops {
   Tensor add(const Tensor& a, const Tensor& b) override;
   Tensor nchw_to_nhwc(const Tensor& x) override;
   Tensor nhwc_to_nchw(const Tensor& x) override;
+  Tensor normalize_rgb(const Tensor& rgb, const Tensor& extent, const std::array<float, 3>& mean,
+                       const std::array<float, 3>& stdev) override;
   Tensor rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                            const Tensor& rel_pos_w, int heads, int window) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) override;
@@ -43,7 +45,7 @@ class CpuOps final : public Ops {
   Tensor slice(const Tensor& x, int64_t first, int64_t count) override;
   Tensor concat(const std::vector<Tensor>& xs) override;
   Tensor expand_batch(const Tensor& x, int64_t batch) override;
-  Tensor upload(const Tensor& host) override;  // the same tensor (after checking it is fp32)
+  Tensor upload(const Tensor& host) override;  // the same tensor (after checking it is fp32, or uint8 pixels)
   Tensor download(const Tensor& x) override { return x; }
 
  private:

@@ -115,6 +115,8 @@ class CudaOps final : public Ops {
   Tensor add(const Tensor& a, const Tensor& b) override;
   Tensor nchw_to_nhwc(const Tensor& x) override;
   Tensor nhwc_to_nchw(const Tensor& x) override;
+  Tensor normalize_rgb(const Tensor& rgb, const Tensor& extent, const std::array<float, 3>& mean,
+                       const std::array<float, 3>& stdev) override;
   Tensor rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                            const Tensor& rel_pos_w, int heads, int window) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) override;

@@ -284,6 +284,22 @@ __global__ void transpose_few_rows_kernel(const T* __restrict x, T* __restrict y
   }
 }
 
+// normalize_rgb: a thread a pixel, its three channels; (v - mean) / std in fp32 (an IEEE division,
+// as the host's), then rounded once to T.
+template <class T>
+__global__ void normalize_rgb_kernel(const uint8_t* __restrict rgb, const uint8_t* __restrict extent, T* __restrict y,
+                                     int64_t pixels, int S, float3 mean, float3 stdev) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pixels; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / (int64_t(S) * S);
+    const int r = int(i / S % S), x = int(i % S);
+    const bool in = extent[b * 2 * S + r] != 0 && extent[(b * 2 + 1) * S + x] != 0;
+    const uint8_t* p = rgb + 3 * i;
+    y[3 * i + 0] = from_f32<T>(in ? (static_cast<float>(p[0]) - mean.x) / stdev.x : 0.f);
+    y[3 * i + 1] = from_f32<T>(in ? (static_cast<float>(p[1]) - mean.y) / stdev.y : 0.f);
+    y[3 * i + 2] = from_f32<T>(in ? (static_cast<float>(p[2]) - mean.z) / stdev.z : 0.f);
+  }
+}
+
 template <class From, class To>
 __global__ void convert_kernel(const From* __restrict x, To* __restrict y, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
@@ -437,6 +453,21 @@ Tensor CudaOps::nhwc_to_nchw(const Tensor& x) {
   return y;
 }
 
+Tensor CudaOps::normalize_rgb(const Tensor& rgb, const Tensor& extent, const std::array<float, 3>& mean,
+                              const std::array<float, 3>& stdev) {
+  check_normalize_rgb(rgb, extent);
+  const Tensor px = upload(rgb), ex = upload(extent);  // (host bytes, or bytes already here)
+  const int64_t B = rgb.dim(0), S = rgb.dim(1), pixels = B * S * S;
+  Tensor y = empty({B, S, S, 3});
+  if (pixels == 0) return y;
+  SAMFAST_DISPATCH(dt_, T,
+                   normalize_rgb_kernel<T><<<cuda::blocks_for(pixels, kThreads), kThreads, 0, ctx_->stream>>>(
+                       px.ptr<uint8_t>(), ex.ptr<uint8_t>(), y.ptr<T>(), pixels, (int)S,
+                       make_float3(mean[0], mean[1], mean[2]), make_float3(stdev[0], stdev[1], stdev[2])));
+  CUDA_LAUNCH_CHECK();
+  return y;
+}
+
 Tensor CudaOps::slice(const Tensor& x, int64_t first, int64_t count) {
   expect(x, "slice", "input");
   check_slice(x, first, count);
@@ -500,20 +531,28 @@ Tensor CudaOps::upload(const Tensor& host) {
     return y;
   }
   if (host.device == Device::CUDA) {
-    expect(host, "upload", "tensor");
+    if (host.dtype != DType::U8) expect(host, "upload", "tensor");
     return host;
   }
-  Tensor y = empty(host.shape);
+  Tensor y = empty(host.shape, host.dtype == DType::U8 ? DType::U8 : dt_);  // (uint8 pixels stay bytes)
   upload_into(host, y);
   return y;
 }
 
 void CudaOps::upload_into(const Tensor& host, const Tensor& y) {
-  check(host.device == Device::CPU && host.dtype == DType::F32, "upload", "host tensors are fp32");
-  expect(y, "upload", "destination");
+  const bool bytes = host.dtype == DType::U8;  // uint8 pixels (normalize_rgb), copied as they are
+  check(host.device == Device::CPU && (host.dtype == DType::F32 || bytes), "upload", "host tensors are fp32 or uint8");
+  if (bytes)
+    check(y.device == Device::CUDA && y.dtype == DType::U8, "upload", "uint8 goes to a uint8 destination");
+  else
+    expect(y, "upload", "destination");
   check(y.numel() == host.numel(), "upload", "destination " + shape_str(y.shape) + " does not fit " + shape_str(host.shape));
   const int64_t n = host.numel();
   if (n == 0) return;
+  if (bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(y.data, host.data, static_cast<size_t>(n), cudaMemcpyHostToDevice, ctx_->stream));
+    return;
+  }
   // From pageable memory the copy returns once the host buffer has been staged, so the caller
   // may free it right away.
   if (dt_ == DType::F32) {

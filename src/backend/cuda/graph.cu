@@ -11,7 +11,7 @@ namespace {
 std::string full_key(const std::string& key, const std::vector<Tensor>& inputs) {
   std::string k = key;
   for (const Tensor& t : inputs)
-    k += " " + shape_str(t.shape) + (t.on_host() ? "host" : t.dtype == DType::F32 ? "f32" : "h");
+    k += " " + shape_str(t.shape) + (t.on_host() ? "host" : "") + (t.dtype == DType::F32 ? "f32" : t.dtype == DType::U8 ? "u8" : "h");
   return k;
 }
 
@@ -79,7 +79,8 @@ bool GraphCache::record(const CudaOps& ops, Entry& e, const std::string& key, co
                         const Ops::Computation& fn) {
   CudaContext& ctx = ops.context();
   if (e.inputs.empty())
-    for (const Tensor& t : inputs) e.inputs.push_back(t.on_host() ? ops.empty(t.shape) : ops.empty(t.shape, t.dtype));
+    for (const Tensor& t : inputs)  // (host fp32 arrives in the backend's precision, bytes as bytes)
+      e.inputs.push_back(t.on_host() && t.dtype != DType::U8 ? ops.empty(t.shape) : ops.empty(t.shape, t.dtype));
   e.pool = ctx.pool;
   e.plan = plan_arena(e.trace);
   if (e.plan.bytes > ctx.pool->arena_bytes()) {
