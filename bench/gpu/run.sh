@@ -57,9 +57,12 @@ if [[ " $steps " == *" sanitize "* ]]; then
   compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/samfast bench --model tiny --precision bf16 --device cuda \
     --batch 2 --prompts 4 --runs 2 2>&1 | tail -1 | sed "s/^/memcheck tiny bf16 bench (graph replays): /" \
     | tee -a "$OUT/sanitize.log"
+  # (the whole report kept, and the hazards counted by the kernel they are in)
   compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/samfast segment --model tiny --precision bf16 --device cuda \
-    --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --out /tmp/sanitize --overwrite 2>&1 | tail -1 \
-    | sed "s/^/racecheck tiny bf16: /" | tee -a "$OUT/sanitize.log"
+    --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --out /tmp/sanitize --overwrite > "$OUT/racecheck.log" 2>&1
+  tail -1 "$OUT/racecheck.log" | sed "s/^/racecheck tiny bf16: /" | tee -a "$OUT/sanitize.log"
+  grep -oE "in [A-Za-z_][A-Za-z0-9_:<>, ]*\(" "$OUT/racecheck.log" | sort | uniq -c | sort -rn | head -8 \
+    | sed "s/^/racecheck hazards: /" | tee -a "$OUT/sanitize.log"
 fi
 if [[ " $steps " == *" parity "* ]]; then
   SAMFAST_BIN="$PWD/.devbin" SAMFAST_SOURCE_DIR="$PWD" python3 -m pytest -q -s tests/parity/test_gpu_parity.py 2>&1 \
