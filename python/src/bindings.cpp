@@ -341,7 +341,7 @@ NB_MODULE(_samfast, m) {
         h.model.synchronize();
       });
 
-  nb::class_<EncoderInput>(m, "PreparedImage", "An image resized, normalized and padded for the encoder (host memory).")
+  nb::class_<EncoderInput>(m, "PreparedImage", "An image resized for the encoder (host memory; the backend normalizes and pads it).")
       .def_prop_ro("original_size", [](const EncoderInput& in) { return in.original_size; })
       .def_prop_ro("input_size", [](const EncoderInput& in) { return in.input_size; });
   m.def(
