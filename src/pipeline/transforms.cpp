@@ -80,10 +80,10 @@ PilTaps pil_bilinear_taps(int in_size, int out_size) {
   return t;
 }
 
+// Pillow's clip8: 0 at or below 0, 255 at or above 255 << kPrecisionBits, else acc >> kPrecisionBits;
+// as a clamp of the shifted value (the same bytes), which vectorizes.
 inline uint8_t pil_clip8(int32_t acc) {
-  if (acc >= (255 << kPrecisionBits)) return 255;
-  if (acc <= 0) return 0;
-  return static_cast<uint8_t>(acc >> kPrecisionBits);
+  return static_cast<uint8_t>(std::min(std::max(acc >> kPrecisionBits, 0), 255));
 }
 
 // Resamples rows [row0, row0 + rows) of `in` horizontally to taps.first.size() columns.
@@ -111,20 +111,29 @@ std::vector<uint8_t> pil_horizontal(const Image& in, int row0, int rows, const P
   return out;
 }
 
-// Resamples `in` (whose row 0 is source row row0) vertically; taps index source rows.
+// Resamples `in` (whose row 0 is source row row0) vertically; taps index source rows. A row of
+// accumulators a thread, one source row at a time added in (the same integer sums, in the same
+// order, as a tap loop per byte; the loops over the row vectorize).
 std::vector<uint8_t> pil_vertical(const uint8_t* in, int width, int row0, const PilTaps& taps) {
   const int out_h = static_cast<int>(taps.first.size());
   const size_t stride = size_t(width) * 3;
   std::vector<uint8_t> out(size_t(out_h) * stride);
-#pragma omp parallel for schedule(static)
-  for (int o = 0; o < out_h; ++o) {
-    const int32_t* k = taps.k.data() + size_t(o) * taps.ksize;
-    const uint8_t* src = in + size_t(taps.first[o] - row0) * stride;
-    uint8_t* dst = out.data() + size_t(o) * stride;
-    for (size_t x = 0; x < stride; ++x) {
-      int32_t acc = 1 << (kPrecisionBits - 1);
-      for (int j = 0; j < taps.count[o]; ++j) acc += src[j * stride + x] * k[j];
-      dst[x] = pil_clip8(acc);
+#pragma omp parallel
+  {
+    std::vector<int32_t> acc_row(stride);
+#pragma omp for schedule(static)
+    for (int o = 0; o < out_h; ++o) {
+      const int32_t* k = taps.k.data() + size_t(o) * taps.ksize;
+      const uint8_t* src = in + size_t(taps.first[o] - row0) * stride;
+      uint8_t* __restrict dst = out.data() + size_t(o) * stride;
+      int32_t* __restrict acc = acc_row.data();
+      std::fill(acc, acc + stride, 1 << (kPrecisionBits - 1));  // +0.5 so that >> rounds
+      for (int j = 0; j < taps.count[o]; ++j) {
+        const uint8_t* __restrict s = src + size_t(j) * stride;
+        const int32_t kj = k[j];
+        for (size_t x = 0; x < stride; ++x) acc[x] += s[x] * kj;
+      }
+      for (size_t x = 0; x < stride; ++x) dst[x] = pil_clip8(acc[x]);
     }
   }
   return out;
