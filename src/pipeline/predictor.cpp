@@ -62,8 +62,9 @@ std::pair<Tensor, Tensor> pack_rgb(const std::vector<EncoderInput>& inputs, int6
     const size_t row = size_t(im.width) * 3;
     for (int64_t y = 0; y < S; ++y) {
       uint8_t* dst = canvas + y * S * 3;
-      if (y < im.height) std::memcpy(dst, im.rgb.data() + y * row, row);
-      std::memset(dst + (y < im.height ? row : 0), 0, size_t(S) * 3 - (y < im.height ? row : 0));
+      const size_t used = y < im.height ? row : 0;  // the image's bytes of this row, then zeros
+      if (used) std::memcpy(dst, im.rgb.data() + y * row, used);
+      std::memset(dst + used, 0, size_t(S) * 3 - used);
     }
     uint8_t* ex = extent.ptr<uint8_t>() + b * 2 * S;
     for (int64_t i = 0; i < S; ++i) ex[i] = i < im.height, ex[S + i] = i < im.width;
