@@ -133,8 +133,8 @@ class Model {
   const Tensor& w(const std::string& name) const;   // weight in backend memory
   const Tensor& hw(const std::string& name) const;  // weight on the host
   Tensor positional_encoding(const Tensor& coords01) const;  // (..., 2) in [0,1] -> (..., D)
-  // The encoder on normalized, padded pixels in backend memory, channel-last (B, S, S, 3)
-  // (run_recorded's computation).
+  // The encoder on normalized, padded pixels (B, 3, S, S) in backend memory (run_recorded's
+  // computation).
   Tensor encode_pixels(const Tensor& pixels, const std::function<void(int, const Tensor&)>& on_block) const;
   // The mask decoder on uploaded tokens (B, 1 + M + Ns, D) (run_recorded's computation).
   DecoderOutput decode_tokens(const Tensor& tokens, const Tensor& embedding, const Tensor& dense,

@@ -63,6 +63,12 @@ void check_normalize_rgb(const Tensor& rgb, const Tensor& extent) {
             shape_str(extent.shape));
 }
 
+void check_patch_embed(const Tensor& x, const Tensor& w) {
+  check(x.ndim() == 4 && w.ndim() == 4 && w.dim(1) == x.dim(1) && w.dim(2) == w.dim(3) && w.dim(2) > 0, "patch_embed",
+        "expected pixels (B, C, H, W) and a square kernel (Cout, C, p, p), got " + shape_str(x.shape) + " and " +
+            shape_str(w.shape));
+}
+
 void check_rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                              const Tensor& rel_pos_w, int heads, int window) {
   const char* op = "rel_pos_attention";

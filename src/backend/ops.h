@@ -43,6 +43,11 @@ class Ops {
                                    const Tensor* b, Act act = Act::None);
   // Conv2d on channel-last x (B, H, W, Cin) with w (Cout, Cin, kh, kw) -> (B, Ho, Wo, Cout).
   virtual Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) = 0;
+  // The image encoder's patch embedding (ref: PatchEmbed): a Conv2d whose stride is its kernel
+  // (w (Cout, C, p, p)), no padding, on channel-first pixels x (B, C, H, W) -> channel-last
+  // (B, H / p, W / p, Cout). This default transposes x and runs conv2d; a backend may gather the
+  // patches from the channel-first pixels directly.
+  virtual Tensor patch_embed(const Tensor& x, const Tensor& w, const Tensor* b);
   // ConvTranspose2d with kernel 2, stride 2: x (B, H, W, Cin), w (Cin, Cout, 2, 2) -> (B, 2H, 2W, Cout).
   virtual Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) = 0;
   // a + b, where b has a's shape or a's trailing shape (broadcast over leading dims).
@@ -52,9 +57,10 @@ class Ops {
   virtual Tensor nhwc_to_nchw(const Tensor& x) = 0;
   // The image encoder's input from the bytes of resized RGB images (ref: Sam.preprocess): rgb
   // (B, S, S, 3) uint8, each image in its top-left corner; extent (B, 2, S) uint8, extent[b, 0, y]
-  // and extent[b, 1, x] 1 where row y and column x lie inside image b. -> (B, S, S, 3) channel-last:
+  // and extent[b, 1, x] 1 where row y and column x lie inside image b. ->
   // (rgb - mean) / std in fp32 (subtract, then divide, as torch) inside, 0 outside (upstream pads
-  // after normalising). Host inputs: a GPU receives a quarter of the bytes of the fp32 input.
+  // after normalising), channel-first (B, 3, S, S) as patch_embed takes it. Host inputs: a GPU
+  // receives a quarter of the bytes of the fp32 input.
   virtual Tensor normalize_rgb(const Tensor& rgb, const Tensor& extent, const std::array<float, 3>& mean,
                                const std::array<float, 3>& stdev) = 0;
 

@@ -17,9 +17,9 @@ Tensor Model::encode_image(const Tensor& image, const std::function<void(int, co
     // precision: inside the recording, so that the copy is made in the graph's arena).
     if (!on_block)  // (the parity tests' per-block view needs the eager run)
       return ops.run_recorded("image_encoder", {image}, [&](const std::vector<Tensor>& in) {
-        return std::vector<Tensor>{ops_->upload(encode_pixels(ops.nchw_to_nhwc(in[0]), {}))};
+        return std::vector<Tensor>{ops_->upload(encode_pixels(in[0], {}))};
       })[0];
-    return ops_->upload(encode_pixels(ops.nchw_to_nhwc(ops.upload(image)), on_block));
+    return ops_->upload(encode_pixels(ops.upload(image), on_block));
   } catch (const OutOfMemory& e) {  // say which batch asked for it
     throw OutOfMemory("image encoder at batch size " + std::to_string(image.dim(0)) + ": " + e.what());
   }
@@ -47,7 +47,7 @@ Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, 
   const SamConfig& c = cfg_;
   Ops& ops = *enc_ops_;
   const std::string e = "image_encoder.";
-  Tensor x = ops.conv2d(pixels, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"), c.patch_size, 0);
+  Tensor x = ops.patch_embed(pixels, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"));
   x = ops.add(x, w(e + "pos_embed"));                                                  // (B, G, G, E)
   for (int i = 0; i < c.depth; ++i) {
     const std::string b = e + "blocks." + std::to_string(i) + ".";

@@ -180,6 +180,16 @@ TEST_P(CudaOpsTest, NormalizeRgb) {
   }
 }
 
+// The patch embedding from channel-first pixels (the gathered patches, p 16 and 8) and its
+// fallback (p 6: no whole 16-byte runs), against the CPU's transpose + conv2d.
+TEST_P(CudaOpsTest, PatchEmbed) {
+  for (const int p : {16, 8, 6}) {
+    Tensor x = rand({2, 3, 4 * p, 3 * p}), w = rand({32, 3, p, p}, -0.1f, 0.1f), b = rand({32});
+    const Tensor bias = up(b);
+    expect_close(gpu->patch_embed(up(x), up(w), &bias), cpu.patch_embed(x, w, &b), "patch_embed p " + std::to_string(p));
+  }
+}
+
 TEST_P(CudaOpsTest, Conv2d) {
   struct Case { const char* name; Shape x, w; bool bias; int stride, pad; };
   const Case cases[] = {

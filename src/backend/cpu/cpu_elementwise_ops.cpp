@@ -108,19 +108,19 @@ Tensor CpuOps::normalize_rgb(const Tensor& rgb, const Tensor& extent, const std:
                              const std::array<float, 3>& stdev) {
   check_normalize_rgb(rgb, extent);
   const int64_t B = rgb.dim(0), S = rgb.dim(1);
-  Tensor y = Tensor::empty({B, S, S, 3});
+  Tensor y = Tensor::empty({B, 3, S, S});
   const uint8_t *px = rgb.ptr<uint8_t>(), *ex = extent.ptr<uint8_t>();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static)
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t r = 0; r < S; ++r) {
-      const bool row = ex[(b * 2) * S + r] != 0;
-      const uint8_t* cols = ex + (b * 2 + 1) * S;
-      const uint8_t* src = px + (b * S + r) * S * 3;
-      float* dst = y.data + (b * S + r) * S * 3;
-      for (int64_t x = 0; x < S; ++x)
-        for (int c = 0; c < 3; ++c)
-          dst[3 * x + c] = row && cols[x] ? (static_cast<float>(src[3 * x + c]) - mean[c]) / stdev[c] : 0.f;
-    }
+    for (int c = 0; c < 3; ++c)
+      for (int64_t r = 0; r < S; ++r) {
+        const bool row = ex[(b * 2) * S + r] != 0;
+        const uint8_t* cols = ex + (b * 2 + 1) * S;
+        const uint8_t* src = px + (b * S + r) * S * 3 + c;
+        float* dst = y.data + ((b * 3 + c) * S + r) * S;
+        for (int64_t x = 0; x < S; ++x)
+          dst[x] = row && cols[x] ? (static_cast<float>(src[3 * x]) - mean[c]) / stdev[c] : 0.f;
+      }
   return y;
 }
 

@@ -111,6 +111,7 @@ class CudaOps final : public Ops {
   Tensor layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                            const Tensor* b, Act act) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
+  Tensor patch_embed(const Tensor& x, const Tensor& w, const Tensor* b) override;
   Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) override;
   Tensor add(const Tensor& a, const Tensor& b) override;
   Tensor nchw_to_nhwc(const Tensor& x) override;

@@ -284,8 +284,8 @@ __global__ void transpose_few_rows_kernel(const T* __restrict x, T* __restrict y
   }
 }
 
-// normalize_rgb: a thread a pixel, its three channels; (v - mean) / std in fp32 (an IEEE division,
-// as the host's), then rounded once to T.
+// normalize_rgb: a thread a pixel, its three channels into the three planes; (v - mean) / std in
+// fp32 (an IEEE division, as the host's), then rounded once to T.
 template <class T>
 __global__ void normalize_rgb_kernel(const uint8_t* __restrict rgb, const uint8_t* __restrict extent, T* __restrict y,
                                      int64_t pixels, int S, float3 mean, float3 stdev) {
@@ -294,9 +294,10 @@ __global__ void normalize_rgb_kernel(const uint8_t* __restrict rgb, const uint8_
     const int r = int(i / S % S), x = int(i % S);
     const bool in = extent[b * 2 * S + r] != 0 && extent[(b * 2 + 1) * S + x] != 0;
     const uint8_t* p = rgb + 3 * i;
-    y[3 * i + 0] = from_f32<T>(in ? (static_cast<float>(p[0]) - mean.x) / stdev.x : 0.f);
-    y[3 * i + 1] = from_f32<T>(in ? (static_cast<float>(p[1]) - mean.y) / stdev.y : 0.f);
-    y[3 * i + 2] = from_f32<T>(in ? (static_cast<float>(p[2]) - mean.z) / stdev.z : 0.f);
+    T* plane = y + (b * 3 * S + r) * int64_t(S) + x;  // channel 0 of the pixel; the others S * S apart
+    plane[0] = from_f32<T>(in ? (static_cast<float>(p[0]) - mean.x) / stdev.x : 0.f);
+    plane[int64_t(S) * S] = from_f32<T>(in ? (static_cast<float>(p[1]) - mean.y) / stdev.y : 0.f);
+    plane[2 * int64_t(S) * S] = from_f32<T>(in ? (static_cast<float>(p[2]) - mean.z) / stdev.z : 0.f);
   }
 }
 
@@ -458,7 +459,7 @@ Tensor CudaOps::normalize_rgb(const Tensor& rgb, const Tensor& extent, const std
   check_normalize_rgb(rgb, extent);
   const Tensor px = upload(rgb), ex = upload(extent);  // (host bytes, or bytes already here)
   const int64_t B = rgb.dim(0), S = rgb.dim(1), pixels = B * S * S;
-  Tensor y = empty({B, S, S, 3});
+  Tensor y = empty({B, 3, S, S});
   if (pixels == 0) return y;
   SAMFAST_DISPATCH(dt_, T,
                    normalize_rgb_kernel<T><<<cuda::blocks_for(pixels, kThreads), kThreads, 0, ctx_->stream>>>(
