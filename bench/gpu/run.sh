@@ -61,7 +61,7 @@ if [[ " $steps " == *" sanitize "* ]]; then
   compute-sanitizer --tool racecheck --error-exitcode 9 .devbin/samfast segment --model tiny --precision bf16 --device cuda \
     --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --out /tmp/sanitize --overwrite > "$OUT/racecheck.log" 2>&1
   tail -1 "$OUT/racecheck.log" | sed "s/^/racecheck tiny bf16: /" | tee -a "$OUT/sanitize.log"
-  grep -oE "in [A-Za-z_][A-Za-z0-9_:<>, ]*\(" "$OUT/racecheck.log" | sort | uniq -c | sort -rn | head -8 \
+  grep "Race reported between" "$OUT/racecheck.log" | sed -E 's/.* at ([^+ ]+)\+.*/\1/' | sort | uniq -c | sort -rn | head -12 \
     | sed "s/^/racecheck hazards: /" | tee -a "$OUT/sanitize.log"
 fi
 if [[ " $steps " == *" parity "* ]]; then
