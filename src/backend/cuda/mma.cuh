@@ -161,6 +161,17 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
 __device__ __forceinline__ uint64_t wgmma_desc_sa(uint32_t addr, uint32_t lbo, uint32_t sbo) {
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(lbo >> 4) << 16) | (uint64_t(sbo >> 4) << 32);
 }
+// The same for a tile stored with the 128-byte swizzle: rows of 128 bytes whose 16-byte chunks are
+// permuted by the row's index mod 8 (chunk c of row r at byte 128 r + 16 (c ^ r % 8)), 8-row groups
+// 1024 bytes apart (sbo), the tile starting at a 1024-byte-aligned address. As a K-major operand a
+// k-step moves the start by 32 bytes; as an N-major one, by 16 rows (2048 bytes).
+__device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t addr) {
+  return wgmma_desc_sa(addr, 16, 1024) | (uint64_t(1) << 62);
+}
+// The 32-byte swizzle: 8 rows of 32 bytes (256 bytes, the chunks of rows 4-7 swapped) as the atom.
+__device__ __forceinline__ uint64_t wgmma_desc_sw32(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return wgmma_desc_sa(addr, lbo, sbo) | (uint64_t(3) << 62);
+}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 // Waits until at most `pending` of this warpgroup's committed wgmma groups are still running.

@@ -9,9 +9,9 @@
 //   Windowed attention (tiles at most 16 x 16) runs in the persistent rel_pos_window_kernel further
 // down, built from the same pieces; what follows describes the per-block kernel (global attention).
 //   Block: 2 warpgroups x 64 queries; 64 key slots per step (key row ky at slots [ky 2^KWL,
-//   ky 2^KWL + tw), KWL a template parameter). K, V and the table chunks sit in shared memory as
-//   8 x 16-byte core matrices (no swizzle), each wgmma k-step's core matrices contiguous (layouts
-//   below), filled by cp.async; the queries go straight to registers.
+//   ky 2^KWL + tw), KWL a template parameter). K and V sit in shared memory in a swizzled layout,
+//   the relative-position table chunks as 8 x 16-byte core matrices (layouts below), all filled by
+//   cp.async; the queries go straight to registers.
 //   The kernel is latency-bound; the other structures tried (FA3's overlap and warp specialisation
 //   among them) are listed in BENCHMARKS.md, "Tried and not kept".
 #include <algorithm>
@@ -44,25 +44,34 @@ constexpr size_t region0_bytes() {  // (16-bit elements)
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // (the helpers below serve only the sm_90a kernel body)
-// Shared-memory layouts of a 64-row tile of HD values, in 8 x 16-byte core matrices (no swizzle),
-// with the core matrices of each wgmma k-step contiguous (2 KiB): a k-step's operand is read from
-// one block of shared memory, not from 8 row groups HD x 16 bytes apart.
-//   K (and the relative-position table chunks), the K-major B operand of Q K^T, k-step kk = chunks
-//   2 kk and 2 kk + 1: chunk c of row r at byte (((c / 2) 8 + r / 8) 2 + c % 2) 128 + (r % 8) 16;
-//   descriptor start kk 2048 bytes, 128 bytes between the k-step's two chunk columns (leading),
-//   256 between 8-row groups (stride).
-//   V, the N-major B operand of P V, k-step ks = rows [16 ks, 16 ks + 16): chunk c of row r at byte
-//   (((r / 16) (HD / 8) + c) 2 + (r / 8) % 2) 128 + (r % 8) 16; descriptor start ks HD 32 bytes,
-//   128 bytes between the k-step's two 8-row groups (leading), 256 between chunks (stride).
-// Element offsets (H) of chunk c of row r:
+// Shared-memory layouts of a 64-row tile of HD values (16-byte chunks c of rows r).
+//   The relative-position table chunks, the K-major B operand of the terms' Q Rh^T and Q Rw^T: 8 x
+//   16-byte core matrices (no swizzle), each wgmma k-step's contiguous (2 KiB): chunk c of row r at
+//   byte (((c / 2) 8 + r / 8) 2 + c % 2) 128 + (r % 8) 16; descriptor start kk 2048 bytes, 128 bytes
+//   between the k-step's two chunk columns (leading), 256 between 8-row groups (stride). Loaded once
+//   a block.
+//   K and V of the key steps (K the K-major B operand of Q K^T, V the N-major one of P V, one layout
+//   for both), swizzled so that a cp.async of 8 lanes reads whole 32-byte sectors of 2 or 4 token rows
+//   and fills 128 bytes of shared memory without bank conflicts (the core-matrix layout, filled 512
+//   contiguous bytes a warp, took 16 bytes of 8 token rows each: 32 shared-memory wavefronts a
+//   cp.async instead of 4, and vit_b's global attention 1.57 ms a batch of 8 instead of 1.19):
+//   head dim 64, the 128-byte swizzle: slot r's 128 bytes one row, chunk c at 128 r + 16 (c ^ r % 8);
+//   other head dims, the 32-byte swizzle: column blocks of 16 values (32 bytes) x 64 slots, 2048
+//   bytes each, chunk c of slot r at 2048 (c / 2) + 32 r + 16 (c % 2 ^ (r / 4) % 2).
+// Element offset (H) of chunk c of row r in the core-matrix layout:
 __device__ __forceinline__ int k_layout_offset(int r, int c) {
   return (((((c >> 1) << 3) + (r >> 3)) * 2 + (c & 1)) << 6) + ((r & 7) << 3);
 }
 template <int HD>
-__device__ __forceinline__ int v_layout_offset(int r, int c) {
-  return ((((r >> 4) * (HD / 8) + c) * 2 + ((r >> 3) & 1)) << 6) + ((r & 7) << 3);
+constexpr int kSwizzle = HD == 64 ? 128 : 32;
+template <int SW>
+__device__ __forceinline__ uint32_t sw_offset(int r, int c) {
+  if constexpr (SW == 128)
+    return (r << 7) + ((c ^ (r & 7)) << 4);
+  else
+    return ((c >> 1) << 11) + (r << 5) + (((c & 1) ^ ((r >> 2) & 1)) << 4);
 }
-// The i-th 16-byte chunk of a K-layout tile in fill order: the chunk that layout puts at byte 16 i, so
+// The i-th 16-byte chunk of a core-matrix tile in fill order: the chunk that layout puts at byte 16 i, so
 // that consecutive threads write consecutive 16 bytes of shared memory.
 __device__ __forceinline__ void k_chunk_of(int i, int& r, int& c) {
   r = ((i >> 4) & 7) * 8 + (i & 7);
@@ -77,12 +86,11 @@ __device__ __forceinline__ void fence_operands(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-// This thread's share of every step's K and V tiles, set up once: chunk i = tid + T j of the K fill
-// order (T threads: 256, or 512 for the windowed kernel's QB = 256) is key slot r of the step (the
-// same for every j: T j only moves the column) and column chunk c0 + (T / 64) j. A step then costs
-// one row address and 8 HD / T (rounded up) pairs of cp.async instead of the index arithmetic of a
-// generic loop per chunk. V takes the same (r, c) in its own layout: a warp's 32 chunks still land in
-// 512 contiguous bytes (rows r, r + 8 x columns c0, c0 + 1).
+// This thread's share of every step's K and V tiles, set up once: one key slot r of the step and,
+// pass j, its chunk c0 + 4 j (128-byte swizzle, T = 256 threads: two passes) or c0 + (T / 64) j
+// (32-byte swizzle, 8 HD / T passes rounded up; T 256, or 512 for the windowed kernel's QB = 256).
+// A step then costs one row address and a pair of cp.async (K, V) a pass instead of the index
+// arithmetic of a generic loop per chunk.
 // Destinations are shared-memory addresses, sources pointers kept from the set-up: the loop computes
 // no generic-to-shared conversion and no index of the set-up again.
 template <class H, int HD, int KWL, int QB = kQ>
@@ -94,12 +102,19 @@ struct SlotLoader {
   int ky_off;        // slot r's key row within a step
   int ky_img;        // key rows below ky_img are image rows (the others: padding, k = v = bias)
   int ky_end;        // key rows below ky_end are keys (slot r's column is a key column of the tile)
-  uint32_t kdst, vdst;  // byte offsets of chunk (r, c0) in a tile of the K and of the V layout
-  int csrc;             // element offset of column chunk c0
+  uint32_t dst;      // byte offset of chunk (r, c0) in a K or V tile
+  int csrc;          // element offset of column chunk c0
 
   __device__ __forceinline__ SlotLoader(const TileGeometry<H>& g, int off) {
-    int r, c0;
-    k_chunk_of(threadIdx.x, r, c0);
+    int r, c0;  // this thread's key slot, and its first chunk
+    if constexpr (kSwizzle<HD> == 128) {  // lanes 8p .. 8p + 3: slot r, chunks 0-3; 8p + 4 .. 8p + 7: slot r + 4
+      const int i = threadIdx.x % 256;
+      r = ((i >> 3) & 3) + ((i >> 2) & 1) * 4 + (i >> 5) * 8;
+      c0 = (i & 3) + 4 * (threadIdx.x / 256);
+    } else {  // lanes 8p .. 8p + 7: slots 4p .. 4p + 3 (mod 64), two chunks each
+      r = (threadIdx.x % 128) / 2;
+      c0 = (threadIdx.x / 128) * 2 + (threadIdx.x & 1);
+    }
     const int kx = r & ((1 << KWL) - 1), gx = g.wx * g.tw + kx;
     ky_off = r >> KWL;
     ky_end = kx < g.tw ? g.th : 0;
@@ -107,8 +122,7 @@ struct SlotLoader {
     row_step = (int64_t)g.W * 3 * g.C;
     row = g.qkv + ((g.bi * g.H + g.wy * g.th) * g.W + min(gx, g.W - 1)) * (int64_t)(3 * g.C) + g.C + off;
     bias = g.bias + g.C + off;
-    kdst = 2 * k_layout_offset(r, c0);
-    vdst = 2 * v_layout_offset<HD>(r, c0);
+    dst = sw_offset<kSwizzle<HD>>(r, c0);
     csrc = c0 * 8;
   }
   // K and V of step b's key slots into the tiles at shared addresses kt and vt; slots holding no key
@@ -117,12 +131,20 @@ struct SlotLoader {
     const int ky = (b << (6 - KWL)) + ky_off;
     const bool ok = ky < ky_end;
     const H* src = (ky < ky_img ? row + ky * row_step : bias) + csrc;
+    if constexpr (kSwizzle<HD> == 128) {  // (T = 256: a second pass, chunks c0 + 4)
 #pragma unroll
-    for (int j = 0; j < (8 * HD + T - 1) / T; ++j)
-      if (8 * HD % T == 0 || threadIdx.x + T * j < 8 * HD) {
-        cp_async16_sa(kt + kdst + 16 * T * j, src + T / 8 * j, ok);
-        cp_async16_sa(vt + vdst + 4 * T * j, src + C + T / 8 * j, ok);
+      for (int j = 0; j < 512 / T; ++j) {
+        cp_async16_sa(kt + (dst ^ (j << 6)), src + 32 * j, ok);
+        cp_async16_sa(vt + (dst ^ (j << 6)), src + C + 32 * j, ok);
       }
+    } else {  // (pass j: chunks c0 + T / 64 j, T / 128 column blocks further)
+#pragma unroll
+      for (int j = 0; j < (8 * HD + T - 1) / T; ++j)
+        if (8 * HD % T == 0 || threadIdx.x + T * j < 8 * HD) {
+          cp_async16_sa(kt + dst + 16 * T * j, src + T / 8 * j, ok);
+          cp_async16_sa(vt + dst + 16 * T * j, src + C + T / 8 * j, ok);
+        }
+    }
   }
 };
 
@@ -179,19 +201,23 @@ __device__ __forceinline__ void load_queries(uint32_t (&qf)[HD / 16][4], const T
 // S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in the tile at shared address kt (K
 // layout): issued, not waited for.
 // (N = 32: the first 32 rows of the tile only.)
-template <class H, int HD, int N = kK>
+// SW: 0, the tile in the K layout; 128 or 32, swizzled (sw_offset).
+template <class H, int HD, int N = kK, int SW = 0>
 __device__ __forceinline__ void issue_qk(float (&s)[N / 2], const uint32_t (&qf)[HD / 16][4], uint32_t kt) {
-  const uint64_t desc = wgmma_desc_sa(kt, 128, 256);
+  const uint64_t desc = SW == 128 ? wgmma_desc_sw128(kt) : SW == 32 ? wgmma_desc_sw32(kt, 16, 256) : wgmma_desc_sa(kt, 128, 256);
+  constexpr uint32_t kstep = SW == 128 ? 32 : 2048;  // bytes from one k-step to the next
 #pragma unroll
-  for (int kk = 0; kk < HD / 16; ++kk) wgmma16<H, N, 0>(s, qf[kk], desc + kk * (2048 >> 4), kk > 0);
+  for (int kk = 0; kk < HD / 16; ++kk) wgmma16<H, N, 0>(s, qf[kk], desc + kk * (kstep >> 4), kk > 0);
 }
 // O += P V with V in the tile at shared address vt (V layout; NS = 32: its first 32 rows only): issued,
 // not waited for.
-template <class H, int HD, int NS = kK>
+// (SW 32: 2048 bytes between column blocks along N, 256 between 8-slot groups along K.)
+template <class H, int HD, int NS = kK, int SW = 0>
 __device__ __forceinline__ void issue_pv(float (&o)[HD / 2], const uint32_t (&pa)[NS / 16][4], uint32_t vt) {
-  const uint64_t desc = wgmma_desc_sa(vt, 128, 256);
+  const uint64_t desc = SW == 128 ? wgmma_desc_sw128(vt) : SW == 32 ? wgmma_desc_sw32(vt, 2048, 256) : wgmma_desc_sa(vt, 128, 256);
+  constexpr uint32_t kstep = SW == 128 ? 2048 : SW == 32 ? 512 : 32 * HD;  // (16 slots)
 #pragma unroll
-  for (int ks = 0; ks < NS / 16; ++ks) wgmma16<H, HD, 1>(o, pa[ks], desc + ks * (32 * HD >> 4), 1);
+  for (int ks = 0; ks < NS / 16; ++ks) wgmma16<H, HD, 1>(o, pa[ks], desc + ks * (kstep >> 4), 1);
 }
 template <class H, int HD, int N = kK>
 __device__ __forceinline__ void qk_sync(float (&s)[N / 2], const uint32_t (&qf)[HD / 16][4], uint32_t kt) {
@@ -371,14 +397,18 @@ __device__ __forceinline__ void key_step(float (&o)[HD / 2], const uint32_t (&qf
                                          RelW rw, const float* rel0, int b, float sc, float& m0, float& m1, float& l0,
                                          float& l1) {
   float s[NS / 2];
-  qk_sync<H, HD, NS>(s, qf, tile(buf));
+  wgmma_fence();
+  issue_qk<H, HD, NS, kSwizzle<HD>>(s, qf, tile(buf));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(s);
   uint32_t pa[NS / 16][4];
   float c0, c1;
   if (softmax_step<H, KWL, kLazy, NS, RelW, QB>(s, rw, rel0 + ((b * kK) >> KWL) * rel_stride<QB>(), sc, m0, m1, l0, l1,
                                                 pa, c0, c1))
     scale_rows<HD>(o, c0, c1);
   wgmma_fence();
-  issue_pv<H, HD, NS>(o, pa, tile(2 + buf));
+  issue_pv<H, HD, NS, kSwizzle<HD>>(o, pa, tile(2 + buf));
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(o);
@@ -444,7 +474,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   // Lazy rescaling (softmax_step) saves time at head dim 80 (vit_h) and costs time at 64 (vit_b): only
   // for head dims above 64.
   constexpr bool kLazyRescale = HD > 64;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];  // (1024: the swizzled tiles')
   H* const tiles = reinterpret_cast<H*>(smem_raw);  // T0..T3, kK x HD each
   const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   auto tile = [&](int i) { return sbase + i * uint32_t(kK * HD * sizeof(H)); };  // (shared address)
@@ -526,7 +556,7 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
   // (query rows padded by 8 elements: conflict-free 4-byte reads of the A fragments)
   constexpr int kw = 1 << KWL, kLdQ = HD + 8, kRelStride = rel_stride<QB>();
   constexpr bool kLazyRescale = HD > 64;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];  // (1024: the swizzled tiles')
   H* const tiles = reinterpret_cast<H*>(smem_raw);  // T0..T3 K and V, T4 rel_h, T5 rel_w: kK x HD each
   const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   auto tile = [&](int i) { return sbase + i * uint32_t(kK * HD * sizeof(H)); };
