@@ -198,24 +198,25 @@ __device__ __forceinline__ void load_queries(uint32_t (&qf)[HD / 16][4], const T
   }
 }
 
-// S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in the tile at shared address kt (K
-// layout): issued, not waited for.
-// (N = 32: the first 32 rows of the tile only.)
-// SW: 0, the tile in the K layout; 128 or 32, swizzled (sw_offset).
+// S (64 x 64 per warpgroup) = Q K^T with K (or a table chunk) in the tile at shared address kt:
+// issued, not waited for. SW 0: the tile in the core-matrix layout (table chunks); 128 or 32:
+// swizzled (sw_offset: K). (N = 32: the first 32 rows of the tile only.)
 template <class H, int HD, int N = kK, int SW = 0>
 __device__ __forceinline__ void issue_qk(float (&s)[N / 2], const uint32_t (&qf)[HD / 16][4], uint32_t kt) {
-  const uint64_t desc = SW == 128 ? wgmma_desc_sw128(kt) : SW == 32 ? wgmma_desc_sw32(kt, 16, 256) : wgmma_desc_sa(kt, 128, 256);
+  const uint64_t desc =
+      SW == 128 ? wgmma_desc_sw128(kt) : SW == 32 ? wgmma_desc_sw32(kt, 16, 256) : wgmma_desc_sa(kt, 128, 256);
   constexpr uint32_t kstep = SW == 128 ? 32 : 2048;  // bytes from one k-step to the next
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) wgmma16<H, N, 0>(s, qf[kk], desc + kk * (kstep >> 4), kk > 0);
 }
-// O += P V with V in the tile at shared address vt (V layout; NS = 32: its first 32 rows only): issued,
-// not waited for.
-// (SW 32: 2048 bytes between column blocks along N, 256 between 8-slot groups along K.)
-template <class H, int HD, int NS = kK, int SW = 0>
+// O += P V with V in the tile at shared address vt, swizzled as SW says (sw_offset; NS = 32: its
+// first 32 rows only): issued, not waited for. (The 32-byte swizzle: 2048 bytes between column blocks
+// along N, 256 between 8-slot groups along K.)
+template <class H, int HD, int NS, int SW>
 __device__ __forceinline__ void issue_pv(float (&o)[HD / 2], const uint32_t (&pa)[NS / 16][4], uint32_t vt) {
-  const uint64_t desc = SW == 128 ? wgmma_desc_sw128(vt) : SW == 32 ? wgmma_desc_sw32(vt, 2048, 256) : wgmma_desc_sa(vt, 128, 256);
-  constexpr uint32_t kstep = SW == 128 ? 2048 : SW == 32 ? 512 : 32 * HD;  // (16 slots)
+  static_assert(SW == 128 || SW == 32, "issue_pv: V tiles are swizzled");
+  const uint64_t desc = SW == 128 ? wgmma_desc_sw128(vt) : wgmma_desc_sw32(vt, 2048, 256);
+  constexpr uint32_t kstep = SW == 128 ? 2048 : 512;  // bytes from one 16-slot k-step to the next
 #pragma unroll
   for (int ks = 0; ks < NS / 16; ++ks) wgmma16<H, HD, 1>(o, pa[ks], desc + ks * (kstep >> 4), 1);
 }
