@@ -3,7 +3,7 @@
 # makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [profile]
+#   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [profile] [source]
 #   (default: tests parity bench anchors; with bench and anchors (or compiled), ratios.py prints the multiples)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step.
 set -uo pipefail
@@ -169,4 +169,17 @@ if [[ " $steps " == *" profile "* ]]; then
     --model vit_b --device cuda --precision bf16 --batch 8 --prompts 16 --runs 1 > "$OUT/ncu_attention.txt" 2>&1
   grep -E "${kernels#regex:}|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Shared Memory Configuration|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|L1/TEX Hit|Bank Conflicts" \
     "$OUT/ncu_attention.txt" | head -60
+fi
+if [[ " $steps " == *" source "* ]]; then
+  # Instruction by instruction: ncu's source page (full set) of the first launch of each kernel
+  # NCU_SOURCE names (ncu -k filters; default the encoder's global and windowed attention) in a vit_b
+  # bf16 bench (its first launches are the batch-1 forward's), summarised by ncu_source_summary.py.
+  for k in ${NCU_SOURCE:-regex:rel_pos_attention_wgmma regex:rel_pos_window}; do
+    name="${k#regex:}"; name="${name//[^A-Za-z0-9_]/_}"
+    ncu --clock-control none --set full --import-source no -k "$k" --launch-count 1 -o "/tmp/src_$name" -f \
+      .devbin/samfast bench --model vit_b --device cuda --precision bf16 --batch 8 --prompts 16 --runs 1 \
+      > "$OUT/ncu_source_$name.log" 2>&1
+    ncu -i "/tmp/src_$name.ncu-rep" --page source --csv --print-source sass > "/tmp/src_$name.csv" 2>&1
+    python3 bench/gpu/ncu_source_summary.py "/tmp/src_$name.csv" --top 25 | tee "$OUT/source_$name.txt"
+  done
 fi
