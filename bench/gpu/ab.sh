@@ -4,8 +4,8 @@
 # .whl/devbin_<name>.tar.xz; checking out another commit between them). For each build, the CUDA op
 # tests ($GTEST_FILTER, default all), then `samfast bench` in interleaved rounds (the builds one
 # after the other, $ROUNDS times, $AB_MODELS at $AB_PRECISION, batch 8, 16 prompts), and with
-# AB_TRACE=1 a kernel trace of vit_b each. Machines differ between calls by a few percent: compare
-# builds only within one call. Logs under $OUT.
+# AB_TRACE=1 a kernel trace of each build on each of $AB_TRACE_MODELS (default vit_b). Machines
+# differ between calls by a few percent: compare builds only within one call. Logs under $OUT.
 #   VARIANTS="base new" bash bench/gpu/ab.sh
 set -u
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -38,10 +38,13 @@ for r in $(seq "${ROUNDS:-2}"); do
 done
 if [ "${AB_TRACE:-0}" = 1 ]; then
   export LD_LIBRARY_PATH="/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/cuda/extras/CUPTI/lib64:${LD_LIBRARY_PATH:-}"
-  for v in $variants; do
-    "/tmp/ab/$v/.devbin/samfast" bench --model vit_b --device cuda --precision "${AB_PRECISION:-bf16}" --batch 8 \
-      --prompts 16 --runs 2 --trace "$OUT/trace_$v.json" >/dev/null 2>&1
-    echo "== $v vit_b" >> "$OUT/trace_summary.txt"
-    python3 bench/gpu/trace_summary.py "$OUT/trace_$v.json" --runs 2 --top 40 --split >> "$OUT/trace_summary.txt"
+  for m in ${AB_TRACE_MODELS:-vit_b}; do
+    for v in $variants; do
+      t="$OUT/trace_$v.json"; [ "$m" = vit_b ] || t="$OUT/trace_${v}_$m.json"
+      "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda --precision "${AB_PRECISION:-bf16}" --batch 8 \
+        --prompts 16 --runs 2 --trace "$t" >/dev/null 2>&1
+      echo "== $v $m" >> "$OUT/trace_summary.txt"
+      python3 bench/gpu/trace_summary.py "$t" --runs 2 --top 40 --split >> "$OUT/trace_summary.txt"
+    done
   done
 fi
