@@ -45,6 +45,7 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
         --prompts 16 --runs 2 --trace "$t" >/dev/null 2>&1
       echo "== $v $m" >> "$OUT/trace_summary.txt"
       python3 bench/gpu/trace_summary.py "$t" --runs 2 --top 40 --split >> "$OUT/trace_summary.txt"
+      [ "${AB_KEEP_TRACES:-0}" = 1 ] || rm -f "$t"  # the device returns only a few files a call
     done
   done
 fi

@@ -173,13 +173,18 @@ fi
 if [[ " $steps " == *" source "* ]]; then
   # Instruction by instruction: ncu's source page (full set) of the first launch of each kernel
   # NCU_SOURCE names (ncu -k filters; default the encoder's global and windowed attention) in a vit_b
-  # bf16 bench (its first launches are the batch-1 forward's), summarised by ncu_source_summary.py.
+  # bf16 bench (its first launches are the batch-1 forward's; NCU_SKIP launches skipped first),
+  # summarised by ncu_source_summary.py.
   for k in ${NCU_SOURCE:-regex:rel_pos_attention_wgmma regex:rel_pos_window}; do
     name="${k#regex:}"; name="${name//[^A-Za-z0-9_]/_}"
-    ncu --clock-control none --set full --import-source no -k "$k" --launch-count 1 -o "/tmp/src_$name" -f \
+    ncu --clock-control none --set full --import-source no -k "$k" --launch-skip "${NCU_SKIP:-0}" --launch-count 1 \
+      -o "/tmp/src_$name" -f \
       .devbin/samfast bench --model vit_b --device cuda --precision bf16 --batch 8 --prompts 16 --runs 1 \
       > "$OUT/ncu_source_$name.log" 2>&1
     ncu -i "/tmp/src_$name.ncu-rep" --page source --csv --print-source sass > "/tmp/src_$name.csv" 2>&1
-    python3 bench/gpu/ncu_source_summary.py "/tmp/src_$name.csv" --top 25 | tee "$OUT/source_$name.txt"
+    ncu -i "/tmp/src_$name.ncu-rep" --page details | grep -E "^  [a-z_]|Duration|Grid Size|Issue Slots Busy|Warp Cycles Per Issued" \
+      | tee "$OUT/source_$name.txt"
+    python3 bench/gpu/ncu_source_summary.py "/tmp/src_$name.csv" --top 25 | tee -a "$OUT/source_$name.txt"
+    [ "${NCU_KEEP_CSV:-0}" = 1 ] && xz -c "/tmp/src_$name.csv" > "$OUT/src_$name.csv.xz"
   done
 fi
