@@ -4,7 +4,8 @@
 # .whl/devbin_<name>.tar.xz; checking out another commit between them). For each build, the CUDA op
 # tests ($GTEST_FILTER, default all), then `samfast bench` in interleaved rounds (the builds one
 # after the other, $ROUNDS times, $AB_MODELS at $AB_PRECISION, batch 8, 16 prompts), and with
-# AB_TRACE=1 a kernel trace of each build on each of $AB_TRACE_MODELS (default vit_b). Machines
+# AB_TRACE=1 a kernel trace of each build on each of $AB_TRACE_MODELS (default vit_b), summarised
+# (trace_summary.txt; AB_KEEP_TRACES=1 keeps the raw traces, which a call may not return). Machines
 # differ between calls by a few percent: compare builds only within one call. Logs under $OUT.
 #   VARIANTS="base new" bash bench/gpu/ab.sh
 set -u
