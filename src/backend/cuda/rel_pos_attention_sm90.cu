@@ -54,7 +54,7 @@ constexpr size_t region0_bytes() {  // (16-bit elements)
 //   for both), swizzled so that a cp.async of 8 lanes reads whole 32-byte sectors of 2 or 4 token rows
 //   and fills 128 bytes of shared memory without bank conflicts (the core-matrix layout, filled 512
 //   contiguous bytes a warp, took 16 bytes of 8 token rows each: 32 shared-memory wavefronts a
-//   cp.async instead of 4, and vit_b's global attention 1.57 ms a batch of 8 instead of 1.19):
+//   cp.async instead of 4):
 //   head dim 64, the 128-byte swizzle: slot r's 128 bytes one row, chunk c at 128 r + 16 (c ^ r % 8);
 //   other head dims, the 32-byte swizzle: column blocks of 16 values (32 bytes) x 64 slots, 2048
 //   bytes each, chunk c of slot r at 2048 (c / 2) + 32 r + 16 (c % 2 ^ (r / 4) % 2).
@@ -220,10 +220,10 @@ __device__ __forceinline__ void issue_pv(float (&o)[HD / 2], const uint32_t (&pa
 #pragma unroll
   for (int ks = 0; ks < NS / 16; ++ks) wgmma16<H, HD, 1>(o, pa[ks], desc + ks * (kstep >> 4), 1);
 }
-template <class H, int HD, int N = kK>
+template <class H, int HD, int N = kK, int SW = 0>
 __device__ __forceinline__ void qk_sync(float (&s)[N / 2], const uint32_t (&qf)[HD / 16][4], uint32_t kt) {
   wgmma_fence();
-  issue_qk<H, HD, N>(s, qf, kt);
+  issue_qk<H, HD, N, SW>(s, qf, kt);
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(s);
@@ -398,11 +398,7 @@ __device__ __forceinline__ void key_step(float (&o)[HD / 2], const uint32_t (&qf
                                          RelW rw, const float* rel0, int b, float sc, float& m0, float& m1, float& l0,
                                          float& l1) {
   float s[NS / 2];
-  wgmma_fence();
-  issue_qk<H, HD, NS, kSwizzle<HD>>(s, qf, tile(buf));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(s);
+  qk_sync<H, HD, NS, kSwizzle<HD>>(s, qf, tile(buf));
   uint32_t pa[NS / 16][4];
   float c0, c1;
   if (softmax_step<H, KWL, kLazy, NS, RelW, QB>(s, rw, rel0 + ((b * kK) >> KWL) * rel_stride<QB>(), sc, m0, m1, l0, l1,
