@@ -238,6 +238,22 @@ __device__ __forceinline__ void fill_empty_slots(float* sRel, int th, int tw, in
   }
 }
 
+// Tile positions of this thread's query rows t0 and t0 + 8 (rows past the tile, not stored: the last
+// token, whose terms are computed on zero queries). Found once: a division by the tile width costs
+// ~25 instructions.
+struct QueryRows {
+  int y[2], x[2];
+  bool in[2];  // the row is a token of the tile
+  template <class H>
+  __device__ __forceinline__ QueryRows(const TileGeometry<H>& g, int t0) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int t = min(t0 + 8 * i, g.ntok - 1);
+      y[i] = t / g.tw, x[i] = t % g.tw, in[i] = t0 + 8 * i < g.ntok;
+    }
+  }
+};
+
 // The relative-position terms of the block's queries (unscaled q, fp32 accumulation), x log2(e), into
 // sRel: rel_h of key rows [0, th), then rel_w of columns [0, tw) at row thp; every block's full QB
 // query rows, each thread its own rows (the -inf of rows [th, thp) and columns [tw, kw) come from
@@ -245,16 +261,10 @@ __device__ __forceinline__ void fill_empty_slots(float* sRel, int th, int tw, in
 // tiles, and visible; the caller syncs the block before the terms are read.
 template <class H, int HD, class TileOf, int QB = kQ>
 __device__ __forceinline__ void rel_terms(float* sRel, const ChunkPlan& plan, uint32_t tiles, TileOf chunk_tile,
-                                          const uint32_t (&qf)[HD / 16][4], const TileGeometry<H>& g, int q0,
-                                          int wr0, int tq, int thp, int kw) {
-  const int th = g.th, tw = g.tw;
+                                          const uint32_t (&qf)[HD / 16][4], const QueryRows& qr, int wr0,
+                                          int tq, int th, int tw, int thp, int kw) {
   constexpr int kRelStride = rel_stride<QB>();
-  int qy[2], qx[2];  // of rows wr0, wr0 + 8 (past the tile: the last token; their q rows are 0)
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int t = min(q0 + wr0 + 8 * i, g.ntok - 1);
-    qy[i] = t / tw, qx[i] = t % tw;
-  }
+  const int (&qy)[2] = qr.y, (&qx)[2] = qr.x;
 #pragma unroll 1
   for (int i = 0; i < plan.nchunks; ++i) {
     const int part = plan.part(i), j0 = plan.j0(i), lim = part ? tw : th;
@@ -414,15 +424,15 @@ __device__ __forceinline__ void key_step(float (&o)[HD / 2], const uint32_t (&qf
 // O / l of rows wr0 and wr0 + 8 (l: this thread's parts) to the output (rows of padded tokens: not stored).
 template <class H, int HD>
 __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, float l1, const TileGeometry<H>& g,
-                                           const RelPosArgs& a, int t0, int tq, int off) {
+                                           const QueryRows& qr, const RelPosArgs& a, int tq, int off) {
 #pragma unroll
   for (int sh = 1; sh <= 2; sh *= 2) {
     l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
     l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
   }
   const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-  const int t1 = t0 + 8;
-  const int64_t row0 = t0 < g.ntok ? g.out_row(t0) : -1, row1 = t1 < g.ntok ? g.out_row(t1) : -1;
+  const int64_t row0 = qr.in[0] ? g.out_row_yx(qr.y[0], qr.x[0]) : -1;
+  const int64_t row1 = qr.in[1] ? g.out_row_yx(qr.y[1], qr.x[1]) : -1;
   auto* out = static_cast<H*>(a.out);
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) {
@@ -497,7 +507,8 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   fence_proxy_async();
   __syncthreads();  // the table chunks (and K(0), V(0) if early) visible to all
   fill_empty_slots(sRel, a.th, a.tw, thp, kw);
-  rel_terms<H, HD>(sRel, plan, sbase, chunk_tile, qf, g, q0, wr0, tq, thp, kw);
+  const QueryRows qr(g, q0 + wr0);
+  rel_terms<H, HD>(sRel, plan, sbase, chunk_tile, qf, qr, wr0, tq, a.th, a.tw, thp, kw);
   if (!kv0_early) {
     __syncthreads();  // every warp done with the table chunks in T0 and T2
     load_kv(0, 0);
@@ -530,14 +541,14 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
   if constexpr (KWL < 6)
     if (half) step(nsteps - 1, std::integral_constant<int, kK / 2>{});
-  store_rows<H, HD>(o, l0, l1, g, a, q0 + wr0, tq, off);
+  store_rows<H, HD>(o, l0, l1, g, qr, a, tq, off);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
 // Windowed attention (tiles at most 16 tokens on a side: a table has at most 31 rows, one chunk),
 // where a block's set-up costs about as much as its 3.5 key steps. A persistent kernel: one block an SM of QB
 // = 256 queries (4 warpgroups: a whole 14 x 14 window, so each K and V tile serves 4 warpgroups
-// instead of 2), each block taking a contiguous run of work items (window, head, QB query rows), and
+// instead of 2), each block taking a contiguous run of work items (window, head), and
 // what does not depend on the item done once a block: both tables loaded into tiles T4 and T5 for
 // good, the -inf terms of the empty key slots written once (each warp rewrites only its own rows'
 // terms, so the relative-position terms need no block barrier). The key steps of successive items
@@ -560,35 +571,48 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
   H* const sQ = tiles + 6 * kK * HD;                      // QB x kLdQ: the item's queries
   float* const sRel = reinterpret_cast<float*>(sQ + QB * kLdQ);  // as in the kernel above
   const int thp = th_pad<KWL>(a.th), nsteps = ((thp << KWL) + kK - 1) / kK, ntok = a.th * a.tw;
-  const int nqb = (ntok + QB - 1) / QB;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
   const int wr0 = warp * 16 + gr;
   const int i0 = (int)((int64_t)blockIdx.x * nitems / gridDim.x);
   const int i1 = (int)((int64_t)(blockIdx.x + 1) * nitems / gridDim.x);
   if (i0 >= i1) return;  // (the whole block)
-  // Item i: query rows [q0, q0 + QB) of head h of window win.
-  auto q0_of = [&](int i) { return (i % nqb) * QB; };
-  auto head_of = [&](int i) { return (i / nqb) % a.heads; };
-  auto tile_of_item = [&](int i) { return tile_at<H>(a, i / (nqb * a.heads), nwin); };
-  // This warp's 16 query rows of item i into sQ (rows past the tile: zeros); a lane takes half a row.
-  auto load_q = [&](const TileGeometry<H>& g, int i) {
-    const int r = warp * 16 + lane / 2, t = q0_of(i) + r, c0 = (lane % 2) * (HD / 16);
-    const H* src = t < ntok ? g.token(t, 0, head_of(i) * HD) : g.bias;
-#pragma unroll
-    for (int c = c0; c < c0 + HD / 16; ++c) cp_async16(sQ + r * kLdQ + c * 8, src + c * 8, t < ntok);
+  // Item i: head i % heads of window i / heads (a window's ntok <= QB queries: one item). A block
+  // walks its items in order (next_item), so the loop divides by nothing.
+  struct Item {
+    TileGeometry<H> g;
+    int head;
   };
-  auto load_kv0 = [&](const TileGeometry<H>& g, int i, int buf) {
-    SlotLoader<H, HD, KWL, QB>(g, head_of(i) * HD).load(tile(buf), tile(2 + buf), 0, a.C);
+  auto next_item = [&](Item it) {
+    if (++it.head == a.heads) {
+      it.head = 0;
+      if (++it.g.wx == a.nww) {
+        it.g.wx = 0;
+        if (++it.g.wy == nwin / a.nww) it.g.wy = 0, ++it.g.bi;
+      }
+    }
+    return it;
+  };
+  // This warp's 16 query rows of an item into sQ (rows past the tile: zeros); a lane takes half a row.
+  const int lq = warp * 16 + lane / 2, lqy = lq / a.tw, lqx = lq % a.tw;  // (the lane's row)
+  auto load_q = [&](const Item& it) {
+    const int c0 = (lane % 2) * (HD / 16);
+    const H* src = lq < ntok ? it.g.token_yx(lqy, lqx, 0, it.head * HD) : it.g.bias;
+#pragma unroll
+    for (int c = c0; c < c0 + HD / 16; ++c) cp_async16(sQ + lq * kLdQ + c * 8, src + c * 8, lq < ntok);
+  };
+  auto load_kv0 = [&](const Item& it, int buf) {
+    SlotLoader<H, HD, KWL, QB>(it.g, it.head * HD).load(tile(buf), tile(2 + buf), 0, a.C);
   };
 
   fill_empty_slots<QB>(sRel, a.th, a.tw, thp, kw);
   const ChunkPlan plan(QueryRange{0, a.th - 1, 0, a.tw - 1}, a.th, a.tw);  // whole tables: chunks 0 and 1
   auto chunk_tile = [](int i) { return 4 + i; };
   plan.load<H, HD, QB>(a, tiles, chunk_tile);
-  TileGeometry<H> g = tile_of_item(i0);
-  load_q(g, i0);
+  Item cur{tile_at<H>(a, i0 / a.heads, nwin), i0 % a.heads};
+  const QueryRows qr(cur.g, wr0);
+  load_q(cur);
   cp_async_commit();
-  load_kv0(g, i0, 0);
+  load_kv0(cur, 0);
   cp_async_commit();
 
   const float* rel0 = sRel + wr0;
@@ -598,7 +622,8 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
   const bool half = half_step<KWL>(a.th);
   int buf = 0;  // K and V of the current step: T(buf), T(2 + buf)
   for (int it = i0; it < i1; ++it) {
-    const int q0 = q0_of(it), off = head_of(it) * HD;
+    const int off = cur.head * HD;
+    const Item nxt = next_item(cur);  // (past the block's last item: unused)
     cp_async_wait<1>();  // this item's queries (and, the first time, the tables) landed; K(0), V(0) may not have
     if (it == i0) {
       fence_proxy_async();
@@ -615,8 +640,8 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
       qf[kk][2] = *reinterpret_cast<const uint32_t*>(r0 + 8);
       qf[kk][3] = *reinterpret_cast<const uint32_t*>(r0 + 8 * kLdQ + 8);
     }
-    rel_terms<H, HD, decltype(chunk_tile), QB>(sRel, plan, sbase, chunk_tile, qf, g, q0, wr0, tq, thp, kw);
-    const SlotLoader<H, HD, KWL, QB> loader(g, off);
+    rel_terms<H, HD, decltype(chunk_tile), QB>(sRel, plan, sbase, chunk_tile, qf, qr, wr0, tq, a.th, a.tw, thp, kw);
+    const SlotLoader<H, HD, KWL, QB> loader(cur.g, off);
 
     float o[HD / 2];
 #pragma unroll
@@ -628,14 +653,14 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
       fence_proxy_async();
       __syncthreads();  // K(b), V(b) visible to all; every warpgroup is done with the previous step's tiles
       if (b == 0 && it + 1 < i1) {  // the next item's queries: this warp has read its rows of sQ
-        load_q(tile_of_item(it + 1), it + 1);
+        load_q(nxt);
         cp_async_commit();
       }
       if (b + 1 < nsteps) {
         loader.load(tile(1 - buf), tile(3 - buf), b + 1, a.C);
         cp_async_commit();
       } else if (it + 1 < i1) {
-        load_kv0(tile_of_item(it + 1), it + 1, 1 - buf);
+        load_kv0(nxt, 1 - buf);
         cp_async_commit();
       }
       key_step<H, HD, KWL, kLazyRescale, NS, QB>(o, qf, tile, buf, rw, rel0, b, sc, m0, m1, l0, l1);
@@ -643,8 +668,8 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
     };
     for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
     if (half) step(nsteps - 1, std::integral_constant<int, kK / 2>{});
-    store_rows<H, HD>(o, l0, l1, g, a, q0 + wr0, tq, off);
-    if (it + 1 < i1) g = tile_of_item(it + 1);
+    store_rows<H, HD>(o, l0, l1, cur.g, qr, a, tq, off);
+    cur = nxt;
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
@@ -670,7 +695,8 @@ void launch_windowed(const CudaContext& ctx, const RelPosArgs& a, int64_t window
   if (smem > ctx.max_smem_per_block)
     throw Error("rel_pos_attention: window tile needs " + std::to_string(smem) +
                 " bytes of shared memory, the GPU has " + std::to_string(ctx.max_smem_per_block));
-  const int64_t nitems = windows * a.heads * ((a.th * a.tw + QB - 1) / QB);
+  static_assert(QB >= 256, "rel_pos_window_kernel: a window of up to 16 x 16 tokens is one item");
+  const int64_t nitems = windows * a.heads;
   if (nitems >= (int64_t(1) << 31))
     throw Error("rel_pos_attention: " + std::to_string(nitems) + " window tiles are too many");
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));

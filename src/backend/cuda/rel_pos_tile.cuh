@@ -35,8 +35,10 @@ struct TileGeometry {
     return row + part * C + off;
   }
   // Output position of tile token t, or -1 for a padded token.
-  __device__ __forceinline__ int64_t out_row(int t) const {
-    const int gy = wy * th + t / tw, gx = wx * tw + t % tw;
+  __device__ __forceinline__ int64_t out_row(int t) const { return out_row_yx(t / tw, t % tw); }
+  // The same for the token at row ky, column kx of the tile.
+  __device__ __forceinline__ int64_t out_row_yx(int ky, int kx) const {
+    const int gy = wy * th + ky, gx = wx * tw + kx;
     return (gy < H && gx < W) ? (bi * H + gy) * W + gx : -1;
   }
 };
