@@ -6,7 +6,10 @@
 # after the other, $ROUNDS times, $AB_MODELS at $AB_PRECISION, batch 8, 16 prompts), and with
 # AB_TRACE=1 a kernel trace of each build on each of $AB_TRACE_MODELS (default vit_b), summarised
 # (trace_summary.txt; AB_KEEP_TRACES=1 keeps the raw traces, which a call may not return). Machines
-# differ between calls by a few percent: compare builds only within one call. Logs under $OUT.
+# differ between calls by a few percent: compare builds only within one call. Each test run and bench
+# is stopped after $AB_TIMEOUT seconds (default 180), so that a build that hangs costs only that; a
+# build whose tests fail or time out is left out of the benches.
+# Logs under $OUT.
 #   VARIANTS="base new" bash bench/gpu/ab.sh
 set -u
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -18,13 +21,20 @@ done
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/device.txt"
 for v in $variants; do
-  "/tmp/ab/$v/.devbin/tests/samfast_gpu_tests" ${GTEST_FILTER:+--gtest_filter="$GTEST_FILTER"} > "$OUT/gpu_tests_$v.log" 2>&1
-  echo "$v: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/gpu_tests_$v.log" | tr '\n' ' ')"
+  timeout "${AB_TIMEOUT:-180}" "/tmp/ab/$v/.devbin/tests/samfast_gpu_tests" ${GTEST_FILTER:+--gtest_filter="$GTEST_FILTER"} \
+    > "$OUT/gpu_tests_$v.log" 2>&1
+  rc=$?
+  echo "$v: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/gpu_tests_$v.log" | tr '\n' ' ')$([ $rc = 124 ] && echo "timed out")"
+  [ $rc = 0 ] && passed="${passed:-} $v"
 done
+variants="${passed:-}"
 summary() {  # the bench's JSON line, shortened
   python3 -c "
 import json, sys
-j = json.loads(sys.stdin.read().strip().splitlines()[-1])
+lines = sys.stdin.read().strip().splitlines()
+if not lines:
+    sys.exit('$1 $2 round $3: no result')
+j = json.loads(lines[-1])
 print('$1 $2 round $3: img/s %.1f, encoder %.1f, decode of 16 %.3f ms, ragged %.1f, predict %.2f ms, peak %.3f GiB' % (
     j['img_per_s'], j['encoder_img_per_s'], j['decode_prompts_ms'], j['img_per_s_ragged'],
     j['predict_prompts_to_host_ms'], j['peak_gib']))"
@@ -32,8 +42,8 @@ print('$1 $2 round $3: img/s %.1f, encoder %.1f, decode of 16 %.3f ms, ragged %.
 for r in $(seq "${ROUNDS:-2}"); do
   for m in ${AB_MODELS:-vit_b vit_h}; do
     for v in $variants; do
-      "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda --precision "${AB_PRECISION:-bf16}" --batch 8 \
-        --prompts 16 --runs 5 2>/dev/null | summary "$v" "$m" "$r" | tee -a "$OUT/ab.txt"
+      timeout "${AB_TIMEOUT:-180}" "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda \
+        --precision "${AB_PRECISION:-bf16}" --batch 8 --prompts 16 --runs 5 2>/dev/null | summary "$v" "$m" "$r" | tee -a "$OUT/ab.txt"
     done
   done
 done
@@ -42,8 +52,8 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
   for m in ${AB_TRACE_MODELS:-vit_b}; do
     for v in $variants; do
       t="$OUT/trace_$v.json"; [ "$m" = vit_b ] || t="$OUT/trace_${v}_$m.json"
-      "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda --precision "${AB_PRECISION:-bf16}" --batch 8 \
-        --prompts 16 --runs 2 --trace "$t" >/dev/null 2>&1
+      timeout "${AB_TIMEOUT:-180}" "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda \
+        --precision "${AB_PRECISION:-bf16}" --batch 8 --prompts 16 --runs 2 --trace "$t" >/dev/null 2>&1
       echo "== $v $m" >> "$OUT/trace_summary.txt"
       python3 bench/gpu/trace_summary.py "$t" --runs 2 --top 40 --split >> "$OUT/trace_summary.txt"
       [ "${AB_KEEP_TRACES:-0}" = 1 ] || rm -f "$t"  # the device returns only a few files a call
