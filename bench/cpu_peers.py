@@ -97,14 +97,10 @@ def onnxruntime(args):
     from segment_anything import sam_model_registry
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    # ONNX Runtime's model runner and its options, taken by name: the repository's own text keeps
-    # the word in their names for nothing else.
-    word = "Sess" + "ion"
-    runner, options = getattr(ort, "Inference" + word), getattr(ort, word + "Options")
-    opts = options()
+    opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-    enc = runner(os.path.join(args.onnx_dir, "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
-    dec = runner(os.path.join(args.onnx_dir, "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    enc = ort.InferenceSession(os.path.join(args.onnx_dir, "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(os.path.join(args.onnx_dir, "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
     # Preprocessing as upstream's SamPredictor.set_image does it (its transform, Sam.preprocess).
     sam = sam_model_registry[args.model]()
     transform = ResizeLongestSide(sam.image_encoder.img_size)
