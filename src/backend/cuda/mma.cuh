@@ -182,6 +182,29 @@ __device__ __forceinline__ void wgmma_wait() {
 // Orders this thread's generic-proxy writes of shared memory (stores, cp.async) before reads by wgmma.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// mbarriers: shared-memory arrival counters with a phase bit, for pipelines whose threads do not
+// wait for one another at every stage (a block barrier would).
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared.b64 st, [%0];\n}\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Arrives on bar once every cp.async this thread has issued so far has landed (one of the arrivals
+// bar was initialised to count).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Waits until the phase of parity `parity` of bar has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\nmbarrier.try_wait.parity.shared.b64 done, [%0], %1;\n@!done bra WAIT_%=;\n}\n" ::"r"(
+          smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
 // d (64 x N, fp32, the m16n8 accumulator layout per warp and 8-column tile) (+)= a (64 x 16 bf16 (f16)
 // from registers, the m16n8k16 A layout per warp) x b (16 x N bf16 (f16) in shared memory; TRANS_B 0: stored
 // N-major rows of K, 1: stored K rows of N). accumulate 0 ignores d's old value.

@@ -28,6 +28,7 @@ namespace {
 
 constexpr int kQ = 128;  // queries per block: 2 warpgroups x 64
 constexpr int kWindowQ = 256;  // the windowed kernel's: 4 warpgroups x 64, a whole 14 x 14 window
+constexpr int kWindowStages = 3;  // its stages of K and V tiles
 constexpr int kK = 64;   // key slots per step
 constexpr int kThreads = 256;
 template <int QB>
@@ -400,22 +401,22 @@ __device__ __forceinline__ void scale_rows(float (&o)[HD / 2], float c0, float c
   for (int n = 0; n < HD / 8; ++n) o[4 * n] *= c0, o[4 * n + 1] *= c0, o[4 * n + 2] *= c1, o[4 * n + 3] *= c1;
 }
 
-// Key step b of NS slots (64, or 32 for a half step), its K and V in tiles T(buf) and T(2 + buf)
-// (tile(i): the shared address of T(i)): S = Q K^T, the online softmax (rel0: this thread's rows of
-// the relative-position terms), then O += P V, waited for.
-template <class H, int HD, int KWL, bool kLazy, int NS, int QB = kQ, class TileAddr, class RelW>
-__device__ __forceinline__ void key_step(float (&o)[HD / 2], const uint32_t (&qf)[HD / 16][4], TileAddr tile, int buf,
+// Key step b of NS slots (64, or 32 for a half step), its K and V in the tiles at shared addresses kt
+// and vt: S = Q K^T, the online softmax (rel0: this thread's rows of the relative-position terms),
+// then O += P V, waited for.
+template <class H, int HD, int KWL, bool kLazy, int NS, int QB = kQ, class RelW>
+__device__ __forceinline__ void key_step(float (&o)[HD / 2], const uint32_t (&qf)[HD / 16][4], uint32_t kt, uint32_t vt,
                                          RelW rw, const float* rel0, int b, float sc, float& m0, float& m1, float& l0,
                                          float& l1) {
   float s[NS / 2];
-  qk_sync<H, HD, NS, kSwizzle<HD>>(s, qf, tile(buf));
+  qk_sync<H, HD, NS, kSwizzle<HD>>(s, qf, kt);
   uint32_t pa[NS / 16][4];
   float c0, c1;
   if (softmax_step<H, KWL, kLazy, NS, RelW, QB>(s, rw, rel0 + ((b * kK) >> KWL) * rel_stride<QB>(), sc, m0, m1, l0, l1,
                                                 pa, c0, c1))
     scale_rows<HD>(o, c0, c1);
   wgmma_fence();
-  issue_pv<H, HD, NS, kSwizzle<HD>>(o, pa, tile(2 + buf));
+  issue_pv<H, HD, NS, kSwizzle<HD>>(o, pa, vt);
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(o);
@@ -535,7 +536,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
       load_kv(b + 1, 1 - buf);
       cp_async_commit();
     }
-    key_step<H, HD, KWL, kLazyRescale, NS>(o, qf, tile, buf, rw, rel0, b, sc, m0, m1, l0, l1);
+    key_step<H, HD, KWL, kLazyRescale, NS>(o, qf, tile(buf), tile(2 + buf), rw, rel0, b, sc, m0, m1, l0, l1);
   };
   const bool half = KWL < 6 && half_step<KWL>(a.th);  // (the block's: the same for all its threads)
   for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
@@ -549,26 +550,33 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 // where a block's set-up costs about as much as its 3.5 key steps. A persistent kernel: one block an SM of QB
 // = 256 queries (4 warpgroups: a whole 14 x 14 window, so each K and V tile serves 4 warpgroups
 // instead of 2), each block taking a contiguous run of work items (window, head), and
-// what does not depend on the item done once a block: both tables loaded into tiles T4 and T5 for
+// what does not depend on the item done once a block: both tables loaded into their tiles for
 // good, the -inf terms of the empty key slots written once (each warp rewrites only its own rows'
-// terms, so the relative-position terms need no block barrier). The key steps of successive items
-// form one stream: the step that ends an item issues the next item's K(0) and V(0), and an item's
-// first step issues the next item's queries (cp.async into shared memory, each warp its own 16 rows,
-// a commit group of their own), so no item waits on a round trip to memory before its
-// relative-position terms.
-//   Faster than the kernel above on windowed attention (other block sizes: BENCHMARKS.md, "Tried and
-// not kept").
+// terms, so the relative-position terms need no block barrier).
+//   The key steps of successive items form one stream through kWindowStages stages of K and V tiles,
+// kept by mbarriers rather than block barriers: every thread issues its share of step g + stages - 1's
+// cp.async at the end of step g, into the stage of step g - 1 once every thread has arrived there
+// (empty), and arrives on the stage's full barrier when its copies land (cp.async.mbarrier.arrive);
+// a step waits for its stage to be full. A warpgroup may so run up to a step ahead of another, and
+// the warpgroups' phases (Q K^T, softmax, P V) drift apart instead of meeting at a block barrier
+// every step, so one's softmax overlaps another's products. An item's queries come by cp.async too
+// (each warp its own 16 rows, issued once the warp has read the previous item's, its own mbarrier).
+//   Faster than the kernel above on windowed attention (other block sizes, stage counts and orders
+// of the warpgroups' products: BENCHMARKS.md, "Tried and not kept").
 template <class H, int HD, int KWL, int QB>
 __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPosArgs a, int nwin, int nitems) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   // (query rows padded by 8 elements: conflict-free 4-byte reads of the A fragments)
   constexpr int kw = 1 << KWL, kLdQ = HD + 8, kRelStride = rel_stride<QB>();
+  constexpr int kThreadsW = 2 * QB, kWarpsW = kThreadsW / 32;
   constexpr bool kLazyRescale = HD > 64;
   extern __shared__ __align__(1024) unsigned char smem_raw[];  // (1024: the swizzled tiles')
-  H* const tiles = reinterpret_cast<H*>(smem_raw);  // T0..T3 K and V, T4 rel_h, T5 rel_w: kK x HD each
+  __shared__ uint64_t full[kWindowStages], empty[kWindowStages], q_ready[kWarpsW];
+  // Tiles of kK x HD: K of stage s T(s), V T(kWindowStages + s), then rel_h and rel_w.
+  H* const tiles = reinterpret_cast<H*>(smem_raw);
   const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   auto tile = [&](int i) { return sbase + i * uint32_t(kK * HD * sizeof(H)); };
-  H* const sQ = tiles + 6 * kK * HD;                      // QB x kLdQ: the item's queries
+  H* const sQ = tiles + (2 * kWindowStages + 2) * kK * HD;  // QB x kLdQ: the item's queries
   float* const sRel = reinterpret_cast<float*>(sQ + QB * kLdQ);  // as in the kernel above
   const int thp = th_pad<KWL>(a.th), nsteps = ((thp << KWL) + kK - 1) / kK, ntok = a.th * a.tw;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
@@ -576,61 +584,78 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
   const int i0 = (int)((int64_t)blockIdx.x * nitems / gridDim.x);
   const int i1 = (int)((int64_t)(blockIdx.x + 1) * nitems / gridDim.x);
   if (i0 >= i1) return;  // (the whole block)
-  // Item i: head i % heads of window i / heads (a window's ntok <= QB queries: one item). A block
-  // walks its items in order (next_item), so the loop divides by nothing.
+  // Item i: head i % heads of window i / heads (a window's ntok <= QB queries: one item). Items are
+  // walked in order (next_item), so the loop divides by nothing.
   struct Item {
-    TileGeometry<H> g;
-    int head;
+    int bi, wy, wx, head;
   };
   auto next_item = [&](Item it) {
     if (++it.head == a.heads) {
       it.head = 0;
-      if (++it.g.wx == a.nww) {
-        it.g.wx = 0;
-        if (++it.g.wy == nwin / a.nww) it.g.wy = 0, ++it.g.bi;
+      if (++it.wx == a.nww) {
+        it.wx = 0;
+        if (++it.wy == nwin / a.nww) it.wy = 0, ++it.bi;
       }
     }
     return it;
   };
+  auto geom = [&](const Item& it) { return tile_yx<H>(a, it.bi, it.wy, it.wx); };
   // This warp's 16 query rows of an item into sQ (rows past the tile: zeros); a lane takes half a row.
   const int lq = warp * 16 + lane / 2, lqy = lq / a.tw, lqx = lq % a.tw;  // (the lane's row)
   auto load_q = [&](const Item& it) {
     const int c0 = (lane % 2) * (HD / 16);
-    const H* src = lq < ntok ? it.g.token_yx(lqy, lqx, 0, it.head * HD) : it.g.bias;
+    const H* src = lq < ntok ? geom(it).token_yx(lqy, lqx, 0, it.head * HD) : static_cast<const H*>(a.bias);
 #pragma unroll
     for (int c = c0; c < c0 + HD / 16; ++c) cp_async16(sQ + lq * kLdQ + c * 8, src + c * 8, lq < ntok);
-  };
-  auto load_kv0 = [&](const Item& it, int buf) {
-    SlotLoader<H, HD, KWL, QB>(it.g, it.head * HD).load(tile(buf), tile(2 + buf), 0, a.C);
+    cp_async_mbar_arrive(&q_ready[warp]);
   };
 
+  if (tid == 0) {
+    for (int s = 0; s < kWindowStages; ++s) mbar_init(&full[s], kThreadsW), mbar_init(&empty[s], kThreadsW);
+    for (int w = 0; w < kWarpsW; ++w) mbar_init(&q_ready[w], 32);
+  }
   fill_empty_slots<QB>(sRel, a.th, a.tw, thp, kw);
   const ChunkPlan plan(QueryRange{0, a.th - 1, 0, a.tw - 1}, a.th, a.tw);  // whole tables: chunks 0 and 1
-  auto chunk_tile = [](int i) { return 4 + i; };
+  auto chunk_tile = [](int i) { return 2 * kWindowStages + i; };
+  __syncthreads();  // the barriers initialised before anything arrives on them
   plan.load<H, HD, QB>(a, tiles, chunk_tile);
-  Item cur{tile_at<H>(a, i0 / a.heads, nwin), i0 % a.heads};
-  const QueryRows qr(cur.g, wr0);
+
+  // The producer's side: step pg of the block (step pstep of item pit), issued into stage pg % kWindowStages.
+  const int total = (i1 - i0) * nsteps;
+  const Item first{i0 / (nwin * a.heads), i0 / a.heads % nwin / a.nww, i0 / a.heads % a.nww, i0 % a.heads};
+  Item pit = first;
+  int pstep = 0, pg = 0;
+  SlotLoader<H, HD, KWL, QB> ploader(geom(pit), pit.head * HD);
+  auto produce = [&] {
+    const int s = pg % kWindowStages;
+    if (pg >= kWindowStages) mbar_wait(&empty[s], (pg / kWindowStages - 1) & 1);  // all done with step pg - stages
+    ploader.load(tile(s), tile(kWindowStages + s), pstep, a.C);
+    cp_async_mbar_arrive(&full[s]);
+    ++pg;
+    if (++pstep == nsteps) {
+      pstep = 0;
+      pit = next_item(pit);
+      ploader = SlotLoader<H, HD, KWL, QB>(geom(pit), pit.head * HD);
+    }
+  };
+  Item cur = first;
+  const QueryRows qr(geom(cur), wr0);
   load_q(cur);
-  cp_async_commit();
-  load_kv0(cur, 0);
-  cp_async_commit();
+  for (int k = 0; k < kWindowStages - 1 && pg < total; ++k) produce();
+  cp_async_wait_all();  // the tables (and what else is in flight)
+  fence_proxy_async();
+  __syncthreads();  // the tables and the -inf terms visible to all
 
   const float* rel0 = sRel + wr0;
   const float* relw0 = rel0 + (thp + tq * 2) * kRelStride;
   const float sc = a.scale * kLog2e;
   auto rw = [&](int n, int e, int i) { return relw0[((n * 8) % kw + e) * kRelStride + 8 * i]; };
   const bool half = half_step<KWL>(a.th);
-  int buf = 0;  // K and V of the current step: T(buf), T(2 + buf)
+  int g = 0;  // the block's key step
   for (int it = i0; it < i1; ++it) {
     const int off = cur.head * HD;
     const Item nxt = next_item(cur);  // (past the block's last item: unused)
-    cp_async_wait<1>();  // this item's queries (and, the first time, the tables) landed; K(0), V(0) may not have
-    if (it == i0) {
-      fence_proxy_async();
-      __syncthreads();  // the tables and the -inf terms visible to all
-    } else {
-      __syncwarp();  // (a warp reads only the query rows it loaded)
-    }
+    mbar_wait(&q_ready[warp], (it - i0) & 1);  // this warp's query rows landed
     uint32_t qf[HD / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
@@ -641,7 +666,8 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
       qf[kk][3] = *reinterpret_cast<const uint32_t*>(r0 + 8 * kLdQ + 8);
     }
     rel_terms<H, HD, decltype(chunk_tile), QB>(sRel, plan, sbase, chunk_tile, qf, qr, wr0, tq, a.th, a.tw, thp, kw);
-    const SlotLoader<H, HD, KWL, QB> loader(cur.g, off);
+    __syncwarp();  // the warp's rows of sQ read, and its rel_w terms (other lanes wrote some) visible
+    if (it + 1 < i1) load_q(nxt);
 
     float o[HD / 2];
 #pragma unroll
@@ -649,26 +675,18 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     auto step = [&](int b, auto ns) {
       constexpr int NS = decltype(ns)::value;
-      cp_async_wait<0>();
-      fence_proxy_async();
-      __syncthreads();  // K(b), V(b) visible to all; every warpgroup is done with the previous step's tiles
-      if (b == 0 && it + 1 < i1) {  // the next item's queries: this warp has read its rows of sQ
-        load_q(nxt);
-        cp_async_commit();
-      }
-      if (b + 1 < nsteps) {
-        loader.load(tile(1 - buf), tile(3 - buf), b + 1, a.C);
-        cp_async_commit();
-      } else if (it + 1 < i1) {
-        load_kv0(nxt, 1 - buf);
-        cp_async_commit();
-      }
-      key_step<H, HD, KWL, kLazyRescale, NS, QB>(o, qf, tile, buf, rw, rel0, b, sc, m0, m1, l0, l1);
-      buf = 1 - buf;
+      const int s = g % kWindowStages;
+      mbar_wait(&full[s], (g / kWindowStages) & 1);  // K(g), V(g): every thread's copies landed
+      fence_proxy_async();  // (their writes before this warpgroup's wgmma reads)
+      key_step<H, HD, KWL, kLazyRescale, NS, QB>(o, qf, tile(s), tile(kWindowStages + s), rw, rel0, b, sc, m0, m1, l0,
+                                                 l1);
+      mbar_arrive(&empty[s]);  // (key_step waited for its products: this thread is done with stage s)
+      ++g;
+      if (pg < total) produce();
     };
     for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
     if (half) step(nsteps - 1, std::integral_constant<int, kK / 2>{});
-    store_rows<H, HD>(o, l0, l1, cur.g, qr, a, tq, off);
+    store_rows<H, HD>(o, l0, l1, geom(cur), qr, a, tq, off);
     cur = nxt;
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
@@ -690,9 +708,10 @@ void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nw
 template <class H, int HD, int KWL, int QB = kWindowQ>
 void launch_windowed(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
   auto kernel = rel_pos_window_kernel<H, HD, KWL, QB>;
-  const size_t smem =
-      sizeof(H) * (6 * kK * HD + QB * (HD + 8)) + sizeof(float) * rel_stride<QB>() * (th_pad<KWL>(a.th) + (1 << KWL));
-  if (smem > ctx.max_smem_per_block)
+  const size_t smem = sizeof(H) * ((2 * kWindowStages + 2) * kK * HD + QB * (HD + 8)) +
+                      sizeof(float) * rel_stride<QB>() * (th_pad<KWL>(a.th) + (1 << KWL));
+  const size_t static_smem = sizeof(uint64_t) * (2 * kWindowStages + 2 * QB / 32);  // (the mbarriers)
+  if (smem + static_smem > ctx.max_smem_per_block)
     throw Error("rel_pos_attention: window tile needs " + std::to_string(smem) +
                 " bytes of shared memory, the GPU has " + std::to_string(ctx.max_smem_per_block));
   static_assert(QB >= 256, "rel_pos_window_kernel: a window of up to 16 x 16 tokens is one item");

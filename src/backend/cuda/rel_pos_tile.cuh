@@ -53,17 +53,20 @@ struct RelPosArgs {
   float scale;
 };
 
-// The tile of window `win` (windows numbered image by image, nwin an image, row-major).
+// The tile at window row wy, column wx of image bi.
 template <class T>
-__device__ __forceinline__ TileGeometry<T> tile_at(const RelPosArgs& a, int win, int nwin) {
+__device__ __forceinline__ TileGeometry<T> tile_yx(const RelPosArgs& a, int64_t bi, int wy, int wx) {
   TileGeometry<T> g;
   g.qkv = static_cast<const T*>(a.qkv);
   g.bias = static_cast<const T*>(a.bias);
   g.H = a.H, g.W = a.W, g.C = a.C, g.th = a.th, g.tw = a.tw, g.ntok = a.th * a.tw;
-  g.bi = win / nwin;
-  g.wy = (win % nwin) / a.nww;
-  g.wx = win % a.nww;
+  g.bi = bi, g.wy = wy, g.wx = wx;
   return g;
+}
+// The tile of window `win` (windows numbered image by image, nwin an image, row-major).
+template <class T>
+__device__ __forceinline__ TileGeometry<T> tile_at(const RelPosArgs& a, int win, int nwin) {
+  return tile_yx<T>(a, win / nwin, (win % nwin) / a.nww, win % a.nww);
 }
 // The tile of this block's window (blockIdx.z).
 template <class T>
