@@ -14,6 +14,7 @@
 set -u
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 variants="${VARIANTS:?name the builds: VARIANTS=\"base new\"}"
+limit="${AB_TIMEOUT:-180}"  # seconds a test run or bench may take
 for v in $variants; do
   [ -f ".whl/devbin_$v.tar.xz" ] || { echo "no .whl/devbin_$v.tar.xz"; exit 1; }
   mkdir -p "/tmp/ab/$v" && tar -xJf ".whl/devbin_$v.tar.xz" -C "/tmp/ab/$v"
@@ -21,7 +22,7 @@ done
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 date -u +%Y-%m-%dT%H:%MZ | tee -a "$OUT/device.txt"
 for v in $variants; do
-  timeout "${AB_TIMEOUT:-180}" "/tmp/ab/$v/.devbin/tests/samfast_gpu_tests" ${GTEST_FILTER:+--gtest_filter="$GTEST_FILTER"} \
+  timeout "$limit" "/tmp/ab/$v/.devbin/tests/samfast_gpu_tests" ${GTEST_FILTER:+--gtest_filter="$GTEST_FILTER"} \
     > "$OUT/gpu_tests_$v.log" 2>&1
   rc=$?
   echo "$v: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/gpu_tests_$v.log" | tr '\n' ' ')$([ $rc = 124 ] && echo "timed out")"
@@ -42,7 +43,7 @@ print('$1 $2 round $3: img/s %.1f, encoder %.1f, decode of 16 %.3f ms, ragged %.
 for r in $(seq "${ROUNDS:-2}"); do
   for m in ${AB_MODELS:-vit_b vit_h}; do
     for v in $variants; do
-      timeout "${AB_TIMEOUT:-180}" "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda \
+      timeout "$limit" "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda \
         --precision "${AB_PRECISION:-bf16}" --batch 8 --prompts 16 --runs 5 2>/dev/null | summary "$v" "$m" "$r" | tee -a "$OUT/ab.txt"
     done
   done
@@ -52,7 +53,7 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
   for m in ${AB_TRACE_MODELS:-vit_b}; do
     for v in $variants; do
       t="$OUT/trace_$v.json"; [ "$m" = vit_b ] || t="$OUT/trace_${v}_$m.json"
-      timeout "${AB_TIMEOUT:-180}" "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda \
+      timeout "$limit" "/tmp/ab/$v/.devbin/samfast" bench --model "$m" --device cuda \
         --precision "${AB_PRECISION:-bf16}" --batch 8 --prompts 16 --runs 2 --trace "$t" >/dev/null 2>&1
       echo "== $v $m" >> "$OUT/trace_summary.txt"
       python3 bench/gpu/trace_summary.py "$t" --runs 2 --top 40 --split >> "$OUT/trace_summary.txt"

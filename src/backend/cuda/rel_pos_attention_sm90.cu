@@ -484,7 +484,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   constexpr bool kLazyRescale = HD > 64;
   extern __shared__ __align__(1024) unsigned char smem_raw[];  // (1024: the swizzled tiles')
   H* const tiles = reinterpret_cast<H*>(smem_raw);  // T0..T3, kK x HD each
-  const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t sbase = smem_addr(smem_raw);
   auto tile = [&](int i) { return sbase + i * uint32_t(kK * HD * sizeof(H)); };  // (shared address)
   // (th_pad + kw) x kRelStride floats, x log2(e): rel_h of key rows [0, th_pad), then rel_w of columns [0, kw)
   float* sRel = reinterpret_cast<float*>(smem_raw + region0_bytes<HD>());
@@ -574,7 +574,7 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
   __shared__ uint64_t full[kWindowStages], empty[kWindowStages], q_ready[kWarpsW];
   // Tiles of kK x HD: K of stage s T(s), V T(kWindowStages + s), then rel_h and rel_w.
   H* const tiles = reinterpret_cast<H*>(smem_raw);
-  const uint32_t sbase = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t sbase = smem_addr(smem_raw);
   auto tile = [&](int i) { return sbase + i * uint32_t(kK * HD * sizeof(H)); };
   H* const sQ = tiles + (2 * kWindowStages + 2) * kK * HD;  // QB x kLdQ: the item's queries
   float* const sRel = reinterpret_cast<float*>(sQ + QB * kLdQ);  // as in the kernel above
