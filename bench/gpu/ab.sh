@@ -8,8 +8,10 @@
 # (trace_summary.txt; AB_KEEP_TRACES=1 keeps the raw traces, which a call may not return). Machines
 # differ between calls by a few percent: compare builds only within one call. Each test run and bench
 # is stopped after $AB_TIMEOUT seconds (default 180), so that a build that hangs costs only that; a
-# build whose tests fail or time out is left out of the benches.
-# Logs under $OUT.
+# build whose tests fail or time out is left out of the benches. With AB_PARITY set to a pytest -k
+# expression (e.g. bf16), each build that passed its tests then runs those GPU parity cases
+# (tests/parity/test_gpu_parity.py, each stopped after $AB_PARITY_TIMEOUT s, default 300), before
+# the benches. Logs under $OUT.
 #   VARIANTS="base new" bash bench/gpu/ab.sh
 set -u
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -29,6 +31,14 @@ for v in $variants; do
   [ $rc = 0 ] && passed="${passed:-} $v"
 done
 variants="${passed:-}"
+if [ -n "${AB_PARITY:-}" ]; then
+  for v in $variants; do
+    SAMFAST_BIN="/tmp/ab/$v/.devbin" SAMFAST_SOURCE_DIR="$PWD" PYTHONPATH="$PWD/.whl/pysrc" \
+      SAMFAST_TESTDATA="$PWD/.whl/testdata" timeout "${AB_PARITY_TIMEOUT:-300}" python3 -m pytest -q -s tests/parity/test_gpu_parity.py \
+      -k "$AB_PARITY" > "$OUT/parity_$v.log" 2>&1
+    grep -E "IoU|passed|failed|Error" "$OUT/parity_$v.log" | sed "s/^/$v parity: /" | tail -12
+  done
+fi
 summary() {  # the bench's JSON line, shortened
   python3 -c "
 import json, sys
