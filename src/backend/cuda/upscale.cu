@@ -16,7 +16,9 @@
 // bf16 or fp16 (H) with D 256, C1 64, C2 32 (every SAM) and up to 4 masks (the decoder asks for
 // the ones it returns: 3 of SAM's 4 with multimask output, else 1); the product always has 4 mask
 // columns, those past hyper's rows zero and not stored, so that no slice of the output follows.
-// Other shapes and fp32 compose the unfused ops.
+// Other shapes and fp32 compose the unfused ops. The GELUs are the tanh form on the hardware tanh
+// (gelu_tanh_fast, within about an fp16 step of erf GELU): in the erf form they were most of the
+// kernel's instructions.
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/mma.cuh"
@@ -29,7 +31,7 @@ using cuda::cp_async16;
 using cuda::cp_async_commit;
 using cuda::cp_async_wait;
 using cuda::from_f32;
-using cuda::gelu_erf_fast;
+using cuda::gelu_tanh_fast;
 using cuda::ldmatrix_x4;
 using cuda::mma16;
 using cuda::pack16;
@@ -169,7 +171,7 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = n * 8 + tq * 2 + (e & 1);
-        c1[n][e] = gelu_erf_fast((c1[n][e] - mean[e / 2]) * rstd[e / 2] * sLw[col] + sLb[col]);
+        c1[n][e] = gelu_tanh_fast((c1[n][e] - mean[e / 2]) * rstd[e / 2] * sLw[col] + sLb[col]);
       }
     uint32_t a2[kC1 / 16][4];
 #pragma unroll
@@ -199,7 +201,7 @@ __global__ void __launch_bounds__(kThreads, 2) upscale_masks_kernel(UpscaleArgs<
 #pragma unroll
         for (int j = 0; j < 2; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) g[j][e] = gelu_erf_fast(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
+          for (int e = 0; e < 4; ++e) g[j][e] = gelu_tanh_fast(c2[2 * ks + j][e] + sB2[((2 * ks + j) * 8 + tq * 2 + (e & 1)) % kC2]);
         uint32_t a3[4], bf[4];
         acc_to_a<H>(a3, g[0], g[1]);
         ldmatrix_x4(bf, hbase + (h * (2 * kC2 / 16) + ks) * 16);
