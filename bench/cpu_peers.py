@@ -99,8 +99,8 @@ def onnxruntime(args):
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-    enc = ort.InferenceSession(os.path.join(args.onnx_dir, "encoder.onnx"), opts, providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(os.path.join(args.onnx_dir, "decoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    enc, dec = (ort.InferenceSession(os.path.join(args.onnx_dir, f), opts, providers=["CPUExecutionProvider"])
+                for f in ("encoder.onnx", "decoder.onnx"))
     # Preprocessing as upstream's SamPredictor.set_image does it (its transform, Sam.preprocess).
     sam = sam_model_registry[args.model]()
     transform = ResizeLongestSide(sam.image_encoder.img_size)
