@@ -122,42 +122,6 @@ TEST_P(CudaOpsTest, Linear) {
   expect_close(gpu->linear(up(x2), up(w2), &b2g, Act::None, nullptr), cpu.linear(x2, w2, &b2, Act::None, nullptr), "linear 3x256->4");
 }
 
-// Linear layers of few rows: on Hopper in 16 bits, the decoder's token-path shapes run our own
-// kernel (cuda::linear_few_rows: K split over clusters of up to 8 blocks, N not a multiple of its
-// 32 columns, a single row), and the shapes just outside it (129 rows, N not a multiple of 8, K not
-// a multiple of 256) go to cuBLASLt; both against the CPU, through linear() and the kernel directly.
-TEST_P(CudaOpsTest, LinearFewRows) {
-  struct Case {
-    int64_t rows, in, out;
-    bool bias;
-    Act act;
-    bool residual, in_kernel;
-  };
-  const Case cases[] = {{112, 256, 256, true, Act::None, false, true},   {112, 2048, 256, true, Act::None, true, true},
-                        {112, 256, 2048, true, Act::ReLU, false, true},  {112, 256, 8, true, Act::None, false, true},
-                        {16, 1280, 1280, true, Act::ReLU, false, true},  {1, 512, 40, false, Act::None, true, true},
-                        {129, 256, 256, true, Act::ReLU, true, false},   {16, 1280, 132, true, Act::None, false, false},
-                        {112, 128, 256, true, Act::None, false, false}};
-  const bool hopper_16bit = gpu->context().hopper_kernels && bf16();
-  for (const Case& c : cases) {
-    Tensor x = rand({c.rows, c.in}), w = rand({c.out, c.in}, -0.06f, 0.06f), b = rand({c.out}),
-           r = rand({c.rows, c.out});
-    Tensor xg = up(x), wg = up(w), bg = up(b), rg = up(r);
-    const Tensor *bh = c.bias ? &b : nullptr, *bd = c.bias ? &bg : nullptr;
-    const Tensor *rh = c.residual ? &r : nullptr, *rd = c.residual ? &rg : nullptr;
-    const std::string what = "linear " + std::to_string(c.rows) + "x" + std::to_string(c.in) + "->" +
-                             std::to_string(c.out) + (c.act == Act::ReLU ? " relu" : "") + (c.residual ? " residual" : "");
-    const Tensor ref = cpu.linear(x, w, bh, c.act, rh);
-    expect_close(gpu->linear(xg, wg, bd, c.act, rd), ref, what);
-    if (!hopper_16bit) continue;
-    Tensor y = gpu->empty({c.rows, c.out});
-    const bool taken = cuda::linear_few_rows(gpu->context(), GetParam(), c.rows, c.out, c.in, xg.data, wg.data,
-                                             bd ? bd->data : nullptr, c.act, rd ? rd->data : nullptr, y.data);
-    ASSERT_EQ(taken, c.in_kernel) << what;
-    if (taken) expect_close(y, ref, what + " (kernel)");
-  }
-}
-
 TEST_P(CudaOpsTest, LayerNorm) {
   Tensor x = rand({3, 50, 768}, -2.f, 3.f), w = rand({768}, 0.8f, 1.2f), b = rand({768}, -0.1f, 0.1f);
   expect_close(gpu->layer_norm(up(x), up(w), up(b), 1e-6f, Act::None), cpu.layer_norm(x, w, b, 1e-6f, Act::None), "layer_norm C=768");

@@ -202,13 +202,6 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
           Act act = Act::None, const void* residual = nullptr, int64_t batch = 1, int64_t sA = 0,
           int64_t sB = 0, int64_t sC = 0, bool f32_out = false);
 
-// On Hopper, y (M, N) = act(x (M, K) . w (N, K)^T + bias) + residual for a Linear of few rows (the
-// mask decoder's token path) by our own kernel (linear_small_m.cu), all 16-bit, dense and 16-byte
-// aligned; false, running nothing, outside its shapes (M <= 128, K a multiple of 256 up to 2048, N
-// of 8; act None or ReLU): cuda::gemm takes it first and falls back to cuBLASLt.
-bool linear_few_rows(CudaContext& ctx, DType dt, int64_t M, int64_t N, int64_t K, const void* x, const void* w,
-                     const void* bias, Act act, const void* residual, void* y);
-
 // fp8 (E4M3) GEMM, row-major: C (M, N) bf16 = act((a_scale[m] A[m, :]) . (w_scale[n] W[n, :]) + bias)
 // + residual, A (M, K) and W (N, K) fp8, through cuBLASLt with per-row and per-column (outer vector)
 // scales; bias and residual bf16 (an activation and a residual together: the residual added after).

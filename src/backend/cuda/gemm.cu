@@ -1,8 +1,7 @@
 // GEMM-shaped ops of the CUDA backend: Linear, Conv2d (im2col + GEMM), ConvTranspose2d 2x2
 // (GEMM + scatter), batched matmul; and the context that owns the cuBLAS(Lt) handles.
 // Every GEMM goes through cuda::gemm, which runs cuBLASLt with the bias (and ReLU) fused into its
-// epilogue and the residual as its C operand (beta = 1); on Hopper, Linear layers of few rows run
-// linear_few_rows (linear_small_m.cu) instead. GELU: cuBLASLt's epilogue is the tanh form,
+// epilogue and the residual as its C operand (beta = 1). GELU: cuBLASLt's epilogue is the tanh form,
 // whose largest difference from upstream's exact erf GELU is 4.7e-4 (at x = 2.7, where a bf16 value's
 // rounding step is 1.6e-2 and an fp16 value's 2.0e-3): 16-bit outputs take it in the epilogue (no
 // extra pass over the 4x-wide MLP activation); fp32 outputs, which must match upstream to 1e-4, get
@@ -211,9 +210,6 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
   if (f32_out && (bias || act != Act::None || residual)) throw Error("gemm: an fp32 output takes no epilogue");
   if ((bias || act != Act::None || residual) && (ldc != N || (batch > 1 && sC != M * N)))
     throw Error("gemm: bias, activation or residual need a dense output (ldc == N)");
-  if (b_transposed && batch == 1 && !f32_out && lda == K && ldb == K && ldc == N &&
-      linear_few_rows(ctx, dt, M, N, K, A, B, bias, act, residual, C))
-    return;
   // Row-major C (M, N) is column-major C^T (N, M) = op(B)^T (N, K) x A^T (K, M): cuBLAS's first
   // operand is our B, its second our A.
   const bool relu_in_epilogue = act == Act::ReLU && !residual;
