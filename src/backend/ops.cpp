@@ -41,4 +41,9 @@ Tensor Ops::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor&
   return linear(layer_norm(x, ln_w, ln_b, eps), w, b, act);
 }
 
+Tensor Ops::layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w1,
+                           const Tensor& b1, const Tensor& w2, const Tensor& b2) {
+  return linear(layer_norm_linear(x, ln_w, ln_b, eps, w1, &b1, Act::GELU), w2, &b2, Act::None, &x);
+}
+
 }  // namespace samfast

@@ -36,11 +36,16 @@ class Ops {
   // adds; a backend may write both from one pass.
   virtual std::pair<Tensor, Tensor> layer_norm_pe(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
                                                   const Tensor& pe);
-  // linear(layer_norm(x, ln_w, ln_b, eps), w, b, act): the encoder blocks' norm1 -> qkv and norm2 ->
-  // lin1. This default composes the two; a backend may fuse them (the CUDA one does for fp8 weights:
-  // the LayerNorm writes the quantised rows and their scales that the fp8 GEMM reads).
+  // linear(layer_norm(x, ln_w, ln_b, eps), w, b, act): the encoder blocks' norm1 -> qkv. This
+  // default composes the two; a backend may fuse them (the CUDA one does for fp8 weights: the
+  // LayerNorm writes the quantised input that the fp8 GEMM reads).
   virtual Tensor layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                                    const Tensor* b, Act act = Act::None);
+  // x + linear(GELU(layer_norm_linear(x, ln_w, ln_b, eps, w1, b1)), w2, b2): the encoder blocks' MLP
+  // half (norm2 -> lin1 -> GELU -> lin2, plus the residual). This default composes them; the CUDA
+  // backend keeps the hidden layer in fp8 between its two fp8 GEMMs.
+  virtual Tensor layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w1,
+                                const Tensor& b1, const Tensor& w2, const Tensor& b2);
   // Conv2d on channel-last x (B, H, W, Cin) with w (Cout, Cin, kh, kw) -> (B, Ho, Wo, Cout).
   virtual Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) = 0;
   // The image encoder's patch embedding (ref: PatchEmbed): a Conv2d whose stride is its kernel

@@ -56,9 +56,8 @@ Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, 
     Tensor a = ops.rel_pos_attention(qkv, w(b + "attn.qkv.bias"), w(b + "attn.rel_pos_h"), w(b + "attn.rel_pos_w"),
                                      c.num_heads, c.is_global(i) ? 0 : c.window_size);  // (B, G, G, E)
     x = ops.linear(a, w(b + "attn.proj.weight"), &w(b + "attn.proj.bias"), Act::None, &x);
-    Tensor h = ops.layer_norm_linear(x, w(b + "norm2.weight"), w(b + "norm2.bias"), 1e-6f, w(b + "mlp.lin1.weight"),
-                                     &w(b + "mlp.lin1.bias"), Act::GELU);  // (B, G, G, mlp)
-    x = ops.linear(h, w(b + "mlp.lin2.weight"), &w(b + "mlp.lin2.bias"), Act::None, &x);
+    x = ops.layer_norm_mlp(x, w(b + "norm2.weight"), w(b + "norm2.bias"), 1e-6f, w(b + "mlp.lin1.weight"),
+                           w(b + "mlp.lin1.bias"), w(b + "mlp.lin2.weight"), w(b + "mlp.lin2.bias"));
     if (on_block) on_block(i, x);
   }
   // neck: 1x1 conv (a Linear on channel-last tokens), LayerNorm2d, 3x3 conv, LayerNorm2d

@@ -541,6 +541,45 @@ Tensor fp8_rows(const Tensor& x) {
   return y;
 }
 
+// The twin of the per-tensor quantisation: every value scaled by 1 / scale, rounded to E4M3, back.
+Tensor fp8_scaled(const Tensor& x, float scale) {
+  Tensor y = Tensor::empty(x.shape);
+  for (int64_t i = 0; i < x.numel(); ++i) y.data[i] = static_cast<float>(__nv_fp8_e4m3(x.data[i] / scale)) * scale;
+  return y;
+}
+
+// A weight as prepare_bulk_linear quantises it: one scale, amax / 448.
+Tensor fp8_tensor(const Tensor& w) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < w.numel(); ++i) amax = std::max(amax, std::abs(w.data[i]));
+  return fp8_scaled(w, amax > 0.f ? amax / 448.f : 1.f);
+}
+
+// The fp8 LayerNorm's output scale, from the bound written out again here: |w_k| sqrt(C - 1) + |b_k|.
+float fp8_layer_norm_scale(const Tensor& lw, const Tensor& lb) {
+  const int64_t C = lw.numel();
+  float m = 0.f;
+  for (int64_t k = 0; k < C; ++k) m = std::max(m, std::abs(lw.data[k]) * std::sqrt(float(C - 1)) + std::abs(lb.data[k]));
+  return 1.01f * m / 448.f;
+}
+
+// The bound on lin1's GELU output: (largest LayerNorm row norm, quantised) x (largest row norm of the
+// quantised weight) + largest bias, with the kernel's margins.
+float fp8_hidden_bound(const Tensor& lw, const Tensor& lb, const Tensor& w1q, const Tensor& b1, float ln_scale) {
+  const int64_t C = lw.numel(), N = w1q.dim(0);
+  float gmax = 0.f, bsq = 0.f, wn = 0.f, bmax = 0.f;
+  for (int64_t k = 0; k < C; ++k) gmax = std::max(gmax, std::abs(lw.data[k])), bsq += lb.data[k] * lb.data[k];
+  for (int64_t j = 0; j < N; ++j) {
+    float sq = 0.f;
+    for (int64_t k = 0; k < C; ++k) sq += w1q.data[j * C + k] * w1q.data[j * C + k];
+    wn = std::max(wn, std::sqrt(sq));
+    bmax = std::max(bmax, std::abs(b1.data[j]));
+  }
+  const float row = (1.f + 1.f / 16.f) * 1.01f * (gmax * std::sqrt(float(C)) + std::sqrt(bsq)) +
+                    std::sqrt(float(C)) * ln_scale / 1024.f;
+  return std::max(1.25f * (row * wn + bmax), 0.17f);
+}
+
 // Whether the GPU has fp8 tensor cores (compute capability 8.9 or later).
 bool fp8_tensor_cores() {
   int dev = 0, major = 0, minor = 0;
@@ -570,7 +609,7 @@ TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
     for (int64_t i = 0; i < in; ++i) x.data[3 * in + i] = 0.f;  // a row of zeros (scale 1)
     const Tensor wq = gpu.prepare_bulk_linear(gpu.upload(w));
     ASSERT_EQ(wq.dtype, DType::F8E4M3);
-    const Tensor xq = fp8_rows(x), wq_ref = fp8_rows(w);
+    const Tensor xq = fp8_rows(x), wq_ref = fp8_tensor(w);
     for (const auto& [act, res] : {std::pair<Act, const Tensor*>{Act::None, &r}, {Act::GELU, nullptr}, {Act::GELU, &r}}) {
       const Tensor rg = gpu.upload(r), bg = gpu.upload(b);
       const Tensor got = gpu.download(gpu.linear(gpu.upload(x), wq, &bg, act, res ? &rg : nullptr));
@@ -595,12 +634,27 @@ TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
   EXPECT_EQ(gpu.prepare_bulk_linear(gpu.upload(rand({40, 24}, -1.f, 1.f))).dtype, DType::BF16);
 }
 
-// The fused LayerNorm -> fp8 rows gives the bits of layer_norm then linear, at the encoders' widths
-// (vit_b, vit_l, vit_h) and one the fused kernel does not take (the composition then).
-TEST(CudaFp8, LayerNormLinearEqualsLayerNormThenLinear) {
+// rel L2 of got against twin and against exact, over the values of got - base (base: a residual
+// the outputs share, or none).
+std::pair<double, double> rel_errors(const Tensor& got, const Tensor& twin, const Tensor& exact, const Tensor* base) {
+  double e_twin = 0, e_exact = 0, ref2 = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const double b = base ? base->data[i] : 0.0;
+    e_twin += std::pow((double)got.data[i] - twin.data[i], 2);
+    e_exact += std::pow((double)got.data[i] - exact.data[i], 2);
+    ref2 += std::pow((double)exact.data[i] - b, 2);
+  }
+  return {std::sqrt(e_twin / ref2), std::sqrt(e_exact / ref2)};
+}
+
+// The fp8 LayerNorm -> GEMM: the LayerNorm's bf16 output quantised with the one scale of its bound,
+// against that quantisation on the CPU, at the encoders' widths (vit_b, vit_l, vit_h) and one the
+// fused kernel does not take (the composition then: per-row scales).
+TEST(CudaFp8, LayerNormLinearMatchesQuantisedCpuTwin) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
   if (!fp8_tensor_cores()) GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped";
   CudaOps gpu(0, Precision::FP8);
+  CpuOps cpu;
   Rng rng{78};
   auto rand = [&](Shape s, float lo, float hi) {
     Tensor t = Tensor::empty(std::move(s));
@@ -608,17 +662,93 @@ TEST(CudaFp8, LayerNormLinearEqualsLayerNormThenLinear) {
     return t;
   };
   for (const int64_t C : {768, 1024, 1280, 1552}) {
-    const int64_t rows = 2 * 7 * 13, out = 3 * 256;
+    const int64_t out = 3 * 256;
     Tensor x = rand({2, 7, 13, C}, -3.f, 5.f), lw = rand({C}, 0.5f, 1.5f), lb = rand({C}, -0.2f, 0.2f);
     for (int64_t i = 0; i < C; ++i) x.data[5 * C + i] = 1.f;  // a constant row: all zeros after the norm
-    const Tensor w = gpu.prepare_bulk_linear(gpu.upload(rand({out, C}, -0.1f, 0.1f))), b = gpu.upload(rand({out}, -1.f, 1.f));
-    ASSERT_EQ(w.dtype, DType::F8E4M3);
-    const Tensor xg = gpu.upload(x), lwg = gpu.upload(lw), lbg = gpu.upload(lb);
+    const Tensor w = rand({out, C}, -0.1f, 0.1f), b = rand({out}, -1.f, 1.f);
+    const Tensor wq = gpu.prepare_bulk_linear(gpu.upload(w)), bg = gpu.upload(b);
+    ASSERT_EQ(wq.dtype, DType::F8E4M3);
+    Tensor ln = cpu.layer_norm(x, lw, lb, 1e-6f, Act::None);
+    for (int64_t i = 0; i < ln.numel(); ++i) ln.data[i] = bf16_round(ln.data[i]);  // as the kernel rounds it
+    const bool fused = C <= 1280;  // (layer_norm_fp8_ok)
+    const Tensor lnq = fused ? fp8_scaled(ln, fp8_layer_norm_scale(lw, lb)) : fp8_rows(ln);
     for (const Act act : {Act::None, Act::GELU}) {
-      const Tensor fused = gpu.download(gpu.layer_norm_linear(xg, lwg, lbg, 1e-6f, w, &b, act));
-      const Tensor apart = gpu.download(gpu.linear(gpu.layer_norm(xg, lwg, lbg, 1e-6f, Act::None), w, &b, act, nullptr));
-      ASSERT_EQ(fused.shape, (Shape{2, 7, 13, out}));
-      EXPECT_EQ(std::memcmp(fused.data, apart.data, sizeof(float) * rows * out), 0) << "C " << C;
+      const Tensor got = gpu.download(gpu.layer_norm_linear(gpu.upload(x), gpu.upload(lw), gpu.upload(lb), 1e-6f, wq,
+                                                            &bg, act));
+      ASSERT_EQ(got.shape, (Shape{2, 7, 13, out}));
+      const Tensor twin = cpu.linear(lnq, fp8_tensor(w), &b, act, nullptr), exact = cpu.linear(ln, w, &b, act, nullptr);
+      const auto [rel_twin, rel_exact] = rel_errors(got, twin, exact, nullptr);
+      std::printf("[ fp8  ] layer_norm_linear C %lld%s rel_l2 vs quantised twin %.3e, vs unquantised %.3e\n",
+                  (long long)C, act == Act::GELU ? " gelu" : "", rel_twin, rel_exact);
+      EXPECT_LE(rel_twin, 1e-2) << "C " << C;
+      EXPECT_LE(rel_exact, 8e-2) << "C " << C;
+      EXPECT_GT(rel_exact, rel_twin) << "C " << C;
+    }
+  }
+}
+
+// The fp8 MLP half of a block (norm2 -> lin1 -> GELU -> lin2 + residual), its hidden layer written in
+// fp8 by lin1's GEMM with the scale of its bound, against the same quantisation on the CPU. One row
+// is lin1's largest weight row itself under a plain LayerNorm: the largest value the bound allows
+// for, which must come through unclipped.
+TEST(CudaFp8, LayerNormMlpMatchesQuantisedCpuTwin) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
+  if (!fp8_tensor_cores()) GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped";
+  CudaOps gpu(0, Precision::FP8);
+  CpuOps cpu;
+  Rng rng{79};
+  auto rand = [&](Shape s, float lo, float hi) {
+    Tensor t = Tensor::empty(std::move(s));
+    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16_round(rng.uniform(lo, hi));
+    return t;
+  };
+  for (const auto [C, plain_norm] : {std::pair<int64_t, bool>{768, false}, {1280, false}, {768, true}}) {
+    const int64_t hidden = 4 * C;
+    Tensor x = rand({3, 37, C}, -3.f, 5.f), lw = rand({C}, 0.5f, 1.5f), lb = rand({C}, -0.2f, 0.2f);
+    const Tensor w1 = rand({hidden, C}, -0.1f, 0.1f), b1 = rand({hidden}, -1.f, 1.f);
+    const Tensor w2 = rand({C, hidden}, -0.1f, 0.1f), b2 = rand({C}, -1.f, 1.f);
+    const Tensor w1q = fp8_tensor(w1), w2q = fp8_tensor(w2);
+    int64_t top = 0;  // lin1's row of largest norm
+    if (plain_norm) {
+      for (int64_t k = 0; k < C; ++k) lw.data[k] = 1.f, lb.data[k] = 0.f;
+      double best = -1;
+      for (int64_t j = 0; j < hidden; ++j) {
+        double sq = 0;
+        for (int64_t k = 0; k < C; ++k) sq += (double)w1q.data[j * C + k] * w1q.data[j * C + k];
+        if (sq > best) best = sq, top = j;
+      }
+      for (int64_t k = 0; k < C; ++k) x.data[k] = w1.data[top * C + k];  // row 0 lines up with it
+    }
+    Tensor ln = cpu.layer_norm(x, lw, lb, 1e-6f, Act::None);
+    for (int64_t i = 0; i < ln.numel(); ++i) ln.data[i] = bf16_round(ln.data[i]);
+    const float ln_scale = fp8_layer_norm_scale(lw, lb);
+    const Tensor h = cpu.linear(fp8_scaled(ln, ln_scale), w1q, &b1, Act::GELU, nullptr);
+    const float bound = fp8_hidden_bound(lw, lb, w1q, b1, ln_scale);
+    float hmax = 0.f;
+    for (int64_t i = 0; i < h.numel(); ++i) hmax = std::max(hmax, std::abs(h.data[i]));
+    const Tensor twin = cpu.linear(fp8_scaled(h, bound / 448.f), w2q, &b2, Act::None, &x);
+    const Tensor exact = cpu.linear(cpu.linear(ln, w1, &b1, Act::GELU, nullptr), w2, &b2, Act::None, &x);
+    const Tensor got = gpu.download(gpu.layer_norm_mlp(
+        gpu.upload(x), gpu.upload(lw), gpu.upload(lb), 1e-6f, gpu.prepare_bulk_linear(gpu.upload(w1)), gpu.upload(b1),
+        gpu.prepare_bulk_linear(gpu.upload(w2)), gpu.upload(b2)));
+    ASSERT_EQ(got.shape, x.shape);
+    const auto [rel_twin, rel_exact] = rel_errors(got, twin, exact, &x);
+    std::printf("[ fp8  ] layer_norm_mlp C %lld%s: hidden amax %.3g = bound / %.1f; rel_l2 of the MLP's part vs "
+                "quantised twin %.3e, vs unquantised %.3e\n",
+                (long long)C, plain_norm ? " (a row on lin1's largest)" : "", hmax, bound / hmax, rel_twin, rel_exact);
+    EXPECT_LT(hmax, bound) << "the bound does not hold";
+    EXPECT_LE(rel_twin, 2e-2) << "C " << C;
+    EXPECT_LE(rel_exact, 1e-1) << "C " << C;
+    EXPECT_GT(rel_exact, rel_twin) << "C " << C;
+    if (plain_norm) {  // the aligned row: its largest hidden value within 4x of the bound, and unclipped
+      EXPECT_GT(hmax, bound / 4) << "the bound is looser than its derivation says";
+      auto row0 = [&](const Tensor& t) {
+        Tensor r = Tensor::empty({C});
+        std::copy(t.data, t.data + C, r.data);
+        return r;
+      };
+      const Tensor x0 = row0(x);
+      EXPECT_LE(rel_errors(row0(got), row0(twin), row0(exact), &x0).first, 2e-2);
     }
   }
 }

@@ -1,6 +1,6 @@
 // Shared pieces of the CUDA backend's kernels: error checks that throw samfast::Error with the place
 // and the library's own message, element conversion between the storage types (fp32, bf16) and
-// the fp32 that all arithmetic uses, and launch-size helpers.
+// the fp32 that all arithmetic uses, warp and block reductions, and launch-size helpers.
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -106,6 +106,33 @@ __device__ __forceinline__ uint4 add_vec16(uint4 a, const uint4& b) {
 inline unsigned blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < 65535 * 16 ? b : 65535 * 16);  // grid-stride loops cover the rest
+}
+
+// Reductions over a warp, and over a block of 256 threads (red: 8 floats of shared memory), whose
+// every thread gets the result.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float block_max(float v, float* red) {
+#pragma unroll
+  for (int o = 16; o; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = red[0];
+  for (int w = 1; w < 8; ++w) v = fmaxf(v, red[w]);
+  __syncthreads();  // red is free again
+  return v;
+}
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = 0.f;
+  for (int w = 0; w < 8; ++w) v += red[w];
+  __syncthreads();
+  return v;
 }
 
 }  // namespace samfast::cuda

@@ -28,6 +28,7 @@ namespace cuda {
 struct GemmPlan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatrixLayout_t d = nullptr;  // the output's, where its type differs from C's (else c)
   cublasLtMatmulAlgo_t algo{};
   bool has_algo = false;  // false: cuBLASLt offers nothing for this shape; cublasGemmEx is used
 };
@@ -98,9 +99,9 @@ class CudaOps final : public Ops {
   // A weight of dtype F8E4M3 (from prepare_bulk_linear) runs the fp8 GEMM: x is quantised per row
   // (token) on the fly, y = bf16.
   Tensor linear(const Tensor& x, const Tensor& w, const Tensor* b, Act act, const Tensor* residual) override;
-  // With fp8_bulk: w (out, in) -> F8E4M3 (out, in), each row scaled by amax / 448, the row scales (fp32)
-  // stored after the values in the same allocation. Unchanged where out is not a multiple of 16 or
-  // in not fp8_row_length_ok (cuBLASLt's fp8 kernels need multiples of 16).
+  // With fp8_bulk: w (out, in) -> F8E4M3 (out, in) scaled by 448 / amax of the tensor, then the scale
+  // once a row (fp32) and quantize_weight_fp8's stats in the same allocation. Unchanged where out is
+  // not a multiple of 16 or in not fp8_row_length_ok (cuBLASLt's fp8 kernels need multiples of 16).
   Tensor prepare_bulk_linear(const Tensor& w) override;
   size_t weight_bytes(const Tensor& host, bool bulk) const override;
   void reserve_weights(size_t bytes) override;
@@ -110,6 +111,8 @@ class CudaOps final : public Ops {
                                           const Tensor& pe) override;
   Tensor layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                            const Tensor* b, Act act) override;
+  Tensor layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w1,
+                        const Tensor& b1, const Tensor& w2, const Tensor& b2) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
   Tensor patch_embed(const Tensor& x, const Tensor& w, const Tensor* b) override;
   Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) override;
@@ -175,11 +178,9 @@ class CudaOps final : public Ops {
   bool fp8_weight(const Tensor& w) const;  // prepare_bulk_linear quantises w
   // The next `bytes` of the weights' allocation as a tensor (from the pool where it is full).
   Tensor weight_slot(Shape shape, DType dtype, size_t bytes);
-  Tensor quantize_fp8(const Tensor& w, Tensor q);  // into q (fp8_bytes(w) bytes)
-  // y = act(xq . w^T + b) + residual for rows quantised into xq (fp8 values, then their scales at
-  // fp8_scale_offset) and a prepare_bulk_linear weight w.
-  void gemm_fp8_rows(const Tensor& xq, int64_t rows, const Tensor& w, const Tensor* b, Act act, const Tensor* residual,
-                     Tensor& y);
+  Tensor quantize_fp8(const Tensor& w, Tensor q);  // into q (fp8_weight_bytes(w) bytes)
+  // layer_norm_linear / layer_norm_mlp take the fp8 path: w fp8, the LayerNorm's kernel takes C.
+  bool fp8_layer_norm_ok(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, const Tensor& w) const;
 
   std::shared_ptr<CudaContext> ctx_;
   DType dt_;
@@ -202,21 +203,46 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
           Act act = Act::None, const void* residual = nullptr, int64_t batch = 1, int64_t sA = 0,
           int64_t sB = 0, int64_t sC = 0, bool f32_out = false);
 
-// fp8 (E4M3) GEMM, row-major: C (M, N) bf16 = act((a_scale[m] A[m, :]) . (w_scale[n] W[n, :]) + bias)
-// + residual, A (M, K) and W (N, K) fp8, through cuBLASLt with per-row and per-column (outer vector)
-// scales; bias and residual bf16 (an activation and a residual together: the residual added after).
+// How the fp8 GEMM's operands are scaled: per row of A and per row of W (cuBLASLt's outer vectors,
+// a_scale[M] and w_scale[N]), or one scale each (a_scale[0], w_scale[0]: the per-tensor mode, the only
+// one in which cuBLASLt writes an fp8 output, and the faster one at the encoder's shapes).
+enum class Fp8Scales { RowsAndColumns, Tensor };
+
+// fp8 (E4M3) GEMM, row-major: C (M, N) bf16 = act((a_scale A[m, :]) . (w_scale W[n, :]) + bias)
+// + residual, A (M, K) and W (N, K) fp8, through cuBLASLt; bias and residual bf16 (an activation and
+// a residual together: the residual added after). With out_scale (a device float; per-tensor
+// scales, no residual): C is fp8 E4M3, *out_scale times that, which must stay within E4M3's 448.
 void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale, const void* W,
-              const float* w_scale, void* C, const void* bias, Act act, const void* residual);
+              const float* w_scale, void* C, const void* bias, Act act, const void* residual,
+              Fp8Scales scales = Fp8Scales::RowsAndColumns, const float* out_scale = nullptr);
 
 // Rows of x (rows, K) bf16 -> q (rows, K) fp8 E4M3 scaled by 448 / amax of the row, and scale[row]
 // = amax / 448 (1 for a row of zeros). K: fp8_row_length_ok (a multiple of 16, at most 8192).
 bool fp8_row_length_ok(int64_t K);
 void quantize_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t rows, int64_t K, void* q, float* scale);
 // The same rows and scales for LayerNorm(x) (x, w, b bf16, rows of C, 16-byte aligned): the values
-// quantize_rows_fp8 gives for layer_norm's bf16 output, in one kernel. C: layer_norm_fp8_ok.
+// quantize_rows_fp8 gives for layer_norm's bf16 output, in one kernel. C: layer_norm_fp8_ok. With
+// tensor_scale (a device float, fp8_bounds' first): every row scaled by 1 / *tensor_scale instead,
+// and no row scales written.
 bool layer_norm_fp8_ok(int64_t C);
 void layer_norm_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b,
-                         int64_t rows, int64_t C, float eps, void* q, float* scale);
+                         int64_t rows, int64_t C, float eps, void* q, float* scale, const float* tensor_scale = nullptr);
+
+// A weight w (rows, K) bf16 -> q fp8 E4M3 scaled by 448 / amax of the whole tensor, scale[row] = amax
+// / 448 for every row (the outer-vector GEMMs read them, the per-tensor ones scale[0]), and stats[0]
+// = the largest Euclidean norm of a row of the quantised weight (its values times the scale).
+void quantize_weight_fp8(CudaContext& ctx, const __nv_bfloat16* w, int64_t rows, int64_t K, void* q, float* scale,
+                         float* stats);
+
+// The per-tensor scales of LayerNorm -> fp8 GEMM [-> GELU -> fp8 GEMM] from bounds that every input
+// meets, so that nothing reads the activations to find them (gemm.cu derives the bounds). out[0]:
+// the LayerNorm's output scale (LayerNorm weight and bias ln_w, ln_b of C). With the first GEMM's
+// bias (N) and its weight's quantize_weight_fp8 stats: out[kFp8ScaleStride] = 448 / bound of
+// |GELU(first GEMM)|, its fp8 output's scale, and out[2 kFp8ScaleStride] = 1 / that, the second
+// GEMM's input scale. (cuBLASLt takes scale pointers 16-byte aligned only: "not supported".)
+constexpr int64_t kFp8ScaleStride = 64;
+void fp8_bounds(CudaContext& ctx, const __nv_bfloat16* ln_w, const __nv_bfloat16* ln_b, int64_t C,
+                const __nv_bfloat16* bias, int64_t N, const float* w_stats, float* out);
 
 // y (rows, cols) = act(y + bias) + residual in place; bias (cols) and residual (rows, cols) optional.
 void bias_act_residual(CudaContext& ctx, DType dt, void* y, int64_t rows, int64_t cols, const void* bias, Act act,

@@ -37,37 +37,13 @@ using cuda::pack16;
 using cuda::quad_row_stats;
 using cuda::unpack16;
 using cuda::to_f32;
+using cuda::block_max;
+using cuda::block_sum;
+using cuda::warp_sum;
 using cuda::warp_tile_abt;
 
 void check(bool ok, const char* op, const std::string& what) {
   if (!ok) throw Error(std::string(op) + ": " + what);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// The maximum (sum) of v over a block of 256 threads; red: 8 floats of shared memory.
-__device__ __forceinline__ float block_max(float v, float* red) {
-#pragma unroll
-  for (int o = 16; o; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  v = red[0];
-  for (int w = 1; w < 8; ++w) v = fmaxf(v, red[w]);
-  __syncthreads();  // red is free again
-  return v;
-}
-__device__ __forceinline__ float block_sum(float v, float* red) {
-  v = warp_sum(v);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  v = 0.f;
-  for (int w = 0; w < 8; ++w) v += red[w];
-  __syncthreads();
-  return v;
 }
 
 // exp for the softmax: bf16 / fp16 outputs take the fast one, its error far below their rounding.

@@ -68,6 +68,7 @@ void GemmPlanCache::clear() {
     if (p.a) cublasLtMatrixLayoutDestroy(p.a);
     if (p.b) cublasLtMatrixLayoutDestroy(p.b);
     if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+    if (p.d) cublasLtMatrixLayoutDestroy(p.d);
     if (p.desc) cublasLtMatmulDescDestroy(p.desc);
   }
   plans_.clear();
@@ -123,7 +124,7 @@ std::vector<cublasLtMatmulAlgo_t> heuristic_algos(CudaContext& ctx, const GemmPl
   cublasLtMatmulHeuristicResult_t results[kMaxAlgos]{};
   int found = 0;
   const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.c, pref, kMaxAlgos, results, &found);
+      cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.a, p.b, p.c, p.d ? p.d : p.c, pref, kMaxAlgos, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   std::vector<cublasLtMatmulAlgo_t> algos;
   if (st == CUBLAS_STATUS_SUCCESS)
@@ -310,12 +311,14 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_rows_fp8_kernel(const 
 // LayerNorm sums them, each value rounded to bf16 as that LayerNorm writes it, then the row's amax
 // and its fp8 values and scale as quantize_rows_fp8_kernel makes them from those bf16 values: the
 // same numbers as the two kernels, without writing the bf16 rows out and reading them back.
-template <int kNV>
+// With kTensorScale, every row is scaled by 1 / *tensor_scale (fp8_bounds) and no row scale written.
+template <int kNV, bool kTensorScale>
 __global__ void __launch_bounds__(256) layer_norm_rows_fp8_kernel(const __nv_bfloat16* __restrict__ x,
                                                                   const __nv_bfloat16* __restrict__ w,
                                                                   const __nv_bfloat16* __restrict__ b, int64_t rows,
                                                                   int C, float eps, __nv_fp8x4_e4m3* __restrict__ q,
-                                                                  float* __restrict__ scale) {
+                                                                  float* __restrict__ scale,
+                                                                  const float* __restrict__ tensor_scale) {
   const int lane = threadIdx.x % 32, nvec = C / 8;
   const int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   const bool active = row < rows;  // inactive lanes still join the shuffles
@@ -354,10 +357,16 @@ __global__ void __launch_bounds__(256) layer_norm_rows_fp8_kernel(const __nv_bfl
       amax = fmaxf(amax, fabsf(v[j][k]));
     }
   }
-  for (int o = 16; o; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  if (!active) return;
-  const float inv = amax > 0.f ? 448.f / amax : 1.f;
-  if (lane == 0) scale[row] = amax > 0.f ? amax / 448.f : 1.f;
+  float inv;
+  if constexpr (kTensorScale) {
+    if (!active) return;
+    inv = 1.f / *tensor_scale;
+  } else {
+    for (int o = 16; o; o /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (!active) return;
+    inv = amax > 0.f ? 448.f / amax : 1.f;
+    if (lane == 0) scale[row] = amax > 0.f ? amax / 448.f : 1.f;
+  }
   uint2* dst = reinterpret_cast<uint2*>(q + row * (C / 4));
 #pragma unroll
   for (int j = 0; j < kNV; ++j) {
@@ -375,19 +384,123 @@ __global__ void __launch_bounds__(256) layer_norm_rows_fp8_kernel(const __nv_bfl
 bool layer_norm_fp8_ok(int64_t C) { return fp8_row_length_ok(C) && C / 8 <= 32 * 6; }
 
 void layer_norm_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b,
-                         int64_t rows, int64_t C, float eps, void* q, float* scale) {
+                         int64_t rows, int64_t C, float eps, void* q, float* scale, const float* tensor_scale) {
   if (!layer_norm_fp8_ok(C)) throw Error("layer_norm_rows_fp8: row length " + std::to_string(C) + " is not supported");
   if (rows == 0) return;
   const int threads = 256;
   const unsigned grid = static_cast<unsigned>((rows * 32 + threads - 1) / threads);
   auto* qq = static_cast<__nv_fp8x4_e4m3*>(q);
-  switch ((C / 8 + 31) / 32) {
-#define SAMFAST_LN_FP8_CASE(N) \
-  case N: layer_norm_rows_fp8_kernel<N><<<grid, threads, 0, ctx.stream>>>(x, w, b, rows, (int)C, eps, qq, scale); break;
+  switch ((C / 8 + 31) / 32 * 2 + (tensor_scale != nullptr)) {
+#define SAMFAST_LN_FP8_CASE(N)                                                                                          \
+  case 2 * N:                                                                                                           \
+    layer_norm_rows_fp8_kernel<N, false><<<grid, threads, 0, ctx.stream>>>(x, w, b, rows, (int)C, eps, qq, scale,      \
+                                                                           nullptr);                                   \
+    break;                                                                                                              \
+  case 2 * N + 1:                                                                                                       \
+    layer_norm_rows_fp8_kernel<N, true><<<grid, threads, 0, ctx.stream>>>(x, w, b, rows, (int)C, eps, qq, nullptr,     \
+                                                                          tensor_scale);                               \
+    break;
     SAMFAST_LN_FP8_CASE(1) SAMFAST_LN_FP8_CASE(2) SAMFAST_LN_FP8_CASE(3) SAMFAST_LN_FP8_CASE(4)
     SAMFAST_LN_FP8_CASE(5) SAMFAST_LN_FP8_CASE(6)
 #undef SAMFAST_LN_FP8_CASE
   }
+  CUDA_LAUNCH_CHECK();
+}
+
+namespace {
+
+// atomicMax for floats >= 0, whose bit patterns order as unsigned integers do.
+__device__ void atomic_max_nonneg(float* a, float v) {
+  atomicMax(reinterpret_cast<unsigned*>(a), __float_as_uint(v));
+}
+
+// Load time only (a block of 256 threads): the weight's amax into stats[1] (zeroed before).
+__global__ void weight_amax_kernel(const __nv_bfloat16* __restrict__ w, int64_t n, float* stats) {
+  float m = 0.f;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    m = fmaxf(m, fabsf(__bfloat162float(w[i])));
+  __shared__ float red[8];
+  m = cuda::block_max(m, red);
+  if (threadIdx.x == 0) atomic_max_nonneg(stats + 1, m);
+}
+
+// A block a row: the row quantised with the tensor's scale, its quantised norm into stats[0].
+__global__ void quantize_weight_fp8_kernel(const __nv_bfloat16* __restrict__ w, int K, __nv_fp8_e4m3* __restrict__ q,
+                                           float* __restrict__ scale, float* stats) {
+  const int64_t row = blockIdx.x;
+  const float amax = stats[1], s = amax > 0.f ? amax / 448.f : 1.f, inv = 1.f / s;
+  float sq = 0.f;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    const __nv_fp8_e4m3 v(__bfloat162float(w[row * K + k]) * inv);
+    q[row * K + k] = v;
+    const float d = static_cast<float>(v) * s;
+    sq += d * d;
+  }
+  __shared__ float red[8];
+  sq = cuda::block_sum(sq, red);
+  if (threadIdx.x == 0) {
+    scale[row] = s;
+    atomic_max_nonneg(stats, sqrtf(sq));
+  }
+}
+
+// The bounds (fp8_bounds). LayerNorm's output is w * n + b with n of zero mean and mean square at
+// most 1 (exactly var / (var + eps)), so |n_k| <= sqrt(C - 1) and ||n|| <= sqrt(C): each output value
+// is at most max_k |w_k| sqrt(C - 1) + |b_k| (+1% for its rounding to bf16), a row's norm at most
+// max |w| sqrt(C) + ||b||. Quantised, a value moves by at most 1/16 of itself (E4M3 keeps 3 mantissa
+// bits) or by scale / 1024 below E4M3's normal range. A value of the GEMM's product is then at most
+// the row norm times the weight's largest row norm (Cauchy-Schwarz) plus the bias; GELU keeps it
+// within that (or -0.17); 25% is left for the accumulation's rounding. The bounds exceed the values
+// met (Cauchy-Schwarz by about sqrt(C) for vectors that do not line up), which costs little: E4M3
+// keeps 3 mantissa bits over 15 octaves, so only values below 2^-6 / 448 of the bound leave its
+// normal range, and they are then rounded by at most 2^-19 of the bound, far below the 1/16
+// relative rounding of the values that carry the sum. Per-row scales (quantize_rows_fp8) would
+// need a pass over the activations: 6% of vit_h's fp8 encoder (BENCHMARKS.md).
+__global__ void fp8_bounds_kernel(const __nv_bfloat16* __restrict__ ln_w, const __nv_bfloat16* __restrict__ ln_b,
+                                  int C, const __nv_bfloat16* __restrict__ bias, int N, const float* w_stats,
+                                  float* out) {
+  const float root = sqrtf(float(C - 1));
+  float value = 0.f, wmax = 0.f, bsq = 0.f, bias_max = 0.f;
+  for (int k = threadIdx.x; k < C; k += blockDim.x) {
+    const float g = fabsf(__bfloat162float(ln_w[k])), be = __bfloat162float(ln_b[k]);
+    value = fmaxf(value, g * root + fabsf(be));
+    wmax = fmaxf(wmax, g);
+    bsq += be * be;
+  }
+  if (bias)
+    for (int j = threadIdx.x; j < N; j += blockDim.x) bias_max = fmaxf(bias_max, fabsf(__bfloat162float(bias[j])));
+  __shared__ float red[8];
+  value = cuda::block_max(value, red);
+  wmax = cuda::block_max(wmax, red);
+  bsq = cuda::block_sum(bsq, red);
+  bias_max = cuda::block_max(bias_max, red);
+  if (threadIdx.x != 0) return;
+  const float bound = 1.01f * value, s = bound > 0.f ? bound / 448.f : 1.f;
+  out[0] = s;
+  if (!w_stats) return;
+  const float row_norm = (1.f + 1.f / 16.f) * 1.01f * (wmax * sqrtf(float(C)) + sqrtf(bsq)) + sqrtf(float(C)) * s / 1024.f;
+  const float z = fmaxf(1.25f * (row_norm * w_stats[0] + bias_max), 0.17f);
+  out[kFp8ScaleStride] = 448.f / z;
+  out[2 * kFp8ScaleStride] = z / 448.f;
+}
+
+}  // namespace
+
+void quantize_weight_fp8(CudaContext& ctx, const __nv_bfloat16* w, int64_t rows, int64_t K, void* q, float* scale,
+                         float* stats) {
+  CUDA_CHECK(cudaMemsetAsync(stats, 0, 2 * sizeof(float), ctx.stream));
+  if (rows == 0 || K == 0) return;
+  weight_amax_kernel<<<cuda::blocks_for(rows * K, 256), 256, 0, ctx.stream>>>(w, rows * K, stats);
+  CUDA_LAUNCH_CHECK();
+  quantize_weight_fp8_kernel<<<static_cast<unsigned>(rows), 256, 0, ctx.stream>>>(
+      w, static_cast<int>(K), static_cast<__nv_fp8_e4m3*>(q), scale, stats);
+  CUDA_LAUNCH_CHECK();
+}
+
+void fp8_bounds(CudaContext& ctx, const __nv_bfloat16* ln_w, const __nv_bfloat16* ln_b, int64_t C,
+                const __nv_bfloat16* bias, int64_t N, const float* w_stats, float* out) {
+  fp8_bounds_kernel<<<1, 256, 0, ctx.stream>>>(ln_w, ln_b, static_cast<int>(C), bias, static_cast<int>(N), w_stats,
+                                               out);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -410,53 +523,65 @@ void quantize_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t rows, i
 }
 
 void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale, const void* W,
-              const float* w_scale, void* C, const void* bias, Act act, const void* residual) {
+              const float* w_scale, void* C, const void* bias, Act act, const void* residual, Fp8Scales scales,
+              const float* out_scale) {
   if (M == 0 || N == 0) return;
+  const bool fp8_out = out_scale != nullptr;
+  if (fp8_out && (residual || scales != Fp8Scales::Tensor))
+    throw Error("gemm_fp8: an fp8 output takes per-tensor scales and no residual");
   // As in gemm(): cuBLAS's first operand is the weight (N x K, transposed), its second the
-  // activations; its per-"row" (A) scale is the weight's per-output-channel one.
+  // activations; its "A" scale is the weight's.
   const bool post = act != Act::None && residual;  // activation first, then the residual
   const void* c_in = post ? nullptr : residual;
   const cublasLtEpilogue_t epi = epilogue_of(bias != nullptr, post ? Act::None : act);
   // (-1 where gemm()'s keys have the storage type: the fp8 plans apart from the 16-bit ones)
-  const GemmPlanCache::Key key{-1, 0, M, N, K, 0, 0, 0, 1, 0, 0, 0, (int64_t)epi, c_in != nullptr, 0, 0};
+  const GemmPlanCache::Key key{-1, 0, M, N, K, (int64_t)scales, fp8_out, 0, 1, 0, 0, 0, (int64_t)epi, c_in != nullptr,
+                              0, 0};
   const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
+  // (an fp8 output reads no C: beta is 0, and C's type, bf16, is not the output's)
+  const void* c_ptr = c_in ? c_in : fp8_out ? nullptr : C;
   auto matmul = [&](const GemmPlan& p, const cublasLtMatmulAlgo_t& algo) {
-    return cublasLtMatmul(ctx.lt, p.desc, &alpha, W, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &algo,
+    return cublasLtMatmul(ctx.lt, p.desc, &alpha, W, p.a, A, p.b, &beta, c_ptr, p.c, C, p.d ? p.d : p.c, &algo,
                           ctx.workspace, ctx.workspace_bytes, ctx.stream);
+  };
+  // The heuristic looks at the scale (and bias) pointers: without them it offers no fp8 kernel. They
+  // are set again at each call, as they change between calls.
+  auto set_pointers = [&](cublasLtMatmulDesc_t desc) {
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
+    if (fp8_out)
+      CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_D_SCALE_POINTER, &out_scale, sizeof out_scale));
+    if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
   };
   const GemmPlan& p = ctx.gemm_plans.get(key, [&] {
     auto configure = [&](GemmPlan& plan) {
       const cudaDataType_t bias_type = CUDA_R_16BF;
       CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type));
-      const cublasLtMatmulMatrixScale_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec, sizeof vec));
-      CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof vec));
+      if (scales == Fp8Scales::RowsAndColumns) {  // (per-tensor is cuBLASLt's default)
+        const cublasLtMatmulMatrixScale_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec, sizeof vec));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof vec));
+      }
       // Fast accumulation: the tensor cores' own accumulator over all of K, without cuBLASLt's
       // periodic promotion of partial sums to fp32, which slows the GEMMs (BENCHMARKS.md). Its
       // rounding is far below E4M3's own (3 mantissa bits): vit_b's parity figures did not move.
       const int8_t fast_accum = 1;
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum,
                                                   sizeof fast_accum));
-      // The heuristic looks at the scale (and bias) pointers: without them it offers no fp8 kernel.
-      CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
-      CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
-      if (bias)
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+      set_pointers(plan.desc);
       plan.a = make_layout(CUDA_R_8F_E4M3, K, N, K, 1, 0);
       plan.b = make_layout(CUDA_R_8F_E4M3, K, M, K, 1, 0);
       plan.c = make_layout(CUDA_R_16BF, N, M, N, 1, 0);
+      if (fp8_out) plan.d = make_layout(CUDA_R_8F_E4M3, N, M, N, 1, 0);
     };
     return new_plan(ctx, CUBLAS_OP_T, epi, 0, 2.0 * M * N * K, C == c_in, configure, matmul);
   });
   if (!p.has_algo)
     throw Error("fp8 GEMM (" + std::to_string(M) + " x " + std::to_string(N) + " x " + std::to_string(K) +
                 "): cuBLASLt has no kernel for it on this GPU; use --precision bf16");
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale));
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof a_scale));
-  if (bias) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  set_pointers(p.desc);
   CUBLAS_CHECK(matmul(p, p.algo));
   if (post) bias_act_residual(ctx, DType::BF16, C, M, N, nullptr, act, residual);
 }
@@ -651,13 +776,22 @@ bool CudaOps::fp8_weight(const Tensor& w) const {
 }
 
 namespace {
-size_t fp8_bytes(int64_t out, int64_t in) { return fp8_scale_offset(out, in) + sizeof(float) * out; }  // values, scales
+// An F8E4M3 weight's allocation: values, row scales, then quantize_weight_fp8's two stats.
+size_t fp8_stats_offset(int64_t out, int64_t in) { return fp8_scale_offset(out, in) + sizeof(float) * out; }
+size_t fp8_weight_bytes(int64_t out, int64_t in) { return fp8_stats_offset(out, in) + 2 * sizeof(float); }
+// Activations' rows: values, then their scales.
+size_t fp8_rows_bytes(int64_t rows, int64_t in) { return fp8_scale_offset(rows, in) + sizeof(float) * rows; }
+
+template <class T>
+T* at_offset(const Tensor& t, size_t bytes) {
+  return reinterpret_cast<T*>(t.ptr<char>() + bytes);
+}
 }  // namespace
 
 Tensor CudaOps::quantize_fp8(const Tensor& w, Tensor q) {
   const int64_t out = w.dim(0), in = w.dim(1);
-  cuda::quantize_rows_fp8(*ctx_, w.ptr<__nv_bfloat16>(), out, in, q.data,
-                          reinterpret_cast<float*>(q.ptr<char>() + fp8_scale_offset(out, in)));
+  cuda::quantize_weight_fp8(*ctx_, w.ptr<__nv_bfloat16>(), out, in, q.data, at_offset<float>(q, fp8_scale_offset(out, in)),
+                            at_offset<float>(q, fp8_stats_offset(out, in)));
   q.shape = w.shape;
   q.dtype = DType::F8E4M3;
   return q;
@@ -667,11 +801,11 @@ Tensor CudaOps::prepare_bulk_linear(const Tensor& w) {
   expect(w, "prepare_bulk_linear", "weight");
   check(w.ndim() == 2, "prepare_bulk_linear", "expected an (out, in) weight, got " + shape_str(w.shape));
   if (!fp8_weight(w)) return w;
-  return quantize_fp8(w, empty({static_cast<int64_t>(fp8_bytes(w.dim(0), w.dim(1)))}, DType::U8));
+  return quantize_fp8(w, empty({static_cast<int64_t>(fp8_weight_bytes(w.dim(0), w.dim(1)))}, DType::U8));
 }
 
 size_t CudaOps::weight_bytes(const Tensor& host, bool bulk) const {
-  const size_t bytes = bulk && fp8_weight(host) ? fp8_bytes(host.dim(0), host.dim(1))
+  const size_t bytes = bulk && fp8_weight(host) ? fp8_weight_bytes(host.dim(0), host.dim(1))
                                                 : element_size(dt_) * static_cast<size_t>(host.numel());
   return cuda::DevicePool::rounded(bytes);
 }
@@ -696,7 +830,7 @@ Tensor CudaOps::weight_slot(Shape shape, DType dtype, size_t bytes) {
 Tensor CudaOps::upload_weight(const Tensor& host, bool bulk) {
   if (bulk && fp8_weight(host)) {
     const Tensor staged = upload(host);  // bf16, then fp8 into the allocation
-    const size_t bytes = fp8_bytes(host.dim(0), host.dim(1));
+    const size_t bytes = fp8_weight_bytes(host.dim(0), host.dim(1));
     return quantize_fp8(staged, weight_slot({static_cast<int64_t>(bytes)}, DType::U8, bytes));
   }
   Tensor y = weight_slot(host.shape, dt_, element_size(dt_) * static_cast<size_t>(host.numel()));
@@ -715,10 +849,11 @@ Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act ac
   ys.back() = out;
   Tensor y = empty(ys);
   if (w.dtype == DType::F8E4M3) {  // the activations quantised per row, into a scratch buffer
-    Tensor xq = empty({static_cast<int64_t>(fp8_bytes(rows, in))}, DType::U8);
-    float* xs = reinterpret_cast<float*>(xq.ptr<char>() + fp8_scale_offset(rows, in));
+    Tensor xq = empty({static_cast<int64_t>(fp8_rows_bytes(rows, in))}, DType::U8);
+    float* xs = at_offset<float>(xq, fp8_scale_offset(rows, in));
     cuda::quantize_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), rows, in, xq.data, xs);
-    gemm_fp8_rows(xq, rows, w, b, act, residual, y);
+    cuda::gemm_fp8(*ctx_, rows, out, in, xq.data, xs, w.data, at_offset<float>(w, fp8_scale_offset(out, in)), y.data,
+                   b ? b->data : nullptr, act, residual ? residual->data : nullptr);
     return y;
   }
   cuda::gemm(*ctx_, dt_, true, rows, out, in, x.data, in, w.data, in, y.data, out, b ? b->data : nullptr, act,
@@ -726,34 +861,68 @@ Tensor CudaOps::linear(const Tensor& x, const Tensor& w, const Tensor* b, Act ac
   return y;
 }
 
-void CudaOps::gemm_fp8_rows(const Tensor& xq, int64_t rows, const Tensor& w, const Tensor* b, Act act,
-                            const Tensor* residual, Tensor& y) {
-  const int64_t in = w.dim(1), out = w.dim(0);
-  cuda::gemm_fp8(*ctx_, rows, out, in, xq.data, reinterpret_cast<const float*>(xq.ptr<char>() + fp8_scale_offset(rows, in)),
-                 w.data, reinterpret_cast<const float*>(w.ptr<char>() + fp8_scale_offset(out, in)), y.data,
-                 b ? b->data : nullptr, act, residual ? residual->data : nullptr);
-}
-
-Tensor CudaOps::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
-                                  const Tensor* b, Act act) {
+bool CudaOps::fp8_layer_norm_ok(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, const Tensor& w) const {
   const int64_t C = x.ndim() ? x.dim(-1) : 0;
   auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data) % 16 == 0; };
-  if (w.dtype != DType::F8E4M3 || !cuda::layer_norm_fp8_ok(C) || !aligned(x) || !aligned(ln_w) || !aligned(ln_b))
-    return Ops::layer_norm_linear(x, ln_w, ln_b, eps, w, b, act);
+  return w.dtype == DType::F8E4M3 && cuda::layer_norm_fp8_ok(C) && aligned(x) && aligned(ln_w) && aligned(ln_b);
+}
+
+// fp8: the LayerNorm writes the GEMM's input, quantised with one scale from fp8_bounds (no pass over
+// the activations), and the GEMM runs cuBLASLt's per-tensor fp8 kernels.
+Tensor CudaOps::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
+                                  const Tensor* b, Act act) {
+  if (!fp8_layer_norm_ok(x, ln_w, ln_b, w)) return Ops::layer_norm_linear(x, ln_w, ln_b, eps, w, b, act);
   expect(x, "layer_norm_linear", "input");
   expect(ln_w, "layer_norm_linear", "LayerNorm weight");
   expect(ln_b, "layer_norm_linear", "LayerNorm bias");
   if (b) expect(*b, "layer_norm_linear", "bias");
   check_layer_norm(x, ln_w, ln_b);
   check_linear(x, w, b, nullptr);
-  const int64_t rows = x.numel() / C;
+  const int64_t C = x.dim(-1), rows = x.numel() / C, out = w.dim(0);
   Shape ys = x.shape;
-  ys.back() = w.dim(0);
+  ys.back() = out;
   Tensor y = empty(ys);
-  Tensor xq = empty({static_cast<int64_t>(fp8_bytes(rows, C))}, DType::U8);
+  Tensor scales = empty({1}, DType::F32);
+  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, nullptr, 0, nullptr, scales.data);
+  Tensor xq = empty({rows * C}, DType::U8);
   cuda::layer_norm_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), rows, C,
-                            eps, xq.data, reinterpret_cast<float*>(xq.ptr<char>() + fp8_scale_offset(rows, C)));
-  gemm_fp8_rows(xq, rows, w, b, act, nullptr, y);
+                            eps, xq.data, nullptr, scales.data);
+  cuda::gemm_fp8(*ctx_, rows, out, C, xq.data, scales.data, w.data, at_offset<float>(w, fp8_scale_offset(out, C)),
+                 y.data, b ? b->data : nullptr, act, nullptr, cuda::Fp8Scales::Tensor);
+  return y;
+}
+
+// fp8: as layer_norm_linear, with lin1's GELU output written in fp8 by its GEMM (scaled by
+// fp8_bounds' bound on it), which lin2 reads as it is: no pass over the (rows, 4C) hidden layer.
+Tensor CudaOps::layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w1,
+                               const Tensor& b1, const Tensor& w2, const Tensor& b2) {
+  if (!fp8_layer_norm_ok(x, ln_w, ln_b, w1) || w2.dtype != DType::F8E4M3)
+    return Ops::layer_norm_mlp(x, ln_w, ln_b, eps, w1, b1, w2, b2);
+  expect(x, "layer_norm_mlp", "input");
+  expect(ln_w, "layer_norm_mlp", "LayerNorm weight");
+  expect(ln_b, "layer_norm_mlp", "LayerNorm bias");
+  expect(b1, "layer_norm_mlp", "lin1 bias");
+  expect(b2, "layer_norm_mlp", "lin2 bias");
+  check_layer_norm(x, ln_w, ln_b);
+  check_linear(x, w1, &b1, nullptr);
+  const int64_t C = x.dim(-1), rows = x.numel() / C, hidden = w1.dim(0);
+  check(w2.ndim() == 2 && w2.dim(1) == hidden && w2.dim(0) == C, "layer_norm_mlp",
+        "lin2 weight " + shape_str(w2.shape) + " does not map lin1's " + std::to_string(hidden) + " outputs back to " +
+            std::to_string(C));
+  check(b2.ndim() == 1 && b2.dim(0) == C, "layer_norm_mlp", "lin2 bias " + shape_str(b2.shape) + " is not (" +
+                                                                std::to_string(C) + ")");
+  Tensor scales = empty({3 * cuda::kFp8ScaleStride}, DType::F32);
+  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, b1.ptr<__nv_bfloat16>(), hidden,
+                   at_offset<float>(w1, fp8_stats_offset(hidden, C)), scales.data);
+  Tensor xq = empty({rows * C}, DType::U8);
+  cuda::layer_norm_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), rows, C,
+                            eps, xq.data, nullptr, scales.data);
+  Tensor h = empty({rows * hidden}, DType::U8);
+  cuda::gemm_fp8(*ctx_, rows, hidden, C, xq.data, scales.data, w1.data, at_offset<float>(w1, fp8_scale_offset(hidden, C)),
+                 h.data, b1.data, Act::GELU, nullptr, cuda::Fp8Scales::Tensor, scales.data + cuda::kFp8ScaleStride);
+  Tensor y = empty(x.shape);
+  cuda::gemm_fp8(*ctx_, rows, C, hidden, h.data, scales.data + 2 * cuda::kFp8ScaleStride, w2.data, at_offset<float>(w2, fp8_scale_offset(C, hidden)),
+                 y.data, b2.data, Act::None, x.data, cuda::Fp8Scales::Tensor);
   return y;
 }
 
