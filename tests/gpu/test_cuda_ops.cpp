@@ -541,6 +541,13 @@ Tensor fp8_rows(const Tensor& x) {
   return y;
 }
 
+// A tensor of uniform values in [lo, hi), each rounded to bf16 (the fp8 tests' inputs, exact in bf16).
+Tensor uniform_bf16(Rng& rng, Shape s, float lo, float hi) {
+  Tensor t = Tensor::empty(std::move(s));
+  for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16_round(rng.uniform(lo, hi));
+  return t;
+}
+
 // The twin of the per-tensor quantisation: every value scaled by 1 / scale, rounded to E4M3, back.
 Tensor fp8_scaled(const Tensor& x, float scale) {
   Tensor y = Tensor::empty(x.shape);
@@ -598,11 +605,7 @@ TEST(CudaFp8, LinearMatchesQuantisedCpuTwin) {
   CudaOps gpu(0, Precision::FP8);
   CpuOps cpu;
   Rng rng{77};
-  auto rand = [&](Shape s, float lo, float hi) {
-    Tensor t = Tensor::empty(std::move(s));
-    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16_round(rng.uniform(lo, hi));
-    return t;
-  };
+  auto rand = [&](Shape s, float lo, float hi) { return uniform_bf16(rng, std::move(s), lo, hi); };
   for (const auto [rows, in, out] : {std::tuple<int64_t, int64_t, int64_t>{300, 256, 192}, {64, 768, 2304}}) {
     Tensor x = rand({rows, in}, -2.f, 2.f), w = rand({out, in}, -0.1f, 0.1f), b = rand({out}, -1.f, 1.f);
     Tensor r = rand({rows, out}, -1.f, 1.f);
@@ -656,11 +659,7 @@ TEST(CudaFp8, LayerNormLinearMatchesQuantisedCpuTwin) {
   CudaOps gpu(0, Precision::FP8);
   CpuOps cpu;
   Rng rng{78};
-  auto rand = [&](Shape s, float lo, float hi) {
-    Tensor t = Tensor::empty(std::move(s));
-    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16_round(rng.uniform(lo, hi));
-    return t;
-  };
+  auto rand = [&](Shape s, float lo, float hi) { return uniform_bf16(rng, std::move(s), lo, hi); };
   for (const int64_t C : {768, 1024, 1280, 1552}) {
     const int64_t out = 3 * 256;
     Tensor x = rand({2, 7, 13, C}, -3.f, 5.f), lw = rand({C}, 0.5f, 1.5f), lb = rand({C}, -0.2f, 0.2f);
@@ -697,11 +696,7 @@ TEST(CudaFp8, LayerNormMlpMatchesQuantisedCpuTwin) {
   CudaOps gpu(0, Precision::FP8);
   CpuOps cpu;
   Rng rng{79};
-  auto rand = [&](Shape s, float lo, float hi) {
-    Tensor t = Tensor::empty(std::move(s));
-    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16_round(rng.uniform(lo, hi));
-    return t;
-  };
+  auto rand = [&](Shape s, float lo, float hi) { return uniform_bf16(rng, std::move(s), lo, hi); };
   for (const auto [C, plain_norm] : {std::pair<int64_t, bool>{768, false}, {1280, false}, {768, true}}) {
     const int64_t hidden = 4 * C;
     Tensor x = rand({3, 37, C}, -3.f, 5.f), lw = rand({C}, 0.5f, 1.5f), lb = rand({C}, -0.2f, 0.2f);
