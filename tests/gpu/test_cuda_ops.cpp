@@ -566,7 +566,8 @@ Tensor fp8_tensor(const Tensor& w) {
 float fp8_layer_norm_scale(const Tensor& lw, const Tensor& lb) {
   const int64_t C = lw.numel();
   float m = 0.f;
-  for (int64_t k = 0; k < C; ++k) m = std::max(m, std::abs(lw.data[k]) * std::sqrt(float(C - 1)) + std::abs(lb.data[k]));
+  for (int64_t k = 0; k < C; ++k)
+    m = std::max(m, std::abs(lw.data[k]) * std::sqrt(float(C - 1)) + std::abs(lb.data[k]));
   return 1.01f * m / 448.f;
 }
 

@@ -226,7 +226,8 @@ void quantize_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t rows, i
 // and no row scales written.
 bool layer_norm_fp8_ok(int64_t C);
 void layer_norm_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* b,
-                         int64_t rows, int64_t C, float eps, void* q, float* scale, const float* tensor_scale = nullptr);
+                         int64_t rows, int64_t C, float eps, void* q, float* scale,
+                         const float* tensor_scale = nullptr);
 
 // A weight w (rows, K) bf16 -> q fp8 E4M3 scaled by 448 / amax of the whole tensor, scale[row] = amax
 // / 448 for every row (the outer-vector GEMMs read them, the per-tensor ones scale[0]), and stats[0]

@@ -478,7 +478,8 @@ __global__ void fp8_bounds_kernel(const __nv_bfloat16* __restrict__ ln_w, const 
   const float bound = 1.01f * value, s = bound > 0.f ? bound / 448.f : 1.f;
   out[0] = s;
   if (!w_stats) return;
-  const float row_norm = (1.f + 1.f / 16.f) * 1.01f * (wmax * sqrtf(float(C)) + sqrtf(bsq)) + sqrtf(float(C)) * s / 1024.f;
+  const float root_c = sqrtf(float(C));
+  const float row_norm = (1.f + 1.f / 16.f) * 1.01f * (wmax * root_c + sqrtf(bsq)) + root_c * s / 1024.f;
   const float z = fmaxf(1.25f * (row_norm * w_stats[0] + bias_max), 0.17f);
   out[kFp8ScaleStride] = 448.f / z;
   out[2 * kFp8ScaleStride] = z / 448.f;
@@ -790,8 +791,8 @@ T* at_offset(const Tensor& t, size_t bytes) {
 
 Tensor CudaOps::quantize_fp8(const Tensor& w, Tensor q) {
   const int64_t out = w.dim(0), in = w.dim(1);
-  cuda::quantize_weight_fp8(*ctx_, w.ptr<__nv_bfloat16>(), out, in, q.data, at_offset<float>(q, fp8_scale_offset(out, in)),
-                            at_offset<float>(q, fp8_stats_offset(out, in)));
+  cuda::quantize_weight_fp8(*ctx_, w.ptr<__nv_bfloat16>(), out, in, q.data,
+                            at_offset<float>(q, fp8_scale_offset(out, in)), at_offset<float>(q, fp8_stats_offset(out, in)));
   q.shape = w.shape;
   q.dtype = DType::F8E4M3;
   return q;
@@ -918,11 +919,13 @@ Tensor CudaOps::layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor
   cuda::layer_norm_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), rows, C,
                             eps, xq.data, nullptr, scales.data);
   Tensor h = empty({rows * hidden}, DType::U8);
-  cuda::gemm_fp8(*ctx_, rows, hidden, C, xq.data, scales.data, w1.data, at_offset<float>(w1, fp8_scale_offset(hidden, C)),
-                 h.data, b1.data, Act::GELU, nullptr, cuda::Fp8Scales::Tensor, scales.data + cuda::kFp8ScaleStride);
+  cuda::gemm_fp8(*ctx_, rows, hidden, C, xq.data, scales.data, w1.data,
+                 at_offset<float>(w1, fp8_scale_offset(hidden, C)), h.data, b1.data, Act::GELU, nullptr,
+                 cuda::Fp8Scales::Tensor, scales.data + cuda::kFp8ScaleStride);
   Tensor y = empty(x.shape);
-  cuda::gemm_fp8(*ctx_, rows, C, hidden, h.data, scales.data + 2 * cuda::kFp8ScaleStride, w2.data, at_offset<float>(w2, fp8_scale_offset(C, hidden)),
-                 y.data, b2.data, Act::None, x.data, cuda::Fp8Scales::Tensor);
+  cuda::gemm_fp8(*ctx_, rows, C, hidden, h.data, scales.data + 2 * cuda::kFp8ScaleStride, w2.data,
+                 at_offset<float>(w2, fp8_scale_offset(C, hidden)), y.data, b2.data, Act::None, x.data,
+                 cuda::Fp8Scales::Tensor);
   return y;
 }
 
