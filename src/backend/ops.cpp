@@ -41,6 +41,14 @@ Tensor Ops::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor&
   return linear(layer_norm(x, ln_w, ln_b, eps), w, b, act);
 }
 
+Tensor Ops::layer_norm_attention(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps,
+                                 const Tensor& qkv_w, const Tensor& qkv_b, const Tensor& rel_pos_h,
+                                 const Tensor& rel_pos_w, int heads, int window, const Tensor& proj_w,
+                                 const Tensor& proj_b) {
+  const Tensor qkv = layer_norm_linear(x, ln_w, ln_b, eps, qkv_w, &qkv_b);
+  return linear(rel_pos_attention(qkv, qkv_b, rel_pos_h, rel_pos_w, heads, window), proj_w, &proj_b, Act::None, &x);
+}
+
 Tensor Ops::layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w1,
                            const Tensor& b1, const Tensor& w2, const Tensor& b2) {
   return linear(layer_norm_linear(x, ln_w, ln_b, eps, w1, &b1, Act::GELU), w2, &b2, Act::None, &x);

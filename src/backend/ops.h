@@ -41,6 +41,14 @@ class Ops {
   // LayerNorm writes the quantised input that the fp8 GEMM reads).
   virtual Tensor layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                                    const Tensor* b, Act act = Act::None);
+  // x + linear(rel_pos_attention(layer_norm_linear(x, ln_w, ln_b, eps, qkv_w, &qkv_b), qkv_b, rel_pos_h,
+  // rel_pos_w, heads, window), proj_w, &proj_b): the encoder blocks' attention half. This default
+  // composes them; the CUDA backend's attention writes its output in fp8 for proj's fp8 GEMM, with
+  // one scale from a bound on the values (it is their weighted mean), where a pass found each row's.
+  virtual Tensor layer_norm_attention(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps,
+                                      const Tensor& qkv_w, const Tensor& qkv_b, const Tensor& rel_pos_h,
+                                      const Tensor& rel_pos_w, int heads, int window, const Tensor& proj_w,
+                                      const Tensor& proj_b);
   // x + linear(GELU(layer_norm_linear(x, ln_w, ln_b, eps, w1, b1)), w2, b2): the encoder blocks' MLP
   // half (norm2 -> lin1 -> GELU -> lin2, plus the residual). This default composes them; the CUDA
   // backend keeps the hidden layer in fp8 between its two fp8 GEMMs.

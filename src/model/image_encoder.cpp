@@ -51,14 +51,10 @@ Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, 
   x = ops.add(x, w(e + "pos_embed"));                                                  // (B, G, G, E)
   for (int i = 0; i < c.depth; ++i) {
     const std::string b = e + "blocks." + std::to_string(i) + ".";
-    {  // (qkv and the attention's output go before the MLP's hidden layer is made: a lower peak)
-      const Tensor qkv = ops.layer_norm_linear(x, w(b + "norm1.weight"), w(b + "norm1.bias"), 1e-6f,
-                                               w(b + "attn.qkv.weight"), &w(b + "attn.qkv.bias"));  // (B, G, G, 3E)
-      const Tensor a = ops.rel_pos_attention(qkv, w(b + "attn.qkv.bias"), w(b + "attn.rel_pos_h"),
-                                             w(b + "attn.rel_pos_w"), c.num_heads,
-                                             c.is_global(i) ? 0 : c.window_size);  // (B, G, G, E)
-      x = ops.linear(a, w(b + "attn.proj.weight"), &w(b + "attn.proj.bias"), Act::None, &x);
-    }
+    x = ops.layer_norm_attention(x, w(b + "norm1.weight"), w(b + "norm1.bias"), 1e-6f, w(b + "attn.qkv.weight"),
+                                 w(b + "attn.qkv.bias"), w(b + "attn.rel_pos_h"), w(b + "attn.rel_pos_w"), c.num_heads,
+                                 c.is_global(i) ? 0 : c.window_size, w(b + "attn.proj.weight"),
+                                 w(b + "attn.proj.bias"));
     x = ops.layer_norm_mlp(x, w(b + "norm2.weight"), w(b + "norm2.bias"), 1e-6f, w(b + "mlp.lin1.weight"),
                            w(b + "mlp.lin1.bias"), w(b + "mlp.lin2.weight"), w(b + "mlp.lin2.bias"));
     if (on_block) on_block(i, x);

@@ -10,6 +10,7 @@
 #include <array>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <cstdint>
 #include <cstdio>
@@ -571,9 +572,9 @@ float fp8_layer_norm_scale(const Tensor& lw, const Tensor& lb) {
   return 1.01f * m / 448.f;
 }
 
-// The bound on lin1's GELU output: (largest LayerNorm row norm, quantised) x (largest row norm of the
+// The bound on a GEMM's values after an fp8 LayerNorm (lin1's GELU output, qkv's and the attention's): (largest LayerNorm row norm, quantised) x (largest row norm of the
 // quantised weight) + largest bias, with the kernel's margins.
-float fp8_hidden_bound(const Tensor& lw, const Tensor& lb, const Tensor& w1q, const Tensor& b1, float ln_scale) {
+float fp8_product_bound(const Tensor& lw, const Tensor& lb, const Tensor& w1q, const Tensor& b1, float ln_scale) {
   const int64_t C = lw.numel(), N = w1q.dim(0);
   float gmax = 0.f, bsq = 0.f, wn = 0.f, bmax = 0.f;
   for (int64_t k = 0; k < C; ++k) gmax = std::max(gmax, std::abs(lw.data[k])), bsq += lb.data[k] * lb.data[k];
@@ -687,6 +688,59 @@ TEST(CudaFp8, LayerNormLinearMatchesQuantisedCpuTwin) {
   }
 }
 
+// The fp8 attention half of a block (norm1 -> qkv -> attention -> proj + residual): the attention's
+// output in fp8 for proj with the one scale of the bound on v (written by Hopper's attention kernels
+// themselves, by a pass after the others', which SAMFAST_GENERIC_KERNELS=1 picks), against the same
+// steps on the CPU, windowed (the grid padded) and global.
+TEST(CudaFp8, LayerNormAttentionMatchesQuantisedCpuTwin) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
+  if (!fp8_tensor_cores()) GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped";
+  CpuOps cpu;
+  Rng rng{80};
+  auto rand = [&](Shape s, float lo, float hi) { return uniform_bf16(rng, std::move(s), lo, hi); };
+  auto bf16 = [](Tensor t) {
+    for (int64_t i = 0; i < t.numel(); ++i) t.data[i] = bf16_round(t.data[i]);
+    return t;
+  };
+  const int64_t G = 16, C = 768, heads = 12;
+  for (const bool generic : {false, true}) {
+    if (generic) setenv("SAMFAST_GENERIC_KERNELS", "1", 1);
+    CudaOps gpu(0, Precision::FP8);  // (the kernels are chosen when the context is made)
+    unsetenv("SAMFAST_GENERIC_KERNELS");
+    for (const int window : {7, 0}) {
+      const int64_t span = window ? window : G;
+      Tensor x = rand({1, G, G, C}, -3.f, 5.f), lw = rand({C}, 0.5f, 1.5f), lb = rand({C}, -0.2f, 0.2f);
+      const Tensor qkv_w = rand({3 * C, C}, -0.1f, 0.1f), qkv_b = rand({3 * C}, -1.f, 1.f);
+      const Tensor proj_w = rand({C, C}, -0.1f, 0.1f), proj_b = rand({C}, -1.f, 1.f);
+      const Tensor rph = rand({2 * span - 1, C / heads}, -0.5f, 0.5f), rpw = rand({2 * span - 1, C / heads}, -0.5f, 0.5f);
+      const Tensor qkv_q = fp8_tensor(qkv_w);
+      const Tensor ln = bf16(cpu.layer_norm(x, lw, lb, 1e-6f, Act::None));
+      const float ln_scale = fp8_layer_norm_scale(lw, lb), bound = fp8_product_bound(lw, lb, qkv_q, qkv_b, ln_scale);
+      const Tensor qkv = bf16(cpu.linear(fp8_scaled(ln, ln_scale), qkv_q, &qkv_b, Act::None, nullptr));
+      const Tensor a = bf16(cpu.rel_pos_attention(qkv, qkv_b, rph, rpw, (int)heads, window));
+      float amax = 0.f;
+      for (int64_t i = 0; i < a.numel(); ++i) amax = std::max(amax, std::abs(a.data[i]));
+      const Tensor twin = cpu.linear(fp8_scaled(a, bound / 448.f), fp8_tensor(proj_w), &proj_b, Act::None, &x);
+      const Tensor exact = cpu.linear(
+          cpu.rel_pos_attention(cpu.linear(ln, qkv_w, &qkv_b, Act::None, nullptr), qkv_b, rph, rpw, (int)heads, window),
+          proj_w, &proj_b, Act::None, &x);
+      const Tensor got = gpu.download(gpu.layer_norm_attention(
+          gpu.upload(x), gpu.upload(lw), gpu.upload(lb), 1e-6f, gpu.prepare_bulk_linear(gpu.upload(qkv_w)),
+          gpu.upload(qkv_b), gpu.upload(rph), gpu.upload(rpw), (int)heads, window,
+          gpu.prepare_bulk_linear(gpu.upload(proj_w)), gpu.upload(proj_b)));
+      ASSERT_EQ(got.shape, x.shape);
+      const auto [rel_twin, rel_exact] = rel_errors(got, twin, exact, &x);
+      std::printf("[ fp8  ] layer_norm_attention window %d%s: attention amax %.3g = bound / %.1f; rel_l2 of the "
+                  "attention's part vs quantised twin %.3e, vs unquantised %.3e\n",
+                  window, generic ? " (generic kernels)" : "", amax, bound / amax, rel_twin, rel_exact);
+      EXPECT_LT(amax, bound) << "the bound does not hold";
+      EXPECT_LE(rel_twin, 3e-2) << "window " << window << " generic " << generic;
+      EXPECT_LE(rel_exact, 1.5e-1) << "window " << window << " generic " << generic;
+      EXPECT_GT(rel_exact, rel_twin) << "window " << window << " generic " << generic;
+    }
+  }
+}
+
 // The fp8 MLP half of a block (norm2 -> lin1 -> GELU -> lin2 + residual), its hidden layer written in
 // fp8 by lin1's GEMM with the scale of its bound, against the same quantisation on the CPU. One row
 // is lin1's largest weight row itself under a plain LayerNorm: the largest value the bound allows
@@ -719,7 +773,7 @@ TEST(CudaFp8, LayerNormMlpMatchesQuantisedCpuTwin) {
     for (int64_t i = 0; i < ln.numel(); ++i) ln.data[i] = bf16_round(ln.data[i]);
     const float ln_scale = fp8_layer_norm_scale(lw, lb);
     const Tensor h = cpu.linear(fp8_scaled(ln, ln_scale), w1q, &b1, Act::GELU, nullptr);
-    const float bound = fp8_hidden_bound(lw, lb, w1q, b1, ln_scale);
+    const float bound = fp8_product_bound(lw, lb, w1q, b1, ln_scale);
     float hmax = 0.f;
     for (int64_t i = 0; i < h.numel(); ++i) hmax = std::max(hmax, std::abs(h.data[i]));
     const Tensor twin = cpu.linear(fp8_scaled(h, bound / 448.f), w2q, &b2, Act::None, &x);

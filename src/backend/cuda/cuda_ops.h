@@ -111,6 +111,9 @@ class CudaOps final : public Ops {
                                           const Tensor& pe) override;
   Tensor layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                            const Tensor* b, Act act) override;
+  Tensor layer_norm_attention(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& qkv_w,
+                              const Tensor& qkv_b, const Tensor& rel_pos_h, const Tensor& rel_pos_w, int heads,
+                              int window, const Tensor& proj_w, const Tensor& proj_b) override;
   Tensor layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w1,
                         const Tensor& b1, const Tensor& w2, const Tensor& b2) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
@@ -179,8 +182,19 @@ class CudaOps final : public Ops {
   // The next `bytes` of the weights' allocation as a tensor (from the pool where it is full).
   Tensor weight_slot(Shape shape, DType dtype, size_t bytes);
   Tensor quantize_fp8(const Tensor& w, Tensor q);  // into q (fp8_weight_bytes(w) bytes)
-  // layer_norm_linear / layer_norm_mlp take the fp8 path: w fp8, the LayerNorm's kernel takes C.
+  // rel_pos_attention; with fp8_scale (a device float; bf16 activations), the output in fp8 E4M3
+  // times *fp8_scale (U8), from the kernel itself on Hopper, else by a pass after it.
+  Tensor rel_pos_attention_out(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
+                               const Tensor& rel_pos_w, int heads, int window, const float* fp8_scale);
+  // layer_norm_linear / _attention / _mlp take the fp8 path: w fp8, the LayerNorm's kernel takes C.
   bool fp8_layer_norm_ok(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, const Tensor& w) const;
+  // Their inputs' checks (op: the name in the messages).
+  void check_fp8_layer_norm(const char* op, const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, const Tensor& w,
+                            const Tensor* b) const;
+  // Their common part: act(LayerNorm(x) w^T + b), the LayerNorm's output quantised with the scale
+  // *ln_scale, the GEMM per-tensor; bf16 (..., out), or with out_scale fp8 (U8, rows x out bytes).
+  Tensor fp8_layer_norm_gemm(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
+                             const Tensor* b, Act act, const float* ln_scale, const float* out_scale);
 
   std::shared_ptr<CudaContext> ctx_;
   DType dt_;
@@ -238,12 +252,16 @@ void quantize_weight_fp8(CudaContext& ctx, const __nv_bfloat16* w, int64_t rows,
 // The per-tensor scales of LayerNorm -> fp8 GEMM [-> GELU -> fp8 GEMM] from bounds that every input
 // meets, so that nothing reads the activations to find them (gemm.cu derives the bounds). out[0]:
 // the LayerNorm's output scale (LayerNorm weight and bias ln_w, ln_b of C). With the first GEMM's
-// bias (N) and its weight's quantize_weight_fp8 stats: out[kFp8ScaleStride] = 448 / bound of
-// |GELU(first GEMM)|, its fp8 output's scale, and out[2 kFp8ScaleStride] = 1 / that, the second
-// GEMM's input scale. (cuBLASLt takes scale pointers 16-byte aligned only: "not supported".)
+// bias (N) and its weight's quantize_weight_fp8 stats: out[kFp8ScaleStride] = 448 / a bound on the
+// first GEMM's values (with GELU or not, and on their weighted means: the attention's output), the
+// scale that puts them in fp8, and out[2 kFp8ScaleStride] = 1 / that, the next GEMM's input scale.
+// (cuBLASLt takes scale pointers 16-byte aligned only: "not supported".)
 constexpr int64_t kFp8ScaleStride = 64;
 void fp8_bounds(CudaContext& ctx, const __nv_bfloat16* ln_w, const __nv_bfloat16* ln_b, int64_t C,
                 const __nv_bfloat16* bias, int64_t N, const float* w_stats, float* out);
+
+// q (n bytes) = x (n bf16 values, n a multiple of 8, 16-byte aligned) times *scale, in fp8 E4M3.
+void scale_to_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t n, void* q, const float* scale);
 
 // y (rows, cols) = act(y + bias) + residual in place; bias (cols) and residual (rows, cols) optional.
 void bias_act_residual(CudaContext& ctx, DType dt, void* y, int64_t rows, int64_t cols, const void* bias, Act act,

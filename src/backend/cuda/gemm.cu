@@ -505,6 +505,31 @@ void fp8_bounds(CudaContext& ctx, const __nv_bfloat16* ln_w, const __nv_bfloat16
   CUDA_LAUNCH_CHECK();
 }
 
+namespace {
+// 8 values a thread: 16 bytes read, 8 written.
+__global__ void scale_to_fp8_kernel(const uint4* __restrict__ x, int64_t n8, uint2* __restrict__ q,
+                                    const float* __restrict__ scale) {
+  const float s = *scale;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
+    const uint4 v = x[i];
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+    const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+    const float2 c = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
+    const __nv_fp8x4_e4m3 lo(make_float4(a.x * s, a.y * s, b.x * s, b.y * s));
+    const __nv_fp8x4_e4m3 hi(make_float4(c.x * s, c.y * s, d.x * s, d.y * s));
+    q[i] = make_uint2(lo.__x, hi.__x);
+  }
+}
+}  // namespace
+
+void scale_to_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t n, void* q, const float* scale) {
+  if (n % 8 != 0) throw Error("scale_to_fp8: " + std::to_string(n) + " values, not a multiple of 8");
+  if (n == 0) return;
+  scale_to_fp8_kernel<<<cuda::blocks_for(n / 8, 256), 256, 0, ctx.stream>>>(
+      reinterpret_cast<const uint4*>(x), n / 8, static_cast<uint2*>(q), scale);
+  CUDA_LAUNCH_CHECK();
+}
+
 bool fp8_row_length_ok(int64_t K) { return K % 16 == 0 && K <= 8 * kQuantThreads * kQuantMaxChunks; }
 
 void quantize_rows_fp8(CudaContext& ctx, const __nv_bfloat16* x, int64_t rows, int64_t K, void* q, float* scale) {
@@ -873,23 +898,41 @@ bool CudaOps::fp8_layer_norm_ok(const Tensor& x, const Tensor& ln_w, const Tenso
 Tensor CudaOps::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                                   const Tensor* b, Act act) {
   if (!fp8_layer_norm_ok(x, ln_w, ln_b, w)) return Ops::layer_norm_linear(x, ln_w, ln_b, eps, w, b, act);
-  expect(x, "layer_norm_linear", "input");
-  expect(ln_w, "layer_norm_linear", "LayerNorm weight");
-  expect(ln_b, "layer_norm_linear", "LayerNorm bias");
-  if (b) expect(*b, "layer_norm_linear", "bias");
-  check_layer_norm(x, ln_w, ln_b);
-  check_linear(x, w, b, nullptr);
-  const int64_t C = x.dim(-1), rows = x.numel() / C, out = w.dim(0);
-  Shape ys = x.shape;
-  ys.back() = out;
-  Tensor y = empty(ys);
+  check_fp8_layer_norm("layer_norm_linear", x, ln_w, ln_b, w, b);
   Tensor scales = empty({1}, DType::F32);
-  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, nullptr, 0, nullptr, scales.data);
-  Tensor xq = empty({rows * C}, DType::U8);
-  cuda::layer_norm_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), rows, C,
-                            eps, xq.data, nullptr, scales.data);
-  cuda::gemm_fp8(*ctx_, rows, out, C, xq.data, scales.data, w.data, at_offset<float>(w, fp8_scale_offset(out, C)),
-                 y.data, b ? b->data : nullptr, act, nullptr, cuda::Fp8Scales::Tensor);
+  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), x.dim(-1), nullptr, 0, nullptr,
+                   scales.data);
+  return fp8_layer_norm_gemm(x, ln_w, ln_b, eps, w, b, act, scales.data, nullptr);
+}
+
+// fp8: the attention's output in fp8 for proj, with one scale: each of its values is a weighted mean
+// of v values, so fp8_bounds' bound on the qkv GEMM's values holds for it too. Hopper's attention
+// kernels write it so themselves: no pass over it.
+Tensor CudaOps::layer_norm_attention(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps,
+                                     const Tensor& qkv_w, const Tensor& qkv_b, const Tensor& rel_pos_h,
+                                     const Tensor& rel_pos_w, int heads, int window, const Tensor& proj_w,
+                                     const Tensor& proj_b) {
+  if (!fp8_layer_norm_ok(x, ln_w, ln_b, qkv_w) || proj_w.dtype != DType::F8E4M3)
+    return Ops::layer_norm_attention(x, ln_w, ln_b, eps, qkv_w, qkv_b, rel_pos_h, rel_pos_w, heads, window, proj_w,
+                                     proj_b);
+  check_fp8_layer_norm("layer_norm_attention", x, ln_w, ln_b, qkv_w, &qkv_b);
+  expect(proj_b, "layer_norm_attention", "proj bias");
+  const int64_t C = x.dim(-1), rows = x.numel() / C;
+  check(proj_w.ndim() == 2 && proj_w.dim(0) == C && proj_w.dim(1) == C, "layer_norm_attention",
+        "proj weight " + shape_str(proj_w.shape) + " is not (" + std::to_string(C) + ", " + std::to_string(C) + ")");
+  check(proj_b.ndim() == 1 && proj_b.dim(0) == C, "layer_norm_attention",
+        "proj bias " + shape_str(proj_b.shape) + " is not (" + std::to_string(C) + ")");
+  Tensor scales = empty({3 * cuda::kFp8ScaleStride}, DType::F32);
+  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, qkv_b.ptr<__nv_bfloat16>(),
+                   qkv_w.dim(0), at_offset<float>(qkv_w, fp8_stats_offset(qkv_w.dim(0), C)), scales.data);
+  const Tensor qkv = fp8_layer_norm_gemm(x, ln_w, ln_b, eps, qkv_w, &qkv_b, Act::None, scales.data, nullptr);
+  const Tensor aq = rel_pos_attention_out(qkv, qkv_b, rel_pos_h, rel_pos_w, heads, window,
+                                          scales.data + cuda::kFp8ScaleStride);
+  check(aq.numel() == rows * C, "layer_norm_attention", "the attention's output is not (..., " + std::to_string(C) + ")");
+  Tensor y = empty(x.shape);
+  cuda::gemm_fp8(*ctx_, rows, C, C, aq.data, scales.data + 2 * cuda::kFp8ScaleStride, proj_w.data,
+                 at_offset<float>(proj_w, fp8_scale_offset(C, C)), y.data, proj_b.data, Act::None, x.data,
+                 cuda::Fp8Scales::Tensor);
   return y;
 }
 
@@ -899,33 +942,47 @@ Tensor CudaOps::layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor
                                const Tensor& b1, const Tensor& w2, const Tensor& b2) {
   if (!fp8_layer_norm_ok(x, ln_w, ln_b, w1) || w2.dtype != DType::F8E4M3)
     return Ops::layer_norm_mlp(x, ln_w, ln_b, eps, w1, b1, w2, b2);
-  expect(x, "layer_norm_mlp", "input");
-  expect(ln_w, "layer_norm_mlp", "LayerNorm weight");
-  expect(ln_b, "layer_norm_mlp", "LayerNorm bias");
-  expect(b1, "layer_norm_mlp", "lin1 bias");
-  expect(b2, "layer_norm_mlp", "lin2 bias");
-  check_layer_norm(x, ln_w, ln_b);
-  check_linear(x, w1, &b1, nullptr);
+  check_fp8_layer_norm("layer_norm_mlp", x, ln_w, ln_b, w1, &b1);
   const int64_t C = x.dim(-1), rows = x.numel() / C, hidden = w1.dim(0);
   check(w2.ndim() == 2 && w2.dim(1) == hidden && w2.dim(0) == C, "layer_norm_mlp",
         "lin2 weight " + shape_str(w2.shape) + " does not map lin1's " + std::to_string(hidden) + " outputs back to " +
             std::to_string(C));
+  expect(b2, "layer_norm_mlp", "lin2 bias");
   check(b2.ndim() == 1 && b2.dim(0) == C, "layer_norm_mlp", "lin2 bias " + shape_str(b2.shape) + " is not (" +
                                                                 std::to_string(C) + ")");
   Tensor scales = empty({3 * cuda::kFp8ScaleStride}, DType::F32);
   cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, b1.ptr<__nv_bfloat16>(), hidden,
                    at_offset<float>(w1, fp8_stats_offset(hidden, C)), scales.data);
-  Tensor xq = empty({rows * C}, DType::U8);
-  cuda::layer_norm_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), rows, C,
-                            eps, xq.data, nullptr, scales.data);
-  Tensor h = empty({rows * hidden}, DType::U8);
-  cuda::gemm_fp8(*ctx_, rows, hidden, C, xq.data, scales.data, w1.data,
-                 at_offset<float>(w1, fp8_scale_offset(hidden, C)), h.data, b1.data, Act::GELU, nullptr,
-                 cuda::Fp8Scales::Tensor, scales.data + cuda::kFp8ScaleStride);
+  const Tensor h = fp8_layer_norm_gemm(x, ln_w, ln_b, eps, w1, &b1, Act::GELU, scales.data,
+                                       scales.data + cuda::kFp8ScaleStride);
   Tensor y = empty(x.shape);
   cuda::gemm_fp8(*ctx_, rows, C, hidden, h.data, scales.data + 2 * cuda::kFp8ScaleStride, w2.data,
                  at_offset<float>(w2, fp8_scale_offset(C, hidden)), y.data, b2.data, Act::None, x.data,
                  cuda::Fp8Scales::Tensor);
+  return y;
+}
+
+void CudaOps::check_fp8_layer_norm(const char* op, const Tensor& x, const Tensor& ln_w, const Tensor& ln_b,
+                                   const Tensor& w, const Tensor* b) const {
+  expect(x, op, "input");
+  expect(ln_w, op, "LayerNorm weight");
+  expect(ln_b, op, "LayerNorm bias");
+  if (b) expect(*b, op, "bias");
+  check_layer_norm(x, ln_w, ln_b);
+  check_linear(x, w, b, nullptr);
+}
+
+Tensor CudaOps::fp8_layer_norm_gemm(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
+                                    const Tensor* b, Act act, const float* ln_scale, const float* out_scale) {
+  const int64_t C = x.dim(-1), rows = x.numel() / C, out = w.dim(0);
+  Tensor xq = empty({rows * C}, DType::U8);
+  cuda::layer_norm_rows_fp8(*ctx_, x.ptr<__nv_bfloat16>(), ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), rows, C,
+                            eps, xq.data, nullptr, ln_scale);
+  Shape ys = x.shape;
+  ys.back() = out;
+  Tensor y = out_scale ? empty({rows * out}, DType::U8) : empty(ys);
+  cuda::gemm_fp8(*ctx_, rows, out, C, xq.data, ln_scale, w.data, at_offset<float>(w, fp8_scale_offset(out, C)), y.data,
+                 b ? b->data : nullptr, act, nullptr, cuda::Fp8Scales::Tensor, out_scale);
   return y;
 }
 

@@ -438,6 +438,11 @@ void launch_rel_pos(const CudaContext& ctx, DType dt, const RelPosArgs& a, int64
 
 Tensor CudaOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                                   const Tensor& rel_pos_w, int heads, int window) {
+  return rel_pos_attention_out(qkv, qkv_bias, rel_pos_h, rel_pos_w, heads, window, nullptr);
+}
+
+Tensor CudaOps::rel_pos_attention_out(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
+                                      const Tensor& rel_pos_w, int heads, int window, const float* fp8_scale) {
   // ref: modeling/image_encoder.py Attention.forward, add_decomposed_rel_pos, window_partition
   expect(qkv, "rel_pos_attention", "qkv");
   expect(qkv_bias, "rel_pos_attention", "qkv bias");
@@ -450,16 +455,22 @@ Tensor CudaOps::rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, con
   const int64_t nwh = (H + th - 1) / th, nww = (W + tw - 1) / tw;
   check(th < 32768 && tw < 32768 && th * 2 * tw < (int64_t(1) << 30) && B * nwh * nww <= 65535 && heads <= 65535, "rel_pos_attention",
         "grid " + shape_str(qkv.shape) + " too large");
-  Tensor out = empty({B, H, W, C});
+  // (fp8 straight from the kernel where Hopper's kernels run: launch_rel_pos picks them so)
+  const bool fp8_in_kernel = fp8_scale && dt_ == DType::BF16 && ctx_->hopper_kernels && th <= 64 && tw <= 64;
+  Tensor out = fp8_in_kernel ? empty({B, H, W, C}, DType::U8) : empty({B, H, W, C});
   if (out.numel() == 0) return out;
-  const RelPosArgs a{qkv.data, qkv_bias.data, rel_pos_h.data, rel_pos_w.data, out.data, (int)H, (int)W, (int)C,
-                     heads, (int)th, (int)tw, (int)nww, 1.0f / std::sqrt((float)hd)};
+  RelPosArgs a{qkv.data, qkv_bias.data, rel_pos_h.data, rel_pos_w.data, out.data, (int)H, (int)W, (int)C,
+               heads, (int)th, (int)tw, (int)nww, 1.0f / std::sqrt((float)hd)};
+  if (fp8_in_kernel) a.fp8_scale = fp8_scale;
   const int64_t windows = B * nwh * nww;
   const int nwin = (int)(nwh * nww);
   cuda::with_head_dim<32, 64, 80>(hd, "rel_pos_attention", [&](auto HD) {
     launch_rel_pos<decltype(HD)::value>(*ctx_, dt_, a, windows, nwin);
   });
-  return out;
+  if (!fp8_scale || fp8_in_kernel) return out;
+  Tensor q = empty({B, H, W, C}, DType::U8);  // the other kernels write bf16: a pass puts it in fp8
+  cuda::scale_to_fp8(*ctx_, out.ptr<__nv_bfloat16>(), out.numel(), q.data, fp8_scale);
+  return q;
 }
 
 }  // namespace samfast

@@ -14,6 +14,8 @@
 //   cp.async; the queries go straight to registers.
 //   The kernel is latency-bound; the other structures tried (FA3's overlap and warp specialisation
 //   among them) are listed in BENCHMARKS.md, "Tried and not kept".
+#include <cuda_fp8.h>
+
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -431,9 +433,25 @@ __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, f
     l0 += __shfl_xor_sync(0xffffffffu, l0, sh);
     l1 += __shfl_xor_sync(0xffffffffu, l1, sh);
   }
-  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+  float inv0 = 1.f / l0, inv1 = 1.f / l1;
   const int64_t row0 = qr.in[0] ? g.out_row_yx(qr.y[0], qr.x[0]) : -1;
   const int64_t row1 = qr.in[1] ? g.out_row_yx(qr.y[1], qr.x[1]) : -1;
+  if (a.fp8_scale) {  // proj's fp8 input: two E4M3 values where two 16-bit ones would go
+    const float s = *a.fp8_scale;
+    inv0 *= s, inv1 *= s;
+    auto* out8 = static_cast<uint8_t*>(a.out);
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      const int d = off + n * 8 + tq * 2;
+      if (row0 >= 0)
+        *reinterpret_cast<__nv_fp8x2_storage_t*>(out8 + row0 * a.C + d) =
+            __nv_fp8x2_e4m3(make_float2(o[4 * n] * inv0, o[4 * n + 1] * inv0)).__x;
+      if (row1 >= 0)
+        *reinterpret_cast<__nv_fp8x2_storage_t*>(out8 + row1 * a.C + d) =
+            __nv_fp8x2_e4m3(make_float2(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1)).__x;
+    }
+    return;
+  }
   auto* out = static_cast<H*>(a.out);
 #pragma unroll
   for (int n = 0; n < HD / 8; ++n) {

@@ -51,6 +51,9 @@ struct RelPosArgs {
   void* out;          // (B, H, W, C)
   int H, W, C, heads, th, tw, nww;
   float scale;
+  // Set (Hopper's kernels only): out is fp8 E4M3, the values times *fp8_scale, the input of proj's
+  // fp8 GEMM written here rather than by a pass of its own.
+  const float* fp8_scale = nullptr;
 };
 
 // The tile at window row wy, column wx of image bi.
