@@ -425,7 +425,7 @@ __device__ __forceinline__ void key_step(float (&o)[HD / 2], const uint32_t (&qf
 }
 
 // O / l of rows wr0 and wr0 + 8 (l: this thread's parts) to the output (rows of padded tokens: not stored).
-template <class H, int HD>
+template <class H, int HD, bool kFp8>
 __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, float l1, const TileGeometry<H>& g,
                                            const QueryRows& qr, const RelPosArgs& a, int tq, int off) {
 #pragma unroll
@@ -436,7 +436,8 @@ __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, f
   float inv0 = 1.f / l0, inv1 = 1.f / l1;
   const int64_t row0 = qr.in[0] ? g.out_row_yx(qr.y[0], qr.x[0]) : -1;
   const int64_t row1 = qr.in[1] ? g.out_row_yx(qr.y[1], qr.x[1]) : -1;
-  if (a.fp8_scale) {  // proj's fp8 input: two E4M3 values where two 16-bit ones would go
+  if constexpr (kFp8) {  // proj's fp8 input: two E4M3 values where two 16-bit ones would go
+    // (a template argument, so that the 16-bit kernels carry no trace of it)
     const float s = *a.fp8_scale;
     inv0 *= s, inv1 *= s;
     auto* out8 = static_cast<uint8_t*>(a.out);
@@ -450,15 +451,16 @@ __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, f
         *reinterpret_cast<__nv_fp8x2_storage_t*>(out8 + row1 * a.C + d) =
             __nv_fp8x2_e4m3(make_float2(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1)).__x;
     }
-    return;
-  }
-  auto* out = static_cast<H*>(a.out);
+  } else {
+    auto* out = static_cast<H*>(a.out);
 #pragma unroll
-  for (int n = 0; n < HD / 8; ++n) {
-    const int d = off + n * 8 + tq * 2;
-    if (row0 >= 0) *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack16<H>(o[4 * n] * inv0, o[4 * n + 1] * inv0);
-    if (row1 >= 0)
-      *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack16<H>(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
+    for (int n = 0; n < HD / 8; ++n) {
+      const int d = off + n * 8 + tq * 2;
+      if (row0 >= 0)
+        *reinterpret_cast<uint32_t*>(out + row0 * a.C + d) = pack16<H>(o[4 * n] * inv0, o[4 * n + 1] * inv0);
+      if (row1 >= 0)
+        *reinterpret_cast<uint32_t*>(out + row1 * a.C + d) = pack16<H>(o[4 * n + 2] * inv1, o[4 * n + 3] * inv1);
+    }
   }
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
@@ -493,7 +495,7 @@ __host__ __device__ constexpr int th_pad(int th) {
 // K(b + 1) and V(b + 1) are issued into the other pair. (Before: queries and table chunks loaded one
 // after the other, V(b) issued at step b: vit_h's windowed blocks, 4 key steps each, waited on ~8
 // round trips to memory.)
-template <class H, int HD, int KWL>
+template <class H, int HD, int KWL, bool kFp8>
 __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(RelPosArgs a, int nwin) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kw = 1 << KWL;
@@ -560,7 +562,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
   for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
   if constexpr (KWL < 6)
     if (half) step(nsteps - 1, std::integral_constant<int, kK / 2>{});
-  store_rows<H, HD>(o, l0, l1, g, qr, a, tq, off);
+  store_rows<H, HD, kFp8>(o, l0, l1, g, qr, a, tq, off);
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
@@ -581,7 +583,7 @@ __global__ void __launch_bounds__(kThreads, 2) rel_pos_attention_wgmma_kernel(Re
 // (each warp its own 16 rows, issued once the warp has read the previous item's, its own mbarrier).
 //   Faster than the kernel above on windowed attention (other block sizes, stage counts and orders
 // of the warpgroups' products: BENCHMARKS.md, "Tried and not kept").
-template <class H, int HD, int KWL, int QB>
+template <class H, int HD, int KWL, bool kFp8, int QB>
 __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPosArgs a, int nwin, int nitems) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   // (query rows padded by 8 elements: conflict-free 4-byte reads of the A fragments)
@@ -704,15 +706,15 @@ __global__ void __launch_bounds__(2 * QB, 256 / QB) rel_pos_window_kernel(RelPos
     };
     for (int b = 0; b < nsteps - half; ++b) step(b, std::integral_constant<int, kK>{});
     if (half) step(nsteps - 1, std::integral_constant<int, kK / 2>{});
-    store_rows<H, HD>(o, l0, l1, geom(cur), qr, a, tq, off);
+    store_rows<H, HD, kFp8>(o, l0, l1, geom(cur), qr, a, tq, off);
     cur = nxt;
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
-template <class H, int HD, int KWL>
+template <class H, int HD, int KWL, bool kFp8>
 void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
-  auto kernel = rel_pos_attention_wgmma_kernel<H, HD, KWL>;
+  auto kernel = rel_pos_attention_wgmma_kernel<H, HD, KWL, kFp8>;
   const size_t smem = region0_bytes<HD>() + sizeof(float) * kRelStride * (th_pad<KWL>(a.th) + (1 << KWL));
   if (smem > ctx.max_smem_per_block)
     throw Error("rel_pos_attention: attention tile needs " + std::to_string(smem) +
@@ -723,9 +725,9 @@ void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nw
   CUDA_LAUNCH_CHECK();
 }
 
-template <class H, int HD, int KWL, int QB = kWindowQ>
+template <class H, int HD, int KWL, bool kFp8, int QB = kWindowQ>
 void launch_windowed(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
-  auto kernel = rel_pos_window_kernel<H, HD, KWL, QB>;
+  auto kernel = rel_pos_window_kernel<H, HD, KWL, kFp8, QB>;
   const size_t smem = sizeof(H) * ((2 * kWindowStages + 2) * kK * HD + QB * (HD + 8)) +
                       sizeof(float) * rel_stride<QB>() * (th_pad<KWL>(a.th) + (1 << KWL));
   const size_t static_smem = sizeof(uint64_t) * (2 * kWindowStages + 2 * QB / 32);  // (the mbarriers)
@@ -742,26 +744,35 @@ void launch_windowed(const CudaContext& ctx, const RelPosArgs& a, int64_t window
   CUDA_LAUNCH_CHECK();
 }
 
-template <class H, int HD>
-void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
+template <class H, int HD, bool kFp8>
+void launch_tiles(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
   if (a.th <= 16 && a.tw <= 16) {  // windowed attention (tables of at most 31 rows)
     if (a.tw <= 8)
-      launch_windowed<H, HD, 3>(ctx, a, windows, nwin);
+      launch_windowed<H, HD, 3, kFp8>(ctx, a, windows, nwin);
     else
-      launch_windowed<H, HD, 4>(ctx, a, windows, nwin);
+      launch_windowed<H, HD, 4, kFp8>(ctx, a, windows, nwin);
     return;
   }
   if (a.th > 64 || a.tw > 64)  // (at most 2 table chunks of 64 rows a table: the prologue's 4 tiles)
     throw Error("rel_pos_attention: the Hopper kernel takes tiles at most 64 tokens on a side, not " +
                 std::to_string(a.th) + "x" + std::to_string(a.tw));
   if (a.tw <= 8)
-    launch<H, HD, 3>(ctx, a, windows, nwin);
+    launch<H, HD, 3, kFp8>(ctx, a, windows, nwin);
   else if (a.tw <= 16)
-    launch<H, HD, 4>(ctx, a, windows, nwin);
+    launch<H, HD, 4, kFp8>(ctx, a, windows, nwin);
   else if (a.tw <= 32)
-    launch<H, HD, 5>(ctx, a, windows, nwin);
+    launch<H, HD, 5, kFp8>(ctx, a, windows, nwin);
   else
-    launch<H, HD, 6>(ctx, a, windows, nwin);
+    launch<H, HD, 6, kFp8>(ctx, a, windows, nwin);
+}
+
+// The fp8 output (RelPosArgs::fp8_scale) is made for bf16 activations only, the fp8 path's.
+template <class H, int HD>
+void launch(const CudaContext& ctx, const RelPosArgs& a, int64_t windows, int nwin) {
+  if constexpr (std::is_same_v<H, __nv_bfloat16>)
+    if (a.fp8_scale) return launch_tiles<H, HD, true>(ctx, a, windows, nwin);
+  if (a.fp8_scale) throw Error("rel_pos_attention: an fp8 output takes bf16 activations");
+  launch_tiles<H, HD, false>(ctx, a, windows, nwin);
 }
 
 }  // namespace
