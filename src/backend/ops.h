@@ -54,6 +54,12 @@ class Ops {
   // backend keeps the hidden layer in fp8 between its two fp8 GEMMs.
   virtual Tensor layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w1,
                                 const Tensor& b1, const Tensor& w2, const Tensor& b2);
+  // At load, once for each LayerNorm and the Linear layer after it that layer_norm_attention (qkv) or
+  // layer_norm_mlp (lin1) will take, the weights as uploaded: a backend may precompute what depends
+  // on them alone (the CUDA one: fp8's activation scales). The default keeps nothing.
+  virtual void prepare_layer_norm_linear(const Tensor& ln_w, const Tensor& ln_b, const Tensor& w, const Tensor& b) {
+    (void)ln_w, (void)ln_b, (void)w, (void)b;
+  }
   // Conv2d on channel-last x (B, H, W, Cin) with w (Cout, Cin, kh, kw) -> (B, Ho, Wo, Cout).
   virtual Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) = 0;
   // The image encoder's patch embedding (ref: PatchEmbed): a Conv2d whose stride is its kernel

@@ -741,6 +741,38 @@ TEST(CudaFp8, LayerNormAttentionMatchesQuantisedCpuTwin) {
   }
 }
 
+// The scales prepare_layer_norm_linear stores at load are those the ops compute per call: the two
+// halves of a block give the same bytes either way.
+TEST(CudaFp8, PreparedScalesMatchPerCall) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU: GPU tests skipped";
+  if (!fp8_tensor_cores()) GTEST_SKIP() << "no fp8 tensor cores: fp8 test skipped";
+  CudaOps gpu(0, Precision::FP8);
+  Rng rng{81};
+  auto up = [&](Shape s, float lo, float hi) { return gpu.upload(uniform_bf16(rng, std::move(s), lo, hi)); };
+  const int64_t G = 14, C = 1280, heads = 16;
+  const Tensor x = up({2, G, G, C}, -3.f, 5.f);
+  const Tensor lw1 = up({C}, 0.5f, 1.5f), lb1 = up({C}, -0.2f, 0.2f), lw2 = up({C}, 0.5f, 1.5f), lb2 = up({C}, -0.2f, 0.2f);
+  const Tensor qkv_w = gpu.prepare_bulk_linear(up({3 * C, C}, -0.1f, 0.1f)), qkv_b = up({3 * C}, -1.f, 1.f);
+  const Tensor proj_w = gpu.prepare_bulk_linear(up({C, C}, -0.1f, 0.1f)), proj_b = up({C}, -1.f, 1.f);
+  const int window = 7;
+  const Tensor rph = up({2 * window - 1, C / heads}, -0.5f, 0.5f), rpw = up({2 * window - 1, C / heads}, -0.5f, 0.5f);
+  const Tensor w1 = gpu.prepare_bulk_linear(up({4 * C, C}, -0.1f, 0.1f)), b1 = up({4 * C}, -1.f, 1.f);
+  const Tensor w2 = gpu.prepare_bulk_linear(up({C, 4 * C}, -0.1f, 0.1f)), b2 = up({C}, -1.f, 1.f);
+  ASSERT_EQ(qkv_w.dtype, DType::F8E4M3);
+  auto block = [&] {
+    const Tensor a = gpu.layer_norm_attention(x, lw1, lb1, 1e-6f, qkv_w, qkv_b, rph, rpw, (int)heads, window, proj_w,
+                                              proj_b);
+    return std::pair{gpu.download(a), gpu.download(gpu.layer_norm_mlp(a, lw2, lb2, 1e-6f, w1, b1, w2, b2))};
+  };
+  const auto [attn, mlp] = block();
+  gpu.prepare_layer_norm_linear(lw1, lb1, qkv_w, qkv_b);
+  gpu.prepare_layer_norm_linear(lw2, lb2, w1, b1);
+  const auto [attn_prepared, mlp_prepared] = block();
+  ASSERT_EQ(attn_prepared.shape, attn.shape);
+  EXPECT_EQ(0, std::memcmp(attn_prepared.data, attn.data, attn.numel() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(mlp_prepared.data, mlp.data, mlp.numel() * sizeof(float)));
+}
+
 // The fp8 MLP half of a block (norm2 -> lin1 -> GELU -> lin2 + residual), its hidden layer written in
 // fp8 by lin1's GEMM with the scale of its bound, against the same quantisation on the CPU. One row
 // is lin1's largest weight row itself under a plain LayerNorm: the largest value the bound allows

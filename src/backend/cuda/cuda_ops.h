@@ -14,6 +14,7 @@
 #include <array>
 #include <map>
 #include <memory>
+#include <set>
 
 #include "backend/cuda/cuda_memory.h"
 #include "backend/cuda/graph.h"
@@ -116,6 +117,9 @@ class CudaOps final : public Ops {
                               int window, const Tensor& proj_w, const Tensor& proj_b) override;
   Tensor layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w1,
                         const Tensor& b1, const Tensor& w2, const Tensor& b2) override;
+  // fp8: fp8_bounds' scales for these weights, into the fp8 weight's own allocation, so that the ops
+  // above read them instead of computing them on every call.
+  void prepare_layer_norm_linear(const Tensor& ln_w, const Tensor& ln_b, const Tensor& w, const Tensor& b) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
   Tensor patch_embed(const Tensor& x, const Tensor& w, const Tensor* b) override;
   Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) override;
@@ -195,12 +199,18 @@ class CudaOps final : public Ops {
   // *ln_scale, the GEMM per-tensor; bf16 (..., out), or with out_scale fp8 (U8, rows x out bytes).
   Tensor fp8_layer_norm_gemm(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,
                              const Tensor* b, Act act, const float* ln_scale, const float* out_scale);
+  // fp8_bounds' output for (ln_w, ln_b, w, b) (w fp8, b null for the LayerNorm's scale alone): where
+  // prepare_layer_norm_linear saw these weights, the scales it stored in w; otherwise computed now.
+  Tensor fp8_layer_scales(const Tensor& ln_w, const Tensor& ln_b, const Tensor& w, const Tensor* b);
 
   std::shared_ptr<CudaContext> ctx_;
   DType dt_;
   bool fp8_bulk_ = false;
   Tensor weights_;              // the weights' one allocation (U8)
   size_t weights_filled_ = 0;   // bytes of it handed out by upload_weight
+  // The (ln_w, ln_b, w, b) whose scales prepare_layer_norm_linear stored (device addresses; the
+  // weights never change or move after load).
+  std::set<std::array<const void*, 4>> fp8_scales_stored_;
   // Shared with siblings: the graphs share the pool's one arena, so one cache must know them all.
   std::shared_ptr<cuda::GraphCache> graphs_;  // null: --no-graphs (destroyed before ctx_)
 };

@@ -802,9 +802,13 @@ bool CudaOps::fp8_weight(const Tensor& w) const {
 }
 
 namespace {
-// An F8E4M3 weight's allocation: values, row scales, then quantize_weight_fp8's two stats.
+// An F8E4M3 weight's allocation: values, row scales, quantize_weight_fp8's two stats, then room for
+// fp8_bounds' output (prepare_layer_norm_linear; 16-byte aligned, as cuBLASLt's scale pointers).
 size_t fp8_stats_offset(int64_t out, int64_t in) { return fp8_scale_offset(out, in) + sizeof(float) * out; }
-size_t fp8_weight_bytes(int64_t out, int64_t in) { return fp8_stats_offset(out, in) + 2 * sizeof(float); }
+size_t fp8_bounds_offset(int64_t out, int64_t in) { return (fp8_stats_offset(out, in) + 2 * sizeof(float) + 15) / 16 * 16; }
+size_t fp8_weight_bytes(int64_t out, int64_t in) {
+  return fp8_bounds_offset(out, in) + 3 * sizeof(float) * cuda::kFp8ScaleStride;
+}
 // Activations' rows: values, then their scales.
 size_t fp8_rows_bytes(int64_t rows, int64_t in) { return fp8_scale_offset(rows, in) + sizeof(float) * rows; }
 
@@ -899,10 +903,39 @@ Tensor CudaOps::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Ten
                                   const Tensor* b, Act act) {
   if (!fp8_layer_norm_ok(x, ln_w, ln_b, w)) return Ops::layer_norm_linear(x, ln_w, ln_b, eps, w, b, act);
   check_fp8_layer_norm("layer_norm_linear", x, ln_w, ln_b, w, b);
-  Tensor scales = empty({1}, DType::F32);
-  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), x.dim(-1), nullptr, 0, nullptr,
-                   scales.data);
+  const Tensor scales = fp8_layer_scales(ln_w, ln_b, w, b);
   return fp8_layer_norm_gemm(x, ln_w, ln_b, eps, w, b, act, scales.data, nullptr);
+}
+
+void CudaOps::prepare_layer_norm_linear(const Tensor& ln_w, const Tensor& ln_b, const Tensor& w, const Tensor& b) {
+  if (w.dtype != DType::F8E4M3 || !cuda::layer_norm_fp8_ok(ln_w.numel())) return;
+  const char* op = "prepare_layer_norm_linear";
+  expect(ln_w, op, "LayerNorm weight");
+  expect(ln_b, op, "LayerNorm bias");
+  expect(b, op, "bias");
+  const int64_t C = ln_w.numel(), out = w.dim(0);
+  check(ln_b.numel() == C && w.ndim() == 2 && w.dim(1) == C && b.numel() == out, op,
+        "LayerNorm (" + std::to_string(C) + "), weight " + shape_str(w.shape) + " and bias " + shape_str(b.shape) +
+            " do not fit");
+  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, b.ptr<__nv_bfloat16>(), out,
+                   at_offset<float>(w, fp8_stats_offset(out, C)), at_offset<float>(w, fp8_bounds_offset(out, C)));
+  fp8_scales_stored_.insert({ln_w.data, ln_b.data, w.data, b.data});
+}
+
+Tensor CudaOps::fp8_layer_scales(const Tensor& ln_w, const Tensor& ln_b, const Tensor& w, const Tensor* b) {
+  const int64_t C = w.dim(1), out = w.dim(0);
+  if (b && fp8_scales_stored_.count({ln_w.data, ln_b.data, w.data, b->data})) {
+    Tensor stored = w;
+    stored.data = at_offset<float>(w, fp8_bounds_offset(out, C));
+    stored.shape = {3 * cuda::kFp8ScaleStride};
+    stored.dtype = DType::F32;
+    return stored;
+  }
+  Tensor scales = empty({3 * cuda::kFp8ScaleStride}, DType::F32);
+  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C,
+                   b ? b->ptr<__nv_bfloat16>() : nullptr, out, b ? at_offset<float>(w, fp8_stats_offset(out, C)) : nullptr,
+                   scales.data);
+  return scales;
 }
 
 // fp8: the attention's output in fp8 for proj, with one scale: each of its values is a weighted mean
@@ -922,9 +955,7 @@ Tensor CudaOps::layer_norm_attention(const Tensor& x, const Tensor& ln_w, const 
         "proj weight " + shape_str(proj_w.shape) + " is not (" + std::to_string(C) + ", " + std::to_string(C) + ")");
   check(proj_b.ndim() == 1 && proj_b.dim(0) == C, "layer_norm_attention",
         "proj bias " + shape_str(proj_b.shape) + " is not (" + std::to_string(C) + ")");
-  Tensor scales = empty({3 * cuda::kFp8ScaleStride}, DType::F32);
-  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, qkv_b.ptr<__nv_bfloat16>(),
-                   qkv_w.dim(0), at_offset<float>(qkv_w, fp8_stats_offset(qkv_w.dim(0), C)), scales.data);
+  const Tensor scales = fp8_layer_scales(ln_w, ln_b, qkv_w, &qkv_b);
   const Tensor qkv = fp8_layer_norm_gemm(x, ln_w, ln_b, eps, qkv_w, &qkv_b, Act::None, scales.data, nullptr);
   const Tensor aq = rel_pos_attention_out(qkv, qkv_b, rel_pos_h, rel_pos_w, heads, window,
                                           scales.data + cuda::kFp8ScaleStride);
@@ -950,9 +981,7 @@ Tensor CudaOps::layer_norm_mlp(const Tensor& x, const Tensor& ln_w, const Tensor
   expect(b2, "layer_norm_mlp", "lin2 bias");
   check(b2.ndim() == 1 && b2.dim(0) == C, "layer_norm_mlp", "lin2 bias " + shape_str(b2.shape) + " is not (" +
                                                                 std::to_string(C) + ")");
-  Tensor scales = empty({3 * cuda::kFp8ScaleStride}, DType::F32);
-  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, b1.ptr<__nv_bfloat16>(), hidden,
-                   at_offset<float>(w1, fp8_stats_offset(hidden, C)), scales.data);
+  const Tensor scales = fp8_layer_scales(ln_w, ln_b, w1, &b1);
   const Tensor h = fp8_layer_norm_gemm(x, ln_w, ln_b, eps, w1, &b1, Act::GELU, scales.data,
                                        scales.data + cuda::kFp8ScaleStride);
   Tensor y = empty(x.shape);
