@@ -3,7 +3,7 @@ per implementation, for vit_b and vit_h, like the chart of the PyTorch team's SA
 
     python3 bench/chart.py [RESULTS.json] [-o OUT.png]
 
-RESULTS.json (default bench/results/h200.json) holds device, date, commit and command, and two
+RESULTS.json (default bench/results/h100.json, the latest run with anchors; h200.json the one before) holds device, date, commit and command, and two
 lists: "samfast", lines of `samfast bench` (samfast_bench.jsonl of bench/gpu/run.sh), and "anchors",
 lines of anchor_bench.py (anchors.jsonl), with at least the keys used below. An anchor line with a
 "note" comes from another call than samfast's: its bars are hatched. OUT.png defaults to
@@ -92,7 +92,7 @@ def draw(results, out_path):
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("results", nargs="?", default=str(HERE / "results" / "h200.json"))
+    p.add_argument("results", nargs="?", default=str(HERE / "results" / "h100.json"))
     p.add_argument("-o", "--out", default=str(HERE / "chart.png"))
     a = p.parse_args(argv[1:])
     try:

@@ -17,9 +17,10 @@ def run(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
-def test_committed_results_drawn(tmp_path):
+@pytest.mark.parametrize("results", ["h100.json", "h200.json"])
+def test_committed_results_drawn(tmp_path, results):
     out = tmp_path / "chart.png"
-    p = run(SOURCE / "bench" / "results" / "h200.json", "-o", out)
+    p = run(SOURCE / "bench" / "results" / results, "-o", out)
     assert p.returncode == 0, p.stderr
     png = out.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
