@@ -441,8 +441,37 @@ __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, f
     const float s = *a.fp8_scale;
     inv0 *= s, inv1 *= s;
     auto* out8 = static_cast<uint8_t*>(a.out);
+    // The first 64 columns as one 16-byte store a thread and row: a quad holds 2 bytes of each 8-byte
+    // n-tile, so its four threads swap 4-byte words (two n-tiles' pieces each) until thread tq holds
+    // n-tiles 2 tq and 2 tq + 1 whole; a warp's store then fills whole 32-byte sectors.
+    constexpr int kWide = HD >= 64 ? 8 : 0;  // n-tiles stored so
+    if constexpr (kWide > 0) {
+      auto pick = [](const uint32_t (&v)[4], int i) { return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3]; };
 #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
+      for (int r = 0; r < 2; ++r) {
+        const int64_t row = r ? row1 : row0;
+        const float inv = r ? inv1 : inv0;
+        uint32_t w[4];  // w[j]: this thread's pieces of n-tiles 2 j and 2 j + 1
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t lo = __nv_fp8x2_e4m3(make_float2(o[8 * j + 2 * r] * inv, o[8 * j + 2 * r + 1] * inv)).__x;
+          const uint32_t hi = __nv_fp8x2_e4m3(make_float2(o[8 * j + 4 + 2 * r] * inv, o[8 * j + 5 + 2 * r] * inv)).__x;
+          w[j] = lo | hi << 16;
+        }
+        uint32_t u[4];  // u[x]: word tq of thread tq ^ x
+#pragma unroll
+        for (int x = 0; x < 4; ++x) u[x] = x ? __shfl_xor_sync(0xffffffffu, pick(w, tq ^ x), x) : w[tq];
+        uint32_t v[4];  // v[t]: word tq of thread t
+#pragma unroll
+        for (int t = 0; t < 4; ++t) v[t] = pick(u, t ^ tq);
+        if (row >= 0)
+          *reinterpret_cast<uint4*>(out8 + row * a.C + off + tq * 16) =
+              make_uint4(__byte_perm(v[0], v[1], 0x5410), __byte_perm(v[2], v[3], 0x5410),
+                         __byte_perm(v[0], v[1], 0x7632), __byte_perm(v[2], v[3], 0x7632));
+      }
+    }
+#pragma unroll
+    for (int n = kWide; n < HD / 8; ++n) {
       const int d = off + n * 8 + tq * 2;
       if (row0 >= 0)
         *reinterpret_cast<__nv_fp8x2_storage_t*>(out8 + row0 * a.C + d) =
