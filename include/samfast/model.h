@@ -136,6 +136,9 @@ class Model {
   // The encoder on normalized, padded pixels (B, 3, S, S) in backend memory (run_recorded's
   // computation).
   Tensor encode_pixels(const Tensor& pixels, const std::function<void(int, const Tensor&)>& on_block) const;
+  // At load: the encoder blocks' LayerNorm -> Linear pairs, as encode_pixels passes them, to the
+  // encoder's backend (Ops::prepare_layer_norm_linear).
+  void prepare_encoder_blocks() const;
   // The mask decoder on uploaded tokens (B, 1 + M + Ns, D) (run_recorded's computation).
   DecoderOutput decode_tokens(const Tensor& tokens, const Tensor& embedding, const Tensor& dense,
                               bool multimask_output) const;

@@ -43,6 +43,16 @@ Tensor Model::encode_rgb(const Tensor& rgb, const Tensor& extent) const {
   }
 }
 
+void Model::prepare_encoder_blocks() const {
+  for (int i = 0; i < cfg_.depth; ++i) {
+    const std::string b = "image_encoder.blocks." + std::to_string(i) + ".";
+    enc_ops_->prepare_layer_norm_linear(w(b + "norm1.weight"), w(b + "norm1.bias"), w(b + "attn.qkv.weight"),
+                                        w(b + "attn.qkv.bias"));
+    enc_ops_->prepare_layer_norm_linear(w(b + "norm2.weight"), w(b + "norm2.bias"), w(b + "mlp.lin1.weight"),
+                                        w(b + "mlp.lin1.bias"));
+  }
+}
+
 Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, const Tensor&)>& on_block) const {
   const SamConfig& c = cfg_;
   Ops& ops = *enc_ops_;

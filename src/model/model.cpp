@@ -90,15 +90,7 @@ Model Model::from_finite_tensors(std::vector<std::pair<std::string, Tensor>> ten
     ops->reserve_weights(bytes);
     for (const Upload& u : list) *u.dst = ops->upload_weight(*u.host, u.bulk);
   }
-  // The encoder blocks' LayerNorm -> Linear pairs as encode_pixels passes them, for what a backend
-  // precomputes from them.
-  for (int i = 0; i < m.cfg_.depth; ++i) {
-    const std::string b = "image_encoder.blocks." + std::to_string(i) + ".";
-    m.enc_ops_->prepare_layer_norm_linear(m.w(b + "norm1.weight"), m.w(b + "norm1.bias"), m.w(b + "attn.qkv.weight"),
-                                          m.w(b + "attn.qkv.bias"));
-    m.enc_ops_->prepare_layer_norm_linear(m.w(b + "norm2.weight"), m.w(b + "norm2.bias"), m.w(b + "mlp.lin1.weight"),
-                                          m.w(b + "mlp.lin1.bias"));
-  }
+  m.prepare_encoder_blocks();
   return m;
 }
 

@@ -572,8 +572,9 @@ float fp8_layer_norm_scale(const Tensor& lw, const Tensor& lb) {
   return 1.01f * m / 448.f;
 }
 
-// The bound on a GEMM's values after an fp8 LayerNorm (lin1's GELU output, qkv's and the attention's): (largest LayerNorm row norm, quantised) x (largest row norm of the
-// quantised weight) + largest bias, with the kernel's margins.
+// The bound on a GEMM's values after an fp8 LayerNorm (lin1's GELU output, qkv's and the attention's):
+// (largest LayerNorm row norm, quantised) x (largest row norm of the quantised weight) + largest bias,
+// with the kernel's margins.
 float fp8_product_bound(const Tensor& lw, const Tensor& lb, const Tensor& w1q, const Tensor& b1, float ln_scale) {
   const int64_t C = lw.numel(), N = w1q.dim(0);
   float gmax = 0.f, bsq = 0.f, wn = 0.f, bmax = 0.f;
@@ -712,7 +713,8 @@ TEST(CudaFp8, LayerNormAttentionMatchesQuantisedCpuTwin) {
       Tensor x = rand({1, G, G, C}, -3.f, 5.f), lw = rand({C}, 0.5f, 1.5f), lb = rand({C}, -0.2f, 0.2f);
       const Tensor qkv_w = rand({3 * C, C}, -0.1f, 0.1f), qkv_b = rand({3 * C}, -1.f, 1.f);
       const Tensor proj_w = rand({C, C}, -0.1f, 0.1f), proj_b = rand({C}, -1.f, 1.f);
-      const Tensor rph = rand({2 * span - 1, C / heads}, -0.5f, 0.5f), rpw = rand({2 * span - 1, C / heads}, -0.5f, 0.5f);
+      const Tensor rph = rand({2 * span - 1, C / heads}, -0.5f, 0.5f);
+      const Tensor rpw = rand({2 * span - 1, C / heads}, -0.5f, 0.5f);
       const Tensor qkv_q = fp8_tensor(qkv_w);
       const Tensor ln = bf16(cpu.layer_norm(x, lw, lb, 1e-6f, Act::None));
       const float ln_scale = fp8_layer_norm_scale(lw, lb), bound = fp8_product_bound(lw, lb, qkv_q, qkv_b, ln_scale);
@@ -751,7 +753,8 @@ TEST(CudaFp8, PreparedScalesMatchPerCall) {
   auto up = [&](Shape s, float lo, float hi) { return gpu.upload(uniform_bf16(rng, std::move(s), lo, hi)); };
   const int64_t G = 14, C = 1280, heads = 16;
   const Tensor x = up({2, G, G, C}, -3.f, 5.f);
-  const Tensor lw1 = up({C}, 0.5f, 1.5f), lb1 = up({C}, -0.2f, 0.2f), lw2 = up({C}, 0.5f, 1.5f), lb2 = up({C}, -0.2f, 0.2f);
+  const Tensor lw1 = up({C}, 0.5f, 1.5f), lb1 = up({C}, -0.2f, 0.2f);
+  const Tensor lw2 = up({C}, 0.5f, 1.5f), lb2 = up({C}, -0.2f, 0.2f);
   const Tensor qkv_w = gpu.prepare_bulk_linear(up({3 * C, C}, -0.1f, 0.1f)), qkv_b = up({3 * C}, -1.f, 1.f);
   const Tensor proj_w = gpu.prepare_bulk_linear(up({C, C}, -0.1f, 0.1f)), proj_b = up({C}, -1.f, 1.f);
   const int window = 7;

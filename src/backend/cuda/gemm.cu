@@ -805,7 +805,9 @@ namespace {
 // An F8E4M3 weight's allocation: values, row scales, quantize_weight_fp8's two stats, then room for
 // fp8_bounds' output (prepare_layer_norm_linear; 16-byte aligned, as cuBLASLt's scale pointers).
 size_t fp8_stats_offset(int64_t out, int64_t in) { return fp8_scale_offset(out, in) + sizeof(float) * out; }
-size_t fp8_bounds_offset(int64_t out, int64_t in) { return (fp8_stats_offset(out, in) + 2 * sizeof(float) + 15) / 16 * 16; }
+size_t fp8_bounds_offset(int64_t out, int64_t in) {
+  return (fp8_stats_offset(out, in) + 2 * sizeof(float) + 15) / 16 * 16;
+}
 size_t fp8_weight_bytes(int64_t out, int64_t in) {
   return fp8_bounds_offset(out, in) + 3 * sizeof(float) * cuda::kFp8ScaleStride;
 }
@@ -821,7 +823,8 @@ T* at_offset(const Tensor& t, size_t bytes) {
 Tensor CudaOps::quantize_fp8(const Tensor& w, Tensor q) {
   const int64_t out = w.dim(0), in = w.dim(1);
   cuda::quantize_weight_fp8(*ctx_, w.ptr<__nv_bfloat16>(), out, in, q.data,
-                            at_offset<float>(q, fp8_scale_offset(out, in)), at_offset<float>(q, fp8_stats_offset(out, in)));
+                            at_offset<float>(q, fp8_scale_offset(out, in)),
+                            at_offset<float>(q, fp8_stats_offset(out, in)));
   q.shape = w.shape;
   q.dtype = DType::F8E4M3;
   return q;
@@ -932,9 +935,9 @@ Tensor CudaOps::fp8_layer_scales(const Tensor& ln_w, const Tensor& ln_b, const T
     return stored;
   }
   Tensor scales = empty({3 * cuda::kFp8ScaleStride}, DType::F32);
-  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C,
-                   b ? b->ptr<__nv_bfloat16>() : nullptr, out, b ? at_offset<float>(w, fp8_stats_offset(out, C)) : nullptr,
-                   scales.data);
+  const __nv_bfloat16* bias = b ? b->ptr<__nv_bfloat16>() : nullptr;
+  const float* w_stats = b ? at_offset<float>(w, fp8_stats_offset(out, C)) : nullptr;
+  cuda::fp8_bounds(*ctx_, ln_w.ptr<__nv_bfloat16>(), ln_b.ptr<__nv_bfloat16>(), C, bias, out, w_stats, scales.data);
   return scales;
 }
 
@@ -959,7 +962,8 @@ Tensor CudaOps::layer_norm_attention(const Tensor& x, const Tensor& ln_w, const 
   const Tensor qkv = fp8_layer_norm_gemm(x, ln_w, ln_b, eps, qkv_w, &qkv_b, Act::None, scales.data, nullptr);
   const Tensor aq = rel_pos_attention_out(qkv, qkv_b, rel_pos_h, rel_pos_w, heads, window,
                                           scales.data + cuda::kFp8ScaleStride);
-  check(aq.numel() == rows * C, "layer_norm_attention", "the attention's output is not (..., " + std::to_string(C) + ")");
+  check(aq.numel() == rows * C, "layer_norm_attention",
+        "the attention's output is not (..., " + std::to_string(C) + ")");
   Tensor y = empty(x.shape);
   cuda::gemm_fp8(*ctx_, rows, C, C, aq.data, scales.data + 2 * cuda::kFp8ScaleStride, proj_w.data,
                  at_offset<float>(proj_w, fp8_scale_offset(C, C)), y.data, proj_b.data, Act::None, x.data,
