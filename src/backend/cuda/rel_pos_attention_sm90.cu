@@ -460,7 +460,7 @@ __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, f
         }
         uint32_t u[4];  // u[x]: word tq of thread tq ^ x
 #pragma unroll
-        for (int x = 0; x < 4; ++x) u[x] = x ? __shfl_xor_sync(0xffffffffu, pick(w, tq ^ x), x) : w[tq];
+        for (int x = 0; x < 4; ++x) u[x] = x ? __shfl_xor_sync(0xffffffffu, pick(w, tq ^ x), x) : pick(w, tq);
         uint32_t v[4];  // v[t]: word tq of thread t
 #pragma unroll
         for (int t = 0; t < 4; ++t) v[t] = pick(u, t ^ tq);
