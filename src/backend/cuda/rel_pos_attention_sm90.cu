@@ -446,6 +446,7 @@ __device__ __forceinline__ void store_rows(const float (&o)[HD / 2], float l0, f
     // n-tiles 2 tq and 2 tq + 1 whole; a warp's store then fills whole 32-byte sectors.
     constexpr int kWide = HD >= 64 ? 8 : 0;  // n-tiles stored so
     if constexpr (kWide > 0) {
+      // (selects, not v[i]: a register array indexed at run time goes to local memory)
       auto pick = [](const uint32_t (&v)[4], int i) { return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3]; };
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
