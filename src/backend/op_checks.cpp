@@ -63,10 +63,13 @@ void check_normalize_rgb(const Tensor& rgb, const Tensor& extent) {
             shape_str(extent.shape));
 }
 
-void check_patch_embed(const Tensor& x, const Tensor& w) {
+void check_patch_embed(const Tensor& x, const Tensor& w, const Tensor* pos) {
   check(x.ndim() == 4 && w.ndim() == 4 && w.dim(1) == x.dim(1) && w.dim(2) == w.dim(3) && w.dim(2) > 0, "patch_embed",
         "expected pixels (B, C, H, W) and a square kernel (Cout, C, p, p), got " + shape_str(x.shape) + " and " +
             shape_str(w.shape));
+  const Shape grid{1, x.dim(2) / w.dim(2), x.dim(3) / w.dim(2), w.dim(0)};
+  check(!pos || pos->shape == grid, "patch_embed",
+        "position embedding " + (pos ? shape_str(pos->shape) : std::string()) + " for a grid " + shape_str(grid));
 }
 
 void check_rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,

@@ -18,7 +18,7 @@ void check_add(const Tensor& a, const Tensor& b);
 // nchw_to_nhwc / nhwc_to_nchw: x is 4-D; layout names it in the message, e.g. "(B, C, H, W)".
 void check_4d(const Tensor& x, const char* op, const char* layout);
 void check_normalize_rgb(const Tensor& rgb, const Tensor& extent);
-void check_patch_embed(const Tensor& x, const Tensor& w);
+void check_patch_embed(const Tensor& x, const Tensor& w, const Tensor* pos);
 void check_rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                              const Tensor& rel_pos_w, int heads, int window);
 void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads);

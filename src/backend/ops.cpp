@@ -31,9 +31,10 @@ std::pair<Tensor, Tensor> Ops::layer_norm_pe(const Tensor& x, const Tensor& w, c
   return {y, y_pe};
 }
 
-Tensor Ops::patch_embed(const Tensor& x, const Tensor& w, const Tensor* b) {
-  check_patch_embed(x, w);
-  return conv2d(nchw_to_nhwc(x), w, b, static_cast<int>(w.dim(2)), 0);
+Tensor Ops::patch_embed(const Tensor& x, const Tensor& w, const Tensor* b, const Tensor* pos) {
+  check_patch_embed(x, w, pos);
+  Tensor y = conv2d(nchw_to_nhwc(x), w, b, static_cast<int>(w.dim(2)), 0);
+  return pos ? add(y, *pos) : y;
 }
 
 Tensor Ops::layer_norm_linear(const Tensor& x, const Tensor& ln_w, const Tensor& ln_b, float eps, const Tensor& w,

@@ -64,9 +64,10 @@ class Ops {
   virtual Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) = 0;
   // The image encoder's patch embedding (ref: PatchEmbed): a Conv2d whose stride is its kernel
   // (w (Cout, C, p, p)), no padding, on channel-first pixels x (B, C, H, W) -> channel-last
-  // (B, H / p, W / p, Cout). This default transposes x and runs conv2d; a backend may gather the
-  // patches from the channel-first pixels directly.
-  virtual Tensor patch_embed(const Tensor& x, const Tensor& w, const Tensor* b);
+  // (B, H / p, W / p, Cout), plus pos (1, H / p, W / p, Cout) where given (the encoder's position
+  // embedding, ref: ImageEncoderViT.forward). This default transposes x, runs conv2d and adds; a
+  // backend may gather the patches from the channel-first pixels directly.
+  virtual Tensor patch_embed(const Tensor& x, const Tensor& w, const Tensor* b, const Tensor* pos);
   // ConvTranspose2d with kernel 2, stride 2: x (B, H, W, Cin), w (Cin, Cout, 2, 2) -> (B, 2H, 2W, Cout).
   virtual Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) = 0;
   // a + b, where b has a's shape or a's trailing shape (broadcast over leading dims).

@@ -57,8 +57,8 @@ Tensor Model::encode_pixels(const Tensor& pixels, const std::function<void(int, 
   const SamConfig& c = cfg_;
   Ops& ops = *enc_ops_;
   const std::string e = "image_encoder.";
-  Tensor x = ops.patch_embed(pixels, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"));
-  x = ops.add(x, w(e + "pos_embed"));                                                  // (B, G, G, E)
+  Tensor x = ops.patch_embed(pixels, w(e + "patch_embed.proj.weight"), &w(e + "patch_embed.proj.bias"),
+                             &w(e + "pos_embed"));  // (B, G, G, E)
   for (int i = 0; i < c.depth; ++i) {
     const std::string b = e + "blocks." + std::to_string(i) + ".";
     x = ops.layer_norm_attention(x, w(b + "norm1.weight"), w(b + "norm1.bias"), 1e-6f, w(b + "attn.qkv.weight"),

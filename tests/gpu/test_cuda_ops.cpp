@@ -182,12 +182,17 @@ TEST_P(CudaOpsTest, NormalizeRgb) {
 }
 
 // The patch embedding from channel-first pixels (the gathered patches, p 16 and 8) and its
-// fallback (p 6: no whole 16-byte runs), against the CPU's transpose + conv2d.
+// fallback (p 6: no whole 16-byte runs), against the CPU's transpose + conv2d; with the position
+// embedding (the GEMM's C operand, shared by the batch, on the gathered path) against conv2d + add.
 TEST_P(CudaOpsTest, PatchEmbed) {
   for (const int p : {16, 8, 6}) {
-    Tensor x = rand({2, 3, 4 * p, 3 * p}), w = rand({32, 3, p, p}, -0.1f, 0.1f), b = rand({32});
-    const Tensor bias = up(b);
-    expect_close(gpu->patch_embed(up(x), up(w), &bias), cpu.patch_embed(x, w, &b), "patch_embed p " + std::to_string(p));
+    Tensor x = rand({3, 3, 4 * p, 3 * p}), w = rand({32, 3, p, p}, -0.1f, 0.1f), b = rand({32});
+    Tensor pos = rand({1, 4, 3, 32});
+    const Tensor bias = up(b), pos_d = up(pos);
+    const std::string name = "patch_embed p " + std::to_string(p);
+    expect_close(gpu->patch_embed(up(x), up(w), &bias, nullptr), cpu.patch_embed(x, w, &b, nullptr), name);
+    expect_close(gpu->patch_embed(up(x), up(w), &bias, &pos_d), cpu.add(cpu.patch_embed(x, w, &b, nullptr), pos),
+                 name + " + position embedding");
   }
 }
 

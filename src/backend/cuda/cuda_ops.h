@@ -39,7 +39,7 @@ struct GemmPlan {
 // owns the plans' descriptors.
 class GemmPlanCache {
  public:
-  using Key = std::array<int64_t, 16>;
+  using Key = std::array<int64_t, 17>;
   GemmPlanCache() = default;
   GemmPlanCache(const GemmPlanCache&) = delete;
   GemmPlanCache& operator=(const GemmPlanCache&) = delete;
@@ -121,7 +121,8 @@ class CudaOps final : public Ops {
   // above read them instead of computing them on every call.
   void prepare_layer_norm_linear(const Tensor& ln_w, const Tensor& ln_b, const Tensor& w, const Tensor& b) override;
   Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int stride, int pad) override;
-  Tensor patch_embed(const Tensor& x, const Tensor& w, const Tensor* b) override;
+  // The position embedding as the GEMM's C operand, one copy for every image (batch stride 0).
+  Tensor patch_embed(const Tensor& x, const Tensor& w, const Tensor* b, const Tensor* pos) override;
   Tensor conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) override;
   Tensor add(const Tensor& a, const Tensor& b) override;
   Tensor nchw_to_nhwc(const Tensor& x) override;
@@ -219,13 +220,13 @@ namespace cuda {
 
 // The one GEMM entry point (row-major): C (M, N) = act(A (M, K) @ op(B) + bias (N)) + residual,
 // B stored (N, K) when b_transposed, else (K, N); residual (M, N) with leading dim ldc or null;
-// `batch` problems at element strides sA, sB, sC (sC also for residual; a stride of 0 shares one
-// matrix). All matrices of type dt, or C fp32 when f32_out (no epilogue then); fp32 accumulation
+// `batch` problems at element strides sA, sB, sC, and s_residual for residual (-1: sC; a stride of 0
+// shares one matrix). All matrices of type dt, or C fp32 when f32_out (no epilogue then); fp32 accumulation
 // always, TF32 never. Quantised variants slot in behind this signature.
 void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, int64_t K, const void* A,
           int64_t lda, const void* B, int64_t ldb, void* C, int64_t ldc, const void* bias = nullptr,
           Act act = Act::None, const void* residual = nullptr, int64_t batch = 1, int64_t sA = 0,
-          int64_t sB = 0, int64_t sC = 0, bool f32_out = false);
+          int64_t sB = 0, int64_t sC = 0, bool f32_out = false, int64_t s_residual = -1);
 
 // How the fp8 GEMM's operands are scaled: per row of A and per row of W (cuBLASLt's outer vectors,
 // a_scale[M] and w_scale[N]), or one scale each (a_scale[0], w_scale[0]: the per-tensor mode, the only

@@ -206,8 +206,11 @@ GemmPlan new_plan(CudaContext& ctx, cublasOperation_t ta, cublasLtEpilogue_t epi
 
 void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, int64_t K, const void* A, int64_t lda,
           const void* B, int64_t ldb, void* C, int64_t ldc, const void* bias, Act act, const void* residual,
-          int64_t batch, int64_t sA, int64_t sB, int64_t sC, bool f32_out) {
+          int64_t batch, int64_t sA, int64_t sB, int64_t sC, bool f32_out, int64_t s_residual) {
   if (M == 0 || N == 0 || batch == 0) return;
+  if (s_residual < 0 || batch == 1) s_residual = sC;
+  if (residual && s_residual != sC && act != Act::None)  // (the activation pass would add it densely)
+    throw Error("gemm: a residual shared by the batch takes no activation");
   if (f32_out && (bias || act != Act::None || residual)) throw Error("gemm: an fp32 output takes no epilogue");
   if ((bias || act != Act::None || residual) && (ldc != N || (batch > 1 && sC != M * N)))
     throw Error("gemm: bias, activation or residual need a dense output (ldc == N)");
@@ -222,18 +225,19 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
   int64_t align = std::min({alignment(A), alignment(B), alignment(C), c_in ? alignment(c_in) : 256,
                             bias ? alignment(bias) : 256});
   const GemmPlanCache::Key key{(int64_t)dt, b_transposed, M, N, K, lda, ldb, ldc, batch, sA, sB, sC,
-                              (int64_t)epi, c_in != nullptr, align, f32_out};
+                              (int64_t)epi, c_in != nullptr, align, f32_out, s_residual};
   const cudaDataType_t t = cuda_type(dt), tc = f32_out ? CUDA_R_32F : t;
   const float alpha = 1.f, beta = c_in ? 1.f : 0.f;
   auto matmul = [&](const GemmPlan& p, const cublasLtMatmulAlgo_t& algo) {
-    return cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.c, &algo,
-                          ctx.workspace, ctx.workspace_bytes, ctx.stream);
+    return cublasLtMatmul(ctx.lt, p.desc, &alpha, B, p.a, A, p.b, &beta, c_in ? c_in : C, p.c, C, p.d ? p.d : p.c,
+                          &algo, ctx.workspace, ctx.workspace_bytes, ctx.stream);
   };
   const GemmPlan& p = ctx.gemm_plans.get(key, [&] {
     auto configure = [&](GemmPlan& plan) {
       plan.a = b_transposed ? make_layout(t, K, N, ldb, batch, sB) : make_layout(t, N, K, ldb, batch, sB);
       plan.b = make_layout(t, K, M, lda, batch, sA);
-      plan.c = make_layout(tc, N, M, ldc, batch, sC);
+      plan.c = make_layout(tc, N, M, ldc, batch, c_in ? s_residual : sC);
+      if (c_in && s_residual != sC) plan.d = make_layout(tc, N, M, ldc, batch, sC);  // the output's own
       if (bias)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     };
@@ -245,9 +249,12 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     CUBLAS_CHECK(matmul(p, p.algo));
   } else {  // no cuBLASLt kernel for this shape: plain cuBLAS, then bias / activation in our kernel
-    if (c_in)
-      CUDA_CHECK(cudaMemcpyAsync(C, c_in, element_size(dt) * (size_t)(M * N * batch), cudaMemcpyDeviceToDevice,
-                                 ctx.stream));
+    if (c_in)  // (one copy of the residual a problem where they share one)
+      for (int64_t i = 0, n = s_residual == sC ? 1 : batch; i < n; ++i)
+        CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(C) + element_size(dt) * i * sC,
+                                   static_cast<const char*>(c_in) + element_size(dt) * i * s_residual,
+                                   element_size(dt) * (size_t)(M * N * (n == 1 ? batch : 1)), cudaMemcpyDeviceToDevice,
+                                   ctx.stream));
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.cublas, b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, (int)N,
                                             (int)M, (int)K, &alpha, B, t, (int)ldb, sB, A, t, (int)lda, sA, &beta, C,
                                             tc, (int)ldc, sC, (int)batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -1059,14 +1066,15 @@ Tensor CudaOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int st
   return linear(col, w2, b, Act::None, nullptr);
 }
 
-Tensor CudaOps::patch_embed(const Tensor& x, const Tensor& w, const Tensor* b) {
+Tensor CudaOps::patch_embed(const Tensor& x, const Tensor& w, const Tensor* b, const Tensor* pos) {
   expect(x, "patch_embed", "input");
   expect(w, "patch_embed", "weight");
-  check_patch_embed(x, w);
+  if (pos) expect(*pos, "patch_embed", "position embedding");
+  check_patch_embed(x, w, pos);
   const int64_t B = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), p = w.dim(2), Cout = w.dim(0);
   const int64_t V = 16 / element_size(dt_), K = C * p * p;
   if (p % V != 0 || H % p != 0 || W % p != 0 || reinterpret_cast<uintptr_t>(x.data) % 16 != 0)
-    return Ops::patch_embed(x, w, b);
+    return Ops::patch_embed(x, w, b, pos);
   Tensor col = empty({B, H / p, W / p, K});
   const int64_t chunks = col.numel() / V;
   if (chunks > 0)
@@ -1074,7 +1082,13 @@ Tensor CudaOps::patch_embed(const Tensor& x, const Tensor& w, const Tensor* b) {
                      patchify_kernel<T><<<cuda::blocks_for(chunks, 256), 256, 0, ctx_->stream>>>(
                          x.ptr<T>(), col.ptr<T>(), chunks, (int)C, (int)H, (int)W, (int)p));
   CUDA_LAUNCH_CHECK();
-  return linear(col, w.view({Cout, K}), b, Act::None, nullptr);
+  if (!pos) return linear(col, w.view({Cout, K}), b, Act::None, nullptr);
+  // One problem an image, the position embedding its C operand: no pass of its own to add it.
+  Tensor y = empty({B, H / p, W / p, Cout});
+  const int64_t M = (H / p) * (W / p);
+  cuda::gemm(*ctx_, dt_, true, M, Cout, K, col.data, K, w.data, K, y.data, Cout, b ? b->data : nullptr, Act::None,
+             pos->data, B, M * K, 0, M * Cout, false, /*s_residual=*/0);
+  return y;
 }
 
 Tensor CudaOps::conv_transpose2x2(const Tensor& x, const Tensor& w, const Tensor& b, Act act) {
