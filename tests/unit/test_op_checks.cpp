@@ -24,8 +24,8 @@ TEST(OpChecks, CpuBackendRefusesWhatDoesNotFit) {
             "attention: q (2, 3, 4), k (2, 0, 4), v (2, 0, 4)");
   EXPECT_EQ(error_of([&] { cpu.postprocess_masks(Tensor::zeros({1, 1, 4, 5}), 16, {8, 8}, {8, 8}, false); }),
             "postprocess_masks: low-res masks must be square, got (1, 1, 4, 5)");
-  const Tensor pos = Tensor::zeros({1, 2, 2, 8});
-  EXPECT_EQ(error_of([&] { cpu.patch_embed(Tensor::zeros({1, 3, 8, 12}), Tensor::zeros({8, 3, 4, 4}), nullptr, &pos); }),
+  const Tensor pixels = Tensor::zeros({1, 3, 8, 12}), pos = Tensor::zeros({1, 2, 2, 8});
+  EXPECT_EQ(error_of([&] { cpu.patch_embed(pixels, Tensor::zeros({8, 3, 4, 4}), nullptr, &pos); }),
             "patch_embed: position embedding (1, 2, 2, 8) for a grid (1, 2, 3, 8)");
 }
 
