@@ -249,12 +249,14 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
       CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     CUBLAS_CHECK(matmul(p, p.algo));
   } else {  // no cuBLASLt kernel for this shape: plain cuBLAS, then bias / activation in our kernel
-    if (c_in)  // (one copy of the residual a problem where they share one)
-      for (int64_t i = 0, n = s_residual == sC ? 1 : batch; i < n; ++i)
+    const size_t problem = element_size(dt) * (size_t)(M * N);
+    if (c_in && s_residual == sC)
+      CUDA_CHECK(cudaMemcpyAsync(C, c_in, problem * batch, cudaMemcpyDeviceToDevice, ctx.stream));
+    else if (c_in)  // a problem at a time (s_residual 0: one residual shared by all)
+      for (int64_t i = 0; i < batch; ++i)
         CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(C) + element_size(dt) * i * sC,
-                                   static_cast<const char*>(c_in) + element_size(dt) * i * s_residual,
-                                   element_size(dt) * (size_t)(M * N * (n == 1 ? batch : 1)), cudaMemcpyDeviceToDevice,
-                                   ctx.stream));
+                                   static_cast<const char*>(c_in) + element_size(dt) * i * s_residual, problem,
+                                   cudaMemcpyDeviceToDevice, ctx.stream));
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.cublas, b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, (int)N,
                                             (int)M, (int)K, &alpha, B, t, (int)ldb, sB, A, t, (int)lda, sA, &beta, C,
                                             tc, (int)ldc, sC, (int)batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
