@@ -660,10 +660,9 @@ __global__ void im2col_kernel(const T* __restrict x, T* __restrict col, I rows, 
 }
 
 // The vectorised im2col: col's columns ordered (ky, kx, ci), so that the columns of one (ky, kx) are
-// Cin consecutive channels of x (NHWC), and a thread writes 16 bytes: one 16-byte load when Cin is a
-// multiple of the vector width (the neck's 3x3 convolution), else V values gathered with incremental
-// indices (the patch embedding's Cin = 3). The weight is permuted to match (permute_conv_weight).
-// (The (ci, ky, kx) kernel above writes 2 bytes at a time.)
+// Cin consecutive channels of x (NHWC), and a thread writes 16 bytes. The weight is permuted to match
+// (permute_conv_weight). (The (ci, ky, kx) kernel above writes 2 bytes at a time.)
+// Cin not a multiple of the vector width V: V values gathered with incremental indices.
 template <class T>
 __global__ void im2col_vec_kernel(const T* __restrict x, T* __restrict col, int rows, int H, int W, int Cin, int kw,
                                   int K, int Ho, int Wo, int stride, int pad) {
@@ -674,23 +673,46 @@ __global__ void im2col_vec_kernel(const T* __restrict x, T* __restrict col, int 
     const int ox = r % Wo, rest = r / Wo, oy = rest % Ho, b = rest / Ho;
     int ci = k0 % Cin, t = k0 / Cin, kx = t % kw, ky = t / kw;
     uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (Cin % V == 0) {  // the chunk is V channels of one pixel
-      const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
-      if (iy >= 0 && iy < H && ix >= 0 && ix < W)
-        v = *reinterpret_cast<const uint4*>(x + ((int64_t(b) * H + iy) * W + ix) * Cin + ci);
-    } else {
-      T* e = reinterpret_cast<T*>(&v);
+    T* e = reinterpret_cast<T*>(&v);
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
-        if (iy >= 0 && iy < H && ix >= 0 && ix < W) e[j] = x[((int64_t(b) * H + iy) * W + ix) * Cin + ci];
-        if (++ci == Cin) {
-          ci = 0;
-          if (++kx == kw) kx = 0, ++ky;
-        }
+    for (int j = 0; j < V; ++j) {
+      const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+      if (iy >= 0 && iy < H && ix >= 0 && ix < W) e[j] = x[((int64_t(b) * H + iy) * W + ix) * Cin + ci];
+      if (++ci == Cin) {
+        ci = 0;
+        if (++kx == kw) kx = 0, ++ky;
       }
     }
     *reinterpret_cast<uint4*>(col + int64_t(i) * V) = v;
+  }
+}
+
+// Cin a multiple of V (the neck's 3x3 convolution): a 16-byte chunk is V channels of one pixel. A
+// thread takes one chunk column of kIm2colRows consecutive rows, so that the divisions that place a
+// chunk (its ky, kx, ci) and a row (its b, oy, ox) are done once for them all, not once a chunk as in
+// the kernel above, where they outnumbered the copying.
+constexpr int kIm2colRows = 8;
+
+template <class T>
+__global__ void im2col_rows_kernel(const T* __restrict x, T* __restrict col, int rows, int H, int W, int Cin, int kw,
+                                   int K, int Ho, int Wo, int stride, int pad) {
+  constexpr int V = 16 / sizeof(T);
+  const int chunks = K / V, r0 = blockIdx.x * kIm2colRows, r1 = min(rows, r0 + kIm2colRows);
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    const int ci = c * V % Cin, t = c * V / Cin, kx = t % kw, ky = t / kw;
+    int ox = r0 % Wo, oy = r0 / Wo % Ho, b = r0 / Wo / Ho;
+#pragma unroll 4
+    for (int r = r0; r < r1; ++r) {
+      const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+        v = *reinterpret_cast<const uint4*>(x + ((int64_t(b) * H + iy) * W + ix) * Cin + ci);
+      *reinterpret_cast<uint4*>(col + (int64_t(r) * chunks + c) * V) = v;
+      if (++ox == Wo) {
+        ox = 0;
+        if (++oy == Ho) oy = 0, ++b;
+      }
+    }
   }
 }
 
@@ -1046,8 +1068,16 @@ Tensor CudaOps::conv2d(const Tensor& x, const Tensor& w, const Tensor* b, int st
     SAMFAST_DISPATCH(dt_, T, {
       permute_conv_weight<T><<<cuda::blocks_for(w.numel(), 256), 256, 0, ctx_->stream>>>(
           w.ptr<T>(), wp.ptr<T>(), (int)Cout, (int)Cin, (int)kh, (int)kw);
-      im2col_vec_kernel<T><<<cuda::blocks_for(rows * K / V, 256), 256, 0, ctx_->stream>>>(
-          x.ptr<T>(), col.ptr<T>(), (int)rows, (int)H, (int)W, (int)Cin, (int)kw, (int)K, (int)Ho, (int)Wo, stride, pad);
+      if (Cin % V == 0) {  // whole warps over a row's chunks (the neck's 288: 9 warps)
+        const int threads = (int)std::min<int64_t>(512, (K / V + 31) / 32 * 32);
+        im2col_rows_kernel<T><<<(unsigned)((rows + kIm2colRows - 1) / kIm2colRows), threads, 0, ctx_->stream>>>(
+            x.ptr<T>(), col.ptr<T>(), (int)rows, (int)H, (int)W, (int)Cin, (int)kw, (int)K, (int)Ho, (int)Wo, stride,
+            pad);
+      } else {
+        im2col_vec_kernel<T><<<cuda::blocks_for(rows * K / V, 256), 256, 0, ctx_->stream>>>(
+            x.ptr<T>(), col.ptr<T>(), (int)rows, (int)H, (int)W, (int)Cin, (int)kw, (int)K, (int)Ho, (int)Wo, stride,
+            pad);
+      }
     });
     CUDA_LAUNCH_CHECK();
     return linear(col, wp, b, Act::None, nullptr);
