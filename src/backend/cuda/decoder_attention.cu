@@ -326,24 +326,28 @@ __global__ void __launch_bounds__(32 * W) i2t_mma_kernel(I2tArgs a, int tiles_pe
     }
     float mean[2], rstd[2];
     quad_row_stats(sum, sq, D, a.eps, mean, rstd);
-    // Normalise in place (each thread its own values), then whole rows out, 16 bytes per lane.
+    __syncwarp();  // every lane's pre-norm values in sXw
+    // Whole rows out, 16 bytes a lane, normalised on the way: a lane's 8 columns' LayerNorm weights
+    // in registers and each row's mean and rstd from its quad by shuffles (not normalised in place in
+    // sXw first: that is a shared-memory read and write more of each value pair).
+    float lw[8], lb[8];
 #pragma unroll
-    for (int n = 0; n < 32; ++n) {
-      const int col = n * 8 + tq * 2;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        uint32_t* p = reinterpret_cast<uint32_t*>(sXw + (gr + 8 * i) * LDS + col);
-        const float2 v = unpack16<H>(*p);
-        *p = pack16<H>((v.x - mean[i]) * rstd[i] * sLn[col] + sLn[D + col],
-                       (v.y - mean[i]) * rstd[i] * sLn[col + 1] + sLn[D + col + 1]);
-      }
-    }
-    __syncwarp();
+    for (int k = 0; k < 8; ++k) lw[k] = sLn[lane * 8 + k], lb[k] = sLn[D + lane * 8 + k];
     H* ypg = static_cast<H*>(a.out_pe) + int64_t(b) * T * D;
 #pragma unroll
     for (int r = 0; r < 16; ++r) {
-      if (r0 + r >= T) break;
-      const uint4 y = *reinterpret_cast<const uint4*>(sXw + r * LDS + lane * 8);
+      const float m = __shfl_sync(0xffffffffu, mean[r / 8], (r % 8) * 4);
+      const float rs = __shfl_sync(0xffffffffu, rstd[r / 8], (r % 8) * 4);
+      const uint4 raw = *reinterpret_cast<const uint4*>(sXw + r * LDS + lane * 8);
+      const uint32_t* in = reinterpret_cast<const uint32_t*>(&raw);
+      uint4 y;
+      uint32_t* o = reinterpret_cast<uint32_t*>(&y);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 v = unpack16<H>(in[k]);
+        o[k] = pack16<H>((v.x - m) * rs * lw[2 * k] + lb[2 * k], (v.y - m) * rs * lw[2 * k + 1] + lb[2 * k + 1]);
+      }
+      if (r0 + r >= T) continue;  // (rows past the last token: computed, not stored)
       *reinterpret_cast<uint4*>(yg + int64_t(r0 + r) * D + lane * 8) = y;
       if (a.out_pe) *reinterpret_cast<uint4*>(ypg + int64_t(r0 + r) * D + lane * 8) = cuda::add_vec16<H>(y, pe_rows[r]);
     }
