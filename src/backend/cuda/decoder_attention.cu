@@ -378,9 +378,13 @@ namespace cuda {
 void wide_head_attention(const CudaOps& ops, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) {
   CudaContext& ctx = ops.context();
   const DType dt = ops.precision();
-  const int64_t B = out.dim(0), Nq = q.dim(1), D = q.dim(2), Nk = k.dim(1);
+  int64_t B = out.dim(0), Nq = q.dim(1);
+  const int64_t D = q.dim(2), Nk = k.dim(1);
   const int64_t q_step = q.dim(0) == 1 ? 0 : 1, kv_step = k.dim(0) == 1 ? 0 : 1;
   check(B * Nq < (int64_t(1) << 31) && Nk < (int64_t(1) << 31), "attention", "too many queries or keys");
+  // Keys and values shared by the batch (the first layer's, before the image tokens differ by
+  // prompt): the batch's queries as the rows of one GEMM each, which reads K and V once.
+  if (kv_step == 0 && q_step == 1) Nq *= B, B = 1;
   Tensor s = ops.empty({B, Nq, Nk}, DType::F32);
   cuda::gemm(ctx, dt, true, Nq, Nk, D, q.data, D, k.data, D, s.data, Nk, nullptr, Act::None, nullptr, B, q_step * Nq * D,
              kv_step * Nk * D, Nq * Nk, /*f32_out=*/true);
