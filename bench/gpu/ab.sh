@@ -5,7 +5,8 @@
 # tests ($GTEST_FILTER, default all), then `samfast bench` in interleaved rounds (the builds one
 # after the other, $ROUNDS times, $AB_MODELS at $AB_PRECISION, batch 8, 16 prompts), and with
 # AB_TRACE=1 a kernel trace of each build on each of $AB_TRACE_MODELS (default vit_b), summarised
-# (trace_summary.txt; AB_KEEP_TRACES=1 keeps the raw traces, which a call may not return). Machines
+# (trace_summary.txt, with trace_gaps.py's account of a decode's idle time; AB_KEEP_TRACES=1 keeps
+# the raw traces, which a call may not return). Machines
 # differ between calls by a few percent: compare builds only within one call. Each test run and bench
 # is stopped after $AB_TIMEOUT seconds (default 180), so that a build that hangs costs only that; a
 # build whose tests fail or time out is left out of the benches. With AB_PARITY set to a pytest -k
@@ -69,6 +70,7 @@ if [ "${AB_TRACE:-0}" = 1 ]; then
         --precision "${AB_PRECISION:-bf16}" --batch 8 --prompts 16 --runs 2 --trace "$t" >/dev/null 2>&1
       echo "== $v $m" >> "$OUT/trace_summary.txt"
       python3 bench/gpu/trace_summary.py "$t" --runs 2 --top 40 --split >> "$OUT/trace_summary.txt"
+      python3 bench/gpu/trace_gaps.py "$t" >> "$OUT/trace_summary.txt" 2>&1  # a decode's idle time
       [ "${AB_KEEP_TRACES:-0}" = 1 ] || rm -f "$t"  # the device returns only a few files a call
     done
   done
