@@ -4,6 +4,10 @@ post-processing); for the pieces whose mask upscaling ran on 16 prompts (the ben
 span from the piece's first kernel start to its post-processing's end, the kernels' time in it, and
 its idle time split into gaps under and over 5 us, and the kernels around the gaps over 5 us that add
 up most (a gap that no kernel fills: a copy, or the GPU waiting on the host).
+Where the trace also holds the copies and the CUDA runtime calls (samfast's traces do), a second
+account of each decode from the previous one's end: the copies' time, the time with neither a kernel
+nor a copy running, how much of it had nothing queued (the call that queued the next GPU work had
+not begun: the GPU waited on the host), and what the host was doing meanwhile, by runtime call.
 Usage: python3 trace_gaps.py TRACE.json [--prompts 16]
 """
 import argparse
@@ -21,8 +25,9 @@ def main():
     ap.add_argument("trace")
     ap.add_argument("--prompts", type=int, default=16)
     args = ap.parse_args()
-    events = sorted((e for e in json.load(open(args.trace))["traceEvents"] if e.get("cat") == "kernel"),
-                    key=lambda e: e["ts"])
+    everything = json.load(open(args.trace))["traceEvents"]
+    events = sorted((e for e in everything if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    windows = []  # each counted decode's (start, end): from the previous piece's end
     pieces, cur = [], []
     for e in events:
         cur.append(e)
@@ -53,6 +58,8 @@ def main():
                 where[(short(a["name"]), short(b["name"]))].append(g)
         lead = k[0]["ts"] - end_of_last if end_of_last is not None and start == 0 else 0.0
         rows.append((span, busy, sum(g for g in gaps if g < 5), sum(g for g in gaps if g >= 5), len(k), lead))
+        if start == 0 and end_of_last is not None:
+            windows.append((end_of_last, prev_end))
     if not rows:
         raise SystemExit(f"no decode of {args.prompts} prompts in the trace")
     med = [statistics.median(r[i] for r in rows) for i in range(6)]
@@ -62,6 +69,49 @@ def main():
     for (a, b), gs in sorted(where.items(), key=lambda kv: -sum(kv[1]))[:6]:
         print(f"  {sum(gs) / len(rows):6.1f} us a decode ({len(gs) / len(rows):.1f} gaps, median {statistics.median(gs):.1f}) "
               f"after {a} before {b}")
+
+    host_account(everything, windows)
+
+
+def host_account(everything, windows):
+    """Copies, idle time and the host's part in it over each window (see the module's doc)."""
+    api = {e["args"]["correlation"]: e for e in everything if e.get("cat") == "api"}
+    if not api or not windows:
+        return
+    ops = sorted((e for e in everything if e.get("cat") in ("kernel", "memcpy", "memset")), key=lambda e: e["ts"])
+    calls = sorted(api.values(), key=lambda e: e["ts"])
+    copies, idle, waited = collections.Counter(), [], []
+    host = collections.Counter()  # runtime call -> its time inside the GPU's waits; "" outside calls
+    for w0, w1 in windows:
+        inside = [e for e in ops if w0 <= e["ts"] < w1]
+        for e in inside:
+            if e["cat"] != "kernel":
+                copies[e["name"]] += e["dur"]
+        t, idle_w, waited_w = w0, 0.0, 0.0
+        for e in inside:
+            if e["ts"] > t:
+                idle_w += e["ts"] - t
+                call = api.get(e.get("args", {}).get("correlation"))
+                if call and call["ts"] > t:  # nothing was queued from t until that call began
+                    w_end = min(call["ts"], e["ts"])
+                    waited_w += w_end - t
+                    covered = 0.0
+                    for c in calls:
+                        lo, hi = max(c["ts"], t), min(c["ts"] + c["dur"], w_end)
+                        if hi > lo:
+                            host[c["name"]] += hi - lo
+                            covered += hi - lo
+                    host[""] += (w_end - t) - covered
+            t = max(t, e["ts"] + e["dur"])
+        idle.append(idle_w)
+        waited.append(waited_w)
+    n = len(windows)
+    copy_text = ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(copies.items(), key=lambda kv: -kv[1])) or "none"
+    print(f"with copies, from the previous decode's end ({n} decodes, means a decode): copies {sum(copies.values()) / n:.1f} us "
+          f"({copy_text}); no kernel or copy running {statistics.mean(idle):.1f} us, of which {statistics.mean(waited):.1f} "
+          "with nothing queued (the GPU waiting on the host)")
+    for name, v in sorted(host.items(), key=lambda kv: -kv[1])[:6]:
+        print(f"  host meanwhile {v / n:6.1f} us a decode in {name or 'its own work (no CUDA call)'}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-// A timeline of the GPU work of this process (kernels, copies, memsets) through NVIDIA's CUPTI
-// activity API, written as a Chrome trace (open it in ui.perfetto.dev or chrome://tracing), with
-// per-kernel totals. CUPTI (libcupti.so, part of the CUDA toolkit) is loaded when a trace starts, so
-// samfast itself does not depend on it; without it, or without a CUDA build, starting throws.
+// A timeline of the GPU work of this process (kernels, copies, memsets) and of the CUDA runtime
+// calls that queued it (host threads, with the correlation id that links a call to its GPU work)
+// through NVIDIA's CUPTI activity API, written as a Chrome trace (open it in ui.perfetto.dev or
+// chrome://tracing), with per-kernel totals. CUPTI (libcupti.so, part of the CUDA toolkit) is loaded
+// when a trace starts, so samfast itself does not depend on it; without it, or without a CUDA build,
+// starting throws.
 #pragma once
 #include <cstdint>
 #include <memory>

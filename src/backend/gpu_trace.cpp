@@ -28,7 +28,7 @@ namespace {
 struct Event {
   std::string name, cat;
   uint64_t start, end;  // ns
-  uint32_t stream, device;
+  uint32_t stream, device;  // for a CUDA runtime call: the host thread and process
   nlohmann::json args;
 };
 
@@ -40,6 +40,7 @@ struct Cupti {
   decltype(&cuptiActivityFlushAll) flush_all = nullptr;
   decltype(&cuptiActivityGetNextRecord) next_record = nullptr;
   decltype(&cuptiGetResultString) result_string = nullptr;
+  decltype(&cuptiGetCallbackName) callback_name = nullptr;
 };
 
 std::mutex g_mu;  // g_events, g_active
@@ -67,6 +68,7 @@ const Cupti& cupti() {
     c.flush_all = reinterpret_cast<decltype(c.flush_all)>(sym("cuptiActivityFlushAll"));
     c.next_record = reinterpret_cast<decltype(c.next_record)>(sym("cuptiActivityGetNextRecord"));
     c.result_string = reinterpret_cast<decltype(c.result_string)>(sym("cuptiGetResultString"));
+    c.callback_name = reinterpret_cast<decltype(c.callback_name)>(sym("cuptiGetCallbackName"));
     return c;
   }();
   return api;
@@ -111,16 +113,26 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
                         {"block", {k->blockX, k->blockY, k->blockZ}},
                         {"registers", k->registersPerThread},
                         {"shared_bytes", k->staticSharedMemory + k->dynamicSharedMemory},
-                        {"graph", k->graphId}}});
+                        {"graph", k->graphId},
+                        {"correlation", k->correlationId}}});
     } else if (rec->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(rec);
       static const char* kinds[] = {"?", "HtoD", "DtoH", "HtoA", "AtoH", "AtoA", "AtoD", "DtoA", "DtoD", "HtoH", "PtoP"};
       const char* kind = m->copyKind < sizeof(kinds) / sizeof(kinds[0]) ? kinds[m->copyKind] : "?";
       batch.push_back({std::string("memcpy ") + kind, "memcpy", m->start, m->end, m->streamId, m->deviceId,
-                       {{"bytes", m->bytes}}});
+                       {{"bytes", m->bytes}, {"correlation", m->correlationId}}});
     } else if (rec->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(rec);
-      batch.push_back({"memset", "memset", m->start, m->end, m->streamId, m->deviceId, {{"bytes", m->bytes}}});
+      batch.push_back({"memset", "memset", m->start, m->end, m->streamId, m->deviceId,
+                       {{"bytes", m->bytes}, {"correlation", m->correlationId}}});
+    } else if (rec->kind == CUPTI_ACTIVITY_KIND_RUNTIME) {
+      // The host side: when each CUDA runtime call ran and how long it kept the host, with the
+      // correlation id of the GPU work it queued (a gap on the GPU that ends with work queued
+      // after the gap began is the GPU waiting on the host).
+      const auto* a = reinterpret_cast<const CUpti_ActivityAPI*>(rec);
+      const char* name = nullptr;
+      if (cupti().callback_name(CUPTI_CB_DOMAIN_RUNTIME_API, a->cbid, &name) != CUPTI_SUCCESS || !name) name = "?";
+      batch.push_back({name, "api", a->start, a->end, a->threadId, a->processId, {{"correlation", a->correlationId}}});
     }
   }
   std::free(buffer);
@@ -129,7 +141,7 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
 }
 
 constexpr CUpti_ActivityKind kKinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-                                         CUPTI_ACTIVITY_KIND_MEMSET};
+                                         CUPTI_ACTIVITY_KIND_MEMSET, CUPTI_ACTIVITY_KIND_RUNTIME};
 
 }  // namespace
 
@@ -177,7 +189,9 @@ std::vector<GpuTrace::KernelTotal> GpuTrace::finish(const std::string& path) {
   const uint64_t t0 = events.empty() ? 0 : events.front().start;
   nlohmann::json trace = nlohmann::json::array();
   std::map<std::string, KernelTotal> totals;
+  std::map<uint32_t, std::string> rows;  // each pid's name in the viewer
   for (const Event& e : events) {
+    rows.emplace(e.device, e.cat == "api" ? "host: CUDA runtime calls" : "GPU " + std::to_string(e.device));
     trace.push_back({{"name", e.name},
                      {"cat", e.cat},
                      {"ph", "X"},
@@ -193,6 +207,8 @@ std::vector<GpuTrace::KernelTotal> GpuTrace::finish(const std::string& path) {
     ++t.launches;
     t.ms += (e.end - e.start) / 1e6;
   }
+  for (const auto& [pid, name] : rows)
+    trace.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", pid}, {"args", {{"name", name}}}});
   std::ofstream f(path);
   if (!f) throw Error("cannot write the GPU trace to " + path);
   f << nlohmann::json{{"traceEvents", trace}, {"displayTimeUnit", "ms"}}.dump() << "\n";

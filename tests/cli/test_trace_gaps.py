@@ -51,3 +51,43 @@ def test_a_trace_without_decodes_says_so(tmp_path):
     trace.write_text(json.dumps({"traceEvents": decode(0, prompts=4)[0]}))
     p = run(trace)
     assert p.returncode != 0 and "no decode of 16 prompts" in p.stderr
+
+
+def traced_decode(t, corr):
+    """A decode as samfast's traces hold it, from the previous one's end at t (us): 2 us of the host's
+    own work, then cudaMemcpyAsync (t+2..t+8) queuing a 3 us upload at t+9, cudaGraphLaunch (t+9..t+14)
+    queuing the kernels from t+18 (6 us idle, but queued); the post-processing queued by
+    cudaLaunchKernel 3 us after the upscaling ends, the host having spent 2 of them in
+    cudaEventQuery. Per decode: idle 9 + 6 + 18 (the kernels' gaps) = 33 us, of which 2 + 3 waited on
+    the host (3 its own work, 2 cudaEventQuery)."""
+    ev = [{"name": "cudaMemcpyAsync", "cat": "api", "ts": t + 2, "dur": 6, "args": {"correlation": corr}},
+          {"name": "memcpy HtoD", "cat": "memcpy", "ts": t + 9, "dur": 3, "args": {"correlation": corr}},
+          {"name": "cudaGraphLaunch", "cat": "api", "ts": t + 9, "dur": 5, "args": {"correlation": corr + 1}}]
+    kernels, end = decode(t + 18)
+    for e in kernels:
+        e["args"]["correlation"] = corr + 1
+    upscale_end = kernels[-2]["ts"] + kernels[-2]["dur"]
+    kernels[-1]["args"]["correlation"] = corr + 2
+    ev += kernels
+    ev += [{"name": "cudaEventQuery", "cat": "api", "ts": upscale_end + 0.5, "dur": 2, "args": {"correlation": corr + 3}},
+           {"name": "cudaLaunchKernel", "cat": "api", "ts": upscale_end + 3, "dur": 2, "args": {"correlation": corr + 2}}]
+    return ev, end
+
+
+def test_copies_and_the_gpu_waiting_on_the_host(tmp_path):
+    events, t = [], 0
+    for d in range(3):  # the first decode has no previous end: two windows
+        more, t = traced_decode(t, 10 * d)
+        events += more
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps({"traceEvents": events}))
+    p = run(trace)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("with copies"))
+    assert lines[i] == ("with copies, from the previous decode's end (2 decodes, means a decode): copies 3.0 us "
+                        "(memcpy HtoD 3.0); no kernel or copy running 33.0 us, of which 5.0 with nothing queued "
+                        "(the GPU waiting on the host)")
+    assert lines[i + 1].split() == "host meanwhile 3.0 us a decode in its own work (no CUDA call)".split()
+    assert lines[i + 2].split() == "host meanwhile 2.0 us a decode in cudaEventQuery".split()
+    assert len(lines) == i + 3
