@@ -74,27 +74,28 @@ def main():
 
 
 def host_account(everything, windows):
-    """Copies, idle time and the host's part in it over each window (see the module's doc)."""
+    """Copies, idle time and the host's part in it over each window (see the module's doc); medians
+    over the windows, so that a predict's download between the bench's decodes does not count."""
     api = {e["args"]["correlation"]: e for e in everything if e.get("cat") == "api"}
     if not api or not windows:
         return
     ops = sorted((e for e in everything if e.get("cat") in ("kernel", "memcpy", "memset")), key=lambda e: e["ts"])
     calls = sorted(api.values(), key=lambda e: e["ts"])
-    copies, idle, waited = collections.Counter(), [], []
-    host = collections.Counter()  # runtime call -> its time inside the GPU's waits; "" outside calls
+    per = []  # per window: Counter of copies by kind, idle, waited, host time by call ("" outside calls)
     for w0, w1 in windows:
+        copies, host = collections.Counter(), collections.Counter()
         inside = [e for e in ops if w0 <= e["ts"] < w1]
         for e in inside:
             if e["cat"] != "kernel":
                 copies[e["name"]] += e["dur"]
-        t, idle_w, waited_w = w0, 0.0, 0.0
+        t, idle, waited = w0, 0.0, 0.0
         for e in inside:
             if e["ts"] > t:
-                idle_w += e["ts"] - t
+                idle += e["ts"] - t
                 call = api.get(e.get("args", {}).get("correlation"))
                 if call and call["ts"] > t:  # nothing was queued from t until that call began
                     w_end = min(call["ts"], e["ts"])
-                    waited_w += w_end - t
+                    waited += w_end - t
                     covered = 0.0
                     for c in calls:
                         lo, hi = max(c["ts"], t), min(c["ts"] + c["dur"], w_end)
@@ -103,15 +104,20 @@ def host_account(everything, windows):
                             covered += hi - lo
                     host[""] += (w_end - t) - covered
             t = max(t, e["ts"] + e["dur"])
-        idle.append(idle_w)
-        waited.append(waited_w)
-    n = len(windows)
-    copy_text = ", ".join(f"{k} {v / n:.1f}" for k, v in sorted(copies.items(), key=lambda kv: -kv[1])) or "none"
-    print(f"with copies, from the previous decode's end ({n} decodes, means a decode): copies {sum(copies.values()) / n:.1f} us "
-          f"({copy_text}); no kernel or copy running {statistics.mean(idle):.1f} us, of which {statistics.mean(waited):.1f} "
-          "with nothing queued (the GPU waiting on the host)")
-    for name, v in sorted(host.items(), key=lambda kv: -kv[1])[:6]:
-        print(f"  host meanwhile {v / n:6.1f} us a decode in {name or 'its own work (no CUDA call)'}")
+        per.append((copies, idle, waited, host))
+
+    def med(f):
+        return statistics.median(f(p) for p in per)
+
+    kinds = sorted({k for p in per for k in p[0]})
+    copy_text = ", ".join(f"{k} {med(lambda p: p[0][k]):.1f}" for k in kinds) or "none"
+    print(f"with copies, from the previous decode's end ({len(per)} decodes, medians): copies "
+          f"{med(lambda p: sum(p[0].values())):.1f} us ({copy_text}); no kernel or copy running {med(lambda p: p[1]):.1f} us, "
+          f"of which {med(lambda p: p[2]):.1f} with nothing queued (the GPU waiting on the host)")
+    names = {k for p in per for k in p[3]}
+    for name, v in sorted(((n, med(lambda p: p[3][n])) for n in names), key=lambda kv: -kv[1])[:6]:
+        if v > 0:
+            print(f"  host meanwhile {v:6.1f} us a decode in {name or 'its own work (no CUDA call)'}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_copies_and_the_gpu_waiting_on_the_host(tmp_path):
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith("with copies"))
-    assert lines[i] == ("with copies, from the previous decode's end (2 decodes, means a decode): copies 3.0 us "
+    assert lines[i] == ("with copies, from the previous decode's end (2 decodes, medians): copies 3.0 us "
                         "(memcpy HtoD 3.0); no kernel or copy running 33.0 us, of which 5.0 with nothing queued "
                         "(the GPU waiting on the host)")
     assert lines[i + 1].split() == "host meanwhile 3.0 us a decode in its own work (no CUDA call)".split()
