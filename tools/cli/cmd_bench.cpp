@@ -282,7 +282,8 @@ Runner add_bench(CLI::App& app) {
   cmd->add_option("--prompts", a->prompts, "single-point multimask prompts decoded per image")->check(CLI::Range(1, 4096));
   cmd->add_option("--batch", a->batch, "images per image-encoder forward")->check(CLI::Range(1, 256));
   cmd->add_option("--trace", a->trace,
-                  "write a Chrome/Perfetto trace of the timed runs' GPU kernels, copies and CUDA runtime calls to this new file (needs CUPTI)");
+                  "write a Chrome/Perfetto trace of the timed runs' GPU kernels, copies and CUDA runtime calls to "
+                  "this new file (needs CUPTI)");
   cmd->add_flag("--amg", a->amg, "segment everything: seconds per image of the automatic mask generator");
   cmd->add_option("--images", a->images, "--amg: more images (each timed --runs times)");
   add_generator_options(cmd, a->gen);  // (used with --amg)

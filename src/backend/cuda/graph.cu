@@ -37,7 +37,8 @@ struct CopyList {
 __global__ void copy_list_kernel(CopyList l) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int c = 0; c < l.count; ++c)
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < l.n16[c]; i += stride) l.dst[c][i] = l.src[c][i];
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < l.n16[c]; i += stride)
+      l.dst[c][i] = l.src[c][i];
 }
 
 void copy_all(const CudaOps& ops, const std::vector<std::pair<Tensor, Tensor>>& dst_src) {
@@ -45,7 +46,8 @@ void copy_all(const CudaOps& ops, const std::vector<std::pair<Tensor, Tensor>>& 
   int64_t most = 0;
   for (const auto& [dst, src] : dst_src) {
     const size_t bytes = src.nbytes();
-    const bool aligned = (reinterpret_cast<uintptr_t>(dst.data) | reinterpret_cast<uintptr_t>(src.data) | bytes) % 16 == 0;
+    const uintptr_t addresses = reinterpret_cast<uintptr_t>(dst.data) | reinterpret_cast<uintptr_t>(src.data);
+    const bool aligned = (addresses | bytes) % 16 == 0;
     if (!aligned || l.count == kMaxCopies) {
       copy_into(ops, dst, src);
       continue;
