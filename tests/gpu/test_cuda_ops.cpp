@@ -27,6 +27,15 @@
 namespace samfast {
 namespace {
 
+// B copies of a batch of 1 (x itself when it already has B): the CPU reference of an op that
+// shares a batch of 1 across the other inputs' batch.
+Tensor repeat_batch(const Tensor& x, int64_t B) {
+  if (x.dim(0) == B) return x;
+  Tensor y = Tensor::empty({B, x.dim(1), x.dim(2)});
+  for (int64_t b = 0; b < B; ++b) std::copy(x.data, x.data + x.numel(), y.data + b * x.numel());
+  return y;
+}
+
 float bf16_round(float x) {  // round to nearest even, as __float2bfloat16_rn
   uint32_t u = std::bit_cast<uint32_t>(x);
   u += 0x7fffu + ((u >> 16) & 1u);
@@ -308,34 +317,37 @@ TEST_P(CudaOpsTest, Attention) {
 // A batch of 1 in q (or in k and v) is shared by the other's batch: the result must equal attention
 // on the explicitly repeated tensor (CPU, no broadcast involved).
 TEST_P(CudaOpsTest, AttentionBroadcast) {
-  auto repeat = [](const Tensor& x, int64_t B) {
-    Tensor y = Tensor::empty({B, x.dim(1), x.dim(2)});
-    for (int64_t b = 0; b < B; ++b) std::copy(x.data, x.data + x.numel(), y.data + b * x.numel());
-    return y;
-  };
   const int64_t B = 3;
   Tensor q1 = rand({1, 300, 128}, -2.f, 2.f), k = rand({B, 7, 128}, -2.f, 2.f), v = rand({B, 7, 128});
-  expect_close(gpu->attention(up(q1), up(k), up(v), 8), cpu.attention(repeat(q1, B), k, v, 8), "attention shared q");
+  expect_close(gpu->attention(up(q1), up(k), up(v), 8), cpu.attention(repeat_batch(q1, B), k, v, 8),
+               "attention shared q");
   Tensor q = rand({B, 7, 256}, -2.f, 2.f), k1 = rand({1, 500, 256}, -2.f, 2.f), v1 = rand({1, 500, 256});
-  expect_close(gpu->attention(up(q), up(k1), up(v1), 8), cpu.attention(q, repeat(k1, B), repeat(v1, B), 8),
+  expect_close(gpu->attention(up(q), up(k1), up(v1), 8), cpu.attention(q, repeat_batch(k1, B), repeat_batch(v1, B), 8),
                "attention shared k, v");
   Tensor q16 = rand({B, 7, 128}, -2.f, 2.f), k16 = rand({1, 4096, 128}, -2.f, 2.f), v16 = rand({1, 4096, 128});
-  expect_close(gpu->attention(up(q16), up(k16), up(v16), 8), cpu.attention(q16, repeat(k16, B), repeat(v16, B), 8),
-               "attention shared k, v (query group)");
+  expect_close(gpu->attention(up(q16), up(k16), up(v16), 8),
+               cpu.attention(q16, repeat_batch(k16, B), repeat_batch(v16, B), 8), "attention shared k, v (query group)");
 }
 
 // One head of width 256 (the decoder's folded token-to-image attention): cuBLASLt GEMMs around a
-// softmax, keys and values shared by the batch or not.
+// softmax, keys and values shared by the batch or not, queries shared or not, at the decoder's
+// shapes and others.
 TEST_P(CudaOpsTest, AttentionWideHead) {
   Tensor q = rand({2, 56, 256}, -0.5f, 0.5f), k = rand({2, 4096, 256}, -0.5f, 0.5f), v = rand({2, 4096, 256});
   expect_close(gpu->attention(up(q), up(k), up(v), 1), cpu.attention(q, k, v, 1), "attention 1 head hd 256");
-  Tensor k1 = rand({1, 1000, 256}, -0.5f, 0.5f), v1 = rand({1, 1000, 256});
-  Tensor kr = Tensor::empty({2, 1000, 256}), vr = Tensor::empty({2, 1000, 256});
-  for (int b = 0; b < 2; ++b) {
-    std::copy(k1.data, k1.data + k1.numel(), kr.data + b * k1.numel());
-    std::copy(v1.data, v1.data + v1.numel(), vr.data + b * v1.numel());
+  struct Case {
+    int64_t qB, B, Nq, Nk;
+  };
+  for (const Case& c : {Case{3, 3, 136, 1000}, Case{1, 3, 56, 4100}, Case{300, 300, 24, 40}, Case{2, 2, 8, 7}}) {
+    Tensor qc = rand({c.qB, c.Nq, 256}, -1.f, 1.f), kc = rand({c.B, c.Nk, 256}, -1.f, 1.f), vc = rand({c.B, c.Nk, 256});
+    const std::string name = "attention 1 head hd 256, " + std::to_string(c.B) + " x " + std::to_string(c.Nq) +
+                             " queries" + (c.qB == 1 ? " (shared)" : "") + ", " + std::to_string(c.Nk) + " keys";
+    expect_close(gpu->attention(up(qc), up(kc), up(vc), 1), cpu.attention(repeat_batch(qc, c.B), kc, vc, 1),
+                 name);
   }
-  expect_close(gpu->attention(up(q), up(k1), up(v1), 1), cpu.attention(q, kr, vr, 1), "attention 1 head shared k, v");
+  Tensor k1 = rand({1, 1000, 256}, -0.5f, 0.5f), v1 = rand({1, 1000, 256});
+  expect_close(gpu->attention(up(q), up(k1), up(v1), 1), cpu.attention(q, repeat_batch(k1, 2), repeat_batch(v1, 2), 1),
+               "attention 1 head shared k, v");
 }
 
 // The folded image-to-token attention + residual + LayerNorm: the tensor-core kernel (8 heads,
@@ -349,12 +361,6 @@ TEST_P(CudaOpsTest, ImageToTokenAttention) {
                         {3, 1000, 7, 256, 8, false, false},
                         {2, 300, 12, 256, 8, false, true},  {2, 100, 20, 256, 8, true, false},
                         {2, 200, 5, 64, 4, false, false}};
-  auto repeat = [](const Tensor& x, int64_t B) {
-    if (x.dim(0) == B) return x;
-    Tensor y = Tensor::empty({B, x.dim(1), x.dim(2)});
-    for (int64_t b = 0; b < B; ++b) std::copy(x.data, x.data + x.numel(), y.data + b * x.numel());
-    return y;
-  };
   for (const Case& c : cases) {
     Tensor x = rand({c.x_shared ? 1 : c.B, c.T, c.D}), res = rand({c.res_shared ? 1 : c.B, c.T, c.D}, -2.f, 2.f);
     Tensor k = rand({c.B, c.N, c.heads * c.D}, -0.2f, 0.2f), v = rand({c.B, c.N, c.heads * c.D});
@@ -362,7 +368,8 @@ TEST_P(CudaOpsTest, ImageToTokenAttention) {
     const std::string name = "image_to_token B " + std::to_string(c.B) + " T " + std::to_string(c.T) + " N " +
                              std::to_string(c.N) + " D " + std::to_string(c.D) + (c.x_shared ? " x shared" : "") +
                              (c.res_shared ? " res shared" : "");
-    const Tensor ref = cpu.image_to_token_attention(repeat(x, c.B), k, kb, v, bias, repeat(res, c.B), lw, lb, 1e-5f, c.heads);
+    const Tensor ref =
+        cpu.image_to_token_attention(repeat_batch(x, c.B), k, kb, v, bias, repeat_batch(res, c.B), lw, lb, 1e-5f, c.heads);
     expect_close(gpu->image_to_token_attention(up(x), up(k), up(kb), up(v), up(bias), up(res), up(lw), up(lb), 1e-5f,
                                                c.heads),
                  ref, name);
