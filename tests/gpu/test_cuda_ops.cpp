@@ -330,21 +330,10 @@ TEST_P(CudaOpsTest, AttentionBroadcast) {
 }
 
 // One head of width 256 (the decoder's folded token-to-image attention): cuBLASLt GEMMs around a
-// softmax, keys and values shared by the batch or not, queries shared or not, at the decoder's
-// shapes and others.
+// softmax, keys and values shared by the batch or not.
 TEST_P(CudaOpsTest, AttentionWideHead) {
   Tensor q = rand({2, 56, 256}, -0.5f, 0.5f), k = rand({2, 4096, 256}, -0.5f, 0.5f), v = rand({2, 4096, 256});
   expect_close(gpu->attention(up(q), up(k), up(v), 1), cpu.attention(q, k, v, 1), "attention 1 head hd 256");
-  struct Case {
-    int64_t qB, B, Nq, Nk;
-  };
-  for (const Case& c : {Case{3, 3, 136, 1000}, Case{1, 3, 56, 4100}, Case{300, 300, 24, 40}, Case{2, 2, 8, 7}}) {
-    Tensor qc = rand({c.qB, c.Nq, 256}, -1.f, 1.f), kc = rand({c.B, c.Nk, 256}, -1.f, 1.f), vc = rand({c.B, c.Nk, 256});
-    const std::string name = "attention 1 head hd 256, " + std::to_string(c.B) + " x " + std::to_string(c.Nq) +
-                             " queries" + (c.qB == 1 ? " (shared)" : "") + ", " + std::to_string(c.Nk) + " keys";
-    expect_close(gpu->attention(up(qc), up(kc), up(vc), 1), cpu.attention(repeat_batch(qc, c.B), kc, vc, 1),
-                 name);
-  }
   Tensor k1 = rand({1, 1000, 256}, -0.5f, 0.5f), v1 = rand({1, 1000, 256});
   expect_close(gpu->attention(up(q), up(k1), up(v1), 1), cpu.attention(q, repeat_batch(k1, 2), repeat_batch(v1, 2), 1),
                "attention 1 head shared k, v");
