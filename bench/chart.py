@@ -1,5 +1,5 @@
 """samfast beside the anchors as a bar chart: predictor throughput (img/s) and peak GPU memory (GiB)
-per implementation, for vit_b and vit_h, like the chart of the PyTorch team's SAM post.
+per implementation, for vit_b, vit_l and vit_h (those the results hold), like the chart of the PyTorch team's SAM post.
 
     python3 bench/chart.py [RESULTS.json] [-o OUT.png]
 
@@ -15,7 +15,7 @@ import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-MODELS = ("vit_b", "vit_h")
+MODELS = ("vit_b", "vit_l", "vit_h")
 
 
 def compiled(a):
@@ -57,13 +57,14 @@ def draw(results, out_path):
 
     series = bars(results)
     if not series:
-        raise ValueError("no batch-8 figures of samfast or the anchors for vit_b or vit_h")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), dpi=100)
+        raise ValueError("no batch-8 figures of samfast or the anchors for " + ", ".join(MODELS))
+    models = [m for m in MODELS if any(m in per_model for _, _, per_model in series)]
+    fig, axes = plt.subplots(1, 2, figsize=(3.5 + 3.25 * len(models), 4.5), dpi=100)
     width = 0.8 / len(series)
     for ax, (k, title) in zip(axes, ((0, "throughput (img/s, higher is better)"),
                                      (1, "peak GPU memory (GiB, lower is better)"))):
         for i, (label, colour, per_model) in enumerate(series):
-            for x, m in enumerate(MODELS):
+            for x, m in enumerate(models):
                 if m not in per_model:
                     continue
                 value, other_call = per_model[m][k], per_model[m][2]
@@ -74,7 +75,7 @@ def draw(results, out_path):
                 ax.annotate(text, (pos, value), ha="center", va="bottom", fontsize=7, xytext=(0, 1),
                             textcoords="offset points")
         ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(len(MODELS)), MODELS)
+        ax.set_xticks(range(len(models)), models)
         ax.margins(y=0.1)
         ax.spines[["top", "right"]].set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()

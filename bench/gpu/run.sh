@@ -5,7 +5,8 @@
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
 #   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [profile] [source]
 #   (default: tests parity bench anchors; with bench and anchors (or compiled), ratios.py prints the multiples)
-#   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step.
+#   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step. MODELS (default "vit_b vit_l
+#   vit_h") chooses the models of the bench and anchors steps.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.whl/pysrc:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 SEGMENT_ANYTHING_FAST_USE_FLASH_4=0
@@ -76,7 +77,7 @@ fi
 if [[ " $steps " == *" bench "* ]]; then
   # Batch 8 in every precision; batch 1 with a 2250x1500 photo (predict post-processes to that size).
   python3 -c "from PIL import Image; Image.open('$SAMFAST_TESTDATA/images/dog.jpg').convert('RGB').resize((2250, 1500)).save('/tmp/photo.png')"
-  for m in vit_b vit_h; do
+  for m in ${MODELS:-vit_b vit_l vit_h}; do
     for p in bf16 fp8 fp16 fp32; do
       .devbin/samfast bench --model "$m" --device cuda --precision "$p" --batch 8 --prompts 16 --runs 5 2>/dev/null \
         | tail -1 | tee -a "$OUT/samfast_bench.jsonl"
@@ -94,7 +95,7 @@ if [[ " $steps " == *" decoder "* ]]; then
   done; done; done; done
 fi
 if [[ " $steps " == *" anchors "* ]]; then
-  for m in vit_b vit_h; do
+  for m in ${MODELS:-vit_b vit_l vit_h}; do
     python3 .whl/anchor_bench.py orig "$m" fp32 8 none 16 2>&1 | tail -1 | tee -a "$OUT/anchors.jsonl"
     python3 .whl/anchor_bench.py fast "$m" bf16 8 none 16 2>&1 | tail -1 | tee -a "$OUT/anchors.jsonl"
   done

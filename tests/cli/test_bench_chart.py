@@ -36,3 +36,20 @@ def test_bad_input_is_an_error(tmp_path):
     p = run(empty, "-o", tmp_path / "chart.png")
     assert p.returncode == 1 and "no batch-8 figures" in p.stderr
     assert not (tmp_path / "chart.png").exists()
+
+
+def test_models_drawn_are_those_the_results_hold(tmp_path):
+    results = json.loads((SOURCE / "bench" / "results" / "h100.json").read_text())
+    for d in [d for d in results["samfast"] if d["model"] == "vit_h"]:
+        results["samfast"].append(dict(d, model="vit_l", img_per_s=d["img_per_s"] * 1.5))
+    with_l = tmp_path / "with_vit_l.json"
+    with_l.write_text(json.dumps(results))
+    only_b = tmp_path / "only_vit_b.json"
+    results["samfast"] = [d for d in results["samfast"] if d["model"] == "vit_b"]
+    results["anchors"] = [a for a in results["anchors"] if a["model"] == "vit_b"]
+    only_b.write_text(json.dumps(results))
+    for path, width in ((with_l, 1325), (only_b, 675)):  # a group of bars a model beside the margins
+        out = tmp_path / (path.stem + ".png")
+        p = run(path, "-o", out)
+        assert p.returncode == 0, p.stderr
+        assert struct.unpack(">II", out.read_bytes()[16:24]) == (width, 450)
