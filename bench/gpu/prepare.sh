@@ -28,6 +28,9 @@ for pkg in segment_anything segment_anything_fast; do  # (the anchors' packages:
   [ -d ".whl/pysrc/$pkg" ] || echo "note: put $pkg (from its public repository) under .whl/pysrc for the anchors and parity"
 done
 cp ../shared/bench/anchor_bench.py .whl/anchor_bench.py
+# the build's commit, for the results file of run.sh (bench/gpu/results.py): "-dirty" where the tree
+# differs from it
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src include CMakeLists.txt || echo -dirty)" > .whl/commit.txt
 mkdir -p .whl/testdata && cp -r ../shared/testdata/images .whl/testdata/  # ../shared does not travel
 # .devbin (oneDNN alone is ~40 MB) may not fit the 64 MiB a call may carry: it travels
 # compressed inside .whl (~9 MB); run.sh unpacks it there.

@@ -113,6 +113,9 @@ fi
 if [[ -s "$OUT/samfast_bench.jsonl" && -s "$OUT/anchors.jsonl" ]]; then
   # samfast as multiples of the anchors measured in this call
   python3 bench/gpu/ratios.py "$OUT/samfast_bench.jsonl" "$OUT/anchors.jsonl" | tee "$OUT/ratios.md"
+  # the chart's results file (bench/results/*.json), and the chart where matplotlib is installed
+  python3 bench/gpu/results.py "$OUT" -o "$OUT/results.json" &&
+    { python3 -c "import matplotlib" 2>/dev/null && python3 bench/chart.py "$OUT/results.json" -o "$OUT/chart.png"; }
 fi
 if [[ " $steps " == *" amg "* ]]; then
   # Segment everything: parity (vit_b fp32/bf16 vs upstream fp32), samfast beside the anchors on
