@@ -6,7 +6,8 @@
 #   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [profile] [source]
 #   (default: tests parity bench anchors; with bench and anchors (or compiled), ratios.py prints the multiples)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step. MODELS (default "vit_b vit_l
-#   vit_h") chooses the models of the bench and anchors steps.
+#   vit_h") chooses the models of the bench and anchors steps, PRECISIONS (default "bf16 fp8 fp16 fp32")
+#   the bench's precisions.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.whl/pysrc:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 SEGMENT_ANYTHING_FAST_USE_FLASH_4=0
@@ -78,7 +79,7 @@ if [[ " $steps " == *" bench "* ]]; then
   # Batch 8 in every precision; batch 1 with a 2250x1500 photo (predict post-processes to that size).
   python3 -c "from PIL import Image; Image.open('$SAMFAST_TESTDATA/images/dog.jpg').convert('RGB').resize((2250, 1500)).save('/tmp/photo.png')"
   for m in ${MODELS:-vit_b vit_l vit_h}; do
-    for p in bf16 fp8 fp16 fp32; do
+    for p in ${PRECISIONS:-bf16 fp8 fp16 fp32}; do
       .devbin/samfast bench --model "$m" --device cuda --precision "$p" --batch 8 --prompts 16 --runs 5 2>/dev/null \
         | tail -1 | tee -a "$OUT/samfast_bench.jsonl"
     done
