@@ -1,5 +1,6 @@
 """samfast beside the anchors as a bar chart: predictor throughput (img/s) and peak GPU memory (GiB)
-per implementation, for vit_b, vit_l and vit_h (those the results hold), like the chart of the PyTorch team's SAM post.
+per implementation, for vit_b, vit_l and vit_h (those the results hold), like the chart of the PyTorch
+team's SAM post.
 
     python3 bench/chart.py [RESULTS.json] [-o OUT.png]
 

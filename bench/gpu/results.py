@@ -46,7 +46,8 @@ def results(out_dir, commit):
     device, date = device_and_date(out_dir / "device.txt")
     ours, anchors = read([out_dir / "samfast_bench.jsonl", out_dir / "anchors.jsonl"])
     ours = [{k: rounded(k, d[k]) for k in SAMFAST_KEYS if k in d} for d in ours if d["batch"] == 8]
-    anchors = [{k: a[k] for k in ANCHOR_KEYS if k in a} for a in anchors if a["bs"] == 8]  # (rounded by anchor_bench.py)
+    # (anchor_bench.py rounds its own figures)
+    anchors = [{k: a[k] for k in ANCHOR_KEYS if k in a} for a in anchors if a["bs"] == 8]
     if not ours or not anchors:
         raise ValueError(f"{out_dir}: no batch-8 figures of samfast or of the anchors")
     return {"device": device, "date": date, "commit": commit, "command": "bench/gpu/run.sh bench anchors",

@@ -28,10 +28,13 @@ def out_dir(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "device.txt").write_text("NVIDIA H200, 143771 MiB, 580.159.04\n2026-12-06T20:31Z\n")
-    (out / "samfast_bench.jsonl").write_text("".join(json.dumps(d) + "\n" for d in [
-        bench_line("vit_b", "bf16", 409.8123), bench_line("vit_b", "fp32", 5.3912), bench_line("vit_b", "bf16", 90.0, 1)]))
-    (out / "anchors.jsonl").write_text("".join(json.dumps(a) + "\n" for a in [
-        anchor_line("orig", "vit_b", 24.55), anchor_line("fast", "vit_b", 96.34)]) + "Traceback (most recent call last):\n")
+    mine = [bench_line("vit_b", "bf16", 409.8123), bench_line("vit_b", "fp32", 5.3912),
+            bench_line("vit_b", "bf16", 90.0, batch=1)]
+    theirs = [anchor_line("orig", "vit_b", 24.55), anchor_line("fast", "vit_b", 96.34)]
+    (out / "samfast_bench.jsonl").write_text("".join(json.dumps(d) + "\n" for d in mine))
+    # (a line of neither kind, as a failed anchor leaves, is skipped)
+    failed = "Traceback (most recent call last):\n"
+    (out / "anchors.jsonl").write_text("".join(json.dumps(a) + "\n" for a in theirs) + failed)
     return out
 
 
