@@ -1,0 +1,98 @@
+// The fp8 encoder's lin1: fp8 x fp8 GEMM, bias, GELU and the fp8 output scale in one kernel of
+// CUTLASS's (its Hopper ping-pong schedule). cuBLASLt's fp8 kernels apply a GELU epilogue after
+// their main loop, so each tile's tensor cores wait for its erf/tanh; here two consumer warpgroups
+// take turns, one's epilogue running while the other's MMAs do (BENCHMARKS.md has the timings).
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_ops.h"
+
+#if defined(SAMFAST_WITH_CUTLASS)
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/operations.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/packed_stride.hpp"
+#endif
+
+namespace samfast::cuda {
+
+#if defined(SAMFAST_WITH_CUTLASS)
+namespace {
+using E4M3 = cutlass::float_e4m3_t;
+// The output's channels are CUTLASS's M (its A: the weight, (N, K) row-major), the tokens its N (B:
+// the activations, K-major), so the column-major D is the row-major (tokens, channels) and the bias
+// runs along D's rows. Upstream's exact (erf) GELU.
+using Tile = cute::Shape<cute::_128, cute::_128, cute::_128>;
+using Cluster = cute::Shape<cute::_1, cute::_2, cute::_1>;
+using Fusion = cutlass::epilogue::fusion::ScaledLinCombPerRowBiasEltAct<cutlass::epilogue::thread::GELU, E4M3, float,
+                                                                        cutlass::bfloat16_t, void, float>;
+using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster, cutlass::epilogue::collective::EpilogueTileAuto,
+    float, float, void, cutlass::layout::ColumnMajor, 16, E4M3, cutlass::layout::ColumnMajor, 16,
+    cutlass::epilogue::TmaWarpSpecialized, Fusion>::CollectiveOp;
+using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, E4M3, cutlass::layout::RowMajor, 16, E4M3,
+    cutlass::layout::ColumnMajor, 16, float, Tile, Cluster,
+    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+    cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>::CollectiveOp;
+using Gemm = cutlass::gemm::device::GemmUniversalAdapter<
+    cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>>;
+
+Gemm::Arguments arguments(const CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale,
+                          const void* W, const float* w_scale, const void* bias, void* D, const float* out_scale) {
+  using Kernel = Gemm::GemmKernel;
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const auto sa = cutlass::make_cute_packed_stride(Kernel::StrideA{}, cute::make_shape(m, k, 1));
+  const auto sb = cutlass::make_cute_packed_stride(Kernel::StrideB{}, cute::make_shape(n, k, 1));
+  const auto sd = cutlass::make_cute_packed_stride(Kernel::StrideD{}, cute::make_shape(m, n, 1));
+  Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                       {m, n, k, 1},
+                       {static_cast<const E4M3*>(W), sa, static_cast<const E4M3*>(A), sb},
+                       {{}, nullptr, {}, static_cast<E4M3*>(D), sd}};
+  args.hw_info.device_id = ctx.device;  // (else each call asks the driver)
+  args.hw_info.sm_count = ctx.sm_count;
+  auto& f = args.epilogue.thread;
+  f.alpha = 1.f;
+  f.beta = 0.f;
+  f.scale_a_ptr = w_scale;
+  f.scale_b_ptr = a_scale;
+  f.scale_d_ptr = out_scale;
+  f.bias_ptr = static_cast<const cutlass::bfloat16_t*>(bias);
+  return args;
+}
+}  // namespace
+
+bool gemm_fp8_gelu_ok(const CudaContext& ctx, int64_t M, int64_t N, int64_t K) {
+  // (16-byte rows for TMA; int extents)
+  return ctx.hopper_kernels && ctx.cc_minor == 0 && M > 0 && N % 16 == 0 && K % 16 == 0 && M < (int64_t(1) << 31) &&
+         N < (int64_t(1) << 31) && K < (int64_t(1) << 31);
+}
+
+void gemm_fp8_gelu(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale,
+                   const void* W, const float* w_scale, const void* bias, void* D, const float* out_scale) {
+  const Gemm::Arguments args = arguments(ctx, M, N, K, A, a_scale, W, w_scale, bias, D, out_scale);
+  Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess)
+    throw Error("gemm_fp8_gelu: CUTLASS cannot run (" + std::to_string(M) + " x " + std::to_string(N) + " x " +
+                std::to_string(K) + ")");
+  if (Gemm::get_workspace_size(args) > ctx.workspace_bytes) throw Error("gemm_fp8_gelu: workspace too small");
+  if (gemm.initialize(args, ctx.workspace, ctx.stream) != cutlass::Status::kSuccess ||
+      gemm.run(ctx.stream) != cutlass::Status::kSuccess)
+    throw Error("gemm_fp8_gelu: the CUTLASS kernel failed to launch");
+  CUDA_LAUNCH_CHECK();
+}
+
+#else
+
+bool gemm_fp8_gelu_ok(const CudaContext&, int64_t, int64_t, int64_t) { return false; }
+void gemm_fp8_gelu(CudaContext&, int64_t, int64_t, int64_t, const void*, const float*, const void*, const float*,
+                   const void*, void*, const float*) {
+  throw Error("gemm_fp8_gelu: built without CUTLASS");
+}
+
+#endif
+
+}  // namespace samfast::cuda
