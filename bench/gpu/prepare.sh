@@ -14,6 +14,10 @@ rm -rf .devbin && mkdir -p .devbin/tests .devbin/lib
 cp "$B/samfast" .devbin/
 # (the CPU unit tests run here, not there: the carried folders must stay under 64 MiB)
 cp "$B/tests/parity_tool" "$B/tests/samfast_gpu_tests" .devbin/tests/
+# (bench/gpu/lin1_gemm_options.cu, where CMake found CUTLASS's headers: run.sh's lin1 step)
+if cmake --build "$B" --target help | grep lin1_gemm_options >/dev/null; then  # (not -q: pipefail)
+  cmake --build "$B" -j"$(nproc)" --target lin1_gemm_options && cp "$B/lin1_gemm_options" .devbin/tests/
+fi
 for bin in .devbin/samfast .devbin/tests/*; do
   ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libsamfast|libdnnl|libgomp|libjpeg|libpng|libzip|libexif' || true
 done | sort -u | while read -r lib; do cp -L "$lib" .devbin/lib/; done

@@ -3,7 +3,7 @@
 # makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [profile] [source]
+#   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [lin1] [profile] [source]
 #   (default: tests parity bench anchors; with bench and anchors (or compiled), ratios.py prints the multiples)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step. MODELS (default "vit_b vit_l
 #   vit_h") chooses the models of the bench and anchors steps, PRECISIONS (default "bf16 fp8 fp16 fp32")
@@ -156,6 +156,10 @@ if [[ " $steps " == *" trace "* ]]; then
     echo "== $m $p, batch 8, per timed run" | tee -a "$OUT/trace_summary.txt"
     python3 bench/gpu/trace_summary.py "$OUT/trace_${m}_$p.json" --runs 2 --top 25 --split | tee -a "$OUT/trace_summary.txt"
   done; done
+fi
+if [[ " $steps " == *" lin1 "* ]]; then
+  # The fp8 lin1's epilogue options, cuBLASLt's and CUTLASS's (bench/gpu/lin1_gemm_options.cu).
+  .devbin/tests/lin1_gemm_options 2>&1 | tee "$OUT/lin1_gemm_options.txt"
 fi
 if [[ " $steps " == *" profile "* ]]; then
   # Per-kernel GPU time of a vit_b bf16 run (batch 1: encoder forwards and 16-prompt decodes), and of
