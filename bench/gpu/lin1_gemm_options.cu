@@ -1,10 +1,11 @@
 // What the fp8 encoder's lin1 costs with each way of fusing its epilogue (bias, GELU, the fp8 output
 // scale), on vit_b's shapes at batch 8 (32768 tokens): cuBLASLt's fp8 kernels with each epilogue (the
 // fastest of the heuristic's 16 candidates, as samfast's plan cache picks), qkv and lin2 beside them
-// for the rate without a GELU, then CUTLASS's Hopper kernels with the fused epilogue samfast's
+// for the rate without a GELU; then CUTLASS's Hopper kernels with the fused epilogue samfast's
 // gemm_fp8_gelu.cu uses (ping-pong and cooperative schedules), checked against a reference on 256
-// tokens. Prints one line per option: mean us of 20-30 runs and TFLOP/s. Built by bench/gpu/prepare.sh
-// into .devbin/tests/lin1_gemm_options where CUTLASS's headers are found; run on the GPU machine.
+// tokens, and CUTLASS on qkv and lin2 (bf16 out) against cuBLASLt's. Prints one line per option: mean
+// us of 20-30 runs and TFLOP/s. Built by bench/gpu/prepare.sh into .devbin/tests/ where CUTLASS's
+// headers are found; `bench/gpu/run.sh lin1` runs it on the GPU machine.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -33,12 +35,12 @@ void check(int status, const char* what) {
   }
 }
 
-// Random fp8 bytes of small magnitude (no NaN: 0x77 masks out the top exponent).
+// Random fp8 values of either sign below 2 in magnitude (0xBF: exponent field at most 7, no NaN).
 __global__ void fill_fp8(unsigned char* p, size_t n, unsigned seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     unsigned h = unsigned(i) * 2654435761u ^ seed;
     h ^= h >> 13, h *= 0x5bd1e995, h ^= h >> 15;
-    p[i] = static_cast<unsigned char>(h & 0x77);
+    p[i] = static_cast<unsigned char>(h & 0xBF);
   }
 }
 
@@ -139,16 +141,19 @@ void cublaslt_options(cudaStream_t s, const Buffers& b) {
   cublasLtDestroy(lt);
 }
 
-// CUTLASS, as gemm_fp8_gelu.cu: the weight is CUTLASS's A (M = channels), the activations its B.
+// CUTLASS, as gemm_fp8_gelu.cu: the weight is CUTLASS's A (M = channels), the activations its B; Out
+// the output's type (fp8 is scaled), Source the residual's (void: none).
 using E4M3 = cutlass::float_e4m3_t;
-template <class Tile, class Cluster, class Schedule, class EpilogueSchedule, template <class> class Act>
+using BF16 = cutlass::bfloat16_t;
+template <class Tile, class Cluster, class Schedule, class EpilogueSchedule, template <class> class Act,
+          class Out = E4M3, class Source = void>
 struct Cutlass {
-  using Fusion =
-      cutlass::epilogue::fusion::ScaledLinCombPerRowBiasEltAct<Act, E4M3, float, cutlass::bfloat16_t, void, float>;
+  using Fusion = cutlass::epilogue::fusion::ScaledLinCombPerRowBiasEltAct<Act, Out, float, BF16, Source, float>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, cutlass::layout::ColumnMajor, 16, E4M3,
-      cutlass::layout::ColumnMajor, 16, EpilogueSchedule, Fusion>::CollectiveOp;
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, Source, cutlass::layout::ColumnMajor,
+      16 / sizeof(std::conditional_t<std::is_void_v<Source>, Out, Source>), Out, cutlass::layout::ColumnMajor,
+      16 / sizeof(Out), EpilogueSchedule, Fusion>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, E4M3, cutlass::layout::RowMajor, 16, E4M3,
       cutlass::layout::ColumnMajor, 16, float, Tile, Cluster,
@@ -156,12 +161,17 @@ struct Cutlass {
       Schedule>::CollectiveOp;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<
       cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>>;
+  static constexpr bool residual = !std::is_void_v<Source>;
 };
 
 template <class C>
-void cutlass_option(cudaStream_t s, const Buffers& b, const char* name, int channels, int tokens, int K) {
+void cutlass_option(cudaStream_t s, const Buffers& b, const char* shape, const char* name, int channels, int tokens,
+                    int K) {
   using Gemm = typename C::Gemm;
   using Kernel = typename Gemm::GemmKernel;
+  using Out = typename Kernel::ElementD;
+  const auto stride_d =
+      cutlass::make_cute_packed_stride(typename Kernel::StrideD{}, cute::make_shape(channels, tokens, 1));
   typename Gemm::Arguments args{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {channels, tokens, K, 1},
@@ -169,18 +179,20 @@ void cutlass_option(cudaStream_t s, const Buffers& b, const char* name, int chan
        cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, cute::make_shape(channels, K, 1)),
        static_cast<const E4M3*>(b.x),
        cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, cute::make_shape(tokens, K, 1))},
-      {{}, nullptr, {}, static_cast<E4M3*>(b.d),
-       cutlass::make_cute_packed_stride(typename Kernel::StrideD{}, cute::make_shape(channels, tokens, 1))}};
+      {{}, C::residual ? static_cast<const typename Kernel::ElementC*>(b.c) : nullptr,
+       cutlass::make_cute_packed_stride(typename Kernel::StrideC{}, cute::make_shape(channels, tokens, 1)),
+       static_cast<Out*>(b.d), stride_d}};
   auto& f = args.epilogue.thread;
+  f.beta = C::residual ? 1.f : 0.f;
   f.scale_a_ptr = b.scales + 1, f.scale_b_ptr = b.scales, f.scale_d_ptr = b.scales + 2;
-  f.bias_ptr = static_cast<const cutlass::bfloat16_t*>(b.bias);
+  f.bias_ptr = static_cast<const BF16*>(b.bias);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess || Gemm::get_workspace_size(args) > b.workspace_bytes ||
       gemm.initialize(args, b.workspace, s) != cutlass::Status::kSuccess) {
-    std::printf("%s: CUTLASS cannot run it\n", name);
+    std::printf("%s %s: CUTLASS cannot run it\n", shape, name);
     return;
   }
-  report("lin1", name, tokens, channels, K, time_ms(s, [&] { gemm.run(s); }, 5, 30));
+  report(shape, name, tokens, channels, K, time_ms(s, [&] { gemm.run(s); }, 5, 30));
 }
 
 // The reference for tokens [0, T): d[t][c] = GELU(sx sw x[t] . w[c] + bias[c]) sd, erf or tanh form.
@@ -230,20 +242,21 @@ int main() {
   const int channels = 3072, tokens = 32768, K = 768;
   Buffers b;
   float *ref, *stats;
-  check(cudaMalloc(&b.x, size_t(64) << 20), "cudaMalloc");
+  check(cudaMalloc(&b.x, size_t(128) << 20), "cudaMalloc");  // (lin2: 32768 x 3072)
   check(cudaMalloc(&b.w, size_t(16) << 20), "cudaMalloc");
   check(cudaMalloc(&b.d, size_t(256) << 20), "cudaMalloc");
-  check(cudaMalloc(&b.c, size_t(128) << 20), "cudaMalloc");
+  check(cudaMalloc(&b.c, size_t(256) << 20), "cudaMalloc");
   check(cudaMalloc(&b.bias, size_t(1) << 16), "cudaMalloc");
   check(cudaMalloc(&b.workspace, b.workspace_bytes), "cudaMalloc");
   check(cudaMalloc(&b.scales, 4 * sizeof(float)), "cudaMalloc");
   check(cudaMalloc(&ref, size_t(256) * channels * sizeof(float)), "cudaMalloc");
   check(cudaMalloc(&stats, 4 * sizeof(float)), "cudaMalloc");
-  fill_fp8<<<1024, 256>>>(static_cast<unsigned char*>(b.x), size_t(64) << 20, 1);
+  fill_fp8<<<1024, 256>>>(static_cast<unsigned char*>(b.x), size_t(128) << 20, 1);
   fill_fp8<<<1024, 256>>>(static_cast<unsigned char*>(b.w), size_t(16) << 20, 2);
   fill_bias<<<(channels + 255) / 256, 256>>>(static_cast<__nv_bfloat16*>(b.bias), channels);
-  cudaMemset(b.c, 0, size_t(128) << 20);
-  const float scales[4] = {0.02f, 0.02f, 4.f, 0.f};  // activations, weight, output (values within E4M3)
+  cudaMemset(b.c, 0, size_t(256) << 20);
+  // activations, weight, output: products of order 1 (GELU's whole shape), outputs up to ~320 of E4M3's 448
+  const float scales[4] = {0.3f, 0.3f, 64.f, 0.f};
   check(cudaMemcpy(b.scales, scales, sizeof scales, cudaMemcpyHostToDevice), "cudaMemcpy");
   cudaStream_t s;
   check(cudaStreamCreate(&s), "cudaStreamCreate");
@@ -255,22 +268,31 @@ int main() {
   using Cooperative = gm::KernelTmaWarpSpecializedCooperativeFP8FastAccum;
   namespace th = cutlass::epilogue::thread;
   cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::Identity>>(
-      s, b, "CUTLASS ping-pong 128x128, bias, fp8 out", channels, tokens, K);
+      s, b, "lin1", "CUTLASS ping-pong 128x128, bias, fp8 out", channels, tokens, K);
   cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
-      s, b, "CUTLASS ping-pong 128x128, bias+GELU (tanh)", channels, tokens, K);
+      s, b, "lin1", "CUTLASS ping-pong 128x128, bias+GELU (tanh)", channels, tokens, K);
   check_output(b, channels, K, false, ref, stats);
   cutlass_option<Cutlass<T128, cute::Shape<_2, _1, _1>, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
-      s, b, "CUTLASS ping-pong 128x128 (2x1), GELU (tanh)", channels, tokens, K);
+      s, b, "lin1", "CUTLASS ping-pong 128x128 (2x1), GELU (tanh)", channels, tokens, K);
   cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::GELU>>(
-      s, b, "CUTLASS ping-pong 128x128, bias+GELU (erf)", channels, tokens, K);
+      s, b, "lin1", "CUTLASS ping-pong 128x128, bias+GELU (erf)", channels, tokens, K);
   check_output(b, channels, K, true, ref, stats);
   cutlass_option<Cutlass<cute::Shape<_256, _128, _128>, C12, Cooperative, ep::TmaWarpSpecializedCooperative,
-                         th::GELU_taylor>>(s, b, "CUTLASS cooperative 256x128, GELU (tanh)", channels, tokens, K);
+                         th::GELU_taylor>>(
+      s, b, "lin1", "CUTLASS cooperative 256x128, GELU (tanh)", channels, tokens, K);
   check_output(b, channels, K, false, ref, stats);
   cutlass_option<Cutlass<cute::Shape<_128, _256, _128>, cute::Shape<_2, _1, _1>, Cooperative,
                          ep::TmaWarpSpecializedCooperative, th::GELU_taylor>>(
-      s, b, "CUTLASS cooperative 128x256, GELU (tanh)", channels, tokens, K);
+      s, b, "lin1", "CUTLASS cooperative 128x256, GELU (tanh)", channels, tokens, K);
   cutlass_option<Cutlass<cute::Shape<_64, _128, _128>, C12, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
-      s, b, "CUTLASS ping-pong 64x128, GELU (tanh)", channels, tokens, K);
+      s, b, "lin1", "CUTLASS ping-pong 64x128, GELU (tanh)", channels, tokens, K);
+  // qkv (bf16 out, bias) and lin2 (bf16 out, bias, the residual), to set against cuBLASLt's above
+  cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::Identity, BF16>>(
+      s, b, "qkv", "CUTLASS ping-pong 128x128, bias, bf16 out", 2304, tokens, K);
+  cutlass_option<Cutlass<cute::Shape<_256, _128, _128>, C12, Cooperative, ep::TmaWarpSpecializedCooperative,
+                         th::Identity, BF16>>(s, b, "qkv", "CUTLASS cooperative 256x128, bias, bf16 out", 2304,
+                                              tokens, K);
+  cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::Identity, BF16, BF16>>(
+      s, b, "lin2", "CUTLASS ping-pong 128x128, bias+residual, bf16", 768, tokens, 3072);
   return 0;
 }
