@@ -242,8 +242,8 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
               Fp8Scales scales = Fp8Scales::RowsAndColumns, const float* out_scale = nullptr);
 
 // gemm_fp8's lin1 case on Hopper (compute capability 9.0): C (M, N) fp8 = *out_scale GELU(*a_scale
-// *w_scale A W^T + bias), upstream's exact GELU, by a CUTLASS kernel (gemm_fp8_gelu.cu); gemm_fp8 takes
-// it where gemm_fp8_gelu_ok (false in a build without CUTLASS).
+// *w_scale A W^T + bias), GELU's tanh form, by a CUTLASS kernel (gemm_fp8_gelu.cu); gemm_fp8 takes it
+// where gemm_fp8_gelu_ok (false in a build without CUTLASS).
 bool gemm_fp8_gelu_ok(const CudaContext& ctx, int64_t M, int64_t N, int64_t K);
 void gemm_fp8_gelu(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale,
                    const void* W, const float* w_scale, const void* bias, void* C, const float* out_scale);
