@@ -241,12 +241,14 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
               const float* w_scale, void* C, const void* bias, Act act, const void* residual,
               Fp8Scales scales = Fp8Scales::RowsAndColumns, const float* out_scale = nullptr);
 
-// gemm_fp8's lin1 case on Hopper (compute capability 9.0): C (M, N) fp8 = *out_scale GELU(*a_scale
-// *w_scale A W^T + bias), GELU's tanh form, by a CUTLASS kernel (gemm_fp8_gelu.cu); gemm_fp8 takes it
-// where gemm_fp8_gelu_ok (false in a build without CUTLASS).
-bool gemm_fp8_gelu_ok(const CudaContext& ctx, int64_t M, int64_t N, int64_t K);
-void gemm_fp8_gelu(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale,
-                   const void* W, const float* w_scale, const void* bias, void* C, const float* out_scale);
+// gemm_fp8's per-tensor-scaled forms with a bias and no residual on Hopper (compute capability 9.0),
+// by CUTLASS kernels (gemm_fp8_cutlass.cu): GELU with an fp8 C (lin1: C = *out_scale GELU(*a_scale
+// *w_scale A W^T + bias), GELU's tanh form), or no activation with a bf16 C (qkv). gemm_fp8 takes
+// them where gemm_fp8_cutlass_ok (false in a build without CUTLASS).
+bool gemm_fp8_cutlass_ok(const CudaContext& ctx, int64_t M, int64_t N, int64_t K, Act act, bool fp8_out);
+void gemm_fp8_cutlass(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale,
+                      const void* W, const float* w_scale, const void* bias, Act act, void* C,
+                      const float* out_scale);
 
 // Rows of x (rows, K) bf16 -> q (rows, K) fp8 E4M3 scaled by 448 / amax of the row, and scale[row]
 // = amax / 448 (1 for a row of zeros). K: fp8_row_length_ok (a multiple of 16, at most 8192).

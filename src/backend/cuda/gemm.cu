@@ -564,8 +564,8 @@ void gemm_fp8(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, 
   const bool fp8_out = out_scale != nullptr;
   if (fp8_out && (residual || scales != Fp8Scales::Tensor))
     throw Error("gemm_fp8: an fp8 output takes per-tensor scales and no residual");
-  if (fp8_out && act == Act::GELU && bias && gemm_fp8_gelu_ok(ctx, M, N, K))
-    return gemm_fp8_gelu(ctx, M, N, K, A, a_scale, W, w_scale, bias, C, out_scale);
+  if (bias && !residual && scales == Fp8Scales::Tensor && gemm_fp8_cutlass_ok(ctx, M, N, K, act, fp8_out))
+    return gemm_fp8_cutlass(ctx, M, N, K, A, a_scale, W, w_scale, bias, act, C, out_scale);
   // As in gemm(): cuBLAS's first operand is the weight (N x K, transposed), its second the
   // activations; its "A" scale is the weight's.
   const bool post = act != Act::None && residual;  // activation first, then the residual
