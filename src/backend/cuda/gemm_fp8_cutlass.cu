@@ -1,8 +1,8 @@
 // Two of the fp8 encoder's GEMMs by CUTLASS's Hopper ping-pong kernels: lin1 (bias, GELU and the fp8
 // output scale fused) and qkv (bias, bf16 out). Two consumer warpgroups take turns, one's epilogue
 // running while the other's MMAs do; cuBLASLt's fp8 kernels run each tile's epilogue after its main
-// loop, where the tensor cores wait (on H100: lin1 162 -> 142 us, qkv 120 -> 97 us a call at vit_b's
-// batch 8; BENCHMARKS.md). proj and lin2, which add the residual, stay on cuBLASLt, faster there.
+// loop, where the tensor cores wait (H100, vit_b at batch 8: lin1 162 -> 142 us a call, qkv 103 -> ~93;
+// BENCHMARKS.md). proj and lin2, which add the residual, stay on cuBLASLt, faster there.
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_ops.h"
 
