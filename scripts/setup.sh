@@ -35,7 +35,7 @@ pip_for_python3 pycocotools "pycocotools (RLE test oracle)" pycocotools
 # Upstream's min_mask_region_area (a generator parity case) calls OpenCV; 4.10 still fits Debian's numpy 1.x.
 pip_for_python3 cv2 "opencv-python-headless (oracle for small-region removal)" --no-deps "opencv-python-headless==4.10.0.84"
 pip_for_python3 nanobind "nanobind (the Python module's bindings)" "nanobind>=2.0"
-# CUTLASS's headers (the fp8 encoder's lin1 kernel on Hopper): only its headers are used, so no deps.
+# CUTLASS's headers (the fp8 encoder's lin1 and qkv kernels on Hopper): only headers are used, so no deps.
 /usr/bin/python3 -c "import importlib.util as u; exit(u.find_spec('cutlass_library') is None)" 2>/dev/null || {
   echo "setup: installing nvidia-cutlass (CUTLASS's headers) for /usr/bin/python3"
   /usr/bin/python3 -m pip install -q --break-system-packages --no-deps "nvidia-cutlass==4.2.0.0"; }
