@@ -16,17 +16,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <type_traits>
 
-#include "cute/tensor.hpp"
-#include "cutlass/cutlass.h"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/operations.hpp"
-#include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/gemm/device/gemm_universal_adapter.h"
-#include "cutlass/gemm/dispatch_policy.hpp"
-#include "cutlass/gemm/kernel/gemm_universal.hpp"
-#include "cutlass/util/packed_stride.hpp"
+#include "backend/cuda/cutlass_fp8_gemm.cuh"
 
 namespace {
 
@@ -149,51 +140,20 @@ void cublaslt_options(cudaStream_t s, const Buffers& b) {
   cublasLtDestroy(lt);
 }
 
-// CUTLASS, as gemm_fp8_cutlass.cu: the weight is CUTLASS's A (M = channels), the activations its B; Out
-// the output's type (fp8 is scaled), Source the residual's (void: none).
-using E4M3 = cutlass::float_e4m3_t;
-using BF16 = cutlass::bfloat16_t;
+// CUTLASS's configurations, defined as samfast's (src/backend/cuda/cutlass_fp8_gemm.cuh).
+using samfast::cuda::cutlass_fp8::BF16;
+using samfast::cuda::cutlass_fp8::E4M3;
 template <class Tile, class Cluster, class Schedule, class EpilogueSchedule, template <class> class Act,
           class Out = E4M3, class Source = void>
-struct Cutlass {
-  using Fusion = cutlass::epilogue::fusion::ScaledLinCombPerRowBiasEltAct<Act, Out, float, BF16, Source, float>;
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, Source, cutlass::layout::ColumnMajor,
-      16 / sizeof(std::conditional_t<std::is_void_v<Source>, Out, Source>), Out, cutlass::layout::ColumnMajor,
-      16 / sizeof(Out), EpilogueSchedule, Fusion>::CollectiveOp;
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, E4M3, cutlass::layout::RowMajor, 16, E4M3,
-      cutlass::layout::ColumnMajor, 16, float, Tile, Cluster,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      Schedule>::CollectiveOp;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<
-      cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>>;
-  static constexpr bool residual = !std::is_void_v<Source>;
-};
+using Cutlass = samfast::cuda::cutlass_fp8::Gemm<Tile, Cluster, Schedule, EpilogueSchedule, Act, Out, Source>;
+using samfast::cuda::cutlass_fp8::PingPong128;  // (samfast's own configuration)
 
 template <class C>
 void cutlass_option(cudaStream_t s, const Buffers& b, const char* shape, const char* name, int channels, int tokens,
                     int K) {
-  using Gemm = typename C::Gemm;
-  using Kernel = typename Gemm::GemmKernel;
-  using Out = typename Kernel::ElementD;
-  const auto stride_d =
-      cutlass::make_cute_packed_stride(typename Kernel::StrideD{}, cute::make_shape(channels, tokens, 1));
-  typename Gemm::Arguments args{
-      cutlass::gemm::GemmUniversalMode::kGemm,
-      {channels, tokens, K, 1},
-      {static_cast<const E4M3*>(b.w),
-       cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, cute::make_shape(channels, K, 1)),
-       static_cast<const E4M3*>(b.x),
-       cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, cute::make_shape(tokens, K, 1))},
-      {{}, C::residual ? static_cast<const typename Kernel::ElementC*>(b.c) : nullptr,
-       cutlass::make_cute_packed_stride(typename Kernel::StrideC{}, cute::make_shape(channels, tokens, 1)),
-       static_cast<Out*>(b.d), stride_d}};
-  auto& f = args.epilogue.thread;
-  f.beta = C::residual ? 1.f : 0.f;
-  f.scale_a_ptr = b.scales + 1, f.scale_b_ptr = b.scales, f.scale_d_ptr = b.scales + 2;
-  f.bias_ptr = static_cast<const BF16*>(b.bias);
+  using Gemm = typename C::Adapter;
+  const typename Gemm::Arguments args = C::arguments(channels, tokens, K, b.w, b.scales + 1, b.x, b.scales, b.bias,
+                                                     C::residual ? b.c : nullptr, b.d, b.scales + 2);
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess || Gemm::get_workspace_size(args) > b.workspace_bytes ||
       gemm.initialize(args, b.workspace, s) != cutlass::Status::kSuccess) {
@@ -275,14 +235,14 @@ int main() {
   using PingPong = gm::KernelTmaWarpSpecializedPingpongFP8FastAccum;
   using Cooperative = gm::KernelTmaWarpSpecializedCooperativeFP8FastAccum;
   namespace th = cutlass::epilogue::thread;
-  cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::Identity>>(
+  cutlass_option<PingPong128<th::Identity, E4M3>>(
       s, b, "lin1", "CUTLASS ping-pong 128x128, bias, fp8 out", channels, tokens, K);
-  cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
+  cutlass_option<PingPong128<th::GELU_taylor, E4M3>>(
       s, b, "lin1", "CUTLASS ping-pong 128x128, bias+GELU (tanh)", channels, tokens, K);
   check_output(b, channels, K, false, ref, stats);
   cutlass_option<Cutlass<T128, cute::Shape<_2, _1, _1>, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
       s, b, "lin1", "CUTLASS ping-pong 128x128 (2x1), GELU (tanh)", channels, tokens, K);
-  cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::GELU>>(
+  cutlass_option<PingPong128<th::GELU, E4M3>>(
       s, b, "lin1", "CUTLASS ping-pong 128x128, bias+GELU (erf)", channels, tokens, K);
   check_output(b, channels, K, true, ref, stats);
   cutlass_option<Cutlass<cute::Shape<_256, _128, _128>, C12, Cooperative, ep::TmaWarpSpecializedCooperative,
@@ -295,7 +255,7 @@ int main() {
   cutlass_option<Cutlass<cute::Shape<_64, _128, _128>, C12, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
       s, b, "lin1", "CUTLASS ping-pong 64x128, GELU (tanh)", channels, tokens, K);
   // qkv (bf16 out, bias) and lin2 (bf16 out, bias, the residual), to set against cuBLASLt's above
-  cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::Identity, BF16>>(
+  cutlass_option<PingPong128<th::Identity, BF16>>(
       s, b, "qkv", "CUTLASS ping-pong 128x128, bias, bf16 out", 2304, tokens, K);
   cutlass_option<Cutlass<cute::Shape<_256, _128, _128>, C12, Cooperative, ep::TmaWarpSpecializedCooperative,
                          th::Identity, BF16>>(s, b, "qkv", "CUTLASS cooperative 256x128, bias, bf16 out", 2304,
@@ -303,9 +263,9 @@ int main() {
   using T256 = cute::Shape<_256, _128, _128>;
   using C21 = cute::Shape<_2, _1, _1>;
   for (const auto& [shape, k] : {std::pair<const char*, int>{"lin2", 3072}, {"proj", 768}}) {
-    cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::Identity, BF16>>(
+    cutlass_option<PingPong128<th::Identity, BF16>>(
         s, b, shape, "CUTLASS ping-pong 128x128, bias, bf16", 768, tokens, k);
-    cutlass_option<Cutlass<T128, C12, PingPong, ep::TmaWarpSpecialized, th::Identity, BF16, BF16>>(
+    cutlass_option<PingPong128<th::Identity, BF16, BF16>>(
         s, b, shape, "CUTLASS ping-pong 128x128, bias+residual, bf16", 768, tokens, k);
     cutlass_option<Cutlass<T128, C21, PingPong, ep::TmaWarpSpecialized, th::Identity, BF16, BF16>>(
         s, b, shape, "CUTLASS ping-pong 128x128 (2x1), bias+residual", 768, tokens, k);
