@@ -17,7 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "backend/cuda/cutlass_fp8_gemm.cuh"
+#include "backend/cuda/cutlass_gemm.cuh"
 
 namespace {
 
@@ -140,13 +140,13 @@ void cublaslt_options(cudaStream_t s, const Buffers& b) {
   cublasLtDestroy(lt);
 }
 
-// CUTLASS's configurations, defined as samfast's (src/backend/cuda/cutlass_fp8_gemm.cuh).
-using samfast::cuda::cutlass_fp8::BF16;
-using samfast::cuda::cutlass_fp8::E4M3;
+// CUTLASS's configurations, defined as samfast's (src/backend/cuda/cutlass_gemm.cuh).
+using samfast::cuda::cutlass_gemm::BF16;
+using samfast::cuda::cutlass_gemm::E4M3;
 template <class Tile, class Cluster, class Schedule, class EpilogueSchedule, template <class> class Act,
           class Out = E4M3, class Source = void>
-using Cutlass = samfast::cuda::cutlass_fp8::Gemm<Tile, Cluster, Schedule, EpilogueSchedule, Act, Out, Source>;
-using samfast::cuda::cutlass_fp8::PingPong128;  // (samfast's own configuration)
+using Cutlass = samfast::cuda::cutlass_gemm::Gemm<Tile, Cluster, Schedule, EpilogueSchedule, Act, Out, Source>;
+using samfast::cuda::cutlass_gemm::PingPong128;  // (samfast's own configuration)
 
 template <class C>
 void cutlass_option(cudaStream_t s, const Buffers& b, const char* shape, const char* name, int channels, int tokens,

@@ -14,9 +14,12 @@ rm -rf .devbin && mkdir -p .devbin/tests .devbin/lib
 cp "$B/samfast" .devbin/
 # (the CPU unit tests run here, not there: the carried folders must stay under 64 MiB)
 cp "$B/tests/parity_tool" "$B/tests/samfast_gpu_tests" .devbin/tests/
-# (bench/gpu/lin1_gemm_options.cu, where CMake found CUTLASS's headers: run.sh's lin1 step)
+# (bench/gpu/lin1_gemm_options.cu and bf16_gemm_options.cu, where CMake found CUTLASS's headers:
+# run.sh's lin1 and gemm_bf16 steps)
 if cmake --build "$B" --target help | grep lin1_gemm_options >/dev/null; then  # (not -q: pipefail)
-  cmake --build "$B" -j"$(nproc)" --target lin1_gemm_options && cp "$B/lin1_gemm_options" .devbin/tests/
+  for t in lin1_gemm_options bf16_gemm_options; do
+    cmake --build "$B" -j"$(nproc)" --target $t && cp "$B/$t" .devbin/tests/
+  done
 fi
 for bin in .devbin/samfast .devbin/tests/*; do
   ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libsamfast|libdnnl|libgomp|libjpeg|libpng|libzip|libexif' || true

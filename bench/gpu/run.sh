@@ -3,7 +3,7 @@
 # makes it; the binaries travel in .whl/devbin.tar.xz and are unpacked to .devbin here): the CUDA op tests, GPU parity against upstream on the same GPU,
 # then samfast's benchmarks beside the anchors (../shared/bench/anchor_bench.py, copied to
 # .whl/anchor_bench.py by prepare.sh) in one call. Everything is logged under $OUT.
-#   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [lin1] [profile] [source]
+#   bench/gpu/run.sh [tests] [generic] [smem] [sanitize] [parity] [bench] [decoder] [anchors] [compiled] [amg] [trace] [lin1] [gemm_bf16] [profile] [source]
 #   (default: tests parity bench anchors; with bench and anchors (or compiled), ratios.py prints the multiples)
 #   AMG_ANCHORS=0 leaves the segment-everything anchors out of the amg step. MODELS (default "vit_b vit_l
 #   vit_h") chooses the models of the bench and anchors steps, PRECISIONS (default "bf16 fp8 fp16 fp32")
@@ -46,10 +46,12 @@ if [[ " $steps " == *" smem "* ]]; then
 fi
 if [[ " $steps " == *" sanitize "* ]]; then
   # One full forward (encoder, prompt encoder, decoder, post-processing) under memcheck, and the
-  # attention kernels under racecheck, on the tiny model; memcheck also on vit_b bf16, and on one
-  # mask a prompt (the decoder upscales only the masks it returns).
+  # attention kernels under racecheck, on the tiny model; memcheck also on vit_b bf16 and fp8 (on
+  # Hopper its lin1 and qkv run CUTLASS's kernels), and on one mask a prompt (the decoder upscales
+  # only the masks it returns).
   for args in "--model tiny --precision bf16 --multimask" "--model tiny --precision fp32 --multimask" \
-    "--model tiny --precision fp8 --multimask" "--model vit_b --precision bf16 --multimask" "--model tiny --precision bf16"; do
+    "--model tiny --precision fp8 --multimask" "--model vit_b --precision bf16 --multimask" \
+    "--model vit_b --precision fp8 --multimask" "--model tiny --precision bf16"; do
     # shellcheck disable=SC2086
     compute-sanitizer --tool memcheck --error-exitcode 9 .devbin/samfast segment $args --device cuda \
       --image "$SAMFAST_TESTDATA/images/dog.jpg" --point 400,260 --out /tmp/sanitize --overwrite 2>&1 \
@@ -156,6 +158,10 @@ if [[ " $steps " == *" trace "* ]]; then
     echo "== $m $p, batch 8, per timed run" | tee -a "$OUT/trace_summary.txt"
     python3 bench/gpu/trace_summary.py "$OUT/trace_${m}_$p.json" --runs 2 --top 25 --split | tee -a "$OUT/trace_summary.txt"
   done; done
+fi
+if [[ " $steps " == *" gemm_bf16 "* ]]; then
+  # The bf16 encoder's GEMMs: cuBLASLt as samfast runs it against CUTLASS's (bench/gpu/bf16_gemm_options.cu).
+  .devbin/tests/bf16_gemm_options 2>&1 | tee "$OUT/bf16_gemm_options.txt"
 fi
 if [[ " $steps " == *" lin1 "* ]]; then
   # The fp8 lin1's epilogue options, cuBLASLt's and CUTLASS's (bench/gpu/lin1_gemm_options.cu).

@@ -126,6 +126,13 @@ TEST_P(CudaOpsTest, Linear) {
   Tensor x = rand({1, 64, 64, 256}), w = rand({768, 256}, -0.06f, 0.06f), b = rand({768});
   Tensor bg = up(b);
   expect_close(gpu->linear(up(x), up(w), &bg, Act::None, nullptr), cpu.linear(x, w, &b, Act::None, nullptr), "linear 4096x256->768");
+  // Products of over 1 GFLOP with partial tiles in both dimensions: in bf16 on Hopper, CUTLASS's
+  // kernels (gemm_bf16_cutlass.cu) for bias, bias + GELU and bias + residual (K <= N)
+  Tensor x3 = rand({1, 4100, 256}), w3 = rand({776, 256}, -0.06f, 0.06f), b3 = rand({776}), r3 = rand({1, 4100, 776});
+  Tensor x3g = up(x3), w3g = up(w3), b3g = up(b3), r3g = up(r3);
+  expect_close(gpu->linear(x3g, w3g, &b3g, Act::None, nullptr), cpu.linear(x3, w3, &b3, Act::None, nullptr), "linear 4100x256->776 bias");
+  expect_close(gpu->linear(x3g, w3g, &b3g, Act::GELU, nullptr), cpu.linear(x3, w3, &b3, Act::GELU, nullptr), "linear 4100x256->776 bias gelu");
+  expect_close(gpu->linear(x3g, w3g, &b3g, Act::None, &r3g), cpu.linear(x3, w3, &b3, Act::None, &r3), "linear 4100x256->776 bias residual");
   // odd sizes (decoder heads: 4 outputs)
   Tensor x2 = rand({3, 1, 256}), w2 = rand({4, 256}, -0.06f, 0.06f), b2 = rand({4});
   Tensor b2g = up(b2);

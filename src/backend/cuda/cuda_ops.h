@@ -250,6 +250,14 @@ void gemm_fp8_cutlass(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const v
                       const void* W, const float* w_scale, const void* bias, Act act, void* C,
                       const float* out_scale);
 
+// gemm's bf16 forms that CUTLASS kernels run faster on Hopper (compute capability 9.0; gemm_bf16_cutlass.cu):
+// one product of at least 1 GFLOP, dense row-major operands, B transposed, a bias, and GELU, or no
+// activation with or without a residual (then K <= N). gemm takes them where gemm_bf16_cutlass_ok
+// (false in a build without CUTLASS).
+bool gemm_bf16_cutlass_ok(const CudaContext& ctx, int64_t M, int64_t N, int64_t K, Act act, bool residual);
+void gemm_bf16_cutlass(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const void* W,
+                       const void* bias, Act act, const void* residual, void* C);
+
 // Rows of x (rows, K) bf16 -> q (rows, K) fp8 E4M3 scaled by 448 / amax of the row, and scale[row]
 // = amax / 448 (1 for a row of zeros). K: fp8_row_length_ok (a multiple of 16, at most 8192).
 bool fp8_row_length_ok(int64_t K);

@@ -214,6 +214,11 @@ void gemm(CudaContext& ctx, DType dt, bool b_transposed, int64_t M, int64_t N, i
   if (f32_out && (bias || act != Act::None || residual)) throw Error("gemm: an fp32 output takes no epilogue");
   if ((bias || act != Act::None || residual) && (ldc != N || (batch > 1 && sC != M * N)))
     throw Error("gemm: bias, activation or residual need a dense output (ldc == N)");
+  if (dt == DType::BF16 && b_transposed && batch == 1 && !f32_out && bias && lda == K && ldb == K && ldc == N &&
+      C != residual && std::min({alignment(A), alignment(B), alignment(C), alignment(bias),
+                                 residual ? alignment(residual) : 256}) >= 16 &&
+      gemm_bf16_cutlass_ok(ctx, M, N, K, act, residual != nullptr))
+    return gemm_bf16_cutlass(ctx, M, N, K, A, B, bias, act, residual, C);
   // Row-major C (M, N) is column-major C^T (N, M) = op(B)^T (N, K) x A^T (K, M): cuBLAS's first
   // operand is our B, its second our A.
   const bool relu_in_epilogue = act == Act::ReLU && !residual;

@@ -7,32 +7,12 @@
 #include "backend/cuda/cuda_ops.h"
 
 #if defined(SAMFAST_WITH_CUTLASS)
-#include "backend/cuda/cutlass_fp8_gemm.cuh"
+#include "backend/cuda/cutlass_launch.cuh"
 #endif
 
 namespace samfast::cuda {
 
 #if defined(SAMFAST_WITH_CUTLASS)
-namespace {
-template <class G>
-void run(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const void* A, const float* a_scale, const void* W,
-         const float* w_scale, const void* bias, void* D, const float* out_scale) {
-  using Adapter = typename G::Adapter;
-  typename Adapter::Arguments args = G::arguments(static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), W,
-                                                  w_scale, A, a_scale, bias, nullptr, D, out_scale);
-  args.hw_info.device_id = ctx.device;  // (else each call asks the driver)
-  args.hw_info.sm_count = ctx.sm_count;
-  auto shape = [&] { return " (" + std::to_string(M) + " x " + std::to_string(N) + " x " + std::to_string(K) + ")"; };
-  Adapter gemm;
-  if (gemm.can_implement(args) != cutlass::Status::kSuccess)
-    throw Error("gemm_fp8_cutlass: CUTLASS cannot run" + shape());
-  if (Adapter::get_workspace_size(args) > ctx.workspace_bytes) throw Error("gemm_fp8_cutlass: workspace too small");
-  if (gemm.initialize(args, ctx.workspace, ctx.stream) != cutlass::Status::kSuccess ||
-      gemm.run(ctx.stream) != cutlass::Status::kSuccess)
-    throw Error("gemm_fp8_cutlass: the CUTLASS kernel failed to launch" + shape());
-  CUDA_LAUNCH_CHECK();
-}
-}  // namespace
 
 bool gemm_fp8_cutlass_ok(const CudaContext& ctx, int64_t M, int64_t N, int64_t K, Act act, bool fp8_out) {
   // (16-byte rows for TMA; int extents)
@@ -46,15 +26,16 @@ void gemm_fp8_cutlass(CudaContext& ctx, int64_t M, int64_t N, int64_t K, const v
   if (!gemm_fp8_cutlass_ok(ctx, M, N, K, act, out_scale != nullptr) || !bias)
     throw Error("gemm_fp8_cutlass: not one of its forms (" + std::to_string(M) + " x " + std::to_string(N) + " x " +
                 std::to_string(K) + ")");
-  using namespace cutlass_fp8;
+  using namespace cutlass_gemm;
   // GELU in the tanh form (hardware tanh), as cuBLASLt's epilogue has it (gemm.cu): by instruction
   // count, erf's polynomial would make the epilogue (128 values a thread a tile) outlast the other
   // warpgroup's main loop (bench/gpu/lin1_gemm_options.cu times both).
   if (act == Act::GELU)
-    run<PingPong128<cutlass::epilogue::thread::GELU_taylor, E4M3>>(ctx, M, N, K, A, a_scale, W, w_scale, bias, C,
-                                                                    out_scale);
+    launch<PingPong128<cutlass::epilogue::thread::GELU_taylor, E4M3>>(ctx, "gemm_fp8_cutlass", M, N, K, A, a_scale, W,
+                                                                       w_scale, bias, nullptr, C, out_scale);
   else
-    run<PingPong128<cutlass::epilogue::thread::Identity, BF16>>(ctx, M, N, K, A, a_scale, W, w_scale, bias, C, nullptr);
+    launch<PingPong128<cutlass::epilogue::thread::Identity, BF16>>(ctx, "gemm_fp8_cutlass", M, N, K, A, a_scale, W,
+                                                                    w_scale, bias, nullptr, C, nullptr);
 }
 
 #else

@@ -1,6 +1,7 @@
-// CUTLASS's Hopper fp8 GEMM with a per-row bias and an activation in its epilogue, as samfast runs it
-// (gemm_fp8_cutlass.cu) and as bench/gpu/lin1_gemm_options.cu times its variants: one definition, so
-// that the benchmark's configurations are the library's kernels. Needs CUTLASS's headers.
+// CUTLASS's Hopper GEMMs with a per-row bias and an activation in their epilogue, as samfast runs them
+// (gemm_fp8_cutlass.cu, gemm_bf16_cutlass.cu) and as bench/gpu/lin1_gemm_options.cu and
+// bf16_gemm_options.cu time their variants: one definition, so that the benchmarks' configurations
+// are the library's kernels. Needs CUTLASS's headers.
 #pragma once
 
 #include <type_traits>
@@ -16,7 +17,7 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
 
-namespace samfast::cuda::cutlass_fp8 {
+namespace samfast::cuda::cutlass_gemm {
 
 using E4M3 = cutlass::float_e4m3_t;
 using BF16 = cutlass::bfloat16_t;
@@ -24,9 +25,9 @@ using BF16 = cutlass::bfloat16_t;
 // The output's channels are CUTLASS's M (its A: the weight, (channels, K) row-major), the tokens its
 // N (B: the activations, K-major), so the column-major D is the row-major (tokens, channels) and the
 // bias runs along D's rows. Out: the output's type (an fp8 D is scaled by scale_d, a bf16 one is
-// not); Source: the residual's (void: none).
+// not); Source: the residual's (void: none); In: the operands' (E4M3, or BF16 without scales).
 template <class Tile, class Cluster, class Schedule, class EpilogueSchedule, template <class> class Activation,
-          class Out, class Source = void>
+          class Out, class Source = void, class In = E4M3>
 struct Gemm {
   using Fusion = cutlass::epilogue::fusion::ScaledLinCombPerRowBiasEltAct<Activation, Out, float, BF16, Source, float>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -35,8 +36,8 @@ struct Gemm {
       16 / sizeof(std::conditional_t<std::is_void_v<Source>, Out, Source>), Out, cutlass::layout::ColumnMajor,
       16 / sizeof(Out), EpilogueSchedule, Fusion>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, E4M3, cutlass::layout::RowMajor, 16, E4M3,
-      cutlass::layout::ColumnMajor, 16, float, Tile, Cluster,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, In, cutlass::layout::RowMajor, 16 / sizeof(In), In,
+      cutlass::layout::ColumnMajor, 16 / sizeof(In), float, Tile, Cluster,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       Schedule>::CollectiveOp;
   using Adapter = cutlass::gemm::device::GemmUniversalAdapter<
@@ -52,9 +53,9 @@ struct Gemm {
     typename Adapter::Arguments args{
         cutlass::gemm::GemmUniversalMode::kGemm,
         {channels, tokens, K, 1},
-        {static_cast<const E4M3*>(W),
+        {static_cast<const In*>(W),
          cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, cute::make_shape(channels, K, 1)),
-         static_cast<const E4M3*>(X),
+         static_cast<const In*>(X),
          cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, cute::make_shape(tokens, K, 1))},
         {{},
          static_cast<const typename Kernel::ElementC*>(C),
@@ -72,12 +73,21 @@ struct Gemm {
   }
 };
 
-// samfast's configuration (gemm_fp8_cutlass.cu): 128x128x128 tiles, clusters of 2 along the tokens,
-// the ping-pong schedule with fast accumulation.
+using Cluster1x2 = cute::Shape<cute::_1, cute::_2, cute::_1>;  // (2 CTAs along the tokens)
+using Cluster2x1 = cute::Shape<cute::_2, cute::_1, cute::_1>;  // (along the channels)
+
+// samfast's fp8 configuration (gemm_fp8_cutlass.cu): 128x128x128 tiles, clusters of 2 along the
+// tokens, the ping-pong schedule with fast accumulation.
 template <template <class> class Activation, class Out, class Source = void>
 using PingPong128 =
-    Gemm<cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_1, cute::_2, cute::_1>,
+    Gemm<cute::Shape<cute::_128, cute::_128, cute::_128>, Cluster1x2,
          cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum, cutlass::epilogue::TmaWarpSpecialized,
          Activation, Out, Source>;
 
-}  // namespace samfast::cuda::cutlass_fp8
+// samfast's bf16 configuration (gemm_bf16_cutlass.cu): 128x128x64 tiles, the ping-pong schedule.
+template <template <class> class Activation, class Cluster, class Source = void>
+using PingPongBf16 =
+    Gemm<cute::Shape<cute::_128, cute::_128, cute::_64>, Cluster, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+         cutlass::epilogue::TmaWarpSpecialized, Activation, BF16, Source, BF16>;
+
+}  // namespace samfast::cuda::cutlass_gemm
