@@ -15,17 +15,14 @@
 
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/cutlass_gemm.cuh"
+#include "gemm_timing.cuh"
 
 namespace {
 
 using samfast::Act;
 
-void check(int status, const char* what) {
-  if (status != 0) {
-    std::fprintf(stderr, "%s failed (%d)\n", what, status);
-    std::exit(1);
-  }
-}
+using gemm_bench::check;
+using gemm_bench::time_ms;
 
 // Uniform values in [-r, r): a hash of the index.
 __global__ void fill(__nv_bfloat16* p, size_t n, unsigned seed, float r) {
@@ -46,21 +43,6 @@ __global__ void compare(size_t n, const __nv_bfloat16* got, const __nv_bfloat16*
   }
   atomicMax(reinterpret_cast<int*>(stats), __float_as_int(d));
   atomicMax(reinterpret_cast<int*>(stats + 1), __float_as_int(m));
-}
-
-template <class Launch>
-float time_ms(cudaStream_t s, Launch launch, int warm, int runs) {
-  for (int r = 0; r < warm; ++r) launch();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a), cudaEventCreate(&b);
-  cudaEventRecord(a, s);
-  for (int r = 0; r < runs; ++r) launch();
-  cudaEventRecord(b, s);
-  check(cudaEventSynchronize(b), "a timed run");
-  float ms = 0.f;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  return ms / runs;
 }
 
 struct Layer {

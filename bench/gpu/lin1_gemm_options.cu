@@ -18,15 +18,12 @@
 #include <cstdlib>
 
 #include "backend/cuda/cutlass_gemm.cuh"
+#include "gemm_timing.cuh"
 
 namespace {
 
-void check(int status, const char* what) {
-  if (status != 0) {
-    std::fprintf(stderr, "%s failed (%d)\n", what, status);
-    std::exit(1);
-  }
-}
+using gemm_bench::check;
+using gemm_bench::time_ms;
 
 // Random fp8 values of either sign below 2 in magnitude (0xBF: exponent field at most 7, no NaN).
 __global__ void fill_fp8(unsigned char* p, size_t n, unsigned seed) {
@@ -40,22 +37,6 @@ __global__ void fill_fp8(unsigned char* p, size_t n, unsigned seed) {
 __global__ void fill_bias(__nv_bfloat16* b, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) b[i] = __float2bfloat16(0.05f * float(i % 17 - 8));
-}
-
-// Mean ms of `runs` launches after `warm` ones.
-template <class Launch>
-float time_ms(cudaStream_t s, Launch launch, int warm, int runs) {
-  for (int r = 0; r < warm; ++r) launch();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a), cudaEventCreate(&b);
-  cudaEventRecord(a, s);
-  for (int r = 0; r < runs; ++r) launch();
-  cudaEventRecord(b, s);
-  check(cudaEventSynchronize(b), "a timed run");
-  float ms = 0.f;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  return ms / runs;
 }
 
 void report(const char* shape, const char* option, int64_t M, int64_t N, int64_t K, float ms) {
