@@ -1,11 +1,12 @@
 // Whether CUTLASS's Hopper kernels would beat cuBLASLt on the bf16 encoder's GEMMs: each Linear layer
 // of vit_b and vit_h at batch 8 (32768 tokens: samfast's windowed attention reads its windows from the
-// unpadded qkv, so no layer runs on padded rows) with its epilogue (lin1: bias and GELU in the tanh form; qkv: bias; proj and lin2: bias and the
-// residual), first through samfast's own cuda::gemm (cuBLASLt, the plan and algorithm the model gets),
-// then through CUTLASS configurations defined as samfast's fp8 ones are (cutlass_gemm.cuh, bf16
-// operands), each checked against cuBLASLt's output. Prints one line per option: mean us of 30 runs,
-// TFLOP/s and the largest difference from cuBLASLt's output relative to its largest value. Built by
-// bench/gpu/prepare.sh where CUTLASS's headers are found; `bench/gpu/run.sh gemm_bf16` runs it.
+// unpadded qkv, so no layer runs on padded rows) with its epilogue (lin1: bias and GELU in the tanh
+// form; qkv: bias; proj and lin2: bias and the residual), first through samfast's own cuda::gemm
+// (cuBLASLt, the plan and algorithm the model gets), then through CUTLASS configurations defined as
+// samfast's are (cutlass_gemm.cuh, bf16 operands), each checked against cuBLASLt's output. Prints one
+// line per option: mean us of 30 runs, TFLOP/s and the largest difference from cuBLASLt's output
+// relative to its largest value. Built by bench/gpu/prepare.sh where CUTLASS's headers are found;
+// `bench/gpu/run.sh gemm_bf16` runs it.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -77,6 +78,8 @@ float difference(cudaStream_t s, const Buffers& b, size_t n) {
 
 namespace th = cutlass::epilogue::thread;
 using samfast::cuda::cutlass_gemm::BF16;
+using samfast::cuda::cutlass_gemm::Cluster1x2;
+using samfast::cuda::cutlass_gemm::Cluster2x1;
 template <class Tile, class Cluster, class Schedule, class EpilogueSchedule, template <class> class Act_,
           class Source>
 using Bf16Gemm = samfast::cuda::cutlass_gemm::Gemm<Tile, Cluster, Schedule, EpilogueSchedule, Act_, BF16, Source, BF16>;
@@ -113,7 +116,7 @@ void cutlass_option(cudaStream_t s, const Buffers& b, const char* model, const L
 }  // namespace
 
 int main() {
-  using cute::_1, cute::_2, cute::_64, cute::_128, cute::_256;
+  using cute::_64, cute::_128, cute::_256;
   namespace gm = cutlass::gemm;
   namespace ep = cutlass::epilogue;
   samfast::CudaContext ctx(0);
@@ -147,13 +150,13 @@ int main() {
       };
       report(m.model, l, "samfast's cuda::gemm (cuBLASLt)", time_ms(s, library, 5, 30), -1.f);
       using T128 = cute::Shape<_128, _128, _64>;
-      cutlass_option<T128, cute::Shape<_1, _2, _1>, gm::KernelTmaWarpSpecializedPingpong, ep::TmaWarpSpecialized>(
+      cutlass_option<T128, Cluster1x2, gm::KernelTmaWarpSpecializedPingpong, ep::TmaWarpSpecialized>(
           s, b, m.model, l, "CUTLASS ping-pong 128x128x64, cluster 1x2");
-      cutlass_option<T128, cute::Shape<_2, _1, _1>, gm::KernelTmaWarpSpecializedPingpong, ep::TmaWarpSpecialized>(
+      cutlass_option<T128, Cluster2x1, gm::KernelTmaWarpSpecializedPingpong, ep::TmaWarpSpecialized>(
           s, b, m.model, l, "CUTLASS ping-pong 128x128x64, cluster 2x1");
-      cutlass_option<cute::Shape<_256, _128, _64>, cute::Shape<_1, _2, _1>, gm::KernelTmaWarpSpecializedCooperative,
+      cutlass_option<cute::Shape<_256, _128, _64>, Cluster1x2, gm::KernelTmaWarpSpecializedCooperative,
                      ep::TmaWarpSpecializedCooperative>(s, b, m.model, l, "CUTLASS cooperative 256x128x64, 1x2");
-      cutlass_option<cute::Shape<_128, _256, _64>, cute::Shape<_2, _1, _1>, gm::KernelTmaWarpSpecializedCooperative,
+      cutlass_option<cute::Shape<_128, _256, _64>, Cluster2x1, gm::KernelTmaWarpSpecializedCooperative,
                      ep::TmaWarpSpecializedCooperative>(s, b, m.model, l, "CUTLASS cooperative 128x256x64, 2x1");
     }
   }

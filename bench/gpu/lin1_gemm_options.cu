@@ -187,7 +187,7 @@ void check_output(const Buffers& b, int channels, int K, bool erf_form, float* r
 int main() {
   namespace ep = cutlass::epilogue;
   namespace gm = cutlass::gemm;
-  using cute::_1, cute::_2, cute::_64, cute::_128, cute::_256;
+  using cute::_64, cute::_128, cute::_256;
   const int channels = 3072, tokens = 32768, K = 768;
   Buffers b;
   float *ref, *stats;
@@ -212,7 +212,8 @@ int main() {
 
   cublaslt_options(s, b);
   using T128 = cute::Shape<_128, _128, _128>;
-  using C12 = cute::Shape<_1, _2, _1>;
+  using C12 = samfast::cuda::cutlass_gemm::Cluster1x2;
+  using C21 = samfast::cuda::cutlass_gemm::Cluster2x1;
   using PingPong = gm::KernelTmaWarpSpecializedPingpongFP8FastAccum;
   using Cooperative = gm::KernelTmaWarpSpecializedCooperativeFP8FastAccum;
   namespace th = cutlass::epilogue::thread;
@@ -221,7 +222,7 @@ int main() {
   cutlass_option<PingPong128<th::GELU_taylor, E4M3>>(
       s, b, "lin1", "CUTLASS ping-pong 128x128, bias+GELU (tanh)", channels, tokens, K);
   check_output(b, channels, K, false, ref, stats);
-  cutlass_option<Cutlass<T128, cute::Shape<_2, _1, _1>, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
+  cutlass_option<Cutlass<T128, C21, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
       s, b, "lin1", "CUTLASS ping-pong 128x128 (2x1), GELU (tanh)", channels, tokens, K);
   cutlass_option<PingPong128<th::GELU, E4M3>>(
       s, b, "lin1", "CUTLASS ping-pong 128x128, bias+GELU (erf)", channels, tokens, K);
@@ -230,7 +231,7 @@ int main() {
                          th::GELU_taylor>>(
       s, b, "lin1", "CUTLASS cooperative 256x128, GELU (tanh)", channels, tokens, K);
   check_output(b, channels, K, false, ref, stats);
-  cutlass_option<Cutlass<cute::Shape<_128, _256, _128>, cute::Shape<_2, _1, _1>, Cooperative,
+  cutlass_option<Cutlass<cute::Shape<_128, _256, _128>, C21, Cooperative,
                          ep::TmaWarpSpecializedCooperative, th::GELU_taylor>>(
       s, b, "lin1", "CUTLASS cooperative 128x256, GELU (tanh)", channels, tokens, K);
   cutlass_option<Cutlass<cute::Shape<_64, _128, _128>, C12, PingPong, ep::TmaWarpSpecialized, th::GELU_taylor>>(
@@ -242,7 +243,6 @@ int main() {
                          th::Identity, BF16>>(s, b, "qkv", "CUTLASS cooperative 256x128, bias, bf16 out", 2304,
                                               tokens, K);
   using T256 = cute::Shape<_256, _128, _128>;
-  using C21 = cute::Shape<_2, _1, _1>;
   for (const auto& [shape, k] : {std::pair<const char*, int>{"lin2", 3072}, {"proj", 768}}) {
     cutlass_option<PingPong128<th::Identity, BF16>>(
         s, b, shape, "CUTLASS ping-pong 128x128, bias, bf16", 768, tokens, k);
