@@ -139,6 +139,13 @@ class Model {
   // At load: the encoder blocks' LayerNorm -> Linear pairs, as encode_pixels passes them, to the
   // encoder's backend (Ops::prepare_layer_norm_linear).
   void prepare_encoder_blocks() const;
+  // decode_masks on one embedding, on the backend's lane `lane` (Ops::run_recorded_on_lane: the
+  // caller joins the lanes before reading the outputs).
+  DecoderOutput decode_on_lane(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output,
+                               int lane) const;
+  // The ragged decode as one decode per image (mask_decoder.cpp says when).
+  DecoderOutput decode_per_image(const Tensor& embeddings, const std::vector<int64_t>& image_of_prompt,
+                                 const PromptEmbeddings& prompts, bool multimask_output) const;
   // The mask decoder on uploaded tokens (B, 1 + M + Ns, D) (run_recorded's computation).
   DecoderOutput decode_tokens(const Tensor& tokens, const Tensor& embedding, const Tensor& dense,
                               bool multimask_output) const;

@@ -201,6 +201,18 @@ class Ops {
     for (const Tensor& t : inputs) dev.push_back(t.on_host() ? upload(t) : t);
     return fn(dev);
   }
+  // Lanes: computations that may run at the same time. run_recorded_on_lane with lane l >= 1 (of
+  // lanes()) is run_recorded, except that a backend may run it beside the work queued after it and
+  // other lanes' until join_lanes(), which orders all later work after it. In between, its outputs
+  // must not be read, nor its inputs written (the backend keeps both alive). Lane 0, and a backend
+  // with one lane, run it in order (the defaults).
+  virtual int lanes() const { return 1; }
+  virtual std::vector<Tensor> run_recorded_on_lane(int lane, const std::string& key, const std::vector<Tensor>& inputs,
+                                                   const Computation& fn) {
+    (void)lane;
+    return run_recorded(key, inputs, fn);
+  }
+  virtual void join_lanes() {}
   // The most memory this backend has held at once (device memory for a GPU; 0 where not tracked).
   virtual int64_t peak_memory_bytes() const { return 0; }
   // Device memory by use (0 where not tracked): the weights' allocation and how much of it

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <functional>
 #include <tuple>
+#include <unordered_map>
 
 #include "backend/ops.h"
 #include "samfast/error.h"
@@ -12,6 +13,7 @@
 namespace samfast {
 
 constexpr int kHypernetworkDepth = 3;  // ref: MaskDecoder's output_hypernetworks_mlps, MLP(..., 3)
+constexpr int64_t kPromptsPerImageAlone = 12;  // (decode_per_image)
 
 // The cross attentions' projections multiplied together, so that the decoder never projects the
 // G*G image tokens of every prompt (ref: modeling/transformer.py Attention). Per head h, with the
@@ -132,16 +134,89 @@ DecoderOutput Model::decode_masks(const Tensor& embeddings, const std::vector<in
       throw Error("decode_masks: prompt " + std::to_string(b) + " names image " + std::to_string(image_of_prompt[b]) +
                   ", but there are " + std::to_string(embeddings.dim(0)) + " images");
   // Prompts of one image keep its embedding a batch of 1 (the decoder then shares work across them).
-  // Otherwise each prompt's image embedding, then one batched decode: the decoder has no per-image
-  // state beyond the embedding.
   const int64_t first = image_of_prompt.empty() ? 0 : image_of_prompt[0];
   if (std::all_of(image_of_prompt.begin(), image_of_prompt.end(), [&](int64_t i) { return i == first; }))
     return decode_masks(embeddings.dim(0) == 1 ? embeddings : ops_->gather(embeddings, {first}), prompts,
                         multimask_output);
+  // Several images with many prompts each: one decode an image (decode_per_image). With few, one
+  // batched decode of each prompt's image embedding: the decoder has no per-image state beyond it.
+  std::vector<int64_t> images = image_of_prompt;
+  std::sort(images.begin(), images.end());
+  images.erase(std::unique(images.begin(), images.end()), images.end());
+  if ((int64_t)image_of_prompt.size() >= kPromptsPerImageAlone * (int64_t)images.size())
+    return decode_per_image(embeddings, image_of_prompt, prompts, multimask_output);
   return decode_masks(ops_->gather(embeddings, image_of_prompt), prompts, multimask_output);
 }
 
+// One decode per image, each on the backend's next lane (side streams on a GPU, Ops::lanes), then
+// the outputs joined in prompt order. A decode of one image's prompts shares the image's first
+// layer among them and keeps its image tokens in the GPU's L2 (16 prompts' are ~34 MB in fp16),
+// where the batched form gathers every prompt's embedding and streams them all through memory; a
+// decode's token path, ~45 small dependent kernels, runs beside another image's image-token
+// kernels. It has a fixed cost the batched form pays once: on an H100 (vit_b fp8, 8 images) the
+// batched form is faster at 8 prompts an image, level at 12 and slower at 16 (BENCHMARKS.md), hence
+// kPromptsPerImageAlone prompts an image on average.
+DecoderOutput Model::decode_per_image(const Tensor& embeddings, const std::vector<int64_t>& image_of_prompt,
+                                      const PromptEmbeddings& prompts, bool multimask_output) const {
+  Ops& ops = *ops_;
+  const int64_t B = (int64_t)image_of_prompt.size(), Ns = prompts.sparse.dim(1), D = prompts.sparse.dim(2);
+  // The prompts of each image, the images in the order they first appear.
+  std::vector<int64_t> run_images;
+  std::vector<std::vector<int64_t>> run_prompts;
+  std::unordered_map<int64_t, size_t> run_of;
+  for (int64_t b = 0; b < B; ++b) {
+    auto [it, added] = run_of.emplace(image_of_prompt[b], run_images.size());
+    if (added) run_images.push_back(image_of_prompt[b]), run_prompts.emplace_back();
+    run_prompts[it->second].push_back(b);
+  }
+  std::vector<int64_t> order;  // prompts in decode order
+  for (const std::vector<int64_t>& r : run_prompts) order.insert(order.end(), r.begin(), r.end());
+  const bool dense_per_prompt = prompts.dense.dim(0) != 1;
+  std::vector<Tensor> masks, ious;
+  try {
+    for (size_t r = 0; r < run_images.size(); ++r) {
+      const std::vector<int64_t>& mine = run_prompts[r];
+      const int64_t n = (int64_t)mine.size();
+      PromptEmbeddings p;
+      p.sparse = Tensor::empty({n, Ns, D});
+      for (int64_t k = 0; k < n; ++k)
+        std::memcpy(p.sparse.data + k * Ns * D, prompts.sparse.data + mine[k] * Ns * D, sizeof(float) * Ns * D);
+      p.dense = dense_per_prompt ? ops.gather(prompts.dense, mine) : prompts.dense;
+      Shape one = embeddings.shape;
+      one[0] = 1;
+      const DecoderOutput d =
+          decode_on_lane(embeddings.item(run_images[r]).view(one), p, multimask_output, int(r % size_t(ops.lanes())));
+      masks.push_back(d.low_res_masks), ious.push_back(d.iou);
+    }
+    ops.join_lanes();
+  } catch (...) {
+    try {
+      ops.join_lanes();  // (lanes' work must end while what it reads lives)
+    } catch (...) {
+    }
+    throw;
+  }
+  // Joined along dim 0 (as one row each for concat), then back in prompt order.
+  auto join = [&](std::vector<Tensor>& parts) {
+    Shape shape = parts[0].shape;
+    shape[0] = B;
+    for (Tensor& t : parts) t = t.view({1, t.numel()});
+    return ops.concat(parts).view(shape);
+  };
+  DecoderOutput out{join(masks), join(ious)};
+  std::vector<int64_t> position(B);
+  bool in_order = true;
+  for (int64_t k = 0; k < B; ++k) position[order[k]] = k, in_order = in_order && order[k] == k;
+  if (!in_order) out = {ops.gather(out.low_res_masks, position), ops.gather(out.iou, position)};
+  return out;
+}
+
 DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output) const {
+  return decode_on_lane(embedding, prompts, multimask_output, 0);
+}
+
+DecoderOutput Model::decode_on_lane(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output,
+                                    int lane) const {
   Ops& ops = *ops_;
   const SamConfig& c = cfg_;
   const int64_t B = prompts.sparse.dim(0), Ns = prompts.sparse.dim(1), D = c.prompt_embed_dim, G = c.grid();
@@ -161,8 +236,8 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
     std::memcpy(dst + (1 + M) * D, prompts.sparse.data + b * Ns * D, sizeof(float) * Ns * D);
   }
   try {
-    const std::vector<Tensor> out = ops.run_recorded(
-        multimask_output ? "mask_decoder multimask" : "mask_decoder", {host_tokens, embedding, prompts.dense},
+    const std::vector<Tensor> out = ops.run_recorded_on_lane(
+        lane, multimask_output ? "mask_decoder multimask" : "mask_decoder", {host_tokens, embedding, prompts.dense},
         [&](const std::vector<Tensor>& in) {
           DecoderOutput d = decode_tokens(in[0], in[1], in[2], multimask_output);
           return std::vector<Tensor>{d.low_res_masks, d.iou};

@@ -199,6 +199,66 @@ TEST_P(CudaGraphsTest, PlannedMemoryHoldsForRealImages) {
   EXPECT_EQ(planned.backend().memory_use().graph_arena, plan.graph_arena);
 }
 
+// The ragged decode of many prompts an image runs one decode per image on the graph cache's lanes
+// (side streams, graph.h): over runs with new prompts (eager, recorded, then replays beside each
+// other), every output, kept until the end, is bit for bit the same model's decode of that image's
+// prompts alone on the stream itself. (Not another model's: a model times its large GEMMs'
+// candidate kernels and may keep others, so two models' embeddings need not agree to the bit.)
+TEST_P(CudaGraphsTest, RaggedDecodeOnLanes) {
+  const SamConfig cfg = SamConfig::preset("tiny");
+  const auto tensors = Model::synthetic_tensors(cfg, 13);
+  const Precision precision = precision_of(GetParam());
+  const std::string prec = to_string(precision);
+  const Model graphs = Model::from_tensors(tensors, {.device = "cuda", .precision = precision, .cuda_graphs = true});
+  ASSERT_GE(graphs.backend().lanes(), 2) << "SAMFAST_LANES is set below 2";
+  const int S = cfg.img_size, images = 4, per_image = 12, B = images * per_image;
+  const Tensor pixels = random_host({images, 3, S, S}, 80, -2.f, 2.f);
+  const Tensor eg = graphs.encode_image(pixels);
+  std::vector<int64_t> image_of(B);
+  for (int b = 0; b < B; ++b) image_of[b] = (b * 3) % images;  // interleaved
+  struct Kept {
+    DecoderOutput got;
+    PromptBatch prompts;
+    bool multimask;
+  };
+  std::vector<Kept> kept;
+  for (int run = 0; run < 5; ++run)
+    for (bool multimask : {true, false}) {
+      PromptBatch p;
+      p.points = random_host({B, 1, 2}, 90 + run, 0.f, (float)S - 1);
+      p.labels = Tensor::empty({B, 1});
+      for (int b = 0; b < B; ++b) p.labels.data[b] = 1.f;
+      kept.push_back({graphs.decode_masks(eg, image_of, graphs.encode_prompts(p), multimask), p, multimask});
+    }
+  for (size_t r = 0; r < kept.size(); ++r) {
+    const Tensor masks = graphs.download(kept[r].got.low_res_masks), iou = graphs.download(kept[r].got.iou);
+    ASSERT_EQ(masks.dim(0), B);
+    const int64_t per_mask = masks.numel() / B, per_iou = iou.numel() / B;
+    for (int img = 0; img < images; ++img) {
+      std::vector<int64_t> mine;
+      for (int b = 0; b < B; ++b)
+        if (image_of[b] == img) mine.push_back(b);
+      PromptBatch p;
+      p.points = Tensor::empty({(int64_t)mine.size(), 1, 2});
+      p.labels = Tensor::empty({(int64_t)mine.size(), 1});
+      for (size_t k = 0; k < mine.size(); ++k) {
+        p.points.data[2 * k] = kept[r].prompts.points.data[2 * mine[k]];
+        p.points.data[2 * k + 1] = kept[r].prompts.points.data[2 * mine[k] + 1];
+        p.labels.data[k] = 1.f;
+      }
+      const DecoderOutput alone =
+          graphs.decode_masks(graphs.backend().gather(eg, {img}), graphs.encode_prompts(p), kept[r].multimask);
+      const Tensor m1 = graphs.download(alone.low_res_masks), i1 = graphs.download(alone.iou);
+      int64_t differ = 0;
+      for (size_t k = 0; k < mine.size(); ++k) {
+        for (int64_t j = 0; j < per_mask; ++j) differ += masks.data[mine[k] * per_mask + j] != m1.data[k * per_mask + j];
+        for (int64_t j = 0; j < per_iou; ++j) differ += iou.data[mine[k] * per_iou + j] != i1.data[k * per_iou + j];
+      }
+      EXPECT_EQ(differ, 0) << prec << " decode " << r << " image " << img << ": elements differing";
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaGraphsTest, ::testing::Values(DType::F32, DType::BF16, DType::F16),
                          [](const ::testing::TestParamInfo<DType>& i) {
                            return i.param == DType::F32 ? "F32" : i.param == DType::BF16 ? "BF16" : "F16";

@@ -34,27 +34,28 @@ Tensor rows_of(const Tensor& x, const std::vector<int64_t>& rows) {
   return y;
 }
 
-TEST(RaggedDecode, MatchesOneDecodePerImage) {
+// The ragged decode of prompts image_of (any order) against each image's prompts decoded alone.
+void expect_ragged_matches_per_image(const std::vector<int64_t>& image_of, uint64_t seed) {
   const SamConfig cfg = SamConfig::preset("tiny");
   const Model model = Model::from_tensors(Model::synthetic_tensors(cfg, 11), {.device = "cpu", .precision = Precision::FP32});
   const int S = cfg.img_size;
   const Tensor embeddings = model.encode_image(random_host({3, 3, S, S}, 5, -2.f, 2.f));  // 3 images
-  // 7 prompts (1 foreground + 1 background point each): 3 of image 2, 1 of image 0, 3 of image 1, interleaved.
-  const std::vector<int64_t> image_of = {2, 0, 1, 2, 1, 1, 2};
   const int64_t B = (int64_t)image_of.size();
-  PromptBatch all;
-  all.points = random_host({B, 2, 2}, 9, 0.f, (float)S - 1);
+  PromptBatch all;  // 1 foreground + 1 background point each
+  all.points = random_host({B, 2, 2}, seed, 0.f, (float)S - 1);
   all.labels = Tensor::empty({B, 2});
   for (int64_t b = 0; b < B; ++b) all.labels.data[2 * b] = 1.f, all.labels.data[2 * b + 1] = 0.f;
   for (bool multimask : {true, false}) {
     const DecoderOutput ragged = model.decode_masks(embeddings, image_of, model.encode_prompts(all), multimask);
     const Tensor masks = model.download(ragged.low_res_masks), iou = model.download(ragged.iou);
     ASSERT_EQ(masks.dim(0), B);
+    ASSERT_EQ(iou.dim(0), B);
     const int64_t per_mask = masks.numel() / B, per_iou = iou.numel() / B;
     for (int64_t img = 0; img < 3; ++img) {
       std::vector<int64_t> mine;
       for (int64_t b = 0; b < B; ++b)
         if (image_of[b] == img) mine.push_back(b);
+      if (mine.empty()) continue;
       PromptBatch p;
       p.points = rows_of(all.points, mine);
       p.labels = rows_of(all.labels, mine);
@@ -73,6 +74,23 @@ TEST(RaggedDecode, MatchesOneDecodePerImage) {
       }
     }
   }
+}
+
+// Few prompts an image: one batched decode of every prompt's image embedding. 7 prompts: 3 of image
+// 2, 1 of image 0, 3 of image 1, interleaved.
+TEST(RaggedDecode, MatchesOneDecodePerImage) { expect_ragged_matches_per_image({2, 0, 1, 2, 1, 1, 2}, 9); }
+
+// Many prompts an image: a decode per image (Model::decode_per_image), the outputs put back in
+// prompt order; interleaved, then grouped by image, then two images of three.
+TEST(RaggedDecode, ManyPromptsAnImageDecodeByImage) {
+  std::vector<int64_t> interleaved, grouped, two;
+  for (int64_t k = 0; k < 39; ++k) interleaved.push_back((k * 7 + k / 5) % 3);
+  for (int64_t img : {1, 0, 2})
+    for (int64_t k = 0; k < 13; ++k) grouped.push_back(img);
+  for (int64_t k = 0; k < 24; ++k) two.push_back(k % 3 == 0 ? 0 : 2);
+  expect_ragged_matches_per_image(interleaved, 21);
+  expect_ragged_matches_per_image(grouped, 22);
+  expect_ragged_matches_per_image(two, 23);
 }
 
 TEST(RaggedDecode, RejectsBadImageIndices) {

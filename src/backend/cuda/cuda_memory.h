@@ -1,7 +1,9 @@
 // Device memory pool of the CUDA backend: freed buffers are kept by exact size and handed out again
 // (a forward pass asks for the same sizes for every image, so after the first one no cudaMalloc
-// runs and nothing synchronises the device), up to a quarter of the device's memory. All users of one pool run on one stream, so reusing a
-// buffer as soon as its last tensor is dropped is ordered after every kernel that read it.
+// runs and nothing synchronises the device), up to a quarter of the device's memory. All users of one
+// pool run on one stream, so reusing a buffer as soon as its last tensor is dropped is ordered after
+// every kernel that read it. (The graph cache's side lanes, graph.h, hold what they use until the
+// stream has waited for them.)
 #pragma once
 #include <algorithm>
 #include <cstddef>

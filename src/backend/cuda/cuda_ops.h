@@ -167,6 +167,11 @@ class CudaOps final : public Ops {
   MemoryUse memory_use() const override;
   std::vector<Tensor> run_recorded(const std::string& key, const std::vector<Tensor>& inputs,
                                    const Computation& fn) override;
+  // Lanes are side streams of the graph cache (graph.h); without CUDA graphs, one lane.
+  int lanes() const override { return graphs_ ? graphs_->lanes() : 1; }
+  std::vector<Tensor> run_recorded_on_lane(int lane, const std::string& key, const std::vector<Tensor>& inputs,
+                                           const Computation& fn) override;
+  void join_lanes() override;
 
   CudaContext& context() const { return *ctx_; }
   DType precision() const { return dt_; }  // the storage type

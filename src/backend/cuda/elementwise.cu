@@ -52,6 +52,16 @@ std::vector<Tensor> CudaOps::run_recorded(const std::string& key, const std::vec
   return fn(dev);
 }
 
+std::vector<Tensor> CudaOps::run_recorded_on_lane(int lane, const std::string& key, const std::vector<Tensor>& inputs,
+                                                  const Computation& fn) {
+  if (lane != 0 && graphs_) return graphs_->run(*this, key, inputs, fn, lane);
+  return run_recorded(key, inputs, fn);
+}
+
+void CudaOps::join_lanes() {
+  if (graphs_) graphs_->join_lanes(*this);
+}
+
 Tensor CudaOps::empty(Shape shape, DType dtype) const {
   for (int64_t d : shape)
     if (d < 0) throw Error("negative dimension in shape " + shape_str(shape));
@@ -576,6 +586,7 @@ void CudaOps::upload_into(const Tensor& host, const Tensor& y) {
 }
 
 Ops::Later<Tensor> CudaOps::download_later(const Tensor& x) {
+  join_lanes();  // (x may be a lane's output)
   if (x.dtype != DType::F32 && x.dtype != DType::U8 && x.dtype != DType::BF16 && x.dtype != DType::F16)
     expect(x, "download", "tensor");
   check(x.defined() && x.device == Device::CUDA, "download", "tensor " + shape_str(x.shape) + " is not on the GPU");
@@ -614,7 +625,10 @@ Ops::Later<Tensor> CudaOps::download_later(const Tensor& x) {
 Tensor CudaOps::download(const Tensor& x) { return download_later(x)(); }
 
 
-void CudaOps::synchronize() { CUDA_CHECK(cudaStreamSynchronize(ctx_->stream)); }
+void CudaOps::synchronize() {
+  join_lanes();
+  CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+}
 
 int64_t CudaOps::peak_memory_bytes() const {
   return static_cast<int64_t>(ctx_->pool->peak_bytes() + ctx_->workspace_bytes);
