@@ -97,6 +97,17 @@ void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, int head
         "attention", "q " + shape_str(q.shape) + ", k " + shape_str(k.shape) + ", v " + shape_str(v.shape));
 }
 
+void check_token_self_attention(const Tensor& x, const Tensor& x_v, const Tensor& wq, const Tensor& bq,
+                                const Tensor& wk, const Tensor& bk, const Tensor& wv, const Tensor& bv, int heads) {
+  const bool ranks = x.ndim() == 3 && wq.ndim() == 2;
+  const int64_t D = ranks ? x.dim(2) : 0, C = ranks ? wq.dim(0) : 0;
+  check(ranks && x_v.shape == x.shape && wq.dim(1) == D && wk.shape == wq.shape && wv.shape == wq.shape &&
+            bq.numel() == C && bk.numel() == C && bv.numel() == C && heads > 0 && C % heads == 0,
+        "token_self_attention",
+        "x " + shape_str(x.shape) + ", x_v " + shape_str(x_v.shape) + ", wq " + shape_str(wq.shape) + ", wk " +
+            shape_str(wk.shape) + ", wv " + shape_str(wv.shape) + ", heads " + std::to_string(heads));
+}
+
 void check_image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
                                     const Tensor& bias, const Tensor& residual, const Tensor& ln_w,
                                     const Tensor& ln_b, int heads) {

@@ -22,6 +22,8 @@ void check_patch_embed(const Tensor& x, const Tensor& w, const Tensor* pos);
 void check_rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                              const Tensor& rel_pos_w, int heads, int window);
 void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads);
+void check_token_self_attention(const Tensor& x, const Tensor& x_v, const Tensor& wq, const Tensor& bq,
+                                const Tensor& wk, const Tensor& bk, const Tensor& wv, const Tensor& bv, int heads);
 void check_image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
                                     const Tensor& bias, const Tensor& residual, const Tensor& ln_w,
                                     const Tensor& ln_b, int heads);

@@ -15,6 +15,12 @@ Tensor Ops::upscale_masks(const Tensor& keys, const Tensor& w1, const Tensor& b1
   return bmm_nt(hyper, x.view({B, H * W, x.dim(3)})).view({B, hyper.dim(1), H, W});
 }
 
+Tensor Ops::token_self_attention(const Tensor& x, const Tensor& x_v, const Tensor& wq, const Tensor& bq,
+                                 const Tensor& wk, const Tensor& bk, const Tensor& wv, const Tensor& bv, int heads) {
+  check_token_self_attention(x, x_v, wq, bq, wk, bk, wv, bv, heads);
+  return attention(linear(x, wq, &bq), linear(x, wk, &bk), linear(x_v, wv, &bv), heads);
+}
+
 std::pair<Tensor, Tensor> Ops::image_to_token_attention_pe(const Tensor& x, const Tensor& k, const Tensor& kb,
                                                            const Tensor& v, const Tensor& bias, const Tensor& residual,
                                                            const Tensor& ln_w, const Tensor& ln_b, float eps, int heads,

@@ -95,6 +95,14 @@ class Ops {
   // softmax(q k^T / sqrt(D / heads)) v per head (ref: modeling/transformer.py Attention).
   // q, or k and v together, may have a batch of 1, shared by all B items of the other.
   virtual Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) = 0;
+  // The mask decoder's self-attention of the prompt tokens up to its output projection (ref:
+  // modeling/transformer.py Attention.forward): attention(linear(x, wq, bq), linear(x, wk, bk),
+  // linear(x_v, wv, bv), heads). x, x_v (B, N, D); wq, wk, wv (C, D); bq, bk, bv (C) -> (B, N, C).
+  // This default composes them; a backend may compute a (prompt, head)'s projections and attention
+  // in one block (three small dependent kernels a layer fewer).
+  virtual Tensor token_self_attention(const Tensor& x, const Tensor& x_v, const Tensor& wq, const Tensor& bq,
+                                      const Tensor& wk, const Tensor& bk, const Tensor& wv, const Tensor& bv,
+                                      int heads);
   // Image tokens attending to a few prompt tokens, the attention's four projections folded into
   // per-prompt keys, key biases and values (mask_decoder.cpp derives them), then the residual and
   // a LayerNorm, as one op so that a GPU reads and writes each image token once:

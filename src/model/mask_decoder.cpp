@@ -264,10 +264,9 @@ DecoderOutput Model::decode_tokens(const Tensor& tokens, const Tensor& embedding
 
   // Self-attention of the prompt tokens, with its projections; out = residual + out_proj(attn).
   auto self_attend = [&](const std::string& n, const Tensor& q, const Tensor& v, const Tensor* residual) {
-    Tensor qp = ops.linear(q, w(n + ".q_proj.weight"), &w(n + ".q_proj.bias"));
-    Tensor kp = ops.linear(q, w(n + ".k_proj.weight"), &w(n + ".k_proj.bias"));
-    Tensor vp = ops.linear(v, w(n + ".v_proj.weight"), &w(n + ".v_proj.bias"));
-    Tensor o = ops.attention(qp, kp, vp, (int)heads);
+    Tensor o = ops.token_self_attention(q, v, w(n + ".q_proj.weight"), w(n + ".q_proj.bias"), w(n + ".k_proj.weight"),
+                                        w(n + ".k_proj.bias"), w(n + ".v_proj.weight"), w(n + ".v_proj.bias"),
+                                        (int)heads);
     return ops.linear(o, w(n + ".out_proj.weight"), &w(n + ".out_proj.bias"), Act::None, residual);
   };
   // Prompt tokens attending to the image tokens (folded, see folded_decoder_weights): one query of

@@ -336,6 +336,26 @@ TEST_P(CudaOpsTest, AttentionBroadcast) {
                cpu.attention(q16, repeat_batch(k16, B), repeat_batch(v16, B), 8), "attention shared k, v (query group)");
 }
 
+// The decoder's token self-attention with its projections: the fused kernel (fp16 / bf16, D 256,
+// head width 32, N <= 32: one and two m-tiles, v's input the same tensor as q's and k's or not) and
+// the composed ops otherwise (fp32, more tokens, other widths), against the CPU's composition.
+TEST_P(CudaOpsTest, TokenSelfAttention) {
+  struct Case { int B, N, D, heads; bool v_is_x; };
+  const Case cases[] = {{16, 7, 256, 8, true}, {16, 7, 256, 8, false}, {1, 1, 256, 8, false}, {3, 32, 256, 8, false},
+                        {2, 17, 256, 8, true}, {2, 33, 256, 8, false}, {2, 7, 128, 4, false}};
+  for (const Case& c : cases) {
+    const int C = c.D;
+    Tensor x = rand({c.B, c.N, c.D}), xv = c.v_is_x ? x : rand({c.B, c.N, c.D});
+    Tensor wq = rand({C, c.D}, -0.1f, 0.1f), wk = rand({C, c.D}, -0.1f, 0.1f), wv = rand({C, c.D}, -0.1f, 0.1f);
+    Tensor bq = rand({C}, -0.5f, 0.5f), bk = rand({C}, -0.5f, 0.5f), bv = rand({C}, -0.5f, 0.5f);
+    const std::string name = "token_self_attention B " + std::to_string(c.B) + " N " + std::to_string(c.N) + " D " +
+                             std::to_string(c.D) + (c.v_is_x ? " v from x" : "");
+    const Tensor xd = up(x), xvd = c.v_is_x ? xd : up(xv);
+    expect_close(gpu->token_self_attention(xd, xvd, up(wq), up(bq), up(wk), up(bk), up(wv), up(bv), c.heads),
+                 cpu.token_self_attention(x, xv, wq, bq, wk, bk, wv, bv, c.heads), name);
+  }
+}
+
 // One head of width 256 (the decoder's folded token-to-image attention): cuBLASLt GEMMs around a
 // softmax, keys and values shared by the batch or not.
 TEST_P(CudaOpsTest, AttentionWideHead) {

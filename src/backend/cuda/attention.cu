@@ -5,6 +5,7 @@
 // wider than 64 (the folded token-to-image attention) runs as GEMMs (decoder_attention.cu).
 #include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <string>
 
 #include "backend/cuda/common.cuh"
@@ -14,8 +15,12 @@
 namespace samfast {
 namespace {
 
+using cuda::cp_async16;
+using cuda::cp_async_commit;
+using cuda::cp_async_wait_all;
 using cuda::from_f32;
 using cuda::to_f32;
+using cuda::warp_tile_abt;
 
 // Loads HD consecutive values (16-byte aligned) as fp32, 16 bytes at a time.
 template <class T, int HD>
@@ -45,6 +50,30 @@ __device__ __forceinline__ void store_row(T* __restrict dst, const float* src, f
   }
 }
 
+// One query's softmax over Nk keys and values held in shared memory as fp32 rows, stored as T.
+template <class T, int HD>
+__device__ __forceinline__ void attend_few_keys(const float (&qr)[HD], const float (*sK)[HD], const float (*sV)[HD],
+                                                int Nk, float inv_sqrt_hd, T* __restrict out_row) {
+  auto score = [&](int j) {  // recomputed in the second pass: cheaper than a local-memory array
+    float acc = 0.f;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) acc += qr[d] * sK[j][d];
+    return acc * inv_sqrt_hd;
+  };
+  float m = -INFINITY, o[HD];
+  for (int j = 0; j < Nk; ++j) m = fmaxf(m, score(j));
+#pragma unroll
+  for (int d = 0; d < HD; ++d) o[d] = 0.f;
+  float l = 0.f;
+  for (int j = 0; j < Nk; ++j) {
+    const float p = expf(score(j) - m);
+    l += p;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) o[d] += p * sV[j][d];
+  }
+  store_row<T, HD>(out_row, o, l);
+}
+
 // Few keys (Nk <= kMaxFewKeys): the keys and values of one (b, head) sit in shared memory and each
 // thread computes one query's whole softmax.
 constexpr int kMaxFewKeys = 32;
@@ -63,26 +92,87 @@ __global__ void __launch_bounds__(128) mha_few_keys(const T* __restrict q, const
   __syncthreads();
   const int qi = blockIdx.x * blockDim.x + threadIdx.x;
   if (qi >= Nq) return;
-  float qr[HD], o[HD];
+  float qr[HD];
   load_row<T, HD>(q + (bq * Nq + qi) * D + h * HD, qr);
-  auto score = [&](int j) {  // recomputed in the second pass: cheaper than a local-memory array
-    float acc = 0.f;
-#pragma unroll
-    for (int d = 0; d < HD; ++d) acc += qr[d] * sK[j][d];
-    return acc * inv_sqrt_hd;
-  };
-  float m = -INFINITY;
-  for (int j = 0; j < Nk; ++j) m = fmaxf(m, score(j));
-#pragma unroll
-  for (int d = 0; d < HD; ++d) o[d] = 0.f;
-  float l = 0.f;
-  for (int j = 0; j < Nk; ++j) {
-    const float p = expf(score(j) - m);
-    l += p;
-#pragma unroll
-    for (int d = 0; d < HD; ++d) o[d] += p * sV[j][d];
+  attend_few_keys<T, HD>(qr, sK, sV, Nk, inv_sqrt_hd, out + (b * Nq + qi) * D + h * HD);
+}
+
+// ops.token_self_attention (the decoder's self-attention of the prompt tokens with its q, k and v
+// projections): one block a (head, prompt). Its 6 warps compute the head's q, k and v (16 columns
+// each: warps 0-1 q, 2-3 k, 4-5 v) for the prompt's N <= 32 tokens on tensor cores, from the token
+// rows and the head's 96 weight rows staged in shared memory; then a thread a query runs the
+// softmax as mha_few_keys does. It stands for three cuBLASLt GEMMs and mha_few_keys, each a few
+// microseconds of mostly latency at 16 prompts of 7 tokens.
+constexpr int kTsaD = 256, kTsaHd = 32, kTsaRows = 32, kTsaLds = kTsaD + 8, kTsaWarps = 6;
+constexpr size_t kTsaSmem =
+    sizeof(uint16_t) * (2 * kTsaRows + 3 * kTsaHd) * kTsaLds + sizeof(float) * kTsaRows * (3 * kTsaHd + 1);
+
+template <class H>
+__global__ void __launch_bounds__(kTsaWarps * 32)
+    token_self_attention_kernel(const H* __restrict x, const H* __restrict x_v, const H* __restrict wq,
+                                const H* __restrict bq, const H* __restrict wk, const H* __restrict bk,
+                                const H* __restrict wv, const H* __restrict bv, H* __restrict out, int N, int C,
+                                float inv_sqrt_hd) {
+  constexpr int D = kTsaD, HD = kTsaHd, LDS = kTsaLds, kThreads = kTsaWarps * 32, kChunks = D / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  H* sX = reinterpret_cast<H*>(smem_raw);  // (token, D), rows past N zero: the q and k input
+  H* sXv = sX + kTsaRows * LDS;            // the v input (unused where it is x)
+  H* sW = sXv + kTsaRows * LDS;            // the head's weight rows: q's HD, k's, v's
+  auto sK = reinterpret_cast<float (*)[HD]>(sW + 3 * HD * LDS);  // k, v rounded to H, as fp32
+  auto sV = sK + kTsaRows;
+  float* sQ = reinterpret_cast<float*>(sV + kTsaRows);  // q rows HD + 1 apart (a thread reads its own)
+  const int h = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4;
+  const int64_t b = blockIdx.y;
+  const bool v_is_x = x_v == x;
+  const int rows = N <= 16 ? 16 : 32;  // whole m-tiles
+  const H* xb = x + b * N * D;
+  const H* xvb = x_v + b * N * D;
+  for (int i = tid; i < rows * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool ok = r < N;
+    const int64_t at = ok ? int64_t(r) * D + c * 8 : 0;
+    cp_async16(sX + r * LDS + c * 8, xb + at, ok);
+    if (!v_is_x) cp_async16(sXv + r * LDS + c * 8, xvb + at, ok);
   }
-  store_row<T, HD>(out + (b * Nq + qi) * D + h * HD, o, l);
+  for (int i = tid; i < 3 * HD * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = i % kChunks, which = r / HD;
+    const H* w = which == 0 ? wq : which == 1 ? wk : wv;
+    cp_async16(sW + r * LDS + c * 8, w + int64_t(h * HD + r % HD) * D + c * 8, true);
+  }
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();
+
+  // This warp's 16 columns of q, k or v, plus the bias, rounded to H as a Linear's output is.
+  const int col0 = warp * 16, which = col0 / HD;
+  const H* a = which == 2 && !v_is_x ? sXv : sX;
+  const H* bias = (which == 0 ? bq : which == 1 ? bk : bv) + h * HD;
+  for (int m = 0; m < rows / 16; ++m) {
+    float c[2][4];
+    warp_tile_abt<H, D, 16>(c, a + m * 16 * LDS, LDS, sW + col0 * LDS, LDS, lane);
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = (col0 + n * 8 + tq * 2 + e) % HD;
+        const float bc = to_f32(bias[col]);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int r = m * 16 + gr + 8 * i;
+          const float y = to_f32(from_f32<H>(c[n][2 * i + e] + bc));
+          if (which == 0)
+            sQ[r * (HD + 1) + col] = y;
+          else
+            (which == 1 ? sK : sV)[r][col] = y;
+        }
+      }
+  }
+  __syncthreads();
+  if (tid >= N) return;
+  float qr[HD];
+#pragma unroll
+  for (int d = 0; d < HD; ++d) qr[d] = sQ[tid * (HD + 1) + d];
+  attend_few_keys<H, HD>(qr, sK, sV, N, inv_sqrt_hd, out + (b * N + tid) * C + h * HD);
 }
 
 // Many keys: one block per (b, head, query); its 8 warps split the keys (a block per (b, head) left
@@ -285,6 +375,34 @@ Tensor CudaOps::attention(const Tensor& q, const Tensor& k, const Tensor& v, int
     });
   };
   SAMFAST_DISPATCH(dt_, T, run(T{}));
+  return out;
+}
+
+Tensor CudaOps::token_self_attention(const Tensor& x, const Tensor& x_v, const Tensor& wq, const Tensor& bq,
+                                     const Tensor& wk, const Tensor& bk, const Tensor& wv, const Tensor& bv, int heads) {
+  check_token_self_attention(x, x_v, wq, bq, wk, bk, wv, bv, heads);
+  const int64_t B = x.dim(0), N = x.dim(1), D = x.dim(2), C = wq.dim(0);
+  auto ours = [&](const Tensor& t) {  // (16-byte aligned: cp.async)
+    return t.device == Device::CUDA && t.dtype == dt_ && reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+  };
+  const bool fused = dt_ != DType::F32 && D == kTsaD && C == int64_t(heads) * kTsaHd && N >= 1 && N <= kTsaRows &&
+                     B >= 1 && B <= 65535 && heads <= 65535 && kTsaSmem <= ctx_->max_smem_per_block && ours(x) &&
+                     ours(x_v) && ours(wq) && ours(bq) && ours(wk) && ours(bk) && ours(wv) && ours(bv);
+  if (!fused) return Ops::token_self_attention(x, x_v, wq, bq, wk, bk, wv, bv, heads);
+  Tensor out = empty({B, N, C});
+  auto go = [&](auto tag) {
+    using H = decltype(tag);
+    CUDA_CHECK(cudaFuncSetAttribute(token_self_attention_kernel<H>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)kTsaSmem));
+    token_self_attention_kernel<H><<<dim3((unsigned)heads, (unsigned)B), kTsaWarps * 32, kTsaSmem, ctx_->stream>>>(
+        x.ptr<H>(), x_v.ptr<H>(), wq.ptr<H>(), bq.ptr<H>(), wk.ptr<H>(), bk.ptr<H>(), wv.ptr<H>(), bv.ptr<H>(),
+        out.ptr<H>(), (int)N, (int)C, 1.f / std::sqrt(float(kTsaHd)));
+  };
+  if (dt_ == DType::BF16)
+    go(__nv_bfloat16{});
+  else
+    go(__half{});
+  CUDA_LAUNCH_CHECK();
   return out;
 }
 

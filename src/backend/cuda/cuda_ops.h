@@ -132,6 +132,9 @@ class CudaOps final : public Ops {
   Tensor rel_pos_attention(const Tensor& qkv, const Tensor& qkv_bias, const Tensor& rel_pos_h,
                            const Tensor& rel_pos_w, int heads, int window) override;
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads) override;
+  // fp16 / bf16, head width 32, D 256, N <= 32: one block a (prompt, head), projections on tensor cores.
+  Tensor token_self_attention(const Tensor& x, const Tensor& x_v, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                              const Tensor& bk, const Tensor& wv, const Tensor& bv, int heads) override;
   Tensor image_to_token_attention(const Tensor& x, const Tensor& k, const Tensor& kb, const Tensor& v,
                                   const Tensor& bias, const Tensor& residual, const Tensor& ln_w, const Tensor& ln_b,
                                   float eps, int heads) override;
