@@ -91,8 +91,9 @@ class Predictor {
   // post-processing and no host round trip. One image set.
   DecoderOutput decode(const PromptBatch& prompts, bool multimask_output) const;
   // The largest decoder batch predict_batch runs: a decode's working memory grows with its prompts
-  // (tens of MB a prompt on the CPU in fp32, a few on a GPU in fp16), so that many prompts at once
-  // cannot exhaust memory; beyond ~32 on the CPU a larger batch is no faster a prompt.
+  // (~25 MB a prompt on the CPU in fp32, a few on a GPU in fp16) and the buffer pools keep each
+  // batch size's, so that many prompts at once cannot exhaust memory; on the CPU 8 a batch is also
+  // the fastest a prompt (BENCHMARKS.md, CPU).
   int64_t max_decode_batch() const;
 
  private:

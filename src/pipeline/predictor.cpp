@@ -200,7 +200,7 @@ void Predictor::check_prompt(const Prompt& p, int H, int W, int64_t L) {
 }
 
 int64_t Predictor::max_decode_batch() const {
-  return embedding_.defined() && embedding_.device == Device::CUDA ? 256 : 32;
+  return embedding_.defined() && embedding_.device == Device::CUDA ? 256 : 8;
 }
 
 DecoderOutput Predictor::decode(const PromptBatch& prompts, bool multimask_output) const {

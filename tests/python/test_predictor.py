@@ -273,6 +273,30 @@ def test_batch_beyond_upstream(samfast_pkg, predictors):
             assert_same(results[i], single.predict(**kw) + (single.predict(**kw, return_logits=True)[0],), f"prompt {i}")
 
 
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_many_prompts_decode_a_bounded_batch_at_a_time(samfast_pkg, tiny_checkpoint):
+    """predict_batch cuts many prompts into decoder batches of max_decode_batch() (8 on the CPU): a
+    decode holds ~25 MB a prompt and the buffer pools keep each batch size's, so 64 prompts after 8
+    keep nothing more (32 at a time kept ~0.9 GB more), and each result is the prompt's own."""
+    predictor = samfast_pkg.SamPredictor(samfast_pkg.load(tiny_checkpoint, device="cpu"))  # (pools of its own)
+    predictor.set_image(rgb("dog.jpg"))
+    rng = np.random.default_rng(0)
+    prompts = [dict(point_coords=rng.uniform(0, 500, (1, 2)), point_labels=np.array([1])) for _ in range(64)]
+    predictor.predict_batch(prompts[:8])
+    alone = [predictor.predict(**prompts[i]) + (predictor.predict(**prompts[i], return_logits=True)[0],)
+             for i in (0, 8, 63)]  # (alone it decodes in another blocking: fp32 rounding)
+    before = rss_mb()
+    results = predictor.predict_batch(prompts)
+    grown = rss_mb() - before  # (~110 MB: the results themselves)
+    assert grown < 250, f"RSS {before:.0f} -> {before + grown:.0f} MB"
+    for k, i in enumerate((0, 8, 63)):
+        assert_same(results[i], alone[k], f"prompt {i}")
+
+
 def check_threads(samfast_pkg, sam, images, kw, repeats):
     """Several threads, each with its own predictor on one model: each gets what it gets alone."""
     expected = []
