@@ -56,6 +56,12 @@ def rgb(name):
     return np.array(Image.open(IMAGES / name).convert("RGB"))
 
 
+def rss_mb(pid="self"):
+    """A process's resident memory in MB (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
 def cuda_available():
     try:
         import torch

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import parity, rgb
+from conftest import parity, rgb, rss_mb
 
 CASES = {
     "point": dict(point_coords=[[400, 260]], point_labels=[1]),
@@ -271,11 +271,6 @@ def test_batch_beyond_upstream(samfast_pkg, predictors):
             kw = {k: v for k, v in prompts[i].items() if k != "image"}
             # (a batch of images runs the encoder's matrix products in another blocking: fp32 rounding)
             assert_same(results[i], single.predict(**kw) + (single.predict(**kw, return_logits=True)[0],), f"prompt {i}")
-
-
-def rss_mb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def test_many_prompts_decode_a_bounded_batch_at_a_time(samfast_pkg, tiny_checkpoint):

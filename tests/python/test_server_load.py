@@ -12,17 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import IMAGES
+from conftest import IMAGES, rss_mb
 from test_server import running_server
 
 httpx = pytest.importorskip("httpx", reason="the load test needs httpx (scripts/setup.sh installs it)")
 
 CLIENTS, WARMUP, SECONDS = 24, 8, 18  # (the warm-up's answers count too; its memory growth is the pools')
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def small_jpeg(name, seed):
