@@ -22,6 +22,9 @@ struct Prompt {
   std::optional<std::array<float, 4>> box;   // x0, y0, x1, y1 in original-image pixels
   Tensor mask_input;                         // (1, 4G, 4G) low-res logits from an earlier predict, optional
   int image = 0;                             // which image of set_images() (0 after set_image)
+  // Upstream tells an empty point array (point_coords of shape (0, 2)) from none: without a box it
+  // decodes the empty one with its "not a point" token. true: points were given, none of them.
+  bool empty_point_array = false;
 };
 
 // An image made ready for the encoder: the host half of set_image, which can run on another thread

@@ -138,6 +138,7 @@ Prompt prompt_from(std::optional<FloatArray> points, std::optional<IntArray> lab
       throw InvalidArgument("point_coords must be (N, 2), got " + std::to_string(points->ndim()) + " dimensions");
     if (labels->ndim() != 1 || labels->shape(0) != points->shape(0))
       throw InvalidArgument("point_labels must be (N,) for " + std::to_string(points->shape(0)) + " points");
+    p.empty_point_array = points->shape(0) == 0;
     for (size_t i = 0; i < points->shape(0); ++i) {
       p.points.push_back({points->data()[2 * i], points->data()[2 * i + 1]});
       p.labels.push_back(labels->data()[i]);

@@ -194,7 +194,14 @@ void Predictor::check_prompt(const Prompt& p, int H, int W, int64_t L) {
                   std::to_string(b[3]) + ") must have x0 <= x1, y0 <= y1 and lie inside the " + std::to_string(W) + "x" +
                   std::to_string(H) + " image");
   }
-  if (p.mask_input.defined() && (p.mask_input.numel() != L * L || p.mask_input.dtype != DType::F32 || !p.mask_input.on_host()))
+  // (L, L) after leading 1s: (1, L, L) as upstream, (L, L) or (1, 1, L, L) as unambiguous; never
+  // another shape of L * L values, such as (4, L/2, L/2), read as if it were one.
+  auto low_res_shape = [L](const Shape& s) {
+    return s.size() >= 2 && s[s.size() - 1] == L && s[s.size() - 2] == L &&
+           std::all_of(s.begin(), s.end() - 2, [](int64_t d) { return d == 1; });
+  };
+  if (p.mask_input.defined() &&
+      (!low_res_shape(p.mask_input.shape) || p.mask_input.dtype != DType::F32 || !p.mask_input.on_host()))
     throw InvalidArgument("mask input must be (1, " + std::to_string(L) + ", " + std::to_string(L) + ") fp32 low-res logits on the host, got " +
                 shape_str(p.mask_input.shape) + (p.mask_input.dtype == DType::U8 ? " of uint8 (a binary mask)" : ""));
 }
@@ -221,10 +228,14 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
   const int S = model_.config().img_size;
   const int64_t L = 4 * model_.config().grid();
   // Group prompts of the same form, then cut each group into decoder batches of bounded size.
-  std::map<std::tuple<size_t, bool, bool>, std::vector<size_t>> groups;
-  for (size_t i = 0; i < prompts.size(); ++i)
-    groups[{prompts[i].points.size(), prompts[i].box.has_value(), prompts[i].mask_input.defined()}].push_back(i);
-  std::vector<std::pair<std::tuple<size_t, bool, bool>, std::vector<size_t>>> batches;
+  using Form = std::tuple<size_t, bool, bool, bool>;  // points, box?, mask?, points given (if none)?
+  std::map<Form, std::vector<size_t>> groups;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const Prompt& p = prompts[i];
+    groups[{p.points.size(), p.box.has_value(), p.mask_input.defined(), !p.points.empty() || p.empty_point_array}]
+        .push_back(i);
+  }
+  std::vector<std::pair<Form, std::vector<size_t>>> batches;
   const size_t most = (size_t)max_decode_batch();
   for (const auto& [form, all] : groups)
     for (size_t first = 0; first < all.size(); first += most)
@@ -233,10 +244,10 @@ std::vector<Prediction> Predictor::predict_batch(const std::vector<Prompt>& prom
   std::vector<Prediction> results(prompts.size());
   Ops& ops = model_.backend();
   for (const auto& [form, idx] : batches) {
-    const auto [n_points, has_box, has_mask] = form;
+    const auto [n_points, has_box, has_mask, has_points] = form;
     const int64_t B = (int64_t)idx.size(), N = (int64_t)n_points;
     PromptBatch batch;
-    if (N > 0) {
+    if (has_points) {
       batch.points = Tensor::empty({B, N, 2});
       batch.labels = Tensor::empty({B, N});
     }

@@ -509,9 +509,10 @@ def test_bad_npy_shapes_are_refused_before_the_model(samfast, tiny, tmp_path, sh
     assert not (tmp_path / "o").exists()
 
 
-def test_wrong_mask_input_shape_is_refused_before_the_model(samfast, tiny, tmp_path):
+@pytest.mark.parametrize("shape", [(1, 128, 128), (4, 128, 128), (1, 64, 1024), (65536,)])  # (256 * 256 values but one)
+def test_wrong_mask_input_shape_is_refused_before_the_model(samfast, tiny, tmp_path, shape):
     m = tmp_path / "m.npy"
-    np.save(m, np.zeros((1, 128, 128), np.float32))
+    np.save(m, np.zeros(shape, np.float32))
     p = samfast("segment", "--checkpoint", tiny, "--device", "cpu", "--image", IMAGES / "dog.jpg", "--point", "1,1",
                 "--mask-input", m, "--out", tmp_path / "o")
     assert_refused(p, "mask input must be (1, 256, 256)")

@@ -15,6 +15,10 @@ CASES = {
     "box": dict(box=[100, 100, 500, 400]),
     "point_box_single": dict(point_coords=[[300, 200]], point_labels=[1], box=[50, 60, 700, 500], multimask_output=False),
     "logits": dict(point_coords=[[400, 260]], point_labels=[1], return_logits=True),
+    # Upstream decodes an empty point array with its "not a point" token when there is no box, unlike
+    # no points at all; with a box the two are the same.
+    "empty_points": dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)),
+    "empty_points_box": dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0), box=[100, 100, 500, 400]),
 }
 
 
@@ -205,8 +209,9 @@ def test_errors(samfast_pkg, predictors):
         ours.predict(point_coords=np.array([[5000, 1]]), point_labels=np.array([1]))
     with pytest.raises(ValueError, match="point_labels"):
         ours.predict(point_coords=np.array([[1, 1]]))
-    with pytest.raises(ValueError, match="mask input"):
-        ours.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]), mask_input=np.zeros((1, 64, 64)))
+    for shape in ((1, 64, 64), (4, 128, 128), (65536,), (1, 64, 1024)):  # (the last three: 256 * 256 values)
+        with pytest.raises(ValueError, match="mask input must be"):
+            ours.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]), mask_input=np.zeros(shape))
     with pytest.raises(ValueError, match="at most 256 points, got 257"):
         ours.predict(point_coords=np.ones((257, 2)), point_labels=np.ones(257))
     with pytest.raises(ValueError, match="point label 0.5 is not"):
