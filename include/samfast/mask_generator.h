@@ -27,6 +27,7 @@ struct MaskGeneratorOptions {  // the names, defaults and meaning of upstream's 
   std::vector<std::vector<std::array<double, 2>>> point_grids;  // one grid in [0,1]^2 per crop layer
   int min_mask_region_area = 0;
   std::string output_mode = "binary_mask";  // binary_mask, uncompressed_rle or coco_rle
+  double mask_threshold = 0.0;  // upstream reads it from the model: sam.mask_threshold (logits above it are mask)
 };
 
 struct MaskRecord {

@@ -1,5 +1,6 @@
 """SamAutomaticMaskGenerator with upstream's options, defaults and records, over the library's
 MaskGenerator (the whole pipeline, crops and filters included, runs in C++)."""
+import math
 import os
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -63,8 +64,10 @@ class SamAutomaticMaskGenerator:
                 float(self.stability_score_thresh), float(self.stability_score_offset), float(self.box_nms_thresh),
                 _c_int("crop_n_layers", self.crop_n_layers), float(self.crop_nms_thresh), float(self.crop_overlap_ratio),
                 _c_int("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor), grids,
-                # (an area past any image's pixel count removes every small region: the same as the largest int)
-                min(int(self.min_mask_region_area), 2**31 - 1), self.output_mode)
+                # Upstream removes regions of fewer pixels than the area: below 1.5 is below 2. (An area past
+                # any image's pixel count removes every small region: the same as the largest int.)
+                min(math.ceil(self.min_mask_region_area), 2**31 - 1), self.output_mode,
+                float(self.predictor.model.mask_threshold))  # (upstream reads it at each generate, as here)
 
     def _generator(self):
         options = self._options(self.predictor.model._native_model())

@@ -174,7 +174,7 @@ MaskGeneratorOptions generator_options(int points_per_side, int points_per_batch
                                        int crop_n_layers, double crop_nms_thresh, double crop_overlap_ratio,
                                        int crop_n_points_downscale_factor,
                                        const std::optional<std::vector<GridArray>>& point_grids, int min_mask_region_area,
-                                       const std::string& output_mode) {
+                                       const std::string& output_mode, double mask_threshold) {
   MaskGeneratorOptions o;
   o.points_per_side = points_per_side, o.points_per_batch = points_per_batch;
   o.pred_iou_thresh = pred_iou_thresh, o.stability_score_thresh = stability_score_thresh;
@@ -187,14 +187,14 @@ MaskGeneratorOptions generator_options(int points_per_side, int points_per_batch
       auto& grid = o.point_grids.emplace_back();
       for (size_t i = 0; i < g.shape(0); ++i) grid.push_back({g.data()[2 * i], g.data()[2 * i + 1]});
     }
-  o.min_mask_region_area = min_mask_region_area, o.output_mode = output_mode;
+  o.min_mask_region_area = min_mask_region_area, o.output_mode = output_mode, o.mask_threshold = mask_threshold;
   return o;
 }
 #define GENERATOR_ARGS                                                                                          \
   "points_per_side"_a, "points_per_batch"_a, "pred_iou_thresh"_a, "stability_score_thresh"_a,                  \
       "stability_score_offset"_a, "box_nms_thresh"_a, "crop_n_layers"_a, "crop_nms_thresh"_a,                  \
       "crop_overlap_ratio"_a, "crop_n_points_downscale_factor"_a, "point_grids"_a.none(), "min_mask_region_area"_a, \
-      "output_mode"_a
+      "output_mode"_a, "mask_threshold"_a
 
 // One record as upstream's dict: segmentation in the output mode's form, plain Python numbers.
 nb::dict record_dict(MaskRecord& r, const std::string& output_mode) {
@@ -523,12 +523,13 @@ NB_MODULE(_samfast, m) {
           [](GeneratorHandle* self, ModelPtr model, int points_per_side, int points_per_batch, double pred_iou_thresh,
              double stability_score_thresh, double stability_score_offset, double box_nms_thresh, int crop_n_layers,
              double crop_nms_thresh, double crop_overlap_ratio, int crop_n_points_downscale_factor,
-             std::optional<std::vector<GridArray>> point_grids, int min_mask_region_area, const std::string& output_mode) {
+             std::optional<std::vector<GridArray>> point_grids, int min_mask_region_area, const std::string& output_mode,
+             double mask_threshold) {
             new (self) GeneratorHandle(
                 std::move(model), generator_options(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
                                                     stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
                                                     crop_overlap_ratio, crop_n_points_downscale_factor, point_grids,
-                                                    min_mask_region_area, output_mode));
+                                                    min_mask_region_area, output_mode, mask_threshold));
           },
           "model"_a, GENERATOR_ARGS)
       .def_static(
@@ -536,11 +537,11 @@ NB_MODULE(_samfast, m) {
           [](int points_per_side, int points_per_batch, double pred_iou_thresh, double stability_score_thresh,
              double stability_score_offset, double box_nms_thresh, int crop_n_layers, double crop_nms_thresh,
              double crop_overlap_ratio, int crop_n_points_downscale_factor, std::optional<std::vector<GridArray>> point_grids,
-             int min_mask_region_area, const std::string& output_mode) {
+             int min_mask_region_area, const std::string& output_mode, double mask_threshold) {
             MaskGenerator::validate(generator_options(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
                                                       stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
                                                       crop_overlap_ratio, crop_n_points_downscale_factor, point_grids,
-                                                      min_mask_region_area, output_mode));
+                                                      min_mask_region_area, output_mode, mask_threshold));
           },
           GENERATOR_ARGS, "The constructor's checks of the options, without a model.")
       .def(

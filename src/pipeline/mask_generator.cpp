@@ -128,7 +128,7 @@ struct Job {
   int H, W;                      // orig_size
   int S;                         // the encoder's input size (img_size)
   int64_t L;                     // side of the low-res masks
-  // ref: model.mask_threshold (0.0); torch compares float32 logits with Python floats in float32.
+  // ref: model.mask_threshold; torch compares float32 logits with Python floats in float32.
   float mask_thr, hi, lo;        // hi, lo: mask_thr +- stability_score_offset
   GenerateTimings& t;
 };
@@ -181,7 +181,7 @@ void MaskGenerator::validate(const MaskGeneratorOptions& p) {
   require(std::isfinite(p.crop_overlap_ratio) && p.crop_overlap_ratio >= 0 && p.crop_overlap_ratio < 1,
           "crop_overlap_ratio must be in [0, 1)");
   for (double v : {p.pred_iou_thresh, p.stability_score_thresh, p.stability_score_offset, p.box_nms_thresh,
-                   p.crop_nms_thresh})
+                   p.crop_nms_thresh, p.mask_threshold})
     require(std::isfinite(v), "thresholds and offsets must be finite numbers");
   require(p.min_mask_region_area >= 0, "min_mask_region_area must not be negative");
   require(p.output_mode == "binary_mask" || p.output_mode == "uncompressed_rle" || p.output_mode == "coco_rle",
@@ -236,7 +236,8 @@ std::vector<MaskRecord> MaskGenerator::generate(const Image& rgb, GenerateTiming
                 std::to_string(prepared->original_size.first) + ", the image " + std::to_string(W) + "x" + std::to_string(H));
   GenerateTimings t;
   Job job{model_, model_.backend(), o, grids_, rgb, prepared, H, W, S, 4 * model_.config().grid(),
-          /*mask_thr=*/0.f, float(0.0 + o.stability_score_offset), float(0.0 - o.stability_score_offset), t};
+          float(o.mask_threshold), float(o.mask_threshold + o.stability_score_offset),
+          float(o.mask_threshold - o.stability_score_offset), t};
 
   // Generate masks
   std::vector<Candidate> data = generate_masks(job, progress);

@@ -186,3 +186,31 @@ def test_generate_many_and_each(samfast_pkg, models, tmp_path):
     assert isinstance(each[2][1], ValueError) and "(H, W, 3) uint8" in str(each[2][1])
     with pytest.raises(RuntimeError, match="Premature end"):
         list(gen.generate_many([rgb(names[0]), str(broken)]))
+
+
+def test_mask_threshold_and_a_fractional_region_area_as_upstream(samfast_pkg, models):
+    """The generator binarizes at the model's mask_threshold, as upstream's reads it at each
+    generate, and removes regions of fewer pixels than min_mask_region_area, fractions included."""
+    ours_model, theirs_model = models
+    image = rgb("dog.jpg")
+
+    def ours(**kw):
+        return samfast_pkg.SamAutomaticMaskGenerator(ours_model, output_mode="coco_rle", **SURVIVE, **kw).generate(image)
+
+    def areas(records):
+        return [r["area"] for r in records]
+    at_zero = ours()
+    ours_model.mask_threshold = theirs_model.mask_threshold = -0.5
+    try:
+        lowered = ours()
+        generator_parity.compare(lowered, upstream_generate(theirs_model, image, output_mode="coco_rle", **SURVIVE))
+    finally:
+        del theirs_model.mask_threshold  # (upstream's class attribute, 0.0, shows again)
+        ours_model.mask_threshold = 0.0
+    assert areas(lowered) != areas(at_zero)
+    # Upstream keeps a region of `size < 1.5` out: 1.5 is 2, never 1 (regions of one pixel go).
+    by_area = {area: areas(ours(min_mask_region_area=area)) for area in (1, 1.5, 2)}
+    assert by_area[1.5] == by_area[2] != by_area[1]
+    generator_parity.compare(ours(min_mask_region_area=1.5),
+                             upstream_generate(theirs_model, image, output_mode="coco_rle", min_mask_region_area=1.5,
+                                               **SURVIVE))
