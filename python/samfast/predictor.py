@@ -32,6 +32,9 @@ class SamPredictor:
     def _require_image(self):
         if not getattr(self, "is_image_set", False):
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        if self._native_model_of is not self.model._native_model():  # (its embedding is of the old model)
+            raise RuntimeError("The model's weights or device changed (load_state_dict, .to) since the image was "
+                               "set: set it again with .set_image(...).")
         return self._native
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -135,6 +138,9 @@ class SamPredictor:
         the library in device memory and handed to torch without a copy."""
         torch = require_torch("predict_torch")
         p = self._require_image()
+        if p.image_count > 1:
+            raise ValueError(f"predict_torch decodes prompts on one image, and {p.image_count} are set: after "
+                             "set_images, predict(..., image=i) or predict_batch name each prompt's image")
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_labels must be supplied with point_coords")
         points = None if point_coords is None else host_float32(point_coords)

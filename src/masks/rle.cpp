@@ -29,11 +29,11 @@ uint64_t load_word(const uint8_t* p) {
 
 uint64_t check_size(int height, int width, const char* what) {
   if (height < 0 || width < 0)
-    throw Error(std::string(what) + ": mask size " + std::to_string(height) + "x" + std::to_string(width) +
+    throw InvalidArgument(std::string(what) + ": mask size " + std::to_string(height) + "x" + std::to_string(width) +
                 " is negative");
   const uint64_t n = uint64_t(height) * uint64_t(width);
   if (n > std::numeric_limits<uint32_t>::max())
-    throw Error(std::string(what) + ": mask size " + std::to_string(height) + "x" + std::to_string(width) +
+    throw InvalidArgument(std::string(what) + ": mask size " + std::to_string(height) + "x" + std::to_string(width) +
                 " has more than 2^32-1 pixels, which 32-bit RLE counts cannot hold");
   return n;
 }
@@ -43,7 +43,7 @@ void check_counts_sum(const Rle& rle, const char* what) {
   uint64_t sum = 0;
   for (uint32_t c : rle.counts) sum += c;
   if (sum != n)
-    throw Error(std::string(what) + ": RLE counts sum to " + std::to_string(sum) + " but the mask is " +
+    throw InvalidArgument(std::string(what) + ": RLE counts sum to " + std::to_string(sum) + " but the mask is " +
                 std::to_string(rle.height) + "x" + std::to_string(rle.width) + " = " + std::to_string(n) +
                 " pixels");
 }
@@ -219,15 +219,15 @@ Rle coco_string_to_rle(const std::string& s, int height, int width) {
     int64_t x = 0;
     for (int k = 0;; ++k) {
       if (p == s.size())
-        throw Error("coco_string_to_rle: count " + std::to_string(rle.counts.size()) + " starting at character " +
+        throw InvalidArgument("coco_string_to_rle: count " + std::to_string(rle.counts.size()) + " starting at character " +
                     std::to_string(start) + " is cut off at the end of the string");
       if (k == kMaxGroups)
-        throw Error("coco_string_to_rle: count " + std::to_string(rle.counts.size()) + " starting at character " +
+        throw InvalidArgument("coco_string_to_rle: count " + std::to_string(rle.counts.size()) + " starting at character " +
                     std::to_string(start) + " runs over " + std::to_string(kMaxGroups) +
                     " characters, longer than any 32-bit count");
       const int c = int(static_cast<unsigned char>(s[p])) - 48;
       if (c < 0 || c > 63)
-        throw Error("coco_string_to_rle: character " + std::to_string(p) + " (byte " +
+        throw InvalidArgument("coco_string_to_rle: character " + std::to_string(p) + " (byte " +
                     std::to_string(static_cast<unsigned char>(s[p])) +
                     ") is outside '0'..'o', the alphabet of COCO compressed RLE");
       ++p;
@@ -240,7 +240,7 @@ Rle coco_string_to_rle(const std::string& s, int height, int width) {
     const size_t m = rle.counts.size();
     if (m > 2) x += rle.counts[m - 2];
     if (x < 0 || x > int64_t(std::numeric_limits<uint32_t>::max()))
-      throw Error("coco_string_to_rle: count " + std::to_string(m) + " decodes to " + std::to_string(x) +
+      throw InvalidArgument("coco_string_to_rle: count " + std::to_string(m) + " decodes to " + std::to_string(x) +
                   ", outside 0..2^32-1");
     rle.counts.push_back(uint32_t(x));
   }

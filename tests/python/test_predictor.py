@@ -259,6 +259,21 @@ def test_errors(samfast_pkg, predictors):
     assert samfast_pkg.load(ours.model._checkpoint, device="cpu").decoder_precision == "fp32"
 
 
+def test_new_weights_after_set_image_ask_for_the_image_again(samfast_pkg, tiny_checkpoint):
+    """An embedding belongs to the weights that made it: after load_state_dict a predict is refused
+    with what to do, never answered from the old model."""
+    sam = samfast_pkg.load(tiny_checkpoint, device="cpu")
+    predictor = samfast_pkg.SamPredictor(sam)
+    predictor.set_image(rgb("dog.jpg"))
+    kw = as_arrays(CASES["point"])
+    before = predictor.predict(**kw)[1]
+    sam.load_state_dict({k: v * 1.5 for k, v in sam.state_dict().items()})
+    with pytest.raises(RuntimeError, match=r"weights or device changed .* set it again"):
+        predictor.predict(**kw)
+    predictor.set_image(rgb("dog.jpg"))
+    assert not np.allclose(predictor.predict(**kw)[1], before)
+
+
 def test_batch_beyond_upstream(samfast_pkg, predictors):
     """set_images + predict_batch: each prompt's result is predict's on its image alone."""
     ours, _, dog = predictors
@@ -276,6 +291,9 @@ def test_batch_beyond_upstream(samfast_pkg, predictors):
             kw = {k: v for k, v in prompts[i].items() if k != "image"}
             # (a batch of images runs the encoder's matrix products in another blocking: fp32 rounding)
             assert_same(results[i], single.predict(**kw) + (single.predict(**kw, return_logits=True)[0],), f"prompt {i}")
+    import torch
+    with pytest.raises(ValueError, match="predict_torch decodes prompts on one image, and 2 are set"):
+        many.predict_torch(torch.tensor([[[10.0, 10.0]]]), torch.ones(1, 1))
 
 
 def test_many_prompts_decode_a_bounded_batch_at_a_time(samfast_pkg, tiny_checkpoint):

@@ -58,6 +58,8 @@ def test_amg_helpers_on_empty_masks_and_bad_counts(samfast_pkg):
             amg.rle_to_mask({"size": [1, 5], "counts": counts})
         with pytest.raises(ValueError, match="outside 0..2"):
             amg.coco_encode_rle({"size": [1, 5], "counts": counts})
+    with pytest.raises(ValueError, match="RLE counts sum to 4 but the mask is 1x5 = 5 pixels"):  # (bad input)
+        amg.rle_to_mask({"size": [1, 5], "counts": [1, 3]})
 
 
 def test_resize_longest_side_equals_upstream(samfast_pkg):
