@@ -30,7 +30,7 @@ void require_replaceable(const std::filesystem::path& path);
 // nothing there).
 std::string non_regular_kind(const std::filesystem::path& path);
 
-// "<dir>/.samfast-tmp-<pid>-<name>" for the target <dir>/<name>.
+// "<dir>/.samfast-tmp-<pid>-<n>" for the target <dir>/<name>: a new n each call.
 std::filesystem::path temp_path_for(const std::filesystem::path& target);
 
 using StreamWriter = std::function<void(std::ostream&)>;

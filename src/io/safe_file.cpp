@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -112,7 +113,10 @@ void require_replaceable(const fs::path& path) {
 }
 
 fs::path temp_path_for(const fs::path& target) {
-  return target.parent_path() / (std::string(kTempPrefix) + std::to_string(::getpid()) + "-" + target.filename().string());
+  // A number, not the target's name: a name of up to 255 bytes (the file system's limit) would not
+  // fit beside the prefix.
+  static std::atomic<uint64_t> next{0};
+  return target.parent_path() / (std::string(kTempPrefix) + std::to_string(::getpid()) + "-" + std::to_string(next++));
 }
 
 namespace {

@@ -111,6 +111,48 @@ def test_overwrite_never_removes_what_is_not_ours(samfast, tiny, tmp_path):
     assert {k: v for k, v in after.items() if not k.startswith("out/.samfast")} == before
 
 
+def test_an_overlay_or_json_name_taken_by_the_user_is_never_replaced(samfast, tiny, tmp_path):
+    """NAME.overlay.png is samfast's only beside NAME's finished outputs (it is put in place after
+    them), and NAME.json only when it holds records: else the image fails and the file stays."""
+    data = tmp_path / "data"
+    data.mkdir()
+    small_jpeg(data / "a.jpg")
+    small_jpeg(data / "a.overlay.png")  # an input in the folder that is also the output folder
+    small_jpeg(data / "b.jpg", src="truck.jpg")
+    (data / "b.json").write_text('{"my": "labels"}')
+    before = digest(data)
+    for extra in ((), ("--overwrite",)):
+        p = run_everything(samfast, tiny, data, data, "--overlay")
+        assert p.returncode == 1 and "a.jpg: FAILED" in p.stderr and "a.overlay.png exists and is not" in p.stderr
+        assert {k: v for k, v in digest(data).items() if k in before} == before
+        p = run_everything(samfast, tiny, data / "b.jpg", data, "--output-mode", "coco_rle", *extra)
+        assert p.returncode == 1 and "b.json exists and is not samfast's output" in p.stderr, p.stderr
+        assert {k: v for k, v in digest(data).items() if k in before} == before
+    # Its own outputs a re-run skips, and replaces with --overwrite; an overlay missing beside
+    # finished masks is made.
+    out = tmp_path / "out"
+    assert run_everything(samfast, tiny, data / "b.jpg", out, "--output-mode", "coco_rle").returncode == 0
+    assert "1 skipped (already done)" in run_everything(samfast, tiny, data / "b.jpg", out, "--output-mode", "coco_rle").stdout
+    p = run_everything(samfast, tiny, data / "b.jpg", out, "--output-mode", "coco_rle", "--overlay")
+    assert p.returncode == 0 and "1 done" in p.stdout and (out / "b.overlay.png").is_file()
+    p = run_everything(samfast, tiny, data / "b.jpg", out, "--output-mode", "coco_rle", "--overlay", "--overwrite")
+    assert p.returncode == 0 and "1 done" in p.stdout, p.stderr
+
+
+def test_names_up_to_the_file_systems_limit_are_written(samfast, tiny, tmp_path):
+    """255 bytes is the longest name: temporaries must not make an output's name longer."""
+    data = tmp_path / "data"
+    data.mkdir()
+    small_jpeg(data / ("x" * 250 + ".jpg"))  # outputs "x"*250 (binary_mask), "x"*250 + ".json"
+    for mode in ("binary_mask", "coco_rle"):
+        p = run_everything(samfast, tiny, data, tmp_path / mode, "--output-mode", mode)
+        assert p.returncode == 0 and "1 done" in p.stdout, p.stderr
+    out = tmp_path / ("y" * 255)
+    p = samfast("segment", "--checkpoint", tiny, "--device", "cpu", "--image", data / ("x" * 250 + ".jpg"),
+                "--point", "5,5", "--out", out)
+    assert p.returncode == 0 and (out / "result.json").is_file(), p.stderr
+
+
 def test_output_names_reserved_for_samfast_are_refused(samfast, tiny, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <iostream>
 #include <map>
@@ -120,12 +122,21 @@ std::string unsafe_output_name(const std::string& base) {
 }
 
 // Whether `target` is what samfast wrote for an image: a real folder of N.png files and
-// metadata.csv (binary_mask), or a regular file (JSON). Anything else there is the user's and is
-// never replaced or removed.
+// metadata.csv (binary_mask), or a regular file holding a JSON array of records, as samfast and
+// amg.py write it (`[]` or `[{"segmentation"...`). Anything else there is the user's and is never
+// replaced or removed.
 bool is_our_output(const fs::path& target, bool binary) {
   std::error_code ec;
   const fs::file_status st = fs::symlink_status(target, ec);
-  if (!binary) return fs::is_regular_file(st);
+  if (!binary) {
+    if (!fs::is_regular_file(st)) return false;
+    std::ifstream f(target, std::ios::binary);
+    std::string head(64, '\0');
+    f.read(head.data(), std::streamsize(head.size()));
+    head.resize(size_t(f.gcount()));
+    std::erase_if(head, [](unsigned char c) { return std::isspace(c); });
+    return head == "[]" || head.starts_with("[{\"segmentation\"");
+  }
   if (!fs::is_directory(st) || !fs::is_regular_file(fs::symlink_status(target / "metadata.csv", ec))) return false;
   for (fs::directory_iterator it(target, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
@@ -192,7 +203,8 @@ std::string fmt_duration(double s) {
 }
 
 // How one image's outputs are put in place: the mask folder (binary_mask) or JSON file is the
-// image's "done" mark, so it is renamed into place last, after the overlay.
+// image's "done" mark; the overlay, when asked for, is renamed into place after it, so an overlay
+// is only ever samfast's beside the image's finished outputs (an image without its overlay is redone).
 struct ImageOutputs {
   fs::path target, overlay;  // overlay empty when not asked for
   bool binary;
@@ -200,9 +212,11 @@ struct ImageOutputs {
 
 // Writes one image's outputs under temporary names, then renames them into place; a failure (a
 // full disk) leaves nothing behind and the image not done. An earlier output of the image (only
-// ever one that is_our_output) is replaced.
+// ever one that is_our_output, and its overlay) is replaced.
 void write_outputs(const ImageOutputs& o, const std::vector<MaskRecord>& masks, const std::string& mode, const Image& img) {
   StagedFiles files;
+  if (!o.binary)
+    files.add(o.target, records_json(masks, mode).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   if (!o.overlay.empty()) {
     std::vector<std::vector<uint8_t>> owned;
     std::vector<const uint8_t*> ptrs;
@@ -217,7 +231,6 @@ void write_outputs(const ImageOutputs& o, const std::vector<MaskRecord>& masks, 
     files.add(o.overlay, encode_png_rgb(make_overlay(img, ptrs, {}, {}, {})));
   }
   if (!o.binary) {
-    files.add(o.target, records_json(masks, mode).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     files.commit();
     return;
   }
@@ -231,7 +244,6 @@ void write_outputs(const ImageOutputs& o, const std::vector<MaskRecord>& masks, 
       write_file_atomically(tmp / (std::to_string(i) + ".png"), encode_png_gray(img.height, img.width, gray));
     }
     write_file_atomically(tmp / "metadata.csv", metadata_csv(masks));
-    files.commit();
     // A folder cannot be renamed over a folder: the old one steps aside first (a kill between the
     // two renames leaves the image not done, and the next run redoes it).
     const fs::path old = o.target.parent_path() / (std::string(kTempPrefix) + std::to_string(getpid()) + ".old");
@@ -239,6 +251,7 @@ void write_outputs(const ImageOutputs& o, const std::vector<MaskRecord>& masks, 
     if (replacing) fs::rename(o.target, old);
     fs::rename(tmp, o.target);
     if (replacing) fs::remove_all(old);
+    files.commit();
   } catch (...) {
     std::error_code ignored;
     fs::remove_all(tmp, ignored);
@@ -284,14 +297,17 @@ int run_everything(Args a) {
         if (auto [it, fresh] = claimed.emplace(f.filename().string(), inputs[k]); !fresh && why[k].empty())
           why[k] = "its output name '" + f.filename().string() + "' is taken by " + it->second.filename().string() + " (rename one)";
     std::error_code ec;
-    if (!why[k].empty()) {
+    const bool target_there = fs::exists(fs::symlink_status(o.target, ec));
+    const bool overlay_there = !o.overlay.empty() && fs::exists(fs::symlink_status(o.overlay, ec));
+    auto not_ours = [](const fs::path& f) { return f.string() + " exists and is not samfast's output (move it away)"; };
+    if (!why[k].empty())
       plan[k] = Plan::Refused;
-    } else if (fs::exists(fs::symlink_status(o.target, ec))) {
-      if (!is_our_output(o.target, binary))
-        plan[k] = Plan::Refused, why[k] = o.target.string() + " exists and is not samfast's output (move it away)";
-      else if (!a.overwrite && (o.overlay.empty() || fs::is_regular_file(fs::symlink_status(o.overlay, ec))))
-        plan[k] = Plan::Done;
-    }
+    else if (target_there && !is_our_output(o.target, binary))
+      plan[k] = Plan::Refused, why[k] = not_ours(o.target);
+    else if (overlay_there && !(target_there && fs::is_regular_file(fs::symlink_status(o.overlay, ec))))
+      plan[k] = Plan::Refused, why[k] = not_ours(o.overlay);  // (ours only beside its finished image)
+    else if (target_there && !a.overwrite && (o.overlay.empty() || overlay_there))
+      plan[k] = Plan::Done;
   }
   auto next_to_run = [&](size_t from) {
     while (from < inputs.size() && plan[from] != Plan::Run) ++from;
