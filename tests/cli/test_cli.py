@@ -1,5 +1,6 @@
 """The samfast command line as a user meets it: outputs, formats, and one clear error line for bad input."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -40,6 +41,11 @@ def test_make_checkpoint_presets_and_no_clobber(samfast, tmp_path):
     before = out.read_bytes()
     line = one_error_line(samfast("make-checkpoint", "--model", "tiny", "--seed", "5", "--out", out))
     assert "already exists" in line and out.read_bytes() == before
+    # The format by the name's extension, in any case (a zip was written under B.SAFETENSORS).
+    upper = tmp_path / "B.SAFETENSORS"
+    assert samfast("make-checkpoint", "--model", "tiny", "--out", upper).returncode == 0
+    assert upper.read_bytes() == before
+    assert "--out is empty" in one_error_line(samfast("make-checkpoint", "--model", "tiny", "--out", ""))
 
 
 def test_segment_point_writes_masks_overlay_json(samfast, tiny, tmp_path):
@@ -86,11 +92,23 @@ def test_existing_outputs_are_not_clobbered(samfast, tiny, tmp_path):
     assert samfast(*args, "--overwrite").returncode == 0
 
 
+def test_a_single_mask_run_leaves_no_earlier_masks_beside_it(samfast, tiny, tmp_path):
+    out = tmp_path / "out"
+    args = ["segment", "--checkpoint", tiny, "--image", DOG, "--point", "400,260", "--out", out]
+    assert samfast(*args, "--multimask").returncode == 0
+    assert "already exists" in one_error_line(samfast(*args))
+    assert samfast(*args, "--overwrite").returncode == 0
+    assert sorted(os.listdir(out)) == ["low_res_logits.npy", "mask_0.png", "overlay.png", "result.json"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--point", "900,100"], "outside the 800x534 image"),
     (["--point", "10,10,7"], "label must be 1"),
     (["--point", "10,abc"], "is not a number"),
     (["--point", "10"], "comma-separated"),
+    (["--point", "10,10,"], "'' is not a number"),  # (a trailing comma was dropped)
+    (["--point", "0x10,10"], "'0x10' is not a number"),  # (read as 16)
+    (["--point", "10,1e39"], "out of range"),
     (["--box", "500,10,100,300"], "x0 <= x1"),
     ([], "at least one --point"),
     (["--point", "1,1", "--frobnicate"], "frobnicate"),
@@ -99,6 +117,12 @@ def test_bad_prompts_give_one_clear_line(samfast, tiny, tmp_path, args, message)
     line = one_error_line(samfast("segment", "--checkpoint", tiny, "--image", DOG, "--out", tmp_path / "o", *args))
     assert message in line
     assert not (tmp_path / "o" / "mask_0.png").exists()
+
+
+def test_numbers_are_read_as_pythons_float_reads_them(samfast, tiny, tmp_path):
+    p = samfast("segment", "--checkpoint", tiny, "--image", DOG, "--out", tmp_path / "o", "--point", "+1e-40,2.5E2,1",
+                "--box", " 1,2,3.,4")  # (1e-40 was refused as out of range)
+    assert p.returncode == 0, p.stderr
 
 
 def test_bad_files_give_one_clear_line(samfast, tiny, tmp_path):

@@ -1,4 +1,6 @@
 // `samfast info` and `samfast make-checkpoint`.
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <iostream>
 
@@ -57,12 +59,14 @@ Runner add_make_checkpoint(CLI::App& app) {
   cmd->add_option("--out", a->out, "output file: .pth (PyTorch zip) or .safetensors")->required();
   cmd->add_flag("--overwrite", a->overwrite, "replace an existing output file");
   return [a] {
+    if (a->out.empty()) throw Error("--out is empty: name a file (.pth or .safetensors)");
     if (std::filesystem::exists(std::filesystem::symlink_status(a->out)) && !a->overwrite)
       throw Error(a->out + " already exists (pass --overwrite to replace it)");
     require_replaceable(a->out);  // before the work: /dev/null or a symlink is refused, never replaced
     auto tensors = Model::synthetic_tensors(SamConfig::preset(a->model), a->seed);
-    const bool st = a->out.size() > 12 && a->out.substr(a->out.size() - 12) == ".safetensors";
-    if (st)
+    std::string ext = std::filesystem::path(a->out).extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return (char)std::tolower(c); });
+    if (ext == ".safetensors")
       save_safetensors(tensors, a->out);
     else
       save_pth(tensors, a->out);

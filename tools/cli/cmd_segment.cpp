@@ -1,10 +1,11 @@
 // `samfast segment`: prompts -> mask PNGs, an overlay PNG, low-res logits and a JSON summary.
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "commands.h"
 #include "options.h"
@@ -18,23 +19,26 @@
 namespace samfast::cli {
 namespace {
 
+// Decimal numbers as Python's float() reads them (spaces around, a leading +; no hex, no empty item: "10,10,"
+// is a mistake), rounded to float as upstream's float32 prompts are (1e-40 is a number, 1e39 is not).
 std::vector<float> parse_numbers(const std::string& text, const std::string& flag, size_t min_n, size_t max_n) {
   std::vector<float> v;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    float x = 0;
-    try {
-      size_t used = 0;
-      x = std::stof(item, &used);
-      if (used != item.size()) throw std::invalid_argument(item);
-    } catch (const std::out_of_range&) {
-      throw Error(flag + " '" + text + "': '" + item + "' is out of range");
-    } catch (const std::exception&) {
+  for (size_t start = 0;;) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    std::string item = text.substr(start, comma - start);
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    const char* first = item.data() + (item.starts_with('+') ? 1 : 0);
+    double x = 0;
+    const auto [end, ec] = std::from_chars(first, item.data() + item.size(), x);
+    if (item.empty() || ec == std::errc::invalid_argument || end != item.data() + item.size())
       throw Error(flag + " '" + text + "': '" + item + "' is not a number");
-    }
     if (!std::isfinite(x)) throw Error(flag + " '" + text + "': '" + item + "' is not a finite number");
-    v.push_back(x);
+    if (ec == std::errc::result_out_of_range || std::abs(x) > std::numeric_limits<float>::max())
+      throw Error(flag + " '" + text + "': '" + item + "' is out of range");
+    v.push_back(static_cast<float>(x));
+    if (comma == text.size()) break;
+    start = comma + 1;
   }
   if (v.size() < min_n || v.size() > max_n)
     throw Error(flag + " '" + text + "': expected " + (min_n == max_n ? std::to_string(min_n) : std::to_string(min_n) + " or " + std::to_string(max_n)) +
@@ -71,9 +75,10 @@ int run_segment(const Args& a) {
 
   namespace fs = std::filesystem;
   const fs::path out(a.out);
-  const int n_out = a.multimask ? 3 : 1;
+  // Every name a run may write, so that a single-mask run never leaves an earlier run's mask_1.png
+  // and mask_2.png beside its result.json: without --overwrite they refuse the run, with it they go.
   std::vector<std::string> outputs = {"overlay.png", "result.json", "low_res_logits.npy"};
-  for (int i = 0; i < n_out; ++i) outputs.push_back("mask_" + std::to_string(i) + ".png");
+  for (int i = 0; i < 3; ++i) outputs.push_back("mask_" + std::to_string(i) + ".png");
   check_output_folder(out, "--out");
   for (const auto& f : outputs) {
     if (fs::exists(fs::symlink_status(out / f)) && !a.overwrite)
@@ -135,6 +140,7 @@ int run_segment(const Args& a) {
       {"timings_ms", {{"load", t1 - t0}, {"set_image", t2 - t1}, {"predict", t3 - t2}}}};
   files.add(out / "result.json", result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   files.commit();
+  for (int64_t c = C; c < 3; ++c) fs::remove(out / ("mask_" + std::to_string(c) + ".png"));  // (regular files: checked above)
   std::cerr << "wrote " << C << " mask(s), overlay.png and result.json to " << a.out << " (set_image "
             << (int)(t2 - t1) << " ms, predict " << (int)(t3 - t2) << " ms on " << device_summary(model) << ")\n";
   return 0;
