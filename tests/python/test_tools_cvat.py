@@ -68,6 +68,9 @@ def test_masks_from_the_server(samfast_pkg, sam, client):
     for body, prompts in [
         ({"pos_points": [[400, 260]], "neg_points": [[120.5, 80]], "obj_bbox": None},
          dict(point_coords=np.array([[400, 260], [120.5, 80]]), point_labels=np.array([1, 0]))),
+        # cvat-ui's tools-control.tsx sends clicks without a box as obj_bbox [] (no rectangle drawn)
+        ({"pos_points": [[400, 260]], "neg_points": [], "obj_bbox": []},
+         dict(point_coords=np.array([[400, 260]]), point_labels=np.array([1]))),
         ({"pos_points": [], "neg_points": [], "obj_bbox": [[100, 90], [600, 500]]},
          dict(box=np.array([100, 90, 600, 500]))),
     ]:

@@ -76,6 +76,9 @@ def create_app(sam=None, config: Optional[ServerConfig] = None, core=None) -> Fa
         requests_total.labels(endpoint, str(status)).inc()
         latency.labels(endpoint).observe(seconds)
     app.add_middleware(Measured, observe=observe)
+    # An image in base64 is 4/3 of its bytes; 1 MiB more holds any request's other fields (a
+    # mask_input .npy in base64 is 0.35 MB).
+    app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes * 4 // 3 + 2**20)
 
     @app.exception_handler(ValueError)
     async def bad_input(request, e):
@@ -201,6 +204,35 @@ class Measured:
             await self.app(scope, receive, send_and_note)
         finally:
             self.observe(scope, status[0], time.perf_counter() - start)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body past max_bytes, by its Content-Length before any of it
+    is read, or as it streams in. FastAPI reads a JSON body whole, before any dependency (the token
+    check too), so without it any client could make the server hold a body of any size."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await JSONResponse(status_code=413, content={"detail": self.too_large()})(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # (FastAPI answers an HTTPException raised while it reads a body)
+                raise HTTPException(413, self.too_large())
+            return message
+        await self.app(scope, counted, send)
+
+    def too_large(self) -> str:
+        return f"the request body is past the limit of {self.max_bytes} bytes (the server's --max-upload-mb)"
 
 
 def openapi_3_0_bounds(spec):

@@ -17,7 +17,7 @@ Two functions:
 
 Requests as CVAT's lambda manager sends them (cvat/apps/lambda_manager/views.py, LambdaFunction.invoke,
 interactor): {"image": base64 of the frame's file, "pos_points": [[x, y], ...], "neg_points": [...],
-"obj_bbox": null or [[x0, y0], [x1, y1]]}; the function is named by the x-nuclio-function-name
+"obj_bbox": null, [] (no box: what CVAT's UI sends for clicks alone) or [[x0, y0], [x1, y1]]}; the function is named by the x-nuclio-function-name
 header. CVAT's function opens the frame with PIL (no EXIF orientation), and so does this."""
 import base64
 import time
@@ -98,7 +98,7 @@ async def mask_answer(core, added, body: Invocation, start: float):
     points = [p for p in body.pos_points] + [p for p in body.neg_points]
     labels = [1] * len(body.pos_points) + [0] * len(body.neg_points)
     box = None
-    if body.obj_bbox is not None:
+    if body.obj_bbox:
         if len(body.obj_bbox) != 2 or any(len(c) != 2 for c in body.obj_bbox):
             raise HTTPException(422, "obj_bbox is [[x0, y0], [x1, y1]]")
         box = [*body.obj_bbox[0], *body.obj_bbox[1]]
