@@ -55,7 +55,8 @@ struct GenerateTimings {
 class MaskGenerator {
  public:
   // Throws samfast::Error for options upstream would reject (and for out-of-range values): see validate().
-  MaskGenerator(const Model& model, MaskGeneratorOptions options = {});
+  MaskGenerator(const Model& model, MaskGeneratorOptions options = {});  // (the model must outlive it)
+  MaskGenerator(const Model&&, MaskGeneratorOptions = {}) = delete;      // (a temporary would not)
   // The constructor's checks without a model, so that bad options are refused before one loads.
   // Beyond upstream: crop_n_layers is at most 4, i.e. 341 crops (why: kMaxCropLayers in mask_generator.cpp).
   static void validate(const MaskGeneratorOptions& options);

@@ -45,7 +45,8 @@ struct Prediction {
 
 class Predictor {
  public:
-  explicit Predictor(const Model& model) : model_(model) {}
+  explicit Predictor(const Model& model) : model_(model) {}  // (the model must outlive it)
+  explicit Predictor(const Model&&) = delete;               // (a temporary would not)
 
   // ref: SamPredictor.set_image (RGB). Resizes (PIL-exact), normalizes, pads, runs the encoder.
   void set_image(const Image& rgb);

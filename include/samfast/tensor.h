@@ -14,6 +14,7 @@ using Shape = std::vector<int64_t>;
 
 std::string shape_str(const Shape& s);  // "(1, 256, 64, 64)"
 [[noreturn]] void throw_bad_shape(const Shape& s);  // numel_of's error, kept out of line
+[[noreturn]] void throw_bad_dim(int i, const Shape& s);  // Tensor::dim's
 
 // The element count; a negative dimension or a count past int64 (a shape read from a damaged
 // file) throws samfast::Error rather than wrapping around.
@@ -43,7 +44,11 @@ struct Tensor {
   static Tensor from(Shape shape, const std::vector<float>& values);
 
   int64_t numel() const { return numel_of(shape); }
-  int64_t dim(int i) const { return shape.at(i < 0 ? shape.size() + i : i); }
+  int64_t dim(int i) const {  // i < 0 counts from the end
+    const int k = i < 0 ? i + ndim() : i;
+    if (k < 0 || k >= ndim()) throw_bad_dim(i, shape);
+    return shape[size_t(k)];
+  }
   int ndim() const { return static_cast<int>(shape.size()); }
   bool defined() const { return data != nullptr; }
   bool on_host() const { return device == Device::CPU; }
@@ -54,7 +59,7 @@ struct Tensor {
   Tensor view(Shape new_shape) const;
   // Item i of dim 0, sharing storage (no copy): a (N, ...) tensor -> (...).
   Tensor item(int64_t i) const;
-  Tensor clone() const;
+  Tensor clone() const;  // (an undefined tensor's clone is undefined)
 };
 
 }  // namespace samfast

@@ -22,6 +22,10 @@ void throw_bad_shape(const Shape& s) {
   throw Error("shape " + shape_str(s) + " has more elements than fit in 64 bits");
 }
 
+void throw_bad_dim(int i, const Shape& s) {
+  throw InvalidArgument("dimension " + std::to_string(i) + " of a tensor of shape " + shape_str(s) + " does not exist");
+}
+
 namespace {
 
 // Freed host buffers are kept by exact size and handed out again: a forward pass asks for the same
@@ -99,6 +103,7 @@ Tensor Tensor::item(int64_t i) const {
 }
 
 Tensor Tensor::clone() const {
+  if (!defined()) return *this;
   if (!on_host()) throw Error("clone: " + shape_str(shape) + " is not a host tensor");
   Tensor t = empty(shape, dtype);
   std::memcpy(t.data, data, nbytes());

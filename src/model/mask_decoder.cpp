@@ -217,6 +217,8 @@ DecoderOutput Model::decode_masks(const Tensor& embedding, const PromptEmbedding
 
 DecoderOutput Model::decode_on_lane(const Tensor& embedding, const PromptEmbeddings& prompts, bool multimask_output,
                                     int lane) const {
+  if (!prompts.sparse.defined() || !prompts.dense.defined())
+    throw InvalidArgument("decode_masks: the prompt embeddings are not made (Model::encode_prompts makes them)");
   Ops& ops = *ops_;
   const SamConfig& c = cfg_;
   const int64_t B = prompts.sparse.dim(0), Ns = prompts.sparse.dim(1), D = c.prompt_embed_dim, G = c.grid();

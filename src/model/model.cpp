@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -9,6 +10,7 @@
 #include "backend/ops.h"
 #include "core/rng.h"
 #include "io/checkpoint_internal.h"
+#include "io/printable.h"
 #include "samfast/checkpoint.h"
 #include "samfast/error.h"
 #include "samfast/model.h"
@@ -47,8 +49,14 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
 }
 
 Model Model::from_tensors(std::vector<std::pair<std::string, Tensor>> tensors, const ModelOptions& options) {
-  for (const auto& [name, t] : tensors)
-    if (t.dtype == DType::F32 && t.on_host()) detail::check_finite(name, t.data, t.numel(), "weights");
+  std::set<std::string_view> names;
+  for (const auto& [name, t] : tensors) {
+    if (!t.defined() || t.dtype != DType::F32 || !t.on_host())
+      throw InvalidArgument("weights: tensor " + printable(name) + " is not " +
+                            (t.defined() ? "a host fp32 tensor" : "defined (it has no data)"));
+    if (!names.insert(name).second) throw InvalidArgument("weights: tensor " + printable(name) + " is given twice");
+    detail::check_finite(name, t.data, t.numel(), "weights");
+  }
   return from_finite_tensors(std::move(tensors), options);
 }
 
@@ -183,6 +191,23 @@ std::vector<std::pair<std::string, Tensor>> Model::synthetic_tensors(const SamCo
   // Like PyTorch's default init (uniform +-1/sqrt(fan_in) for Linear/Conv, N(0,1) for embeddings),
   // but with norms, positional and relative-position tables away from their trivial values so
   // that every term of the model is exercised.
+  // A config that no checkpoint could have is refused, not built (a zero size divides by zero below).
+  for (const auto& [what, v] : {std::pair{"img_size", cfg.img_size}, {"patch_size", cfg.patch_size},
+                                {"embed_dim", cfg.embed_dim}, {"depth", cfg.depth}, {"num_heads", cfg.num_heads},
+                                {"mlp_dim", cfg.mlp_dim}, {"out_chans", cfg.out_chans},
+                                {"prompt_embed_dim", cfg.prompt_embed_dim}, {"mask_in_chans", cfg.mask_in_chans},
+                                {"decoder_depth", cfg.decoder_depth}, {"decoder_heads", cfg.decoder_heads},
+                                {"decoder_mlp_dim", cfg.decoder_mlp_dim},
+                                {"num_multimask_outputs", cfg.num_multimask_outputs},
+                                {"iou_head_depth", cfg.iou_head_depth}, {"iou_head_hidden_dim", cfg.iou_head_hidden_dim}})
+    if (v <= 0) throw InvalidArgument(std::string("synthetic_tensors: ") + what + " is " + std::to_string(v) + ", not positive");
+  if (cfg.window_size < 0 || cfg.img_size % cfg.patch_size != 0 || cfg.embed_dim % cfg.num_heads != 0 ||
+      cfg.prompt_embed_dim % cfg.decoder_heads != 0)
+    throw InvalidArgument("synthetic_tensors: the sizes do not fit together:\n" + cfg.describe());
+  for (int g : cfg.global_attn_indexes)
+    if (g < 0 || g >= cfg.depth)
+      throw InvalidArgument("synthetic_tensors: global block " + std::to_string(g) + " is not one of the " +
+                            std::to_string(cfg.depth) + " blocks");
   Rng rng{seed};
   std::vector<std::pair<std::string, Tensor>> out;
   for (const auto& [name, shape] : expected_parameters(cfg)) {

@@ -81,7 +81,8 @@ void Predictor::set_images(const std::vector<EncoderInput>& inputs) {
     if (has_bytes(in)) {
       const Image& r = in.resized;
       if (r.height <= 0 || r.width <= 0 || r.height > S || r.width > S ||
-          r.rgb.size() != size_t(r.height) * r.width * 3 || in.input_size != std::pair<int, int>{r.height, r.width})
+          r.rgb.size() != size_t(r.height) * r.width * 3 || in.input_size != std::pair<int, int>{r.height, r.width} ||
+          in.input_size != preprocess_shape(in.original_size.first, in.original_size.second, (int)S))  // (prepare()'s)
         throw InvalidArgument("set_image: the prepared image (" + std::to_string(r.width) + "x" + std::to_string(r.height) +
                               ", " + std::to_string(r.rgb.size()) + " bytes) is not for a " + std::to_string(S) +
                               "-pixel encoder");
@@ -125,6 +126,7 @@ Predictor Predictor::select(int image) const {
 
 Predictor Predictor::join(const std::vector<const Predictor*>& parts) {
   if (parts.empty()) throw InvalidArgument("join: no predictors");
+  if (std::find(parts.begin(), parts.end(), nullptr) != parts.end()) throw InvalidArgument("join: a predictor is null");
   Predictor all(parts[0]->model_);
   std::vector<Tensor> flat;  // each (I_k, G, G, D) as (1, I_k * G * G * D): concat along dim 1 joins them whole
   int64_t images = 0;

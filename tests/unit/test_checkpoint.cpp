@@ -584,6 +584,32 @@ TEST(Checkpoint, NonFiniteWeightsInMemoryAreRefused) {
                {"weights: tensor " + name + " has 1 non-finite values (NaN or Inf)"});
 }
 
+// The C++ API's own mistakes: a weight that is not host fp32 (bytes were read as floats, past the
+// buffer), undefined, or given twice, and a config no checkpoint could have (one divided by zero).
+TEST(Checkpoint, TensorsInMemoryMustBeWeights) {
+  const auto good = Model::synthetic_tensors(SamConfig::preset("tiny"), 3);
+  const std::string name = good[7].first;
+  auto tensors = good;
+  tensors[7].second = Tensor::empty(good[7].second.shape, DType::U8);
+  expect_error([&] { Model::from_tensors(tensors, {.device = "cpu"}); },
+               {"weights: tensor " + name + " is not a host fp32 tensor"});
+  tensors[7].second = Tensor{};
+  expect_error([&] { Model::from_tensors(tensors, {.device = "cpu"}); },
+               {"weights: tensor " + name + " is not defined"});
+  tensors = good;
+  tensors.push_back(good[7]);
+  expect_error([&] { Model::from_tensors(tensors, {.device = "cpu"}); },
+               {"weights: tensor " + name + " is given twice"});
+  SamConfig cfg = SamConfig::preset("tiny");
+  cfg.embed_dim = 0;
+  expect_error([&] { Model::synthetic_tensors(cfg, 1); }, {"embed_dim is 0, not positive"});
+  cfg = SamConfig::preset("tiny");
+  cfg.global_attn_indexes = {1, 99};
+  expect_error([&] { Model::synthetic_tensors(cfg, 1); }, {"global block 99 is not one of the 4 blocks"});
+  EXPECT_FALSE(Tensor{}.clone().defined());
+  EXPECT_THROW(good[7].second.dim(5), InvalidArgument);  // (std::out_of_range before)
+}
+
 // Expects `f` to throw an Error whose message holds `escaped` and is one line with no escape
 // sequence a terminal would act on.
 template <class F>

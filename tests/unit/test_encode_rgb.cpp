@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "samfast/error.h"
 #include "samfast/image.h"
+#include "samfast/mask_generator.h"
 #include "samfast/model.h"
 #include "samfast/predictor.h"
 #include "samfast/transforms.h"
@@ -83,7 +85,17 @@ TEST_F(EncodeRgb, RefusesWhatIsNotImageBytes) {
   bad = inputs[0];
   bad.resized.rgb.pop_back();
   EXPECT_THROW(p.set_images(std::vector<EncoderInput>{bad}), InvalidArgument);
+  // Prepared for another encoder size, or sizes that do not resize into each other: masks at the
+  // wrong scale (2318 of 9216 pixels differed), never an error before.
+  EXPECT_THROW(p.set_image(Predictor::prepare(random_image(600, 900, 1), S / 2)), InvalidArgument);
+  bad = inputs[0];
+  bad.original_size = {4000, 3};
+  EXPECT_THROW(p.set_images(std::vector<EncoderInput>{bad}), InvalidArgument);
   EXPECT_FALSE(p.is_image_set());
+  EXPECT_THROW(Predictor::join({&p, nullptr}), InvalidArgument);
+  // A Predictor or MaskGenerator keeps a reference to its model: a temporary one does not compile.
+  static_assert(!std::is_constructible_v<Predictor, Model&&>);
+  static_assert(!std::is_constructible_v<MaskGenerator, Model&&>);
 }
 
 }  // namespace
