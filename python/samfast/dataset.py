@@ -53,6 +53,18 @@ class UsageError(Exception):
     """A request refused before any work, with the reason for the user."""
 
 
+class RunFailed(Exception):
+    """A run that Ray could not finish, with the reason for the user."""
+
+
+def root_cause(err: Exception) -> str:
+    """The last line of a Ray error that names an exception ("RuntimeError: checkpoint ... is neither a
+    PyTorch .pth (zip) nor a safetensors file"): the error of the actor, after Ray's traceback of it."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    named = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b:?", line)]
+    return (named or [line for line in lines if line] or [type(err).__name__])[-1]
+
+
 # -- inputs ----------------------------------------------------------------------------------------
 def output_name(path: str) -> str:
     """An image's id from its file name, as `samfast everything` (amg.py) names its outputs."""
@@ -240,6 +252,8 @@ class OutputFolder:
         if os.path.exists(recorded):
             with open(recorded) as f:
                 before = json.load(f)
+            if "formats" in options and "formats" not in before:  # (recorded before formats were)
+                before["formats"] = options["formats"]
             if before != options:
                 was, now = _flat(before), _flat(options)
                 changed = [f"{k} {was.get(k, '(none)')} there, {now.get(k, '(none)')} now"
@@ -282,6 +296,12 @@ class OutputFolder:
                 ours = name.startswith(TEMP_PREFIX) or (sub == "masks" and PART.fullmatch(name) and name not in images)
                 if ours and os.path.isfile(os.path.join(folder, name)) and not os.path.islink(os.path.join(folder, name)):
                     os.unlink(os.path.join(folder, name))
+
+    def has_results(self) -> bool:
+        return any(PART.fullmatch(n) for n in os.listdir(os.path.join(self.path, "images")))
+
+    def forget_options(self) -> None:
+        os.unlink(os.path.join(self.path, "options.json"))
 
     def done(self) -> set:
         """Ids of the images whose results are here. The error rows are dropped from their parts
@@ -351,17 +371,28 @@ def parquet_ids(table) -> List[str]:
     return [("" if v is None else output_name(v) if column == "path" else v) for v in values]
 
 
-def repeated_ids(paths: List[str]) -> Dict[str, int]:
-    """The ids that several rows of the Parquet files share, and how many: read (that column
-    alone) before the run, since each block of the pipeline sees its own rows only."""
+def parquet_id_counts(paths: List[str]) -> Counter:
+    """How many rows of the Parquet files give each id: read (that column alone) before the run,
+    since each block of the pipeline sees its own rows only. Files that name their images or hold
+    their bytes in other columns than the first file's (Ray would merge them into columns of nulls),
+    or whose images are not binary (paths as strings, a Hugging Face Image struct) are refused here,
+    before Ray starts, as a file without images is."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    counts = Counter()
+    counts, layout = Counter(), None
     for path in paths:
-        names = pq.read_schema(path).names
-        bytes_column(names)  # (a file without images is refused here, before Ray starts, too)
-        column = id_column(names)
+        schema = pq.read_schema(path)
+        column, data = id_column(schema.names), bytes_column(schema.names)
+        kind = schema.field(data).type
+        if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+            raise ValueError(f"{path}: its column {data!r} holds {kind}, not image files' bytes (binary)")
+        if layout is None:
+            layout = (path, column, data)
+        elif (column, data) != layout[1:]:
+            raise ValueError(f"{path} names its images by {column!r} with bytes in {data!r}, {layout[0]} by "
+                             f"{layout[1]!r} with bytes in {layout[2]!r}: give files of one layout")
         counts.update(parquet_ids(pq.read_table(path, columns=[column])))
-    return {i: n for i, n in counts.items() if n > 1}
+    return counts
 
 
 def parquet_images(batch, json_files: bool = True, repeated: Optional[Dict[str, int]] = None):
@@ -382,23 +413,29 @@ def parquet_images(batch, json_files: bool = True, repeated: Optional[Dict[str, 
 
 def run(a) -> int:
     import ray
+    from ray.exceptions import RayError
 
     from . import ray as samfast_ray
     from .automatic_mask_generator import SamAutomaticMaskGenerator
     from .build_sam import Sam
 
     generator_options = {k: getattr(a, k) for k in GENERATOR_FLAGS}
-    SamAutomaticMaskGenerator(Sam(), **generator_options)  # refuses bad options now (no model is loaded)
+    # Bad options, precision or model names are refused now (no model is loaded).
+    SamAutomaticMaskGenerator(Sam(precision=a.precision, synthetic=None if a.checkpoint else a.model),
+                              **generator_options)
     if a.checkpoint and not os.path.isfile(a.checkpoint):
         raise UsageError(f"checkpoint not found: {a.checkpoint}")
     formats = ["parquet", "json"] if a.format == "both" else [a.format]
     inputs = list_images(a.input)
     parquet_input = is_parquet(inputs)
+    id_counts = parquet_id_counts(inputs) if parquet_input else Counter()  # (refuses a bad layout before Ray)
+    repeated = {i: n for i, n in id_counts.items() if n > 1}
     weights = ({"checkpoint": os.path.abspath(a.checkpoint), "size": os.path.getsize(a.checkpoint)} if a.checkpoint
                else {"model": a.model, "seed": a.seed})
-    folder = OutputFolder(a.output, {"weights": weights, "precision": a.precision, "generator": generator_options})
+    fresh = not os.path.exists(os.path.join(a.output, "options.json"))
+    folder = OutputFolder(a.output, {"weights": weights, "precision": a.precision, "generator": generator_options,
+                                     "formats": formats})
     done = folder.done()
-    repeated = repeated_ids(inputs) if parquet_input else {}  # (before Ray starts: a Parquet without ids is refused)
 
     address = a.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -418,16 +455,17 @@ def run(a) -> int:
             fn_kwargs={"json_files": "json" in formats, "repeated": repeated})
         if done:
             ds = ds.map_batches(not_done, batch_format="pyarrow", fn_kwargs={"done": done})
-        total, skipped = None, len(done)
+        skipped = sum(n for i, n in id_counts.items() if i in done)
+        total = sum(id_counts.values()) - skipped
     else:
         rows = path_rows(inputs, done, "json" in formats)
         total, skipped = len(rows), len(inputs) - len(rows)
-        if not rows:
-            print(f"samfast-dataset: all {len(inputs)} images are done in {a.output}")
-            return 0
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // a.batch_size, 4096)))
-    print(f"samfast-dataset: {total if total is not None else 'the new'} images of {a.input} on {where}"
-          f" ({skipped} already done in {a.output})", file=sys.stderr)
+    if not total:
+        print(f"samfast-dataset: no image to do: {skipped} of {a.input} already done in {a.output}")
+        return 0
+    print(f"samfast-dataset: {total} images of {a.input} on {where} ({skipped} already done in {a.output})",
+          file=sys.stderr)
     ds = ds.map_batches(samfast_ray.decode_images, batch_size=a.batch_size)
     ds = ds.map_batches(samfast_ray.SegmentEverything, batch_size=a.batch_size,
                         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -442,17 +480,24 @@ def run(a) -> int:
     # When the actors finished the images (first, last, how many): the rate between the first and the
     # last leaves Ray's start, the model loads and the batching of the writes out.
     first, last, timed = float("inf"), 0.0, 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for image_id, error, n, t in zip(*(batch.column(c).to_pylist()
-                                           for c in ("image_id", "error", "num_masks", "finished"))):
-            images += 1
-            masks += n
-            if t:
-                first, last, timed = min(first, t), max(last, t), timed + 1
-            if error:
-                failed += 1
-                shown = image_id if image_id.isprintable() else repr(image_id)  # (a NUL, a newline: one line each)
-                print(f"samfast-dataset: {shown}: FAILED: {error}", file=sys.stderr)
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for image_id, error, n, t in zip(*(batch.column(c).to_pylist()
+                                               for c in ("image_id", "error", "num_masks", "finished"))):
+                images += 1
+                masks += n
+                if t:
+                    first, last, timed = min(first, t), max(last, t), timed + 1
+                if error:
+                    failed += 1
+                    shown = image_id if image_id.isprintable() else repr(image_id)  # (a NUL, a newline: one line each)
+                    print(f"samfast-dataset: {shown}: FAILED: {error}", file=sys.stderr)
+    except RayError as err:
+        # The actors' model did not load (a bad checkpoint, a precision the device lacks), or Ray
+        # failed: options that made no result are not kept, so that a corrected run is not refused.
+        if fresh and not folder.has_results():
+            folder.forget_options()
+        raise RunFailed(f"the run stopped after {images} images: {root_cause(err)}") from None
     end = time.perf_counter()
     rate = f"{images / (end - start):.2f} images/s"
     if timed > 1 and last - first >= 1:  # (over less than a second, batches finishing together say nothing)
@@ -499,7 +544,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as err:
         print(f"samfast-dataset: {err}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError) as err:  # (bad generator options, a checkpoint that does not load)
+    except RunFailed as err:
+        print(f"samfast-dataset: error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as err:  # (bad options or names, a Parquet input of a bad layout)
         print(f"samfast-dataset: error: {err}", file=sys.stderr)
         return 2
 

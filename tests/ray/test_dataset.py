@@ -175,12 +175,37 @@ def test_refusals(ray_python, samfast_pkg, tiny_checkpoint, images, tmp_path):
     assert r.returncode == 2 and "checkpoint not found" in r.stderr, r.stderr
     r = run_dataset(ray_python, samfast_pkg, "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o4"))
     assert r.returncode == 2 and "no such file or folder" in r.stderr, r.stderr
+    r = run_dataset(ray_python, samfast_pkg, "--input", str(images), "--output", str(tmp_path / "o5"),
+                    "--precision", "fp7")  # (was found inside the actors, after options.json recorded it)
+    assert r.returncode == 2 and "unknown precision 'fp7'" in r.stderr and not (tmp_path / "o5").exists(), r.stderr
     theirs = tmp_path / "theirs"  # a folder of the user's: refused, and nothing in it touched
     (theirs / "masks").mkdir(parents=True)
     (theirs / "masks" / "keep.png").write_bytes(b"png")
     r = run_dataset(ray_python, samfast_pkg, "--input", str(images), "--output", str(theirs))
     assert r.returncode == 2 and "not samfast-dataset's" in r.stderr, r.stderr
     assert sorted(p.name for p in theirs.rglob("*")) == ["keep.png", "masks"]
+
+
+def test_a_model_that_does_not_load_fails_in_one_line_and_records_nothing(ray_python, samfast_pkg, tiny_checkpoint,
+                                                                          tmp_path):
+    """A checkpoint that does not load fails in the actors: one line says why, and the output folder
+    keeps no options, so that the run with a good checkpoint is not refused. A finished folder
+    refuses another --format (it once said all was done and wrote nothing)."""
+    junk, out = tmp_path / "junk.pth", tmp_path / "out"
+    junk.write_text("not a checkpoint")
+    image = IMAGES / "dog.jpg"
+    r = run_dataset(ray_python, samfast_pkg, "--input", str(image), "--output", str(out), "--checkpoint", str(junk),
+                    "--gpus", "0", *OPTIONS)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "samfast-dataset: error: the run stopped after 0 images: RuntimeError: checkpoint" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr.splitlines()[-1] and not (out / "options.json").exists()
+    good = ["--input", str(image), "--output", str(out), "--checkpoint", str(tiny_checkpoint), "--gpus", "0", *OPTIONS]
+    r = run_dataset(ray_python, samfast_pkg, *good)
+    assert r.returncode == 0 and "1 done" in r.stdout, r.stdout + r.stderr
+    r = run_dataset(ray_python, samfast_pkg, *good, "--format", "json")
+    assert r.returncode == 2 and "formats ['parquet'] there, ['json'] now" in r.stderr, r.stderr
+    r = run_dataset(ray_python, samfast_pkg, *good)
+    assert r.returncode == 0 and "no image to do: 1 of" in r.stdout, r.stdout + r.stderr
 
 
 def test_parquet_input(ray_python, samfast_pkg, tiny_checkpoint, cli_results, tmp_path):
@@ -290,13 +315,26 @@ def test_ids_and_writes(ray_python, samfast_pkg, tmp_path):
         assert pq.read_table(os.path.join(out, "images")).column("image_id").to_pylist() == ["a", long]
         assert parts() == [1, 1]
 
-        # A Parquet input without image files is refused before Ray starts (it once failed inside it).
-        pq.write_table(pa.table({"image_id": ["a"], "pixels": [b"x"]}), os.path.join(folder, "no_bytes.parquet"))
-        try:
-            dataset.repeated_ids([os.path.join(folder, "no_bytes.parquet")])
-            raise AssertionError("a Parquet input without a bytes column was taken")
-        except ValueError as e:
-            assert "no 'bytes' (or 'image') column" in str(e), e
+        # Parquet inputs without image files, with paths or Hugging Face's Image structs for them, or
+        # of two layouts are refused before Ray starts (they once failed inside it, or lost their ids).
+        def refused(name, tables, says):
+            paths = []
+            for i, table in enumerate(tables):
+                paths.append(os.path.join(folder, f"{name}-{i}.parquet"))
+                pq.write_table(pa.table(table), paths[-1])
+            try:
+                dataset.parquet_id_counts(paths)
+                raise AssertionError(f"{tables} were taken")
+            except ValueError as e:
+                assert says in str(e), e
+        refused("no_bytes", [{"image_id": ["a"], "pixels": [b"x"]}], "no 'bytes' (or 'image') column")
+        refused("paths", [{"id": ["a"], "image": ["/a.jpg"]}], "its column 'image' holds string, not image files' bytes")
+        refused("hf", [{"id": ["a"], "image": [{"bytes": b"x", "path": "a.jpg"}]}], "holds struct<bytes: binary")
+        refused("two", [{"id": ["a"], "bytes": [b"x"]}, {"image_id": ["b"], "bytes": [b"y"]}],
+                "names its images by 'image_id' with bytes in 'bytes'")
+        good = os.path.join(folder, "good.parquet")
+        pq.write_table(pa.table({"id": ["a", "b", "a"], "bytes": [b"x"] * 3}), good)
+        assert dataset.parquet_id_counts([good]) == {"a": 2, "b": 1}
         print("checked")""", FOLDER=str(tmp_path), DOG=str(IMAGES / "dog.jpg"))
     assert "checked" in out, out
 
