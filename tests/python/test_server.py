@@ -248,6 +248,13 @@ def test_bodies_past_the_upload_limit_are_refused_unread(samfast_pkg, tiny_check
             pass
         assert rss_mb(proc.pid) - before < 60
         assert httpx.get(url + "health", timeout=10).status_code == 200
+        # ISAT's raw pixels are bounded by --max-pixels instead (a 24 MP photo is 72 MB of them)
+        import requests  # (ISAT's client: its file part has filename="")
+        pixels = np.zeros((1200, 800, 3), np.uint8)  # (2.9 MB, past the 2.4 MB of the bodies above)
+        r = requests.post(url + "api/encode", files={"file": ("", pixels.tobytes(), "application/octet-stream")},
+                          data={"dtype": "uint8", "shape": "1200,800,3"}, headers={"Authorization": "Bearer s3cret"},
+                          timeout=120)
+        assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("flag,value,says", [("--max-pixels", "0", "1 or more"), ("--max-batch", "0", "1 or more"),

@@ -8,7 +8,7 @@ import io
 import json
 import os
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
@@ -77,8 +77,9 @@ def create_app(sam=None, config: Optional[ServerConfig] = None, core=None) -> Fa
         latency.labels(endpoint).observe(seconds)
     app.add_middleware(Measured, observe=observe)
     # An image in base64 is 4/3 of its bytes; 1 MiB more holds any request's other fields (a
-    # mask_input .npy in base64 is 0.35 MB).
-    app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes * 4 // 3 + 2**20)
+    # mask_input .npy in base64 is 0.35 MB). ISAT sends raw pixels, as many as --max-pixels allows.
+    app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes * 4 // 3 + 2**20,
+                       by_path={"/api/encode": config.max_pixels * 3 + 2**20})
 
     @app.exception_handler(ValueError)
     async def bad_input(request, e):
@@ -211,28 +212,27 @@ class BodyLimit:
     is read, or as it streams in. FastAPI reads a JSON body whole, before any dependency (the token
     check too), so without it any client could make the server hold a body of any size."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, by_path: Optional[Dict[str, int]] = None):
+        self.app, self.max_bytes, self.by_path = app, max_bytes, by_path or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        most = self.by_path.get(scope["path"], self.max_bytes)
+        too_large = f"the request body is past the limit of {most} bytes (the server's --max-upload-mb, --max-pixels)"
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await JSONResponse(status_code=413, content={"detail": self.too_large()})(scope, receive, send)
+        if declared.isdigit() and int(declared) > most:
+            return await JSONResponse(status_code=413, content={"detail": too_large})(scope, receive, send)
         seen = 0
 
         async def counted():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # (FastAPI answers an HTTPException raised while it reads a body)
-                raise HTTPException(413, self.too_large())
+            if seen > most:  # (FastAPI answers an HTTPException raised while it reads a body)
+                raise HTTPException(413, too_large)
             return message
         await self.app(scope, counted, send)
-
-    def too_large(self) -> str:
-        return f"the request body is past the limit of {self.max_bytes} bytes (the server's --max-upload-mb)"
 
 
 def openapi_3_0_bounds(spec):
