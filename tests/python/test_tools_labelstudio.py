@@ -19,6 +19,7 @@ import base64
 import contextlib
 import http.server
 import io
+import json
 import os
 import secrets
 import signal
@@ -275,6 +276,59 @@ def test_redirects_are_http_only_and_keep_the_token_home(samfast_pkg, tiny_check
             assert seen[-1] == ("/dog.jpg", "Token t0k")
 
 
+def fake_jwt(claims):
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def test_personal_access_tokens_and_cloud_storage(samfast_pkg, tiny_checkpoint):
+    """Label Studio 1.20+ refuses its legacy tokens (the one /setup gives) unless told otherwise: a
+    personal access token (--label-studio-api-key) is exchanged for an access token, sent as Bearer,
+    once while it lasts (ref: label_studio_sdk tokens/client_ext.py refresh, io.py _build_headers).
+    A cloud storage's image (s3://...) comes from /tasks/ID/presign/ (io.py get_local_path)."""
+    dog = (IMAGES / "dog.jpg").read_bytes()
+    pat, access = fake_jwt({"token_type": "refresh"}), fake_jwt({"token_type": "access", "exp": time.time() + 600})
+    s3 = "s3://bucket/dogs/1.jpg"
+    files = {"/ls/data/upload/1/dog.jpg": dog, "/ls/data/upload/1/dog2.jpg": dog,
+             "/ls/tasks/7/presign/?fileuri=" + base64.urlsafe_b64encode(s3.encode()).decode(): dog}
+    refreshes = []
+
+    class LabelStudioStandIn(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            refreshes.append((self.path, body))
+            good = self.path == "/ls/api/token/refresh/" and body == {"refresh": pat}
+            serve(self, 200 if good else 401, json.dumps({"access": access} if good else {}).encode())
+
+        def do_GET(self):
+            ok = self.headers.get("Authorization") == f"Bearer {access}" and self.path in files
+            serve(self, 200 if ok else 401, files[self.path] if ok else b"")
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LabelStudioStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hostname = f"http://127.0.0.1:{server.server_address[1]}/ls"
+    try:
+        setup = {"project": "P", "hostname": hostname, "access_token": "6cfaaf640ac1491333cad7228e806c8c9045c669"}
+        with samfast_client(samfast_pkg, tiny_checkpoint, label_studio_api_key=pat) as client:
+            client.post("/labelstudio/setup", json=setup)
+            assert size_of(click(client, "P", "/ls/data/upload/1/dog.jpg")) == (800, 534)
+            assert size_of(click(client, "P", "/ls/data/upload/1/dog2.jpg")) == (800, 534)
+            assert size_of(click(client, "P", s3, id=7)) == (800, 534)
+            assert refreshes == [("/ls/api/token/refresh/", {"refresh": pat})]  # (one, for all three)
+            r = click(client, "P", "gs://bucket/dog.jpg", id=None)
+            assert r.status_code == 422 and "by the task's id: the task has none" in r.json()["detail"], r.text
+        with samfast_client(samfast_pkg, tiny_checkpoint) as client:  # (/setup's legacy token alone: refused)
+            client.post("/labelstudio/setup", json=setup)
+            r = click(client, "P", "/ls/data/upload/1/dog.jpg")
+            assert r.status_code == 502 and "give samfast-server a personal access token" in r.json()["detail"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_same_relative_url_on_two_hosts(samfast_pkg, tiny_checkpoint):
     """Two Label Studio hosts (projects) with an image under one relative URL: each gets its own
     image's mask, and a second click on either is answered without a download."""
@@ -382,16 +436,16 @@ def test_bad_requests_answer_4xx(samfast_pkg, tiny_checkpoint):
 
 
 class LabelStudio:
-    """A fresh Label Studio on loopback (its first user and legacy token from the environment),
-    stopped with its process group."""
+    """A fresh Label Studio on loopback in its default setup (legacy tokens off: the one /setup hands
+    an ML backend is refused), its first user from the environment, stopped with its process group.
+    The test talks to it as that user, logged in; login() also makes the user's personal access token."""
 
-    def __init__(self, label_studio, data_dir, token):
-        self.port, self.token = free_port(), token
+    def __init__(self, label_studio, data_dir):
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         env.update({"LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": "test@example.com",
-                    "LABEL_STUDIO_PASSWORD": "test12345", "LABEL_STUDIO_USER_TOKEN": token,
-                    "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+                    "LABEL_STUDIO_PASSWORD": "test12345",
                     "ML_BLOCK_LOCAL_IP": "false",  # (1.23 refuses ML backends on 127.0.0.1 by default)
                     "SSRF_PROTECTION_ENABLED": "false", "COLLECT_ANALYTICS": "false", "DJANGO_DB": "sqlite",
                     # (nothing off loopback: no version check on PyPI, no error reports)
@@ -400,7 +454,7 @@ class LabelStudio:
         self.proc = subprocess.Popen([label_studio, "start", "--no-browser", "--internal-host", "127.0.0.1",
                                       "--port", str(self.port)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, process_group=0)  # (stop() signals the group)
-        self.headers = {"Authorization": f"Token {token}"}
+        self.session = requests.Session()
 
     def wait(self, seconds):
         deadline = time.time() + seconds
@@ -412,8 +466,19 @@ class LabelStudio:
             time.sleep(0.5)
         raise AssertionError(f"Label Studio did not come up in {seconds} s: see {self.log.name}")
 
+    def login(self) -> str:
+        """Logs the session in (as the web page does: a form with its CSRF token) and returns a new
+        personal access token of the user."""
+        s = self.session
+        s.get(self.url + "/user/login/", timeout=60)
+        s.post(self.url + "/user/login/", data={"email": "test@example.com", "password": "test12345",
+                                                "csrfmiddlewaretoken": s.cookies.get("csrftoken")},
+               headers={"Referer": self.url + "/user/login/"}, timeout=60)
+        s.headers.update({"X-CSRFToken": s.cookies.get("csrftoken"), "Referer": self.url})
+        return self.api("POST", "/api/token/")["token"]
+
     def api(self, method, path, **kw):
-        r = requests.request(method, self.url + path, headers=self.headers, timeout=120, **kw)
+        r = self.session.request(method, self.url + path, timeout=120, **kw)
         assert r.status_code < 400, f"{method} {path}: {r.status_code} {r.text[:500]}"
         return r.json() if r.content else None
 
@@ -430,11 +495,13 @@ class LabelStudio:
 
 def test_label_studio_end_to_end(samfast_pkg, tiny_checkpoint, tmp_path):
     label_studio = venv_command("labelstudio-venv", "label-studio", "SAMFAST_LABEL_STUDIO")
-    ls = LabelStudio(label_studio, tmp_path, secrets.token_hex(20))
+    ls = LabelStudio(label_studio, tmp_path)
     try:
+        ls.wait(240)
+        personal_token = ls.login()
         # (with front-end processes: the replay above covers the one-process server)
-        with running_server(samfast_pkg, tiny_checkpoint, "--token", "s3cret", "--workers", "2") as (samfast_url, _):
-            ls.wait(240)
+        with running_server(samfast_pkg, tiny_checkpoint, "--token", "s3cret", "--workers", "2",
+                            env={"LABEL_STUDIO_API_KEY": personal_token}) as (samfast_url, _):
             project = ls.api("POST", "/api/projects", json={"title": "samfast", "label_config": LABEL_CONFIG})["id"]
             with open(IMAGES / "dog.jpg", "rb") as f:
                 ls.api("POST", f"/api/projects/{project}/import", files={"file": ("dog.jpg", f, "image/jpeg")})

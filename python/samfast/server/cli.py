@@ -35,7 +35,9 @@ def main(argv=None):
                     help="Label Studio's address, for its task images when it has not said it (its ML backend "
                          "setup does); default $LABEL_STUDIO_URL")
     ap.add_argument("--label-studio-api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
-                    help="a Label Studio access token for those images; default $LABEL_STUDIO_API_KEY")
+                    help="a Label Studio personal access token (or legacy token) for those images, used before "
+                         "the one its setup gives (legacy, refused by Label Studio 1.20+ by default); default "
+                         "$LABEL_STUDIO_API_KEY")
     a = ap.parse_args(argv)
     if not a.checkpoint and not a.model:
         ap.error("give --checkpoint (or --model for a synthetic model)")

@@ -10,12 +10,15 @@ a brushlabels result in Label Studio's own RLE (mask_to_label_studio_rle) on the
 BrushLabels, labelled as the user's prompt was.
 
 Task images come from Label Studio's http(s) address only (see image_source, download), within the
-request's --timeout; an image is known by its absolute URL afterwards, so a click skips the download.
+request's --timeout, with --label-studio-api-key or /setup's token (authorization); an image is
+known by its absolute URL afterwards, so a click skips the download.
 ref: HumanSignal/label-studio-ml-backend label_studio_ml/api.py (routes, envelope),
      label_studio_ml/examples/segment_anything_model/model.py (predict, get_results);
      HumanSignal/label-studio label_studio/ml/models.py, api_connector.py (the requests)"""
 import asyncio
+import base64
 import functools
+import json
 import math
 import re
 import time
@@ -34,6 +37,7 @@ from ... import _samfast
 from ..schemas import errors, nullable
 
 SCHEMES = ("http", "https")
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob")  # (ref: label_studio_sdk io.py is_cloud_storage_uri)
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 URL_SAFE = "!#$%&'()*+,/:;=?@[]~"  # (what requests leaves unquoted: spaces and non-ASCII get quoted)
 
@@ -97,7 +101,7 @@ def router(core, authorized) -> APIRouter:
         image_id = known.get(source)
         if image_id is None or not await core.known(image_id):
             seconds = start + core.config.request_timeout_s - time.perf_counter()
-            data = await download(source[0], source[1], seconds, core.config)
+            data = await download(*source, seconds, core.config)
             image_id = (await run_in_threadpool(core.add_image, data, True, start)).id
         known[source] = image_id
         known.move_to_end(source)
@@ -115,7 +119,7 @@ def router(core, authorized) -> APIRouter:
         url = task_image(body.tasks[0], data_key)
         points, labels, box, label = prompts_of(prompts)  # (checked before the image is fetched)
         project = await core.recall("labelstudio-project:" + (body.project or ""))
-        image_id = await image_id_of(image_source(url, project, core.config), start)
+        image_id = await image_id_of(image_source(url, project, core.config, body.tasks[0].get("id")), start)
         click = core.click(points or None, labels or None, box, None, False)
         masks, scores, _, (height, width) = await core.predict(image_id, click, start, False)
         mask = masks[0]
@@ -196,28 +200,83 @@ def checked_address(address: str, name: str) -> urllib.parse.SplitResult:
     return parts
 
 
-def image_source(url: str, project: Optional[Dict[str, str]], config) -> Tuple[str, str]:
-    """(the absolute URL, the token) a task's image is fetched with: a path on Label Studio's address
-    (from /setup, else --label-studio-url) or an absolute URL on that address. Other hosts are not
-    fetched (the server would fetch whatever a request names)."""
+def image_source(url: str, project: Optional[Dict[str, str]], config, task_id: Any = None) -> Tuple[str, str, str]:
+    """(the absolute URL, the token, Label Studio's address) a task's image is fetched with: a path on
+    Label Studio's address (from /setup, else --label-studio-url), an absolute URL on that address,
+    or a cloud storage's URI (s3://, gs://, azure-blob://), which Label Studio serves at
+    /tasks/ID/presign/ as its SDK asks for it. Other hosts are not fetched (the server would fetch
+    whatever a request names). The token: --label-studio-api-key when given (a personal access
+    token: /setup's is a legacy token, which Label Studio 1.20+ refuses unless legacy tokens are
+    enabled), else /setup's."""
     base = (project or {}).get("hostname") or config.label_studio_url
-    token = (project or {}).get("access_token") or config.label_studio_api_key or ""
+    token = config.label_studio_api_key or (project or {}).get("access_token") or ""
     if not base:
         raise HTTPException(422, "Label Studio's address is not known: connect the model again in Label Studio "
                                  "(its /setup names it), or start samfast-server with --label-studio-url")
     origin = checked_address(base, "address (its /setup hostname or --label-studio-url)")
     if CONTROL.search(url):
         raise HTTPException(422, f"the task's image URL {url!r} has control characters")
+    if urllib.parse.urlsplit(url).scheme in CLOUD_SCHEMES:  # (ref: label_studio_sdk io.py get_local_path)
+        if isinstance(task_id, bool) or not isinstance(task_id, int):
+            raise HTTPException(422, f"the task's image {url!r} is in a cloud storage, which Label Studio serves "
+                                     "by the task's id: the task has none")
+        # (relative: under Label Studio's address, its path too, as the SDK's concat_urls puts it)
+        url = f"tasks/{task_id}/presign/?fileuri=" + base64.urlsafe_b64encode(url.encode()).decode()
     target = urllib.parse.urlsplit(urllib.parse.urljoin(base.rstrip("/") + "/", url))
     if (target.scheme, target.netloc) != (origin.scheme, origin.netloc):
         raise HTTPException(422, f"the task's image is not on Label Studio ({base}): samfast fetches images from "
                                  "Label Studio only")
     quoted = target._replace(path=urllib.parse.quote(target.path, safe=URL_SAFE),
                              query=urllib.parse.quote(target.query, safe=URL_SAFE), fragment="")
-    return urllib.parse.urlunsplit(quoted), token
+    return urllib.parse.urlunsplit(quoted), token, base.rstrip("/")
 
 
-async def download(url: str, token: str, seconds: float, config) -> bytes:
+def is_jwt(token: str) -> bool:
+    """Whether a token is a JWT: Label Studio's personal access tokens are (refresh tokens), its
+    legacy tokens are not (ref: label_studio_sdk io.py is_jwt_well_formed)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+    except ValueError:
+        return False
+    return isinstance(header, dict) and "alg" in header
+
+
+def jwt_expiry(token: str) -> float:
+    """A JWT's exp claim (Unix time; its signature is Label Studio's to check), or in a minute."""
+    try:
+        payload = token.split(".")[1]
+        exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("exp")
+        return float(exp) if isinstance(exp, (int, float)) else time.time() + 60
+    except (ValueError, IndexError, AttributeError):
+        return time.time() + 60
+
+
+_access_tokens: Dict[Tuple[str, str], Tuple[str, float]] = {}  # (address, PAT) -> (access token, its expiry)
+
+
+async def authorization(client: httpx.AsyncClient, base: str, token: str) -> Dict[str, str]:
+    """The header a download sends: "Token" with a legacy token; with a personal access token,
+    "Bearer" with an access token that Label Studio gives for it (POST /api/token/refresh/, as its
+    SDK does), kept until a little before it expires."""
+    if not token:
+        return {}
+    if not is_jwt(token):
+        return {"Authorization": f"Token {token}"}
+    access, expiry = _access_tokens.get((base, token), ("", 0.0))
+    if time.time() > expiry - 30:
+        reply = await client.post(base + "/api/token/refresh/", json={"refresh": token})
+        access = reply.json().get("access") if reply.status_code == 200 else None
+        if not isinstance(access, str) or not access:
+            raise HTTPException(502, f"Label Studio answered {reply.status_code} for an access token for the personal "
+                                     f"access token (POST {base}/api/token/refresh/)")
+        _access_tokens[(base, token)] = access, jwt_expiry(access)
+    return {"Authorization": f"Bearer {access}"}
+
+
+async def download(url: str, token: str, base: str, seconds: float, config) -> bytes:
     """A task's image (url from image_source) with Label Studio's token, in at most `seconds` (else
     504: a socket timeout bounds each read, not the whole download, and a host sending a byte every
     few seconds would hold the request for days) and max_upload_bytes (else 413). In the event loop,
@@ -226,18 +285,23 @@ async def download(url: str, token: str, seconds: float, config) -> bytes:
     only, and httpx sends the token to Label Studio's own origin only."""
     if seconds > 0:
         try:
-            return await asyncio.wait_for(fetch(url, token, config.max_upload_bytes), seconds)
+            return await asyncio.wait_for(fetch(url, token, base, config.max_upload_bytes), seconds)
         except asyncio.TimeoutError:
             pass
     raise HTTPException(504, f"the task's image {url} did not arrive from Label Studio within the request's "
                              f"{config.request_timeout_s:g} s")
 
 
-async def fetch(url: str, token: str, max_bytes: int) -> bytes:
-    headers = {"Authorization": f"Token {token}"} if token else {}
+async def fetch(url: str, token: str, base: str, max_bytes: int) -> bytes:
     try:
         async with httpx.AsyncClient(follow_redirects=True, timeout=None) as client:
+            headers = await authorization(client, base, token)
             async with client.stream("GET", url, headers=headers) as reply:
+                if reply.status_code == 401 and token and not is_jwt(token):
+                    raise HTTPException(502, f"Label Studio answered 401 for the task's image {url}: its legacy token "
+                                             "is refused where legacy tokens are off (Label Studio's default since "
+                                             "1.20); give samfast-server a personal access token "
+                                             "(--label-studio-api-key or LABEL_STUDIO_API_KEY)")
                 if reply.status_code != 200:
                     raise HTTPException(502, f"Label Studio answered {reply.status_code} for the task's image {url}")
                 declared = reply.headers.get("content-length", "")
