@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # Without recommends, so listed: make (cmake's generator) and libopenblas0-pthread (without it
 # python3-torch gets Debian's reference BLAS, on which upstream's fp32 encoder, the tests' oracle,
 # runs ~25x slower). Checked on a bare Debian 12 (debootstrap --variant=minbase).
-APT_PACKAGES=(cmake make g++ pkg-config libdnnl-dev ocl-icd-opencl-dev libstb-dev libjpeg62-turbo-dev libpng-dev nlohmann-json3-dev libcli11-dev
+APT_PACKAGES=(cmake make g++ pkg-config libdnnl-dev ocl-icd-opencl-dev libstb-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libtiff-dev nlohmann-json3-dev libcli11-dev
               libzip-dev libexif-dev libgtest-dev clang libclang-rt-14-dev python3-torch python3-torchvision python3-numpy
               libopenblas0-pthread python3-pil python3-pytest python3-pip python3-matplotlib python3-dev python3-venv
               python3-fastapi python3-uvicorn python3-multipart python3-prometheus-client python3-httpx

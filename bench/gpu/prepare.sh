@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares, on this (GPU-less) machine, what a run on the lent GPU machine needs: a CUDA build of
 # samfast in build-dev/, its binaries, libsamfast.so and the non-CUDA shared libraries they load in .devbin/
-# (the GPU machine has the CUDA libraries but not oneDNN, libzip, libjpeg, libpng, libexif; found through RUNPATH),
+# (the GPU machine has the CUDA libraries but not oneDNN, libzip, libjpeg, libpng, libexif, libwebp, libtiff and
+# libtiff's codecs; found through RUNPATH),
 # packed into .whl/devbin.tar.xz, and the two upstream Python packages in .whl/pysrc (fetched code:
 # ignored by git, never committed).
 set -euo pipefail
@@ -22,7 +23,7 @@ if cmake --build "$B" --target help | grep lin1_gemm_options >/dev/null; then  #
   done
 fi
 for bin in .devbin/samfast .devbin/tests/*; do
-  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libsamfast|libdnnl|libgomp|libjpeg|libpng|libzip|libexif' || true
+  ldd "$bin" | awk '/=> \// {print $3}' | grep -E 'libsamfast|libdnnl|libgomp|libjpeg|libpng|libzip|libexif|libwebp|libtiff|libLerc|libjbig|libdeflate' || true
 done | sort -u | while read -r lib; do cp -L "$lib" .devbin/lib/; done
 # The binaries find these through their RUNPATH, so nothing else on that machine (Python, torch) sees them.
 patchelf --set-rpath '$ORIGIN/lib' .devbin/samfast

@@ -7,7 +7,7 @@
 # longer than one device call may: SERVER_ONLY=1 and SERVER_RUNS split it.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-[ -d .devbin/lib ] || tar -xJf .whl/devbin.tar.xz  # oneDNN, libjpeg, libpng, libzip, libexif (not on that machine)
+[ -d .devbin/lib ] || tar -xJf .whl/devbin.tar.xz  # oneDNN, libjpeg, libpng, libzip, libexif, libwebp, libtiff (not there)
 export LD_LIBRARY_PATH="$PWD/.devbin/lib:${LD_LIBRARY_PATH:-}" PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   .whl/wheels/*.whl .whl/pywheels/*.whl || exit 1

@@ -30,7 +30,8 @@ import uuid
 from collections import Counter
 from typing import Dict, Iterable, List, Optional
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".pgm", ".ppm", ".pnm"}  # (as the CLI's)
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".pgm", ".ppm", ".pnm",  # (as the CLI's)
+                    ".webp", ".tif", ".tiff"}
 TEMP_PREFIX = ".samfast-tmp-"
 # Images a Parquet part holds: parts of a few images would make a million-image run a folder of
 # 10^5 small files; more images a part are more to redo after a crash (~10 s of one GPU at 256).

@@ -1,7 +1,7 @@
 // Image decoding/encoding. JPEG files are decoded with libjpeg(-turbo) using the settings PIL uses,
 // so that pixels equal np.array(PIL.Image.open(f).convert("RGB")) bit for bit (upstream SAM users
-// decode with PIL; stb_image's JPEG decoder differs by a few levels on ~1-2% of pixels). Other
-// formats are read by stb_image, whose implementation is compiled into this file (static linkage)
+// decode with PIL; stb_image's JPEG decoder differs by a few levels on ~1-2% of pixels). WebP and
+// TIFF are read by libwebp and libtiff (image_formats.cpp). Other formats are read by stb_image, whose implementation is compiled into this file (static linkage)
 // rather than linked from Debian's libstb.so, so no other file can clash with it. PNGs are written
 // by libpng: a server answers each click with full-size mask PNGs, and stb_image_write took ~50 ms
 // for one 1800x1200 mask where libpng's fast mode takes ~4.
@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "io/exif.h"
+#include "io/image_formats.h"
 #include "io/printable.h"
 #include "samfast/error.h"
 #include "samfast/safe_file.h"
@@ -256,8 +257,9 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
 
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!file) throw Error("cannot open image file " + path + ": " + std::strerror(errno));
-  unsigned char magic[2] = {0, 0};
-  const bool is_jpeg = std::fread(magic, 1, 2, file.get()) == 2 && magic[0] == 0xFF && magic[1] == 0xD8;
+  unsigned char magic[12] = {};
+  const size_t head = std::fread(magic, 1, sizeof magic, file.get());
+  const bool is_jpeg = head >= 2 && magic[0] == 0xFF && magic[1] == 0xD8;
   if (is_jpeg) {
     std::rewind(file.get());
     Image img;
@@ -277,6 +279,14 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
     }
   }
   file.reset();
+  switch (detail::sniff_format(magic, head)) {
+    case detail::ImageFormat::webp:
+      return detail::read_webp(path, max_pixels);
+    case detail::ImageFormat::tiff:
+      return detail::read_tiff(path, max_pixels);
+    case detail::ImageFormat::other:
+      break;
+  }
   check_png_crcs(path);
   check_pnm_header(path);
 

@@ -191,3 +191,17 @@ def test_bench_graphs_and_trace_options(samfast, tiny, tmp_path):
     existing.write_text("keep me")
     assert "exists" in one_error_line(samfast("bench", "--checkpoint", tiny, "--device", "cpu", "--trace", existing))
     assert existing.read_text() == "keep me"
+
+
+def test_everything_lists_and_reads_webp_and_tiff(samfast, tiny, tmp_path):
+    """A folder's .webp and .tif images are segmented (amg.py reads them with OpenCV), as their PNG would be."""
+    data = tmp_path / "data"
+    data.mkdir()
+    small = Image.open(DOG).convert("RGB").resize((96, 64))
+    for name in ("a.webp", "b.tif", "c.png"):
+        small.save(data / name, **({"lossless": True} if name.endswith("webp") else {}))
+    fast = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    p = samfast("everything", "--checkpoint", tiny, "--device", "cpu", "--input", data, "--output", tmp_path / "o", *fast)
+    assert p.returncode == 0 and "3 done" in p.stdout, p.stdout + p.stderr
+    csv = {n: (tmp_path / "o" / n / "metadata.csv").read_text() for n in "abc"}
+    assert csv["a"] == csv["b"] == csv["c"]

@@ -2,8 +2,8 @@
 """Writes a few small, valid inputs into the folder given as argv[1], one corpus per fuzz target:
 checkpoint/ (whole .pth and .safetensors files, and bare data.pkl pickles), npy/ (.npy files),
 safetensors/ (a safetensors header, a NUL byte, then the data, as fuzz_safetensors.cpp reads it),
-image/ (small JPEG, PNG, BMP, GIF and PNM files, JPEGs with EXIF orientations, made with PIL when it is
-importable) and rle/ (a height byte, a width byte, then a COCO counts string).
+image/ (small JPEG, PNG, BMP, GIF, PNM, WebP and TIFF files, JPEGs with EXIF orientations, made with
+PIL when it is importable) and rle/ (a height byte, a width byte, then a COCO counts string).
 
 safetensors and .npy seeds are built by hand, so they need nothing but Python; .pth seeds come
 from torch.save when torch is importable (views, f16, bf16, a Parameter), since that is the format
@@ -59,6 +59,10 @@ def write_image_seeds(folder):
     # 16-bit samples: stb wrote past its buffer converting a 16-bit P5 to RGB
     write(os.path.join(folder, "pnm_16bit.pgm"), b"P5\n7555\n2 \n7555\n2 \n\xff\xff\x00\x1f\"\xc2")
     write(os.path.join(folder, "pnm_16bit.ppm"), b"P6\n2 1\n65535\n" + bytes(range(12)))
+    im.save(os.path.join(folder, "lossless.webp"), lossless=True)  # (libwebp)
+    im.save(os.path.join(folder, "lossy.webp"), quality=80)
+    im.save(os.path.join(folder, "rgb.tif"))  # (libtiff)
+    im.convert("L").save(os.path.join(folder, "lzw.tif"), compression="tiff_lzw")
     im.save(os.path.join(folder, "plain.jpg"), quality=80)
     im.convert("CMYK").save(os.path.join(folder, "cmyk.jpg"))
     im.save(os.path.join(folder, "progressive.jpg"), progressive=True)

@@ -18,7 +18,8 @@ mkdir -p "$build/obj" "$build/corpus"
 # The readers themselves get coverage instrumentation and sanitizers; only the targets link libFuzzer.
 flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fno-sanitize-recover=undefined -I "$root/include" -I "$root/src"
        -I /usr/include/stb)
-lib_sources=(src/core/tensor.cpp src/io/checkpoint.cpp src/io/exif.cpp src/io/image.cpp src/io/npy.cpp src/io/pickle.cpp src/io/printable.cpp
+lib_sources=(src/core/tensor.cpp src/io/checkpoint.cpp src/io/exif.cpp src/io/image.cpp src/io/image_formats.cpp src/io/npy.cpp
+             src/io/pickle.cpp src/io/printable.cpp
              src/io/safe_file.cpp src/io/safetensors.cpp src/io/zip.cpp src/masks/rle.cpp)
 objects=() pids=()
 for src in "${lib_sources[@]}"; do
@@ -31,7 +32,7 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 pids=()
 for target in "${targets[@]}"; do
   "$cxx" "${flags[@]}" -fsanitize=fuzzer,address,undefined "$root/tests/fuzz/fuzz_$target.cpp" "${objects[@]}" \
-    -lzip -lpng -lz -ljpeg -lexif -o "$build/fuzz_$target" &
+    -lzip -lpng -lz -ljpeg -lexif -lwebp -ltiff -o "$build/fuzz_$target" &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done

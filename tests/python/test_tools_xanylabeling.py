@@ -48,11 +48,17 @@ def outer_fill(mask):
     return out.astype(bool)
 
 
-def test_client_click_and_boxes(samfast_pkg, tiny_checkpoint, server):
+@pytest.mark.parametrize("kind", ["jpg", "webp"])  # (X-AnyLabeling opens WebP and sends the file's bytes)
+def test_client_click_and_boxes(samfast_pkg, tiny_checkpoint, server, kind, tmp_path):
     marks = [{"type": "point", "data": [400, 260], "label": 1}, {"type": "point", "data": [120, 80], "label": 0},
              {"type": "rectangle", "data": [100, 90, 600, 500], "label": 1},
              {"type": "rectangle", "data": [300, 50, 700, 300], "label": 1}]
-    got = run_client(server, "s3cret", IMAGES / "dog.jpg", marks)
+    image = IMAGES / "dog.jpg"
+    if kind == "webp":  # (lossless: the same pixels)
+        from PIL import Image
+        image = tmp_path / "dog.webp"
+        Image.fromarray(rgb("dog.jpg")).save(image, lossless=True)
+    got = run_client(server, "s3cret", image, marks)
     assert got["messages"] == [] and got["replace"] is False
     assert list(got["models"]) == ["segment_anything"] and got["models"]["segment_anything"]["display_name"]
     ref = samfast_pkg.SamPredictor(samfast_pkg.load(tiny_checkpoint, device="cpu"))

@@ -193,6 +193,26 @@ def test_read_image_pixel_limit(samfast_pkg):
     assert not isinstance(e.value, samfast_pkg.ImageTooLarge)
 
 
+@pytest.mark.parametrize("name,save", [
+    ("lossless.webp", dict(lossless=True)), ("lossy.webp", dict(quality=80)), ("rgba.webp", dict(lossless=True)),
+    ("plain.tif", {}), ("lzw.tif", dict(compression="tiff_lzw")), ("gray.tif", {}), ("jpeg.tiff", dict(compression="jpeg"))])
+def test_webp_and_tiff_read_as_pil_reads_them(samfast_pkg, tmp_path, name, save):
+    """WebP and TIFF, which OpenCV's imread reads (upstream's amg.py; X-AnyLabeling sends such files
+    as they are), decode to PIL's pixels; their size is checked from the header, damage is an error."""
+    from PIL import Image
+    from samfast.decode import decode_image
+    mode = {"rgba": "RGBA", "gray": "L"}.get(name.split(".")[0], "RGB")
+    Image.fromarray(rgb("dog.jpg")).convert(mode).save(tmp_path / name, **save)
+    want = np.array(Image.open(tmp_path / name).convert("RGB"))
+    assert np.array_equal(samfast_pkg.read_image(str(tmp_path / name)), want)
+    data = (tmp_path / name).read_bytes()
+    assert np.array_equal(decode_image(data, name="the upload"), want)
+    with pytest.raises(samfast_pkg.ImageTooLarge, match="^the upload is 800x534 = 427200 pixels"):
+        decode_image(data, name="the upload", max_pixels=1000)
+    with pytest.raises(ValueError, match="the upload is (corrupt or truncated|not a readable image)"):
+        decode_image(data[: len(data) // 2], name="the upload")
+
+
 def test_paths_that_are_not_utf8(samfast_pkg, tiny_checkpoint, tmp_path):
     """A Linux file name is bytes: one that is not UTF-8 (os.fsdecode keeps it as surrogates) is
     read, and named in errors with its bytes as \\xNN (they once raised TypeError, or lost the message)."""

@@ -65,7 +65,8 @@ bool has_glob_chars(const std::string& s) { return s.find_first_of("*?[") != std
 bool image_extension(const fs::path& p) {
   std::string e = p.extension().string();
   std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return (char)std::tolower(c); });
-  static const std::set<std::string> known = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".pgm", ".ppm", ".pnm"};
+  static const std::set<std::string> known = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".pgm", ".ppm", ".pnm",
+                                                ".webp", ".tif", ".tiff"};
   return known.count(e) > 0;
 }
 
