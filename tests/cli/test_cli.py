@@ -109,6 +109,7 @@ def test_a_single_mask_run_leaves_no_earlier_masks_beside_it(samfast, tiny, tmp_
     (["--point", "10,10,"], "'' is not a number"),  # (a trailing comma was dropped)
     (["--point", "0x10,10"], "'0x10' is not a number"),  # (read as 16)
     (["--point", "10,1e39"], "out of range"),
+    (["--point", "1,1", "--box", ""], "--box '': '' is not a number"),  # (was taken as no box)
     (["--box", "500,10,100,300"], "x0 <= x1"),
     ([], "at least one --point"),
     (["--point", "1,1", "--frobnicate"], "frobnicate"),

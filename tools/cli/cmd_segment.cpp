@@ -6,6 +6,7 @@
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "commands.h"
 #include "options.h"
@@ -48,7 +49,8 @@ std::vector<float> parse_numbers(const std::string& text, const std::string& fla
 
 struct Args {
   WeightsChoice weights;
-  std::string image, box, mask_input, out;
+  std::string image, mask_input, out;
+  std::optional<std::string> box;  // (given empty: an error, not "no box")
   std::vector<std::string> points;
   bool multimask = false, overwrite = false;
   std::string exif = "apply";
@@ -66,8 +68,8 @@ int run_segment(const Args& a) {
     prompt.points.push_back({v[0], v[1]});
     prompt.labels.push_back((int)label);
   }
-  if (!a.box.empty()) {
-    auto v = parse_numbers(a.box, "--box", 4, 4);
+  if (a.box) {
+    auto v = parse_numbers(*a.box, "--box", 4, 4);
     prompt.box = std::array<float, 4>{v[0], v[1], v[2], v[3]};
   }
   if (prompt.points.empty() && !prompt.box) throw Error("give at least one --point x,y[,label] or a --box x0,y0,x1,y1");
