@@ -461,7 +461,8 @@ def run(a) -> int:
     else:
         rows = path_rows(inputs, done, "json" in formats)
         total, skipped = len(rows), len(inputs) - len(rows)
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // a.batch_size, 4096)))
+        if rows:
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // a.batch_size, 4096)))
     if not total:
         print(f"samfast-dataset: no image to do: {skipped} of {a.input} already done in {a.output}")
         return 0
