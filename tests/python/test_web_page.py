@@ -219,3 +219,58 @@ def test_page_on_a_large_photo(server, browser, tmp_path):
     wait_for(driver, "return window.samfast.records.length && window.samfast.overlay", 240)
     assert driver.execute_script("return [window.samfast.overlay.width, window.samfast.overlay.height]") == [4000, 3000]
     shot(driver, "page_large_photo.png")
+
+
+def test_page_keeps_to_the_image_and_prompts_shown(samfast_pkg, tiny_checkpoint, browser, tmp_path):
+    """An answer to prompts since cleared (here: a click queued behind segment everything) is not
+    drawn; a prompt the server refuses (past --max-prompts) is taken back; a transparent image's
+    pixels hold no earlier drawing after Clear; a box released past the image's edge ends there."""
+    from PIL import Image
+    image = tmp_path / "alpha.png"
+    pixels = np.zeros((300, 400, 4), np.uint8)
+    pixels[50:250, 50:350] = [200, 120, 40, 255]  # (opaque in the middle, transparent around)
+    Image.fromarray(pixels).save(image)
+    driver = browser
+    with running_server(samfast_pkg, tiny_checkpoint, "--max-prompts", "2") as (url, _):
+        open_page_with(driver, url, image)
+        wait_for(driver, "return window.samfast.id && window.samfast.width === 400")
+        pixel_at = "return Array.from(document.getElementById('view').getContext('2d').getImageData(20, 20, 1, 1).data)"
+        # A click answered after Clear: not drawn.
+        for field, value in (("pps", "24"), ("iou", "0"), ("stab", "0")):
+            box = driver.find_element("id", field)
+            box.clear()
+            box.send_keys(value)
+        driver.find_element("id", "everything").click()
+        requests = driver.execute_script("return window.samfast.requests")
+        click_at(driver, 200, 150)
+        driver.find_element("id", "clear").click()
+        wait_for(driver, f"return window.samfast.requests >= {requests + 2}", 240)  # (everything, then the click)
+        time.sleep(0.5)
+        assert driver.execute_script("return [window.samfast.points.length, window.samfast.lastMask]") == [0, None]
+        assert driver.find_element("id", "choices").text == ""
+        # Three clicks on a server that takes two: the third is taken back, the second's mask stays.
+        for i, x in enumerate((100, 200, 300)):
+            click_at(driver, x, 150)
+            wait_for(driver, f"return window.samfast.requests > {requests + 2 + i} || "
+                             "document.getElementById('status').textContent.includes('failed')")
+        wait_for(driver, "return document.getElementById('status').textContent.includes('past the limit of 2')")
+        assert len(driver.execute_script("return window.samfast.points")) == 2
+        # A point drawn on the transparent part, then cleared: the pixel is as before (it once kept the
+        # point, and each redraw added the overlay's tint again).
+        driver.find_element("id", "clear").click()
+        before = driver.execute_script(pixel_at)
+        click_at(driver, 20, 20)
+        driver.find_element("id", "clear").click()
+        assert driver.execute_script(pixel_at) == before
+        # A box dragged out past the right edge: released there, it ends at the edge.
+        requests = driver.execute_script("return window.samfast.requests")
+        from selenium.webdriver.common.action_chains import ActionChains
+        canvas = driver.find_element("id", "view")
+        rw, rh = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height]",
+                                       canvas)
+        (ActionChains(driver).move_to_element_with_offset(canvas, int(100 * rw / 400 - rw / 2), int(100 * rh / 300 - rh / 2))
+         .click_and_hold().move_to_element_with_offset(canvas, int(rw / 2 + 40), int(200 * rh / 300 - rh / 2))
+         .release().perform())
+        wait_for(driver, f"return window.samfast.requests > {requests} && window.samfast.box")
+        box = driver.execute_script("return window.samfast.box")
+        assert np.allclose(box, [100, 100, 400, 200], atol=3), box

@@ -16,7 +16,8 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=1,
                     help="HTTP processes; with more than one, they hand the model's work to one model process "
                          "(for many concurrent clients: each click's HTTP work then runs beside the others')")
-    ap.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1 requests")
+    ap.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1 requests, and each annotation "
+                                    "tool's form of it on its routes (README); /health and /metrics stay open")
     ap.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
     ap.add_argument("--max-upload-mb", type=float, default=50.0)
     ap.add_argument("--max-pixels", type=int, default=100_000_000)

@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 const view = $("view"), ctx = view.getContext("2d");
 const state = { id: null, image: null, width: 0, height: 0, points: [], labels: [], box: null,
                 masks: [], scores: [], chosen: 0, records: [], labelMap: null, hover: -1, busy: false,
-                lastMask: null, requests: 0 };
+                lastMask: null, requests: 0, asked: 0, file: null };
 window.samfast = state;
 
 const COLOURS = Array.from({ length: 64 }, (_, i) => `hsl(${(i * 137.5) % 360} 80% 55%)`);
@@ -15,7 +15,8 @@ async function api(path, options = {}) {
   const r = await fetch(path, options);
   const body = r.headers.get("content-type")?.includes("json") ? await r.json() : await r.blob();
   const ms = performance.now() - t0;
-  if (!r.ok) throw new Error(`${r.status}: ${body.detail ? JSON.stringify(body.detail) : r.statusText}`);
+  if (!r.ok) throw Object.assign(new Error(`${r.status}: ${body.detail ? JSON.stringify(body.detail) : r.statusText}`),
+                                 { status: r.status });
   state.requests += 1;
   return [body, ms];
 }
@@ -30,26 +31,32 @@ async function showHealth() {
   } catch (e) { status(`server unreachable: ${e.message}`); }
 }
 
+function upload(file) {
+  const form = new FormData();
+  form.append("file", file);
+  return api("v1/images", { method: "POST", body: form });
+}
+
 async function openImage(file) {
   if (!file) return;
   status(`uploading ${file.name}...`);
-  const form = new FormData();
-  form.append("file", file);
   try {
-    const [info, ms] = await api("v1/images", { method: "POST", body: form });
+    const [info, ms] = await upload(file);
     const image = await createImageBitmap(file, { imageOrientation: "from-image" });
-    Object.assign(state, { id: info.id, image, width: info.width, height: info.height, records: [], labelMap: null,
-                           overlay: null, highlight: null, hover: -1 });
+    Object.assign(state, { id: info.id, file, image, width: info.width, height: info.height, records: [],
+                           labelMap: null, overlay: null, highlight: null, hover: -1 });
     view.width = info.width; view.height = info.height;
     $("drop").hidden = true; $("stage").hidden = false;
     for (const b of ["everything", "clear"]) $(b).disabled = false;
+    $("coco").disabled = true;
     clearPrompts();
     status(`${info.width}x${info.height} ${info.cached ? "(cached)" : "encoded"} in ${ms.toFixed(0)} ms on ${state.device}`);
   } catch (e) { status(`upload failed: ${e.message}`); }
 }
 
-function clearPrompts() {
-  Object.assign(state, { points: [], labels: [], box: null, masks: [], scores: [], lastMask: null });
+function clearPrompts() {  // (an answer still on its way is then dropped: state.asked moves on)
+  Object.assign(state, { points: [], labels: [], box: null, masks: [], scores: [], lastMask: null,
+                         asked: state.asked + 1 });
   $("choices").textContent = "";
   $("png").disabled = true;
   draw();
@@ -69,14 +76,28 @@ function maskOf(rle) {  // a COCO RLE mask -> canvas of the image's size, opaque
   return c;
 }
 
+// The masks of the current prompts; true when they came. Only the answer to the latest question on
+// the image shown is drawn (an image opened, prompts cleared or added meanwhile: it is dropped). An
+// image the server no longer holds (404: its cache evicted it) is uploaded again, once.
 async function predict() {
-  if (!state.points.length && !state.box) return clearPrompts();
+  if (!state.points.length && !state.box) { clearPrompts(); return true; }
   const body = { multimask_output: state.points.length <= 1 && !state.box, format: "rle" };
   if (state.points.length) { body.points = state.points; body.labels = state.labels; }
   if (state.box) body.box = state.box;
+  const asked = ++state.asked, id = state.id, file = state.file;
+  const ask = () => api(`v1/images/${id}/predict`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
   try {
-    const [r, ms] = await api(`v1/images/${state.id}/predict`, {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    let r, ms;
+    try {
+      [r, ms] = await ask();
+    } catch (e) {
+      if (e.status !== 404 || !file) throw e;
+      status("the server no longer holds the image: uploading it again...");
+      await upload(file);
+      [r, ms] = await ask();
+    }
+    if (asked !== state.asked || id !== state.id) return true;
     state.masks = r.masks.map((m) => maskOf(m.rle));
     state.scores = r.scores;
     state.chosen = r.scores.indexOf(Math.max(...r.scores));
@@ -84,8 +105,12 @@ async function predict() {
     showChoices();
     $("png").disabled = false;
     status(`predict: ${ms.toFixed(0)} ms (server ${r.elapsed_ms.toFixed(1)} ms) on ${state.device}`);
-  } catch (e) { status(`predict failed: ${e.message}`); }
-  draw();
+    draw();
+    return true;
+  } catch (e) {
+    if (asked === state.asked && id === state.id) status(`predict failed: ${e.message}`);
+    return false;
+  }
 }
 
 function showChoices() {
@@ -111,6 +136,7 @@ function tinted(mask, colour) {  // the mask's white pixels in one colour, the r
 
 function draw(dragBox) {
   if (!state.image) return;
+  ctx.clearRect(0, 0, view.width, view.height);  // (a transparent image would keep what was drawn before)
   ctx.drawImage(state.image, 0, 0, state.width, state.height);
   ctx.globalAlpha = 0.5;
   if (state.overlay) ctx.drawImage(state.overlay, 0, 0);
@@ -148,18 +174,23 @@ view.addEventListener("mousemove", (e) => {
     if (i !== state.hover) { state.hover = i; draw(); }
   }
 });
-view.addEventListener("mouseup", (e) => {
+// On the window: a drag released past the image's edge ends there (imageXY clamps it).
+window.addEventListener("mouseup", async (e) => {
   if (!dragFrom || !state.id) return;
   const [x, y] = imageXY(e), [x0, y0] = dragFrom;
   dragFrom = null;
   const r = view.getBoundingClientRect(), px = state.width / r.width;
+  const before = { points: state.points.slice(), labels: state.labels.slice(), box: state.box };
   if (Math.abs(x - x0) > 5 * px && Math.abs(y - y0) > 5 * px) {
     state.box = [Math.min(x0, x), Math.min(y0, y), Math.max(x0, x), Math.max(y0, y)];
   } else {
     state.points.push([x, y]);
     state.labels.push(e.button === 2 || e.shiftKey ? 0 : 1);
   }
-  predict();
+  draw();
+  const asked = state.asked + 1;
+  // A prompt the server refused (past --max-prompts, say) is taken back: the page shows what the mask is of.
+  if (!(await predict()) && asked === state.asked) { Object.assign(state, before); draw(); }
 });
 
 // COCO's compressed RLE (pycocotools rleFrString) -> counts; visit(p) for each inside pixel p
@@ -204,19 +235,24 @@ function maskCanvas(records, only = -1) {  // every record in its colour (the fi
 async function everything() {
   status("segmenting everything...");
   $("everything").disabled = true;
+  const id = state.id;
   try {
     const options = { points_per_side: Number($("pps").value), pred_iou_thresh: Number($("iou").value),
                       stability_score_thresh: Number($("stab").value) };
-    const [r, ms] = await api(`v1/images/${state.id}/everything`, {
+    const [r, ms] = await api(`v1/images/${id}/everything`, {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(options) });
+    if (id !== state.id) return;  // (another image was opened meanwhile: these masks are not its)
     state.records = r.records;
     const labelMap = new Uint16Array(state.width * state.height);  // 1 + the first record under a pixel
     for (let i = r.records.length - 1; i >= 0; i--) forEachInside(r.records[i].segmentation, (p) => { labelMap[p] = i + 1; });
     Object.assign(state, { labelMap, overlay: maskCanvas(r.records), hover: -1, highlight: null });
     $("coco").disabled = !state.records.length;
     status(`everything: ${state.records.length} masks in ${ms.toFixed(0)} ms (server ${r.elapsed_ms.toFixed(0)} ms)`);
-  } catch (e) { status(`segment everything failed: ${e.message}`); }
-  $("everything").disabled = false;
+  } catch (e) {
+    if (id === state.id) status(`segment everything failed: ${e.message}`);
+  } finally {
+    $("everything").disabled = false;
+  }
   draw();
 }
 
@@ -226,7 +262,10 @@ function download(blob, name) {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 
-$("file").addEventListener("change", (e) => openImage(e.target.files[0]));
+$("file").addEventListener("change", (e) => {
+  openImage(e.target.files[0]);
+  e.target.value = "";  // (so that choosing the same file again opens it again)
+});
 $("everything").addEventListener("click", everything);
 $("clear").addEventListener("click", clearPrompts);
 $("png").addEventListener("click", async () => download(await state.lastMask.convertToBlob({ type: "image/png" }), "mask.png"));
