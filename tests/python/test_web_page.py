@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -274,3 +275,32 @@ def test_page_keeps_to_the_image_and_prompts_shown(samfast_pkg, tiny_checkpoint,
         wait_for(driver, f"return window.samfast.requests > {requests} && window.samfast.box")
         box = driver.execute_script("return window.samfast.box")
         assert np.allclose(box, [100, 100, 400, 200], atol=3), box
+
+
+def test_page_uploads_an_image_the_server_dropped_again(samfast_pkg, tiny_checkpoint, browser, tmp_path):
+    """With caches that hold about one image, other uploads push the page's image out (404 "upload
+    it first"): the page's next click uploads it again and is answered."""
+    from PIL import Image
+    driver = browser
+    with running_server(samfast_pkg, tiny_checkpoint, "--cache-mb", "5", "--host-cache-mb", "6") as (url, _):
+        open_page_with(driver, url, IMAGES / "dog.jpg")
+        wait_for(driver, "return window.samfast.id && window.samfast.width === 800")
+        image_id = driver.execute_script("return window.samfast.id")
+        for i in range(4):
+            other = tmp_path / f"other{i}.png"
+            Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(other)
+            body = other.read_bytes()
+            boundary = "samfastboundary"
+            form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"o.png\"\r\n"
+                    f"Content-Type: image/png\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
+            req = urllib.request.Request(f"{url}v1/images", data=form,
+                                         headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+            urllib.request.urlopen(req, timeout=60).read()
+        try:
+            api_predict(url, image_id, {"points": [[400, 260]], "labels": [1]})
+            raise AssertionError("the page's image is still held: the caches are larger than this test assumes")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404
+        click_at(driver, 400, 260)
+        wait_for(driver, "return window.samfast.lastMask && window.samfast.scores.length === 3")
+        assert "predict:" in driver.find_element("id", "status").text
