@@ -454,7 +454,8 @@ class LabelStudio:
         self.proc = subprocess.Popen([label_studio, "start", "--no-browser", "--internal-host", "127.0.0.1",
                                       "--port", str(self.port)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, process_group=0)  # (stop() signals the group)
-        self.session = requests.Session()
+        import httpx
+        self.user = httpx.Client(follow_redirects=True, timeout=120)  # (the first user's cookies and CSRF header)
 
     def wait(self, seconds):
         deadline = time.time() + seconds
@@ -467,18 +468,18 @@ class LabelStudio:
         raise AssertionError(f"Label Studio did not come up in {seconds} s: see {self.log.name}")
 
     def login(self) -> str:
-        """Logs the session in (as the web page does: a form with its CSRF token) and returns a new
+        """Logs the first user in (as the web page does: a form with its CSRF token) and returns a new
         personal access token of the user."""
-        s = self.session
-        s.get(self.url + "/user/login/", timeout=60)
-        s.post(self.url + "/user/login/", data={"email": "test@example.com", "password": "test12345",
-                                                "csrfmiddlewaretoken": s.cookies.get("csrftoken")},
-               headers={"Referer": self.url + "/user/login/"}, timeout=60)
-        s.headers.update({"X-CSRFToken": s.cookies.get("csrftoken"), "Referer": self.url})
+        u = self.user
+        u.get(self.url + "/user/login/")
+        u.post(self.url + "/user/login/", data={"email": "test@example.com", "password": "test12345",
+                                                "csrfmiddlewaretoken": u.cookies.get("csrftoken")},
+               headers={"Referer": self.url + "/user/login/"})
+        u.headers.update({"X-CSRFToken": u.cookies.get("csrftoken"), "Referer": self.url})
         return self.api("POST", "/api/token/")["token"]
 
     def api(self, method, path, **kw):
-        r = self.session.request(method, self.url + path, timeout=120, **kw)
+        r = self.user.request(method, self.url + path, **kw)
         assert r.status_code < 400, f"{method} {path}: {r.status_code} {r.text[:500]}"
         return r.json() if r.content else None
 
@@ -491,6 +492,7 @@ class LabelStudio:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.log.close()
+        self.user.close()
 
 
 def test_label_studio_end_to_end(samfast_pkg, tiny_checkpoint, tmp_path):
