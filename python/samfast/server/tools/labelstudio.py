@@ -231,27 +231,29 @@ def image_source(url: str, project: Optional[Dict[str, str]], config, task_id: A
     return urllib.parse.urlunsplit(quoted), token, base.rstrip("/")
 
 
+def jwt_part(token: str, index: int) -> Optional[dict]:
+    """Part `index` of a JWT (0 its header, 1 its claims) as a dict, or None when it is not one.
+    Its signature is Label Studio's to check."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        part = json.loads(base64.urlsafe_b64decode(parts[index] + "=" * (-len(parts[index]) % 4)))
+    except ValueError:
+        return None
+    return part if isinstance(part, dict) else None
+
+
 def is_jwt(token: str) -> bool:
     """Whether a token is a JWT: Label Studio's personal access tokens are (refresh tokens), its
     legacy tokens are not (ref: label_studio_sdk io.py is_jwt_well_formed)."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return False
-    try:
-        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
-    except ValueError:
-        return False
-    return isinstance(header, dict) and "alg" in header
+    return "alg" in (jwt_part(token, 0) or {})
 
 
 def jwt_expiry(token: str) -> float:
-    """A JWT's exp claim (Unix time; its signature is Label Studio's to check), or in a minute."""
-    try:
-        payload = token.split(".")[1]
-        exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("exp")
-        return float(exp) if isinstance(exp, (int, float)) else time.time() + 60
-    except (ValueError, IndexError, AttributeError):
-        return time.time() + 60
+    """A JWT's exp claim (Unix time), or in a minute."""
+    exp = (jwt_part(token, 1) or {}).get("exp")
+    return float(exp) if isinstance(exp, (int, float)) else time.time() + 60
 
 
 _access_tokens: Dict[Tuple[str, str], Tuple[str, float]] = {}  # (address, PAT) -> (access token, its expiry)
