@@ -1,8 +1,9 @@
 // Image decoding/encoding. JPEG files are decoded with libjpeg(-turbo) using the settings PIL uses,
 // so that pixels equal np.array(PIL.Image.open(f).convert("RGB")) bit for bit (upstream SAM users
 // decode with PIL; stb_image's JPEG decoder differs by a few levels on ~1-2% of pixels). WebP and
-// TIFF are read by libwebp and libtiff (image_formats.cpp). Other formats are read by stb_image, whose implementation is compiled into this file (static linkage)
-// rather than linked from Debian's libstb.so, so no other file can clash with it. PNGs are written
+// TIFF are read by libwebp and libtiff (image_formats.cpp). Other formats are read by stb_image,
+// whose implementation is compiled into this file (static linkage) rather than linked from
+// Debian's libstb.so, so no other file can clash with it. PNGs are written
 // by libpng: a server answers each click with full-size mask PNGs, and stb_image_write took ~50 ms
 // for one 1800x1200 mask where libpng's fast mode takes ~4.
 #include "samfast/image.h"
@@ -87,10 +88,6 @@ std::optional<std::pair<int64_t, int64_t>> sniff_size(const std::string& path) {
   return std::nullopt;
 }
 
-std::string too_many_pixels(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
-  return "image " + path + " is " + std::to_string(w) + "x" + std::to_string(h) + " = " +
-         std::to_string(w * h) + " pixels, more than the limit of " + std::to_string(max_pixels);
-}
 
 // stb_image ignores chunk CRCs, so a damaged PNG would decode to whatever its bytes now say; PIL
 // and libpng (OpenCV) refuse it. Checks the CRC of every chunk up to IEND. A file that is not a
@@ -269,12 +266,12 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
       case JpegResult::ok:
         return exif == ExifOrientation::apply ? apply_orientation(img, exif_orientation(path)) : img;
       case JpegResult::too_many_pixels:
-        throw ImageTooLarge(too_many_pixels(path, w, h, max_pixels));
+        throw ImageTooLarge(detail::too_many_pixels(path, w, h, max_pixels));
       case JpegResult::failed:
         // A header without a scan (or cut before it) still names its size when that is too large.
         if (w < 0)
           if (const auto size = sniff_size(path); size && size->first * size->second > max_pixels)
-            throw ImageTooLarge(too_many_pixels(path, size->first, size->second, max_pixels));
+            throw ImageTooLarge(detail::too_many_pixels(path, size->first, size->second, max_pixels));
         throw Error(path + " is not a readable image: " + err.message);
     }
   }
@@ -295,16 +292,14 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
   if (!stbi_info(path.c_str(), &w, &h, &channels)) {
     const std::string reason = stbi_failure_reason();
     if (const auto size = sniff_size(path); size && size->first * size->second > max_pixels)
-      throw ImageTooLarge(too_many_pixels(path, size->first, size->second, max_pixels));
+      throw ImageTooLarge(detail::too_many_pixels(path, size->first, size->second, max_pixels));
     throw Error(path + " is not a readable image: " + reason);
   }
   // stb's header parse gives a top-down BMP's height with its stored sign (negative); its decoder
   // gives the size.
   if (h < 0 && h != std::numeric_limits<int>::min()) h = -h;
-  if (w <= 0 || h <= 0)
-    throw Error(path + " is not a readable image: its header gives a size of " + std::to_string(w) + "x" + std::to_string(h));
+  detail::check_image_size(path, w, h, max_pixels);
   const int64_t pixels = int64_t(w) * h;
-  if (pixels > max_pixels) throw ImageTooLarge(too_many_pixels(path, w, h, max_pixels));
 
   // Always ask for 3 channels: stb converts gray, gray+alpha and RGBA to RGB (alpha dropped).
   const int header_w = w, header_h = h;
@@ -320,6 +315,21 @@ Image read_image(const std::string& path, int64_t max_pixels, ExifOrientation ex
   img.rgb.assign(data.get(), data.get() + size_t(pixels) * 3);
   return img;
 }
+
+namespace detail {
+
+std::string too_many_pixels(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
+  return "image " + path + " is " + std::to_string(w) + "x" + std::to_string(h) + " = " +
+         std::to_string(w * h) + " pixels, more than the limit of " + std::to_string(max_pixels);
+}
+
+void check_image_size(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
+  if (w <= 0 || h <= 0)
+    throw Error(path + " is not a readable image: its header gives a size of " + std::to_string(w) + "x" + std::to_string(h));
+  if (w * h > max_pixels) throw ImageTooLarge(too_many_pixels(path, w, h, max_pixels));
+}
+
+}  // namespace detail
 
 namespace {
 

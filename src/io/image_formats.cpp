@@ -31,19 +31,6 @@ ImageFormat sniff_format(const unsigned char* head, size_t n) {
   return ImageFormat::other;
 }
 
-namespace {
-
-void check_size(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
-  if (w <= 0 || h <= 0)
-    throw Error(path + " is not a readable image: its header gives a size of " + std::to_string(w) + "x" +
-                std::to_string(h));
-  if (w * h > max_pixels)
-    throw ImageTooLarge("image " + path + " is " + std::to_string(w) + "x" + std::to_string(h) + " = " +
-                        std::to_string(w * h) + " pixels, more than the limit of " + std::to_string(max_pixels));
-}
-
-}  // namespace
-
 Image read_webp(const std::string& path, int64_t max_pixels) {
   std::ifstream f(path, std::ios::binary);
   const std::vector<uint8_t> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -51,7 +38,7 @@ Image read_webp(const std::string& path, int64_t max_pixels) {
   if (WebPGetFeatures(data.data(), data.size(), &features) != VP8_STATUS_OK)
     throw Error(path + " is not a readable image: its WebP header is damaged");
   if (features.has_animation) throw Error(path + " is an animated WebP: samfast reads still images only");
-  check_size(path, features.width, features.height, max_pixels);
+  check_image_size(path, features.width, features.height, max_pixels);
   Image img;
   img.width = features.width, img.height = features.height;
   img.rgb.resize(size_t(img.width) * img.height * 3);
@@ -86,7 +73,7 @@ Image read_tiff(const std::string& path, int64_t max_pixels) {
   uint32_t w = 0, h = 0;
   TIFFGetField(tif.get(), TIFFTAG_IMAGEWIDTH, &w);
   TIFFGetField(tif.get(), TIFFTAG_IMAGELENGTH, &h);
-  check_size(path, w, h, max_pixels);
+  check_image_size(path, w, h, max_pixels);
   // The first page, as OpenCV and PIL read it; RGBA in memory order R, G, B, A per pixel, rows top down.
   std::vector<uint32_t> rgba(size_t(w) * h);
   if (!TIFFReadRGBAImageOriented(tif.get(), w, h, rgba.data(), ORIENTATION_TOPLEFT, /*stop_on_error=*/1))
